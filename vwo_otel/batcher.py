@@ -1,0 +1,233 @@
+"""The batching engine: a bounded queue, VWO's count/age triggers, one delivery thread.
+
+A batch is cut when ``events_per_request`` events are queued (on the emitting thread,
+O(1)) or when the oldest queued event is ``request_time_interval`` old (on the delivery
+thread's timer). The timer starts with the first event into an empty queue and is
+cleared when the queue is cut. Emitting never blocks on the network and never raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+
+from . import attributes as A
+from . import lifecycle
+from .callbacks import Notifier
+from .config import BatchEvents
+from .events import VWOEvent
+from .exporter import VWOExporter
+from .results import Outcome, VWODeliveryError
+
+logger = logging.getLogger("vwo_otel")
+
+DEFAULT_MAX_QUEUE_SIZE = 5000
+DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+
+
+def _positive(name: str, value: object, *, integer: bool) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not 0 < value < math.inf:  # type: ignore[operator]
+        kind = "an int" if integer else "a number of seconds"
+        raise ValueError(f"{name} must be {kind} > 0, got {value!r}")
+
+
+class Batcher:
+    """Queue + timer + delivery thread shared by the span and log-record processors."""
+
+    def __init__(self, exporter: VWOExporter, config: BatchEvents | None, *,
+                 max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+                 shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> None:
+        _positive("max_queue_size", max_queue_size, integer=True)
+        _positive("shutdown_timeout", shutdown_timeout, integer=False)
+        self.exporter = exporter
+        self.config = config
+        self.realtime = config is None
+        self.events_per_request = 1 if config is None else config.events_per_request
+        self.interval = 0.0 if config is None else config.request_time_interval
+        self.max_queue_size = max_queue_size
+        self.shutdown_timeout = float(shutdown_timeout)
+        self._notifier = Notifier(config.flush_callback if config else None, exporter.encode, max_queue_size)
+        self._reset()
+        lifecycle.track(self)
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: list[VWOEvent] = []
+        self._deadline = math.inf  # when the oldest pending event is due
+        self._ready: deque[tuple[int, list[VWOEvent]]] = deque()
+        self._size = 0  # events held: pending + ready + in flight
+        self._low = 0  # impressions/dimensions in pending + ready (evictable for conversions)
+        self._seq = 0  # sequence number of the last cut batch
+        self._closed = False
+        self._worker: threading.Thread | None = None
+        self.counts: dict[str, int] = {"delivered": 0, "failed": 0}
+        self.dropped: dict[str, int] = {}
+
+    def after_fork(self) -> None:
+        """In a forked child: empty queue and fresh threads; the parent delivers its own events."""
+        self._reset()
+        self._notifier.after_fork()
+        self.exporter.after_fork()
+
+    # -- the emitting thread's side (hot path) ---------------------------------------
+    def put(self, event: VWOEvent) -> None:
+        """Queue one event; cuts a batch when ``events_per_request`` is reached."""
+        with self._cond:
+            if self._size < self.max_queue_size and not self._closed:
+                self._append(event)
+                return
+            reason, victim = self._make_room(event)
+            if victim is not event:
+                self._append(event)
+        self._notifier.dropped(reason, [victim])  # outside the lock: may run the callback inline
+
+    def _append(self, event: VWOEvent) -> None:
+        pending = self._pending
+        pending.append(event)
+        self._size += 1
+        if event.etype != A.GOAL:
+            self._low += 1
+        if len(pending) >= self.events_per_request:
+            self._cut()
+        elif len(pending) == 1:
+            self._deadline = time.monotonic() + self.interval
+        else:
+            return
+        if self._worker is None:
+            self._start_worker()
+        self._cond.notify()
+
+    def _cut(self) -> None:
+        self._seq += 1
+        self._ready.append((self._seq, self._pending))
+        self._pending = []
+        self._deadline = math.inf
+
+    def _make_room(self, event: VWOEvent) -> tuple[str, VWOEvent]:
+        """Backlog full (or closed): a conversion evicts the newest queued impression or
+        custom dimension; otherwise ``event`` itself is dropped. Returns (reason, dropped)."""
+        reason, victim = ("already_shutdown" if self._closed else "queue_full"), event
+        if not self._closed and event.etype == A.GOAL and self._low:
+            victim = self._evict_low()
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        return reason, victim
+
+    def _evict_low(self) -> VWOEvent:
+        for batch in (self._pending, *reversed([b for _, b in self._ready])):
+            for i in range(len(batch) - 1, -1, -1):
+                if batch[i].etype != A.GOAL:
+                    self._size -= 1
+                    self._low -= 1
+                    victim = batch.pop(i)
+                    if not self._pending:
+                        self._deadline = math.inf
+                    return victim
+        raise AssertionError("low-value count out of step with the queue")  # pragma: no cover
+
+    # -- flushing ----------------------------------------------------------------------
+    def flush(self, timeout: float | None) -> bool:
+        """Cut what is queued now and wait (up to ``timeout`` s) until it and everything
+        before it has been settled; True if all of it was delivered."""
+        with self._cond:
+            if self._pending:
+                self._cut()
+            target = self._seq
+            ticket = self._notifier.ticket(target)
+            if self._ready and not self._start_worker():
+                inline = True
+            else:
+                inline = False
+                self._cond.notify()
+        if inline:
+            self._drain_inline(time.monotonic() + (math.inf if timeout is None else timeout))
+        return ticket.wait(timeout)
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Refuse new events, deliver the queue within ``timeout`` (default
+        ``shutdown_timeout``) and report what could not be delivered; idempotent."""
+        with self._cond:
+            if self._closed:
+                return True
+            self._closed = True
+        timeout = self.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        self.exporter.hurry(deadline)
+        ok = self.flush(timeout)
+        with self._cond:
+            left = [ev for _, batch in self._ready for ev in batch] + self._pending
+            self._ready.clear()
+            self._pending = []
+            self._size -= len(left)
+            self._cond.notify_all()
+            worker = self._worker
+        if left:
+            self.dropped["shutdown_timeout"] = self.dropped.get("shutdown_timeout", 0) + len(left)
+            self._notifier.dropped("shutdown_timeout", left)
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(max(0.0, deadline - time.monotonic()))
+        self._notifier.close(max(0.5, deadline - time.monotonic()))
+        self.exporter.shutdown()
+        return ok and not left
+
+    # -- the delivery thread -----------------------------------------------------------
+    def _start_worker(self) -> bool:
+        """Start the delivery thread if needed (called with the lock held); False if the
+        interpreter refuses new threads (at exit), so the caller delivers inline."""
+        if self._worker is not None and self._worker.is_alive():
+            return True
+        try:
+            worker = threading.Thread(target=self._run, name="vwo_otel-delivery", daemon=True)
+            worker.start()
+        except RuntimeError:
+            return False
+        self._worker = worker
+        return True
+
+    def _next_batch(self, block: bool) -> tuple[int, list[VWOEvent]] | None:
+        """Wait for a batch that is due (full, old enough, flushed or closing) and take it."""
+        with self._cond:
+            while not self._ready:
+                if self._pending and (self._closed or time.monotonic() >= self._deadline):
+                    self._cut()
+                    break
+                if not block or (self._closed and not self._pending):
+                    return None
+                self._cond.wait(None if self._deadline == math.inf else self._deadline - time.monotonic())
+            seq, batch = self._ready.popleft()
+            self._low -= sum(1 for ev in batch if ev.etype != A.GOAL)
+            return seq, batch
+
+    def _run(self) -> None:
+        while True:
+            item = self._next_batch(block=True)
+            if item is None:
+                return
+            self._deliver(*item)
+
+    def _drain_inline(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            item = self._next_batch(block=False)
+            if item is None:
+                return
+            self._deliver(*item)
+
+    def _deliver(self, seq: int, batch: list[VWOEvent]) -> None:
+        try:
+            if self.realtime:
+                outcomes = [self.exporter.send_event(ev) for ev in batch]
+            else:
+                outcomes = self.exporter.send_batch(batch)
+        except Exception as exc:  # a bug or odd input must not kill the delivery thread
+            logger.exception("vwo_otel delivery failed unexpectedly")
+            outcomes = [Outcome(VWODeliveryError(f"unexpected {type(exc).__name__}: {exc}"),
+                                self.exporter.encode(batch))]
+        delivered = sum(len(o.events) for o in outcomes if o.ok)
+        with self._cond:
+            self._size -= len(batch)
+            self.counts["delivered"] += delivered
+            self.counts["failed"] += len(batch) - delivered
+        self._notifier.settled(seq, outcomes)

@@ -1,0 +1,74 @@
+"""``batch_events`` configuration: VWO's keys, defaults and ranges, validated up front."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+#: ``flush_callback(err, events)``: ``err`` is None on success, else a ``VWODeliveryError``.
+FlushCallback = Callable[[Optional[BaseException], list[dict]], Any]
+
+MAX_EVENTS_PER_REQUEST = 5000
+DEFAULT_EVENTS_PER_REQUEST = 100
+DEFAULT_REQUEST_TIME_INTERVAL = 600.0
+_KEYS = ("events_per_request", "request_time_interval", "flush_callback")
+
+
+@dataclass(frozen=True)
+class BatchEvents:
+    """Validated ``batch_events``: send when ``events_per_request`` are queued or the
+    oldest queued event is ``request_time_interval`` seconds old, whichever is first."""
+
+    events_per_request: int = DEFAULT_EVENTS_PER_REQUEST
+    request_time_interval: float = DEFAULT_REQUEST_TIME_INTERVAL
+    flush_callback: FlushCallback | None = None
+
+    def __post_init__(self) -> None:
+        n = self.events_per_request
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(
+                f"batch_events['events_per_request'] must be an int from 1 to {MAX_EVENTS_PER_REQUEST}, "
+                f"got {type(n).__name__} {n!r}"
+            )
+        if not 1 <= n <= MAX_EVENTS_PER_REQUEST:
+            raise ValueError(
+                f"batch_events['events_per_request'] must be from 1 to {MAX_EVENTS_PER_REQUEST}, got {n}"
+            )
+        t = self.request_time_interval
+        if isinstance(t, bool) or not isinstance(t, (int, float)):
+            raise TypeError(
+                "batch_events['request_time_interval'] must be a number of seconds >= 1, "
+                f"got {type(t).__name__} {t!r}"
+            )
+        if not (math.isfinite(t) and t >= 1):
+            raise ValueError(f"batch_events['request_time_interval'] must be a finite number of seconds >= 1, got {t}")
+        object.__setattr__(self, "request_time_interval", float(t))
+        if self.flush_callback is not None and not callable(self.flush_callback):
+            raise TypeError(
+                "batch_events['flush_callback'] must be callable(err, events), "
+                f"got {type(self.flush_callback).__name__}"
+            )
+
+
+BatchEventsLike = Union[BatchEvents, Mapping[str, Any], None]
+
+
+def parse_batch_events(value: BatchEventsLike) -> BatchEvents | None:
+    """Turn VWO's ``batch_events`` dict (or a ``BatchEvents``) into a ``BatchEvents``;
+    ``None`` means real-time mode. Raises ``TypeError``/``ValueError`` naming the key."""
+    if value is None or isinstance(value, BatchEvents):
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(f"batch_events must be a dict or BatchEvents, got {type(value).__name__}")
+    unknown = sorted(set(value) - set(_KEYS))
+    if unknown:
+        raise ValueError(f"batch_events has unknown key(s) {unknown}; allowed keys: {list(_KEYS)}")
+    if value.get("events_per_request") is None and value.get("request_time_interval") is None:
+        raise ValueError(
+            "batch_events needs 'events_per_request' (1 to 5000) or 'request_time_interval' "
+            "(seconds >= 1), or both; pass batch_events=None for real-time delivery"
+        )
+    given = {k: v for k, v in value.items() if v is not None}
+    return BatchEvents(**given)

@@ -1,0 +1,130 @@
+"""Emitting VWO events: ``VWOEvents`` turns VWO's API calls into spans or log records, and
+``VWOSampler`` keeps them recorded (and out of the app's own exporters) under any sampler."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
+
+from . import attributes as A
+from ._version import __version__
+from .events import check_id, check_revenue, check_text, check_user_id
+
+logger = logging.getLogger("vwo_otel")
+_NAMES = A.EVENT_NAMES
+
+
+class VWOSampler(Sampler):
+    """Wraps the app's sampler: VWO event spans are always recorded (so VWO processors get
+    them) but never sampled (so the app's exporters, which only see sampled spans, don't);
+    every other span is decided by ``delegate`` (default: the SDK default, parent-based always-on)."""
+
+    def __init__(self, delegate: Sampler | None = None) -> None:
+        self._delegate = delegate or ParentBased(ALWAYS_ON)
+
+    def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
+                      attributes: Any = None, links: Sequence[Any] | None = None,
+                      trace_state: Any = None) -> SamplingResult:
+        if attributes and A.EVENT_TYPE in attributes:
+            parent = trace.get_current_span(parent_context).get_span_context()
+            return SamplingResult(Decision.RECORD_ONLY, attributes, parent.trace_state if parent.is_valid else None)
+        return self._delegate.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"VWOSampler{{{self._delegate.get_description()}}}"
+
+
+class VWOEvents:
+    """VWO's tracking API (activate, is_feature_enabled, track, push) as OpenTelemetry data.
+
+    Events become spans from ``tracer_provider`` (default: the global one) or, when
+    ``logger_provider`` is given, log records. Arguments are checked here, so a bad call
+    raises at once, naming the argument, instead of failing later in a batch.
+    """
+
+    def __init__(self, *, tracer_provider: Any | None = None, logger_provider: Any | None = None) -> None:
+        if tracer_provider is not None and logger_provider is not None:
+            raise ValueError("pass tracer_provider or logger_provider, not both: events go one way")
+        self._warned = False
+        if logger_provider is not None:
+            self._logger = logger_provider.get_logger("vwo_otel", __version__)
+            self._emit = self._emit_log
+        else:
+            provider = tracer_provider or trace.get_tracer_provider()
+            self._tracer = provider.get_tracer("vwo_otel", __version__)
+            self._emit = self._emit_span
+
+    def activate(self, campaign_id: int, variation_id: int, user_id: str, *,
+                 visitor_ua: str | None = None, visitor_ip: str | None = None) -> None:
+        """A visitor saw ``variation_id`` of ``campaign_id`` (VWO event type 1)."""
+        self._emit(A.VISITOR, {
+            A.EVENT_TYPE: A.VISITOR, A.USER_ID: check_user_id(user_id),
+            A.CAMPAIGN_ID: check_id("campaign_id", campaign_id),
+            A.VARIATION_ID: check_id("variation_id", variation_id),
+        }, visitor_ua, visitor_ip)
+
+    def is_feature_enabled(self, campaign_id: int, variation_id: int, user_id: str, *,
+                           visitor_ua: str | None = None, visitor_ip: str | None = None) -> None:
+        """A visitor was bucketed into a Feature Test: tracked like ``activate`` (type 1)."""
+        self.activate(campaign_id, variation_id, user_id, visitor_ua=visitor_ua, visitor_ip=visitor_ip)
+
+    def track(self, campaign_id: int, variation_id: int, goal_id: int, user_id: str, *,
+              revenue: float | None = None, visitor_ua: str | None = None,
+              visitor_ip: str | None = None) -> None:
+        """A conversion of ``goal_id`` (VWO event type 2), with optional finite ``revenue``."""
+        attrs = {
+            A.EVENT_TYPE: A.GOAL, A.USER_ID: check_user_id(user_id),
+            A.CAMPAIGN_ID: check_id("campaign_id", campaign_id),
+            A.VARIATION_ID: check_id("variation_id", variation_id),
+            A.GOAL_ID: check_id("goal_id", goal_id),
+        }
+        if revenue is not None:
+            attrs[A.REVENUE] = check_revenue(revenue)
+        self._emit(A.GOAL, attrs, visitor_ua, visitor_ip)
+
+    def push(self, user_id: str, custom_dimensions: Mapping[str, str], *,
+             visitor_ua: str | None = None, visitor_ip: str | None = None) -> None:
+        """Custom dimensions for post-segmentation (type 3): one event per key."""
+        user = check_user_id(user_id)
+        if not isinstance(custom_dimensions, Mapping) or not custom_dimensions:
+            raise TypeError(f"custom_dimensions must be a non-empty dict of str -> str, got {custom_dimensions!r}")
+        for key, value in custom_dimensions.items():
+            if not isinstance(key, str) or not key:
+                raise TypeError(f"custom_dimensions keys must be non-empty str, got {key!r}")
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise TypeError(f"custom_dimensions[{key!r}] must be a str or number, got {type(value).__name__}")
+        for key, value in custom_dimensions.items():
+            self._emit(A.CUSTOM_DIMENSION, {
+                A.EVENT_TYPE: A.CUSTOM_DIMENSION, A.USER_ID: user,
+                A.DIMENSION_KEY: key, A.DIMENSION_VALUE: str(value),
+            }, visitor_ua, visitor_ip)
+
+    def _emit_span(self, etype: int, attrs: dict, ua: str | None, ip: str | None) -> None:
+        if ua is not None:
+            attrs[A.VISITOR_UA] = check_text("visitor_ua", ua)
+        if ip is not None:
+            attrs[A.VISITOR_IP] = check_text("visitor_ip", ip)
+        span = self._tracer.start_span(_NAMES[etype], attributes=attrs)
+        if not span.is_recording() and not self._warned:
+            self._warned = True
+            logger.warning("a VWO event span was not recorded, so it cannot reach VWO: use an SDK "
+                           "TracerProvider with sampler=vwo_otel.VWOSampler(<your sampler>)")
+        span.end()
+
+    def _emit_log(self, etype: int, attrs: dict, ua: str | None, ip: str | None) -> None:
+        if ua is not None:
+            attrs[A.VISITOR_UA] = check_text("visitor_ua", ua)
+        if ip is not None:
+            attrs[A.VISITOR_IP] = check_text("visitor_ip", ip)
+        self._logger.emit(event_name=_NAMES[etype], attributes=attrs, timestamp=time.time_ns())

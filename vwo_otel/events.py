@@ -1,0 +1,136 @@
+"""The event model: a compact record per VWO event, decoded from span / log attributes."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from . import attributes as A
+
+logger = logging.getLogger("vwo_otel")
+
+_INT_KEYS = {
+    A.VISITOR: (A.CAMPAIGN_ID, A.VARIATION_ID),
+    A.GOAL: (A.CAMPAIGN_ID, A.VARIATION_ID, A.GOAL_ID),
+}
+
+
+class MalformedEvent(ValueError):
+    """A span or log record claims to be a VWO event but its attributes are unusable."""
+
+
+class VWOEvent:
+    """One queued VWO event: only the fields the wire needs (the queue never holds spans)."""
+
+    __slots__ = (
+        "etype", "user_id", "time", "campaign_id", "variation_id", "goal_id",
+        "revenue", "key", "value", "visitor_ua", "visitor_ip",
+    )
+
+    def __init__(
+        self,
+        etype: int,
+        user_id: str,
+        time: int,
+        campaign_id: int | None = None,
+        variation_id: int | None = None,
+        goal_id: int | None = None,
+        revenue: float | None = None,
+        key: str | None = None,
+        value: str | None = None,
+        visitor_ua: str = "",
+        visitor_ip: str = "",
+    ) -> None:
+        self.etype = etype
+        self.user_id = user_id
+        self.time = time
+        self.campaign_id = campaign_id
+        self.variation_id = variation_id
+        self.goal_id = goal_id
+        self.revenue = revenue
+        self.key = key
+        self.value = value
+        self.visitor_ua = visitor_ua
+        self.visitor_ip = visitor_ip
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__ if getattr(self, k) not in (None, ""))
+        return f"VWOEvent({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, VWOEvent):
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def check_id(name: str, value: Any) -> int:
+    """A VWO id: a non-negative int (bool is not an id)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 0, got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value}")
+    return value
+
+
+def check_user_id(value: Any) -> str:
+    """A user id: a non-empty str (ints are accepted and turned into str, as VWO's SDK does)."""
+    if isinstance(value, str):
+        if value:
+            return value
+        raise ValueError("user_id must be a non-empty string")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"user_id must be a non-empty str, got {type(value).__name__} {value!r}")
+
+
+def check_revenue(value: Any) -> float | None:
+    """Revenue: None, or a finite int/float (NaN and infinities are refused)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"revenue must be a finite number or None, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"revenue must be a finite number, got {value!r}")
+    return value
+
+
+def check_text(name: str, value: Any) -> str:
+    """Optional visitor text (user agent, IP): None becomes ''."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str or None, got {type(value).__name__}")
+    return value
+
+
+def from_attributes(attrs: Mapping[str, Any], time_ns: int | None) -> VWOEvent:
+    """Decode a VWO event from span / log attributes; raises ``MalformedEvent`` if unusable."""
+    get = attrs.get
+    etype = get(A.EVENT_TYPE)
+    seconds = int(time_ns // 1_000_000_000) if time_ns else int(time.time())
+    try:
+        user_id = check_user_id(get(A.USER_ID))
+        ua = check_text(A.VISITOR_UA, get(A.VISITOR_UA))
+        ip = check_text(A.VISITOR_IP, get(A.VISITOR_IP))
+        if etype == A.CUSTOM_DIMENSION:
+            key, value = get(A.DIMENSION_KEY), get(A.DIMENSION_VALUE)
+            if not isinstance(key, str) or not key:
+                raise TypeError(f"{A.DIMENSION_KEY} must be a non-empty str, got {key!r}")
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise TypeError(f"{A.DIMENSION_VALUE} must be a str or number, got {value!r}")
+            return VWOEvent(etype, user_id, seconds, key=key, value=str(value), visitor_ua=ua, visitor_ip=ip)
+        keys = _INT_KEYS.get(etype)  # type: ignore[call-overload]
+        if keys is None:
+            raise ValueError(f"{A.EVENT_TYPE} must be 1, 2 or 3, got {etype!r}")
+        ids = [check_id(k, get(k)) for k in keys]
+        if etype == A.VISITOR:
+            return VWOEvent(etype, user_id, seconds, ids[0], ids[1], visitor_ua=ua, visitor_ip=ip)
+        revenue = check_revenue(get(A.REVENUE))
+        return VWOEvent(etype, user_id, seconds, ids[0], ids[1], ids[2], revenue, visitor_ua=ua, visitor_ip=ip)
+    except (TypeError, ValueError) as exc:
+        raise MalformedEvent(str(exc)) from None

@@ -1,0 +1,250 @@
+"""VWOExporter: sends batches as VWO's batch request over HTTP, with retries and 413 splitting."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import requests
+from opentelemetry import context as otel_context
+from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from . import attributes as A
+from ._version import SDK_NAME, __version__
+from .events import MalformedEvent, VWOEvent, from_attributes
+from .results import HTTPStatusError, NetworkError, Outcome, PayloadTooLarge, VWODeliveryError
+from .retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
+from .wire import Encoder, batch_body, cut_by_bytes
+
+logger = logging.getLogger("vwo_otel")
+
+DEFAULT_ENDPOINT = "https://dev.visualwebsiteoptimizer.com"
+MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
+#: How long a limit learned from a 413 is kept before the configured cap applies again.
+LEARNED_LIMIT_TTL = 600.0
+_TOO_LARGE = object()
+_SUPPRESS = [otel_context._SUPPRESS_INSTRUMENTATION_KEY, otel_context._SUPPRESS_HTTP_INSTRUMENTATION_KEY]
+
+
+def _quiet_context() -> otel_context.Context:
+    ctx = otel_context.Context()
+    for key in _SUPPRESS:
+        ctx = otel_context.set_value(key, True, ctx)
+    return ctx
+
+
+class VWOExporter(SpanExporter, LogRecordExporter):
+    """Sends VWO events to ``{endpoint}/server-side/batch-events`` (batches) or VWO's
+    single-event GET endpoints (real time). Every request settles into an ``Outcome``;
+    transient failures are retried within ``retry.budget`` seconds per batch."""
+
+    def __init__(
+        self,
+        account_id: int | str,
+        sdk_key: str,
+        *,
+        endpoint: str = DEFAULT_ENDPOINT,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+    ) -> None:
+        if isinstance(account_id, str) and account_id.isdigit():
+            account_id = int(account_id)
+        if isinstance(account_id, bool) or not isinstance(account_id, int) or account_id <= 0:
+            raise ValueError(f"account_id must be a positive int (VWO account id), got {account_id!r}")
+        if not isinstance(sdk_key, str) or not sdk_key:
+            raise ValueError("sdk_key must be a non-empty str")
+        parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"endpoint must be an http(s) URL such as {DEFAULT_ENDPOINT!r}, got {endpoint!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) or not (
+            1024 <= max_payload_bytes <= MAX_PAYLOAD_BYTES
+        ):
+            raise ValueError(
+                f"max_payload_bytes must be an int from 1024 to {MAX_PAYLOAD_BYTES}, got {max_payload_bytes!r}"
+            )
+        self.account_id = account_id
+        self._sdk_key = sdk_key
+        self.endpoint = endpoint.rstrip("/")
+        self.timeout = float(timeout)
+        self.retry = retry or RetryPolicy()
+        self.max_payload_bytes = max_payload_bytes
+        self._encoder = Encoder(account_id)
+        query = urlencode({"a": account_id, "env": sdk_key, "sdk": SDK_NAME, "sdk-v": __version__})
+        self._batch_url = f"{self.endpoint}/server-side/batch-events?{query}"
+        self._headers = {"Authorization": sdk_key, "User-Agent": SDK_NAME, "Content-Type": "application/json"}
+        self._quiet = _quiet_context()
+        self._learned: tuple[int, float] = (max_payload_bytes, 0.0)  # (limit, expires at)
+        self._cutoff = math.inf  # no retry waits past this monotonic time (set by hurry/shutdown)
+        self._wake = threading.Condition()
+        self._closed = False
+        self._session = requests.Session()
+
+    def __repr__(self) -> str:
+        return f"VWOExporter(account_id={self.account_id}, endpoint={self.endpoint!r})"
+
+    # -- what the processors call -------------------------------------------------
+    def encode(self, events: Sequence[VWOEvent]) -> list[dict]:
+        """The wire dicts of ``events`` (what ``flush_callback`` receives)."""
+        return [self._encoder.event_dict(ev) for ev in events]
+
+    def send_batch(self, events: Sequence[VWOEvent]) -> list[Outcome]:
+        """Deliver ``events`` in as few batch requests as the payload cap allows; one
+        ``Outcome`` per request (a 413 splits the request in halves, recursively)."""
+        if not events:
+            return []
+        dicts, parts = self._encoder.encode(events)
+        deadline = time.monotonic() + self.retry.budget
+        outcomes: list[Outcome] = []
+        for lo, hi in cut_by_bytes(parts, self.payload_limit()):
+            self._send_run(dicts, parts, lo, hi, deadline, outcomes)
+        return outcomes
+
+    def send_event(self, event: VWOEvent) -> Outcome:
+        """Deliver one event in real time with VWO's single-event GET."""
+        path, query, headers = self._encoder.realtime(event, self._sdk_key)
+        url = f"{self.endpoint}{path}?{urlencode(query)}"
+        headers["User-Agent"] = SDK_NAME
+        error = self._request("GET", url, None, headers, time.monotonic() + self.retry.budget)
+        return Outcome(None if error is _TOO_LARGE else error, [self._encoder.event_dict(event)])  # type: ignore[arg-type]
+
+    def payload_limit(self) -> int:
+        """Largest batch body to send now: the cap, or less while a 413-learned limit holds."""
+        limit, expires = self._learned
+        if limit < self.max_payload_bytes and time.monotonic() >= expires:
+            self._learned = (self.max_payload_bytes, 0.0)
+            logger.info("VWO payload limit learned from a 413 expired; back to %d bytes", self.max_payload_bytes)
+            return self.max_payload_bytes
+        return limit
+
+    def hurry(self, deadline: float) -> None:
+        """Let no retry wait run past ``deadline`` (monotonic); wakes a wait in progress."""
+        with self._wake:
+            self._cutoff = min(self._cutoff, deadline)
+            self._wake.notify_all()
+
+    def _sleep(self, until: float) -> bool:
+        """Wait until ``until`` (monotonic); False at once if ``hurry`` moved the cutoff before it."""
+        with self._wake:
+            while self._cutoff >= until:
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    return True
+                self._wake.wait(remaining)
+            return False
+
+    def after_fork(self) -> None:
+        """In a forked child: use a fresh HTTP session (never share the parent's sockets)."""
+        self._session = requests.Session()
+        self._wake = threading.Condition()
+        self._cutoff = math.inf
+
+    # -- requests -------------------------------------------------------------------
+    def _send_run(self, dicts: list[dict], parts: list[bytes], lo: int, hi: int, deadline: float,
+                  outcomes: list[Outcome]) -> None:
+        body = batch_body(parts[lo:hi])
+        if hi - lo == 1 and len(body) > self.max_payload_bytes:
+            outcomes.append(Outcome(PayloadTooLarge(
+                f"event of {len(body)} bytes exceeds max_payload_bytes={self.max_payload_bytes}", status=None),
+                dicts[lo:hi]))
+            return
+        result = self._request("POST", self._batch_url, body, self._headers, deadline)
+        if result is not _TOO_LARGE:
+            outcomes.append(Outcome(result, dicts[lo:hi]))  # type: ignore[arg-type]
+            return
+        if hi - lo == 1:
+            outcomes.append(Outcome(PayloadTooLarge(
+                f"VWO refused a single event of {len(body)} bytes with 413 (payload too large)", status=413),
+                dicts[lo:hi]))
+            return
+        limit = min(self.payload_limit(), len(body) - 1)
+        self._learned = (limit, time.monotonic() + LEARNED_LIMIT_TTL)
+        logger.warning("VWO answered 413 to %d bytes (%d events): splitting; limit now %d bytes",
+                       len(body), hi - lo, limit)
+        mid = (lo + hi) // 2
+        for a, b in ((lo, mid), (mid, hi)):
+            for x, y in cut_by_bytes(parts[a:b], limit):
+                self._send_run(dicts, parts, a + x, a + y, deadline, outcomes)
+
+    def _request(self, method: str, url: str, body: bytes | None, headers: dict,
+                 deadline: float) -> Any:
+        """One request with retries; None on 2xx, ``_TOO_LARGE`` on 413, else the final error."""
+        attempt = 0
+        started = time.monotonic()
+        while True:
+            now = time.monotonic()
+            limit = min(deadline, self._cutoff)
+            timeout = min(self.timeout, max(limit - now, 0.1))
+            error: VWODeliveryError
+            retry_after: float | None = None
+            token = otel_context.attach(self._quiet)
+            try:
+                response = self._session.request(method, url, data=body, headers=headers, timeout=timeout)
+            except requests.RequestException as exc:
+                error = NetworkError(f"{type(exc).__name__}: {_redact(str(exc), self._sdk_key)}")
+                retryable = True
+            else:
+                status = response.status_code
+                if 200 <= status < 300:
+                    return None
+                if status == 413:
+                    return _TOO_LARGE
+                error = HTTPStatusError(f"VWO answered HTTP {status}: {response.text[:200]!r}", status=status)
+                retryable = status in RETRY_STATUSES
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            finally:
+                otel_context.detach(token)
+            if not retryable or self._closed:
+                return error
+            wait = self.retry.backoff(attempt) if retry_after is None else retry_after
+            now = time.monotonic()
+            if now + wait > min(deadline, self._cutoff):
+                error.args = (f"{error.args[0]} (gave up after {attempt + 1} attempt(s) in {now - started:.1f} s)",)
+                return error
+            logger.debug("VWO request failed (%s); retry %d in %.2f s", error, attempt + 1, wait)
+            if not self._sleep(now + wait):
+                error.args = (f"{error.args[0]} (retry interrupted by shutdown after {attempt + 1} attempt(s))",)
+                return error
+            attempt += 1
+
+    # -- OpenTelemetry exporter interface -----------------------------------------------
+    def export(self, batch: Sequence[Any]) -> Any:  # type: ignore[override]
+        """Export spans or log records that are VWO events (others are skipped) in one go."""
+        is_logs = bool(batch) and hasattr(batch[0], "log_record")
+        events = []
+        for item in batch:
+            record = item.log_record if is_logs else item
+            attrs = record.attributes
+            if not attrs or A.EVENT_TYPE not in attrs:
+                continue
+            stamp = (record.timestamp or record.observed_timestamp) if is_logs else record.start_time
+            try:
+                events.append(from_attributes(attrs, stamp))
+            except MalformedEvent as exc:
+                logger.warning("skipping malformed VWO event: %s", exc)
+        ok = all(o.ok for o in self.send_batch(events))
+        if is_logs:
+            return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        """Stop retrying at once and close the HTTP session; idempotent."""
+        self._closed = True
+        self.hurry(time.monotonic())
+        self._session.close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Nothing is buffered in the exporter itself."""
+        return True
+
+
+def _redact(text: str, secret: str) -> str:
+    return text.replace(secret, "***")

@@ -1,0 +1,98 @@
+"""OpenTelemetry processors that pick VWO events out of spans / log records and batch them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from opentelemetry.sdk._logs import LogRecordProcessor
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+
+from . import attributes as A
+from .batcher import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, Batcher
+from .config import BatchEventsLike, parse_batch_events
+from .events import MalformedEvent, from_attributes
+from .exporter import VWOExporter
+
+logger = logging.getLogger("vwo_otel")
+_EVENT_TYPE = A.EVENT_TYPE
+
+class _VWOProcessor:
+    """What the span and log-record processors share: config, batching and flushing."""
+
+    def __init__(self, exporter: VWOExporter, batch_events: BatchEventsLike = None, *,
+                 max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+                 shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> None:
+        if not isinstance(exporter, VWOExporter):
+            raise TypeError(f"exporter must be a vwo_otel.VWOExporter, got {type(exporter).__name__}")
+        self._batcher = Batcher(exporter, parse_batch_events(batch_events),
+                                max_queue_size=max_queue_size, shutdown_timeout=shutdown_timeout)
+        self._put = self._batcher.put
+        self._malformed_logged = 0.0
+
+    def __repr__(self) -> str:
+        b = self._batcher
+        mode = "real-time" if b.realtime else f"events_per_request={b.events_per_request}, " \
+                                             f"request_time_interval={b.interval:g}"
+        return f"{type(self).__name__}({b.exporter!r}, {mode})"
+
+    def _take(self, attrs: Any, time_ns: int | None) -> None:
+        try:
+            event = from_attributes(attrs, time_ns)
+        except MalformedEvent as exc:
+            now = time.monotonic()
+            if now - self._malformed_logged >= 10.0:  # rate-limited: a bad emitter must not flood logs
+                self._malformed_logged = now
+                logger.warning("skipping malformed VWO event: %s", exc)
+            return
+        self._put(event)
+
+    def flush_events(self, mode: str = "sync") -> bool | None:
+        """Send everything queued now, whatever the batch settings, and clear the timer.
+        ``"sync"`` returns after the callbacks ran, with True if all of it was delivered;
+        ``"async"`` starts the same flush and returns None at once."""
+        if mode == "sync":
+            return self._batcher.flush(None)
+        if mode == "async":
+            self._batcher.flush(0)
+            return None
+        raise ValueError(f"flush_events mode must be 'sync' or 'async', got {mode!r}")
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Deliver what is queued within ``timeout_millis``; False if time ran out or delivery failed."""
+        return self._batcher.flush(max(0.0, timeout_millis / 1000.0))
+
+    def shutdown(self) -> None:
+        """Deliver the queue (bounded by ``shutdown_timeout``), then refuse new events; idempotent."""
+        self._batcher.shutdown()
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Counters so far: events delivered / failed, and dropped by reason."""
+        return {"events": dict(self._batcher.counts), "dropped": dict(self._batcher.dropped)}
+
+class VWOSpanProcessor(_VWOProcessor, SpanProcessor):
+    """Batches spans that carry ``vwo.event.type`` as VWO events; other spans cost one dict lookup.
+
+    ``batch_events`` is VWO's dict ``{"events_per_request", "request_time_interval",
+    "flush_callback"}`` (or a ``BatchEvents``); ``None`` sends each event in real time.
+    """
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        attrs = span.attributes
+        if attrs and _EVENT_TYPE in attrs:
+            self._take(attrs, span.start_time)
+
+class VWOLogRecordProcessor(_VWOProcessor, LogRecordProcessor):
+    """Batches log records that carry ``vwo.event.type`` as VWO events; others are ignored."""
+
+    def on_emit(self, log_record: Any) -> None:
+        record = log_record.log_record
+        attrs = record.attributes
+        if attrs and _EVENT_TYPE in attrs:
+            self._take(attrs, record.timestamp or record.observed_timestamp)
+
+    emit = on_emit  # older SDKs call emit()
