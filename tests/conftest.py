@@ -1,0 +1,87 @@
+"""Shared fixtures: the project's own loopback VWO receiver and pipelines wired to it."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Optional
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from vwo_otel import RetryPolicy, VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor
+from vwo_otel.receiver import Receiver
+
+ACCOUNT_ID = 12345
+SDK_KEY = "test-sdk-key-0123456789"
+#: Short retry waits so reliability tests run fast; budgets stay honest.
+FAST_RETRY = RetryPolicy(budget=5.0, initial_backoff=0.01, max_backoff=0.05)
+
+
+@pytest.fixture
+def receiver():
+    """A fresh VWO-compatible receiver on 127.0.0.1 checking our account and key."""
+    with Receiver(account_id=ACCOUNT_ID, sdk_key=SDK_KEY) as rx:
+        yield rx
+
+
+class Callbacks:
+    """Collects ``flush_callback(err, events)`` calls, thread-safely."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+        self._cond = threading.Condition()
+
+    def __call__(self, err: Optional[BaseException], events: list) -> None:
+        with self._cond:
+            self.calls.append((err, list(events)))
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[list], bool], timeout: float = 10.0) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self.calls), timeout)
+
+    @property
+    def ok_events(self) -> list:
+        return [e for err, evs in self.calls if err is None for e in evs]
+
+    @property
+    def failed(self) -> list:
+        return [(err, evs) for err, evs in self.calls if err is not None]
+
+
+@pytest.fixture
+def callbacks() -> Callbacks:
+    return Callbacks()
+
+
+@pytest.fixture
+def make_exporter(receiver) -> Callable[..., VWOExporter]:
+    def make(**kwargs: Any) -> VWOExporter:
+        kwargs.setdefault("endpoint", receiver.url)
+        kwargs.setdefault("retry", FAST_RETRY)
+        kwargs.setdefault("timeout", 5.0)
+        return VWOExporter(ACCOUNT_ID, SDK_KEY, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def pipeline(make_exporter, callbacks):
+    """``pipeline(batch_events=..., **processor_kwargs)`` -> (events, processor, provider).
+    ``flush_callback`` defaults to the ``callbacks`` fixture. Providers are shut down after."""
+    made: list = []
+
+    def make(batch_events: Any = "default", exporter: Optional[VWOExporter] = None, **kwargs: Any):
+        if batch_events == "default":
+            batch_events = {"events_per_request": 10, "request_time_interval": 60}
+        if isinstance(batch_events, dict):
+            batch_events = {"flush_callback": callbacks, **batch_events}
+        processor = VWOSpanProcessor(exporter or make_exporter(), batch_events, **kwargs)
+        provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+        provider.add_span_processor(processor)
+        made.append(provider)
+        return VWOEvents(tracer_provider=provider), processor, provider
+
+    yield make
+    for provider in made:
+        provider.shutdown()

@@ -1,0 +1,95 @@
+"""The demo: a small app emits VWO events through OpenTelemetry with batching, against the
+embedded loopback receiver (or ``--endpoint``), and shows what went over the wire."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Optional, TextIO
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from .emit import VWOEvents, VWOSampler
+from .exporter import VWOExporter
+from .processor import VWOSpanProcessor
+from .receiver import Receiver
+
+DEMO_ACCOUNT_ID = 123456
+DEMO_SDK_KEY = "demo-sdk-key"
+
+
+def run_demo(out: TextIO, *, endpoint: Optional[str] = None, account_id: int = DEMO_ACCOUNT_ID,
+             sdk_key: str = DEMO_SDK_KEY, users: int = 300, events_per_request: int = 100,
+             request_time_interval: float = 1.0, seed: int = 7) -> int:
+    """Run the demo app and print a report to ``out``; returns a process exit code."""
+    receiver = None
+    if endpoint is None:
+        receiver = Receiver(account_id=account_id, sdk_key=sdk_key).start()
+        endpoint = receiver.url
+        out.write(f"embedded VWO-compatible receiver listening on {endpoint}\n")
+    results: list = []
+    lock = threading.Lock()
+
+    def flush_callback(err: Optional[BaseException], events: list) -> None:
+        with lock:
+            results.append((err, len(events)))
+
+    # The app's own tracing keeps working beside VWO: its spans go to its exporter only.
+    app_spans = InMemorySpanExporter()
+    provider = TracerProvider(sampler=VWOSampler())
+    provider.add_span_processor(SimpleSpanProcessor(app_spans))
+    exporter = VWOExporter(account_id, sdk_key, endpoint=endpoint)
+    processor = VWOSpanProcessor(exporter, {
+        "events_per_request": events_per_request,
+        "request_time_interval": request_time_interval,
+        "flush_callback": flush_callback,
+    })
+    provider.add_span_processor(processor)
+    vwo = VWOEvents(tracer_provider=provider)
+    tracer = provider.get_tracer("demo-app")
+
+    rng = random.Random(seed)
+    emitted = 0
+    started = time.perf_counter()
+    for i in range(users):
+        user = f"user-{i}"
+        with tracer.start_as_current_span("GET /checkout"):
+            variation = rng.choice((1, 2))
+            vwo.activate(231, variation, user, visitor_ua="demo-browser/1.0", visitor_ip="127.0.0.1")
+            emitted += 1
+            if rng.random() < 0.3:
+                vwo.track(231, variation, 2, user, revenue=round(rng.uniform(5, 120), 2))
+                emitted += 1
+            if i % 10 == 0:
+                vwo.push(user, {"plan": rng.choice(("free", "pro")), "country": "DE"})
+                emitted += 2
+    emit_seconds = time.perf_counter() - started
+    out.write(f"emitted {emitted} VWO events from {users} simulated requests "
+              f"({emit_seconds * 1e6 / emitted:.1f} us per event on the app's thread)\n")
+    out.write(f"waiting for the request_time_interval ({request_time_interval:g} s) to send the last, partial batch\n")
+    time.sleep(request_time_interval + 0.3)
+    ok = processor.flush_events()  # nothing should be left; proves flush_events is safe when idle
+    provider.shutdown()
+
+    delivered = sum(n for err, n in results if err is None)
+    failed = sum(n for err, n in results if err is not None)
+    out.write("\nflush_callback results:\n")
+    for err, n in results:
+        out.write(f"  {'ok ' if err is None else 'ERR'} {n:4d} events{'' if err is None else ': ' + str(err)}\n")
+    out.write(f"delivered {delivered}/{emitted}, failed {failed}; app spans exported to the app's own "
+              f"exporter: {len(app_spans.get_finished_spans())} (VWO event spans among them: "
+              f"{sum(1 for s in app_spans.get_finished_spans() if s.name.startswith('vwo.'))})\n")
+    if receiver is not None:
+        s = receiver.summary()
+        out.write("\nwhat went over the wire (as the receiver saw it):\n")
+        for r in receiver.requests():
+            out.write(f"  {r['method']} {r['path']} -> {r['status']}: {r['n_events']} events, {r['body_bytes']} bytes\n")
+        out.write(f"requests {s['requests']}, events {s['events']}, events per request "
+                  f"{s['events_per_request']:.1f}, bytes per event {s['bytes_per_event']:.1f}\n")
+        sample = receiver.events()[:3]
+        out.write("first events as stored: " + "; ".join(str(e) for e in sample) + "\n")
+        receiver.stop()
+    return 0 if ok and delivered == emitted else 1
