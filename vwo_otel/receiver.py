@@ -1,0 +1,1032 @@
+"""A local VWO-compatible collection endpoint on loopback, for the demo, tests and benchmarks.
+
+Standard library only. It validates requests the way VWO's collection server is
+documented to (batch ``POST /server-side/batch-events`` and the real-time GETs),
+stores every request and every accepted event in SQLite, and can inject faults
+(errors, stalls, dropped connections, "accepted but answered an error") so
+delivery guarantees can be tested against something that behaves like a server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import ipaddress
+import json
+import logging
+import math
+import random
+import re
+import select
+import signal
+import socket
+import socketserver
+import sqlite3
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType, TracebackType
+from typing import Any, Optional, Union, cast
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "PAYLOAD_TOO_LARGE", "Receiver", "main"]
+
+logger = logging.getLogger("vwo_otel.receiver")
+
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+PAYLOAD_TOO_LARGE = "Payload size too large"
+
+_ROUTE = re.compile(r"(?:/[^/]+)?/server-side/(batch-events|track-user|track-goal|push)")
+_ALLOWED_METHOD = {"batch-events": "POST", "track-user": "GET", "track-goal": "GET", "push": "GET"}
+_U_MATCH = re.compile(r"[0-9A-F]{32}").fullmatch
+_ENV_IN_QUERY = re.compile(r"(^|&)(env=)[^&]*")
+_ENV_IN_TEXT = re.compile(r"(env=)[^&\s'\"]*")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_DRAIN_LIMIT = 256 * 1024 * 1024  # bodies above the limit but below this are read and discarded
+_CHUNK = 64 * 1024
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_JSON = "application/json"
+_TEXT = "text/plain; charset=utf-8"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY,
+    received_at REAL NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    query TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    body_bytes INTEGER NOT NULL,
+    n_events INTEGER NOT NULL,
+    error TEXT,
+    accepted INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    request_id INTEGER NOT NULL,
+    eT INTEGER NOT NULL,
+    u TEXT NOT NULL,
+    sId INTEGER NOT NULL,
+    e INTEGER,
+    c INTEGER,
+    g INTEGER,
+    r,
+    t TEXT,
+    visitor_ua TEXT NOT NULL,
+    visitor_ip TEXT NOT NULL,
+    raw TEXT NOT NULL
+);
+"""
+_INSERT_REQUEST = (
+    "INSERT INTO requests (received_at, method, path, query, status, body_bytes, n_events, error, accepted)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_EVENT = (
+    "INSERT INTO events (request_id, eT, u, sId, e, c, g, r, t, visitor_ua, visitor_ip, raw)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_REQUEST_KEYS = ("id", "received_at", "method", "path", "query", "status", "body_bytes", "n_events", "error",
+                 "accepted")
+
+# eT, u, sId, e, c, g, r, t, visitor_ua, visitor_ip, raw
+EventRow = tuple[int, str, int, Optional[int], Optional[int], Optional[int], Optional[Union[int, float]],
+                 Optional[str], str, str, str]
+RetryAfter = Union[int, str, None]
+
+
+class _Invalid(Exception):
+    """A request that fails validation; the message is the short text sent back to the client."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass
+class _Fault:
+    """One scheduled fault: kind is "fail", "drop" or "accept_fail"; remaining counts requests left."""
+
+    kind: str
+    remaining: int
+    status: int = 503
+    retry_after: str | None = None
+    body: bytes = b""
+
+
+@dataclass
+class _Stall:
+    """A response delay applied to the next ``remaining`` requests (None: until cleared)."""
+
+    seconds: float
+    remaining: int | None
+
+
+@dataclass
+class _Outcome:
+    """What to answer and store for one request after validation."""
+
+    status: int
+    body: bytes
+    content_type: str
+    rows: list[EventRow]
+    n_events: int
+    error: str | None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _reason(status: int) -> str:
+    """The standard reason phrase for status, or "" for an unregistered code."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _redact(text: str) -> str:
+    """Text with any ``env=<sdk key>`` value masked, so the key never reaches a log or the database."""
+    return _ENV_IN_TEXT.sub(r"\1***", text)
+
+
+def _loopback_host(host: str) -> str:
+    """The host as a loopback IP literal; raise ValueError for anything not on loopback."""
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ValueError(f"host must be a loopback IP address, got {host!r}") from None
+    if not ip.is_loopback:
+        raise ValueError(f"the receiver only listens on loopback, got {host!r}")
+    return str(ip)
+
+
+def _reject_constant(name: str) -> Any:
+    """Refuse NaN and Infinity, which are not JSON."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _is_int(value: Any) -> bool:
+    """True for a JSON integer that fits SQLite's 64-bit column (bool excluded)."""
+    return type(value) is int and _INT64_MIN <= value <= _INT64_MAX
+
+
+def _is_number(value: Any) -> bool:
+    """True for a finite JSON number (bool excluded)."""
+    t = type(value)
+    if t is int:
+        return bool(_INT64_MIN <= value <= _INT64_MAX)
+    return t is float and math.isfinite(value)
+
+
+def _check_tags(text: str, what: str) -> None:
+    """Validate a custom-dimension payload: a JSON string of ``{"u": {key: "value"}}`` with one key."""
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except ValueError:
+        raise _Invalid(f"{what} is not valid JSON") from None
+    inner = doc.get("u") if type(doc) is dict and len(doc) == 1 else None
+    if type(inner) is not dict or len(inner) != 1:
+        raise _Invalid(f'{what} must be {{"u": {{key: value}}}} with exactly one key')
+    (value,) = inner.values()
+    if type(value) is not str:
+        raise _Invalid(f"{what}: the custom dimension value must be a string")
+
+
+def _event_row(ev: Any) -> EventRow:
+    """Validate one batch event and return its database row (raw = compact JSON of the event)."""
+    if type(ev) is not dict:
+        raise _Invalid("event must be a JSON object")
+    et = ev.get("eT")
+    if type(et) is not int or not 1 <= et <= 3:
+        raise _Invalid("eT must be 1, 2 or 3")
+    u = ev.get("u")
+    if type(u) is not str or not _U_MATCH(u):
+        raise _Invalid("u must be 32 uppercase hex characters")
+    sid = ev.get("sId")
+    if not _is_int(sid):
+        raise _Invalid("sId must be an integer")
+    ua = ev.get("visitor_ua")
+    if type(ua) is not str:
+        raise _Invalid("visitor_ua must be a string")
+    ip = ev.get("visitor_ip")
+    if type(ip) is not str:
+        raise _Invalid("visitor_ip must be a string")
+    e = c = g = r = t = None
+    if et == 3:
+        t = ev.get("t")
+        if type(t) is not str:
+            raise _Invalid("t must be a JSON string")
+        _check_tags(t, "t")
+    else:
+        e = ev.get("e")
+        if not _is_int(e):
+            raise _Invalid("e must be an integer")
+        c = ev.get("c")
+        if not _is_int(c):
+            raise _Invalid("c must be an integer")
+        if et == 2:
+            g = ev.get("g")
+            if not _is_int(g):
+                raise _Invalid("g must be an integer")
+            if "r" in ev:
+                r = ev["r"]
+                if not _is_number(r):
+                    raise _Invalid("r must be a number when present")
+    return cast(EventRow, (et, u, sid, e, c, g, r, t, ua, ip, _encode(ev)))
+
+
+def _row_event(row: Sequence[Any]) -> dict[str, Any]:
+    """A stored event as a wire-shaped dict (optional keys that are NULL are left out)."""
+    et, u, sid, e, c, g, r, t, ua, ip = row[:10]
+    ev: dict[str, Any] = {"eT": et, "u": u, "sId": sid}
+    if e is not None:
+        ev["e"] = e
+    if c is not None:
+        ev["c"] = c
+    if g is not None:
+        ev["g"] = g
+    if r is not None:
+        ev["r"] = r
+    if t is not None:
+        ev["t"] = t
+    ev["visitor_ua"] = ua
+    ev["visitor_ip"] = ip
+    return ev
+
+
+def _query_params(query: str) -> dict[str, str]:
+    """First value of each query parameter (blank values kept)."""
+    return {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
+
+
+def _param(params: dict[str, str], name: str) -> str:
+    """A required, non-empty query parameter."""
+    value = params.get(name)
+    if not value:
+        raise _Invalid(f"missing query parameter {name}")
+    return value
+
+
+def _int_param(params: dict[str, str], name: str) -> int:
+    """A required integer query parameter."""
+    value = _param(params, name)
+    try:
+        number = int(value)
+    except ValueError:
+        raise _Invalid(f"query parameter {name} must be an integer") from None
+    if not _INT64_MIN <= number <= _INT64_MAX:
+        raise _Invalid(f"query parameter {name} is out of range")
+    return number
+
+
+def _number_param(value: str, name: str) -> int | float:
+    """A finite number from a query string value (int when it is written as one)."""
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        number = float(value)
+    except ValueError:
+        raise _Invalid(f"query parameter {name} must be a number") from None
+    if not math.isfinite(number):
+        raise _Invalid(f"query parameter {name} must be a finite number")
+    return number
+
+
+def _client_gone(sock: socket.socket) -> bool:
+    """True when the peer has closed its side (checked without consuming data)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer that sets TCP_NODELAY on each connection and can close them all on stop."""
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], receiver: Receiver) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.receiver = receiver
+        self.stopping = False
+        self._conns: set[socket.socket] = set()
+        self._conns_cond = threading.Condition()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse-DNS lookup of the host (slow on some machines)."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = str(self.server_address[0])
+        self.server_port = int(self.server_address[1])
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept a connection, disable Nagle on it (see measurement notes) and track it."""
+        sock, addr = super().get_request()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # pragma: no cover - not a TCP socket
+            pass
+        with self._conns_cond:
+            self._conns.add(sock)
+        return sock, addr
+
+    def shutdown_request(self, request: Any) -> None:
+        """Forget the connection once its handler is done, then close it."""
+        with self._conns_cond:
+            self._conns.discard(request)
+            self._conns_cond.notify_all()
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log handler errors (usually a client that went away) at debug level instead of stderr."""
+        logger.debug("error while serving a request", exc_info=True)
+
+    def close_connections(self, timeout: float) -> None:
+        """Shut down every open connection so idle keep-alive handlers exit, then wait for them."""
+        with self._conns_cond:
+            conns = list(self._conns)
+        for sock in conns:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        with self._conns_cond:
+            self._conns_cond.wait_for(lambda: not self._conns, timeout)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Routes GET and POST to the receiver; quiet, keep-alive, one write per response."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "vwo-otel-receiver"
+    sys_version = ""
+    server: _Server
+
+    def do_GET(self) -> None:
+        """Serve a real-time event GET."""
+        self.server.receiver._serve(self)
+
+    def do_POST(self) -> None:
+        """Serve a batch POST."""
+        self.server.receiver._serve(self)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Answer protocol-level errors (bad request line, unsupported method) in one write and record them."""
+        self.close_connection = True
+        text = message or _reason(int(code))
+        self.server.receiver._protocol_error(self, int(code), text)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Send http.server's messages to the debug logger (never stderr), sdk key masked."""
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s", _redact(format % args))
+
+
+class Receiver:
+    """A local VWO collection endpoint on loopback that validates, stores and can misbehave on purpose."""
+
+    def __init__(
+        self,
+        account_id: int | str | None = None,
+        sdk_key: str | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        db_path: str = ":memory:",
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        """Configure the receiver; account_id/sdk_key, when given, must match what clients send."""
+        if account_id is not None:
+            if isinstance(account_id, bool) or not str(account_id).isdigit():
+                raise ValueError("account_id must be numeric")
+            account_id = int(account_id)
+        if sdk_key is not None and (not isinstance(sdk_key, str) or not sdk_key):
+            raise ValueError("sdk_key must be a non-empty string")
+        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be a positive integer")
+        self._account_id: int | None = account_id
+        self._sdk_key: bytes | None = sdk_key.encode() if sdk_key is not None else None
+        self._host = _loopback_host(host)
+        self._port = int(port)
+        self._db_path = db_path
+        self._default_max_body = max_body_bytes
+        self._max_body = max_body_bytes
+
+        self._db = sqlite3.connect(db_path, check_same_thread=False)
+        if db_path != ":memory:" and not db_path.startswith("file:"):
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._db.commit()
+        self._lock = threading.Lock()
+        self._inserted = threading.Condition(self._lock)
+        self._n_events: int = self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+        self._fault_lock = threading.Lock()
+        self._faults: deque[_Fault] = deque()
+        self._stall: _Stall | None = None
+        self._release = threading.Event()
+        self._random_rate = 0.0
+        self._random_statuses: tuple[int, ...] = ()
+        self._random_drop = False
+        self._rng = random.Random()
+
+        self._state_lock = threading.Lock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def host(self) -> str:
+        """The loopback address the receiver binds."""
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The bound port (the configured one before the first start)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Base URL to give clients as the collection host, e.g. ``http://127.0.0.1:PORT``."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._port}"
+
+    @property
+    def running(self) -> bool:
+        """Whether the receiver is serving."""
+        return self._server is not None
+
+    def start(self) -> Receiver:
+        """Bind and serve in a daemon thread; no-op if running. A restart reuses the same port."""
+        with self._state_lock:
+            if self._server is not None:
+                return self
+            server = _Server((self._host, self._port), self)
+            self._port = int(server.server_address[1])
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                      name=f"vwo-otel-receiver:{self._port}", daemon=True)
+            thread.start()
+            self._server, self._thread = server, thread
+        logger.debug("receiver listening on %s", self.url)
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop serving, end stalls, close open connections; bounded by about timeout seconds. Idempotent."""
+        with self._state_lock:
+            server, thread = self._server, self._thread
+            if server is None or thread is None:
+                return
+            self._server = self._thread = None
+            server.stopping = True
+            with self._fault_lock:
+                self._release.set()
+                self._release = threading.Event()
+            if thread.is_alive():
+                server.shutdown()
+            server.server_close()
+            server.close_connections(timeout)
+            thread.join(timeout)
+            if self._db_path != ":memory:":
+                with self._lock:
+                    try:
+                        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    except sqlite3.Error:  # pragma: no cover - checkpoint is best effort
+                        logger.debug("wal checkpoint failed", exc_info=True)
+        logger.debug("receiver on port %d stopped", self._port)
+
+    def close(self) -> None:
+        """Stop and close the database (stored data is no longer readable through this object)."""
+        self.stop()
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Receiver:
+        """Start on entry."""
+        return self.start()
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Stop on exit; stored data stays readable until close()."""
+        self.stop()
+
+    # ----------------------------------------------------------------- stored data
+
+    def events(self, *, with_raw: bool = False) -> list[dict[str, Any]]:
+        """Accepted events in arrival order, wire-shaped; with_raw adds "raw" JSON text and "request_id"."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT eT, u, sId, e, c, g, r, t, visitor_ua, visitor_ip, raw, request_id FROM events ORDER BY id"
+            ).fetchall()
+        out = []
+        for row in rows:
+            ev = _row_event(row)
+            if with_raw:
+                ev["raw"] = row[10]
+                ev["request_id"] = row[11]
+            out.append(ev)
+        return out
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request received (rejected and faulted ones too), in arrival order.
+
+        Keys: id, received_at, method, path, query (env masked as ***), status (0 = no response sent),
+        body_bytes (query length for GETs), n_events, error, accepted (events were stored).
+        """
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(_REQUEST_KEYS)} FROM requests ORDER BY id").fetchall()
+        out = []
+        for row in rows:
+            d = dict(zip(_REQUEST_KEYS, row))
+            d["accepted"] = bool(d["accepted"])
+            out.append(d)
+        return out
+
+    def event_count(self) -> int:
+        """Number of accepted events stored."""
+        with self._lock:
+            return self._n_events
+
+    def wait_for_events(self, n: int, timeout: float | None = None) -> bool:
+        """Block until at least n events are stored (woken on each insert); False on timeout."""
+        with self._inserted:
+            return self._inserted.wait_for(lambda: self._n_events >= n, timeout)
+
+    def reset(self) -> None:
+        """Delete all stored requests and events and clear every fault."""
+        with self._lock:
+            self._db.execute("DELETE FROM events")
+            self._db.execute("DELETE FROM requests")
+            self._db.commit()
+            self._n_events = 0
+        self.clear_faults()
+
+    def summary(self) -> dict[str, Any]:
+        """Totals and ratios: requests, accepted_requests, events, bytes, bytes_per_event, events_per_request.
+
+        bytes is the payload of accepted requests: the body of a POST, the query string of a real-time GET.
+        """
+        with self._lock:
+            n_req, n_acc, n_bytes = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(accepted), 0),"
+                " COALESCE(SUM(CASE WHEN accepted THEN body_bytes ELSE 0 END), 0) FROM requests"
+            ).fetchone()
+            n_ev = self._n_events
+        return {
+            "requests": n_req,
+            "accepted_requests": n_acc,
+            "events": n_ev,
+            "bytes": n_bytes,
+            "bytes_per_event": n_bytes / n_ev if n_ev else 0.0,
+            "events_per_request": n_ev / n_acc if n_acc else 0.0,
+        }
+
+    # ----------------------------------------------------------------- fault injection
+
+    def fail_next(self, n: int, status: int = 503, retry_after: RetryAfter = None, body: str = "") -> None:
+        """Answer the next n requests with status (and Retry-After if given), storing nothing."""
+        self._schedule(_Fault("fail", self._count(n), self._status(status), self._retry_after(retry_after),
+                              body.encode()))
+
+    def drop_next(self, n: int) -> None:
+        """Close the connection without any response for the next n requests (after reading the body)."""
+        self._schedule(_Fault("drop", self._count(n)))
+
+    def accept_then_fail_next(self, n: int, status: int = 504) -> None:
+        """Store the events of the next n valid requests but answer status: "accepted, client saw failure"."""
+        self._schedule(_Fault("accept_fail", self._count(n), self._status(status), None,
+                              _reason(status).encode()))
+
+    def set_max_body(self, nbytes: int) -> None:
+        """Answer 413 for bodies above nbytes until clear_faults() (simulates a smaller server limit)."""
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+            raise ValueError("nbytes must be a non-negative integer")
+        with self._fault_lock:
+            self._max_body = nbytes
+
+    def stall(self, seconds: float, n: int | None = None) -> None:
+        """Delay the next n requests (None: all, until cleared) by seconds; stop()/clear_faults() end it."""
+        if not seconds >= 0:
+            raise ValueError("seconds must be >= 0")
+        with self._fault_lock:
+            self._stall = _Stall(float(seconds), None if n is None else self._count(n))
+
+    def random_faults(self, rate: float, *, seed: int | None = None,
+                      statuses: Sequence[int] = (429, 500, 502, 503, 504), drop: bool = True) -> None:
+        """Fail each request with probability rate: a random status from statuses or a dropped connection."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError("rate must be between 0 and 1")
+        codes = tuple(self._status(s) for s in statuses)
+        if rate > 0 and not codes and not drop:
+            raise ValueError("give statuses or drop=True")
+        with self._fault_lock:
+            self._random_rate = float(rate)
+            self._random_statuses = codes
+            self._random_drop = bool(drop)
+            self._rng = random.Random(seed)
+
+    def clear_faults(self) -> None:
+        """Remove every fault: scheduled failures, stalls (ending current ones), random faults, body limit."""
+        with self._fault_lock:
+            self._faults.clear()
+            self._stall = None
+            self._release.set()
+            self._release = threading.Event()
+            self._random_rate = 0.0
+            self._max_body = self._default_max_body
+
+    @staticmethod
+    def _count(n: int) -> int:
+        """Validate a request count."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError("n must be a non-negative integer")
+        return n
+
+    @staticmethod
+    def _status(status: int) -> int:
+        """Validate an HTTP status code."""
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 999:
+            raise ValueError(f"invalid HTTP status {status!r}")
+        return status
+
+    @staticmethod
+    def _retry_after(value: RetryAfter) -> str | None:
+        """Retry-After header text: int seconds or an HTTP-date string, passed through."""
+        if value is None:
+            return None
+        text = str(int(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+        if not isinstance(text, str) or not text or "\r" in text or "\n" in text:
+            raise ValueError("retry_after must be int seconds or an HTTP-date string")
+        return text
+
+    def _schedule(self, fault: _Fault) -> None:
+        """Queue a fault behind those already scheduled (they apply in call order)."""
+        if fault.remaining:
+            with self._fault_lock:
+                self._faults.append(fault)
+
+    def _take_fault(self) -> tuple[_Fault | None, float, threading.Event, int]:
+        """Decide this request's fault, stall seconds, the event that ends the stall, and the body limit."""
+        with self._fault_lock:
+            seconds = 0.0
+            stall = self._stall
+            if stall is not None:
+                seconds = stall.seconds
+                if stall.remaining is not None:
+                    stall.remaining -= 1
+                    if stall.remaining <= 0:
+                        self._stall = None
+                    if stall.remaining < 0:
+                        seconds = 0.0
+            fault: _Fault | None = None
+            if self._faults:
+                fault = self._faults[0]
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self._faults.popleft()
+            elif self._random_rate and self._rng.random() < self._random_rate:
+                rng = self._rng
+                n = len(self._random_statuses) + (1 if self._random_drop else 0)
+                pick = rng.randrange(n)
+                if pick == len(self._random_statuses):
+                    fault = _Fault("drop", 1)
+                else:
+                    status = self._random_statuses[pick]
+                    retry = "0" if status in (429, 503) and rng.random() < 0.5 else None
+                    fault = _Fault("fail", 1, status, retry, _reason(status).encode())
+            return fault, seconds, self._release, self._max_body
+
+    # ----------------------------------------------------------------- serving
+
+    def _serve(self, h: _Handler) -> None:
+        """Handle one request: read body, apply faults, validate, store, answer in one write."""
+        received_at = time.time()
+        method = h.command or ""
+        split = urlsplit(h.path)
+        path, query = split.path, split.query
+        fault, stall_seconds, release, limit = self._take_fault()
+
+        body, nbytes, body_problem = self._read_body(h, limit)
+        if body_problem == "incomplete":
+            self._store(received_at, method, path, query, 0, nbytes, 0, "client closed before the body ended",
+                        False, [])
+            h.close_connection = True
+            return
+
+        if stall_seconds > 0:
+            release.wait(stall_seconds)
+            if h.server.stopping or _client_gone(h.connection):
+                self._store(received_at, method, path, query, 0, nbytes, 0,
+                            "client went away during an injected stall", False, [])
+                h.close_connection = True
+                return
+
+        if fault is not None and fault.kind == "drop":
+            self._store(received_at, method, path, query, 0, nbytes, 0, "injected dropped connection", False, [])
+            h.close_connection = True
+            try:
+                h.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        if fault is not None and fault.kind == "fail":
+            headers = (("Retry-After", fault.retry_after),) if fault.retry_after is not None else ()
+            self._store(received_at, method, path, query, fault.status, nbytes, 0, "injected failure", False, [])
+            self._respond(h, fault.status, fault.body, _TEXT, headers)
+            return
+
+        out = self._process(h, method, path, query, body, body_problem)
+        accepted = 200 <= out.status < 300
+        status, reply, ctype, error = out.status, out.body, out.content_type, out.error
+        if accepted and fault is not None and fault.kind == "accept_fail":
+            status, reply, ctype = fault.status, fault.body, _TEXT
+            error = f"injected failure after accepting {len(out.rows)} events"
+        self._store(received_at, method, path, query, status, nbytes, out.n_events, error, accepted, out.rows)
+        self._respond(h, status, reply, ctype, out.headers)
+
+    def _read_body(self, h: _Handler, limit: int) -> tuple[bytes | None, int, str | None]:
+        """Read the request body: (body or None, byte count, problem) where problem names what went wrong."""
+        te = h.headers.get("Transfer-Encoding")
+        if te is not None:
+            if te.strip().lower() != "chunked":
+                h.close_connection = True
+                return None, 0, "bad-transfer-encoding"
+            return self._read_chunked(h, limit)
+        cl = h.headers.get("Content-Length")
+        if cl is None:
+            return b"", 0, ("no-length" if h.command == "POST" else None)
+        try:
+            n = int(cl)
+            if n < 0:
+                raise ValueError
+        except ValueError:
+            h.close_connection = True
+            return None, 0, "bad-length"
+        if n > limit:
+            if n <= _DRAIN_LIMIT:
+                left = n
+                while left > 0:
+                    chunk = h.rfile.read(min(left, _CHUNK))
+                    if not chunk:
+                        return None, n - left, "incomplete"
+                    left -= len(chunk)
+            else:
+                h.close_connection = True
+            return None, n, "too-large"
+        data = h.rfile.read(n) if n else b""
+        if len(data) < n:
+            return None, len(data), "incomplete"
+        return data, n, None
+
+    def _read_chunked(self, h: _Handler, limit: int) -> tuple[bytes | None, int, str | None]:
+        """Decode a chunked body, discarding (but still reading) data beyond limit."""
+        parts: list[bytes] = []
+        total = 0
+        rfile = h.rfile
+        try:
+            while True:
+                line = rfile.readline(1024)
+                if not line:
+                    return None, total, "incomplete"
+                size = int(line.split(b";", 1)[0].strip(), 16)
+                if size == 0:
+                    while rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                data = rfile.read(size)
+                rfile.readline(1024)
+                if len(data) < size:
+                    return None, total + len(data), "incomplete"
+                total += size
+                if total > _DRAIN_LIMIT:
+                    h.close_connection = True
+                    return None, total, "too-large"
+                if total <= limit:
+                    parts.append(data)
+        except ValueError:
+            h.close_connection = True
+            return None, total, "bad-chunked"
+        if total > limit:
+            return None, total, "too-large"
+        return b"".join(parts), total, None
+
+    def _process(self, h: _Handler, method: str, path: str, query: str, body: bytes | None,
+                 problem: str | None) -> _Outcome:
+        """Route and validate; never raises for client mistakes (they become 4xx outcomes)."""
+        route = _ROUTE.fullmatch(path)
+        if route is None:
+            return _Outcome(404, b"Not Found", _TEXT, [], 0, "unknown path")
+        kind = route.group(1)
+        allowed = _ALLOWED_METHOD[kind]
+        if method != allowed:
+            return _Outcome(405, b"Method Not Allowed", _TEXT, [], 0, f"{method} not allowed",
+                            (("Allow", allowed),))
+        try:
+            if problem == "too-large":
+                raise _Invalid(PAYLOAD_TOO_LARGE, 413)
+            if problem == "no-length":
+                raise _Invalid("Content-Length required", 411)
+            if problem is not None:
+                raise _Invalid(f"malformed request body ({problem})")
+            params = _query_params(query)
+            if kind == "batch-events":
+                assert body is not None
+                return self._batch(h, params, body)
+            row = self._realtime(h, kind, params)
+            return _Outcome(200, b'{"status":"ok","events":1}', _JSON, [row], 1, None)
+        except _Invalid as exc:
+            n = 1 if kind != "batch-events" else 0
+            return _Outcome(exc.status, exc.message.encode(), _TEXT, [], n, exc.message)
+
+    def _check_account(self, value: str, name: str) -> None:
+        """The account id must be numeric, and equal to the configured one if any (else 401)."""
+        if not value.isascii() or not value.isdigit():
+            raise _Invalid(f"query parameter {name} must be numeric")
+        if self._account_id is not None and int(value) != self._account_id:
+            raise _Invalid(f"query parameter {name} does not match the account id", 401)
+
+    def _check_key(self, env: str, name: str) -> None:
+        """The sdk key in the query must equal the configured one if any (else 401)."""
+        if self._sdk_key is not None and not hmac.compare_digest(env.encode(), self._sdk_key):
+            raise _Invalid(f"query parameter {name} does not match the sdk key", 401)
+
+    def _batch(self, h: _Handler, params: dict[str, str], body: bytes) -> _Outcome:
+        """Validate a batch-events POST and turn its events into rows."""
+        self._check_account(_param(params, "a"), "a")
+        env = _param(params, "env")
+        self._check_key(env, "env")
+        auth = h.headers.get("Authorization")
+        if auth is None:
+            raise _Invalid("missing Authorization header", 401)
+        if not hmac.compare_digest(auth.encode("utf-8", "surrogateescape"), env.encode()):
+            raise _Invalid("Authorization header does not match env", 401)
+        ctype = h.headers.get("Content-Type", "")
+        if ctype.split(";", 1)[0].strip().lower() != _JSON:
+            raise _Invalid("Content-Type must be application/json")
+        encoding = h.headers.get("Content-Encoding")
+        if encoding is not None and encoding.strip().lower() != "identity":
+            raise _Invalid("Content-Encoding is not supported")
+        try:
+            doc = json.loads(body, parse_constant=_reject_constant)
+        except ValueError:
+            raise _Invalid("body is not valid JSON") from None
+        evs = doc.get("ev") if type(doc) is dict else None
+        if type(evs) is not list or not evs:
+            raise _Invalid('body must be {"ev": [...]} with at least one event')
+        rows = []
+        for i, ev in enumerate(evs):
+            try:
+                rows.append(_event_row(ev))
+            except _Invalid as exc:
+                return _Outcome(400, f"ev[{i}]: {exc.message}".encode(), _TEXT, [], len(evs),
+                                f"ev[{i}]: {exc.message}")
+        reply = b'{"status":"ok","events":%d}' % len(rows)
+        return _Outcome(200, reply, _JSON, rows, len(rows), None)
+
+    def _realtime(self, h: _Handler, kind: str, params: dict[str, str]) -> EventRow:
+        """Validate a real-time GET and normalise it to a batch-shaped event row."""
+        self._check_account(_param(params, "account_id"), "account_id")
+        self._check_key(_param(params, "env"), "env")
+        u = _param(params, "u")
+        if not _U_MATCH(u):
+            raise _Invalid("u must be 32 uppercase hex characters")
+        sid = _int_param(params, "sId")
+        ua = h.headers.get("X-Device-User-Agent")
+        if ua is None:
+            ua = params.get("visitor_ua", "")
+        ip = h.headers.get("VWO-X-Forwarded-For")
+        if ip is None:
+            ip = params.get("visitor_ip", "")
+        ev: dict[str, Any] = {"eT": 0, "u": u, "sId": sid}
+        if kind == "push":
+            tags = _param(params, "tags")
+            _check_tags(tags, "tags")
+            ev["eT"] = 3
+            ev["t"] = tags
+        else:
+            ev["e"] = _int_param(params, "experiment_id")
+            ev["c"] = _int_param(params, "combination")
+            if kind == "track-user":
+                try:
+                    ed = json.loads(_param(params, "ed"))
+                except ValueError:
+                    raise _Invalid("query parameter ed is not valid JSON") from None
+                if type(ed) is not dict:
+                    raise _Invalid("query parameter ed must be a JSON object")
+                ev["eT"] = 1
+            else:
+                ev["eT"] = 2
+                ev["g"] = _int_param(params, "goal_id")
+                if "r" in params:
+                    ev["r"] = _number_param(params["r"], "r")
+        ev["visitor_ua"] = ua
+        ev["visitor_ip"] = ip
+        return (ev["eT"], u, sid, ev.get("e"), ev.get("c"), ev.get("g"), ev.get("r"), ev.get("t"), ua, ip,
+                _encode(ev))
+
+    def _protocol_error(self, h: _Handler, code: int, text: str) -> None:
+        """Record and answer an error raised by http.server's own request parsing."""
+        raw_path = getattr(h, "path", "") or ""
+        split = urlsplit(raw_path)
+        self._store(time.time(), h.command or "", split.path, split.query, code, 0, 0, _redact(text), False, [])
+        try:
+            self._respond(h, code, text.encode("utf-8", "replace"), _TEXT)
+        except OSError:
+            logger.debug("could not send %d", code, exc_info=True)
+
+    def _store(self, received_at: float, method: str, path: str, query: str, status: int, nbytes: int,
+               n_events: int, error: str | None, accepted: bool, rows: list[EventRow]) -> None:
+        """Record the request, and its events if accepted, in one transaction; wake waiters."""
+        safe_query = _ENV_IN_QUERY.sub(r"\1\2***", query) if "env=" in query else query
+        if method == "GET" and not nbytes:
+            nbytes = len(query)  # real-time GETs carry their payload in the query string
+        with self._lock:
+            try:
+                cur = self._db.execute(_INSERT_REQUEST, (received_at, method, path, safe_query, status, nbytes,
+                                                         n_events, error, 1 if accepted else 0))
+                if accepted and rows:
+                    rid = cur.lastrowid
+                    self._db.executemany(_INSERT_EVENT, [(rid, *row) for row in rows])
+                self._db.commit()
+            except sqlite3.ProgrammingError:  # database closed by close() while a request was in flight
+                logger.debug("receiver database closed; request not recorded")
+                return
+            if accepted and rows:
+                self._n_events += len(rows)
+                self._inserted.notify_all()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s -> %d (%d events%s)", method, path, status, n_events,
+                         f", {error}" if error else "")
+
+    @staticmethod
+    def _respond(h: _Handler, status: int, body: bytes, content_type: str,
+                 headers: Sequence[tuple[str, str]] = ()) -> None:
+        """Write status line, headers and body with a single write (avoids the Nagle/delayed-ACK stall)."""
+        head = [
+            f"{h.protocol_version} {status} {_reason(status)}",
+            f"Server: {h.server_version}",
+            f"Date: {h.date_time_string()}",
+            f"Content-Type: {content_type}",
+            f"Content-Length: {len(body)}",
+        ]
+        head.extend(f"{k}: {v}" for k, v in headers)
+        if h.close_connection:
+            head.append("Connection: close")
+        h.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a receiver in the foreground until Ctrl-C (or SIGTERM), then print a summary."""
+    parser = argparse.ArgumentParser(prog="python -m vwo_otel.receiver",
+                                     description="Local VWO-compatible collection receiver (loopback only).")
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind, 0 for any (default 8000)")
+    parser.add_argument("--db", default=":memory:", help="SQLite file to store requests and events in")
+    parser.add_argument("--account-id", default=None, help="only accept this account id")
+    parser.add_argument("--sdk-key", default=None, help="only accept this sdk key")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                        help="answer 413 above this body size (default 10 MiB)")
+    args = parser.parse_args(argv)
+    try:
+        receiver = Receiver(args.account_id, args.sdk_key, host=args.host, port=args.port, db_path=args.db,
+                            max_body_bytes=args.max_body_bytes)
+        receiver.start()
+    except (OSError, ValueError, sqlite3.Error) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def _terminate(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    print(f"VWO receiver listening on {receiver.url} (db {args.db}); Ctrl-C to stop", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        receiver.stop()
+    print(json.dumps(receiver.summary()), flush=True)
+    receiver.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
