@@ -15,10 +15,11 @@ from .exporter import VWOExporter
 from .processor import VWOLogRecordProcessor, VWOSpanProcessor
 from .results import EventsDropped, HTTPStatusError, NetworkError, Outcome, PayloadTooLarge, VWODeliveryError
 from .retry import RetryPolicy
+from .spool import Spool
 from .wire import visitor_uuid
 
 __all__ = [
     "BatchEvents", "EventsDropped", "HTTPStatusError", "NetworkError", "Outcome", "PayloadTooLarge",
-    "RetryPolicy", "VWODeliveryError", "VWOEvent", "VWOEvents", "VWOExporter", "VWOLogRecordProcessor",
+    "RetryPolicy", "Spool", "VWODeliveryError", "VWOEvent", "VWOEvents", "VWOExporter", "VWOLogRecordProcessor",
     "VWOSampler", "VWOSpanProcessor", "__version__", "attributes", "visitor_uuid",
 ]

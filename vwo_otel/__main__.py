@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vwo-otel`` command."""
     parser = argparse.ArgumentParser(prog="vwo-otel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

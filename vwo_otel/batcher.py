@@ -20,7 +20,9 @@ from .callbacks import Notifier
 from .config import BatchEvents
 from .events import VWOEvent
 from .exporter import VWOExporter
+from .callbacks import LogLimiter
 from .results import Outcome, VWODeliveryError
+from .spool import Orphan, Spool
 
 logger = logging.getLogger("vwo_otel")
 
@@ -40,7 +42,7 @@ class Batcher:
 
     def __init__(self, exporter: VWOExporter, config: BatchEvents | None, *,
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
-                 shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> None:
+                 shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, spool: Spool | None = None) -> None:
         _positive("max_queue_size", max_queue_size, integer=True)
         _positive("shutdown_timeout", shutdown_timeout, integer=False)
         self.exporter = exporter
@@ -51,8 +53,11 @@ class Batcher:
         self.max_queue_size = max_queue_size
         self.shutdown_timeout = float(shutdown_timeout)
         self._notifier = Notifier(config.flush_callback if config else None, exporter.encode, max_queue_size)
+        self._spool = spool
         self._reset()
         lifecycle.track(self)
+        if spool is not None:
+            self._replay(spool)
 
     def _reset(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -62,16 +67,27 @@ class Batcher:
         self._size = 0  # events held: pending + ready + in flight
         self._low = 0  # impressions/dimensions in pending + ready (evictable for conversions)
         self._seq = 0  # sequence number of the last cut batch
+        self._inflight: dict[int, list[VWOEvent]] = {}  # batches taken for delivery, not yet settled
         self._closed = False
         self._worker: threading.Thread | None = None
+        self._log = LogLimiter()
         self.counts: dict[str, int] = {"delivered": 0, "failed": 0}
         self.dropped: dict[str, int] = {}
 
     def after_fork(self) -> None:
-        """In a forked child: empty queue and fresh threads; the parent delivers its own events."""
+        """In a forked child: empty queue and fresh threads; the parent delivers its own events.
+        A batcher shut down before the fork stays shut down."""
+        closed = self._closed
         self._reset()
+        self._closed = closed
         self._notifier.after_fork()
         self.exporter.after_fork()
+        if self._spool is not None:
+            self._spool.after_fork()
+
+    def queue_size(self) -> int:
+        """Events held now: queued, batched and in flight (read without the lock, for metrics)."""
+        return self._size
 
     # -- the emitting thread's side (hot path) ---------------------------------------
     def put(self, event: VWOEvent) -> None:
@@ -83,11 +99,15 @@ class Batcher:
             reason, victim = self._make_room(event)
             if victim is not event:
                 self._append(event)
+        if self._spool is not None:
+            self._spool.ack([victim])
         self._notifier.dropped(reason, [victim])  # outside the lock: may run the callback inline
 
     def _append(self, event: VWOEvent) -> None:
         pending = self._pending
         pending.append(event)
+        if self._spool is not None:
+            self._spool.add(event)
         self._size += 1
         if event.etype != A.GOAL:
             self._low += 1
@@ -97,8 +117,7 @@ class Batcher:
             self._deadline = time.monotonic() + self.interval
         else:
             return
-        if self._worker is None:
-            self._start_worker()
+        self._start_worker()  # once per batch, not per event; restarts a thread that died
         self._cond.notify()
 
     def _cut(self) -> None:
@@ -127,6 +146,26 @@ class Batcher:
                         self._deadline = math.inf
                     return victim
         raise AssertionError("low-value count out of step with the queue")  # pragma: no cover
+
+    def _replay(self, spool: Spool) -> None:
+        """Queue the events of dead processes' spool files, oldest first; events already
+        ``request_time_interval`` old go out at once, younger ones when they come due."""
+        orphans: list[Orphan] = spool.adopt()
+        events = sorted((item for o in orphans for item in o.events), key=lambda item: item[1])
+        for event, _ in events:
+            self.put(event)
+        if events:
+            with self._cond:
+                if self._pending:
+                    waiting = {id(ev) for ev in self._pending}
+                    age = time.time() - min(q for ev, q in events if id(ev) in waiting)
+                    self._deadline = time.monotonic() + max(0.0, self.interval - age)
+                    self._cond.notify()
+            logger.info("vwo_otel: replaying %d event(s) from %d spool file(s) in %s",
+                        len(events), len(orphans), spool.directory)
+        spool.commit()  # our copies are durable before the old files go
+        for orphan in orphans:
+            orphan.release()
 
     # -- flushing ----------------------------------------------------------------------
     def flush(self, timeout: float | None) -> bool:
@@ -164,12 +203,17 @@ class Batcher:
             self._size -= len(left)
             self._cond.notify_all()
             worker = self._worker
-        if left:
+        if left and self._spool is not None:
+            logger.warning("vwo_otel: %d undelivered event(s) stay in the spool %s for the next start",
+                           len(left), self._spool.path)
+        elif left:
             self.dropped["shutdown_timeout"] = self.dropped.get("shutdown_timeout", 0) + len(left)
             self._notifier.dropped("shutdown_timeout", left)
         if worker is not None and worker is not threading.current_thread():
             worker.join(max(0.0, deadline - time.monotonic()))
         self._notifier.close(max(0.5, deadline - time.monotonic()))
+        if self._spool is not None:
+            self._spool.close()
         self.exporter.shutdown()
         return ok and not left
 
@@ -199,14 +243,20 @@ class Batcher:
                 self._cond.wait(None if self._deadline == math.inf else self._deadline - time.monotonic())
             seq, batch = self._ready.popleft()
             self._low -= sum(1 for ev in batch if ev.etype != A.GOAL)
+            self._inflight[seq] = batch
             return seq, batch
 
     def _run(self) -> None:
         while True:
-            item = self._next_batch(block=True)
-            if item is None:
-                return
-            self._deliver(*item)
+            try:
+                item = self._next_batch(block=True)
+                if item is None:
+                    return
+                self._deliver(*item)
+            except Exception:  # pragma: no cover - _deliver guards itself; never let the thread die
+                self._log.warn("delivery_thread", 0, "vwo_otel delivery thread error; it keeps running",
+                               exc_info=True)
+                time.sleep(0.05)
 
     def _drain_inline(self, deadline: float) -> None:
         while time.monotonic() < deadline:
@@ -230,4 +280,6 @@ class Batcher:
             self._size -= len(batch)
             self.counts["delivered"] += delivered
             self.counts["failed"] += len(batch) - delivered
+        if self._spool is not None:
+            self._spool.ack(batch)
         self._notifier.settled(seq, outcomes)

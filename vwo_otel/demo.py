@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Optional, TextIO
+from typing import TextIO
 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -21,7 +21,7 @@ DEMO_ACCOUNT_ID = 123456
 DEMO_SDK_KEY = "demo-sdk-key"
 
 
-def run_demo(out: TextIO, *, endpoint: Optional[str] = None, account_id: int = DEMO_ACCOUNT_ID,
+def run_demo(out: TextIO, *, endpoint: str | None = None, account_id: int = DEMO_ACCOUNT_ID,
              sdk_key: str = DEMO_SDK_KEY, users: int = 300, events_per_request: int = 100,
              request_time_interval: float = 1.0, seed: int = 7) -> int:
     """Run the demo app and print a report to ``out``; returns a process exit code."""
@@ -33,7 +33,7 @@ def run_demo(out: TextIO, *, endpoint: Optional[str] = None, account_id: int = D
     results: list = []
     lock = threading.Lock()
 
-    def flush_callback(err: Optional[BaseException], events: list) -> None:
+    def flush_callback(err: BaseException | None, events: list) -> None:
         with lock:
             results.append((err, len(events)))
 
@@ -86,7 +86,8 @@ def run_demo(out: TextIO, *, endpoint: Optional[str] = None, account_id: int = D
         s = receiver.summary()
         out.write("\nwhat went over the wire (as the receiver saw it):\n")
         for r in receiver.requests():
-            out.write(f"  {r['method']} {r['path']} -> {r['status']}: {r['n_events']} events, {r['body_bytes']} bytes\n")
+            out.write(f"  {r['method']} {r['path']} -> {r['status']}: "
+                      f"{r['n_events']} events, {r['body_bytes']} bytes\n")
         out.write(f"requests {s['requests']}, events {s['events']}, events per request "
                   f"{s['events_per_request']:.1f}, bytes per event {s['bytes_per_event']:.1f}\n")
         sample = receiver.events()[:3]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.sdk._logs import LogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
@@ -14,22 +16,34 @@ from .batcher import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, Batcher
 from .config import BatchEventsLike, parse_batch_events
 from .events import MalformedEvent, from_attributes
 from .exporter import VWOExporter
+from .metrics import DeliveryMetrics, Signal
+from .spool import Spool
 
 logger = logging.getLogger("vwo_otel")
 _EVENT_TYPE = A.EVENT_TYPE
 
+
 class _VWOProcessor:
     """What the span and log-record processors share: config, batching and flushing."""
 
+    _signal: Signal = "span"
+
     def __init__(self, exporter: VWOExporter, batch_events: BatchEventsLike = None, *,
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
-                 shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> None:
+                 shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+                 spool: str | os.PathLike[str] | Spool | None = None,
+                 meter_provider: MeterProvider | None = None) -> None:
         if not isinstance(exporter, VWOExporter):
             raise TypeError(f"exporter must be a vwo_otel.VWOExporter, got {type(exporter).__name__}")
+        if meter_provider is not None and not hasattr(meter_provider, "get_meter"):
+            raise TypeError(f"meter_provider must be an OpenTelemetry MeterProvider, got {type(meter_provider).__name__}")
         self._batcher = Batcher(exporter, parse_batch_events(batch_events),
-                                max_queue_size=max_queue_size, shutdown_timeout=shutdown_timeout)
+                                max_queue_size=max_queue_size, shutdown_timeout=shutdown_timeout,
+                                spool=spool if spool is None or isinstance(spool, Spool) else Spool(spool))
         self._put = self._batcher.put
         self._malformed_logged = 0.0
+        #: Delivery metrics (``vwo_otel.metrics``), only when a ``meter_provider`` is given.
+        self.metrics = None if meter_provider is None else DeliveryMetrics(meter_provider, self._batcher, self._signal)
 
     def __repr__(self) -> str:
         b = self._batcher
@@ -71,6 +85,7 @@ class _VWOProcessor:
         """Counters so far: events delivered / failed, and dropped by reason."""
         return {"events": dict(self._batcher.counts), "dropped": dict(self._batcher.dropped)}
 
+
 class VWOSpanProcessor(_VWOProcessor, SpanProcessor):
     """Batches spans that carry ``vwo.event.type`` as VWO events; other spans cost one dict lookup.
 
@@ -86,8 +101,11 @@ class VWOSpanProcessor(_VWOProcessor, SpanProcessor):
         if attrs and _EVENT_TYPE in attrs:
             self._take(attrs, span.start_time)
 
+
 class VWOLogRecordProcessor(_VWOProcessor, LogRecordProcessor):
     """Batches log records that carry ``vwo.event.type`` as VWO events; others are ignored."""
+
+    _signal: Signal = "log"
 
     def on_emit(self, log_record: Any) -> None:
         record = log_record.log_record

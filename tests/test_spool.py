@@ -1,0 +1,176 @@
+"""The on-disk spool: kill -9 loses nothing committed; replay; isolation between processes."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+
+import pytest
+
+from vwo_otel import Spool, VWOSpanProcessor, visitor_uuid
+
+from conftest import ACCOUNT_ID, SDK_KEY
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+EMITTER = textwrap.dedent("""
+    import os, signal, sys, time
+    from opentelemetry.sdk.trace import TracerProvider
+    import vwo_otel
+    url, spool, prefix = sys.argv[1:4]
+    n, epr, commit, pace = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7])
+    exporter = vwo_otel.VWOExporter(%d, %r, endpoint=url, timeout=2,
+                                    retry=vwo_otel.RetryPolicy(budget=1, initial_backoff=0.01, max_backoff=0.05))
+    processor = vwo_otel.VWOSpanProcessor(exporter, {"events_per_request": epr, "request_time_interval": 600},
+                                          spool=vwo_otel.Spool(spool, commit_interval=commit))
+    provider = TracerProvider(sampler=vwo_otel.VWOSampler(), shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    vwo = vwo_otel.VWOEvents(tracer_provider=provider)
+    for i in range(n):
+        vwo.track(1, 2, 3, f"{prefix}-{i}", revenue=i)
+        print(i, flush=True)  # emitted (and, with commit 0, committed) before this line
+        if pace:
+            time.sleep(pace)
+    if n and commit > 0:
+        time.sleep(commit * 4)  # let the group commit run
+    print("done", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # no flush, no atexit
+""" % (ACCOUNT_ID, SDK_KEY))
+
+
+def _emitter(receiver, spool_dir, prefix, n, epr=5000, commit=0.0, pace=0.0):
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-c", EMITTER, receiver.url, str(spool_dir), prefix, str(n), str(epr),
+                             str(commit), str(pace)], stdout=subprocess.PIPE, text=True, env=env)
+
+
+def _uids(prefix, n):
+    return [visitor_uuid(ACCOUNT_ID, f"{prefix}-{i}") for i in range(n)]
+
+
+@pytest.mark.parametrize("commit", [0.0, 0.02])
+def test_kill_9_before_any_flush_then_replay_delivers_everything(receiver, make_exporter, callbacks, tmp_path, commit):
+    proc = _emitter(receiver, tmp_path, "k", 200, commit=commit)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and "done" in out
+    assert receiver.event_count() == 0  # nothing was sent before the crash
+    assert len(list(tmp_path.glob("spool-*.sqlite"))) == 1
+
+    processor = VWOSpanProcessor(make_exporter(), {"events_per_request": 1000, "request_time_interval": 1,
+                                                   "flush_callback": callbacks}, spool=tmp_path)
+    try:
+        # the crashed process queued them over a second ago: overdue, so they go out at once
+        assert receiver.wait_for_events(200, timeout=10)
+        assert sorted(e["u"] for e in receiver.events()) == sorted(_uids("k", 200))
+        assert processor.force_flush(5000)
+    finally:
+        processor.shutdown()
+    assert not list(tmp_path.glob("spool-*.sqlite")), "settled spool files are removed"
+
+
+def test_delivered_events_leave_the_spool(receiver, pipeline, tmp_path):
+    spool = Spool(tmp_path, commit_interval=0)
+    vwo, processor, _ = pipeline({"events_per_request": 10, "request_time_interval": 60}, spool=spool)
+    for i in range(25):
+        vwo.activate(1, 1, f"s-{i}")
+    assert spool.pending_rows() in (5, 25)  # the two full batches may not be acked yet
+    assert processor.flush_events() is True
+    spool.commit()
+    assert spool.pending_rows() == 0
+    assert receiver.event_count() == 25
+
+
+def test_live_processors_never_adopt_each_others_spool(receiver, make_exporter, tmp_path):
+    a = VWOSpanProcessor(make_exporter(), {"events_per_request": 100}, spool=Spool(tmp_path, commit_interval=0))
+    from vwo_otel.events import VWOEvent
+
+    a._batcher.put(VWOEvent(1, "mine", int(time.time()), 1, 1))
+    b = VWOSpanProcessor(make_exporter(), {"events_per_request": 100}, spool=tmp_path)
+    assert b._batcher._pending == []  # b saw a's file locked and left it alone
+    b.shutdown()
+    assert a.flush_events() is True
+    a.shutdown()
+    assert [e["u"] for e in receiver.events()] == [visitor_uuid(ACCOUNT_ID, "mine")]
+
+
+def test_young_replayed_events_wait_for_their_deadline(receiver, make_exporter, tmp_path):
+    proc = _emitter(receiver, tmp_path, "y", 3)
+    proc.communicate(timeout=60)
+    processor = VWOSpanProcessor(make_exporter(), {"events_per_request": 1000, "request_time_interval": 600},
+                                 spool=tmp_path)
+    try:
+        assert len(processor._batcher._pending) == 3
+        assert not receiver.wait_for_events(1, timeout=0.3)  # not due for ~600 s
+        assert processor.flush_events() is True
+        assert receiver.event_count() == 3
+    finally:
+        processor.shutdown()
+
+
+def test_corrupt_spool_file_is_moved_aside_and_the_app_keeps_running(receiver, make_exporter, tmp_path, caplog):
+    bad = tmp_path / "spool-999999-deadbeef.sqlite"
+    bad.write_bytes(b"this is not a sqlite database" * 100)
+    processor = VWOSpanProcessor(make_exporter(), {"events_per_request": 10}, spool=tmp_path)
+    try:
+        assert not bad.exists()
+        assert list(tmp_path.glob("spool-999999-deadbeef.sqlite.corrupt-*"))
+        assert any("unreadable" in r.getMessage() for r in caplog.records)
+    finally:
+        processor.shutdown()
+
+
+def test_spool_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ValueError, match="commit_interval"):
+        Spool(tmp_path, commit_interval=-1)
+    with pytest.raises(TypeError, match="spool"):
+        Spool(42)  # type: ignore[arg-type]
+
+
+def test_crash_loop_loses_nothing_and_duplicates_stay_in_the_window(receiver, make_exporter, tmp_path):
+    """Kill emitters at random points (mid-batch, mid-request); every printed event is
+    delivered in the end; duplicates only from requests accepted just before a kill."""
+    rng = random.Random(1234)
+    printed: list[str] = []
+    kills = 6
+    epr = 7
+    for k in range(kills):
+        proc = _emitter(receiver, tmp_path, f"c{k}", 150, epr=epr, pace=0.004)
+        proc.stdout.readline()  # started emitting
+        time.sleep(rng.uniform(0.0, 0.8))  # somewhere while emitting and sending
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+        printed += [f"c{k}-{line}" for line in out.split() if line.isdigit()]
+    processor = VWOSpanProcessor(make_exporter(), {"events_per_request": 50, "request_time_interval": 1},
+                                 spool=tmp_path)
+    try:
+        assert processor.flush_events() is True
+    finally:
+        processor.shutdown()
+    delivered = Counter(e["u"] for e in receiver.events())
+    want = {visitor_uuid(ACCOUNT_ID, p) for p in printed}
+    assert want <= set(delivered), f"lost {len(want - set(delivered))} of {len(want)}"
+    duplicates = sum(c - 1 for c in delivered.values())
+    assert duplicates <= kills * epr, duplicates
+    assert not list(tmp_path.glob("spool-*.sqlite"))
+
+
+def test_spool_rows_hold_what_is_queued(tmp_path):
+    spool = Spool(tmp_path, commit_interval=0)
+    from vwo_otel.events import VWOEvent
+
+    ev = VWOEvent(2, "u", 1700000000, 1, 2, 3, 9.5, visitor_ua="ua", visitor_ip="ip")
+    spool.add(ev)
+    with sqlite3.connect(spool.path) as conn:
+        row = conn.execute("SELECT etype, user_id, time, campaign_id, variation_id, goal_id, revenue, "
+                           "visitor_ua, visitor_ip FROM events").fetchone()
+    assert row == (2, "u", 1700000000, 1, 2, 3, 9.5, "ua", "ip")
+    spool.ack([ev])
+    spool.close()
+    assert not os.path.exists(spool.path)
