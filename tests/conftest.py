@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -31,7 +31,7 @@ class Callbacks:
         self.calls: list = []
         self._cond = threading.Condition()
 
-    def __call__(self, err: Optional[BaseException], events: list) -> None:
+    def __call__(self, err: BaseException | None, events: list) -> None:
         with self._cond:
             self.calls.append((err, list(events)))
             self._cond.notify_all()
@@ -71,7 +71,7 @@ def pipeline(make_exporter, callbacks):
     ``flush_callback`` defaults to the ``callbacks`` fixture. Providers are shut down after."""
     made: list = []
 
-    def make(batch_events: Any = "default", exporter: Optional[VWOExporter] = None, **kwargs: Any):
+    def make(batch_events: Any = "default", exporter: VWOExporter | None = None, **kwargs: Any):
         if batch_events == "default":
             batch_events = {"events_per_request": 10, "request_time_interval": 60}
         if isinstance(batch_events, dict):

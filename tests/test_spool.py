@@ -13,10 +13,9 @@ import time
 from collections import Counter
 
 import pytest
+from conftest import ACCOUNT_ID, SDK_KEY
 
 from vwo_otel import Spool, VWOSpanProcessor, visitor_uuid
-
-from conftest import ACCOUNT_ID, SDK_KEY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,7 +25,7 @@ EMITTER = textwrap.dedent("""
     import vwo_otel
     url, spool, prefix = sys.argv[1:4]
     n, epr, commit, pace = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7])
-    exporter = vwo_otel.VWOExporter(%d, %r, endpoint=url, timeout=2,
+    exporter = vwo_otel.VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=url, timeout=2,
                                     retry=vwo_otel.RetryPolicy(budget=1, initial_backoff=0.01, max_backoff=0.05))
     processor = vwo_otel.VWOSpanProcessor(exporter, {"events_per_request": epr, "request_time_interval": 600},
                                           spool=vwo_otel.Spool(spool, commit_interval=commit))
@@ -42,7 +41,7 @@ EMITTER = textwrap.dedent("""
         time.sleep(commit * 4)  # let the group commit run
     print("done", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)  # no flush, no atexit
-""" % (ACCOUNT_ID, SDK_KEY))
+""").replace("ACCOUNT_ID", str(ACCOUNT_ID)).replace("SDK_KEY", repr(SDK_KEY))
 
 
 def _emitter(receiver, spool_dir, prefix, n, epr=5000, commit=0.0, pace=0.0):

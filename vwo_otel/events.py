@@ -68,17 +68,24 @@ class VWOEvent:
     __hash__ = None  # type: ignore[assignment]
 
 
+_ID_LIMIT = 2**63
+
+
 def check_id(name: str, value: Any) -> int:
     """A VWO id: a non-negative int (bool is not an id)."""
+    if type(value) is int and 0 <= value < _ID_LIMIT:  # the common case, without the calls below
+        return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int >= 0, got {type(value).__name__} {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value}")
+    if not 0 <= value < 2**63:  # larger ids would make VWO refuse the whole batch
+        raise ValueError(f"{name} must be an int >= 0 (and < 2**63), got {value}")
     return value
 
 
 def check_user_id(value: Any) -> str:
     """A user id: a non-empty str (ints are accepted and turned into str, as VWO's SDK does)."""
+    if type(value) is str and value:
+        return value
     if isinstance(value, str):
         if value:
             return value
@@ -90,10 +97,12 @@ def check_user_id(value: Any) -> str:
 
 def check_revenue(value: Any) -> float | None:
     """Revenue: None, or a finite int/float (NaN and infinities are refused)."""
-    if value is None:
-        return None
+    if value is None or (type(value) is float and -math.inf < value < math.inf):
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"revenue must be a finite number or None, got {type(value).__name__} {value!r}")
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:  # also avoids OverflowError in isfinite
+        raise ValueError(f"revenue must be a finite number (an int within 64 bits), got {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"revenue must be a finite number, got {value!r}")
     return value
@@ -101,6 +110,8 @@ def check_revenue(value: Any) -> float | None:
 
 def check_text(name: str, value: Any) -> str:
     """Optional visitor text (user agent, IP): None becomes ''."""
+    if type(value) is str:
+        return value
     if value is None:
         return ""
     if not isinstance(value, str):
