@@ -1,0 +1,284 @@
+"""``batch_events`` validation, defaults and the exporter's own argument checks.
+
+The range rules come from VWO's batching page: ``events_per_request`` 1..5000,
+``request_time_interval`` >= 1 s, either key alone takes the other's default
+(600 s / 100 events), ``flush_callback`` is a callable; no numeric key at all is
+an error, and ``batch_events=None`` means real-time delivery.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+from conftest import ACCOUNT_ID, SDK_KEY
+
+from vwo_otel import BatchEvents, VWOExporter, VWOLogRecordProcessor, VWOSpanProcessor
+
+CLOSED = "http://127.0.0.1:9"  # never contacted by these construction-only tests
+
+
+@pytest.fixture
+def exporter() -> VWOExporter:
+    return VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=CLOSED)
+
+
+@pytest.fixture
+def build(exporter):
+    """Construct processors and shut them down afterwards."""
+    made: list = []
+
+    def make(batch_events, cls=VWOSpanProcessor, **kwargs):
+        proc = cls(exporter, batch_events, **kwargs)
+        made.append(proc)
+        return proc
+
+    yield make
+    for proc in made:
+        proc.shutdown()
+
+
+def _raises(build, batch_events, key: str, allowed: str, cls=VWOSpanProcessor) -> None:
+    """Construction fails with ValueError/TypeError whose message names ``key`` and ``allowed``."""
+    with pytest.raises((ValueError, TypeError)) as info:
+        build(batch_events, cls=cls)
+    msg = str(info.value)
+    assert key in msg, msg
+    assert allowed in msg, msg
+
+
+# -- events_per_request ------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [1, 2, 100, 4999, 5000])
+def test_events_per_request_accepts_ints_1_to_5000(build, value):
+    proc = build({"events_per_request": value})
+    assert proc._batcher.events_per_request == value
+
+
+@pytest.mark.parametrize("value, exc", [
+    (True, TypeError), (False, TypeError), (5.0, TypeError), (2.5, TypeError), ("5", TypeError),
+    (0, ValueError), (-1, ValueError), (5001, ValueError), (10**9, ValueError),
+])
+def test_events_per_request_rejected(build, value, exc):
+    with pytest.raises(exc) as info:
+        build({"events_per_request": value})
+    msg = str(info.value)
+    assert "events_per_request" in msg
+    assert "1 to 5000" in msg
+
+
+# -- request_time_interval ---------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [1, 1.0, 1.5, 60, 600, 86400 * 365])
+def test_request_time_interval_accepts_numbers_from_1(build, value):
+    proc = build({"request_time_interval": value})
+    assert proc._batcher.interval == float(value)
+
+
+@pytest.mark.parametrize("value, exc", [
+    (0.5, ValueError), (0, ValueError), (0.999, ValueError), (-5, ValueError),
+    (math.nan, ValueError), (math.inf, ValueError), (-math.inf, ValueError),
+    (True, TypeError), (False, TypeError), ("60", TypeError), ([60], TypeError),
+])
+def test_request_time_interval_rejected(build, value, exc):
+    with pytest.raises(exc) as info:
+        build({"request_time_interval": value})
+    msg = str(info.value)
+    assert "request_time_interval" in msg
+    assert ">= 1" in msg
+
+
+# -- defaults ----------------------------------------------------------------------------
+
+def test_only_events_per_request_given_interval_defaults_to_600(build):
+    proc = build({"events_per_request": 2})
+    assert proc._batcher.events_per_request == 2
+    assert proc._batcher.interval == 600.0
+
+
+def test_only_request_time_interval_given_count_defaults_to_100(build):
+    proc = build({"request_time_interval": 5})
+    assert proc._batcher.events_per_request == 100
+    assert proc._batcher.interval == 5.0
+
+
+def test_explicit_none_counts_as_not_given(build):
+    proc = build({"events_per_request": None, "request_time_interval": 30, "flush_callback": None})
+    assert (proc._batcher.events_per_request, proc._batcher.interval) == (100, 30.0)
+
+
+def test_default_interval_applies_over_http(pipeline, receiver, callbacks):
+    """Only events_per_request: one event is held with a 600 s timer; the count still triggers."""
+    events, proc, _ = pipeline(batch_events={"events_per_request": 2})
+    before = time.monotonic()
+    events.activate(1, 1, "solo")
+    deadline = proc._batcher._deadline
+    assert before + 600 <= deadline <= time.monotonic() + 600
+    assert receiver.requests() == []
+    events.activate(1, 1, "pair")
+    assert receiver.wait_for_events(2, timeout=5)
+    assert [r["n_events"] for r in receiver.requests()] == [2]
+    assert callbacks.wait_for(lambda calls: len(calls) == 1, timeout=5)
+
+
+def test_default_count_applies_over_http(pipeline, receiver):
+    """Only request_time_interval: the 100th queued event cuts a request of exactly 100."""
+    events, proc, _ = pipeline(batch_events={"request_time_interval": 1})
+    for i in range(150):
+        events.activate(1, 1, f"user-{i}")
+    assert len(proc._batcher._pending) == 50  # the first 100 were cut on the emitting thread
+    assert receiver.wait_for_events(150, timeout=5)
+    assert [r["n_events"] for r in receiver.requests()] == [100, 50]
+
+
+# -- flush_callback, whole-dict errors ---------------------------------------------------
+
+@pytest.mark.parametrize("value", ["print", 42, object()])
+def test_flush_callback_must_be_callable(build, value):
+    _raises(build, {"events_per_request": 5, "flush_callback": value}, "flush_callback", "callable")
+
+
+def test_flush_callback_callable_accepted(build):
+    def cb(err, events):
+        return None
+
+    proc = build({"events_per_request": 5, "flush_callback": cb})
+    assert proc._batcher.config.flush_callback is cb
+
+
+@pytest.mark.parametrize("value", [{}, {"flush_callback": print},
+                                   {"events_per_request": None, "request_time_interval": None}])
+def test_neither_numeric_key_is_an_error(build, value):
+    with pytest.raises(ValueError) as info:
+        build(value)
+    msg = str(info.value)
+    assert "events_per_request" in msg and "request_time_interval" in msg
+
+
+@pytest.mark.parametrize("key", ["eventsPerRequest", "flushCallback", "max_queue_size", "events_per_requests"])
+def test_unknown_key_rejected(build, key):
+    with pytest.raises(ValueError) as info:
+        build({"events_per_request": 5, key: 1})
+    msg = str(info.value)
+    assert key in msg
+    assert "events_per_request" in msg and "request_time_interval" in msg and "flush_callback" in msg
+
+
+@pytest.mark.parametrize("value", [5, "events_per_request=5", [("events_per_request", 5)]])
+def test_batch_events_must_be_a_mapping(build, value):
+    with pytest.raises(TypeError) as info:
+        build(value)
+    assert "batch_events" in str(info.value)
+
+
+def test_typed_batch_events_accepted(build):
+    def cb(err, events):
+        return None
+
+    cfg = BatchEvents(events_per_request=7, request_time_interval=2, flush_callback=cb)
+    proc = build(cfg)
+    assert proc._batcher.config is cfg
+    assert (proc._batcher.events_per_request, proc._batcher.interval) == (7, 2.0)
+    assert BatchEvents(events_per_request=7).request_time_interval == 600.0
+    assert BatchEvents(request_time_interval=3).events_per_request == 100
+
+
+@pytest.mark.parametrize("kwargs", [{"events_per_request": 0}, {"events_per_request": True},
+                                    {"request_time_interval": 0.5}, {"flush_callback": 3}])
+def test_typed_batch_events_validates_too(kwargs):
+    with pytest.raises((ValueError, TypeError)) as info:
+        BatchEvents(**kwargs)
+    assert next(iter(kwargs)) in str(info.value)
+
+
+@pytest.mark.parametrize("cls", [VWOSpanProcessor, VWOLogRecordProcessor])
+def test_errors_raised_at_processor_construction(build, cls):
+    _raises(build, {"events_per_request": 0}, "events_per_request", "1 to 5000", cls=cls)
+    _raises(build, {"request_time_interval": 0.5}, "request_time_interval", ">= 1", cls=cls)
+
+
+def test_none_means_real_time(build):
+    proc = build(None)
+    assert proc._batcher.realtime is True
+    assert proc._batcher.events_per_request == 1
+    assert "real-time" in repr(proc)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"max_queue_size": 0}, "max_queue_size"), ({"max_queue_size": 1.5}, "max_queue_size"),
+    ({"max_queue_size": True}, "max_queue_size"), ({"shutdown_timeout": 0}, "shutdown_timeout"),
+    ({"shutdown_timeout": math.inf}, "shutdown_timeout"), ({"shutdown_timeout": "1"}, "shutdown_timeout"),
+])
+def test_processor_keyword_arguments_validated(build, kwargs, name):
+    with pytest.raises((ValueError, TypeError)) as info:
+        build({"events_per_request": 5}, **kwargs)
+    assert name in str(info.value)
+
+
+def test_processor_requires_a_vwo_exporter():
+    with pytest.raises(TypeError) as info:
+        VWOSpanProcessor(object(), {"events_per_request": 5})  # type: ignore[arg-type]
+    assert "VWOExporter" in str(info.value)
+
+
+# -- VWOExporter arguments ---------------------------------------------------------------
+
+@pytest.mark.parametrize("account_id", [0, -1, True, 1.5, None, "", "abc", "-5", "12a"])
+def test_exporter_rejects_bad_account_id(account_id):
+    with pytest.raises((ValueError, TypeError)) as info:
+        VWOExporter(account_id, SDK_KEY, endpoint=CLOSED)
+    assert "account_id" in str(info.value)
+
+
+def test_exporter_accepts_numeric_string_account_id():
+    assert VWOExporter("12345", SDK_KEY, endpoint=CLOSED).account_id == 12345
+
+
+@pytest.mark.parametrize("sdk_key", ["", None, 123, b"key"])
+def test_exporter_rejects_bad_sdk_key(sdk_key):
+    with pytest.raises((ValueError, TypeError)) as info:
+        VWOExporter(ACCOUNT_ID, sdk_key, endpoint=CLOSED)
+    assert "sdk_key" in str(info.value)
+
+
+@pytest.mark.parametrize("endpoint", ["", "127.0.0.1:8080", "ftp://127.0.0.1", "http://", None, 8080,
+                                      "file:///tmp/x"])
+def test_exporter_rejects_bad_endpoint(endpoint):
+    with pytest.raises((ValueError, TypeError)) as info:
+        VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=endpoint)
+    assert "endpoint" in str(info.value)
+
+
+def test_exporter_endpoint_trailing_slash_stripped():
+    assert VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint="http://127.0.0.1:9/").endpoint == "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize("timeout", [0, -1, math.inf, math.nan, True, "5", None])
+def test_exporter_rejects_bad_timeout(timeout):
+    with pytest.raises((ValueError, TypeError)) as info:
+        VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=CLOSED, timeout=timeout)
+    assert "timeout" in str(info.value)
+
+
+@pytest.mark.parametrize("value", [0, 1023, 10 * 1024 * 1024 + 1, 4096.0, True, "4096"])
+def test_exporter_rejects_bad_max_payload_bytes(value):
+    with pytest.raises((ValueError, TypeError)) as info:
+        VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=CLOSED, max_payload_bytes=value)
+    assert "max_payload_bytes" in str(info.value)
+
+
+@pytest.mark.parametrize("value", [1024, 65536, 10 * 1024 * 1024])
+def test_exporter_accepts_max_payload_bytes_in_range(value):
+    assert VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=CLOSED, max_payload_bytes=value).max_payload_bytes == value
+
+
+def test_repr_never_contains_sdk_key(build, exporter):
+    secret = SDK_KEY
+    texts = [repr(exporter), str(exporter)]
+    for cfg in ({"events_per_request": 5}, None):
+        proc = build(cfg)
+        texts += [repr(proc), str(proc)]
+    for text in texts:
+        assert secret not in text, text
+    assert "12345" in repr(exporter)
