@@ -2,7 +2,7 @@
 """Set up ``.venv`` (once) and run the demo or the whole test suite.
 
     python3 dev.py demo    # the demo against the embedded loopback VWO receiver
-    python3 dev.py test    # lint + the whole test suite
+    python3 dev.py test    # lint (ruff), types (mypy) + the whole test suite
 
 Needs only Python 3.9+ with pip and venv; everything else is installed into ``.venv``.
 """
@@ -54,6 +54,7 @@ def main(argv: list) -> int:
     ensure_venv("test")
     for step in (
         (PY, "-m", "ruff", "check", "vwo_otel", "tests", "benchmarks", "examples"),
+        (PY, "-m", "mypy"),  # the package, settings in pyproject.toml ([tool.mypy])
         (PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", *argv[1:]),
     ):
         code = run(*step)

@@ -13,14 +13,14 @@ import math
 import threading
 import time
 from collections import deque
+from typing import Any
 
 from . import attributes as A
 from . import lifecycle
-from .callbacks import Notifier
+from .callbacks import LogLimiter, Notifier
 from .config import BatchEvents
 from .events import VWOEvent
 from .exporter import VWOExporter
-from .callbacks import LogLimiter
 from .results import Outcome, VWODeliveryError
 from .spool import Orphan, Spool
 
@@ -28,6 +28,8 @@ logger = logging.getLogger("vwo_otel")
 
 DEFAULT_MAX_QUEUE_SIZE = 5000
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+#: An ``EventsDropped`` report lists up to max(max_queue_size, this) events; beyond, it counts.
+DROP_LIST_MIN = 10_000
 
 
 def _positive(name: str, value: object, *, integer: bool) -> None:
@@ -52,7 +54,8 @@ class Batcher:
         self.interval = 0.0 if config is None else config.request_time_interval
         self.max_queue_size = max_queue_size
         self.shutdown_timeout = float(shutdown_timeout)
-        self._notifier = Notifier(config.flush_callback if config else None, exporter.encode, max_queue_size)
+        self._notifier = Notifier(config.flush_callback if config else None, exporter.encode,
+                                  max(max_queue_size, DROP_LIST_MIN))
         self._spool = spool
         self._reset()
         lifecycle.track(self)
@@ -187,35 +190,75 @@ class Batcher:
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Refuse new events, deliver the queue within ``timeout`` (default
-        ``shutdown_timeout``) and report what could not be delivered; idempotent."""
+        ``shutdown_timeout``) and report what could not be delivered; idempotent.
+
+        Bounded: retry waits are cut short at the deadline (a ``Retry-After`` longer than
+        what is left ends the batch at once). At the deadline, queued events are reported
+        as ``EventsDropped("shutdown_timeout")`` and a request still unanswered as
+        ``EventsDropped("shutdown_in_flight")`` (VWO may or may not have it); a late answer
+        to that request is then only logged, never reported twice."""
+        state = self.begin_shutdown(timeout)
+        return True if state is None else self.finish_shutdown(*state)
+
+    def begin_shutdown(self, timeout: float | None = None) -> tuple[float, Any, bool] | None:
+        """First half of ``shutdown`` (never blocks): refuse new events, cut the queue, wake
+        the delivery thread and cap retry waits at the deadline. None if already shut down.
+        ``lifecycle`` begins every batcher's shutdown before finishing any, so at exit they
+        all drain in parallel within one ``shutdown_timeout``."""
         with self._cond:
             if self._closed:
-                return True
+                return None
             self._closed = True
-        timeout = self.shutdown_timeout if timeout is None else timeout
+            if self._pending:
+                self._cut()
+            ticket = self._notifier.ticket(self._seq)
+            threaded = not self._ready or self._start_worker()
+            self._cond.notify_all()
+        timeout = self.shutdown_timeout if timeout is None else max(0.0, timeout)
         deadline = time.monotonic() + timeout
         self.exporter.hurry(deadline)
-        ok = self.flush(timeout)
+        return deadline, ticket, threaded
+
+    def finish_shutdown(self, deadline: float, ticket: Any, threaded: bool) -> bool:
+        """Second half of ``shutdown``: wait for delivery until ``deadline``, report what
+        is left, close the callback thread and the HTTP session."""
+        if not threaded:  # at exit the interpreter may refuse new threads: deliver here
+            self._drain_inline(deadline)
+        ok = ticket.wait(max(0.0, deadline - time.monotonic()))
         with self._cond:
+            seqs = [seq for seq, _ in self._ready] + list(self._inflight)
             left = [ev for _, batch in self._ready for ev in batch] + self._pending
+            inflight = [ev for _, batch in sorted(self._inflight.items()) for ev in batch]
             self._ready.clear()
             self._pending = []
-            self._size -= len(left)
+            self._inflight.clear()
+            self._size -= len(left) + len(inflight)
+            self._low = 0
+            last = self._seq
+            if self._spool is None:
+                for reason, n in (("shutdown_timeout", len(left)), ("shutdown_in_flight", len(inflight))):
+                    if n:
+                        self.dropped[reason] = self.dropped.get(reason, 0) + n
             self._cond.notify_all()
             worker = self._worker
-        if left and self._spool is not None:
+        if (left or inflight) and self._spool is not None:
             logger.warning("vwo_otel: %d undelivered event(s) stay in the spool %s for the next start",
-                           len(left), self._spool.path)
-        elif left:
-            self.dropped["shutdown_timeout"] = self.dropped.get("shutdown_timeout", 0) + len(left)
-            self._notifier.dropped("shutdown_timeout", left)
+                           len(left) + len(inflight), self._spool.path)
+        else:
+            if inflight:
+                self._notifier.dropped("shutdown_in_flight", inflight,
+                                       "request unanswered at the shutdown deadline; VWO may or may not have it")
+            if left:
+                self._notifier.dropped("shutdown_timeout", left, "not sent within shutdown_timeout")
+        if seqs:
+            self._notifier.abandon(min(seqs), last)
         if worker is not None and worker is not threading.current_thread():
             worker.join(max(0.0, deadline - time.monotonic()))
         self._notifier.close(max(0.5, deadline - time.monotonic()))
         if self._spool is not None:
             self._spool.close()
         self.exporter.shutdown()
-        return ok and not left
+        return ok and not left and not inflight
 
     # -- the delivery thread -----------------------------------------------------------
     def _start_worker(self) -> bool:
@@ -240,7 +283,8 @@ class Batcher:
                     break
                 if not block or (self._closed and not self._pending):
                     return None
-                self._cond.wait(None if self._deadline == math.inf else self._deadline - time.monotonic())
+                self._cond.wait(None if self._deadline == math.inf
+                                else min(self._deadline - time.monotonic(), threading.TIMEOUT_MAX))
             seq, batch = self._ready.popleft()
             self._low -= sum(1 for ev in batch if ev.etype != A.GOAL)
             self._inflight[seq] = batch
@@ -267,19 +311,58 @@ class Batcher:
 
     def _deliver(self, seq: int, batch: list[VWOEvent]) -> None:
         try:
-            if self.realtime:
-                outcomes = [self.exporter.send_event(ev) for ev in batch]
-            else:
-                outcomes = self.exporter.send_batch(batch)
+            outcomes = self._send(batch)
         except Exception as exc:  # a bug or odd input must not kill the delivery thread
-            logger.exception("vwo_otel delivery failed unexpectedly")
-            outcomes = [Outcome(VWODeliveryError(f"unexpected {type(exc).__name__}: {exc}"),
-                                self.exporter.encode(batch))]
+            outcomes = self._salvage(batch, exc)
         delivered = sum(len(o.events) for o in outcomes if o.ok)
         with self._cond:
-            self._size -= len(batch)
-            self.counts["delivered"] += delivered
-            self.counts["failed"] += len(batch) - delivered
+            mine = self._inflight.pop(seq, None) is not None
+            if mine:
+                self._size -= len(batch)
+                self.counts["delivered"] += delivered
+                self.counts["failed"] += len(batch) - delivered
+        if not mine:  # already reported as shutdown_in_flight when shutdown's deadline passed
+            logger.info("vwo_otel: a request unanswered at the shutdown deadline finished late: "
+                        "%d of %d event(s) delivered", delivered, len(batch))
+            return
         if self._spool is not None:
             self._spool.ack(batch)
         self._notifier.settled(seq, outcomes)
+
+    def _send(self, batch: list[VWOEvent]) -> list[Outcome]:
+        if self.realtime:
+            return [self.exporter.send_event(ev) for ev in batch]
+        return self.exporter.send_batch(batch)
+
+    def _salvage(self, batch: list[VWOEvent], exc: Exception) -> list[Outcome]:
+        """An unexpected error while sending (a bug, or an event the encoder cannot take):
+        events that cannot be encoded fail on their own, the others are sent once more."""
+        self._log.warn(("unexpected", type(exc).__name__), len(batch), "vwo_otel delivery failed unexpectedly: %r",
+                       exc, exc_info=True)
+        good: list[VWOEvent] = []
+        outcomes: list[Outcome] = []
+        for ev in batch:
+            try:
+                self.exporter._encoder.encode([ev])  # wire dict and its JSON
+            except Exception as bad:
+                fields = {k: getattr(ev, k, None) for k in getattr(ev, "__slots__", ())}
+                outcomes.append(Outcome(VWODeliveryError(f"event cannot be encoded: {type(bad).__name__}: {bad}"),
+                                        [fields]))
+            else:
+                good.append(ev)
+        if not good:
+            return outcomes
+        if outcomes:  # the bad ones were the problem: send the rest
+            try:
+                return outcomes + self._send(good)
+            except Exception as again:
+                exc = again
+        error = VWODeliveryError(f"unexpected {type(exc).__name__}: {exc}")
+        return outcomes + [Outcome(error, self.exporter.encode(good))]
+
+    def malformed(self, record: Any, why: str) -> None:
+        """A record that claims to be a VWO event but cannot become one: counted, logged
+        (rate-limited) and reported as ``EventsDropped("malformed")`` with its attributes."""
+        with self._cond:
+            self.dropped["malformed"] = self.dropped.get("malformed", 0) + 1
+        self._notifier.dropped("malformed", [dict(record)], why)

@@ -1,19 +1,71 @@
 """Runs ``flush_callback(err, events)`` on a thread of its own, so a slow or raising
-callback never holds up delivery, and settles the waits of ``flush_events``/``force_flush``."""
+callback never holds up delivery, and settles the waits of ``flush_events``/``force_flush``.
+
+Failures and drops are logged when they happen (on the delivery or emitting thread, not
+the callback thread, so a stuck callback cannot hide them), through ``LogLimiter``: at
+most one warning per kind every ``LOG_INTERVAL`` seconds, with what was held back summed
+into the next one, so a long outage or a full queue cannot flood the log. Drops reach the
+callback coalesced, at most one ``EventsDropped`` per reason every ``DROP_REPORT_DELAY``.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Callable
+from typing import Any, Callable
 
 from .config import FlushCallback
 from .events import VWOEvent
 from .results import EventsDropped, Outcome
 
 logger = logging.getLogger("vwo_otel")
+
+#: Seconds between two warnings of the same kind (drops by reason, failures by error).
+LOG_INTERVAL = 10.0
+#: Drops are gathered this long (from the first) into one ``EventsDropped`` per reason.
+DROP_REPORT_DELAY = 0.5
+
+
+class LogLimiter:
+    """At most one warning per ``interval`` seconds per key; what it holds back is counted
+    and summed into the next warning of that key, or written by ``flush`` (at shutdown)."""
+
+    def __init__(self, interval: float | None = None) -> None:
+        self.interval = LOG_INTERVAL if interval is None else interval
+        self._lock = threading.Lock()
+        self._state: dict[object, list] = {}  # key -> [logged at, held reports, held events, last text]
+
+    def warn(self, key: object, events: int, msg: str, *args: object, exc_info: bool = False) -> bool:
+        """Log ``msg % args`` unless ``key`` was logged less than ``interval`` s ago; True if logged."""
+        now = time.monotonic()
+        with self._lock:
+            st = self._state.get(key)
+            if st is not None and now - st[0] < self.interval:
+                st[1] += 1
+                st[2] += events
+                st[3] = (msg, args)
+                return False
+            held = st[1:3] if st is not None else (0, 0)
+            self._state[key] = [now, 0, 0, None]
+        if held[0]:
+            msg += " [plus %d similar report(s) covering %d event(s) in the last %.0f s, not logged one by one]"
+            args = (*args, held[0], held[1], now - st[0])  # type: ignore[index]
+        logger.warning(msg, *args, exc_info=exc_info)
+        return True
+
+    def flush(self) -> None:
+        """Log a summary of everything still held back (so a shutdown leaves the full tally)."""
+        with self._lock:
+            held = [(st[3], st[1], st[2]) for st in self._state.values() if st[1]]
+            for st in self._state.values():
+                st[1] = st[2] = 0
+        for (msg, args), reports, events in held:
+            logger.warning("vwo_otel: %d more report(s) covering %d event(s) were held back by log rate "
+                           "limiting; the last one: " + msg, reports, events, *args)
 
 
 class FlushTicket:
@@ -43,36 +95,78 @@ class Notifier:
     def after_fork(self) -> None:
         """Fresh state (also used in a forked child: the parent's results are the parent's)."""
         self._cond = threading.Condition()
-        self._items: deque[tuple[int, bool, list[Outcome]]] = deque()
-        self._drops: dict = {}  # reason -> (listed records, count not listed)
+        # (last seq, first seq, all ok, outcomes): batches first..last settle together
+        self._items: deque[tuple[int, int, bool, list[Outcome]]] = deque()
+        self._drops: dict[str, list] = {}  # reason -> [listed records, count not listed, note]
+        self._drops_due = math.inf  # when the gathered drops are reported
         self._tickets: list[FlushTicket] = []
         self._settled = 0  # highest batch sequence whose callbacks have run
         self._thread: threading.Thread | None = None
+        self._draining = False  # one drainer at a time keeps callbacks ordered and never concurrent
         self._closed = False
+        self.log = LogLimiter()
 
     # called by the batcher -------------------------------------------------------
     def settled(self, seq: int, outcomes: list[Outcome]) -> None:
-        """Batch ``seq`` is done; its callbacks run next, then waiting flushes are released."""
+        """Batch ``seq`` is done; its callbacks run next, then waiting flushes are released.
+        Failures are logged here, on the delivery thread (rate-limited)."""
+        ok = True
+        for o in outcomes:
+            if o.error is not None:
+                ok = False
+                err = o.error
+                self.log.warn(("failed", type(err).__name__, getattr(err, "status", None)), len(o.events),
+                              "VWO batch of %d event(s) failed: %s", len(o.events), err)
         with self._cond:
-            self._items.append((seq, all(o.ok for o in outcomes), outcomes))
+            self._items.append((seq, seq, ok, outcomes))
             inline = self._wake()
         if inline:
             self._drain()
 
-    def dropped(self, reason: str, events: Sequence[VWOEvent]) -> None:
-        """Events dropped before any request; reported to the callback as ``EventsDropped``."""
+    def abandon(self, first: int, last: int) -> None:
+        """Batches ``first``..``last`` will never settle (their events were reported as dropped):
+        release flushes waiting for them, as failed."""
         with self._cond:
-            listed, unlisted = self._drops.get(reason, ([], 0))
-            room = max(0, self._drop_limit - len(listed))
-            listed.extend(events[:room])
-            self._drops[reason] = (listed, unlisted + max(0, len(events) - room))
+            self._items.append((last, first, False, []))
             inline = self._wake()
+        if inline:
+            self._drain()
+
+    def dropped(self, reason: str, events: Sequence[Any], note: str | None = None) -> None:
+        """Events dropped before any request: logged now (rate-limited) and reported to the
+        callback as ``EventsDropped`` (gathered for ``DROP_REPORT_DELAY``). ``events`` are
+        ``VWOEvent``s or, for records that could not become one, plain dicts."""
+        n = len(events)
+        self.log.warn(("dropped", reason), n, "vwo_otel dropped %d VWO event(s): %s%s", n, reason,
+                      f" ({note})" if note else "")
+        with self._cond:
+            entry = self._drops.get(reason)
+            if entry is None:
+                entry = self._drops[reason] = [[], 0, note]
+            listed = entry[0]
+            room = self._drop_limit - len(listed)
+            if room >= n:
+                listed.extend(events)
+            else:
+                room = max(0, room)
+                listed.extend(events[:room])
+                entry[1] += n - room
+            if note:
+                entry[2] = note
+            if self._drops_due == math.inf:  # first drop since the last report: schedule one
+                self._drops_due = time.monotonic() + DROP_REPORT_DELAY
+                inline = self._wake()
+            else:
+                inline = self._closed
         if inline:
             self._drain()
 
     def ticket(self, target: int) -> FlushTicket:
         """A wait for every batch up to ``target`` (already settled ones count as done)."""
         with self._cond:
+            if self._drops and self._drops_due != math.inf:  # a flush also reports drops gathered so far
+                self._drops_due = time.monotonic()
+                self._cond.notify()
             t = FlushTicket(self._settled, target)
             if target <= self._settled:
                 t.done.set()
@@ -81,21 +175,31 @@ class Notifier:
             return t
 
     def close(self, timeout: float) -> bool:
-        """Run what is still waiting (bounded by ``timeout``) and stop the thread."""
+        """Run what is still waiting (bounded by ``timeout``) and stop the thread. If the
+        callback is still busy after that, says in the log how much it was not given."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
-            return not thread.is_alive()
+            if thread.is_alive():
+                with self._cond:
+                    results = sum(len(o.events) for item in self._items for o in item[3])
+                    drops = sum(len(e[0]) + e[1] for e in self._drops.values())
+                logger.warning("vwo_otel: flush_callback still busy after shutdown_timeout; results for %d "
+                               "event(s) and %d dropped event(s) not passed to it (failures and drops were "
+                               "logged above)", results, drops)
+                self.log.flush()
+                return False
         self._drain()
+        self.log.flush()
         return True
 
     # the thread ---------------------------------------------------------------------
     def _wake(self) -> bool:
-        """Start or wake the thread; True when the caller must run callbacks inline
-        (after close, or when the interpreter refuses new threads at exit)."""
+        """Start or wake the thread (lock held); True when the caller must run callbacks
+        inline (after close, or when the interpreter refuses new threads at exit)."""
         if self._closed:
             return True
         if self._thread is None:
@@ -108,35 +212,58 @@ class Notifier:
         self._cond.notify()
         return False
 
+    def _due(self) -> bool:
+        """Something to run now (lock held)."""
+        if self._draining:
+            return False
+        return bool(self._items) or self._closed or (bool(self._drops) and time.monotonic() >= self._drops_due)
+
     def _run(self) -> None:
+        cond = self._cond
         while True:
-            with self._cond:
-                while not (self._items or self._drops or self._closed):
-                    self._cond.wait()
+            with cond:
+                while not self._due():
+                    wait = None
+                    if self._drops and not self._draining:
+                        wait = max(0.0, self._drops_due - time.monotonic())
+                    cond.wait(wait)
                 if self._closed and not (self._items or self._drops):
                     return
-            self._drain()
+            try:
+                self._drain()
+            except Exception:  # pragma: no cover - _drain guards the callback; this is a last resort
+                logger.exception("vwo_otel callback thread error; it keeps running")
 
     def _drain(self) -> None:
-        while True:
+        with self._cond:
+            if self._draining:
+                return  # another thread is draining; it picks up what we queued
+            self._draining = True
+        try:
+            while True:
+                with self._cond:
+                    drops, self._drops = self._drops, {}
+                    self._drops_due = math.inf
+                    item = self._items.popleft() if self._items else None
+                    if not drops and item is None:
+                        self._draining = False
+                        self._cond.notify_all()
+                        return
+                for reason, (listed, unlisted, note) in drops.items():
+                    total = len(listed) + unlisted
+                    detail = "".join(f" ({x})" for x in (note, f"{unlisted} not listed" if unlisted else None) if x)
+                    self._call(EventsDropped(f"{total} event(s) dropped: {reason}{detail}", reason=reason,
+                                             count=total), _safe_encode(self._encode, listed))
+                if item is not None:
+                    seq, first, ok, outcomes = item
+                    for outcome in outcomes:
+                        self._call(outcome.error, outcome.events)
+                    self._settle(seq, first, ok)
+        except BaseException:
             with self._cond:
-                drops, self._drops = self._drops, {}
-                item = self._items.popleft() if self._items else None
-            if not drops and item is None:
-                return
-            for reason, (listed, unlisted) in drops.items():
-                total = len(listed) + unlisted
-                note = f" ({unlisted} not listed)" if unlisted else ""
-                logger.warning("vwo_otel dropped %d VWO event(s): %s%s", total, reason, note)
-                self._call(EventsDropped(f"{total} event(s) dropped: {reason}{note}", reason=reason),
-                           self._encode(listed))
-            if item is not None:
-                seq, ok, outcomes = item
-                for outcome in outcomes:
-                    if outcome.error is not None:
-                        logger.warning("VWO batch of %d event(s) failed: %s", len(outcome.events), outcome.error)
-                    self._call(outcome.error, outcome.events)
-                self._settle(seq, ok)
+                self._draining = False
+                self._cond.notify_all()
+            raise
 
     def _call(self, err: BaseException | None, events: list[dict]) -> None:
         if self._callback is None:
@@ -144,17 +271,37 @@ class Notifier:
         try:
             self._callback(err, events)
         except Exception:  # a user's callback must never stop delivery
-            logger.exception("flush_callback raised; delivery continues")
+            self.log.warn("callback_raised", len(events), "flush_callback raised; delivery continues", exc_info=True)
 
-    def _settle(self, seq: int, ok: bool) -> None:
+    def _settle(self, seq: int, first: int, ok: bool) -> None:
         with self._cond:
             self._settled = max(self._settled, seq)
             keep = []
             for t in self._tickets:
-                if t.start < seq <= t.target and not ok:
+                if not ok and t.start < seq and first <= t.target:
                     t.ok = False
                 if self._settled >= t.target:
                     t.done.set()
                 else:
                     keep.append(t)
             self._tickets = keep
+
+
+def _safe_encode(encode: Callable[[Sequence[VWOEvent]], list[dict]], items: Sequence[Any]) -> list[dict]:
+    """Wire dicts of dropped items; dicts pass through, and an event the encoder cannot
+    handle is shown field by field instead of breaking the report."""
+    try:
+        if not any(isinstance(x, dict) for x in items):
+            return encode(items)
+    except Exception:
+        pass
+    out = []
+    for x in items:
+        if isinstance(x, dict):
+            out.append(x)
+            continue
+        try:
+            out.extend(encode([x]))
+        except Exception:
+            out.append({k: getattr(x, k, None) for k in getattr(x, "__slots__", ())})
+    return out

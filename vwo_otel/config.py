@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
 #: ``flush_callback(err, events)``: ``err`` is None on success, else a ``VWODeliveryError``.
-FlushCallback = Callable[[Optional[BaseException], list[dict]], Any]
+FlushCallback = Callable[[Optional[BaseException], list[dict[str, Any]]], Any]
 
 MAX_EVENTS_PER_REQUEST = 5000
 DEFAULT_EVENTS_PER_REQUEST = 100

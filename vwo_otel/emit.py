@@ -110,7 +110,7 @@ class VWOEvents:
                 A.DIMENSION_KEY: key, A.DIMENSION_VALUE: str(value),
             }, visitor_ua, visitor_ip)
 
-    def _emit_span(self, etype: int, attrs: dict, ua: str | None, ip: str | None) -> None:
+    def _emit_span(self, etype: int, attrs: dict[str, Any], ua: str | None, ip: str | None) -> None:
         if ua is not None:
             attrs[A.VISITOR_UA] = check_text("visitor_ua", ua)
         if ip is not None:
@@ -122,7 +122,7 @@ class VWOEvents:
                            "TracerProvider with sampler=vwo_otel.VWOSampler(<your sampler>)")
         span.end()
 
-    def _emit_log(self, etype: int, attrs: dict, ua: str | None, ip: str | None) -> None:
+    def _emit_log(self, etype: int, attrs: dict[str, Any], ua: str | None, ip: str | None) -> None:
         if ua is not None:
             attrs[A.VISITOR_UA] = check_text("visitor_ua", ua)
         if ip is not None:

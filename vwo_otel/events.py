@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Callable
 
 from . import attributes as A
 
@@ -121,11 +121,24 @@ def check_text(name: str, value: Any) -> str:
 
 def from_attributes(attrs: Mapping[str, Any], time_ns: int | None) -> VWOEvent:
     """Decode a VWO event from span / log attributes; raises ``MalformedEvent`` if unusable."""
-    get = attrs.get
+    get: Callable[[str], Any] = attrs.get  # attribute values are checked below
     etype = get(A.EVENT_TYPE)
     seconds = int(time_ns // 1_000_000_000) if time_ns else int(time.time())
+    user_id = get(A.USER_ID)
+    if type(etype) is int and (etype == 1 or etype == 2) and type(user_id) is str and user_id:
+        # Well-formed impressions and conversions (nearly all traffic), checked inline with the
+        # same rules as below; anything else, or anything wrong, takes the full path below.
+        ua, ip, cid, vid = get(A.VISITOR_UA), get(A.VISITOR_IP), get(A.CAMPAIGN_ID), get(A.VARIATION_ID)
+        if ((ua is None or type(ua) is str) and (ip is None or type(ip) is str)
+                and type(cid) is int and 0 <= cid < _ID_LIMIT and type(vid) is int and 0 <= vid < _ID_LIMIT):
+            if etype == 1:
+                return VWOEvent(1, user_id, seconds, cid, vid, None, None, None, None, ua or "", ip or "")
+            gid, revenue = get(A.GOAL_ID), get(A.REVENUE)
+            if type(gid) is int and 0 <= gid < _ID_LIMIT and (
+                    revenue is None or (type(revenue) is float and -math.inf < revenue < math.inf)):
+                return VWOEvent(2, user_id, seconds, cid, vid, gid, revenue, None, None, ua or "", ip or "")
     try:
-        user_id = check_user_id(get(A.USER_ID))
+        user_id = check_user_id(user_id)
         ua = check_text(A.VISITOR_UA, get(A.VISITOR_UA))
         ip = check_text(A.VISITOR_IP, get(A.VISITOR_IP))
         if etype == A.CUSTOM_DIMENSION:
@@ -135,7 +148,7 @@ def from_attributes(attrs: Mapping[str, Any], time_ns: int | None) -> VWOEvent:
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise TypeError(f"{A.DIMENSION_VALUE} must be a str or number, got {value!r}")
             return VWOEvent(etype, user_id, seconds, key=key, value=str(value), visitor_ua=ua, visitor_ip=ip)
-        keys = _INT_KEYS.get(etype)  # type: ignore[call-overload]
+        keys = _INT_KEYS.get(etype)
         if keys is None:
             raise ValueError(f"{A.EVENT_TYPE} must be 1, 2 or 3, got {etype!r}")
         ids = [check_id(k, get(k)) for k in keys]

@@ -1,30 +1,96 @@
-"""Process lifecycle: deliver what is queued at interpreter exit, start afresh after fork."""
+"""Process lifecycle: deliver what is queued at interpreter exit, start afresh after fork.
+
+Exit: every live batcher is shut down at interpreter exit (``atexit``), all in parallel
+within one ``shutdown_timeout``: ``shutdown_all`` first begins every shutdown (refuse new
+events, cut queues, cap retry waits), then waits for each. The hook re-registers itself
+whenever a batcher is created, so it runs before the ``atexit`` shutdown of a
+``TracerProvider`` made earlier. A plain ``SIGTERM`` kills Python without ``atexit``;
+servers such as gunicorn turn it into a normal exit in their workers.
+
+Fork: a forked child starts with an empty queue, fresh threads and a fresh HTTP session
+(``after_fork``); the events queued before the fork are the parent's to deliver, so
+none is sent twice. Events emitted in the child are delivered by the child when it exits
+through a path that runs ``atexit`` (returning from the program, ``sys.exit``) or
+through ``multiprocessing`` (its children end with ``os._exit`` after running the
+finalizers registered here). A child that ends with a bare ``os._exit()`` (or is killed)
+skips both: call ``processor.shutdown()`` or ``vwo_otel.lifecycle.shutdown_all()``
+first, or its queued events are lost without a report.
+"""
 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import weakref
 from typing import Any
 
+logger = logging.getLogger("vwo_otel")
 _live: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def track(batcher: Any) -> None:
     """Have ``batcher.shutdown()`` run at exit and ``batcher.after_fork()`` in forked children."""
     _live.add(batcher)
+    atexit.unregister(_at_exit)  # move to the end of the list: atexit runs it first
+    atexit.register(_at_exit)
+
+
+def shutdown_all(timeout: float | None = None) -> bool:
+    """Shut down every live batcher (each within ``timeout``, default its own
+    ``shutdown_timeout``), in parallel; True if everything queued was delivered."""
+    started = []
+    for batcher in list(_live):
+        try:
+            state = batcher.begin_shutdown(timeout)
+        except Exception:
+            logger.exception("vwo_otel: shutdown of %r failed", batcher)
+            continue
+        if state is not None:
+            started.append((batcher, state))
+    ok = True
+    for batcher, state in started:
+        try:
+            ok = batcher.finish_shutdown(*state) and ok
+        except Exception:
+            logger.exception("vwo_otel: shutdown of %r failed", batcher)
+            ok = False
+    return ok
 
 
 def _at_exit() -> None:
-    for batcher in list(_live):
-        batcher.shutdown()
+    shutdown_all()
 
 
 def _in_child() -> None:
     for batcher in list(_live):
-        batcher.after_fork()
+        try:
+            batcher.after_fork()
+        except Exception:  # pragma: no cover - must never break the child
+            logger.exception("vwo_otel: after-fork reset of %r failed", batcher)
+
+
+class _Token:
+    """Keeps the multiprocessing after-fork registration alive (it holds a weak reference)."""
+
+
+_token = _Token()
+
+
+def _mp_child(_: Any) -> None:
+    """In a ``multiprocessing`` child (after its finalizer registry was cleared): run
+    ``shutdown_all`` in the finalizers it runs just before ``os._exit``."""
+    from multiprocessing import util
+
+    util.Finalize(None, shutdown_all, exitpriority=10)
 
 
 atexit.register(_at_exit)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_in_child)
+    try:
+        from multiprocessing import util as _mp_util
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        _mp_util.register_after_fork(_token, _mp_child)

@@ -542,14 +542,16 @@ class Receiver:
             out.append(ev)
         return out
 
-    def requests(self) -> list[dict[str, Any]]:
-        """Every request received (rejected and faulted ones too), in arrival order.
+    def requests(self, *, after: int = 0) -> list[dict[str, Any]]:
+        """Every request received (rejected and faulted ones too), in arrival order; with ``after``,
+        only those whose id is greater (to follow new arrivals).
 
         Keys: id, received_at, method, path, query (env masked as ***), status (0 = no response sent),
         body_bytes (query length for GETs), n_events, error, accepted (events were stored).
         """
         with self._lock:
-            rows = self._db.execute(f"SELECT {', '.join(_REQUEST_KEYS)} FROM requests ORDER BY id").fetchall()
+            rows = self._db.execute(f"SELECT {', '.join(_REQUEST_KEYS)} FROM requests WHERE id > ? ORDER BY id",
+                                    (after,)).fetchall()
         out = []
         for row in rows:
             d = dict(zip(_REQUEST_KEYS, row))

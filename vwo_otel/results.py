@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class VWODeliveryError(Exception):
@@ -34,19 +34,25 @@ class PayloadTooLarge(VWODeliveryError):
 
 
 class EventsDropped(VWODeliveryError):
-    """Events were dropped before any request: ``reason`` is ``queue_full``,
-    ``already_shutdown`` or ``shutdown_timeout``."""
+    """Events were dropped before any request: ``reason`` is ``queue_full`` (backlog full;
+    impressions and custom dimensions go before conversions), ``already_shutdown`` (emitted
+    after shutdown), ``shutdown_timeout`` (still queued when ``shutdown_timeout`` ran out),
+    ``shutdown_in_flight`` (a request still unanswered at that deadline: VWO may or may not
+    have them) or ``malformed`` (a record claiming to be a VWO event that cannot be one; the
+    callback gets its attributes). ``count`` is how many were dropped; the callback's events
+    list at most max(``max_queue_size``, 10000) of them per report."""
 
-    def __init__(self, message: str, *, reason: str) -> None:
+    def __init__(self, message: str, *, reason: str, count: int | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.count = count
 
 
 class Outcome(NamedTuple):
     """How one request settled: ``error`` is None when VWO accepted ``events`` (wire dicts)."""
 
     error: VWODeliveryError | None
-    events: list[dict]
+    events: list[dict[str, Any]]
 
     @property
     def ok(self) -> bool:

@@ -14,7 +14,8 @@ RETRY_STATUSES: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
 class RetryPolicy:
     """Retry transient failures (network errors and ``RETRY_STATUSES``) within ``budget``
     seconds per batch: waits grow from ``initial_backoff`` doubling up to ``max_backoff``,
-    with +-20 % jitter; a server's ``Retry-After`` replaces the computed wait."""
+    with +-20 % jitter; a server's ``Retry-After`` (seconds or HTTP-date) is honoured: the
+    wait is the longer of the two, so ``Retry-After: 0`` cannot cause a hot retry loop."""
 
     budget: float = 60.0
     initial_backoff: float = 0.5
@@ -28,7 +29,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Wait before attempt ``attempt + 1`` (attempt counts from 0)."""
-        base = min(self.max_backoff, self.initial_backoff * (2 ** min(attempt, 30)))
+        base: float = min(self.max_backoff, self.initial_backoff * (2 ** min(attempt, 30)))
         return base * random.uniform(0.8, 1.2)
 
 

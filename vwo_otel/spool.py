@@ -91,7 +91,7 @@ class Orphan:
 class Spool:
     """This process's spool file in ``directory``; see the module docstring for guarantees."""
 
-    def __init__(self, directory: str, *, commit_interval: float = 0.05) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, commit_interval: float = 0.05) -> None:
         if isinstance(commit_interval, bool) or not isinstance(commit_interval, (int, float)) or not (
             0 <= commit_interval <= 60
         ):

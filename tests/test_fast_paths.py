@@ -1,0 +1,128 @@
+"""The performance fast paths give exactly what the general code gives (benchmarks/run.py).
+
+- ``wire._compact`` (formatted JSON) == the JSON encoder, byte for byte;
+- the cached visitor id == ``uuid.uuid5(...).hex.upper()``;
+- ``events.from_attributes``' inline path == its checked path (same event, same errors);
+- ``processor._plain`` reads the SDK's attribute dict without changing what is decoded.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import uuid
+
+import pytest
+
+from vwo_otel import attributes as A
+from vwo_otel.events import MalformedEvent, VWOEvent, from_attributes
+from vwo_otel.processor import _plain
+from vwo_otel.wire import VWO_NAMESPACE, Encoder, _dumps
+
+TEXTS = ["", "a", "é", "\u2028", '"q\\', "\x00\x1f", "日本", "\U0001f600", "Mozilla/5.0 (X11)", "1.2.3.4"]
+REVENUES = [None, 0, 5, -3, 12.5, 1e300, -0.0, 1e-7, 0.1 + 0.2, 2**62, True, float("nan"), float("inf")]
+
+
+class Kind(enum.IntEnum):
+    VISITOR = 1
+    GOAL = 2
+
+
+def test_compact_json_matches_the_encoder():
+    enc = Encoder(12345)
+    rnd = random.Random(7)
+    for _ in range(3000):
+        et = rnd.choice([1, 2, 3])
+        ev = VWOEvent(et, rnd.choice(TEXTS) + "u", rnd.choice([0, 1795668949, 2**40]), rnd.randrange(2**63),
+                      rnd.randrange(100), rnd.randrange(10**9), rnd.choice(REVENUES) if et == 2 else None,
+                      rnd.choice(TEXTS) if et == 3 else None, rnd.choice(TEXTS) if et == 3 else None,
+                      rnd.choice(TEXTS), rnd.choice(TEXTS))
+        dicts, parts = enc.encode([ev])
+        assert parts == [_dumps(dicts[0]).encode()]
+
+
+def test_cached_visitor_uuid_matches_uuid5():
+    enc = Encoder(12345)
+    namespace = uuid.uuid5(VWO_NAMESPACE, "12345")
+    assert enc.visitor("Varun") == "C4D95C097902569F9A2D2E87CD3201C8"
+    for user in ["x", "é", "日本", "\U0001f600", "a" * 300, *map(str, range(200))]:
+        assert enc.visitor(user) == uuid.uuid5(namespace, user).hex.upper()
+
+
+def _attrs(rnd: random.Random) -> dict:
+    attrs: dict = {A.EVENT_TYPE: rnd.choice([1, 2, 2, 3, 0, 1.0, True]), A.USER_ID: rnd.choice(["u1", "", 7, None]),
+                   A.CAMPAIGN_ID: rnd.choice([5, -1, 2**63, 3.0, None]), A.VARIATION_ID: rnd.choice([2, "2", 0]),
+                   A.GOAL_ID: rnd.choice([9, None, -2, False])}
+    if rnd.random() < 0.5:
+        attrs[A.REVENUE] = rnd.choice(REVENUES + ["1"])
+    for key in (A.VISITOR_UA, A.VISITOR_IP):
+        if rnd.random() < 0.5:
+            attrs[key] = rnd.choice(["", "ua", 3])
+    return attrs
+
+
+def _decode(attrs: dict):
+    try:
+        return from_attributes(attrs, 1_795_663_948_000_000_000)
+    except MalformedEvent as exc:
+        return ("malformed", str(exc))
+
+
+def test_inline_decoding_matches_the_checked_path():
+    rnd = random.Random(3)
+    for _ in range(5000):
+        attrs = _attrs(rnd)
+        etype = attrs[A.EVENT_TYPE]
+        if type(etype) is not int or etype not in (1, 2):
+            continue
+        slow = dict(attrs)
+        slow[A.EVENT_TYPE] = Kind(etype)  # not exactly an int: takes the checked path
+        fast, checked = _decode(attrs), _decode(slow)
+        assert fast == checked, attrs
+        if isinstance(fast, VWOEvent):
+            assert [type(getattr(fast, k)) for k in VWOEvent.__slots__ if k != "etype"] == \
+                [type(getattr(checked, k)) for k in VWOEvent.__slots__ if k != "etype"]
+
+
+@pytest.mark.parametrize("attrs", [{A.EVENT_TYPE: 2}, {}])
+def test_plain_reads_bounded_attributes(attrs):
+    from opentelemetry.attributes import BoundedAttributes
+
+    bounded = BoundedAttributes(attributes=attrs)
+    assert _plain(bounded) == attrs and type(_plain(bounded)) is dict
+    assert _plain(attrs) is attrs and _plain(None) is None
+
+
+def test_session_environment_settings_match_requests(monkeypatch):
+    import requests
+
+    from vwo_otel import exporter
+
+    monkeypatch.setattr(exporter._Session, "ENV_TTL", 0.0)
+    url = "https://dev.visualwebsiteoptimizer.com/server-side/batch-events?a=1"
+    for env in ({}, {"HTTPS_PROXY": "http://proxy:3128"}, {"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "vwo.com"},
+                {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "dev.visualwebsiteoptimizer.com"},
+                {"REQUESTS_CA_BUNDLE": "/tmp/ca.pem"}):
+        for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+                     "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        ours = exporter._Session().merge_environment_settings(url, {}, None, None, None)
+        theirs = requests.Session().merge_environment_settings(url, {}, None, None, None)
+        assert ours == theirs, env
+
+
+def test_session_environment_is_reread_after_ttl(monkeypatch):
+    from vwo_otel import exporter
+
+    url = "https://dev.visualwebsiteoptimizer.com/x"
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://one:1")
+    session = exporter._Session()
+    assert session.merge_environment_settings(url, {}, None, None, None)["proxies"]["https"] == "http://one:1"
+    monkeypatch.setenv("HTTPS_PROXY", "http://two:2")
+    session._env = {k: (0.0, v) for k, (_, v) in session._env.items()}  # as if ENV_TTL had passed
+    assert session.merge_environment_settings(url, {}, None, None, None)["proxies"]["https"] == "http://two:2"
+    explicit = session.merge_environment_settings(url, {"https": "http://mine:3"}, None, None, None)
+    assert explicit["proxies"]["https"] == "http://mine:3"

@@ -1,0 +1,822 @@
+"""``vwo-otel gateway``: an OTLP/HTTP receiver that batches VWO events from many processes.
+
+Apps (or OpenTelemetry Collectors in front of them) export spans / log records with OTLP/HTTP
+to ``POST /v1/traces`` and ``POST /v1/logs`` (protobuf or JSON, optionally gzip/deflate).
+Items that carry ``vwo.event.type`` become VWO events (the same attributes and decoding as
+``VWOSpanProcessor``: span start time / log timestamp -> ``sId``); everything else is accepted
+and ignored. Each event goes to the VWO account named by ``vwo.account_id`` (on the item, else
+on its resource, else the default account) and through that account's ``Batcher`` (count/age
+batching, retries, 413 splitting, bounded backlog, optional spool) to ``VWOExporter``. SDK keys
+live only in the gateway's configuration.
+
+OTLP semantics: 200 with an ``Export*ServiceResponse`` in the request's encoding, whose
+``partial_success`` counts malformed or unknown-account VWO items; 400 undecodable body;
+413 too large; 415 unsupported media type or encoding; 429 + ``Retry-After`` when an
+account's backlog cannot take the whole request and 503 + ``Retry-After`` while shutting
+down (in both cases nothing of the request is kept, so the sender's retry duplicates nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType, TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import otlp
+from .batcher import Batcher
+from .callbacks import LogLimiter
+from .config import MAX_EVENTS_PER_REQUEST, BatchEvents
+from .events import MalformedEvent, VWOEvent, from_attributes
+from .exporter import DEFAULT_ENDPOINT, VWOExporter
+from .otlp import ACCOUNT_ID
+from .retry import RetryPolicy
+from .spool import Spool
+
+__all__ = ["ACCOUNT_ID", "Account", "Gateway", "GatewayConfig", "config_from_mapping", "main", "parse_account"]
+
+logger = logging.getLogger("vwo_otel")
+
+DEFAULT_PORT = 4318
+DEFAULT_MAX_BACKLOG = 50_000
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_INFLATED_BYTES = 64 * 1024 * 1024
+#: Environment variable holding the sdk key of ``--account ID`` given without ``=KEY``.
+SDK_KEY_ENV = "VWO_SDK_KEY_{account_id}"
+_ROUTES = {"/v1/traces": otlp.TRACES, "/v1/logs": otlp.LOGS}
+_TEXT = "text/plain; charset=utf-8"
+_MAX_MESSAGE = 512
+_DRAIN_LIMIT = 64 * 1024 * 1024  # a refused body up to this size is read so the connection stays usable
+_CHUNK = 64 * 1024
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+def _account_id(value: Any, what: str) -> int:
+    """A VWO account id: a positive int or a string of digits."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{what} must be a positive integer VWO account id, got {value!r}")
+    return value
+
+
+def _number(name: str, value: Any, *, low: float, integer: bool = False, high: float = math.inf) -> Any:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not (low <= value <= high) or value != value:
+        kind = "an integer" if integer else "a number"
+        bound = f" from {low:g} to {high:g}" if high < math.inf else f" >= {low:g}"
+        raise ValueError(f"{name} must be {kind}{bound}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Account:
+    """One VWO account the gateway delivers to; ``endpoint`` overrides the gateway's."""
+
+    account_id: int
+    sdk_key: str = field(repr=False)
+    endpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "account_id", _account_id(self.account_id, "account id"))
+        if not isinstance(self.sdk_key, str) or not self.sdk_key or self.sdk_key != self.sdk_key.strip():
+            raise ValueError(f"the sdk key of account {self.account_id} must be a non-empty string without "
+                             "surrounding spaces")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything the gateway needs; validated when built. SDK keys never appear in its repr."""
+
+    accounts: Mapping[int, Account]
+    default_account: int | None = None
+    endpoint: str = DEFAULT_ENDPOINT
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    events_per_request: int = 100
+    request_time_interval: float = 60.0
+    max_backlog: int = DEFAULT_MAX_BACKLOG
+    retry_after: float = 2.0
+    shutdown_timeout: float = 10.0
+    spool: str | None = None
+    timeout: float = 10.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
+
+    def __post_init__(self) -> None:
+        accounts = self.accounts
+        if isinstance(accounts, (list, tuple)):
+            accounts = {a.account_id: a for a in accounts}
+        if not isinstance(accounts, Mapping) or not accounts:
+            raise ValueError("the gateway needs at least one VWO account (account id and sdk key)")
+        for key, acct in accounts.items():
+            if not isinstance(acct, Account) or _account_id(key, "account id") != acct.account_id:
+                raise ValueError(f"accounts must map each account id to its Account, got {key!r}")
+        object.__setattr__(self, "accounts", dict(accounts))
+        if self.default_account is not None:
+            default = _account_id(self.default_account, "default_account")
+            if default not in self.accounts:
+                raise ValueError(f"default_account {default} is not one of the configured accounts")
+            object.__setattr__(self, "default_account", default)
+        _number("port", self.port, low=0, high=65535, integer=True)
+        _number("events_per_request", self.events_per_request, low=1, high=MAX_EVENTS_PER_REQUEST, integer=True)
+        _number("request_time_interval", self.request_time_interval, low=1, high=1e9)
+        _number("max_backlog", self.max_backlog, low=1, high=10_000_000, integer=True)
+        _number("retry_after", self.retry_after, low=0, high=3600)
+        _number("shutdown_timeout", self.shutdown_timeout, low=0, high=3600)
+        _number("timeout", self.timeout, low=0.001, high=3600)
+        _number("max_body_bytes", self.max_body_bytes, low=1024, integer=True)
+        _number("max_inflated_bytes", self.max_inflated_bytes, low=1024, integer=True)
+        if not isinstance(self.retry, RetryPolicy):
+            raise ValueError(f"retry must be a vwo_otel.RetryPolicy, got {type(self.retry).__name__}")
+        if self.spool is not None and not isinstance(self.spool, (str, os.PathLike)):
+            raise ValueError(f"spool must be a directory path, got {self.spool!r}")
+        if not isinstance(self.host, str) or not self.host:
+            raise ValueError(f"host must be an address to bind, got {self.host!r}")
+        for url in [self.endpoint] + [a.endpoint for a in self.accounts.values() if a.endpoint]:
+            parts = urlsplit(url) if isinstance(url, str) else None
+            if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"endpoint must be an http(s) URL such as {DEFAULT_ENDPOINT!r}, got {url!r}")
+
+
+#: Keys of the JSON configuration file (and of ``config_from_mapping``).
+CONFIG_KEYS = ("accounts", "default_account", "endpoint", "host", "port", "events_per_request",
+               "request_time_interval", "max_backlog", "retry_after", "shutdown_timeout", "spool", "timeout",
+               "retry_budget", "max_body_bytes", "max_inflated_bytes")
+
+
+def _account_entry(key: Any, value: Any, environ: Mapping[str, str]) -> Account:
+    account_id = _account_id(key, "accounts key")
+    endpoint = None
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - {"sdk_key", "sdk_key_env", "endpoint"})
+        if unknown:
+            raise ValueError(f"account {account_id}: unknown key(s) {unknown}; allowed: sdk_key, sdk_key_env, endpoint")
+        endpoint = value.get("endpoint")
+        if "sdk_key_env" in value:
+            var = value["sdk_key_env"]
+            if not isinstance(var, str) or not environ.get(var):
+                raise ValueError(f"account {account_id}: environment variable {var!r} (sdk_key_env) is not set")
+            value = environ[var]
+        else:
+            value = value.get("sdk_key")
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"account {account_id}: the sdk key must be a non-empty string "
+                         "(or {\"sdk_key_env\": \"VARIABLE\"})")
+    return Account(account_id, value, endpoint)
+
+
+def config_from_mapping(values: Mapping[str, Any], *, environ: Mapping[str, str] | None = None,
+                        **overrides: Any) -> GatewayConfig:
+    """A ``GatewayConfig`` from the JSON file's dict (keys ``CONFIG_KEYS``); ``overrides``
+    (not None) replace file values, and ``overrides["accounts"]`` adds to the file's accounts.
+    ``accounts`` maps an account id to its sdk key, or to ``{"sdk_key": ..., "endpoint": ...}``
+    / ``{"sdk_key_env": "VARIABLE", ...}``."""
+    environ = os.environ if environ is None else environ
+    if not isinstance(values, Mapping):
+        raise ValueError("the gateway configuration must be a JSON object")
+    unknown = sorted(set(values) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"unknown configuration key(s) {unknown}; allowed: {', '.join(CONFIG_KEYS)}")
+    merged = dict(values)
+    extra_accounts = overrides.pop("accounts", None) or {}
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    raw_accounts = merged.pop("accounts", None) or {}
+    if not isinstance(raw_accounts, Mapping):
+        raise ValueError('"accounts" must be an object mapping account ids to sdk keys')
+    accounts: dict[int, Account] = {}
+    for key, value in list(raw_accounts.items()) + list(extra_accounts.items()):
+        acct = value if isinstance(value, Account) else _account_entry(key, value, environ)
+        accounts[acct.account_id] = acct
+    budget = merged.pop("retry_budget", None)
+    if budget is not None:
+        merged["retry"] = RetryPolicy(budget=_number("retry_budget", budget, low=0, high=86400))
+    return GatewayConfig(accounts=accounts, **merged)
+
+
+def parse_account(text: str, environ: Mapping[str, str] | None = None) -> Account:
+    """``ID=SDK_KEY``, or ``ID`` alone with the key in the environment variable ``VWO_SDK_KEY_<ID>``."""
+    environ = os.environ if environ is None else environ
+    ident, sep, key = text.partition("=")
+    account_id = _account_id(ident.strip(), "--account")
+    if not sep:
+        var = SDK_KEY_ENV.format(account_id=account_id)
+        key = environ.get(var, "")
+        if not key:
+            raise ValueError(f"--account {account_id}: give ID=SDK_KEY or set the environment variable {var}")
+    return Account(account_id, key)
+
+
+# -- the HTTP server -----------------------------------------------------------------------------
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer with TCP_NODELAY on each connection, tracked so stop() can close them."""
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], gateway: Gateway) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.gateway = gateway
+        self._conns: set[socket.socket] = set()
+        self._busy = 0
+        self._cond = threading.Condition()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse-DNS lookup of the host."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = str(self.server_address[0])
+        self.server_port = int(self.server_address[1])
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept a connection, disable Nagle on it and track it."""
+        sock, addr = super().get_request()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # pragma: no cover - not a TCP socket
+            pass
+        with self._cond:
+            self._conns.add(sock)
+        return sock, addr
+
+    def shutdown_request(self, request: Any) -> None:
+        """Forget the connection once its handler is done, then close it."""
+        with self._cond:
+            self._conns.discard(request)
+            self._cond.notify_all()
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A handler error (usually a client gone) is logged at debug level, never printed."""
+        logger.debug("vwo_otel gateway: error while serving a request", exc_info=True)
+
+    def busy(self, delta: int) -> None:
+        """Count requests being processed (stop() waits for them)."""
+        with self._cond:
+            self._busy += delta
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is being processed; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._busy == 0, max(0.0, timeout))
+
+    def close_connections(self, timeout: float) -> None:
+        """Shut every open connection so keep-alive handlers exit, then wait for them."""
+        with self._cond:
+            conns = list(self._conns)
+        for sock in conns:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        with self._cond:
+            self._cond.wait_for(lambda: not self._conns, max(0.0, timeout))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Routes requests to the gateway; keep-alive, one write per response, quiet."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "vwo-otel-gateway"
+    sys_version = ""
+    server: _Server
+
+    def do_POST(self) -> None:
+        """OTLP export requests."""
+        self.server.busy(1)
+        try:
+            self.server.gateway._serve_post(self)
+        finally:
+            self.server.busy(-1)
+
+    def do_GET(self) -> None:
+        """``/healthz`` and ``/stats``."""
+        self.server.gateway._serve_get(self)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Protocol-level errors (bad request line, unsupported method) in one write."""
+        self.close_connection = True
+        try:
+            _respond(self, int(code), (message or "error").encode("utf-8", "replace"), _TEXT)
+        except OSError:
+            logger.debug("vwo_otel gateway: could not send %d", code, exc_info=True)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """http.server's own messages go to the debug log, never stderr."""
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("vwo_otel gateway: " + format, *args)
+
+
+def _respond(h: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str,
+             headers: Sequence[tuple[str, str]] = ()) -> None:
+    """Status line, headers and body in a single write (no Nagle / delayed-ACK stall)."""
+    try:
+        reason = h.responses[status][0]
+    except KeyError:
+        reason = "Unknown"
+    head = [f"HTTP/1.1 {status} {reason}", f"Server: {h.server_version}", f"Date: {h.date_time_string()}",
+            f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
+    head.extend(f"{k}: {v}" for k, v in headers)
+    if h.close_connection:
+        head.append("Connection: close")
+    h.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+
+
+class _Refused(Exception):
+    """A request answered with an error status (``status``, ``code``, ``message``)."""
+
+    def __init__(self, status: int, code: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, tuple(headers)
+
+
+# -- the gateway ----------------------------------------------------------------------------------
+
+class Gateway:
+    """OTLP/HTTP in, VWO batches out: one ``Batcher`` + ``VWOExporter`` per configured account."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        if not isinstance(config, GatewayConfig):
+            raise TypeError(f"config must be a GatewayConfig, got {type(config).__name__}")
+        self.config = config
+        self._stats_lock = threading.Lock()
+        self._requests: dict[str, int] = {otlp.TRACES: 0, otlp.LOGS: 0}
+        self._responses: dict[int, int] = {}
+        self._counts: dict[str, int] = {"items": 0, "vwo_items": 0, "accepted": 0, "throttled_events": 0}
+        self._rejected: dict[str, int] = {"malformed": 0, "unknown_account": 0, "over_backlog": 0}
+        self._per_account: dict[int, dict[str, int]] = {}
+        self._log = LogLimiter()
+        self._admit = threading.Lock()
+        self._stopping = False
+        self._stopped: bool | None = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._port = config.port
+        self._batchers: dict[int, Batcher] = {}
+        try:
+            for acct in config.accounts.values():
+                self._batchers[acct.account_id] = self._make_batcher(acct)
+        except BaseException:
+            for batcher in self._batchers.values():
+                batcher.shutdown(0)
+            raise
+
+    def _make_batcher(self, acct: Account) -> Batcher:
+        c = self.config
+        exporter = VWOExporter(acct.account_id, acct.sdk_key, endpoint=acct.endpoint or c.endpoint,
+                               timeout=c.timeout, retry=c.retry)
+        counts = self._per_account.setdefault(
+            acct.account_id, {"accepted": 0, "requests_ok": 0, "requests_failed": 0})
+
+        def settled(err: BaseException | None, events: list[Any]) -> None:
+            if getattr(err, "reason", None) in ("queue_full", "already_shutdown", "shutdown_timeout",
+                                                "shutdown_in_flight", "malformed"):
+                return  # drops: counted by the batcher itself
+            with self._stats_lock:
+                counts["requests_ok" if err is None else "requests_failed"] += 1
+
+        batch = BatchEvents(c.events_per_request, float(c.request_time_interval), settled)
+        spool = Spool(os.path.join(os.fspath(c.spool), str(acct.account_id))) if c.spool is not None else None
+        return Batcher(exporter, batch, max_queue_size=c.max_backlog, shutdown_timeout=max(c.shutdown_timeout, 0.001),
+                       spool=spool)
+
+    def __repr__(self) -> str:
+        return f"Gateway({self.url}, accounts={sorted(self._batchers)}, default={self.config.default_account})"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        """The bound port (the configured one before start)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Base URL for OTLP/HTTP senders, e.g. ``http://127.0.0.1:4318``."""
+        host = self.config.host
+        return f"http://[{host}]:{self._port}" if ":" in host else f"http://{host}:{self._port}"
+
+    def start(self) -> Gateway:
+        """Bind and serve in a daemon thread; raises ``OSError`` if the address is taken."""
+        if self._stopping:
+            raise RuntimeError("a stopped gateway cannot be started again")
+        if self._server is not None:
+            return self
+        server = _Server((self.config.host, self.config.port), self)
+        self._port = int(server.server_address[1])
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                  name=f"vwo_otel-gateway:{self._port}", daemon=True)
+        thread.start()
+        self._server, self._thread = server, thread
+        logger.info("vwo_otel gateway listening on %s for accounts %s (default %s)", self.url,
+                    ", ".join(str(a) for a in sorted(self._batchers)), self.config.default_account)
+        return self
+
+    def stop_accepting(self) -> None:
+        """From now on, export requests are answered 503 + ``Retry-After`` (nothing is kept)."""
+        with self._admit:
+            self._stopping = True
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop accepting, close the listener and connections, then deliver every backlog
+        within ``timeout`` (default ``shutdown_timeout``) in parallel; True if all was
+        delivered. Idempotent."""
+        if self._stopped is not None:
+            return self._stopped
+        budget = self.config.shutdown_timeout if timeout is None else max(0.0, float(timeout))
+        deadline = time.monotonic() + budget
+        self.stop_accepting()
+        server, thread = self._server, self._thread
+        if server is not None and thread is not None:
+            server.shutdown()
+            server.server_close()
+            server.wait_idle(min(deadline - time.monotonic(), 5.0))
+            server.close_connections(min(max(deadline - time.monotonic(), 0.0), 1.0))
+            thread.join(1.0)
+        ok = self._shutdown_batchers(deadline)
+        self._log.flush()
+        stats = self.stats()
+        logger.info("vwo_otel gateway stopped: %d event(s) accepted, delivered %d, failed %d, dropped %s",
+                    stats["accepted"], sum(a["delivered"] for a in stats["accounts"].values()),
+                    sum(a["failed"] for a in stats["accounts"].values()),
+                    {k: v for a in stats["accounts"].values() for k, v in a["dropped"].items()} or 0)
+        self._stopped = ok
+        return ok
+
+    def _shutdown_batchers(self, deadline: float) -> bool:
+        begun = []
+        ok = True
+        for batcher in self._batchers.values():
+            begin = getattr(batcher, "begin_shutdown", None)
+            if begin is None:  # an older Batcher: shut down one by one within what is left
+                ok = batcher.shutdown(max(0.0, deadline - time.monotonic())) and ok
+                continue
+            state = begin(max(0.0, deadline - time.monotonic()))
+            if state is not None:
+                begun.append((batcher, state))
+        for batcher, state in begun:
+            ok = batcher.finish_shutdown(*state) and ok
+        return ok
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Send every account's queued events now; True if all of it was delivered in time."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ok = True
+        for batcher in self._batchers.values():
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ok = batcher.flush(left) and ok
+        return ok
+
+    def __enter__(self) -> Gateway:
+        return self.start()
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: requests by signal, responses by status, items seen, VWO events accepted /
+        rejected by reason, and per account what was accepted, delivered, failed, dropped and queued."""
+        with self._stats_lock:
+            out: dict[str, Any] = {
+                "requests": dict(self._requests),
+                "responses": {str(k): v for k, v in sorted(self._responses.items())},
+                **self._counts,
+                "ignored_items": self._counts["items"] - self._counts["vwo_items"],
+                "rejected": dict(self._rejected),
+            }
+            per = {k: dict(v) for k, v in self._per_account.items()}
+        accounts = {}
+        for account_id, batcher in sorted(self._batchers.items()):
+            accounts[str(account_id)] = {
+                **per.get(account_id, {}), **batcher.counts, "dropped": dict(batcher.dropped),
+                "backlog": batcher.queue_size(), "max_backlog": batcher.max_queue_size,
+            }
+        out["accounts"] = accounts
+        return out
+
+    # -- serving -----------------------------------------------------------------------------------
+    def _serve_get(self, h: _Handler) -> None:
+        path = urlsplit(h.path).path
+        if path == "/healthz":
+            if self._stopping:
+                _respond(h, 503, b"stopping\n", _TEXT, (("Retry-After", self._retry_after()),))
+            else:
+                _respond(h, 200, b"ok\n", _TEXT)
+        elif path == "/stats":
+            _respond(h, 200, json.dumps(self.stats(), separators=(",", ":")).encode(), otlp.JSON)
+        elif path in _ROUTES:
+            _respond(h, 405, b"use POST\n", _TEXT, (("Allow", "POST"),))
+        else:
+            _respond(h, 404, b"not found: POST /v1/traces or /v1/logs; GET /healthz or /stats\n", _TEXT)
+
+    def _serve_post(self, h: _Handler) -> None:
+        signal_ = _ROUTES.get(urlsplit(h.path).path)
+        ctype = h.headers.get("Content-Type") or ""
+        media = otlp.MEDIA_TYPES.get(ctype.split(";", 1)[0].strip().lower())
+        try:
+            body = self._read_body(h)
+            if signal_ is None:
+                raise _Refused(404, otlp.UNIMPLEMENTED, "unknown path: POST /v1/traces or /v1/logs")
+            with self._stats_lock:
+                self._requests[signal_] += 1
+            if media is None:
+                raise _Refused(415, otlp.INVALID_ARGUMENT, f"unsupported Content-Type {ctype!r}: use "
+                               f"{otlp.PROTOBUF} or {otlp.JSON}")
+            if media == otlp.PROTOBUF and not otlp.protobuf_available():
+                raise _Refused(415, otlp.UNIMPLEMENTED, "this gateway cannot decode protobuf (install "
+                               "'vwo-otel[gateway]' for opentelemetry-proto); send OTLP/JSON or install it")
+            try:
+                data = otlp.decompress(body, h.headers.get("Content-Encoding"), self.config.max_inflated_bytes)
+                decoded = otlp.decode(signal_, media, data)
+            except otlp.UnsupportedEncoding as exc:
+                raise _Refused(415, otlp.INVALID_ARGUMENT, str(exc)) from None
+            except otlp.TooLarge as exc:
+                raise _Refused(413, otlp.INVALID_ARGUMENT, str(exc)) from None
+            except otlp.DecodeError as exc:
+                raise _Refused(400, otlp.INVALID_ARGUMENT, str(exc)[:_MAX_MESSAGE]) from None
+            rejected, message = self._accept(signal_, decoded)
+        except _Refused as refused:
+            self._count_response(refused.status)
+            reply, reply_type = otlp.encode_status(media, refused.code, refused.message)
+            _respond(h, refused.status, reply, reply_type, refused.headers)
+            return
+        except Exception:  # a bug must never take the gateway down: answer 500, keep serving
+            self._log.warn("internal_error", 0, "vwo_otel gateway: unexpected error handling a request",
+                           exc_info=True)
+            self._count_response(500)
+            reply, reply_type = otlp.encode_status(media, otlp.INTERNAL, "internal error")
+            h.close_connection = True
+            _respond(h, 500, reply, reply_type)
+            return
+        self._count_response(200)
+        _respond(h, 200, otlp.encode_response(signal_, media, rejected, message), media)
+
+    def _count_response(self, status: int) -> None:
+        with self._stats_lock:
+            self._responses[status] = self._responses.get(status, 0) + 1
+
+    def _read_body(self, h: _Handler) -> bytes:
+        """The request body (Content-Length or chunked), at most ``max_body_bytes``."""
+        limit = self.config.max_body_bytes
+        te = h.headers.get("Transfer-Encoding")
+        if te is not None:
+            if te.strip().lower() != "chunked":
+                h.close_connection = True
+                raise _Refused(400, otlp.INVALID_ARGUMENT, f"unsupported Transfer-Encoding {te!r}")
+            return self._read_chunked(h, limit)
+        cl = h.headers.get("Content-Length")
+        if cl is None:
+            h.close_connection = True
+            raise _Refused(411, otlp.INVALID_ARGUMENT, "Content-Length required")
+        try:
+            n = int(cl)
+            if n < 0:
+                raise ValueError
+        except ValueError:
+            h.close_connection = True
+            raise _Refused(400, otlp.INVALID_ARGUMENT, "bad Content-Length") from None
+        if n > limit:
+            if n <= _DRAIN_LIMIT:
+                left = n
+                while left > 0:
+                    chunk = h.rfile.read(min(left, _CHUNK))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+            else:
+                h.close_connection = True
+            raise _Refused(413, otlp.INVALID_ARGUMENT, f"body of {n} bytes is larger than {limit} bytes")
+        data = h.rfile.read(n) if n else b""
+        if len(data) < n:
+            h.close_connection = True
+            raise _Refused(400, otlp.INVALID_ARGUMENT, "body shorter than Content-Length")
+        return data
+
+    @staticmethod
+    def _read_chunked(h: _Handler, limit: int) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        rfile = h.rfile
+        try:
+            while True:
+                line = rfile.readline(1024)
+                if not line:
+                    raise ValueError("connection closed inside a chunked body")
+                size = int(line.split(b";", 1)[0].strip(), 16)
+                if size == 0:
+                    while rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                total += size
+                if total > limit:
+                    h.close_connection = True
+                    raise _Refused(413, otlp.INVALID_ARGUMENT, f"body is larger than {limit} bytes")
+                data = rfile.read(size)
+                rfile.readline(1024)
+                if len(data) < size:
+                    raise ValueError("connection closed inside a chunk")
+                parts.append(data)
+        except ValueError as exc:
+            h.close_connection = True
+            raise _Refused(400, otlp.INVALID_ARGUMENT, f"malformed chunked body: {exc}") from None
+        return b"".join(parts)
+
+    def _retry_after(self) -> str:
+        return str(max(0, math.ceil(self.config.retry_after)))
+
+    # -- routing and admission ------------------------------------------------------------------
+    def _resolve(self, raw: Any) -> int | str:
+        """The configured account an item goes to, or why it cannot go anywhere."""
+        if raw is None:
+            if self.config.default_account is None:
+                return "unknown_account"
+            return self.config.default_account
+        if isinstance(raw, str) and raw.isascii() and raw.isdigit():
+            raw = int(raw)
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw <= 0:
+            return "malformed_account"
+        return raw if raw in self._batchers else "unknown_account"
+
+    def _accept(self, signal_: str, decoded: otlp.Decoded) -> tuple[int, str]:
+        """Turn the request's VWO items into events and queue them all, or refuse the whole
+        request (429/503); returns (rejected items, partial-success message)."""
+        by_account: dict[int, list[VWOEvent]] = {}
+        problems: dict[str, tuple[int, str]] = {}  # reason -> (count, first detail)
+
+        def reject(reason: str, detail: str) -> None:
+            n, first = problems.get(reason, (0, detail))
+            problems[reason] = (n + 1, first)
+
+        for resource_account, items in decoded.groups:
+            for attrs, stamp in items:
+                where = self._resolve(attrs.get(ACCOUNT_ID, resource_account))
+                if isinstance(where, str):
+                    raw = attrs.get(ACCOUNT_ID, resource_account)
+                    if where == "unknown_account":
+                        reject("unknown_account", f"{ACCOUNT_ID} {raw} is not configured on this gateway"
+                               if raw is not None else f"no {ACCOUNT_ID} and no default account")
+                    else:
+                        reject("malformed", f"{ACCOUNT_ID} must be a positive integer, got {raw!r}")
+                    continue
+                try:
+                    event = from_attributes(attrs, stamp)
+                except MalformedEvent as exc:
+                    reject("malformed", str(exc))
+                    continue
+                by_account.setdefault(where, []).append(event)
+        for account_id, events in list(by_account.items()):
+            cap = self._batchers[account_id].max_queue_size
+            if len(events) > cap:  # can never fit: refusing with 429 would make the sender retry forever
+                del by_account[account_id]
+                for _ in events:
+                    reject("over_backlog", f"{len(events)} events for account {account_id} in one request exceed "
+                           f"its backlog of {cap}; send smaller requests")
+
+        with self._admit:
+            if self._stopping:
+                raise _Refused(503, otlp.UNAVAILABLE, "gateway is shutting down; retry (elsewhere)",
+                               (("Retry-After", self._retry_after()),))
+            full = []
+            for account_id, events in by_account.items():
+                b = self._batchers[account_id]
+                if b.max_queue_size - b.queue_size() < len(events):
+                    full.append(account_id)
+            if full:
+                throttled = sum(len(by_account[a]) for a in full)
+                with self._stats_lock:
+                    self._counts["throttled_events"] += decoded.vwo_items
+                self._log.warn(("backlog_full", tuple(full)), throttled,
+                               "vwo_otel gateway: backlog full for account(s) %s; answering 429 (sender retries)",
+                               ", ".join(map(str, full)))
+                raise _Refused(429, otlp.RESOURCE_EXHAUSTED,
+                               f"backlog full for account(s) {', '.join(map(str, full))}; retry later",
+                               (("Retry-After", self._retry_after()),))
+            for account_id, events in by_account.items():
+                put = self._batchers[account_id].put
+                for event in events:
+                    put(event)
+
+        rejected = sum(n for n, _ in problems.values())
+        with self._stats_lock:
+            self._counts["items"] += decoded.items
+            self._counts["vwo_items"] += decoded.vwo_items
+            self._counts["accepted"] += decoded.vwo_items - rejected
+            for reason, (n, _) in problems.items():
+                self._rejected[reason] += n
+            for account_id, events in by_account.items():
+                self._per_account[account_id]["accepted"] += len(events)
+        if not rejected:
+            return 0, ""
+        parts = [f"{n} {reason.replace('_', ' ')} ({detail})" for reason, (n, detail) in problems.items()]
+        message = f"rejected {rejected} of {decoded.vwo_items} VWO event(s): " + "; ".join(parts)
+        for reason, (n, detail) in problems.items():
+            self._log.warn(("rejected", reason), n, "vwo_otel gateway: rejected %d VWO %s(s) as %s: %s", n,
+                           "span" if signal_ == otlp.TRACES else "log record", reason, detail)
+        return rejected, message[:_MAX_MESSAGE]
+
+
+# -- command line -----------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vwo-otel gateway",
+        description="OTLP/HTTP gateway: receives VWO events as spans / log records from any OpenTelemetry "
+                    "sender (POST /v1/traces, /v1/logs; protobuf or JSON; gzip) and delivers them to VWO "
+                    "in batches, per account.")
+    p.add_argument("--config", help="JSON file with the settings below (command-line options win); keys: "
+                   + ", ".join(CONFIG_KEYS))
+    p.add_argument("--account", action="append", default=[], metavar="ID[=SDK_KEY]",
+                   help="a VWO account (repeat for several); without =SDK_KEY the key is read from the "
+                        "environment variable VWO_SDK_KEY_<ID> (keeps it out of the process list)")
+    p.add_argument("--default-account", type=int, help="account for events without vwo.account_id")
+    p.add_argument("--endpoint", help=f"VWO collection host (default {DEFAULT_ENDPOINT})")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 to serve other hosts)")
+    p.add_argument("--port", type=int, help=f"port to bind, 0 for any (default {DEFAULT_PORT})")
+    p.add_argument("--events-per-request", type=int, help="VWO batch size (default 100)")
+    p.add_argument("--request-time-interval", type=float, help="max age of a batch in seconds (default 60)")
+    p.add_argument("--max-backlog", type=int,
+                   help=f"events held per account before answering 429 (default {DEFAULT_MAX_BACKLOG})")
+    p.add_argument("--retry-after", type=float, help="seconds in Retry-After of 429/503 answers (default 2)")
+    p.add_argument("--shutdown-timeout", type=float, help="seconds to deliver backlogs at shutdown (default 10)")
+    p.add_argument("--spool", help="directory for the on-disk spool (one subdirectory per account)")
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    return p
+
+
+def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """The ``GatewayConfig`` of parsed command-line ``args`` (``--config`` file, then options)."""
+    values: dict[str, Any] = {}
+    if args.config:
+        with open(args.config, encoding="utf-8") as f:
+            try:
+                values = json.load(f)
+            except ValueError as exc:
+                raise ValueError(f"{args.config} is not valid JSON: {exc}") from None
+    accounts = {}
+    for text in args.account:
+        acct = parse_account(text, environ)
+        accounts[acct.account_id] = acct
+    return config_from_mapping(
+        values, environ=environ, accounts=accounts, default_account=args.default_account, endpoint=args.endpoint,
+        host=args.host, port=args.port, events_per_request=args.events_per_request,
+        request_time_interval=args.request_time_interval, max_backlog=args.max_backlog,
+        retry_after=args.retry_after, shutdown_timeout=args.shutdown_timeout, spool=args.spool)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the gateway in the foreground until Ctrl-C / SIGTERM, then drain and print its stats."""
+    args = _parser().parse_args(argv)
+    try:
+        config = build_config(args)
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"vwo-otel gateway: error: {exc}", file=sys.stderr)
+        return 2
+    level = getattr(logging, str(args.log_level).upper(), None)
+    logging.basicConfig(level=level if isinstance(level, int) else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # urllib3 logs request URLs at DEBUG, and VWO's URL carries env=<sdk key>: keep it quiet.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    try:
+        gateway = Gateway(config).start()
+    except (OSError, ValueError) as exc:
+        print(f"vwo-otel gateway: error: {exc}", file=sys.stderr)
+        return 2
+
+    def _terminate(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    print(f"vwo-otel gateway listening on {gateway.url} (POST /v1/traces, /v1/logs) for account(s) "
+          f"{', '.join(str(a) for a in sorted(config.accounts))}; Ctrl-C to stop", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    ok = gateway.stop()
+    print(json.dumps(gateway.stats()), flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
