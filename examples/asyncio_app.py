@@ -33,7 +33,7 @@ GOAL_SIGNUP = 3
 provider = TracerProvider(sampler=vwo_otel.VWOSampler())
 provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(  # the app's own traces
     formatter=lambda span: span.to_json(indent=None) + "\n")))
-vwo_processor = vwo_otel.VWOSpanProcessor.from_env(  # VWO_ACCOUNT_ID, VWO_SDK_KEY, VWO_ENDPOINT, ...
+vwo_processor = vwo_otel.span_processor_from_env(  # VWO_ACCOUNT_ID, VWO_SDK_KEY, VWO_ENDPOINT, ...
     batch_events={"events_per_request": 50, "request_time_interval": 30})
 provider.add_span_processor(vwo_processor)
 tracer = provider.get_tracer("asyncio-app")

@@ -47,7 +47,7 @@ provider = TracerProvider(
 )
 provider.add_span_processor(BatchSpanProcessor(  # the existing pipeline, untouched
     ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + "\n")))
-provider.add_span_processor(vwo_otel.VWOSpanProcessor.from_env(  # VWO line 2: VWO_ACCOUNT_ID, VWO_SDK_KEY, ...
+provider.add_span_processor(vwo_otel.span_processor_from_env(  # VWO line 2: VWO_ACCOUNT_ID, VWO_SDK_KEY, ...
     batch_events={"events_per_request": 100, "request_time_interval": 60, "flush_callback": on_flush}))
 trace.set_tracer_provider(provider)
 

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 import vwo_otel
 
 provider = TracerProvider(sampler=vwo_otel.VWOSampler())
-provider.add_span_processor(vwo_otel.VWOSpanProcessor.from_env(
+provider.add_span_processor(vwo_otel.span_processor_from_env(
     batch_events={"events_per_request": 100, "request_time_interval": 600}))
 trace.set_tracer_provider(provider)
 vwo = vwo_otel.VWOEvents()

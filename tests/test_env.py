@@ -7,8 +7,16 @@ from conftest import ACCOUNT_ID, SDK_KEY
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.trace import TracerProvider
 
-from vwo_otel import RetryPolicy, VWOEvents, VWOExporter, VWOLogRecordProcessor, VWOSampler, VWOSpanProcessor
-from vwo_otel.env import VARIABLES, ConfigError, batch_events_from_env, read_env
+from vwo_otel import RetryPolicy, VWOEvents, VWOLogRecordProcessor, VWOSampler, VWOSpanProcessor
+from vwo_otel.env import (
+    VARIABLES,
+    ConfigError,
+    batch_events_from_env,
+    exporter_from_env,
+    log_processor_from_env,
+    read_env,
+    span_processor_from_env,
+)
 
 BASE = {"VWO_ACCOUNT_ID": str(ACCOUNT_ID), "VWO_SDK_KEY": SDK_KEY}
 
@@ -72,28 +80,28 @@ def test_missing_credentials_are_named(missing):
     env = dict(BASE)
     del env[missing]
     with pytest.raises(ConfigError, match=f"{missing} is not set") as info:
-        VWOExporter.from_env(environ=env)
+        exporter_from_env(environ=env)
     assert info.value.variable == missing
 
 
 def test_exporter_from_env_and_explicit_arguments_win():
     env = {**BASE, "VWO_ENDPOINT": "http://127.0.0.1:9", "VWO_TIMEOUT": "3", "VWO_RETRY_BUDGET": "7",
            "VWO_MAX_PAYLOAD_BYTES": "4096"}
-    ex = VWOExporter.from_env(environ=env)
+    ex = exporter_from_env(environ=env)
     assert (ex.account_id, ex.endpoint, ex.timeout, ex.retry.budget, ex.max_payload_bytes) == (
         ACCOUNT_ID, "http://127.0.0.1:9", 3.0, 7.0, 4096)
-    ex = VWOExporter.from_env(environ=env, account_id=42, endpoint="http://127.0.0.1:10", timeout=1,
+    ex = exporter_from_env(environ=env, account_id=42, endpoint="http://127.0.0.1:10", timeout=1,
                               retry=RetryPolicy(budget=1), max_payload_bytes=2048)
     assert (ex.account_id, ex.endpoint, ex.timeout, ex.retry.budget, ex.max_payload_bytes) == (
         42, "http://127.0.0.1:10", 1.0, 1.0, 2048)
     assert SDK_KEY not in repr(ex)
-    ex = VWOExporter.from_env(environ=BASE)
+    ex = exporter_from_env(environ=BASE)
     assert ex.endpoint == "https://dev.visualwebsiteoptimizer.com"
 
 
 def test_bad_explicit_argument_is_the_constructors_error():
     with pytest.raises(ValueError, match="timeout must be"):
-        VWOExporter.from_env(environ=BASE, timeout=-1)
+        exporter_from_env(environ=BASE, timeout=-1)
 
 
 def test_sdk_key_never_shown_in_errors():
@@ -120,26 +128,26 @@ def test_batching_from_env():
 def test_processor_from_env_settings_and_overrides():
     env = {**BASE, "VWO_ENDPOINT": "http://127.0.0.1:9", "VWO_EVENTS_PER_REQUEST": "20",
            "VWO_MAX_QUEUE_SIZE": "300", "VWO_SHUTDOWN_TIMEOUT": "2"}
-    p = VWOSpanProcessor.from_env(environ=env)
+    p = span_processor_from_env(environ=env)
     assert isinstance(p, VWOSpanProcessor)
     b = p._batcher
     assert (b.events_per_request, b.max_queue_size, b.shutdown_timeout, b.realtime) == (20, 300, 2.0, False)
     assert p.metrics is None
     p.shutdown()
-    p = VWOSpanProcessor.from_env(environ=env, batch_events=None, max_queue_size=10, shutdown_timeout=1,
+    p = span_processor_from_env(environ=env, batch_events=None, max_queue_size=10, shutdown_timeout=1,
                                   endpoint="http://127.0.0.1:10")
     b = p._batcher
     assert (b.realtime, b.max_queue_size, b.shutdown_timeout, b.exporter.endpoint) == (
         True, 10, 1.0, "http://127.0.0.1:10")
     p.shutdown()
     with pytest.raises(TypeError, match="not both"):
-        VWOSpanProcessor.from_env(environ=env, exporter=b.exporter, account_id=1)
+        span_processor_from_env(environ=env, exporter=b.exporter, account_id=1)
     with pytest.raises(ConfigError, match="VWO_MAX_QUEUE_SIZE"):
-        VWOSpanProcessor.from_env(environ={**env, "VWO_MAX_QUEUE_SIZE": "-3"})
+        span_processor_from_env(environ={**env, "VWO_MAX_QUEUE_SIZE": "-3"})
 
 
 def test_metrics_flag_uses_the_global_meter_provider():
-    p = VWOLogRecordProcessor.from_env(environ={**BASE, "VWO_ENDPOINT": "http://127.0.0.1:9",
+    p = log_processor_from_env(environ={**BASE, "VWO_ENDPOINT": "http://127.0.0.1:9",
                                                 "VWO_METRICS": "1"})
     assert isinstance(p, VWOLogRecordProcessor) and p.metrics is not None
     p.shutdown()
@@ -150,7 +158,7 @@ def test_reads_os_environ(monkeypatch, receiver):
     monkeypatch.setenv("VWO_SDK_KEY", SDK_KEY)
     monkeypatch.setenv("VWO_ENDPOINT", receiver.url)
     monkeypatch.setenv("VWO_EVENTS_PER_REQUEST", "3")
-    processor = VWOSpanProcessor.from_env()
+    processor = span_processor_from_env()
     provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
     provider.add_span_processor(processor)
     events = VWOEvents(tracer_provider=provider)
@@ -163,7 +171,7 @@ def test_reads_os_environ(monkeypatch, receiver):
 
 def test_log_processor_from_env_delivers(receiver):
     env = {**BASE, "VWO_ENDPOINT": receiver.url, "VWO_REQUEST_TIME_INTERVAL": "60"}
-    processor = VWOLogRecordProcessor.from_env(environ=env)
+    processor = log_processor_from_env(environ=env)
     lp = LoggerProvider(shutdown_on_exit=False)
     lp.add_log_record_processor(processor)
     VWOEvents(logger_provider=lp).push("u1", {"plan": "pro", "country": "DE"})

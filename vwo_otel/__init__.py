@@ -10,6 +10,7 @@ from . import attributes
 from ._version import __version__
 from .config import BatchEvents
 from .emit import VWOEvents, VWOSampler
+from .env import ConfigError, exporter_from_env, log_processor_from_env, span_processor_from_env
 from .events import VWOEvent
 from .exporter import VWOExporter
 from .processor import VWOLogRecordProcessor, VWOSpanProcessor
@@ -19,7 +20,8 @@ from .spool import Spool
 from .wire import visitor_uuid
 
 __all__ = [
-    "BatchEvents", "EventsDropped", "HTTPStatusError", "NetworkError", "Outcome", "PayloadTooLarge",
-    "RetryPolicy", "Spool", "VWODeliveryError", "VWOEvent", "VWOEvents", "VWOExporter", "VWOLogRecordProcessor",
-    "VWOSampler", "VWOSpanProcessor", "__version__", "attributes", "visitor_uuid",
+    "attributes", "BatchEvents", "ConfigError", "EventsDropped", "exporter_from_env", "HTTPStatusError",
+    "log_processor_from_env", "NetworkError", "Outcome", "PayloadTooLarge", "RetryPolicy",
+    "span_processor_from_env", "Spool", "visitor_uuid", "VWODeliveryError", "VWOEvent", "VWOEvents", "VWOExporter",
+    "VWOLogRecordProcessor", "VWOSampler", "VWOSpanProcessor", "__version__",
 ]

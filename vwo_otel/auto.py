@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 
 from .emit import VWOSampler
-from .env import ConfigError
+from .env import ConfigError, span_processor_from_env
 from .processor import VWOSpanProcessor
 
 logger = logging.getLogger("vwo_otel")
@@ -51,7 +51,7 @@ def configure(environ: Mapping[str, str] | None = None) -> VWOSpanProcessor | No
         if _installed is not None:
             return _installed
         try:
-            processor = VWOSpanProcessor.from_env(environ=env)
+            processor = span_processor_from_env(environ=env)
         except (ConfigError, ValueError, TypeError) as exc:
             logger.error("vwo_otel: VWO events are not enabled: %s", exc)
             return None

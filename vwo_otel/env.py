@@ -1,8 +1,8 @@
 """Configuration from the environment (``VWO_*`` variables); explicit arguments always win.
 
-    exporter = vwo_otel.VWOExporter.from_env()              # VWO_ACCOUNT_ID, VWO_SDK_KEY, ...
-    processor = vwo_otel.VWOSpanProcessor.from_env()        # exporter + batching from the env
-    processor = vwo_otel.VWOLogRecordProcessor.from_env(batch_events={"flush_callback": cb})
+    exporter = vwo_otel.exporter_from_env()                 # VWO_ACCOUNT_ID, VWO_SDK_KEY, ...
+    processor = vwo_otel.span_processor_from_env()          # exporter + batching from the env
+    processor = vwo_otel.log_processor_from_env(batch_events={"flush_callback": cb})
 
 A variable that is unset or empty counts as not given. A bad value raises ``ConfigError``
 (a ``ValueError``) naming the variable and the allowed range.
@@ -18,15 +18,15 @@ from urllib.parse import urlsplit
 
 from .config import MAX_EVENTS_PER_REQUEST, BatchEvents, BatchEventsLike, parse_batch_events
 from .exporter import DEFAULT_ENDPOINT, MAX_PAYLOAD_BYTES, VWOExporter
+from .processor import VWOLogRecordProcessor, VWOSpanProcessor, _VWOProcessor
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
 
-    from .processor import _VWOProcessor
     from .spool import Spool
 
-    P = TypeVar("P", bound=_VWOProcessor)
+P = TypeVar("P", bound=_VWOProcessor)
 
 
 class ConfigError(ValueError):
@@ -210,3 +210,15 @@ def processor_from_env(cls: type[P], batch_events: BatchEventsLike | _FromEnv = 
     if meter_provider is not None:
         kwargs["meter_provider"] = meter_provider
     return cls(exporter, batch_events_from_env(batch_events, environ=environ), **kwargs)
+
+
+def span_processor_from_env(batch_events: BatchEventsLike | _FromEnv = FROM_ENV, **kwargs: Any) -> VWOSpanProcessor:
+    """A ``VWOSpanProcessor`` (and its exporter) from the ``VWO_*`` variables; keyword
+    arguments (``account_id``, ``sdk_key``, ``endpoint``, ``max_queue_size``, ...) win."""
+    return processor_from_env(VWOSpanProcessor, batch_events, **kwargs)
+
+
+def log_processor_from_env(batch_events: BatchEventsLike | _FromEnv = FROM_ENV,
+                           **kwargs: Any) -> VWOLogRecordProcessor:
+    """A ``VWOLogRecordProcessor`` (and its exporter) from the ``VWO_*`` variables; arguments win."""
+    return processor_from_env(VWOLogRecordProcessor, batch_events, **kwargs)

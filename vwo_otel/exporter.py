@@ -119,14 +119,6 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         #: thread after each HTTP request (vwo_otel.metrics sets it); None costs nothing.
         self.observer: Callable[[str, int, int, int | None, BaseException | None, float], None] | None = None
 
-    @classmethod
-    def from_env(cls, **kwargs: Any) -> VWOExporter:
-        """An exporter from ``VWO_ACCOUNT_ID``, ``VWO_SDK_KEY``, ``VWO_ENDPOINT``, ``VWO_TIMEOUT``,
-        ``VWO_RETRY_BUDGET`` and ``VWO_MAX_PAYLOAD_BYTES``; keyword arguments win (``vwo_otel.env``)."""
-        from .env import exporter_from_env
-
-        return exporter_from_env(**kwargs)
-
     def __repr__(self) -> str:
         return f"VWOExporter(account_id={self.account_id}, endpoint={self.endpoint!r})"
 

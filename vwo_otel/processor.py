@@ -52,15 +52,6 @@ class _VWOProcessor:
         #: Delivery metrics (``vwo_otel.metrics``), only when a ``meter_provider`` is given.
         self.metrics = None if meter_provider is None else DeliveryMetrics(meter_provider, self._batcher, self._signal)
 
-    @classmethod
-    def from_env(cls: type[_P], **kwargs: Any) -> _P:
-        """This processor with its exporter and settings from the ``VWO_*`` variables; keyword
-        arguments (``batch_events``, ``account_id``, ``sdk_key``, ``endpoint``, ``max_queue_size``,
-        ``meter_provider``, ...) win. See ``vwo_otel.env.processor_from_env``."""
-        from .env import processor_from_env
-
-        return processor_from_env(cls, **kwargs)
-
     def __repr__(self) -> str:
         b = self._batcher
         mode = "real-time" if b.realtime else f"events_per_request={b.events_per_request}, " \
