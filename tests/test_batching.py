@@ -350,9 +350,8 @@ def test_raising_flush_callback_is_logged_and_delivery_continues(pipeline, recei
     assert proc.flush_events() is True
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a sync flush_events() called from inside flush_callback "
-                   "waits for the callback thread it is running on, so it never returns")
 def test_sync_flush_from_inside_flush_callback_returns(pipeline, receiver):
+    """Inside a callback, a sync flush waits for delivery (not for callbacks: it runs in one)."""
     results: list = []
     done = threading.Condition()
     holder: dict = {}
@@ -372,7 +371,22 @@ def test_sync_flush_from_inside_flush_callback_returns(pipeline, receiver):
         events.activate(1, 1, f"reentrant-{i}")
     with done:
         assert done.wait_for(lambda: results, timeout=2), "flush_events() inside flush_callback never returned"
-    assert receiver.wait_for_events(3, timeout=5)
+    assert results == [True]
+    assert receiver.event_count() == 3  # the flush delivered the third event before returning
+
+
+def test_flush_events_mode_none_means_sync_as_vwo_documents(pipeline, receiver, callbacks):
+    events, proc, _ = pipeline(batch_events=HELD)
+    events.activate(2, 1, "mode-none")
+    assert proc.flush_events(mode=None) is True  # VWO's Flask example passes request.args.get("mode")
+    assert receiver.event_count() == 1 and len(callbacks.calls) == 1
+
+
+def test_force_flush_with_a_huge_timeout_does_not_overflow(pipeline, receiver):
+    events, proc, _ = pipeline(batch_events=HELD)
+    events.activate(2, 1, "huge-timeout")
+    assert proc.force_flush(timeout_millis=10**16) is True
+    assert receiver.event_count() == 1
 
 
 # == 5. flush_events =======================================================================

@@ -146,6 +146,16 @@ def test_processor_from_env_settings_and_overrides():
         span_processor_from_env(environ={**env, "VWO_MAX_QUEUE_SIZE": "-3"})
 
 
+def test_spool_from_env(tmp_path):
+    p = span_processor_from_env(environ={**BASE, "VWO_ENDPOINT": "http://127.0.0.1:9",
+                                         "VWO_SPOOL": str(tmp_path / "spool")})
+    assert p._batcher._spool is not None and p._batcher._spool.directory == str(tmp_path / "spool")
+    p.shutdown()
+    p = span_processor_from_env(environ={**BASE, "VWO_ENDPOINT": "http://127.0.0.1:9"})
+    assert p._batcher._spool is None
+    p.shutdown()
+
+
 def test_metrics_flag_uses_the_global_meter_provider():
     p = log_processor_from_env(environ={**BASE, "VWO_ENDPOINT": "http://127.0.0.1:9",
                                                 "VWO_METRICS": "1"})

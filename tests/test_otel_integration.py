@@ -579,9 +579,6 @@ def _key_forms(key: str) -> list[str]:
 def _assert_no_key(caplog, key: str, *texts: str) -> None:
     forms = _key_forms(key)
     for record in caplog.records:
-        # urllib3 logs full request URLs (env=<key> included) at DEBUG: third-party, see the report.
-        if record.name.startswith("urllib3") and record.levelno < logging.INFO:
-            continue
         text = record.getMessage() + (logging.Formatter().formatException(record.exc_info)
                                       if record.exc_info else "")
         for form in forms:

@@ -69,17 +69,19 @@ class LogLimiter:
 
 
 class FlushTicket:
-    """One waiting flush: done once every batch up to ``target`` has been settled."""
+    """One waiting flush: done once every batch up to ``target`` has been settled (its
+    callbacks ran), or only delivered when the flush was asked for from inside a callback."""
 
-    __slots__ = ("start", "target", "ok", "done")
+    __slots__ = ("start", "target", "ok", "done", "delivery_only")
 
     def __init__(self, start: int, target: int) -> None:
         self.start, self.target, self.ok = start, target, True
         self.done = threading.Event()
+        self.delivery_only = False
 
     def wait(self, timeout: float | None) -> bool:
         """True when everything it covered was delivered within ``timeout`` seconds."""
-        return self.done.wait(timeout) and self.ok
+        return self.done.wait(None if timeout is None else min(timeout, threading.TIMEOUT_MAX)) and self.ok
 
 
 class Notifier:
@@ -103,6 +105,8 @@ class Notifier:
         self._settled = 0  # highest batch sequence whose callbacks have run
         self._thread: threading.Thread | None = None
         self._draining = False  # one drainer at a time keeps callbacks ordered and never concurrent
+        self._drainer: threading.Thread | None = None  # the thread running callbacks now
+        self._delivered = 0  # highest batch sequence delivered (its callbacks may not have run yet)
         self._closed = False
         self.log = LogLimiter()
 
@@ -119,6 +123,7 @@ class Notifier:
                               "VWO batch of %d event(s) failed: %s", len(o.events), err)
         with self._cond:
             self._items.append((seq, seq, ok, outcomes))
+            self._release(seq, seq, ok, delivery=True)
             inline = self._wake()
         if inline:
             self._drain()
@@ -128,6 +133,7 @@ class Notifier:
         release flushes waiting for them, as failed."""
         with self._cond:
             self._items.append((last, first, False, []))
+            self._release(last, first, False, delivery=True)
             inline = self._wake()
         if inline:
             self._drain()
@@ -167,8 +173,13 @@ class Notifier:
             if self._drops and self._drops_due != math.inf:  # a flush also reports drops gathered so far
                 self._drops_due = time.monotonic()
                 self._cond.notify()
-            t = FlushTicket(self._settled, target)
-            if target <= self._settled:
+            # A sync flush from inside flush_callback cannot wait for callbacks (it runs in one):
+            # it waits for delivery only.
+            inside = self._drainer is threading.current_thread()
+            level = self._delivered if inside else self._settled
+            t = FlushTicket(level, target)
+            t.delivery_only = inside
+            if target <= level:
                 t.done.set()
             else:
                 self._tickets.append(t)
@@ -239,6 +250,7 @@ class Notifier:
             if self._draining:
                 return  # another thread is draining; it picks up what we queued
             self._draining = True
+            self._drainer = threading.current_thread()
         try:
             while True:
                 with self._cond:
@@ -247,6 +259,7 @@ class Notifier:
                     item = self._items.popleft() if self._items else None
                     if not drops and item is None:
                         self._draining = False
+                        self._drainer = None
                         self._cond.notify_all()
                         return
                 for reason, (listed, unlisted, note) in drops.items():
@@ -262,6 +275,7 @@ class Notifier:
         except BaseException:
             with self._cond:
                 self._draining = False
+                self._drainer = None
                 self._cond.notify_all()
             raise
 
@@ -275,16 +289,25 @@ class Notifier:
 
     def _settle(self, seq: int, first: int, ok: bool) -> None:
         with self._cond:
-            self._settled = max(self._settled, seq)
-            keep = []
-            for t in self._tickets:
+            self._release(seq, first, ok, delivery=False)
+
+    def _release(self, seq: int, first: int, ok: bool, *, delivery: bool) -> None:
+        """Batches ``first``..``seq`` are delivered (``delivery``) or their callbacks ran:
+        complete the flush tickets waiting for that (called with the lock held)."""
+        if delivery:
+            self._delivered = level = max(self._delivered, seq)
+        else:
+            self._settled = level = max(self._settled, seq)
+        keep = []
+        for t in self._tickets:
+            if t.delivery_only == delivery:
                 if not ok and t.start < seq and first <= t.target:
                     t.ok = False
-                if self._settled >= t.target:
+                if level >= t.target:
                     t.done.set()
-                else:
-                    keep.append(t)
-            self._tickets = keep
+                    continue
+            keep.append(t)
+        self._tickets = keep
 
 
 def _safe_encode(encode: Callable[[Sequence[VWOEvent]], list[dict]], items: Sequence[Any]) -> list[dict]:

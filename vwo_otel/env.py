@@ -102,6 +102,7 @@ VARIABLES: dict[str, _Var] = {
                                   "max_payload_bytes"),
     "VWO_TIMEOUT": _Var(_seconds(0.0, inclusive=False), "a number of seconds > 0", "timeout"),
     "VWO_METRICS": _Var(_flag, "true or false", "metrics"),
+    "VWO_SPOOL": _Var(_text, "a directory path (turns the on-disk spool on)", "spool"),
 }
 
 
@@ -201,6 +202,7 @@ def processor_from_env(cls: type[P], batch_events: BatchEventsLike | _FromEnv = 
     timeout = shutdown_timeout if shutdown_timeout is not None else settings.get("shutdown_timeout")
     if timeout is not None:
         kwargs["shutdown_timeout"] = timeout
+    spool = spool if spool is not None else settings.get("spool")
     if spool is not None:
         kwargs["spool"] = spool
     if meter_provider is None and settings.get("metrics"):

@@ -792,8 +792,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = getattr(logging, str(args.log_level).upper(), None)
     logging.basicConfig(level=level if isinstance(level, int) else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # urllib3 logs request URLs at DEBUG, and VWO's URL carries env=<sdk key>: keep it quiet.
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
     try:
         gateway = Gateway(config).start()
     except (OSError, ValueError) as exc:

@@ -67,11 +67,11 @@ class _VWOProcessor:
             return
         self._put(event)
 
-    def flush_events(self, mode: str = "sync") -> bool | None:
+    def flush_events(self, mode: str | None = "sync") -> bool | None:
         """Send everything queued now, whatever the batch settings, and clear the timer.
         ``"sync"`` returns after the callbacks ran, with True if all of it was delivered;
         ``"async"`` starts the same flush and returns None at once."""
-        if mode == "sync":
+        if mode is None or mode == "sync":  # VWO: "defaults to 'sync'" (its Flask example may pass None)
             return self._batcher.flush(None)
         if mode == "async":
             self._batcher.flush(0)
