@@ -158,6 +158,8 @@ BAD_CALLS = [
     ("push-one-list-value", "push", ("u", {"a": "x", "b": ["y"]}), {}, "custom_dimensions"),
     ("push-one-bool-value", "push", ("u", {"a": "x", "b": True}), {}, "custom_dimensions"),
     ("push-one-bad-key-last", "push", ("u", {"a": "x", "b": "y", 3: "z"}), {}, "custom_dimensions"),
+    ("push-one-nan-value", "push", ("u", {"a": "x", "b": NAN}), {}, "custom_dimensions"),
+    ("push-one-inf-value", "push", ("u", {"a": INF}), {}, "custom_dimensions"),
     ("push-bad-ua", "push", ("u", {"a": "x", "b": "y"}), {"visitor_ua": 1}, "visitor_ua"),
 ]
 
@@ -225,6 +227,8 @@ MALFORMED = [
                           A.REVENUE: 10**400}, "revenue"),
     ("dimension-without-key", {A.EVENT_TYPE: 3, A.USER_ID: "u", A.DIMENSION_VALUE: "v"}, "vwo.dimension.key"),
     ("dimension-without-value", {A.EVENT_TYPE: 3, A.USER_ID: "u", A.DIMENSION_KEY: "k"}, "vwo.dimension.value"),
+    ("dimension-nan-value", {A.EVENT_TYPE: 3, A.USER_ID: "u", A.DIMENSION_KEY: "k", A.DIMENSION_VALUE: math.nan},
+     "vwo.dimension.value"),
 ]
 
 

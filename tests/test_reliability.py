@@ -722,3 +722,29 @@ def test_soak_every_event_delivered_once_or_reported(receiver, make_exporter, ca
           f"{sum(n - 1 for n in got.values())} in {len(stored_then_failed)} stored-then-504 request(s); "
           f"requests by status {dict(faults)}")
     assert took < 40
+
+
+def test_a_stuck_callback_cannot_grow_memory_without_bound(pipeline, receiver, monkeypatch, caplog):
+    """Results held for a callback that never returns are capped; delivery goes on."""
+    from vwo_otel import callbacks as callbacks_module
+
+    monkeypatch.setattr(callbacks_module, "MAX_HELD_RESULTS", 40)
+    release = threading.Event()
+    seen: list = []
+
+    def stuck(err, events):
+        seen.append(len(events))
+        release.wait(10)
+
+    vwo, processor, _ = pipeline({"events_per_request": 5, "request_time_interval": 60, "flush_callback": stuck})
+    for i in range(200):
+        vwo.activate(1, 1, f"stuck-{i}")
+    assert receiver.wait_for_events(200, timeout=10), "delivery must not wait for the callback"
+    notifier = processor._batcher._notifier
+    deadline = time.monotonic() + 5
+    while notifier._held > 40 and time.monotonic() < deadline:  # the last settle may still be on its way
+        time.sleep(0.01)
+    assert notifier._held <= 40
+    assert any("not keeping up" in r.getMessage() for r in caplog.records)
+    release.set()
+    assert processor.flush_events() is True

@@ -28,6 +28,9 @@ logger = logging.getLogger("vwo_otel")
 LOG_INTERVAL = 10.0
 #: Drops are gathered this long (from the first) into one ``EventsDropped`` per reason.
 DROP_REPORT_DELAY = 0.5
+#: Results (events) held for a callback that is not keeping up; past this the oldest are
+#: skipped (logged, rate-limited) so a stuck callback cannot grow memory without bound.
+MAX_HELD_RESULTS = 100_000
 
 
 class LogLimiter:
@@ -99,6 +102,7 @@ class Notifier:
         self._cond = threading.Condition()
         # (last seq, first seq, all ok, outcomes): batches first..last settle together
         self._items: deque[tuple[int, int, bool, list[Outcome]]] = deque()
+        self._held = 0  # events in self._items
         self._drops: dict[str, list] = {}  # reason -> [listed records, count not listed, note]
         self._drops_due = math.inf  # when the gathered drops are reported
         self._tickets: list[FlushTicket] = []
@@ -123,6 +127,9 @@ class Notifier:
                               "VWO batch of %d event(s) failed: %s", len(o.events), err)
         with self._cond:
             self._items.append((seq, seq, ok, outcomes))
+            self._held += sum(len(o.events) for o in outcomes)
+            if self._held > MAX_HELD_RESULTS:
+                self._skip_oldest()
             self._release(seq, seq, ok, delivery=True)
             inline = self._wake()
         if inline:
@@ -257,6 +264,8 @@ class Notifier:
                     drops, self._drops = self._drops, {}
                     self._drops_due = math.inf
                     item = self._items.popleft() if self._items else None
+                    if item is not None:
+                        self._held -= sum(len(o.events) for o in item[3])
                     if not drops and item is None:
                         self._draining = False
                         self._drainer = None
@@ -286,6 +295,18 @@ class Notifier:
             self._callback(err, events)
         except Exception:  # a user's callback must never stop delivery
             self.log.warn("callback_raised", len(events), "flush_callback raised; delivery continues", exc_info=True)
+
+    def _skip_oldest(self) -> None:
+        """The callback is not keeping up: give up on the oldest results (lock held)."""
+        skipped = 0
+        while self._held > MAX_HELD_RESULTS // 2 and len(self._items) > 1:
+            seq, first, ok, outcomes = self._items.popleft()
+            n = sum(len(o.events) for o in outcomes)
+            self._held -= n
+            skipped += n
+            self._release(seq, first, ok, delivery=False)
+        self.log.warn(("skipped",), skipped, "flush_callback is not keeping up: the results of %d event(s) "
+                      "were not given to it (their delivery is not affected)", skipped)
 
     def _settle(self, seq: int, first: int, ok: bool) -> None:
         with self._cond:

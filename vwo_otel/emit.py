@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.sampling import (
 
 from . import attributes as A
 from ._version import __version__
-from .events import check_id, check_revenue, check_text, check_user_id
+from .events import check_dimension_value, check_id, check_revenue, check_text, check_user_id
 
 logger = logging.getLogger("vwo_otel")
 _NAMES = A.EVENT_NAMES
@@ -102,12 +102,12 @@ class VWOEvents:
         for key, value in custom_dimensions.items():
             if not isinstance(key, str) or not key:
                 raise TypeError(f"custom_dimensions keys must be non-empty str, got {key!r}")
-            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                raise TypeError(f"custom_dimensions[{key!r}] must be a str or number, got {type(value).__name__}")
-        for key, value in custom_dimensions.items():
+        values = {key: check_dimension_value(f"custom_dimensions[{key!r}]", value)
+                  for key, value in custom_dimensions.items()}
+        for key, value in values.items():
             self._emit(A.CUSTOM_DIMENSION, {
                 A.EVENT_TYPE: A.CUSTOM_DIMENSION, A.USER_ID: user,
-                A.DIMENSION_KEY: key, A.DIMENSION_VALUE: str(value),
+                A.DIMENSION_KEY: key, A.DIMENSION_VALUE: value,
             }, visitor_ua, visitor_ip)
 
     def _emit_span(self, etype: int, attrs: dict[str, Any], ua: str | None, ip: str | None) -> None:

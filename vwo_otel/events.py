@@ -108,6 +108,17 @@ def check_revenue(value: Any) -> float | None:
     return value
 
 
+def check_dimension_value(name: str, value: Any) -> str:
+    """A custom dimension value: a str, or an int / finite float sent as its text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a str or number, got {type(value).__name__} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a str or finite number, got {value!r}")
+    return str(value)
+
+
 def check_text(name: str, value: Any) -> str:
     """Optional visitor text (user agent, IP): None becomes ''."""
     if type(value) is str:
@@ -145,9 +156,8 @@ def from_attributes(attrs: Mapping[str, Any], time_ns: int | None) -> VWOEvent:
             key, value = get(A.DIMENSION_KEY), get(A.DIMENSION_VALUE)
             if not isinstance(key, str) or not key:
                 raise TypeError(f"{A.DIMENSION_KEY} must be a non-empty str, got {key!r}")
-            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                raise TypeError(f"{A.DIMENSION_VALUE} must be a str or number, got {value!r}")
-            return VWOEvent(etype, user_id, seconds, key=key, value=str(value), visitor_ua=ua, visitor_ip=ip)
+            return VWOEvent(etype, user_id, seconds, key=key, value=check_dimension_value(A.DIMENSION_VALUE, value),
+                            visitor_ua=ua, visitor_ip=ip)
         keys = _INT_KEYS.get(etype)
         if keys is None:
             raise ValueError(f"{A.EVENT_TYPE} must be 1, 2 or 3, got {etype!r}")
