@@ -99,7 +99,7 @@ class VWOEvents:
         user = check_user_id(user_id)
         if not isinstance(custom_dimensions, Mapping) or not custom_dimensions:
             raise TypeError(f"custom_dimensions must be a non-empty dict of str -> str, got {custom_dimensions!r}")
-        for key, value in custom_dimensions.items():
+        for key in custom_dimensions:
             if not isinstance(key, str) or not key:
                 raise TypeError(f"custom_dimensions keys must be non-empty str, got {key!r}")
         values = {key: check_dimension_value(f"custom_dimensions[{key!r}]", value)
