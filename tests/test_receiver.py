@@ -25,7 +25,7 @@ KEY = "rx-test-key-abcdef"
 U1 = "C4D95C097902569F9A2D2E87CD3201C8"  # visitor "Varun" in account 12345
 U2 = "E3B732864F315FB6974BC3EF4E2FD920"  # visitor "Alice"
 BATCH_PATH = "/server-side/batch-events"
-RECEIVER_FILE = Path(__file__).resolve().parent.parent / "vwo_otel" / "receiver.py"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def visitor(u: str = U1, e: int = 231, c: int = 1, sid: int = 1795663948) -> dict:
@@ -568,8 +568,9 @@ def test_quiet_on_stderr(rx: Receiver, session: requests.Session, capfd: pytest.
 @pytest.mark.skipif(os.name != "posix", reason="needs SIGINT delivery to a child process")
 def test_main_runs_until_interrupted(tmp_path: Path) -> None:
     db = tmp_path / "cli.sqlite"
-    proc = subprocess.Popen([sys.executable, str(RECEIVER_FILE), "--port", "0", "--db", str(db)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "vwo_otel.receiver", "--port", "0", "--db", str(db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()

@@ -24,14 +24,12 @@ import logging
 import math
 import os
 import signal
-import socket
-import socketserver
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,6 +40,7 @@ from .callbacks import LogLimiter
 from .config import MAX_EVENTS_PER_REQUEST, BatchEvents
 from .events import MalformedEvent, VWOEvent, from_attributes
 from .exporter import DEFAULT_ENDPOINT, VWOExporter
+from .httpserver import LoopbackHTTPServer
 from .otlp import ACCOUNT_ID
 from .retry import RetryPolicy
 from .spool import Spool
@@ -224,72 +223,24 @@ def parse_account(text: str, environ: Mapping[str, str] | None = None) -> Accoun
 
 # -- the HTTP server -----------------------------------------------------------------------------
 
-class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer with TCP_NODELAY on each connection, tracked so stop() can close them."""
-
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 256
+class _Server(LoopbackHTTPServer):
+    """The gateway's server: knows its ``Gateway`` and counts requests in progress for stop()."""
 
     def __init__(self, address: tuple[str, int], gateway: Gateway) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.gateway = gateway
-        self._conns: set[socket.socket] = set()
         self._busy = 0
-        self._cond = threading.Condition()
         super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        """Bind without HTTPServer's reverse-DNS lookup of the host."""
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = str(self.server_address[0])
-        self.server_port = int(self.server_address[1])
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        """Accept a connection, disable Nagle on it and track it."""
-        sock, addr = super().get_request()
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # pragma: no cover - not a TCP socket
-            pass
-        with self._cond:
-            self._conns.add(sock)
-        return sock, addr
-
-    def shutdown_request(self, request: Any) -> None:
-        """Forget the connection once its handler is done, then close it."""
-        with self._cond:
-            self._conns.discard(request)
-            self._cond.notify_all()
-        super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A handler error (usually a client gone) is logged at debug level, never printed."""
-        logger.debug("vwo_otel gateway: error while serving a request", exc_info=True)
 
     def busy(self, delta: int) -> None:
         """Count requests being processed (stop() waits for them)."""
-        with self._cond:
+        with self._conns_cond:
             self._busy += delta
-            self._cond.notify_all()
+            self._conns_cond.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is being processed; False on timeout."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._busy == 0, max(0.0, timeout))
-
-    def close_connections(self, timeout: float) -> None:
-        """Shut every open connection so keep-alive handlers exit, then wait for them."""
-        with self._cond:
-            conns = list(self._conns)
-        for sock in conns:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        with self._cond:
-            self._cond.wait_for(lambda: not self._conns, max(0.0, timeout))
+        with self._conns_cond:
+            return self._conns_cond.wait_for(lambda: self._busy == 0, max(0.0, timeout))
 
 
 class _Handler(BaseHTTPRequestHandler):

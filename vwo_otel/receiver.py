@@ -20,7 +20,6 @@ import re
 import select
 import signal
 import socket
-import socketserver
 import sqlite3
 import sys
 import threading
@@ -29,10 +28,12 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import FrameType, TracebackType
 from typing import Any, Optional, Union, cast
 from urllib.parse import parse_qs, urlsplit
+
+from .httpserver import LoopbackHTTPServer
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "PAYLOAD_TOO_LARGE", "Receiver", "main"]
 
@@ -311,61 +312,15 @@ def _client_gone(sock: socket.socket) -> bool:
         return True
 
 
-class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer that sets TCP_NODELAY on each connection and can close them all on stop."""
+class _Server(LoopbackHTTPServer):
+    """The receiver's server: knows its ``Receiver`` and whether it is stopping."""
 
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], receiver: Receiver) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.receiver = receiver
         self.stopping = False
-        self._conns: set[socket.socket] = set()
-        self._conns_cond = threading.Condition()
         super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        """Bind without HTTPServer's reverse-DNS lookup of the host (slow on some machines)."""
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = str(self.server_address[0])
-        self.server_port = int(self.server_address[1])
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        """Accept a connection, disable Nagle on it (see measurement notes) and track it."""
-        sock, addr = super().get_request()
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # pragma: no cover - not a TCP socket
-            pass
-        with self._conns_cond:
-            self._conns.add(sock)
-        return sock, addr
-
-    def shutdown_request(self, request: Any) -> None:
-        """Forget the connection once its handler is done, then close it."""
-        with self._conns_cond:
-            self._conns.discard(request)
-            self._conns_cond.notify_all()
-        super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Log handler errors (usually a client that went away) at debug level instead of stderr."""
-        logger.debug("error while serving a request", exc_info=True)
-
-    def close_connections(self, timeout: float) -> None:
-        """Shut down every open connection so idle keep-alive handlers exit, then wait for them."""
-        with self._conns_cond:
-            conns = list(self._conns)
-        for sock in conns:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        with self._conns_cond:
-            self._conns_cond.wait_for(lambda: not self._conns, timeout)
 
 
 class _Handler(BaseHTTPRequestHandler):
