@@ -40,7 +40,7 @@ from .callbacks import LogLimiter
 from .config import MAX_EVENTS_PER_REQUEST, BatchEvents
 from .events import MalformedEvent, VWOEvent, from_attributes
 from .exporter import DEFAULT_ENDPOINT, VWOExporter
-from .httpserver import LoopbackHTTPServer
+from .httpserver import LoopbackHTTPServer, respond
 from .otlp import ACCOUNT_ID
 from .retry import RetryPolicy
 from .spool import Spool
@@ -267,7 +267,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Protocol-level errors (bad request line, unsupported method) in one write."""
         self.close_connection = True
         try:
-            _respond(self, int(code), (message or "error").encode("utf-8", "replace"), _TEXT)
+            respond(self, int(code), (message or "error").encode("utf-8", "replace"), _TEXT)
         except OSError:
             logger.debug("vwo_otel gateway: could not send %d", code, exc_info=True)
 
@@ -275,21 +275,6 @@ class _Handler(BaseHTTPRequestHandler):
         """http.server's own messages go to the debug log, never stderr."""
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("vwo_otel gateway: " + format, *args)
-
-
-def _respond(h: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str,
-             headers: Sequence[tuple[str, str]] = ()) -> None:
-    """Status line, headers and body in a single write (no Nagle / delayed-ACK stall)."""
-    try:
-        reason = h.responses[status][0]
-    except KeyError:
-        reason = "Unknown"
-    head = [f"HTTP/1.1 {status} {reason}", f"Server: {h.server_version}", f"Date: {h.date_time_string()}",
-            f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
-    head.extend(f"{k}: {v}" for k, v in headers)
-    if h.close_connection:
-        head.append("Connection: close")
-    h.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
 
 class _Refused(Exception):
@@ -468,15 +453,15 @@ class Gateway:
         path = urlsplit(h.path).path
         if path == "/healthz":
             if self._stopping:
-                _respond(h, 503, b"stopping\n", _TEXT, (("Retry-After", self._retry_after()),))
+                respond(h, 503, b"stopping\n", _TEXT, (("Retry-After", self._retry_after()),))
             else:
-                _respond(h, 200, b"ok\n", _TEXT)
+                respond(h, 200, b"ok\n", _TEXT)
         elif path == "/stats":
-            _respond(h, 200, json.dumps(self.stats(), separators=(",", ":")).encode(), otlp.JSON)
+            respond(h, 200, json.dumps(self.stats(), separators=(",", ":")).encode(), otlp.JSON)
         elif path in _ROUTES:
-            _respond(h, 405, b"use POST\n", _TEXT, (("Allow", "POST"),))
+            respond(h, 405, b"use POST\n", _TEXT, (("Allow", "POST"),))
         else:
-            _respond(h, 404, b"not found: POST /v1/traces or /v1/logs; GET /healthz or /stats\n", _TEXT)
+            respond(h, 404, b"not found: POST /v1/traces or /v1/logs; GET /healthz or /stats\n", _TEXT)
 
     def _serve_post(self, h: _Handler) -> None:
         signal_ = _ROUTES.get(urlsplit(h.path).path)
@@ -507,7 +492,7 @@ class Gateway:
         except _Refused as refused:
             self._count_response(refused.status)
             reply, reply_type = otlp.encode_status(media, refused.code, refused.message)
-            _respond(h, refused.status, reply, reply_type, refused.headers)
+            respond(h, refused.status, reply, reply_type, refused.headers)
             return
         except Exception:  # a bug must never take the gateway down: answer 500, keep serving
             self._log.warn("internal_error", 0, "vwo_otel gateway: unexpected error handling a request",
@@ -515,10 +500,10 @@ class Gateway:
             self._count_response(500)
             reply, reply_type = otlp.encode_status(media, otlp.INTERNAL, "internal error")
             h.close_connection = True
-            _respond(h, 500, reply, reply_type)
+            respond(h, 500, reply, reply_type)
             return
         self._count_response(200)
-        _respond(h, 200, otlp.encode_response(signal_, media, rejected, message), media)
+        respond(h, 200, otlp.encode_response(signal_, media, rejected, message), media)
 
     def _count_response(self, status: int) -> None:
         with self._stats_lock:

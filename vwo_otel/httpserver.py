@@ -7,6 +7,8 @@ import logging
 import socket
 import socketserver
 import threading
+from collections.abc import Sequence
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -67,3 +69,18 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
                 pass
         with self._conns_cond:
             self._conns_cond.wait_for(lambda: not self._conns, max(0.0, timeout))
+
+
+def respond(h: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str,
+            headers: Sequence[tuple[str, str]] = ()) -> None:
+    """Status line, headers and body in a single write (no Nagle / delayed-ACK stall)."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""
+    head = [f"HTTP/1.1 {status} {reason}", f"Server: {h.server_version}", f"Date: {h.date_time_string()}",
+            f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
+    head.extend(f"{k}: {v}" for k, v in headers)
+    if h.close_connection:
+        head.append("Connection: close")
+    h.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)

@@ -33,7 +33,7 @@ from types import FrameType, TracebackType
 from typing import Any, Optional, Union, cast
 from urllib.parse import parse_qs, urlsplit
 
-from .httpserver import LoopbackHTTPServer
+from .httpserver import LoopbackHTTPServer, respond
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "PAYLOAD_TOO_LARGE", "Receiver", "main"]
 
@@ -704,7 +704,7 @@ class Receiver:
         if fault is not None and fault.kind == "fail":
             headers = (("Retry-After", fault.retry_after),) if fault.retry_after is not None else ()
             self._store(received_at, method, path, query, fault.status, nbytes, 0, "injected failure", False, [])
-            self._respond(h, fault.status, fault.body, _TEXT, headers)
+            respond(h, fault.status, fault.body, _TEXT, headers)
             return
 
         out = self._process(h, method, path, query, body, body_problem)
@@ -714,7 +714,7 @@ class Receiver:
             status, reply, ctype = fault.status, fault.body, _TEXT
             error = f"injected failure after accepting {len(out.rows)} events"
         self._store(received_at, method, path, query, status, nbytes, out.n_events, error, accepted, out.rows)
-        self._respond(h, status, reply, ctype, out.headers)
+        respond(h, status, reply, ctype, out.headers)
 
     def _read_body(self, h: _Handler, limit: int) -> tuple[bytes | None, int, str | None]:
         """Read the request body: (body or None, byte count, problem) where problem names what went wrong."""
@@ -902,7 +902,7 @@ class Receiver:
         split = urlsplit(raw_path)
         self._store(time.time(), h.command or "", split.path, split.query, code, 0, 0, _redact(text), False, [])
         try:
-            self._respond(h, code, text.encode("utf-8", "replace"), _TEXT)
+            respond(h, code, text.encode("utf-8", "replace"), _TEXT)
         except OSError:
             logger.debug("could not send %d", code, exc_info=True)
 
@@ -929,22 +929,6 @@ class Receiver:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s -> %d (%d events%s)", method, path, status, n_events,
                          f", {error}" if error else "")
-
-    @staticmethod
-    def _respond(h: _Handler, status: int, body: bytes, content_type: str,
-                 headers: Sequence[tuple[str, str]] = ()) -> None:
-        """Write status line, headers and body with a single write (avoids the Nagle/delayed-ACK stall)."""
-        head = [
-            f"{h.protocol_version} {status} {_reason(status)}",
-            f"Server: {h.server_version}",
-            f"Date: {h.date_time_string()}",
-            f"Content-Type: {content_type}",
-            f"Content-Length: {len(body)}",
-        ]
-        head.extend(f"{k}: {v}" for k, v in headers)
-        if h.close_connection:
-            head.append("Connection: close")
-        h.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
