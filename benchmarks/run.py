@@ -949,8 +949,9 @@ def report(raw: dict, cfg: dict) -> tuple[list[dict], dict]:
             row(f"2c   same as 2a, server answers {LATENCY * 1000:.0f} ms late ({n} events)",
                 median([r["events_per_s"] for r in lat["ours"]]), median([r["events_per_s"] for r in lat["official"]]),
                 "events/s", fmt="{:,.0f}")
-            notes.append("2c: vwo_otel keeps one request in flight (ordered delivery), so its ceiling is "
-                         "events_per_request / server latency; the official SDK starts a thread per batch")
+            notes.append("2c: vwo_otel keeps up to max_concurrent_requests (default 4) requests in flight, so "
+                         "its ceiling is 4 x events_per_request / server latency; the official SDK starts a "
+                         "thread per batch")
 
     safe(e2e, "2 end to end", "e2e")
 

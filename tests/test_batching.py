@@ -85,7 +85,9 @@ def test_count_trigger_sends_exactly_events_per_request(pipeline, receiver):
     assert [r["n_events"] for r in receiver.requests()] == [5, 5, 2]
     assert [r["path"] for r in receiver.requests()] == ["/server-side/batch-events"] * 3
     assert [r["method"] for r in receiver.requests()] == ["POST"] * 3
-    assert [ev["u"] for ev in receiver.events()] == [u(x) for x in users]
+    # batches are in flight concurrently, so they may arrive in any order; each is a run of users
+    assert sorted([ev["u"] for ev in batch] for batch in by_request(receiver)) == sorted(
+        [u(x) for x in users[i:i + 5]] for i in range(0, 12, 5))
 
 
 def test_batch_request_query_identifies_account_and_sdk(pipeline, receiver):
@@ -204,7 +206,7 @@ def test_interval_beyond_the_platform_wait_limit(pipeline, receiver, caplog):
 # == 3. real-time mode =====================================================================
 
 def test_real_time_sends_each_event_with_vwo_get_endpoints(pipeline, receiver):
-    events, proc, _ = pipeline(batch_events=None)
+    events, proc, _ = pipeline(batch_events=None, max_concurrent_requests=1)  # one at a time: arrival order
     events.activate(11, 2, "alice", visitor_ua="UA/1.0", visitor_ip="10.0.0.1")
     events.is_feature_enabled(12, 3, "bob")
     events.track(11, 2, 7, "alice", revenue=12.5)
@@ -254,7 +256,8 @@ def test_real_time_emit_returns_before_the_network(pipeline, receiver):
 # == 4. flush_callback =====================================================================
 
 def test_flush_callback_once_per_request_with_events_as_sent(pipeline, receiver, callbacks):
-    events, proc, _ = pipeline(batch_events={"events_per_request": 4, "request_time_interval": 60})
+    events, proc, _ = pipeline(batch_events={"events_per_request": 4, "request_time_interval": 60},
+                               max_concurrent_requests=1)  # one request at a time: callbacks in order
     events.activate(5, 1, "cb-1", visitor_ua="Agent", visitor_ip="192.0.2.7")
     events.track(5, 1, 3, "cb-1", revenue=19.99)
     events.track(5, 2, 3, "cb-2")
@@ -714,3 +717,40 @@ def test_queue_holds_vwo_events_not_spans(pipeline, receiver):
     assert (pending[2].key, pending[2].value) == ("k", "v")
     assert proc.flush_events() is True
     assert receiver.event_count() == 3
+
+
+# == concurrent requests ====================================================================
+
+def test_batches_are_in_flight_concurrently_so_latency_does_not_cap_throughput(pipeline, receiver):
+    """Four batches against a server that answers 0.5 s late: with four requests in flight
+    they all land in about one answer time; one at a time would need 2 s."""
+    events, proc, _ = pipeline(batch_events={"events_per_request": 5, "request_time_interval": 60})
+    assert proc._batcher.max_concurrent_requests == 4  # the default
+    receiver.stall(0.5, n=4)
+    start = time.monotonic()
+    for i in range(20):
+        events.activate(1, 1, f"conc-{i}")
+    assert proc.flush_events() is True
+    assert time.monotonic() - start < 1.5
+    assert sorted(r["n_events"] for r in receiver.requests()) == [5, 5, 5, 5]
+
+
+def test_flush_waits_for_every_batch_even_when_they_settle_out_of_order(pipeline, receiver, callbacks):
+    events, proc, _ = pipeline(batch_events={"events_per_request": 2, "request_time_interval": 60})
+    receiver.stall(0.4, n=1)  # the first batch answers late, the later ones at once
+    receiver.fail_next(1, status=400)  # ... and the first (stalled) one fails
+    for i in range(6):
+        events.activate(1, 1, f"ooo-{i}")
+    assert proc.flush_events() is False  # one failed: the flush says so, whatever the order
+    assert len(callbacks.calls) == 3  # and it returned only after all three were settled
+    assert sum(1 for err, _ in callbacks.calls if err is not None) == 1
+    assert proc.flush_events() is True  # nothing left, nothing failed since
+
+
+def test_max_concurrent_requests_is_validated():
+    from vwo_otel import VWOExporter, VWOSpanProcessor
+
+    exporter = VWOExporter(1, "k", endpoint="http://127.0.0.1:9")
+    for bad in (0, 65, 2.0, True):
+        with pytest.raises(ValueError, match="max_concurrent_requests"):
+            VWOSpanProcessor(exporter, HELD, max_concurrent_requests=bad)

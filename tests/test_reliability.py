@@ -291,7 +291,7 @@ def test_batches_cut_by_count(pipeline, receiver, callbacks):
     for i in range(20):
         events.activate(1, 1, f"count-{i}")
     assert proc.flush_events() is True
-    assert [r["n_events"] for r in receiver.requests()] == [7, 7, 6]
+    assert sorted(r["n_events"] for r in receiver.requests()) == [6, 7, 7]  # in flight together: any order
 
 
 def test_413_splits_in_halves_and_delivers_every_event(pipeline, receiver, callbacks):
@@ -376,7 +376,8 @@ def test_backlog_is_bounded_and_conversions_outlive_impressions(pipeline, receiv
     dimensions are dropped first; every drop is counted, reported, and nothing blocks."""
     policy = RetryPolicy(budget=60, initial_backoff=0.01, max_backoff=0.05)
     events, proc, _ = pipeline({"events_per_request": 5, "request_time_interval": 60},
-                               exporter=make_exporter(retry=policy), max_queue_size=20)
+                               exporter=make_exporter(retry=policy), max_queue_size=20,
+                               max_concurrent_requests=1)  # one batch in flight, the rest evictable
     batcher = proc._batcher
     receiver.fail_next(10_000, status=503, retry_after=1)
     emitted = []

@@ -79,7 +79,7 @@ def test_delivered_events_leave_the_spool(receiver, pipeline, tmp_path):
     vwo, processor, _ = pipeline({"events_per_request": 10, "request_time_interval": 60}, spool=spool)
     for i in range(25):
         vwo.activate(1, 1, f"s-{i}")
-    assert spool.pending_rows() in (5, 25)  # the two full batches may not be acked yet
+    assert spool.pending_rows() in (5, 15, 25)  # the two full batches may not be acked yet
     assert processor.flush_events() is True
     spool.commit()
     assert spool.pending_rows() == 0

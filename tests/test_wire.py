@@ -220,7 +220,7 @@ def test_encoder_output_is_compact():
 
 def test_realtime_requests(pipeline, receiver):
     """batch_events=None: VWO's single-event GETs, with ua/ip as headers when set."""
-    events, processor, _ = pipeline(None)
+    events, processor, _ = pipeline(None, max_concurrent_requests=1)  # one at a time: arrival order
     events.activate(231, 1, "Varun", visitor_ua="UA", visitor_ip="198.51.100.1")
     events.track(231, 1, 2, "Varun", revenue=12.5)
     events.push("Varun", {"plan": "pro"})

@@ -1,9 +1,13 @@
-"""The batching engine: a bounded queue, VWO's count/age triggers, one delivery thread.
+"""The batching engine: a bounded queue, VWO's count/age triggers, a few delivery threads.
 
 A batch is cut when ``events_per_request`` events are queued (on the emitting thread,
 O(1)) or when the oldest queued event is ``request_time_interval`` old (on the delivery
 thread's timer). The timer starts with the first event into an empty queue and is
 cleared when the queue is cut. Emitting never blocks on the network and never raises.
+
+Up to ``max_concurrent_requests`` batches are in flight at once, so a server far away
+(tens of ms per answer) does not cap throughput at one batch per round trip; batches
+may then arrive, and their callbacks run, in another order than they were cut.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ logger = logging.getLogger("vwo_otel")
 
 DEFAULT_MAX_QUEUE_SIZE = 5000
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+DEFAULT_MAX_CONCURRENT_REQUESTS = 4
+MAX_CONCURRENT_REQUESTS = 64
 #: An ``EventsDropped`` report lists up to max(max_queue_size, this) events; beyond, it counts.
 DROP_LIST_MIN = 10_000
 
@@ -44,9 +50,15 @@ class Batcher:
 
     def __init__(self, exporter: VWOExporter, config: BatchEvents | None, *,
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
-                 shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, spool: Spool | None = None) -> None:
+                 shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, spool: Spool | None = None,
+                 max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS) -> None:
         _positive("max_queue_size", max_queue_size, integer=True)
         _positive("shutdown_timeout", shutdown_timeout, integer=False)
+        _positive("max_concurrent_requests", max_concurrent_requests, integer=True)
+        if max_concurrent_requests > MAX_CONCURRENT_REQUESTS:
+            raise ValueError(f"max_concurrent_requests must be an int from 1 to {MAX_CONCURRENT_REQUESTS}, "
+                             f"got {max_concurrent_requests}")
+        self.max_concurrent_requests = max_concurrent_requests
         self.exporter = exporter
         self.config = config
         self.realtime = config is None
@@ -72,7 +84,7 @@ class Batcher:
         self._seq = 0  # sequence number of the last cut batch
         self._inflight: dict[int, list[VWOEvent]] = {}  # batches taken for delivery, not yet settled
         self._closed = False
-        self._worker: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
         self._log = LogLimiter()
         self.counts: dict[str, int] = {"delivered": 0, "failed": 0}
         self.dropped: dict[str, int] = {}
@@ -120,7 +132,7 @@ class Batcher:
             self._deadline = time.monotonic() + self.interval
         else:
             return
-        self._start_worker()  # once per batch, not per event; restarts a thread that died
+        self._start_worker()  # once per batch, not per event; restarts threads that died
         self._cond.notify()
 
     def _cut(self) -> None:
@@ -240,7 +252,7 @@ class Batcher:
                     if n:
                         self.dropped[reason] = self.dropped.get(reason, 0) + n
             self._cond.notify_all()
-            worker = self._worker
+            workers = list(self._workers)
         if (left or inflight) and self._spool is not None:
             logger.warning("vwo_otel: %d undelivered event(s) stay in the spool %s for the next start",
                            len(left) + len(inflight), self._spool.path)
@@ -252,8 +264,9 @@ class Batcher:
                 self._notifier.dropped("shutdown_timeout", left, "not sent within shutdown_timeout")
         if seqs:
             self._notifier.abandon(min(seqs), last)
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(max(0.0, deadline - time.monotonic()))
+        for worker in workers:
+            if worker is not threading.current_thread():
+                worker.join(max(0.0, deadline - time.monotonic()))
         self._notifier.close(max(0.5, deadline - time.monotonic()))
         if self._spool is not None:
             self._spool.close()
@@ -262,17 +275,21 @@ class Batcher:
 
     # -- the delivery thread -----------------------------------------------------------
     def _start_worker(self) -> bool:
-        """Start the delivery thread if needed (called with the lock held); False if the
-        interpreter refuses new threads (at exit), so the caller delivers inline."""
-        if self._worker is not None and self._worker.is_alive():
+        """Bring the delivery threads up to ``max_concurrent_requests`` (called with the lock
+        held); False if the interpreter refuses new threads (at exit) and none is running,
+        so the caller delivers inline."""
+        workers = self._workers
+        if len(workers) == self.max_concurrent_requests and all(w.is_alive() for w in workers):
             return True
-        try:
-            worker = threading.Thread(target=self._run, name="vwo_otel-delivery", daemon=True)
-            worker.start()
-        except RuntimeError:
-            return False
-        self._worker = worker
-        return True
+        workers[:] = [w for w in workers if w.is_alive()]
+        while len(workers) < self.max_concurrent_requests:
+            try:
+                worker = threading.Thread(target=self._run, name="vwo_otel-delivery", daemon=True)
+                worker.start()
+            except RuntimeError:
+                break
+            workers.append(worker)
+        return bool(workers)
 
     def _next_batch(self, block: bool) -> tuple[int, list[VWOEvent]] | None:
         """Wait for a batch that is due (full, old enough, flushed or closing) and take it."""

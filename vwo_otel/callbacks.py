@@ -106,11 +106,13 @@ class Notifier:
         self._drops: dict[str, list] = {}  # reason -> [listed records, count not listed, note]
         self._drops_due = math.inf  # when the gathered drops are reported
         self._tickets: list[FlushTicket] = []
-        self._settled = 0  # highest batch sequence whose callbacks have run
+        self._settled = 0  # every batch up to this sequence had its callbacks run
+        self._settled_above: dict[int, bool] = {}  # batches past that mark -> ok (they settle out of order)
         self._thread: threading.Thread | None = None
         self._draining = False  # one drainer at a time keeps callbacks ordered and never concurrent
         self._drainer: threading.Thread | None = None  # the thread running callbacks now
-        self._delivered = 0  # highest batch sequence delivered (its callbacks may not have run yet)
+        self._delivered = 0  # every batch up to this sequence was delivered (callbacks may still run)
+        self._delivered_above: dict[int, bool] = {}
         self._closed = False
         self.log = LogLimiter()
 
@@ -186,6 +188,8 @@ class Notifier:
             level = self._delivered if inside else self._settled
             t = FlushTicket(level, target)
             t.delivery_only = inside
+            above = self._delivered_above if inside else self._settled_above
+            t.ok = all(ok for s, ok in above.items() if s <= target)  # settled early, out of order
             if target <= level:
                 t.done.set()
             else:
@@ -315,10 +319,17 @@ class Notifier:
     def _release(self, seq: int, first: int, ok: bool, *, delivery: bool) -> None:
         """Batches ``first``..``seq`` are delivered (``delivery``) or their callbacks ran:
         complete the flush tickets waiting for that (called with the lock held)."""
+        mark = self._delivered if delivery else self._settled
+        above = self._delivered_above if delivery else self._settled_above
+        above.update(dict.fromkeys(range(max(first, mark + 1), seq + 1), ok))
+        while mark + 1 in above:  # batches settle out of order when several are in flight
+            mark += 1
+            del above[mark]
+        level = mark
         if delivery:
-            self._delivered = level = max(self._delivered, seq)
+            self._delivered = mark
         else:
-            self._settled = level = max(self._settled, seq)
+            self._settled = mark
         keep = []
         for t in self._tickets:
             if t.delivery_only == delivery:

@@ -96,6 +96,7 @@ VARIABLES: dict[str, _Var] = {
                                    "events_per_request"),
     "VWO_REQUEST_TIME_INTERVAL": _Var(_seconds(1.0), "a number of seconds >= 1", "request_time_interval"),
     "VWO_MAX_QUEUE_SIZE": _Var(_int(1), "an int >= 1", "max_queue_size"),
+    "VWO_MAX_CONCURRENT_REQUESTS": _Var(_int(1, 64), "an int from 1 to 64", "max_concurrent_requests"),
     "VWO_SHUTDOWN_TIMEOUT": _Var(_seconds(0.0, inclusive=False), "a number of seconds > 0", "shutdown_timeout"),
     "VWO_RETRY_BUDGET": _Var(_seconds(0.0), "a number of seconds >= 0", "retry_budget"),
     "VWO_MAX_PAYLOAD_BYTES": _Var(_int(1024, MAX_PAYLOAD_BYTES), f"an int from 1024 to {MAX_PAYLOAD_BYTES}",
@@ -185,7 +186,7 @@ def batch_events_from_env(batch_events: BatchEventsLike | _FromEnv = FROM_ENV, *
 def processor_from_env(cls: type[P], batch_events: BatchEventsLike | _FromEnv = FROM_ENV, *,
                        exporter: VWOExporter | None = None, environ: Mapping[str, str] | None = None,
                        max_queue_size: int | None = None, shutdown_timeout: float | None = None,
-                       meter_provider: MeterProvider | None = None,
+                       max_concurrent_requests: int | None = None, meter_provider: MeterProvider | None = None,
                        spool: str | os.PathLike[str] | Spool | None = None, **exporter_args: Any) -> P:
     """``cls`` (``VWOSpanProcessor`` or ``VWOLogRecordProcessor``) configured from the environment;
     ``exporter_args`` (``account_id``, ``sdk_key``, ``endpoint``, ...) go to ``exporter_from_env``.
@@ -199,6 +200,10 @@ def processor_from_env(cls: type[P], batch_events: BatchEventsLike | _FromEnv = 
     queue = max_queue_size if max_queue_size is not None else settings.get("max_queue_size")
     if queue is not None:
         kwargs["max_queue_size"] = queue
+    concurrent = max_concurrent_requests if max_concurrent_requests is not None else \
+        settings.get("max_concurrent_requests")
+    if concurrent is not None:
+        kwargs["max_concurrent_requests"] = concurrent
     timeout = shutdown_timeout if shutdown_timeout is not None else settings.get("shutdown_timeout")
     if timeout is not None:
         kwargs["shutdown_timeout"] = timeout

@@ -11,7 +11,7 @@ from opentelemetry.sdk._logs import LogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from . import attributes as A
-from .batcher import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, Batcher
+from .batcher import DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, Batcher
 from .config import BatchEventsLike, parse_batch_events
 from .events import MalformedEvent, from_attributes
 from .exporter import VWOExporter
@@ -39,6 +39,7 @@ class _VWOProcessor:
     def __init__(self, exporter: VWOExporter, batch_events: BatchEventsLike = None, *,
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
                  shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+                 max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
                  spool: str | os.PathLike[str] | Spool | None = None,
                  meter_provider: MeterProvider | None = None) -> None:
         if not isinstance(exporter, VWOExporter):
@@ -47,6 +48,7 @@ class _VWOProcessor:
             raise TypeError(f"meter_provider must be a MeterProvider, got {type(meter_provider).__name__}")
         self._batcher = Batcher(exporter, parse_batch_events(batch_events),
                                 max_queue_size=max_queue_size, shutdown_timeout=shutdown_timeout,
+                                max_concurrent_requests=max_concurrent_requests,
                                 spool=spool if spool is None or isinstance(spool, Spool) else Spool(spool))
         self._put = self._batcher.put
         #: Delivery metrics (``vwo_otel.metrics``), only when a ``meter_provider`` is given.
