@@ -754,3 +754,43 @@ def test_max_concurrent_requests_is_validated():
     for bad in (0, 65, 2.0, True):
         with pytest.raises(ValueError, match="max_concurrent_requests"):
             VWOSpanProcessor(exporter, HELD, max_concurrent_requests=bad)
+
+
+# == the callback thread survives anything a callback does =====================================
+
+def test_a_callback_that_calls_sys_exit_does_not_stop_later_callbacks(pipeline, receiver):
+    calls: list = []
+
+    def exits_once(err, evs):
+        calls.append(len(evs))
+        if len(calls) == 1:
+            sys.exit("a callback that exits")
+
+    events, proc, _ = pipeline(batch_events={"events_per_request": 100, "request_time_interval": 60,
+                                             "flush_callback": exits_once})
+    events.activate(1, 1, "exit-1")
+    assert proc.flush_events() is True
+    events.activate(1, 1, "exit-2")
+    assert proc.force_flush(3000) is True  # the callback thread is back: the flush completes
+    assert calls == [1, 1]
+
+
+def test_after_shutdown_refused_events_are_reported_off_the_emitting_thread(pipeline, receiver):
+    threads: list = []
+    done = threading.Event()
+
+    def slow(err, evs):
+        threads.append(threading.current_thread())
+        time.sleep(0.2)
+        done.set()
+
+    events, proc, _ = pipeline(batch_events={"events_per_request": 100, "request_time_interval": 60,
+                                             "flush_callback": slow})
+    proc.shutdown()
+    start = time.monotonic()
+    for i in range(5):
+        events.activate(1, 1, f"late-{i}")
+    assert time.monotonic() - start < 0.15  # five slow callbacks inline would take a second
+    assert done.wait(5)
+    assert threading.main_thread() not in threads
+    assert proc.stats()["dropped"]["already_shutdown"] == 5

@@ -76,6 +76,9 @@ def test_receive_live_then_list_and_export(tmp_path, capsys):
     assert main(["receive", "--db", str(db), "--list"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 5 and out[-1].startswith("4 request(s), 3 accepted, 25 event(s) stored")
+    assert main(["receive", "--db", str(db), "--list", "--json"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 5 and json.loads(out[-1])["events"] == 25 and json.loads(out[-1])["requests"] == 4
 
     assert main(["receive", "--db", str(db), "--export", "json"]) == 0
     captured = capsys.readouterr()

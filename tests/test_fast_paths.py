@@ -84,6 +84,14 @@ def test_inline_decoding_matches_the_checked_path():
                 [type(getattr(checked, k)) for k in VWOEvent.__slots__ if k != "etype"]
 
 
+@pytest.mark.parametrize("etype", [1.0, 2.0, 3.0, True, False, "1", None, 0, 4])
+def test_an_event_type_that_is_not_the_int_1_2_or_3_is_malformed(etype):
+    attrs = {A.EVENT_TYPE: etype, A.USER_ID: "u", A.CAMPAIGN_ID: 1, A.VARIATION_ID: 1, A.GOAL_ID: 1,
+             A.DIMENSION_KEY: "k", A.DIMENSION_VALUE: "v"}
+    result = _decode(attrs)
+    assert result[0] == "malformed" and "vwo.event.type" in result[1], result
+
+
 @pytest.mark.parametrize("attrs", [{A.EVENT_TYPE: 2}, {}])
 def test_plain_reads_bounded_attributes(attrs):
     from opentelemetry.attributes import BoundedAttributes

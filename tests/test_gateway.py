@@ -5,10 +5,12 @@ bounded shutdown and the command line — all against the loopback VWO receiver.
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -416,6 +418,42 @@ def test_bad_requests_get_the_right_status(make_gateway, path, body, headers, st
     assert post(gw, "/v1/traces", traces_json(({}, [goal("after")]))).status_code == 200
 
 
+def test_chunked_body_over_the_limit_is_413_and_the_connection_stays_usable(make_gateway, receiver):
+    gw = make_gateway(max_body_bytes=2048)
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    try:
+        conn.request("POST", "/v1/traces", body=iter([b"x" * 2000, b"x" * 2000]), headers=JSON_HEADERS)
+        r = conn.getresponse()
+        assert r.status == 413 and "larger than 2048 bytes" in json.loads(r.read())["message"]
+        data = json.dumps(traces_json(({}, [goal("after-413")]))).encode()
+        conn.request("POST", "/v1/traces", body=iter([data]), headers=JSON_HEADERS)  # same connection
+        r = conn.getresponse()
+        assert r.status == 200, r.read()
+        r.read()
+    finally:
+        conn.close()
+    assert gw.flush(5) and receiver.event_count() == 1
+    assert gw.stats()["responses"] == {"200": 1, "413": 1}
+
+
+@pytest.mark.parametrize("head, status, words", [
+    (b"Content-Type: application/json\r\n", 411, "Content-Length required"),
+    (b"Content-Length: -3\r\n", 400, "bad Content-Length"),
+    (b"Transfer-Encoding: gzip\r\n", 400, "unsupported Transfer-Encoding 'gzip'"),
+    (b"Transfer-Encoding: chunked\r\n\r\n-2\r\n{}\r\n0\r\n", 400, "malformed chunked body"),
+])
+def test_unreadable_bodies_are_refused_and_the_connection_closed(make_gateway, head, status, words):
+    gw = make_gateway()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as raw:
+        raw.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
+        answer = b""
+        while chunk := raw.recv(65536):  # the gateway closes the connection after answering
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer
+    assert b"Connection: close" in answer and words.encode() in answer
+    assert post(gw, "/v1/traces", traces_json(({}, [goal("after")]))).status_code == 200
+
+
 @needs_proto
 def test_undecodable_protobuf_is_400(make_gateway):
     gw = make_gateway()
@@ -521,8 +559,9 @@ def test_shutdown_is_bounded_when_vwo_hangs(make_gateway, receiver):
     started = time.monotonic()
     assert gw.stop(1.0) is False
     assert time.monotonic() - started < 3.0
-    dropped = gw.stats()["accounts"][str(ACCOUNT_ID)]["dropped"]
-    assert sum(dropped.values()) == 12
+    account = gw.stats()["accounts"][str(ACCOUNT_ID)]
+    assert sum(account["dropped"].values()) == 12
+    assert account["requests_failed"] == 0  # drops are counted as drops, not as failed requests
 
 
 def test_shutdown_delivers_what_is_queued(make_gateway, receiver):

@@ -749,3 +749,28 @@ def test_a_stuck_callback_cannot_grow_memory_without_bound(pipeline, receiver, m
     assert any("not keeping up" in r.getMessage() for r in caplog.records)
     release.set()
     assert processor.flush_events() is True
+
+
+def test_shutdown_all_stays_within_one_timeout_with_busy_callbacks(make_exporter, receiver):
+    """Several processors whose callbacks are stuck: the exit flush still ends within
+    shutdown_timeout (plus scheduling slack), not one extra wait per processor."""
+    from vwo_otel import VWOSpanProcessor, lifecycle
+
+    release = threading.Event()
+
+    def stuck(err, events):
+        release.wait(10)
+
+    processors = [VWOSpanProcessor(make_exporter(), {"events_per_request": 1, "request_time_interval": 60,
+                                                     "flush_callback": stuck}, shutdown_timeout=1.0)
+                  for _ in range(4)]
+    from vwo_otel.events import VWOEvent
+
+    for p in processors:
+        p._batcher.put(VWOEvent(1, "busy", int(time.time()), 1, 1))
+    assert receiver.wait_for_events(4, timeout=5)
+    start = time.monotonic()
+    lifecycle.shutdown_all(batchers=[p._batcher for p in processors])
+    took = time.monotonic() - start
+    release.set()
+    assert took < 1.5, took

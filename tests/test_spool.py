@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -173,3 +174,106 @@ def test_spool_rows_hold_what_is_queued(tmp_path):
     spool.ack([ev])
     spool.close()
     assert not os.path.exists(spool.path)
+
+
+FORKER = textwrap.dedent("""
+    import os, signal, sys, time
+    from opentelemetry.sdk.trace import TracerProvider
+    import vwo_otel
+    url, spool = sys.argv[1:3]
+    exporter = vwo_otel.VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=url)
+    processor = vwo_otel.VWOSpanProcessor(exporter, {"events_per_request": 5000, "request_time_interval": 600},
+                                          spool=vwo_otel.Spool(spool, commit_interval=0))
+    provider = TracerProvider(sampler=vwo_otel.VWOSampler(), shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    vwo = vwo_otel.VWOEvents(tracer_provider=provider)
+    for i in range(3):
+        vwo.activate(1, 1, f"parent-{i}")
+    import threading
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # a worker that outlives its parent
+        while any(t.name == "vwo_otel-replay" for t in threading.enumerate()):
+            time.sleep(0.01)  # its look for orphans is over (the parent's file was locked)
+        os.write(w, b"r")
+        time.sleep(30)
+        os._exit(0)
+    os.read(r, 1)
+    print(child, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""").replace("ACCOUNT_ID", str(ACCOUNT_ID)).replace("SDK_KEY", repr(SDK_KEY))
+
+
+def test_a_dead_parents_spool_is_adoptable_while_its_forked_child_lives(receiver, make_exporter, tmp_path):
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", FORKER, receiver.url, str(tmp_path)], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    child = int(proc.stdout.readline())
+    proc.wait(timeout=30)
+    try:
+        processor = VWOSpanProcessor(make_exporter(), {"events_per_request": 100, "request_time_interval": 1},
+                                     spool=tmp_path)
+        try:
+            assert receiver.wait_for_events(3, timeout=10)
+        finally:
+            processor.shutdown()
+    finally:
+        os.kill(child, signal.SIGKILL)
+    assert sorted(e["u"] for e in receiver.events()) == sorted(visitor_uuid(ACCOUNT_ID, f"parent-{i}")
+                                                             for i in range(3))
+
+
+class _FailingDeletes:
+    """A connection stand-in whose first DELETE fails, like a full disk would."""
+
+    def __init__(self, conn):
+        self.conn, self.failed = conn, False
+
+    def execute(self, *args):
+        return self.conn.execute(*args)
+
+    def executemany(self, sql, rows):
+        rows = list(rows)
+        if sql.startswith("DELETE") and rows and not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.conn.executemany(sql, rows)
+
+    def close(self):
+        self.conn.close()
+
+
+def test_a_failed_spool_commit_is_tried_again_not_forgotten(tmp_path, caplog):
+    from vwo_otel.events import VWOEvent
+
+    spool = Spool(tmp_path, commit_interval=0)
+    spool._conn = _FailingDeletes(spool._conn)
+    a, b = VWOEvent(1, "a", 1700000000, 1, 1), VWOEvent(1, "b", 1700000000, 1, 1)
+    spool.add(a)
+    spool.add(b)
+    assert spool.pending_rows() == 2
+    spool.ack([a])  # this commit fails: the deletion must not be lost
+    assert spool.pending_rows() == 2
+    assert any("commit failed" in r.getMessage() for r in caplog.records)
+    assert spool.commit() is True
+    assert spool.pending_rows() == 1  # a's row is gone now; b stays until settled
+
+
+def test_two_processes_adopting_the_same_file_never_call_it_corrupt(tmp_path, caplog, monkeypatch):
+    from vwo_otel import spool as spool_module
+    from vwo_otel.events import VWOEvent
+
+    dead = Spool(tmp_path, commit_interval=0)
+    dead.add(VWOEvent(1, "orphan", 1700000000, 1, 1))
+    os.close(dead._lock_fd)  # as if its process died
+    listing = spool_module.glob.glob(os.path.join(str(tmp_path), "spool-*.sqlite"))
+    first = Spool(tmp_path, commit_interval=0)
+    adopted = first.adopt()
+    assert len(adopted) == 1
+    adopted[0].release()  # the first adopter took it over and removed it
+    monkeypatch.setattr(spool_module.glob, "glob", lambda pattern: list(listing))  # a listing made before that
+    second = Spool(tmp_path, commit_interval=0)
+    assert second.adopt() == []
+    assert not list(tmp_path.glob("*.corrupt-*"))
+    assert not any(r.levelno >= logging.ERROR for r in caplog.records)
+    assert not os.path.exists(listing[0] + ".lock")  # no stray lock file left behind

@@ -75,7 +75,8 @@ class Batcher:
             self._replay(spool)
 
     def _reset(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # ``put`` takes it directly: cheaper than entering the Condition
+        self._cond = threading.Condition(self._lock)
         self._pending: list[VWOEvent] = []
         self._deadline = math.inf  # when the oldest pending event is due
         self._ready: deque[tuple[int, list[VWOEvent]]] = deque()
@@ -99,30 +100,33 @@ class Batcher:
         self.exporter.after_fork()
         if self._spool is not None:
             self._spool.after_fork()
+            # A worker that died (kill -9, OOM) left its file: this child may be its replacement.
+            threading.Thread(target=self._replay, args=(self._spool,), name="vwo_otel-replay", daemon=True).start()
 
     def queue_size(self) -> int:
         """Events held now: queued, batched and in flight (read without the lock, for metrics)."""
         return self._size
 
     # -- the emitting thread's side (hot path) ---------------------------------------
-    def put(self, event: VWOEvent) -> None:
-        """Queue one event; cuts a batch when ``events_per_request`` is reached."""
-        with self._cond:
+    def put(self, event: VWOEvent, queued_at: float | None = None) -> None:
+        """Queue one event; cuts a batch when ``events_per_request`` is reached.
+        ``queued_at`` (replay only) keeps a replayed event's original time in the spool."""
+        with self._lock:
             if self._size < self.max_queue_size and not self._closed:
-                self._append(event)
+                self._append(event, queued_at)
                 return
             reason, victim = self._make_room(event)
             if victim is not event:
-                self._append(event)
-        if self._spool is not None:
+                self._append(event, queued_at)
+        if self._spool is not None and victim is not event:  # the refused event never reached the spool
             self._spool.ack([victim])
         self._notifier.dropped(reason, [victim])  # outside the lock: may run the callback inline
 
-    def _append(self, event: VWOEvent) -> None:
+    def _append(self, event: VWOEvent, queued_at: float | None = None) -> None:
         pending = self._pending
         pending.append(event)
         if self._spool is not None:
-            self._spool.add(event)
+            self._spool.add(event, queued_at)
         self._size += 1
         if event.etype != A.GOAL:
             self._low += 1
@@ -167,8 +171,8 @@ class Batcher:
         ``request_time_interval`` old go out at once, younger ones when they come due."""
         orphans: list[Orphan] = spool.adopt()
         events = sorted((item for o in orphans for item in o.events), key=lambda item: item[1])
-        for event, _ in events:
-            self.put(event)
+        for event, queued_at in events:
+            self.put(event, queued_at)
         if events:
             with self._cond:
                 if self._pending:
@@ -178,7 +182,10 @@ class Batcher:
                     self._cond.notify()
             logger.info("vwo_otel: replaying %d event(s) from %d spool file(s) in %s",
                         len(events), len(orphans), spool.directory)
-        spool.commit()  # our copies are durable before the old files go
+        if not spool.commit():  # our copies must be durable before the old files go
+            for orphan in orphans:
+                orphan.unlock()  # left for a later start
+            return
         for orphan in orphans:
             orphan.release()
 
@@ -228,15 +235,17 @@ class Batcher:
             self._cond.notify_all()
         timeout = self.shutdown_timeout if timeout is None else max(0.0, timeout)
         deadline = time.monotonic() + timeout
-        self.exporter.hurry(deadline)
+        # Delivery stops a little early so the report of what is left reaches flush_callback in time.
+        self.exporter.hurry(deadline - min(0.25, timeout / 10))
         return deadline, ticket, threaded
 
     def finish_shutdown(self, deadline: float, ticket: Any, threaded: bool) -> bool:
         """Second half of ``shutdown``: wait for delivery until ``deadline``, report what
         is left, close the callback thread and the HTTP session."""
+        report_at = deadline - min(0.25, max(0.0, deadline - time.monotonic()) / 10)
         if not threaded:  # at exit the interpreter may refuse new threads: deliver here
-            self._drain_inline(deadline)
-        ok = ticket.wait(max(0.0, deadline - time.monotonic()))
+            self._drain_inline(report_at)
+        ok = ticket.wait(max(0.0, report_at - time.monotonic()))
         with self._cond:
             seqs = [seq for seq, _ in self._ready] + list(self._inflight)
             left = [ev for _, batch in self._ready for ev in batch] + self._pending
@@ -266,8 +275,8 @@ class Batcher:
             self._notifier.abandon(min(seqs), last)
         for worker in workers:
             if worker is not threading.current_thread():
-                worker.join(max(0.0, deadline - time.monotonic()))
-        self._notifier.close(max(0.5, deadline - time.monotonic()))
+                worker.join(max(0.0, report_at - time.monotonic()))
+        self._notifier.close(max(0.0, deadline - time.monotonic()))
         if self._spool is not None:
             self._spool.close()
         self.exporter.shutdown()

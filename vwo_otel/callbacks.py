@@ -172,7 +172,7 @@ class Notifier:
                 self._drops_due = time.monotonic() + DROP_REPORT_DELAY
                 inline = self._wake()
             else:
-                inline = self._closed
+                inline = self._closed and self._wake()  # after close the thread exits when idle
         if inline:
             self._drain()
 
@@ -220,11 +220,11 @@ class Notifier:
 
     # the thread ---------------------------------------------------------------------
     def _wake(self) -> bool:
-        """Start or wake the thread (lock held); True when the caller must run callbacks
-        inline (after close, or when the interpreter refuses new threads at exit)."""
-        if self._closed:
-            return True
-        if self._thread is None:
+        """Start the callback thread if none is running (also after close, or after a callback
+        killed it) and wake it (lock held); True when the caller must run callbacks inline
+        because the interpreter refuses new threads (at exit)."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
             try:
                 thread = threading.Thread(target=self._run, name="vwo_otel-callbacks", daemon=True)
                 thread.start()
@@ -297,7 +297,9 @@ class Notifier:
             return
         try:
             self._callback(err, events)
-        except Exception:  # a user's callback must never stop delivery
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # a user's callback (even one calling sys.exit) must never stop delivery
             self.log.warn("callback_raised", len(events), "flush_callback raised; delivery continues", exc_info=True)
 
     def _skip_oldest(self) -> None:

@@ -16,6 +16,7 @@ _INT_KEYS = {
     A.VISITOR: (A.CAMPAIGN_ID, A.VARIATION_ID),
     A.GOAL: (A.CAMPAIGN_ID, A.VARIATION_ID, A.GOAL_ID),
 }
+_TYPES = (A.VISITOR, A.GOAL, A.CUSTOM_DIMENSION)
 
 
 class MalformedEvent(ValueError):
@@ -149,6 +150,9 @@ def from_attributes(attrs: Mapping[str, Any], time_ns: int | None) -> VWOEvent:
                     revenue is None or (type(revenue) is float and -math.inf < revenue < math.inf)):
                 return VWOEvent(2, user_id, seconds, cid, vid, gid, revenue, None, None, ua or "", ip or "")
     try:
+        if isinstance(etype, bool) or not isinstance(etype, int) or etype not in _TYPES:
+            raise ValueError(f"{A.EVENT_TYPE} must be the int 1, 2 or 3, got {etype!r}")  # not 1.0, not True
+        etype = int(etype)
         user_id = check_user_id(user_id)
         ua = check_text(A.VISITOR_UA, get(A.VISITOR_UA))
         ip = check_text(A.VISITOR_IP, get(A.VISITOR_IP))
@@ -158,10 +162,7 @@ def from_attributes(attrs: Mapping[str, Any], time_ns: int | None) -> VWOEvent:
                 raise TypeError(f"{A.DIMENSION_KEY} must be a non-empty str, got {key!r}")
             return VWOEvent(etype, user_id, seconds, key=key, value=check_dimension_value(A.DIMENSION_VALUE, value),
                             visitor_ua=ua, visitor_ip=ip)
-        keys = _INT_KEYS.get(etype)
-        if keys is None:
-            raise ValueError(f"{A.EVENT_TYPE} must be 1, 2 or 3, got {etype!r}")
-        ids = [check_id(k, get(k)) for k in keys]
+        ids = [check_id(k, get(k)) for k in _INT_KEYS[etype]]
         if etype == A.VISITOR:
             return VWOEvent(etype, user_id, seconds, ids[0], ids[1], visitor_ua=ua, visitor_ip=ip)
         revenue = check_revenue(get(A.REVENUE))

@@ -15,6 +15,7 @@ import requests
 from opentelemetry import context as otel_context
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from requests.adapters import HTTPAdapter
 
 from . import attributes as A
 from ._version import SDK_NAME, __version__
@@ -60,6 +61,8 @@ class _Session(requests.Session):
     def __init__(self) -> None:
         super().__init__()
         self._env: dict[tuple[Any, ...], tuple[float, Any]] = {}
+        for prefix in ("https://", "http://"):  # a connection per request in flight (up to 64), kept alive
+            self.mount(prefix, HTTPAdapter(pool_maxsize=64))
 
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
         if not self.trust_env or proxies or not isinstance(url, str):  # explicit settings: requests' own path

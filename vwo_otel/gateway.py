@@ -23,25 +23,25 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import otlp
+from . import lifecycle, otlp
 from .batcher import Batcher
 from .callbacks import LogLimiter
 from .config import MAX_EVENTS_PER_REQUEST, BatchEvents
 from .events import MalformedEvent, VWOEvent, from_attributes
 from .exporter import DEFAULT_ENDPOINT, VWOExporter
-from .httpserver import LoopbackHTTPServer, respond
+from .httpserver import LoopbackHTTPServer, read_body, respond, until_interrupted
 from .otlp import ACCOUNT_ID
+from .results import EventsDropped
 from .retry import RetryPolicy
 from .spool import Spool
 
@@ -59,7 +59,6 @@ _ROUTES = {"/v1/traces": otlp.TRACES, "/v1/logs": otlp.LOGS}
 _TEXT = "text/plain; charset=utf-8"
 _MAX_MESSAGE = 512
 _DRAIN_LIMIT = 64 * 1024 * 1024  # a refused body up to this size is read so the connection stays usable
-_CHUNK = 64 * 1024
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -324,8 +323,7 @@ class Gateway:
             acct.account_id, {"accepted": 0, "requests_ok": 0, "requests_failed": 0})
 
         def settled(err: BaseException | None, events: list[Any]) -> None:
-            if getattr(err, "reason", None) in ("queue_full", "already_shutdown", "shutdown_timeout",
-                                                "shutdown_in_flight", "malformed"):
+            if isinstance(err, EventsDropped):
                 return  # drops: counted by the batcher itself
             with self._stats_lock:
                 counts["requests_ok" if err is None else "requests_failed"] += 1
@@ -387,7 +385,7 @@ class Gateway:
             server.wait_idle(min(deadline - time.monotonic(), 5.0))
             server.close_connections(min(max(deadline - time.monotonic(), 0.0), 1.0))
             thread.join(1.0)
-        ok = self._shutdown_batchers(deadline)
+        ok = lifecycle.shutdown_all(max(0.0, deadline - time.monotonic()), self._batchers.values())
         self._log.flush()
         stats = self.stats()
         logger.info("vwo_otel gateway stopped: %d event(s) accepted, delivered %d, failed %d, dropped %s",
@@ -395,21 +393,6 @@ class Gateway:
                     sum(a["failed"] for a in stats["accounts"].values()),
                     {k: v for a in stats["accounts"].values() for k, v in a["dropped"].items()} or 0)
         self._stopped = ok
-        return ok
-
-    def _shutdown_batchers(self, deadline: float) -> bool:
-        begun = []
-        ok = True
-        for batcher in self._batchers.values():
-            begin = getattr(batcher, "begin_shutdown", None)
-            if begin is None:  # an older Batcher: shut down one by one within what is left
-                ok = batcher.shutdown(max(0.0, deadline - time.monotonic())) and ok
-                continue
-            state = begin(max(0.0, deadline - time.monotonic()))
-            if state is not None:
-                begun.append((batcher, state))
-        for batcher, state in begun:
-            ok = batcher.finish_shutdown(*state) and ok
         return ok
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -510,70 +493,25 @@ class Gateway:
             self._responses[status] = self._responses.get(status, 0) + 1
 
     def _read_body(self, h: _Handler) -> bytes:
-        """The request body (Content-Length or chunked), at most ``max_body_bytes``."""
+        """The request body (Content-Length or chunked), at most ``max_body_bytes``; else ``_Refused``."""
         limit = self.config.max_body_bytes
-        te = h.headers.get("Transfer-Encoding")
-        if te is not None:
-            if te.strip().lower() != "chunked":
-                h.close_connection = True
-                raise _Refused(400, otlp.INVALID_ARGUMENT, f"unsupported Transfer-Encoding {te!r}")
-            return self._read_chunked(h, limit)
-        cl = h.headers.get("Content-Length")
-        if cl is None:
-            h.close_connection = True
+        body, nbytes, problem = read_body(h, limit, _DRAIN_LIMIT)
+        if body is not None and problem is None:
+            return body
+        if problem == "too-large":
+            size = "" if h.headers.get("Transfer-Encoding") else f" of {nbytes} bytes"
+            raise _Refused(413, otlp.INVALID_ARGUMENT, f"body{size} is larger than {limit} bytes")
+        h.close_connection = True
+        if problem == "no-length":
             raise _Refused(411, otlp.INVALID_ARGUMENT, "Content-Length required")
-        try:
-            n = int(cl)
-            if n < 0:
-                raise ValueError
-        except ValueError:
-            h.close_connection = True
-            raise _Refused(400, otlp.INVALID_ARGUMENT, "bad Content-Length") from None
-        if n > limit:
-            if n <= _DRAIN_LIMIT:
-                left = n
-                while left > 0:
-                    chunk = h.rfile.read(min(left, _CHUNK))
-                    if not chunk:
-                        break
-                    left -= len(chunk)
-            else:
-                h.close_connection = True
-            raise _Refused(413, otlp.INVALID_ARGUMENT, f"body of {n} bytes is larger than {limit} bytes")
-        data = h.rfile.read(n) if n else b""
-        if len(data) < n:
-            h.close_connection = True
-            raise _Refused(400, otlp.INVALID_ARGUMENT, "body shorter than Content-Length")
-        return data
-
-    @staticmethod
-    def _read_chunked(h: _Handler, limit: int) -> bytes:
-        parts: list[bytes] = []
-        total = 0
-        rfile = h.rfile
-        try:
-            while True:
-                line = rfile.readline(1024)
-                if not line:
-                    raise ValueError("connection closed inside a chunked body")
-                size = int(line.split(b";", 1)[0].strip(), 16)
-                if size == 0:
-                    while rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                total += size
-                if total > limit:
-                    h.close_connection = True
-                    raise _Refused(413, otlp.INVALID_ARGUMENT, f"body is larger than {limit} bytes")
-                data = rfile.read(size)
-                rfile.readline(1024)
-                if len(data) < size:
-                    raise ValueError("connection closed inside a chunk")
-                parts.append(data)
-        except ValueError as exc:
-            h.close_connection = True
-            raise _Refused(400, otlp.INVALID_ARGUMENT, f"malformed chunked body: {exc}") from None
-        return b"".join(parts)
+        if problem == "bad-transfer-encoding":
+            te = h.headers.get("Transfer-Encoding")
+            raise _Refused(400, otlp.INVALID_ARGUMENT, f"unsupported Transfer-Encoding {te!r}")
+        if problem == "bad-length":
+            raise _Refused(400, otlp.INVALID_ARGUMENT, "bad Content-Length")
+        if problem == "bad-chunked":
+            raise _Refused(400, otlp.INVALID_ARGUMENT, "malformed chunked body")
+        raise _Refused(400, otlp.INVALID_ARGUMENT, f"body ended after {nbytes} bytes, before its announced end")
 
     def _retry_after(self) -> str:
         return str(max(0, math.ceil(self.config.retry_after)))
@@ -734,19 +672,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vwo-otel gateway: error: {exc}", file=sys.stderr)
         return 2
 
-    def _terminate(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    print(f"vwo-otel gateway listening on {gateway.url} (POST /v1/traces, /v1/logs) for account(s) "
-          f"{', '.join(str(a) for a in sorted(config.accounts))}; Ctrl-C to stop", flush=True)
-    try:
+    with until_interrupted():
+        print(f"vwo-otel gateway listening on {gateway.url} (POST /v1/traces, /v1/logs) for account(s) "
+              f"{', '.join(str(a) for a in sorted(config.accounts))}; Ctrl-C to stop", flush=True)
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     ok = gateway.stop()
     print(json.dumps(gateway.stats()), flush=True)
     return 0 if ok else 1

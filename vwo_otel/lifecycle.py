@@ -23,6 +23,7 @@ import atexit
 import logging
 import os
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
 logger = logging.getLogger("vwo_otel")
@@ -36,11 +37,11 @@ def track(batcher: Any) -> None:
     atexit.register(_at_exit)
 
 
-def shutdown_all(timeout: float | None = None) -> bool:
-    """Shut down every live batcher (each within ``timeout``, default its own
-    ``shutdown_timeout``), in parallel; True if everything queued was delivered."""
+def shutdown_all(timeout: float | None = None, batchers: Iterable[Any] | None = None) -> bool:
+    """Shut down ``batchers`` (default: every live one), each within ``timeout`` (default its
+    own ``shutdown_timeout``), in parallel; True if everything queued was delivered."""
     started = []
-    for batcher in list(_live):
+    for batcher in list(_live if batchers is None else batchers):
         try:
             state = batcher.begin_shutdown(timeout)
         except Exception:

@@ -10,32 +10,34 @@ delivery guarantees can be tested against something that behaves like a server.
 from __future__ import annotations
 
 import argparse
+import csv
+import datetime
 import hmac
 import ipaddress
 import json
 import logging
 import math
+import os
 import random
 import re
 import select
-import signal
 import socket
 import sqlite3
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from types import FrameType, TracebackType
-from typing import Any, Optional, Union, cast
+from types import TracebackType
+from typing import Any, Optional, TextIO, Union, cast
 from urllib.parse import parse_qs, urlsplit
 
-from .httpserver import LoopbackHTTPServer, respond
+from .httpserver import LoopbackHTTPServer, read_body, respond, until_interrupted
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "PAYLOAD_TOO_LARGE", "Receiver", "main"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "PAYLOAD_TOO_LARGE", "Receiver", "add_receive_arguments", "main", "receive"]
 
 logger = logging.getLogger("vwo_otel.receiver")
 
@@ -49,7 +51,6 @@ _ENV_IN_QUERY = re.compile(r"(^|&)(env=)[^&]*")
 _ENV_IN_TEXT = re.compile(r"(env=)[^&\s'\"]*")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _DRAIN_LIMIT = 256 * 1024 * 1024  # bodies above the limit but below this are read and discarded
-_CHUNK = 64 * 1024
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
@@ -678,7 +679,7 @@ class Receiver:
         path, query = split.path, split.query
         fault, stall_seconds, release, limit = self._take_fault()
 
-        body, nbytes, body_problem = self._read_body(h, limit)
+        body, nbytes, body_problem = read_body(h, limit, _DRAIN_LIMIT)
         if body_problem == "incomplete":
             self._store(received_at, method, path, query, 0, nbytes, 0, "client closed before the body ended",
                         False, [])
@@ -715,72 +716,6 @@ class Receiver:
             error = f"injected failure after accepting {len(out.rows)} events"
         self._store(received_at, method, path, query, status, nbytes, out.n_events, error, accepted, out.rows)
         respond(h, status, reply, ctype, out.headers)
-
-    def _read_body(self, h: _Handler, limit: int) -> tuple[bytes | None, int, str | None]:
-        """Read the request body: (body or None, byte count, problem) where problem names what went wrong."""
-        te = h.headers.get("Transfer-Encoding")
-        if te is not None:
-            if te.strip().lower() != "chunked":
-                h.close_connection = True
-                return None, 0, "bad-transfer-encoding"
-            return self._read_chunked(h, limit)
-        cl = h.headers.get("Content-Length")
-        if cl is None:
-            return b"", 0, ("no-length" if h.command == "POST" else None)
-        try:
-            n = int(cl)
-            if n < 0:
-                raise ValueError
-        except ValueError:
-            h.close_connection = True
-            return None, 0, "bad-length"
-        if n > limit:
-            if n <= _DRAIN_LIMIT:
-                left = n
-                while left > 0:
-                    chunk = h.rfile.read(min(left, _CHUNK))
-                    if not chunk:
-                        return None, n - left, "incomplete"
-                    left -= len(chunk)
-            else:
-                h.close_connection = True
-            return None, n, "too-large"
-        data = h.rfile.read(n) if n else b""
-        if len(data) < n:
-            return None, len(data), "incomplete"
-        return data, n, None
-
-    def _read_chunked(self, h: _Handler, limit: int) -> tuple[bytes | None, int, str | None]:
-        """Decode a chunked body, discarding (but still reading) data beyond limit."""
-        parts: list[bytes] = []
-        total = 0
-        rfile = h.rfile
-        try:
-            while True:
-                line = rfile.readline(1024)
-                if not line:
-                    return None, total, "incomplete"
-                size = int(line.split(b";", 1)[0].strip(), 16)
-                if size == 0:
-                    while rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                data = rfile.read(size)
-                rfile.readline(1024)
-                if len(data) < size:
-                    return None, total + len(data), "incomplete"
-                total += size
-                if total > _DRAIN_LIMIT:
-                    h.close_connection = True
-                    return None, total, "too-large"
-                if total <= limit:
-                    parts.append(data)
-        except ValueError:
-            h.close_connection = True
-            return None, total, "bad-chunked"
-        if total > limit:
-            return None, total, "too-large"
-        return b"".join(parts), total, None
 
     def _process(self, h: _Handler, method: str, path: str, query: str, body: bytes | None,
                  problem: str | None) -> _Outcome:
@@ -931,42 +866,152 @@ class Receiver:
                          f", {error}" if error else "")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run a receiver in the foreground until Ctrl-C (or SIGTERM), then print a summary."""
-    parser = argparse.ArgumentParser(prog="python -m vwo_otel.receiver",
-                                     description="Local VWO-compatible collection receiver (loopback only).")
-    parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port to bind, 0 for any (default 8000)")
-    parser.add_argument("--db", default=":memory:", help="SQLite file to store requests and events in")
-    parser.add_argument("--account-id", default=None, help="only accept this account id")
-    parser.add_argument("--sdk-key", default=None, help="only accept this sdk key")
-    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                        help="answer 413 above this body size (default 10 MiB)")
-    args = parser.parse_args(argv)
+# --------------------------------------------------------------------------- command line
+# ``vwo-otel receive`` (``vwo_otel.cli`` re-exports these) and ``python -m vwo_otel.receiver``.
+
+EXPORT_FORMATS = ("json", "jsonl", "csv")
+_EVENT_COLUMNS = ("request_id", "eT", "u", "sId", "e", "c", "g", "r", "t", "visitor_ua", "visitor_ip")
+
+
+def add_receive_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``vwo-otel receive`` (and ``python -m vwo_otel.receiver``)."""
+    p.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to bind, 0 for any free one (default 8000)")
+    p.add_argument("--db", default=":memory:", metavar="FILE",
+                   help="SQLite file to store requests and events in (kept after exit)")
+    p.add_argument("--account-id", default=None, help="only accept this account id")
+    p.add_argument("--sdk-key", default=None, help="only accept this sdk key")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help="answer 413 above this body size (default 10 MiB)")
+    p.add_argument("--quiet", action="store_true", help="no line per request, only the summary at exit")
+    p.add_argument("--json", action="store_true", help="print the summary (at exit, or after --list) as one "
+                   "JSON object")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--list", action="store_true", help="list the requests stored in --db FILE and exit")
+    what.add_argument("--export", choices=EXPORT_FORMATS, metavar="FORMAT",
+                      help="write the events stored in --db FILE as json, jsonl or csv and exit")
+    p.add_argument("--output", "-o", default="-", metavar="FILE", help="where --export writes (default stdout)")
+
+
+def _size(n: int) -> str:
+    return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 1048576:.1f} MiB"
+
+
+def _request_line(r: Mapping[str, Any]) -> str:
+    at = datetime.datetime.fromtimestamp(r["received_at"]).strftime("%H:%M:%S.%f")[:-3]
+    status = r["status"] or "---"
+    what = f"{r['n_events']:5d} event(s) {_size(r['body_bytes']):>10}"
+    if r["accepted"]:
+        note = "stored"
+    else:
+        note = f"not stored: {r['error']}" if r["error"] else "not stored"
+    return f"{at}  {r['method']:4} {r['path']}  {status}  {what}  {note}"
+
+
+def _summary_line(s: Mapping[str, Any]) -> str:
+    return (f"{s['requests']} request(s), {s['accepted_requests']} accepted, {s['events']} event(s) stored, "
+            f"{_size(s['bytes'])}; {s['events_per_request']:.1f} events/request, "
+            f"{s['bytes_per_event']:.1f} bytes/event")
+
+
+def _summary_out(s: Mapping[str, Any], as_json: bool, prefix: str = "") -> str:
+    return json.dumps(s) if as_json else prefix + _summary_line(s)
+
+
+def receive(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """``vwo-otel receive``: serve with a line per request as it arrives, or --list / --export a --db."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    if args.list or args.export:
+        return _stored(args, out, err)
     try:
         receiver = Receiver(args.account_id, args.sdk_key, host=args.host, port=args.port, db_path=args.db,
-                            max_body_bytes=args.max_body_bytes)
-        receiver.start()
+                            max_body_bytes=args.max_body_bytes).start()
     except (OSError, ValueError, sqlite3.Error) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        err.write(f"error: {exc}\n")
         return 2
-
-    def _terminate(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    print(f"VWO receiver listening on {receiver.url} (db {args.db}); Ctrl-C to stop", flush=True)
+    stored = receiver.requests()
+    last = stored[-1]["id"] if stored else 0  # an existing db: show only what arrives now
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        with until_interrupted():
+            db = "" if args.db == ":memory:" else f" (storing in {args.db})"
+            out.write(f"VWO receiver listening on {receiver.url}{db}; Ctrl-C to stop\n")
+            out.flush()
+            while True:
+                time.sleep(0.2)
+                for r in receiver.requests(after=last):
+                    last = r["id"]
+                    if not args.quiet:
+                        out.write(_request_line(r) + "\n")
+                out.flush()
     finally:
-        signal.signal(signal.SIGTERM, previous)
         receiver.stop()
-    print(json.dumps(receiver.summary()), flush=True)
+    for r in receiver.requests(after=last):
+        if not args.quiet:
+            out.write(_request_line(r) + "\n")
+    out.write(_summary_out(receiver.summary(), args.json, "stopped: ") + "\n")
+    out.flush()
     receiver.close()
     return 0
+
+
+def _stored(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.db == ":memory:":
+        err.write("error: --list and --export read a database: give --db FILE\n")
+        return 2
+    if not os.path.isfile(args.db):
+        err.write(f"error: no database at {args.db}\n")
+        return 2
+    try:
+        receiver = Receiver(db_path=args.db)
+        try:
+            if args.list:
+                for r in receiver.requests():
+                    out.write(_request_line(r) + "\n")
+                out.write(_summary_out(receiver.summary(), args.json) + "\n")
+                return 0
+            events = receiver.events(with_raw=True)
+            if args.output == "-":
+                _write_events(events, args.export, out)
+            else:
+                with open(args.output, "w", newline="", encoding="utf-8") as f:
+                    _write_events(events, args.export, f)
+            err.write(f"exported {len(events)} event(s) as {args.export} to "
+                      f"{'stdout' if args.output == '-' else args.output}\n")
+            return 0
+        finally:
+            receiver.close()
+    except (OSError, sqlite3.Error) as exc:
+        err.write(f"error: {args.db}: {exc}\n")
+        return 2
+
+
+def _write_events(events: list[dict[str, Any]], fmt: str, f: TextIO) -> None:
+    for ev in events:
+        ev.pop("raw", None)
+    if fmt == "json":
+        json.dump(events, f, indent=1)
+        f.write("\n")
+    elif fmt == "jsonl":
+        for ev in events:
+            f.write(json.dumps(ev, separators=(",", ":")) + "\n")
+    else:
+        writer = csv.DictWriter(f, fieldnames=_EVENT_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for ev in events:
+            row = dict(ev)
+            if isinstance(row.get("t"), dict):
+                row["t"] = json.dumps(row["t"], separators=(",", ":"))
+            writer.writerow(row)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m vwo_otel.receiver``: ``vwo-otel receive --quiet --json`` (the summary as one JSON line)."""
+    parser = argparse.ArgumentParser(prog="python -m vwo_otel.receiver",
+                                     description="Local VWO-compatible collection receiver (loopback only).")
+    add_receive_arguments(parser)
+    parser.set_defaults(quiet=True, json=True)
+    return receive(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import threading
 import time
 from collections import deque
 from typing import Any
+from urllib.request import pathname2url
 
 from .events import VWOEvent
 
@@ -87,6 +88,10 @@ class Orphan:
         _remove(self.path)
         os.close(self.lock_fd)
 
+    def unlock(self) -> None:
+        """Leave the file as it is, for a later start to adopt."""
+        os.close(self.lock_fd)
+
 
 class Spool:
     """This process's spool file in ``directory``; see the module docstring for guarantees."""
@@ -102,6 +107,7 @@ class Spool:
         os.makedirs(self.directory, exist_ok=True)
         self.commit_interval = float(commit_interval)
         self._inherited: list[Any] = []  # connections from before a fork: never used, never closed
+        self._failed_at = 0.0  # last commit failure logged (rate-limited)
         self._open()
 
     def __repr__(self) -> str:
@@ -118,21 +124,27 @@ class Spool:
         self._next = 0
         self._added: deque[tuple[int, float, VWOEvent]] = deque()
         self._acked: deque[int] = deque()
+        self._unwritten: list[tuple[Any, ...]] = []  # rows of a failed commit, tried again next time
+        self._undeleted: set[int] = set()  # deletions of a failed commit, tried again next time
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self._closed = False
 
     def after_fork(self) -> None:
-        """In a forked child: a file of its own; the parent's connection is left untouched."""
-        self._inherited.append((self._conn, self._lock_fd))
+        """In a forked child: a file of its own. The parent's connection is kept, unused and
+        unclosed; the child's copy of the parent's lock fd is closed (the parent keeps the
+        lock), so the parent's file can be adopted as soon as the parent is gone."""
+        self._inherited.append(self._conn)
+        os.close(self._lock_fd)
         self._open()
 
     # -- the emitting thread (called with the batcher's lock held) ------------------------
-    def add(self, event: VWOEvent) -> None:
-        """Record a newly queued event (written by the next group commit, or now if interval 0)."""
+    def add(self, event: VWOEvent, queued_at: float | None = None) -> None:
+        """Record a newly queued event (written by the next group commit, or now if interval 0);
+        ``queued_at`` keeps the original time of a replayed event."""
         self._next += 1
         self._ids[id(event)] = self._next
-        self._added.append((self._next, time.time(), event))
+        self._added.append((self._next, time.time() if queued_at is None else queued_at, event))
         if self.commit_interval == 0:
             self.commit()
         elif self._writer is None:
@@ -149,34 +161,48 @@ class Spool:
         if self.commit_interval == 0:
             self.commit()
 
-    def commit(self) -> None:
-        """Write what was added and delete what was acked, in one transaction."""
+    def commit(self) -> bool:
+        """Write what was added and delete what was acked, in one transaction; False if that
+        failed (the rows and deletions are kept and tried again by the next commit)."""
         with self._db_lock:
             if self._closed:
-                return
-            acked = set()
+                return True
+            acked = self._undeleted
             while self._acked:  # acks first: any acked event's add is already queued
                 acked.add(self._acked.popleft())
             rows = []
+            for row in self._unwritten:
+                if row[0] in acked:
+                    acked.discard(row[0])
+                else:
+                    rows.append(row)
             while self._added:
                 row_id, queued_at, ev = self._added.popleft()
                 if row_id in acked:
                     acked.discard(row_id)  # settled before it ever reached the disk
                 else:
                     rows.append((row_id, queued_at, *(getattr(ev, f) for f in _FIELDS)))
+            self._unwritten, self._undeleted = [], set()
             if not rows and not acked:
-                return
+                return True
             try:
                 self._conn.execute("BEGIN")
                 self._conn.executemany(_INSERT, rows)
                 self._conn.executemany(_DELETE, [(i,) for i in acked])
                 self._conn.execute("COMMIT")
-            except sqlite3.Error:
-                logger.exception("vwo_otel spool %s: commit failed; events stay in memory only", self.path)
+                return True
+            except sqlite3.Error as exc:
                 try:
                     self._conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
+                self._unwritten, self._undeleted = rows, acked
+                now = time.monotonic()
+                if now - self._failed_at >= 10.0:
+                    self._failed_at = now
+                    logger.error("vwo_otel spool %s: commit failed (%s); %d event(s) not on disk yet, "
+                                 "tried again at the next commit", self.path, exc, len(rows))
+                return False
 
     def _start_writer(self) -> None:
         try:
@@ -221,8 +247,12 @@ class Spool:
             fd = _lock(path + ".lock")
             if fd is None:
                 continue  # a live process owns it
+            if not os.path.exists(path):  # another process adopted and removed it meanwhile
+                _remove(path)  # only our fresh .lock is left
+                os.close(fd)
+                continue
             try:
-                conn = sqlite3.connect(path, isolation_level=None)
+                conn = sqlite3.connect(f"file:{pathname2url(path)}?mode=rw", uri=True, isolation_level=None)
                 try:
                     rows = conn.execute(
                         f"SELECT queued_at, {', '.join(_FIELDS)} FROM events ORDER BY queued_at, id").fetchall()
