@@ -23,7 +23,7 @@ from collections import Counter
 from urllib.parse import parse_qs
 
 import pytest
-from conftest import ACCOUNT_ID, SDK_KEY
+from conftest import ACCOUNT_ID, FAST_RETRY, SDK_KEY
 from opentelemetry.sdk.trace import ReadableSpan
 
 from vwo_otel import (
@@ -735,15 +735,35 @@ def test_batches_are_in_flight_concurrently_so_latency_does_not_cap_throughput(p
     assert sorted(r["n_events"] for r in receiver.requests()) == [5, 5, 5, 5]
 
 
-def test_flush_waits_for_every_batch_even_when_they_settle_out_of_order(pipeline, receiver, callbacks):
-    events, proc, _ = pipeline(batch_events={"events_per_request": 2, "request_time_interval": 60})
-    receiver.stall(0.4, n=1)  # the first batch answers late, the later ones at once
-    receiver.fail_next(1, status=400)  # ... and the first (stalled) one fails
+def test_flush_waits_for_every_batch_even_when_they_settle_out_of_order(make_exporter, pipeline, receiver,
+                                                                        callbacks):
+    """The first batch is held back and fails; the later two settle first. The flush
+    returns only after all three, and says that one failed."""
+    from vwo_otel import VWOExporter
+
+    release = threading.Event()
+
+    class FirstBatchLate(VWOExporter):
+        def send_batch(self, events):
+            if events[0].user_id == "ooo-0":
+                release.wait(5)
+                receiver.fail_next(1, status=400)
+            return super().send_batch(events)
+
+    exporter = FirstBatchLate(ACCOUNT_ID, SDK_KEY, endpoint=receiver.url, retry=FAST_RETRY)
+    events, proc, _ = pipeline(batch_events={"events_per_request": 2, "request_time_interval": 60},
+                               exporter=exporter)
     for i in range(6):
         events.activate(1, 1, f"ooo-{i}")
-    assert proc.flush_events() is False  # one failed: the flush says so, whatever the order
-    assert len(callbacks.calls) == 3  # and it returned only after all three were settled
-    assert sum(1 for err, _ in callbacks.calls if err is not None) == 1
+    result: list = []
+    flusher = threading.Thread(target=lambda: result.append(proc.flush_events()))
+    flusher.start()
+    assert callbacks.wait_for(lambda calls: len(calls) == 2, timeout=5)  # batches 2 and 3 settled first
+    assert result == []  # ... and the flush still waits for batch 1
+    release.set()
+    flusher.join(5)
+    assert result == [False]  # batch 1 failed: the flush says so
+    assert [err is None for err, _ in callbacks.calls] == [True, True, False]
     assert proc.flush_events() is True  # nothing left, nothing failed since
 
 

@@ -85,7 +85,10 @@ def test_fork_while_a_batch_is_in_flight(pipeline, receiver, callbacks):
     receiver.stall(0.5, n=1)
     for i in range(4):
         events.activate(1, 1, f"flying-{i}")
-    time.sleep(0.1)  # the request is now stalled in the receiver
+    deadline = time.monotonic() + 5
+    while not proc._batcher._inflight and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc._batcher._inflight  # a delivery thread has taken the batch: it is being sent
 
     def child() -> int:
         events.activate(1, 1, "kid")

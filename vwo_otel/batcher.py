@@ -21,7 +21,7 @@ from typing import Any
 
 from . import attributes as A
 from . import lifecycle
-from .callbacks import LogLimiter, Notifier
+from .callbacks import Notifier
 from .config import BatchEvents
 from .events import VWOEvent
 from .exporter import VWOExporter
@@ -86,7 +86,6 @@ class Batcher:
         self._inflight: dict[int, list[VWOEvent]] = {}  # batches taken for delivery, not yet settled
         self._closed = False
         self._workers: list[threading.Thread] = []
-        self._log = LogLimiter()
         self.counts: dict[str, int] = {"delivered": 0, "failed": 0}
         self.dropped: dict[str, int] = {}
 
@@ -194,18 +193,20 @@ class Batcher:
         """Cut what is queued now and wait (up to ``timeout`` s) until it and everything
         before it has been settled; True if all of it was delivered."""
         with self._cond:
-            if self._pending:
-                self._cut()
-            target = self._seq
-            ticket = self._notifier.ticket(target)
-            if self._ready and not self._start_worker():
-                inline = True
-            else:
-                inline = False
-                self._cond.notify()
-        if inline:
+            ticket, threaded = self._cut_all()
+        if not threaded:
             self._drain_inline(time.monotonic() + (math.inf if timeout is None else timeout))
         return ticket.wait(timeout)
+
+    def _cut_all(self) -> tuple[Any, bool]:
+        """Lock held: cut what is pending, take a ticket for everything cut so far and wake
+        the delivery threads; False as second value if none can run (deliver inline)."""
+        if self._pending:
+            self._cut()
+        ticket = self._notifier.ticket(self._seq)
+        threaded = not self._ready or self._start_worker()
+        self._cond.notify_all()
+        return ticket, threaded
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Refuse new events, deliver the queue within ``timeout`` (default
@@ -228,11 +229,7 @@ class Batcher:
             if self._closed:
                 return None
             self._closed = True
-            if self._pending:
-                self._cut()
-            ticket = self._notifier.ticket(self._seq)
-            threaded = not self._ready or self._start_worker()
-            self._cond.notify_all()
+            ticket, threaded = self._cut_all()
         timeout = self.shutdown_timeout if timeout is None else max(0.0, timeout)
         deadline = time.monotonic() + timeout
         # Delivery stops a little early so the report of what is left reaches flush_callback in time.
@@ -324,8 +321,8 @@ class Batcher:
                     return
                 self._deliver(*item)
             except Exception:  # pragma: no cover - _deliver guards itself; never let the thread die
-                self._log.warn("delivery_thread", 0, "vwo_otel delivery thread error; it keeps running",
-                               exc_info=True)
+                self._notifier.log.warn("delivery_thread", 0, "vwo_otel delivery thread error; it keeps running",
+                                        exc_info=True)
                 time.sleep(0.05)
 
     def _drain_inline(self, deadline: float) -> None:
@@ -363,15 +360,15 @@ class Batcher:
     def _salvage(self, batch: list[VWOEvent], exc: Exception) -> list[Outcome]:
         """An unexpected error while sending (a bug, or an event the encoder cannot take):
         events that cannot be encoded fail on their own, the others are sent once more."""
-        self._log.warn(("unexpected", type(exc).__name__), len(batch), "vwo_otel delivery failed unexpectedly: %r",
-                       exc, exc_info=True)
+        self._notifier.log.warn(("unexpected", type(exc).__name__), len(batch),
+                                "vwo_otel delivery failed unexpectedly: %r", exc, exc_info=True)
         good: list[VWOEvent] = []
         outcomes: list[Outcome] = []
         for ev in batch:
             try:
                 self.exporter._encoder.encode([ev])  # wire dict and its JSON
             except Exception as bad:
-                fields = {k: getattr(ev, k, None) for k in getattr(ev, "__slots__", ())}
+                fields = ev.fields()
                 outcomes.append(Outcome(VWODeliveryError(f"event cannot be encoded: {type(bad).__name__}: {bad}"),
                                         [fields]))
             else:

@@ -87,6 +87,29 @@ class FlushTicket:
         return self.done.wait(None if timeout is None else min(timeout, threading.TIMEOUT_MAX)) and self.ok
 
 
+class Watermark:
+    """Batch sequence numbers settle out of order (several requests are in flight): ``mark``
+    is the highest number up to which every batch has settled; later ones wait in ``above``."""
+
+    __slots__ = ("mark", "above")
+
+    def __init__(self) -> None:
+        self.mark = 0
+        self.above: dict[int, bool] = {}  # settled past the mark -> ok
+
+    def advance(self, first: int, last: int, ok: bool) -> int:
+        """Batches ``first``..``last`` settled (``ok`` or not); returns the new mark."""
+        self.above.update(dict.fromkeys(range(max(first, self.mark + 1), last + 1), ok))
+        while self.mark + 1 in self.above:
+            self.mark += 1
+            del self.above[self.mark]
+        return self.mark
+
+    def all_ok(self, upto: int) -> bool:
+        """No batch settled early (past the mark, up to ``upto``) failed."""
+        return all(ok for seq, ok in self.above.items() if seq <= upto)
+
+
 class Notifier:
     """Delivers results to the user's callback in the order batches settled."""
 
@@ -106,13 +129,11 @@ class Notifier:
         self._drops: dict[str, list] = {}  # reason -> [listed records, count not listed, note]
         self._drops_due = math.inf  # when the gathered drops are reported
         self._tickets: list[FlushTicket] = []
-        self._settled = 0  # every batch up to this sequence had its callbacks run
-        self._settled_above: dict[int, bool] = {}  # batches past that mark -> ok (they settle out of order)
+        self._settled = Watermark()  # batches whose callbacks have run
         self._thread: threading.Thread | None = None
         self._draining = False  # one drainer at a time keeps callbacks ordered and never concurrent
         self._drainer: threading.Thread | None = None  # the thread running callbacks now
-        self._delivered = 0  # every batch up to this sequence was delivered (callbacks may still run)
-        self._delivered_above: dict[int, bool] = {}
+        self._delivered = Watermark()  # batches delivered (their callbacks may still be running)
         self._closed = False
         self.log = LogLimiter()
 
@@ -185,12 +206,11 @@ class Notifier:
             # A sync flush from inside flush_callback cannot wait for callbacks (it runs in one):
             # it waits for delivery only.
             inside = self._drainer is threading.current_thread()
-            level = self._delivered if inside else self._settled
-            t = FlushTicket(level, target)
+            watermark = self._delivered if inside else self._settled
+            t = FlushTicket(watermark.mark, target)
             t.delivery_only = inside
-            above = self._delivered_above if inside else self._settled_above
-            t.ok = all(ok for s, ok in above.items() if s <= target)  # settled early, out of order
-            if target <= level:
+            t.ok = watermark.all_ok(target)  # batches that settled early, out of order
+            if target <= watermark.mark:
                 t.done.set()
             else:
                 self._tickets.append(t)
@@ -257,6 +277,7 @@ class Notifier:
                 logger.exception("vwo_otel callback thread error; it keeps running")
 
     def _drain(self) -> None:
+        """Run what is waiting, in order; one drainer at a time (others return at once)."""
         with self._cond:
             if self._draining:
                 return  # another thread is draining; it picks up what we queued
@@ -270,10 +291,8 @@ class Notifier:
                     item = self._items.popleft() if self._items else None
                     if item is not None:
                         self._held -= sum(len(o.events) for o in item[3])
-                    if not drops and item is None:
-                        self._draining = False
-                        self._drainer = None
-                        self._cond.notify_all()
+                    if not drops and item is None:  # nothing left: stop draining under the same lock
+                        self._stop_draining()
                         return
                 for reason, (listed, unlisted, note) in drops.items():
                     total = len(listed) + unlisted
@@ -287,10 +306,14 @@ class Notifier:
                     self._settle(seq, first, ok)
         except BaseException:
             with self._cond:
-                self._draining = False
-                self._drainer = None
-                self._cond.notify_all()
+                self._stop_draining()
             raise
+
+    def _stop_draining(self) -> None:
+        """Lock held: another drainer may start (and a waiting one is woken)."""
+        self._draining = False
+        self._drainer = None
+        self._cond.notify_all()
 
     def _call(self, err: BaseException | None, events: list[dict]) -> None:
         if self._callback is None:
@@ -321,17 +344,7 @@ class Notifier:
     def _release(self, seq: int, first: int, ok: bool, *, delivery: bool) -> None:
         """Batches ``first``..``seq`` are delivered (``delivery``) or their callbacks ran:
         complete the flush tickets waiting for that (called with the lock held)."""
-        mark = self._delivered if delivery else self._settled
-        above = self._delivered_above if delivery else self._settled_above
-        above.update(dict.fromkeys(range(max(first, mark + 1), seq + 1), ok))
-        while mark + 1 in above:  # batches settle out of order when several are in flight
-            mark += 1
-            del above[mark]
-        level = mark
-        if delivery:
-            self._delivered = mark
-        else:
-            self._settled = mark
+        level = (self._delivered if delivery else self._settled).advance(first, seq, ok)
         keep = []
         for t in self._tickets:
             if t.delivery_only == delivery:
@@ -360,5 +373,5 @@ def _safe_encode(encode: Callable[[Sequence[VWOEvent]], list[dict]], items: Sequ
         try:
             out.extend(encode([x]))
         except Exception:
-            out.append({k: getattr(x, k, None) for k in getattr(x, "__slots__", ())})
+            out.append(x.fields() if isinstance(x, VWOEvent) else {"event": repr(x)})
     return out

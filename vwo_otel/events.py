@@ -57,6 +57,10 @@ class VWOEvent:
         self.visitor_ua = visitor_ua
         self.visitor_ip = visitor_ip
 
+    def fields(self) -> dict[str, Any]:
+        """The record as a plain dict (for reports about an event that cannot be encoded)."""
+        return {k: getattr(self, k) for k in self.__slots__}
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__ if getattr(self, k) not in (None, ""))
         return f"VWOEvent({fields})"

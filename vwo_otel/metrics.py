@@ -88,7 +88,7 @@ class DeliveryMetrics:
             PROCESSED.format(signal=signal), callbacks=[self._observe_processed], unit=unit,
             description="VWO events whose processing finished: handed to delivery (no error.type) "
                         "or dropped before any request (error.type = queue_full, already_shutdown, "
-                        "shutdown_timeout).")
+                        "shutdown_timeout, shutdown_in_flight, malformed).")
         meter.create_observable_up_down_counter(
             QUEUE_SIZE.format(signal=signal), callbacks=[self._observe_queue_size], unit=unit,
             description="VWO events held by the processor: queued, batched and in flight.")
