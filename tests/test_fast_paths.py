@@ -134,3 +134,42 @@ def test_session_environment_is_reread_after_ttl(monkeypatch):
     assert session.merge_environment_settings(url, {}, None, None, None)["proxies"]["https"] == "http://two:2"
     explicit = session.merge_environment_settings(url, {"https": "http://mine:3"}, None, None, None)
     assert explicit["proxies"]["https"] == "http://mine:3"
+
+
+def test_session_post_sends_what_requests_sends():
+    """The exporter's POST (a request prepared once per URL and headers) puts the same
+    request line, headers and body on the wire as requests' own ``Session.post``."""
+    import threading
+    from http.server import BaseHTTPRequestHandler
+
+    import requests
+
+    from vwo_otel.exporter import _Session
+    from vwo_otel.httpserver import LoopbackHTTPServer, respond
+
+    seen: list = []
+
+    class Capture(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.requestline, sorted((k.lower(), v) for k, v in self.headers.items()), body))
+            respond(self, 200, b"{}", "application/json")
+
+        def log_message(self, *args):
+            pass
+
+    server = LoopbackHTTPServer(("127.0.0.1", 0), Capture)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/server-side/batch-events?a=1&env=k"
+        headers = {"Authorization": "k", "User-Agent": "vwo-otel-python", "Content-Type": "application/json"}
+        for session in (requests.Session(), _Session(), _Session()):
+            for body in (b'{"ev":[1]}', b'{"ev":[1,2,3]}'):
+                assert session.post(url, data=body, headers=headers, timeout=5).status_code == 200
+        assert len(seen) == 6
+        assert seen[2:4] == seen[0:2] and seen[4:6] == seen[0:2]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -34,6 +34,7 @@ from vwo_otel import (
     VWODeliveryError,
     VWOEvent,
     VWOEvents,
+    VWOExporter,
     VWOSampler,
     VWOSpanProcessor,
     attributes,
@@ -233,6 +234,23 @@ def test_other_4xx_is_final_one_request_no_retry(pipeline, receiver, callbacks, 
     events.activate(1, 1, "after-b")
     assert proc.flush_events() is True
     assert received(receiver) == Counter([u("after-a"), u("after-b")])
+
+
+def test_an_invalid_endpoint_url_fails_at_once_without_retries(pipeline, make_exporter, callbacks):
+    """A request that can never succeed (requests' InvalidURL) is final: no retry loop."""
+    exporter = make_exporter(endpoint="http://127.0.0.1:99999", retry=RetryPolicy(budget=30, initial_backoff=1))
+    events, proc, _ = pipeline(HELD, exporter=exporter)
+    events.activate(1, 1, "bad-url")
+    start = time.monotonic()
+    assert proc.flush_events() is False
+    assert time.monotonic() - start < 1.0
+    assert isinstance(callbacks.failed[0][0], NetworkError)
+
+
+def test_sdk_key_that_cannot_be_a_header_is_refused_at_construction():
+    for key in (" key", "key\n", "a\tb", "key "):
+        with pytest.raises(ValueError, match="sdk_key"):
+            VWOExporter(ACCOUNT_ID, key, endpoint="http://127.0.0.1:9")
 
 
 def test_connection_refused_is_retried_then_reported(pipeline, make_exporter, callbacks):

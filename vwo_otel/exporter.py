@@ -61,6 +61,7 @@ class _Session(requests.Session):
     def __init__(self) -> None:
         super().__init__()
         self._env: dict[tuple[Any, ...], tuple[float, Any]] = {}
+        self._prepared: dict[tuple[Any, ...], requests.PreparedRequest] = {}  # POST url+headers -> template
         for prefix in ("https://", "http://"):  # a connection per request in flight (up to 64), kept alive
             self.mount(prefix, HTTPAdapter(pool_maxsize=64))
 
@@ -77,6 +78,27 @@ class _Session(requests.Session):
         settings = dict(hit[1])
         settings["proxies"] = dict(settings["proxies"])
         return settings
+
+    def post(self, url: Any, data: Any = None, json: Any = None, **kwargs: Any) -> requests.Response:
+        """POST ``data`` (bytes) to ``url`` with ``headers`` from a request prepared once per
+        URL and headers: skips re-preparing the same URL, headers and session settings for
+        every batch (about a third of requests' client-side cost); the body, the proxies /
+        CA settings of ``merge_environment_settings`` and the pooled connections are as usual.
+        Anything but plain bytes, headers and a timeout takes requests' own path."""
+        headers, timeout = kwargs.pop("headers", None), kwargs.pop("timeout", None)
+        if json is not None or kwargs or not isinstance(data, bytes) or not isinstance(headers, dict):
+            return super().post(url, data=data, json=json, headers=headers, timeout=timeout, **kwargs)
+        key = (url, tuple(headers.items()))
+        template = self._prepared.get(key)
+        if template is None:
+            template = self._prepared[key] = self.prepare_request(requests.Request("POST", url, headers=headers))
+        request = template.copy()
+        request.prepare_body(data, None)
+        env = self.merge_environment_settings(url, {}, None, None, None)
+        response = self.get_adapter(url).send(request, timeout=timeout, verify=env["verify"], cert=env["cert"],
+                                              proxies=env["proxies"], stream=False)
+        response.content  # read it all: the connection goes back to the pool  # noqa: B018
+        return response
 
 
 def _quiet_context() -> otel_context.Context:
@@ -105,8 +127,9 @@ class VWOExporter(SpanExporter, LogRecordExporter):
             account_id = int(account_id)
         if isinstance(account_id, bool) or not isinstance(account_id, int) or account_id <= 0:
             raise ValueError(f"account_id must be a positive int (VWO account id), got {account_id!r}")
-        if not isinstance(sdk_key, str) or not sdk_key:
-            raise ValueError("sdk_key must be a non-empty str")
+        if not isinstance(sdk_key, str) or not sdk_key or not sdk_key.isprintable() or sdk_key != sdk_key.strip():
+            raise ValueError("sdk_key must be a non-empty str of printable characters without surrounding spaces "
+                             "(it is sent as a header)")
         parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"endpoint must be an http(s) URL such as {DEFAULT_ENDPOINT!r}, got {endpoint!r}")
@@ -257,7 +280,7 @@ class VWOExporter(SpanExporter, LogRecordExporter):
                 response = self._attempt(method, url, body, headers, timeout, events)
             except requests.RequestException as exc:
                 error = NetworkError(f"{type(exc).__name__}: {_redact(str(exc), self._sdk_key)}")
-                retryable = True
+                retryable = not isinstance(exc, ValueError)  # InvalidURL, InvalidHeader...: retrying can't help
             else:
                 status = response.status_code
                 if 200 <= status < 300:
@@ -289,12 +312,13 @@ class VWOExporter(SpanExporter, LogRecordExporter):
                  timeout: float, events: int) -> requests.Response:
         """One HTTP request, reported to ``observer`` (if set) with its size, answer and duration."""
         observer = self.observer
+        send = self._session.post if method == "POST" else self._session.get
         if observer is None:
-            return self._session.request(method, url, data=body, headers=headers, timeout=timeout)
+            return send(url, data=body, headers=headers, timeout=timeout)
         nbytes = len(body) if body is not None else len(urlsplit(url).query)
         started = time.perf_counter()
         try:
-            response = self._session.request(method, url, data=body, headers=headers, timeout=timeout)
+            response = send(url, data=body, headers=headers, timeout=timeout)
         except requests.RequestException as exc:
             observer(method, events, nbytes, None, exc, time.perf_counter() - started)
             raise
