@@ -107,37 +107,31 @@ def _decode_proto(signal: str, body: bytes) -> Decoded:
     except _PB_ERRORS as exc:
         raise DecodeError(f"body is not a protobuf Export{'Trace' if signal == TRACES else 'Logs'}"
                           f"ServiceRequest: {exc}") from None
+    if signal == TRACES:
+        resources, scopes, items = request.resource_spans, "scope_spans", "spans"
+
+        def stamp(item: Any) -> int:
+            return int(item.start_time_unix_nano)
+    else:
+        resources, scopes, items = request.resource_logs, "scope_logs", "log_records"
+
+        def stamp(item: Any) -> int:
+            return int(item.time_unix_nano or item.observed_time_unix_nano)
     groups: list[Group] = []
     n = 0
-    if signal == TRACES:
-        for rs in request.resource_spans:
-            found: list[tuple[dict[str, Any], int]] = []
-            for ss in rs.scope_spans:
-                spans = ss.spans
-                n += len(spans)
-                for span in spans:
-                    attrs = span.attributes
-                    for kv in attrs:
-                        if kv.key == _EVENT_TYPE:
-                            found.append(({kv.key: _pb_value(kv.value) for kv in attrs}, span.start_time_unix_nano))
-                            break
-            if found:
-                groups.append((_pb_find(rs.resource.attributes, ACCOUNT_ID), found))
-    else:
-        for rl in request.resource_logs:
-            found = []
-            for sl in rl.scope_logs:
-                records = sl.log_records
-                n += len(records)
-                for rec in records:
-                    attrs = rec.attributes
-                    for kv in attrs:
-                        if kv.key == _EVENT_TYPE:
-                            found.append(({kv.key: _pb_value(kv.value) for kv in attrs},
-                                          rec.time_unix_nano or rec.observed_time_unix_nano))
-                            break
-            if found:
-                groups.append((_pb_find(rl.resource.attributes, ACCOUNT_ID), found))
+    for resource in resources:
+        found: list[tuple[dict[str, Any], int]] = []
+        for scope in getattr(resource, scopes):
+            records = getattr(scope, items)
+            n += len(records)
+            for rec in records:
+                attrs = rec.attributes
+                for kv in attrs:
+                    if kv.key == _EVENT_TYPE:
+                        found.append(({kv.key: _pb_value(kv.value) for kv in attrs}, stamp(rec)))
+                        break
+        if found:
+            groups.append((_pb_find(resource.resource.attributes, ACCOUNT_ID), found))
     return Decoded(groups, n)
 
 
