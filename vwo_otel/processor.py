@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, TypeVar
+from typing import Any
 
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.sdk._logs import LogRecordProcessor
@@ -20,7 +20,6 @@ from .spool import Spool
 
 logger = logging.getLogger("vwo_otel")
 _EVENT_TYPE = A.EVENT_TYPE
-_P = TypeVar("_P", bound="_VWOProcessor")
 
 
 def _plain(attrs: Any) -> Any:
@@ -121,5 +120,3 @@ class VWOLogRecordProcessor(_VWOProcessor, LogRecordProcessor):
         attrs = _plain(record.attributes)
         if attrs and _EVENT_TYPE in attrs:
             self._take(attrs, record.timestamp or record.observed_timestamp)
-
-    emit = on_emit  # older SDKs call emit()
