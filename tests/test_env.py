@@ -146,6 +146,15 @@ def test_processor_from_env_settings_and_overrides():
         span_processor_from_env(environ={**env, "VWO_MAX_QUEUE_SIZE": "-3"})
 
 
+def test_max_concurrent_requests_from_env():
+    env = {**BASE, "VWO_ENDPOINT": "http://127.0.0.1:9", "VWO_MAX_CONCURRENT_REQUESTS": "2"}
+    p = span_processor_from_env(environ=env)
+    assert p._batcher.max_concurrent_requests == 2
+    p.shutdown()
+    with pytest.raises(ConfigError, match="VWO_MAX_CONCURRENT_REQUESTS must be an int from 1 to 64"):
+        span_processor_from_env(environ={**env, "VWO_MAX_CONCURRENT_REQUESTS": "65"})
+
+
 def test_spool_from_env(tmp_path):
     p = span_processor_from_env(environ={**BASE, "VWO_ENDPOINT": "http://127.0.0.1:9",
                                          "VWO_SPOOL": str(tmp_path / "spool")})
