@@ -4,7 +4,7 @@
     python3 dev.py demo    # the demo against the embedded loopback VWO receiver
     python3 dev.py test    # lint (ruff), types (mypy) + the whole test suite
 
-Needs only Python 3.9+ with pip and venv; everything else is installed into ``.venv``.
+Needs only Python 3.10+ with pip and venv; everything else is installed into ``.venv``.
 """
 
 from __future__ import annotations

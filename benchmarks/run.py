@@ -40,8 +40,9 @@ import sys
 import threading
 import time
 import tracemalloc
+from collections.abc import Callable
 from multiprocessing.connection import Client, Listener
-from typing import Any, Callable
+from typing import Any
 
 ACCOUNT_ID = 12345
 SDK_KEY = "bench-sdk-key-0123456789"
@@ -813,7 +814,7 @@ class Orchestrator:
     def flush_batched(self) -> None:
         if self.batched:
             results = self.run(self.batched)
-            for spec, result in zip(self.batched, results):
+            for spec, result in zip(self.batched, results, strict=False):
                 spec["result"] = result
             self.batched = []
 
@@ -1151,10 +1152,10 @@ def print_table(rows: list[dict], mode: str, elapsed: float) -> None:
           f"{platform.python_version()})")
     print("anchors: 1 stock OTel batch processor + no-op exporter; 2-4a,7 official vwo-python-sdk 1.68.2 "
           "(batch_events, 100/request); 4b stock BSP; 6 stock BSP with a blocked exporter")
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)))
     print(sep)
     for line in lines:
-        print(" | ".join(str(c).ljust(w) for c, w in zip(line, widths)))
+        print(" | ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=False)))
 
 
 if __name__ == "__main__":

@@ -220,7 +220,7 @@ def test_real_time_sends_each_event_with_vwo_get_endpoints(pipeline, receiver):
         "/server-side/push"] * 2
     queries = [{k: v[0] for k, v in parse_qs(r["query"], keep_blank_values=True).items()} for r in reqs]
     users = ["alice", "bob", "alice", "carol", "dave", "dave"]
-    for q, user in zip(queries, users):
+    for q, user in zip(queries, users, strict=False):
         assert q["account_id"] == str(ACCOUNT_ID)
         assert q["env"] == "***"
         assert q["u"] == u(user)

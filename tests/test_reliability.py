@@ -133,8 +133,8 @@ def test_backoff_waits_between_real_attempts(pipeline, receiver, make_exporter, 
     events.activate(1, 1, "paced")
     assert proc.flush_events() is True
     times = [r["received_at"] for r in receiver.requests()]
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    for gap, base in zip(gaps, [0.1, 0.2, 0.25, 0.25]):
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    for gap, base in zip(gaps, [0.1, 0.2, 0.25, 0.25], strict=False):
         assert gap >= 0.8 * base - 0.01, gaps  # never sooner than the (jittered) backoff
 
 
@@ -158,7 +158,7 @@ def test_retry_after_zero_still_backs_off(pipeline, receiver, make_exporter, cal
     events.activate(1, 1, "zero")
     assert proc.flush_events() is True
     times = [r["received_at"] for r in receiver.requests()]
-    assert len(times) == 4 and all(b - a >= 0.07 for a, b in zip(times, times[1:])), times
+    assert len(times) == 4 and all(b - a >= 0.07 for a, b in zip(times, times[1:], strict=False)), times
 
 
 def test_parse_retry_after_forms():

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 #: ``flush_callback(err, events)``: ``err`` is None on success, else a ``VWODeliveryError``.
-FlushCallback = Callable[[Optional[BaseException], list[dict[str, Any]]], Any]
+FlushCallback = Callable[[BaseException | None, list[dict[str, Any]]], Any]
 
 MAX_EVENTS_PER_REQUEST = 5000
 DEFAULT_EVENTS_PER_REQUEST = 100
@@ -52,7 +52,7 @@ class BatchEvents:
             )
 
 
-BatchEventsLike = Union[BatchEvents, Mapping[str, Any], None]
+BatchEventsLike = BatchEvents | Mapping[str, Any] | None
 
 
 def parse_batch_events(value: BatchEventsLike) -> BatchEvents | None:

@@ -7,8 +7,8 @@ import math
 import re
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import quote, quote_plus, urlencode, urlsplit
 
 import requests

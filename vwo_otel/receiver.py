@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from types import TracebackType
-from typing import Any, Optional, TextIO, Union, cast
+from typing import Any, TextIO, cast
 from urllib.parse import parse_qs, urlsplit
 
 from .httpserver import LoopbackHTTPServer, read_body, respond, until_interrupted
@@ -96,9 +96,9 @@ _REQUEST_KEYS = ("id", "received_at", "method", "path", "query", "status", "body
                  "accepted")
 
 # eT, u, sId, e, c, g, r, t, visitor_ua, visitor_ip, raw
-EventRow = tuple[int, str, int, Optional[int], Optional[int], Optional[int], Optional[Union[int, float]],
-                 Optional[str], str, str, str]
-RetryAfter = Union[int, str, None]
+EventRow = tuple[int, str, int, int | None, int | None, int | None, int | float | None,
+                 str | None, str, str, str]
+RetryAfter = int | str | None
 
 
 class _Invalid(Exception):
@@ -510,7 +510,7 @@ class Receiver:
                                     (after,)).fetchall()
         out = []
         for row in rows:
-            d = dict(zip(_REQUEST_KEYS, row))
+            d = dict(zip(_REQUEST_KEYS, row, strict=False))
             d["accepted"] = bool(d["accepted"])
             out.append(d)
         return out

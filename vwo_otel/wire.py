@@ -6,10 +6,10 @@ import json
 import math
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from hashlib import sha1
-from typing import Any, Callable
+from typing import Any
 
 from . import attributes as A
 from ._version import SDK_NAME, __version__
