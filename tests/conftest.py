@@ -57,11 +57,12 @@ def callbacks() -> Callbacks:
 
 @pytest.fixture
 def make_exporter(receiver) -> Callable[..., VWOExporter]:
-    def make(**kwargs: Any) -> VWOExporter:
+    def make(cls: type[VWOExporter] = VWOExporter, **kwargs: Any) -> VWOExporter:
+        """An exporter (or ``cls``, a subclass) for the test receiver, with fast retries."""
         kwargs.setdefault("endpoint", receiver.url)
         kwargs.setdefault("retry", FAST_RETRY)
         kwargs.setdefault("timeout", 5.0)
-        return VWOExporter(ACCOUNT_ID, SDK_KEY, **kwargs)
+        return cls(ACCOUNT_ID, SDK_KEY, **kwargs)
 
     return make
 

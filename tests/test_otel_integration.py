@@ -404,12 +404,9 @@ def test_stock_processor_with_vwo_exporter_creates_no_http_spans(receiver, clean
 
 
 @pytest.fixture
-def recording(receiver):
+def recording(make_exporter):
     def make(**kwargs: Any) -> Recording:
-        kwargs.setdefault("endpoint", receiver.url)
-        kwargs.setdefault("retry", FAST_RETRY)
-        kwargs.setdefault("timeout", 5.0)
-        return Recording(ACCOUNT_ID, SDK_KEY, **kwargs)
+        return make_exporter(Recording, **kwargs)
 
     return make
 
