@@ -104,9 +104,9 @@ def test_plain_reads_bounded_attributes(attrs):
 def test_session_environment_settings_match_requests(monkeypatch):
     import requests
 
-    from vwo_otel import exporter
+    from vwo_otel import transport
 
-    monkeypatch.setattr(exporter._Session, "ENV_TTL", 0.0)
+    monkeypatch.setattr(transport._Session, "ENV_TTL", 0.0)
     url = "https://dev.visualwebsiteoptimizer.com/server-side/batch-events?a=1"
     for env in ({}, {"HTTPS_PROXY": "http://proxy:3128"}, {"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "vwo.com"},
                 {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "dev.visualwebsiteoptimizer.com"},
@@ -116,60 +116,21 @@ def test_session_environment_settings_match_requests(monkeypatch):
             monkeypatch.delenv(name, raising=False)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        ours = exporter._Session().merge_environment_settings(url, {}, None, None, None)
+        ours = transport._Session().merge_environment_settings(url, {}, None, None, None)
         theirs = requests.Session().merge_environment_settings(url, {}, None, None, None)
         assert ours == theirs, env
 
 
 def test_session_environment_is_reread_after_ttl(monkeypatch):
-    from vwo_otel import exporter
+    from vwo_otel import transport
 
     url = "https://dev.visualwebsiteoptimizer.com/x"
     monkeypatch.delenv("https_proxy", raising=False)
     monkeypatch.setenv("HTTPS_PROXY", "http://one:1")
-    session = exporter._Session()
+    session = transport._Session()
     assert session.merge_environment_settings(url, {}, None, None, None)["proxies"]["https"] == "http://one:1"
     monkeypatch.setenv("HTTPS_PROXY", "http://two:2")
     session._env = {k: (0.0, v) for k, (_, v) in session._env.items()}  # as if ENV_TTL had passed
     assert session.merge_environment_settings(url, {}, None, None, None)["proxies"]["https"] == "http://two:2"
     explicit = session.merge_environment_settings(url, {"https": "http://mine:3"}, None, None, None)
     assert explicit["proxies"]["https"] == "http://mine:3"
-
-
-def test_session_post_sends_what_requests_sends():
-    """The exporter's POST (a request prepared once per URL and headers) puts the same
-    request line, headers and body on the wire as requests' own ``Session.post``."""
-    import threading
-    from http.server import BaseHTTPRequestHandler
-
-    import requests
-
-    from vwo_otel.exporter import _Session
-    from vwo_otel.httpserver import LoopbackHTTPServer, respond
-
-    seen: list = []
-
-    class Capture(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append((self.requestline, sorted((k.lower(), v) for k, v in self.headers.items()), body))
-            respond(self, 200, b"{}", "application/json")
-
-        def log_message(self, *args):
-            pass
-
-    server = LoopbackHTTPServer(("127.0.0.1", 0), Capture)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/server-side/batch-events?a=1&env=k"
-        headers = {"Authorization": "k", "User-Agent": "vwo-otel-python", "Content-Type": "application/json"}
-        for session in (requests.Session(), _Session(), _Session()):
-            for body in (b'{"ev":[1]}', b'{"ev":[1,2,3]}'):
-                assert session.post(url, data=body, headers=headers, timeout=5).status_code == 200
-        assert len(seen) == 6
-        assert seen[2:4] == seen[0:2] and seen[4:6] == seen[0:2]
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -53,12 +53,12 @@ def test_queued_events_stay_with_the_parent_and_the_child_delivers_its_own(pipel
     exporter = proc._batcher.exporter
     events.activate(1, 1, "warm-up")
     assert proc.flush_events() is True  # the parent now holds a keep-alive connection
-    parent_session = exporter._session
+    parent_session = exporter._transport
     for i in range(5):
         events.activate(1, 1, f"parent-{i}")  # queued in the parent at fork time
 
     def child() -> int:
-        if proc._batcher._size != 0 or exporter._session is parent_session:
+        if proc._batcher._size != 0 or exporter._transport is parent_session:
             return 3  # inherited the parent's queue or its HTTP session
         for i in range(3):
             events.track(1, 1, 2, f"child-{i}", revenue=1.0)

@@ -15,13 +15,13 @@ import requests
 from opentelemetry import context as otel_context
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from requests.adapters import HTTPAdapter
 
 from . import attributes as A
 from ._version import SDK_NAME, __version__
 from .events import MalformedEvent, VWOEvent, from_attributes
 from .results import HTTPStatusError, NetworkError, Outcome, PayloadTooLarge, VWODeliveryError
 from .retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
+from .transport import Reply, Transport
 from .wire import Encoder, batch_body, cut_by_bytes
 
 logger = logging.getLogger("vwo_otel")
@@ -46,59 +46,8 @@ MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
 #: How long a limit learned from a 413 is kept before the configured cap applies again.
 LEARNED_LIMIT_TTL = 600.0
 _TOO_LARGE = object()
-_inherited: list[requests.Session] = []  # sessions inherited across fork (see after_fork)
+_inherited: list[Transport] = []  # transports inherited across fork (see after_fork)
 _SUPPRESS = [otel_context._SUPPRESS_INSTRUMENTATION_KEY, otel_context._SUPPRESS_HTTP_INSTRUMENTATION_KEY]
-
-
-class _Session(requests.Session):
-    """A ``requests.Session`` that reads the proxy / CA-bundle environment variables at most
-    once every ``ENV_TTL`` seconds per host instead of on every request (requests walks all
-    of ``os.environ`` twice per request: about a fifth of the client-side cost of a
-    100-event batch). Same settings; a changed variable is picked up within ``ENV_TTL``."""
-
-    ENV_TTL = 1.0
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._env: dict[tuple[Any, ...], tuple[float, Any]] = {}
-        self._prepared: dict[tuple[Any, ...], requests.PreparedRequest] = {}  # POST url+headers -> template
-        for prefix in ("https://", "http://"):  # a connection per request in flight (up to 64), kept alive
-            self.mount(prefix, HTTPAdapter(pool_maxsize=64))
-
-    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
-        if not self.trust_env or proxies or not isinstance(url, str):  # explicit settings: requests' own path
-            return super().merge_environment_settings(url, proxies, stream, verify, cert)
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.netloc, stream, verify, cert)
-        now = time.monotonic()
-        hit = self._env.get(key)
-        if hit is None or now >= hit[0]:
-            hit = (now + self.ENV_TTL, super().merge_environment_settings(url, {}, stream, verify, cert))
-            self._env[key] = hit
-        settings = dict(hit[1])
-        settings["proxies"] = dict(settings["proxies"])
-        return settings
-
-    def post(self, url: Any, data: Any = None, json: Any = None, **kwargs: Any) -> requests.Response:
-        """POST ``data`` (bytes) to ``url`` with ``headers`` from a request prepared once per
-        URL and headers: skips re-preparing the same URL, headers and session settings for
-        every batch (about a third of requests' client-side cost); the body, the proxies /
-        CA settings of ``merge_environment_settings`` and the pooled connections are as usual.
-        Anything but plain bytes, headers and a timeout takes requests' own path."""
-        headers, timeout = kwargs.pop("headers", None), kwargs.pop("timeout", None)
-        if json is not None or kwargs or not isinstance(data, bytes) or not isinstance(headers, dict):
-            return super().post(url, data=data, json=json, headers=headers, timeout=timeout, **kwargs)
-        key = (url, tuple(headers.items()))
-        template = self._prepared.get(key)
-        if template is None:
-            template = self._prepared[key] = self.prepare_request(requests.Request("POST", url, headers=headers))
-        request = template.copy()
-        request.prepare_body(data, None)
-        env = self.merge_environment_settings(url, {}, None, None, None)
-        response = self.get_adapter(url).send(request, timeout=timeout, verify=env["verify"], cert=env["cert"],
-                                              proxies=env["proxies"], stream=False)
-        response.content  # read it all: the connection goes back to the pool  # noqa: B018
-        return response
 
 
 def _quiet_context() -> otel_context.Context:
@@ -156,7 +105,7 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         self._cutoff = math.inf  # no retry waits past this monotonic time (set by hurry/shutdown)
         self._wake = threading.Condition()
         self._closed = False
-        self._session = _Session()
+        self._transport = Transport()
         #: ``observer(method, events, nbytes, status, error, seconds)``, called on the delivery
         #: thread after each HTTP request (vwo_otel.metrics sets it); None costs nothing.
         self.observer: Callable[[str, int, int, int | None, BaseException | None, float], None] | None = None
@@ -225,11 +174,11 @@ class VWOExporter(SpanExporter, LogRecordExporter):
             return False
 
     def after_fork(self) -> None:
-        """In a forked child: use a fresh HTTP session (never share the parent's sockets).
-        The parent's session is kept referenced, never closed or garbage-collected here, so
+        """In a forked child: use a fresh HTTP transport (never share the parent's sockets).
+        The parent's one is kept referenced, never closed or garbage-collected here, so
         the child cannot disturb the connections the parent still uses."""
-        _inherited.append(self._session)
-        self._session = _Session()
+        _inherited.append(self._transport)
+        self._transport = Transport()
         self._wake = threading.Condition()
         self._cutoff = math.inf
 
@@ -309,16 +258,16 @@ class VWOExporter(SpanExporter, LogRecordExporter):
             attempt += 1
 
     def _attempt(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
-                 timeout: float, events: int) -> requests.Response:
+                 timeout: float, events: int) -> Reply:
         """One HTTP request, reported to ``observer`` (if set) with its size, answer and duration."""
         observer = self.observer
-        send = self._session.post if method == "POST" else self._session.get
+        send = self._transport.request
         if observer is None:
-            return send(url, data=body, headers=headers, timeout=timeout)
+            return send(method, url, body, headers, timeout)
         nbytes = len(body) if body is not None else len(urlsplit(url).query)
         started = time.perf_counter()
         try:
-            response = send(url, data=body, headers=headers, timeout=timeout)
+            response = send(method, url, body, headers, timeout)
         except requests.RequestException as exc:
             observer(method, events, nbytes, None, exc, time.perf_counter() - started)
             raise
@@ -352,7 +301,7 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         """Stop retrying at once and close the HTTP session; idempotent."""
         self._closed = True
         self.hurry(time.monotonic())
-        self._session.close()
+        self._transport.close()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Nothing is buffered in the exporter itself."""

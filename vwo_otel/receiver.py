@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS requests (
     body_bytes INTEGER NOT NULL,
     n_events INTEGER NOT NULL,
     error TEXT,
-    accepted INTEGER NOT NULL DEFAULT 0
+    accepted INTEGER NOT NULL DEFAULT 0,
+    body BLOB
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -81,23 +82,26 @@ CREATE TABLE IF NOT EXISTS events (
     t TEXT,
     visitor_ua TEXT NOT NULL,
     visitor_ip TEXT NOT NULL,
-    raw TEXT NOT NULL
+    raw TEXT,
+    idx INTEGER
 );
 """
 _INSERT_REQUEST = (
-    "INSERT INTO requests (received_at, method, path, query, status, body_bytes, n_events, error, accepted)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO requests (received_at, method, path, query, status, body_bytes, n_events, error, accepted, body)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_EVENT = (
-    "INSERT INTO events (request_id, eT, u, sId, e, c, g, r, t, visitor_ua, visitor_ip, raw)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (request_id, eT, u, sId, e, c, g, r, t, visitor_ua, visitor_ip, raw, idx)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _REQUEST_KEYS = ("id", "received_at", "method", "path", "query", "status", "body_bytes", "n_events", "error",
                  "accepted")
 
-# eT, u, sId, e, c, g, r, t, visitor_ua, visitor_ip, raw
+# eT, u, sId, e, c, g, r, t, visitor_ua, visitor_ip, raw, idx: a batch event keeps raw NULL and
+# its index in the request's "ev" list (raw is re-encoded from the stored body when read: cheaper
+# to receive); a real-time event has raw and no idx
 EventRow = tuple[int, str, int, int | None, int | None, int | None, int | float | None,
-                 str | None, str, str, str]
+                 str | None, str, str, str | None, int | None]
 RetryAfter = int | str | None
 
 
@@ -140,6 +144,7 @@ class _Outcome:
     n_events: int
     error: str | None
     headers: tuple[tuple[str, str], ...] = ()
+    stored_body: bytes | None = None  # kept with the request: the raw text of its events
 
 
 def _reason(status: int) -> str:
@@ -200,8 +205,8 @@ def _check_tags(text: str, what: str) -> None:
         raise _Invalid(f"{what}: the custom dimension value must be a string")
 
 
-def _event_row(ev: Any) -> EventRow:
-    """Validate one batch event and return its database row (raw = compact JSON of the event)."""
+def _event_row(ev: Any, idx: int) -> EventRow:
+    """Validate the batch event at ``idx`` of its request and return its database row."""
     if type(ev) is not dict:
         raise _Invalid("event must be a JSON object")
     et = ev.get("eT")
@@ -240,7 +245,7 @@ def _event_row(ev: Any) -> EventRow:
                 r = ev["r"]
                 if not _is_number(r):
                     raise _Invalid("r must be a number when present")
-    return cast(EventRow, (et, u, sid, e, c, g, r, t, ua, ip, _encode(ev)))
+    return cast(EventRow, (et, u, sid, e, c, g, r, t, ua, ip, None, idx))
 
 
 def _row_event(row: Sequence[Any]) -> dict[str, Any]:
@@ -487,13 +492,16 @@ class Receiver:
         """Accepted events in arrival order, wire-shaped; with_raw adds "raw" JSON text and "request_id"."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT eT, u, sId, e, c, g, r, t, visitor_ua, visitor_ip, raw, request_id FROM events ORDER BY id"
-            ).fetchall()
+                "SELECT eT, u, sId, e, c, g, r, t, visitor_ua, visitor_ip, raw, request_id, idx FROM events"
+                " ORDER BY id").fetchall()
+            bodies = self._db.execute("SELECT id, body FROM requests WHERE body IS NOT NULL").fetchall() \
+                if with_raw else []
+        batches = {rid: json.loads(body)["ev"] for rid, body in bodies}
         out = []
         for row in rows:
             ev = _row_event(row)
             if with_raw:
-                ev["raw"] = row[10]
+                ev["raw"] = row[10] if row[10] is not None else _encode(batches[row[11]][row[12]])
                 ev["request_id"] = row[11]
             out.append(ev)
         return out
@@ -714,7 +722,8 @@ class Receiver:
         if accepted and fault is not None and fault.kind == "accept_fail":
             status, reply, ctype = fault.status, fault.body, _TEXT
             error = f"injected failure after accepting {len(out.rows)} events"
-        self._store(received_at, method, path, query, status, nbytes, out.n_events, error, accepted, out.rows)
+        self._store(received_at, method, path, query, status, nbytes, out.n_events, error, accepted, out.rows,
+                    out.stored_body)
         respond(h, status, reply, ctype, out.headers)
 
     def _process(self, h: _Handler, method: str, path: str, query: str, body: bytes | None,
@@ -783,12 +792,12 @@ class Receiver:
         rows = []
         for i, ev in enumerate(evs):
             try:
-                rows.append(_event_row(ev))
+                rows.append(_event_row(ev, i))
             except _Invalid as exc:
                 return _Outcome(400, f"ev[{i}]: {exc.message}".encode(), _TEXT, [], len(evs),
                                 f"ev[{i}]: {exc.message}")
         reply = b'{"status":"ok","events":%d}' % len(rows)
-        return _Outcome(200, reply, _JSON, rows, len(rows), None)
+        return _Outcome(200, reply, _JSON, rows, len(rows), None, stored_body=body)
 
     def _realtime(self, h: _Handler, kind: str, params: dict[str, str]) -> EventRow:
         """Validate a real-time GET and normalise it to a batch-shaped event row."""
@@ -829,7 +838,7 @@ class Receiver:
         ev["visitor_ua"] = ua
         ev["visitor_ip"] = ip
         return (ev["eT"], u, sid, ev.get("e"), ev.get("c"), ev.get("g"), ev.get("r"), ev.get("t"), ua, ip,
-                _encode(ev))
+                _encode(ev), None)
 
     def _protocol_error(self, h: _Handler, code: int, text: str) -> None:
         """Record and answer an error raised by http.server's own request parsing."""
@@ -842,7 +851,8 @@ class Receiver:
             logger.debug("could not send %d", code, exc_info=True)
 
     def _store(self, received_at: float, method: str, path: str, query: str, status: int, nbytes: int,
-               n_events: int, error: str | None, accepted: bool, rows: list[EventRow]) -> None:
+               n_events: int, error: str | None, accepted: bool, rows: list[EventRow],
+               body: bytes | None = None) -> None:
         """Record the request, and its events if accepted, in one transaction; wake waiters."""
         safe_query = _ENV_IN_QUERY.sub(r"\1\2***", query) if "env=" in query else query
         if method == "GET" and not nbytes:
@@ -850,7 +860,8 @@ class Receiver:
         with self._lock:
             try:
                 cur = self._db.execute(_INSERT_REQUEST, (received_at, method, path, safe_query, status, nbytes,
-                                                         n_events, error, 1 if accepted else 0))
+                                                         n_events, error, 1 if accepted else 0,
+                                                         body if accepted and rows else None))
                 if accepted and rows:
                     rid = cur.lastrowid
                     self._db.executemany(_INSERT_EVENT, [(rid, *row) for row in rows])

@@ -1,0 +1,211 @@
+"""The exporter's HTTP transport: direct keep-alive connections (plain and TLS), requests when a
+proxy applies, and failures as requests exceptions (what the exporter's retry loop expects)."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from conftest import ACCOUNT_ID, SDK_KEY
+
+from vwo_otel import VWOExporter
+from vwo_otel.events import VWOEvent
+from vwo_otel.httpserver import LoopbackHTTPServer, respond
+from vwo_otel.transport import Transport
+
+PROXY_VARS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy",
+              "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+class _Server(LoopbackHTTPServer):
+    """Records each request (request line, headers, body, client port); ``closed`` is set each
+    time the server has closed a connection."""
+
+    def __init__(self, close_after_reply: bool = False, tls: ssl.SSLContext | None = None) -> None:
+        self.seen: list[tuple[str, dict[str, str], bytes, int]] = []
+        self.close_after_reply = close_after_reply
+        self.closed = threading.Semaphore(0)
+        super().__init__(("127.0.0.1", 0), _Handler)
+        if tls is not None:
+            self.socket = tls.wrap_socket(self.socket, server_side=True)
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
+        self.closed.release()
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.server_port}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def _serve(self) -> None:
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n)
+        self.server.seen.append((self.requestline, {k.lower(): v for k, v in self.headers.items()}, body,
+                                 self.client_address[1]))
+        respond(self, 200, b'{"status":"ok"}', "application/json")
+        if self.server.close_after_reply:
+            self.close_connection = True  # closed without announcing it: the client finds out on reuse
+
+    do_GET = do_POST = _serve
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[_Server]:
+    s = _Server()
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+    yield s
+    s.shutdown()
+    s.server_close()
+
+
+def test_direct_post_is_one_keep_alive_connection(server: _Server) -> None:
+    t = Transport()
+    url = f"http://{server.url}/server-side/batch-events?a=1&env=k"
+    headers = {"Authorization": "k", "User-Agent": "vwo-otel-python", "Content-Type": "application/json"}
+    for body in (b'{"ev":[1]}', b'{"ev":[1,2,3]}', b'{"ev":[4]}'):
+        reply = t.request("POST", url, body, headers, 5)
+        assert (reply.status_code, reply.text, reply.headers.get("content-type")) == \
+            (200, '{"status":"ok"}', "application/json")
+    lines = [s[0] for s in server.seen]
+    assert lines == ["POST /server-side/batch-events?a=1&env=k HTTP/1.1"] * 3
+    first = server.seen[0][1]
+    assert {k: first[k] for k in ("host", "authorization", "user-agent", "content-type", "content-length")} == {
+        "host": server.url, "authorization": "k", "user-agent": "vwo-otel-python",
+        "content-type": "application/json", "content-length": "10"}
+    assert [s[2] for s in server.seen] == [b'{"ev":[1]}', b'{"ev":[1,2,3]}', b'{"ev":[4]}']
+    assert len({s[3] for s in server.seen}) == 1  # one connection, kept alive
+    t.close()
+
+
+def test_a_connection_the_server_closed_is_not_reused() -> None:
+    s = _Server(close_after_reply=True)
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+    try:
+        t = Transport()
+        for i in range(3):
+            assert t.request("GET", f"http://{s.url}/x?i={i}", None, {}, 5).status_code == 200
+            assert s.closed.acquire(timeout=5)  # the server has closed that connection
+        assert len({x[3] for x in s.seen}) == 3  # each request found the idle one closed and reconnected
+    finally:
+        s.shutdown()
+        s.server_close()
+
+
+def test_failures_are_requests_exceptions() -> None:
+    t = Transport()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once closed
+    with pytest.raises(requests.ConnectionError):
+        t.request("POST", f"http://127.0.0.1:{port}/x", b"{}", {}, 2)
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (backlog) but never answers
+    try:
+        with pytest.raises(requests.Timeout):
+            t.request("POST", f"http://127.0.0.1:{silent.getsockname()[1]}/x", b"{}", {}, 0.2)
+    finally:
+        silent.close()
+    with pytest.raises(requests.exceptions.InvalidURL):
+        t.request("GET", "http://127.0.0.1:99999/x", None, {}, 1)
+
+
+@pytest.fixture
+def tls_server(tmp_path) -> Iterator[tuple[_Server, str]]:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    s = _Server(tls=ctx)
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+    yield s, str(ca_file)
+    s.shutdown()
+    s.server_close()
+
+
+def test_https_is_verified_against_the_ca_bundle_requests_would_use(tls_server, monkeypatch) -> None:
+    server, ca_file = tls_server
+    url = f"https://{server.url}/server-side/batch-events"
+    with pytest.raises(requests.exceptions.SSLError):  # requests' default bundle does not know this CA
+        Transport().request("POST", url, b"{}", {}, 5)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca_file)
+    t = Transport()
+    for _ in range(2):
+        assert t.request("POST", url, b'{"ev":[]}', {"Content-Type": "application/json"}, 5).status_code == 200
+    assert [x[2] for x in server.seen] == [b'{"ev":[]}'] * 2
+    assert len({x[3] for x in server.seen}) == 1
+    t.close()
+
+
+class _Proxy(LoopbackHTTPServer):
+    """A forward HTTP proxy on loopback: relays absolute-URI requests and records their lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Proxy
+
+    def _relay(self) -> None:
+        self.server.lines.append(self.requestline)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        target = urlsplit(self.path)
+        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "connection")}
+        conn.request(self.command, f"{target.path}?{target.query}", body=body or None, headers=headers)
+        answer = conn.getresponse()
+        data = answer.read()
+        conn.close()
+        respond(self, answer.status, data, answer.headers.get("Content-Type", "text/plain"))
+
+    do_GET = do_POST = _relay
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_proxy_from_the_environment_is_used(receiver, monkeypatch) -> None:
+    proxy = _Proxy()
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
+        exporter = VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=receiver.url)
+        events = [VWOEvent(1, f"user-{i}", 1_700_000_000_000, 5, 2) for i in range(3)]
+        assert [o.ok for o in exporter.send_batch(events)] == [True]
+        assert exporter.send_event(VWOEvent(2, "user-0", 1_700_000_000_000, 5, 2, 7)).ok
+        assert receiver.event_count() == 4
+        assert [line.split(" ", 1)[0] for line in proxy.lines] == ["POST", "GET"]
+        assert all(line.split(" ")[1].startswith(receiver.url + "/server-side/") for line in proxy.lines)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        exporter = VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=receiver.url)  # env read afresh
+        assert exporter.send_batch(events)[0].ok
+        assert len(proxy.lines) == 2 and receiver.event_count() == 7  # straight to the receiver
+        exporter.shutdown()
+    finally:
+        proxy.shutdown()
+        proxy.server_close()

@@ -1,0 +1,206 @@
+"""HTTP for the exporter: pooled keep-alive connections straight to VWO; requests when a proxy applies."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import select
+import socket
+import ssl
+import threading
+import time
+from typing import Any, NamedTuple, Protocol
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests.utils import DEFAULT_CA_BUNDLE_PATH, extract_zipped_paths, select_proxy
+
+#: Idle connections kept per host (more than the delivery threads ever use at once).
+MAX_IDLE = 64
+
+
+class Headers(Protocol):
+    """Response headers: ``get`` is case-insensitive."""
+
+    def get(self, name: str, /) -> str | None: ...
+
+
+class Reply(NamedTuple):
+    """What the exporter needs of an HTTP answer."""
+
+    status_code: int
+    text: str
+    headers: Headers
+
+
+class _Session(requests.Session):
+    """A ``requests.Session`` that reads the proxy / CA-bundle environment variables at most
+    once every ``ENV_TTL`` seconds per host instead of on every request (requests walks all
+    of ``os.environ`` twice per call). Same settings; a changed variable is picked up within
+    ``ENV_TTL``."""
+
+    ENV_TTL = 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._env: dict[tuple[Any, ...], tuple[float, Any]] = {}
+        for prefix in ("https://", "http://"):  # a connection per request in flight (up to 64), kept alive
+            self.mount(prefix, HTTPAdapter(pool_maxsize=MAX_IDLE))
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        if not self.trust_env or proxies or not isinstance(url, str):  # explicit settings: requests' own path
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc, stream, verify, cert)
+        now = time.monotonic()
+        hit = self._env.get(key)
+        if hit is None or now >= hit[0]:
+            hit = (now + self.ENV_TTL, super().merge_environment_settings(url, {}, stream, verify, cert))
+            self._env[key] = hit
+        settings = dict(hit[1])
+        settings["proxies"] = dict(settings["proxies"])
+        return settings
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle stall on the body
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _dropped(conn: http.client.HTTPConnection) -> bool:
+    """True if an idle keep-alive connection was closed by the server (or has stray data):
+    it must not carry a request (the check urllib3 makes before reusing a connection)."""
+    sock = conn.sock
+    if sock is None:
+        return True
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+class Transport:
+    """Sends one request and returns its ``Reply``; failures raise ``requests.RequestException``.
+
+    When no proxy applies to the URL and no client certificate is set (read from the
+    environment as requests reads it), the request goes over a pooled keep-alive
+    ``http.client`` connection, verified against requests' CA bundle (or
+    ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``): about a third of requests' CPU per batch,
+    which the app's threads share. Anything else goes through requests itself.
+    """
+
+    def __init__(self) -> None:
+        self.session = _Session()
+        self._idle: dict[tuple[Any, ...], list[http.client.HTTPConnection]] = {}
+        self._contexts: dict[Any, ssl.SSLContext] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def request(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
+                timeout: float) -> Reply:
+        env = self.session.merge_environment_settings(url, {}, None, None, None)
+        if env["cert"] is None and select_proxy(url, env["proxies"]) is None:
+            return self._direct(method, url, body, headers, timeout, env["verify"])
+        response = self.session.request(method, url, data=body, headers=headers, timeout=timeout,
+                                        allow_redirects=False)
+        return Reply(response.status_code, response.text, response.headers)
+
+    def close(self) -> None:
+        """Close the idle connections; those in use close when their request ends."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+        self.session.close()
+
+    # -- the direct path -------------------------------------------------------------
+    def _direct(self, method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float,
+                verify: Any) -> Reply:
+        parts = urlsplit(url)
+        https = parts.scheme == "https"
+        try:
+            port = parts.port or (443 if https else 80)
+        except ValueError as exc:
+            raise requests.exceptions.InvalidURL(str(exc)) from None
+        host = parts.hostname or ""
+        key = (https, host, port, verify if https else None)
+        target = f"{parts.path or '/'}?{parts.query}" if parts.query else (parts.path or "/")
+        conn = self._checkout(key)
+        try:
+            if conn is None:
+                conn = (_HTTPSConnection(host, port, timeout=timeout, context=self._context(verify)) if https
+                        else _HTTPConnection(host, port, timeout=timeout))
+            else:
+                conn.timeout = timeout
+                if conn.sock is not None:
+                    conn.sock.settimeout(timeout)
+            conn.request(method, target, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, (TimeoutError, socket.timeout)):
+                raise requests.exceptions.Timeout(f"{type(exc).__name__}: {exc}") from None
+            if isinstance(exc, ssl.SSLError):
+                raise requests.exceptions.SSLError(f"{type(exc).__name__}: {exc}") from None
+            if isinstance(exc, (OSError, http.client.HTTPException)):
+                raise requests.exceptions.ConnectionError(f"{type(exc).__name__}: {exc}") from None
+            if isinstance(exc, ValueError):  # e.g. a header value http.client refuses: no retry can help
+                raise requests.exceptions.InvalidHeader(str(exc)) from None
+            raise
+        if response.will_close:
+            conn.close()
+        else:
+            self._checkin(key, conn)
+        return Reply(response.status, data.decode("utf-8", "replace"), response.headers)
+
+    def _checkout(self, key: tuple[Any, ...]) -> http.client.HTTPConnection | None:
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                conn = idle.pop() if idle else None
+            if conn is None or not _dropped(conn):
+                return conn
+            conn.close()
+
+    def _checkin(self, key: tuple[Any, ...], conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if not self._closed and len(idle) < MAX_IDLE:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def _context(self, verify: Any) -> ssl.SSLContext:
+        """The TLS settings requests would use for ``verify`` (True: its CA bundle; a path:
+        that file or directory; False: no verification)."""
+        context = self._contexts.get(verify)
+        if context is None:
+            if verify is False:
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            elif verify is True:
+                bundle = extract_zipped_paths(DEFAULT_CA_BUNDLE_PATH)  # type: ignore[no-untyped-call]
+                context = ssl.create_default_context(cafile=bundle)
+            elif isinstance(verify, str) and not os.path.isfile(verify):
+                context = ssl.create_default_context(capath=verify)
+            else:
+                context = ssl.create_default_context(cafile=verify)
+            self._contexts[verify] = context
+        return context
