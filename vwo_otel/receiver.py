@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from types import TracebackType
-from typing import Any, TextIO, cast
+from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
 from .httpserver import LoopbackHTTPServer, read_body, respond, until_interrupted
@@ -67,41 +67,16 @@ CREATE TABLE IF NOT EXISTS requests (
     n_events INTEGER NOT NULL,
     error TEXT,
     accepted INTEGER NOT NULL DEFAULT 0,
-    body BLOB
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
-    request_id INTEGER NOT NULL,
-    eT INTEGER NOT NULL,
-    u TEXT NOT NULL,
-    sId INTEGER NOT NULL,
-    e INTEGER,
-    c INTEGER,
-    g INTEGER,
-    r,
-    t TEXT,
-    visitor_ua TEXT NOT NULL,
-    visitor_ip TEXT NOT NULL,
-    raw TEXT,
-    idx INTEGER
+    events BLOB
 );
 """
 _INSERT_REQUEST = (
-    "INSERT INTO requests (received_at, method, path, query, status, body_bytes, n_events, error, accepted, body)"
+    "INSERT INTO requests (received_at, method, path, query, status, body_bytes, n_events, error, accepted, events)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_EVENT = (
-    "INSERT INTO events (request_id, eT, u, sId, e, c, g, r, t, visitor_ua, visitor_ip, raw, idx)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _REQUEST_KEYS = ("id", "received_at", "method", "path", "query", "status", "body_bytes", "n_events", "error",
                  "accepted")
 
-# eT, u, sId, e, c, g, r, t, visitor_ua, visitor_ip, raw, idx: a batch event keeps raw NULL and
-# its index in the request's "ev" list (raw is re-encoded from the stored body when read: cheaper
-# to receive); a real-time event has raw and no idx
-EventRow = tuple[int, str, int, int | None, int | None, int | None, int | float | None,
-                 str | None, str, str, str | None, int | None]
 RetryAfter = int | str | None
 
 
@@ -140,11 +115,12 @@ class _Outcome:
     status: int
     body: bytes
     content_type: str
-    rows: list[EventRow]
     n_events: int
     error: str | None
     headers: tuple[tuple[str, str], ...] = ()
-    stored_body: bytes | None = None  # kept with the request: the raw text of its events
+    #: The accepted events, stored with the request as ``{"ev": [...]}`` JSON: a batch's body as
+    #: received (no per-event work), a real-time event normalised to the batch shape.
+    events: bytes | None = None
 
 
 def _reason(status: int) -> str:
@@ -205,8 +181,20 @@ def _check_tags(text: str, what: str) -> None:
         raise _Invalid(f"{what}: the custom dimension value must be a string")
 
 
-def _event_row(ev: Any, idx: int) -> EventRow:
-    """Validate the batch event at ``idx`` of its request and return its database row."""
+def _check_event(ev: Any) -> None:
+    """Validate one batch event (raises ``_Invalid`` naming the first bad field)."""
+    if type(ev) is dict:  # impressions and conversions as our exporter sends them, checked inline
+        et, u, sid, e, c = ev.get("eT"), ev.get("u"), ev.get("sId"), ev.get("e"), ev.get("c")
+        if (type(et) is int and (et == 1 or et == 2) and type(u) is str and _U_MATCH(u)
+                and type(sid) is int and _INT64_MIN <= sid <= _INT64_MAX
+                and type(ev.get("visitor_ua")) is str and type(ev.get("visitor_ip")) is str
+                and type(e) is int and _INT64_MIN <= e <= _INT64_MAX
+                and type(c) is int and _INT64_MIN <= c <= _INT64_MAX):
+            if et == 1:
+                return
+            g = ev.get("g")
+            if type(g) is int and _INT64_MIN <= g <= _INT64_MAX and "r" not in ev:
+                return
     if type(ev) is not dict:
         raise _Invalid("event must be a JSON object")
     et = ev.get("eT")
@@ -215,56 +203,45 @@ def _event_row(ev: Any, idx: int) -> EventRow:
     u = ev.get("u")
     if type(u) is not str or not _U_MATCH(u):
         raise _Invalid("u must be 32 uppercase hex characters")
-    sid = ev.get("sId")
-    if not _is_int(sid):
+    if not _is_int(ev.get("sId")):
         raise _Invalid("sId must be an integer")
-    ua = ev.get("visitor_ua")
-    if type(ua) is not str:
+    if type(ev.get("visitor_ua")) is not str:
         raise _Invalid("visitor_ua must be a string")
-    ip = ev.get("visitor_ip")
-    if type(ip) is not str:
+    if type(ev.get("visitor_ip")) is not str:
         raise _Invalid("visitor_ip must be a string")
-    e = c = g = r = t = None
     if et == 3:
         t = ev.get("t")
         if type(t) is not str:
             raise _Invalid("t must be a JSON string")
         _check_tags(t, "t")
+        return
+    if not _is_int(ev.get("e")):
+        raise _Invalid("e must be an integer")
+    if not _is_int(ev.get("c")):
+        raise _Invalid("c must be an integer")
+    if et == 2:
+        if not _is_int(ev.get("g")):
+            raise _Invalid("g must be an integer")
+        if "r" in ev and not _is_number(ev["r"]):
+            raise _Invalid("r must be a number when present")
+
+
+def _wire_event(ev: dict[str, Any]) -> dict[str, Any]:
+    """A stored (valid) event with the fields of its type, in a fixed order: eT, u, sId, then
+    e, c (types 1, 2), g and r if sent (type 2), t (type 3), visitor_ua, visitor_ip."""
+    et = ev["eT"]
+    out: dict[str, Any] = {"eT": et, "u": ev["u"], "sId": ev["sId"]}
+    if et == 3:
+        out["t"] = ev["t"]
     else:
-        e = ev.get("e")
-        if not _is_int(e):
-            raise _Invalid("e must be an integer")
-        c = ev.get("c")
-        if not _is_int(c):
-            raise _Invalid("c must be an integer")
+        out["e"], out["c"] = ev["e"], ev["c"]
         if et == 2:
-            g = ev.get("g")
-            if not _is_int(g):
-                raise _Invalid("g must be an integer")
+            out["g"] = ev["g"]
             if "r" in ev:
-                r = ev["r"]
-                if not _is_number(r):
-                    raise _Invalid("r must be a number when present")
-    return cast(EventRow, (et, u, sid, e, c, g, r, t, ua, ip, None, idx))
-
-
-def _row_event(row: Sequence[Any]) -> dict[str, Any]:
-    """A stored event as a wire-shaped dict (optional keys that are NULL are left out)."""
-    et, u, sid, e, c, g, r, t, ua, ip = row[:10]
-    ev: dict[str, Any] = {"eT": et, "u": u, "sId": sid}
-    if e is not None:
-        ev["e"] = e
-    if c is not None:
-        ev["c"] = c
-    if g is not None:
-        ev["g"] = g
-    if r is not None:
-        ev["r"] = r
-    if t is not None:
-        ev["t"] = t
-    ev["visitor_ua"] = ua
-    ev["visitor_ip"] = ip
-    return ev
+                out["r"] = ev["r"]
+    out["visitor_ua"] = ev["visitor_ua"]
+    out["visitor_ip"] = ev["visitor_ip"]
+    return out
 
 
 def _query_params(query: str) -> dict[str, str]:
@@ -395,7 +372,8 @@ class Receiver:
         self._db.commit()
         self._lock = threading.Lock()
         self._inserted = threading.Condition(self._lock)
-        self._n_events: int = self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        self._n_events: int = self._db.execute(
+            "SELECT COALESCE(SUM(n_events), 0) FROM requests WHERE accepted AND events IS NOT NULL").fetchone()[0]
 
         self._fault_lock = threading.Lock()
         self._faults: deque[_Fault] = deque()
@@ -491,19 +469,16 @@ class Receiver:
     def events(self, *, with_raw: bool = False) -> list[dict[str, Any]]:
         """Accepted events in arrival order, wire-shaped; with_raw adds "raw" JSON text and "request_id"."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT eT, u, sId, e, c, g, r, t, visitor_ua, visitor_ip, raw, request_id, idx FROM events"
-                " ORDER BY id").fetchall()
-            bodies = self._db.execute("SELECT id, body FROM requests WHERE body IS NOT NULL").fetchall() \
-                if with_raw else []
-        batches = {rid: json.loads(body)["ev"] for rid, body in bodies}
+            stored = self._db.execute("SELECT id, events FROM requests WHERE accepted AND events IS NOT NULL"
+                                      " ORDER BY id").fetchall()
         out = []
-        for row in rows:
-            ev = _row_event(row)
-            if with_raw:
-                ev["raw"] = row[10] if row[10] is not None else _encode(batches[row[11]][row[12]])
-                ev["request_id"] = row[11]
-            out.append(ev)
+        for rid, body in stored:
+            for ev in json.loads(body)["ev"]:
+                d = _wire_event(ev)
+                if with_raw:
+                    d["raw"] = _encode(ev)
+                    d["request_id"] = rid
+                out.append(d)
         return out
 
     def requests(self, *, after: int = 0) -> list[dict[str, Any]]:
@@ -536,7 +511,6 @@ class Receiver:
     def reset(self) -> None:
         """Delete all stored requests and events and clear every fault."""
         with self._lock:
-            self._db.execute("DELETE FROM events")
             self._db.execute("DELETE FROM requests")
             self._db.commit()
             self._n_events = 0
@@ -690,7 +664,7 @@ class Receiver:
         body, nbytes, body_problem = read_body(h, limit, _DRAIN_LIMIT)
         if body_problem == "incomplete":
             self._store(received_at, method, path, query, 0, nbytes, 0, "client closed before the body ended",
-                        False, [])
+                        False)
             h.close_connection = True
             return
 
@@ -698,12 +672,12 @@ class Receiver:
             release.wait(stall_seconds)
             if h.server.stopping or _client_gone(h.connection):
                 self._store(received_at, method, path, query, 0, nbytes, 0,
-                            "client went away during an injected stall", False, [])
+                            "client went away during an injected stall", False)
                 h.close_connection = True
                 return
 
         if fault is not None and fault.kind == "drop":
-            self._store(received_at, method, path, query, 0, nbytes, 0, "injected dropped connection", False, [])
+            self._store(received_at, method, path, query, 0, nbytes, 0, "injected dropped connection", False)
             h.close_connection = True
             try:
                 h.connection.shutdown(socket.SHUT_RDWR)
@@ -712,7 +686,7 @@ class Receiver:
             return
         if fault is not None and fault.kind == "fail":
             headers = (("Retry-After", fault.retry_after),) if fault.retry_after is not None else ()
-            self._store(received_at, method, path, query, fault.status, nbytes, 0, "injected failure", False, [])
+            self._store(received_at, method, path, query, fault.status, nbytes, 0, "injected failure", False)
             respond(h, fault.status, fault.body, _TEXT, headers)
             return
 
@@ -721,9 +695,8 @@ class Receiver:
         status, reply, ctype, error = out.status, out.body, out.content_type, out.error
         if accepted and fault is not None and fault.kind == "accept_fail":
             status, reply, ctype = fault.status, fault.body, _TEXT
-            error = f"injected failure after accepting {len(out.rows)} events"
-        self._store(received_at, method, path, query, status, nbytes, out.n_events, error, accepted, out.rows,
-                    out.stored_body)
+            error = f"injected failure after accepting {out.n_events} events"
+        self._store(received_at, method, path, query, status, nbytes, out.n_events, error, accepted, out.events)
         respond(h, status, reply, ctype, out.headers)
 
     def _process(self, h: _Handler, method: str, path: str, query: str, body: bytes | None,
@@ -731,11 +704,11 @@ class Receiver:
         """Route and validate; never raises for client mistakes (they become 4xx outcomes)."""
         route = _ROUTE.fullmatch(path)
         if route is None:
-            return _Outcome(404, b"Not Found", _TEXT, [], 0, "unknown path")
+            return _Outcome(404, b"Not Found", _TEXT, 0, "unknown path")
         kind = route.group(1)
         allowed = _ALLOWED_METHOD[kind]
         if method != allowed:
-            return _Outcome(405, b"Method Not Allowed", _TEXT, [], 0, f"{method} not allowed",
+            return _Outcome(405, b"Method Not Allowed", _TEXT, 0, f"{method} not allowed",
                             (("Allow", allowed),))
         try:
             if problem == "too-large":
@@ -748,11 +721,12 @@ class Receiver:
             if kind == "batch-events":
                 assert body is not None
                 return self._batch(h, params, body)
-            row = self._realtime(h, kind, params)
-            return _Outcome(200, b'{"status":"ok","events":1}', _JSON, [row], 1, None)
+            ev = self._realtime(h, kind, params)
+            return _Outcome(200, b'{"status":"ok","events":1}', _JSON, 1, None,
+                            events=b'{"ev":[%s]}' % _encode(ev).encode())
         except _Invalid as exc:
             n = 1 if kind != "batch-events" else 0
-            return _Outcome(exc.status, exc.message.encode(), _TEXT, [], n, exc.message)
+            return _Outcome(exc.status, exc.message.encode(), _TEXT, n, exc.message)
 
     def _check_account(self, value: str, name: str) -> None:
         """The account id must be numeric, and equal to the configured one if any (else 401)."""
@@ -767,7 +741,7 @@ class Receiver:
             raise _Invalid(f"query parameter {name} does not match the sdk key", 401)
 
     def _batch(self, h: _Handler, params: dict[str, str], body: bytes) -> _Outcome:
-        """Validate a batch-events POST and turn its events into rows."""
+        """Validate a batch-events POST; its body is what gets stored."""
         self._check_account(_param(params, "a"), "a")
         env = _param(params, "env")
         self._check_key(env, "env")
@@ -789,18 +763,15 @@ class Receiver:
         evs = doc.get("ev") if type(doc) is dict else None
         if type(evs) is not list or not evs:
             raise _Invalid('body must be {"ev": [...]} with at least one event')
-        rows = []
         for i, ev in enumerate(evs):
             try:
-                rows.append(_event_row(ev, i))
+                _check_event(ev)
             except _Invalid as exc:
-                return _Outcome(400, f"ev[{i}]: {exc.message}".encode(), _TEXT, [], len(evs),
-                                f"ev[{i}]: {exc.message}")
-        reply = b'{"status":"ok","events":%d}' % len(rows)
-        return _Outcome(200, reply, _JSON, rows, len(rows), None, stored_body=body)
+                return _Outcome(400, f"ev[{i}]: {exc.message}".encode(), _TEXT, len(evs), f"ev[{i}]: {exc.message}")
+        return _Outcome(200, b'{"status":"ok","events":%d}' % len(evs), _JSON, len(evs), None, events=body)
 
-    def _realtime(self, h: _Handler, kind: str, params: dict[str, str]) -> EventRow:
-        """Validate a real-time GET and normalise it to a batch-shaped event row."""
+    def _realtime(self, h: _Handler, kind: str, params: dict[str, str]) -> dict[str, Any]:
+        """Validate a real-time GET and normalise it to a batch-shaped event."""
         self._check_account(_param(params, "account_id"), "account_id")
         self._check_key(_param(params, "env"), "env")
         u = _param(params, "u")
@@ -837,40 +808,34 @@ class Receiver:
                     ev["r"] = _number_param(params["r"], "r")
         ev["visitor_ua"] = ua
         ev["visitor_ip"] = ip
-        return (ev["eT"], u, sid, ev.get("e"), ev.get("c"), ev.get("g"), ev.get("r"), ev.get("t"), ua, ip,
-                _encode(ev), None)
+        return ev
 
     def _protocol_error(self, h: _Handler, code: int, text: str) -> None:
         """Record and answer an error raised by http.server's own request parsing."""
         raw_path = getattr(h, "path", "") or ""
         split = urlsplit(raw_path)
-        self._store(time.time(), h.command or "", split.path, split.query, code, 0, 0, _redact(text), False, [])
+        self._store(time.time(), h.command or "", split.path, split.query, code, 0, 0, _redact(text), False)
         try:
             respond(h, code, text.encode("utf-8", "replace"), _TEXT)
         except OSError:
             logger.debug("could not send %d", code, exc_info=True)
 
     def _store(self, received_at: float, method: str, path: str, query: str, status: int, nbytes: int,
-               n_events: int, error: str | None, accepted: bool, rows: list[EventRow],
-               body: bytes | None = None) -> None:
-        """Record the request, and its events if accepted, in one transaction; wake waiters."""
+               n_events: int, error: str | None, accepted: bool, events: bytes | None = None) -> None:
+        """Record the request, with its events if accepted, in one transaction; wake waiters."""
         safe_query = _ENV_IN_QUERY.sub(r"\1\2***", query) if "env=" in query else query
         if method == "GET" and not nbytes:
             nbytes = len(query)  # real-time GETs carry their payload in the query string
         with self._lock:
             try:
-                cur = self._db.execute(_INSERT_REQUEST, (received_at, method, path, safe_query, status, nbytes,
-                                                         n_events, error, 1 if accepted else 0,
-                                                         body if accepted and rows else None))
-                if accepted and rows:
-                    rid = cur.lastrowid
-                    self._db.executemany(_INSERT_EVENT, [(rid, *row) for row in rows])
+                self._db.execute(_INSERT_REQUEST, (received_at, method, path, safe_query, status, nbytes, n_events,
+                                                   error, 1 if accepted else 0, events if accepted else None))
                 self._db.commit()
             except sqlite3.ProgrammingError:  # database closed by close() while a request was in flight
                 logger.debug("receiver database closed; request not recorded")
                 return
-            if accepted and rows:
-                self._n_events += len(rows)
+            if accepted and events is not None:
+                self._n_events += n_events
                 self._inserted.notify_all()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s -> %d (%d events%s)", method, path, status, n_events,
