@@ -4,6 +4,7 @@ proxy applies, and failures as requests exceptions (what the exporter's retry lo
 from __future__ import annotations
 
 import http.client
+import logging
 import socket
 import ssl
 import threading
@@ -189,7 +190,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_proxy_from_the_environment_is_used(receiver, monkeypatch) -> None:
+def test_a_proxy_from_the_environment_is_used(receiver, monkeypatch, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
     proxy = _Proxy()
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
@@ -200,6 +202,9 @@ def test_a_proxy_from_the_environment_is_used(receiver, monkeypatch) -> None:
         assert exporter.send_event(VWOEvent(2, "user-0", 1_700_000_000_000, 5, 2, 7)).ok
         assert receiver.event_count() == 4
         assert [line.split(" ", 1)[0] for line in proxy.lines] == ["POST", "GET"]
+        urllib3_lines = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")]
+        assert any("env=***" in line for line in urllib3_lines)  # requests' DEBUG lines, key masked
+        assert not any(SDK_KEY in r.getMessage() for r in caplog.records)
         assert all(line.split(" ")[1].startswith(receiver.url + "/server-side/") for line in proxy.lines)
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
         exporter = VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=receiver.url)  # env read afresh

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,20 +25,6 @@ from .wire import Encoder, batch_body, cut_by_bytes
 
 logger = logging.getLogger("vwo_otel")
 
-
-class _HideKeyInURLs(logging.Filter):
-    """urllib3 logs each request line at DEBUG, and VWO's protocol puts the sdk key in the
-    URL (``env=``): replace it with ``***`` so turning on DEBUG never leaks the key."""
-
-    _ENV = re.compile(r"([?&]env=)[^&\s\"']+")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(isinstance(a, str) and "env=" in a for a in record.args):
-            record.args = tuple(self._ENV.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
-        return True
-
-
-logging.getLogger("urllib3.connectionpool").addFilter(_HideKeyInURLs())
 
 DEFAULT_ENDPOINT = "https://dev.visualwebsiteoptimizer.com"
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024

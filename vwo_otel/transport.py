@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import http.client
+import logging
 import os
+import re
 import select
 import socket
 import ssl
@@ -15,6 +17,22 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 from requests.utils import DEFAULT_CA_BUNDLE_PATH, extract_zipped_paths, select_proxy
+
+
+class _HideKeyInURLs(logging.Filter):
+    """urllib3 logs each request line at DEBUG, and VWO's protocol puts the sdk key in the
+    URL (``env=``): replace it with ``***`` so turning on DEBUG never leaks the key."""
+
+    _ENV = re.compile(r"([?&]env=)[^&\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "env=" in a for a in record.args):
+            record.args = tuple(self._ENV.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_HideKeyInURLs())
+
 
 #: Idle connections kept per host (more than the delivery threads ever use at once).
 MAX_IDLE = 64
