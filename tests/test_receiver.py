@@ -611,6 +611,43 @@ def test_file_db_persists(tmp_path: Path, session: requests.Session) -> None:
     again.close()
 
 
+def test_database_of_the_earlier_layout_is_upgraded(tmp_path: Path) -> None:
+    """A file written when every event was a row of its own opens with its events intact."""
+    db = tmp_path / "old.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.executescript("""
+            CREATE TABLE requests (id INTEGER PRIMARY KEY, received_at REAL NOT NULL, method TEXT NOT NULL,
+                path TEXT NOT NULL, query TEXT NOT NULL, status INTEGER NOT NULL, body_bytes INTEGER NOT NULL,
+                n_events INTEGER NOT NULL, error TEXT, accepted INTEGER NOT NULL DEFAULT 0);
+            CREATE TABLE events (id INTEGER PRIMARY KEY, request_id INTEGER NOT NULL, eT INTEGER NOT NULL,
+                u TEXT NOT NULL, sId INTEGER NOT NULL, e INTEGER, c INTEGER, g INTEGER, r, t TEXT,
+                visitor_ua TEXT NOT NULL, visitor_ip TEXT NOT NULL, raw TEXT NOT NULL);
+        """)
+        conn.execute("INSERT INTO requests VALUES (1, 1.0, 'POST', '/server-side/batch-events', 'a=1', 200, 9, 2,"
+                     " NULL, 1)")
+        conn.execute("INSERT INTO requests VALUES (2, 2.0, 'POST', '/server-side/batch-events', 'a=1', 400, 9, 1,"
+                     " 'ev[0]: eT must be 1, 2 or 3', 0)")
+        u = "A" * 32
+        for i, raw in enumerate([{"u": u, "sId": 5, "visitor_ua": "", "visitor_ip": "", "eT": 1, "e": 3, "c": 2},
+                                 {"u": u, "sId": 6, "visitor_ua": "", "visitor_ip": "", "eT": 2, "e": 3, "c": 2,
+                                  "g": 7, "r": 1.5}]):
+            conn.execute("INSERT INTO events VALUES (?, 1, ?, ?, ?, 3, 2, ?, ?, NULL, '', '', ?)",
+                         (i + 1, raw["eT"], u, raw["sId"], raw.get("g"), raw.get("r"),
+                          json.dumps(raw, separators=(",", ":"))))
+    conn.close()
+    rx = Receiver(db_path=str(db))
+    try:
+        assert rx.event_count() == 2 and [r["status"] for r in rx.requests()] == [200, 400]
+        assert rx.events() == [
+            {"eT": 1, "u": u, "sId": 5, "e": 3, "c": 2, "visitor_ua": "", "visitor_ip": ""},
+            {"eT": 2, "u": u, "sId": 6, "e": 3, "c": 2, "g": 7, "r": 1.5, "visitor_ua": "", "visitor_ip": ""}]
+    finally:
+        rx.close()
+    again = Receiver(db_path=str(db))  # already upgraded: opens as is
+    assert again.event_count() == 2
+    again.close()
+
+
 def test_start_stop_restart_on_same_port(session: requests.Session) -> None:
     rx = Receiver(ACCOUNT, KEY)
     assert rx.start() is rx and rx.start() is rx  # idempotent

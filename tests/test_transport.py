@@ -8,6 +8,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -123,12 +124,66 @@ def test_failures_are_requests_exceptions() -> None:
         t.request("POST", f"http://127.0.0.1:{port}/x", b"{}", {}, 2)
     silent = socket.create_server(("127.0.0.1", 0))  # accepts (backlog) but never answers
     try:
-        with pytest.raises(requests.Timeout):
+        with pytest.raises(requests.exceptions.ReadTimeout):
             t.request("POST", f"http://127.0.0.1:{silent.getsockname()[1]}/x", b"{}", {}, 0.2)
     finally:
         silent.close()
     with pytest.raises(requests.exceptions.InvalidURL):
         t.request("GET", "http://127.0.0.1:99999/x", None, {}, 1)
+    with pytest.raises(requests.exceptions.InvalidHeader):  # not retried: no attempt could send it
+        t.request("GET", f"http://127.0.0.1:{port}/x", None, {"X-Device-User-Agent": "Ключ"}, 1)
+
+
+def test_characters_a_url_cannot_carry_are_percent_encoded_as_requests_does(server: _Server) -> None:
+    t = Transport()
+    for path in ("/pre fix/x?a=1", "/pr\u00e4fix/x?a=1"):
+        assert t.request("GET", f"http://{server.url}{path}", None, {}, 5).status_code == 200
+        assert requests.get(f"http://{server.url}{path}", timeout=5).status_code == 200
+    lines = [x[0] for x in server.seen]
+    assert lines[0] == lines[1] == "GET /pre%20fix/x?a=1 HTTP/1.1"
+    assert lines[2] == lines[3] == "GET /pr%C3%A4fix/x?a=1 HTTP/1.1"
+    t.close()
+
+
+@pytest.mark.parametrize("how", ["close", "half-close"])
+def test_an_answer_sent_before_the_body_was_read_is_returned(how: str) -> None:
+    """A server may refuse a body with 413 before reading it and close: the send then fails
+    (broken pipe / reset), yet the 413 is what the exporter must see (it splits the batch)."""
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 7\r\n\r\ntoo big")
+        if how == "half-close":
+            conn.shutdown(socket.SHUT_WR)
+            time.sleep(0.5)
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    t = Transport()
+    try:
+        reply = t.request("POST", f"http://127.0.0.1:{srv.getsockname()[1]}/server-side/batch-events",
+                          b"x" * (16 * 1024 * 1024), {"Content-Type": "application/json"}, 5)
+        assert (reply.status_code, reply.text) == (413, "too big")
+        assert t._idle == {} or all(not conns for conns in t._idle.values())  # that connection is not reused
+    finally:
+        srv.close()
+        t.close()
+
+
+def test_real_time_visitor_text_no_header_can_carry_still_arrives(receiver) -> None:
+    """VWO takes the visitor's user agent / IP from headers first; a value a header cannot
+    carry (non-ASCII, control characters) is sent in the query only, and the event arrives."""
+    exporter = VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=receiver.url)
+    agents = ["Mozilla/5.0", "Навигатор/1.0", "evil\r\nX-Injected: 1"]
+    for i, ua in enumerate(agents):
+        assert exporter.send_event(VWOEvent(1, f"u{i}", 1_700_000_000, 5, 2, visitor_ua=ua,
+                                            visitor_ip="203.0.113.9")).ok
+    assert [e["visitor_ua"] for e in receiver.events()] == agents
+    exporter.shutdown()
 
 
 @pytest.fixture
@@ -206,6 +261,8 @@ def test_a_proxy_from_the_environment_is_used(receiver, monkeypatch, caplog) -> 
         assert any("env=***" in line for line in urllib3_lines)  # requests' DEBUG lines, key masked
         assert not any(SDK_KEY in r.getMessage() for r in caplog.records)
         assert all(line.split(" ")[1].startswith(receiver.url + "/server-side/") for line in proxy.lines)
+        with pytest.raises(requests.exceptions.InvalidHeader):  # a requests exception on this path too
+            Transport().request("GET", receiver.url + "/x", None, {"X-Device-User-Agent": "Ключ"}, 5)
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
         exporter = VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=receiver.url)  # env read afresh
         assert exporter.send_batch(events)[0].ok

@@ -123,6 +123,21 @@ class _Outcome:
     events: bytes | None = None
 
 
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Bring a database written by an earlier version (one ``events`` row per event) to this
+    layout: each accepted request's events as one ``{"ev": [...]}`` body."""
+    if "events" in {row[1] for row in db.execute("PRAGMA table_info(requests)")}:
+        return
+    db.execute("ALTER TABLE requests ADD COLUMN events BLOB")
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone():
+        bodies: dict[int, list[str]] = {}
+        for rid, raw in db.execute("SELECT request_id, raw FROM events ORDER BY id"):
+            bodies.setdefault(rid, []).append(raw)
+        db.executemany("UPDATE requests SET events = ? WHERE id = ?",
+                       [(f'{{"ev":[{",".join(raws)}]}}'.encode(), rid) for rid, raws in bodies.items()])
+        db.execute("DROP TABLE events")
+
+
 def _reason(status: int) -> str:
     """The standard reason phrase for status, or "" for an unregistered code."""
     try:
@@ -369,6 +384,7 @@ class Receiver:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        _upgrade(self._db)
         self._db.commit()
         self._lock = threading.Lock()
         self._inserted = threading.Condition(self._lock)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import http.client
 import logging
 import os
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from requests.utils import DEFAULT_CA_BUNDLE_PATH, extract_zipped_paths, select_proxy
+from requests.utils import DEFAULT_CA_BUNDLE_PATH, extract_zipped_paths, requote_uri, select_proxy
 
 
 class _HideKeyInURLs(logging.Filter):
@@ -93,6 +94,23 @@ class _HTTPSConnection(http.client.HTTPSConnection):
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _as_request_error(exc: Exception, connected: bool) -> Exception:
+    """``exc`` as the requests exception the exporter's retry rules expect: timeouts and
+    connection failures are retried, a URL or header no request can carry is final."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return requests.exceptions.ReadTimeout(text) if connected else requests.exceptions.ConnectTimeout(text)
+    if isinstance(exc, ssl.SSLError):
+        return requests.exceptions.SSLError(text)
+    if isinstance(exc, http.client.InvalidURL):
+        return requests.exceptions.InvalidURL(text)
+    if isinstance(exc, (OSError, http.client.HTTPException)):
+        return requests.exceptions.ConnectionError(text)
+    if isinstance(exc, ValueError):  # e.g. a header value that cannot be sent (UnicodeEncodeError too)
+        return requests.exceptions.InvalidHeader(text)
+    return exc
+
+
 def _dropped(conn: http.client.HTTPConnection) -> bool:
     """True if an idle keep-alive connection was closed by the server (or has stray data):
     it must not carry a request (the check urllib3 makes before reusing a connection)."""
@@ -131,8 +149,13 @@ class Transport:
         env = self.session.merge_environment_settings(url, {}, None, None, None)
         if env["cert"] is None and select_proxy(url, env["proxies"]) is None:
             return self._direct(method, url, body, headers, timeout, env["verify"])
-        response = self.session.request(method, url, data=body, headers=headers, timeout=timeout,
-                                        allow_redirects=False)
+        try:
+            response = self.session.request(method, url, data=body, headers=headers, timeout=timeout,
+                                            allow_redirects=False)
+        except requests.RequestException:
+            raise
+        except Exception as exc:  # e.g. a header requests cannot encode, an unreadable CA bundle
+            raise _as_request_error(exc, connected=True) from None
         return Reply(response.status_code, response.text, response.headers)
 
     def close(self) -> None:
@@ -156,8 +179,10 @@ class Transport:
             raise requests.exceptions.InvalidURL(str(exc)) from None
         host = parts.hostname or ""
         key = (https, host, port, verify if https else None)
-        target = f"{parts.path or '/'}?{parts.query}" if parts.query else (parts.path or "/")
+        # as requests sends it: characters a URL may not carry (a space, non-ASCII) percent-encoded
+        target = requote_uri(f"{parts.path or '/'}?{parts.query}" if parts.query else (parts.path or "/"))
         conn = self._checkout(key)
+        cut_short = False  # the server closed the connection while the request was being sent
         try:
             if conn is None:
                 conn = (_HTTPSConnection(host, port, timeout=timeout, context=self._context(verify)) if https
@@ -166,22 +191,24 @@ class Transport:
                 conn.timeout = timeout
                 if conn.sock is not None:
                     conn.sock.settimeout(timeout)
-            conn.request(method, target, body=body, headers=headers)
+            try:
+                conn.request(method, target, body=body, headers=headers)
+            except OSError as exc:
+                # A server may answer early (413 to a body too large) and close before reading
+                # it all: read that answer, as urllib3 does, instead of failing the send.
+                if conn.sock is None or not (isinstance(exc, BrokenPipeError) or exc.errno == errno.ECONNRESET):
+                    raise
+                cut_short = True
             response = conn.getresponse()
             data = response.read()
         except BaseException as exc:
+            connected = conn is not None and conn.sock is not None
             if conn is not None:
                 conn.close()
-            if isinstance(exc, (TimeoutError, socket.timeout)):
-                raise requests.exceptions.Timeout(f"{type(exc).__name__}: {exc}") from None
-            if isinstance(exc, ssl.SSLError):
-                raise requests.exceptions.SSLError(f"{type(exc).__name__}: {exc}") from None
-            if isinstance(exc, (OSError, http.client.HTTPException)):
-                raise requests.exceptions.ConnectionError(f"{type(exc).__name__}: {exc}") from None
-            if isinstance(exc, ValueError):  # e.g. a header value http.client refuses: no retry can help
-                raise requests.exceptions.InvalidHeader(str(exc)) from None
+            if isinstance(exc, Exception):
+                raise _as_request_error(exc, connected) from None
             raise
-        if response.will_close:
+        if response.will_close or cut_short:
             conn.close()
         else:
             self._checkin(key, conn)

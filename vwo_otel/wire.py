@@ -90,12 +90,18 @@ class Encoder:
                 query["goal_id"] = str(ev.goal_id)
                 if ev.revenue is not None:
                     query["r"] = repr(ev.revenue)
+        # VWO reads the visitor from these headers first; a value no header can carry (non-ASCII,
+        # control characters) still reaches it in the query above, instead of failing the event.
         headers = {}
-        if ev.visitor_ua:
+        if ev.visitor_ua and _header_safe(ev.visitor_ua):
             headers["X-Device-User-Agent"] = ev.visitor_ua
-        if ev.visitor_ip:
+        if ev.visitor_ip and _header_safe(ev.visitor_ip):
             headers["VWO-X-Forwarded-For"] = ev.visitor_ip
         return path, query, headers
+
+
+def _header_safe(value: str) -> bool:
+    return value.isascii() and value.isprintable()
 
 
 def _compact(d: dict[str, Any]) -> bytes:
