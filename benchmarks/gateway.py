@@ -5,7 +5,7 @@
     python benchmarks/gateway.py --quick    # tiny smoke (a few seconds; numbers not meaningful)
 
 Two ways for N app processes to get VWO events to VWO (here: the loopback receiver,
-``vwo_otel.receiver.Receiver``, in this driver process):
+``vwo_otel.servers.receiver.Receiver``, in this driver process):
 
 * ``gateway``: each app exports its VWO event spans with OpenTelemetry's own
   ``OTLPSpanExporter`` (``BatchSpanProcessor``) to one ``vwo-otel gateway`` process, which
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sender:
         return run_sender(json.loads(args.sender))
 
-    from vwo_otel.receiver import Receiver
+    from vwo_otel.servers.receiver import Receiver
 
     mode = dict(MODES["quick" if args.quick else "default"])
     senders = args.senders or mode["senders"]

@@ -10,7 +10,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from vwo_otel import RetryPolicy, VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor
-from vwo_otel.receiver import Receiver
+from vwo_otel.servers.receiver import Receiver
 
 ACCOUNT_ID = 12345
 SDK_KEY = "test-sdk-key-0123456789"

@@ -17,7 +17,7 @@ from conftest import ACCOUNT_ID, SDK_KEY
 
 from vwo_otel import VWOExporter, VWOSpanProcessor
 from vwo_otel.__main__ import main
-from vwo_otel.receiver import Receiver
+from vwo_otel.servers.receiver import Receiver
 
 
 @pytest.fixture(autouse=True)

@@ -15,9 +15,9 @@ import uuid
 import pytest
 
 from vwo_otel import attributes as A
-from vwo_otel.events import MalformedEvent, VWOEvent, from_attributes
+from vwo_otel.event import MalformedEvent, VWOEvent, from_attributes
+from vwo_otel.export.wire import VWO_NAMESPACE, Encoder, _dumps
 from vwo_otel.processor import _plain
-from vwo_otel.wire import VWO_NAMESPACE, Encoder, _dumps
 
 TEXTS = ["", "a", "é", "\u2028", '"q\\', "\x00\x1f", "日本", "\U0001f600", "Mozilla/5.0 (X11)", "1.2.3.4"]
 REVENUES = [None, 0, 5, -3, 12.5, 1e300, -0.0, 1e-7, 0.1 + 0.2, 2**62, True, float("nan"), float("inf")]
@@ -104,7 +104,7 @@ def test_plain_reads_bounded_attributes(attrs):
 def test_session_environment_settings_match_requests(monkeypatch):
     import requests
 
-    from vwo_otel import transport
+    from vwo_otel.export import http as transport
 
     monkeypatch.setattr(transport._Session, "ENV_TTL", 0.0)
     url = "https://dev.visualwebsiteoptimizer.com/server-side/batch-events?a=1"
@@ -122,7 +122,7 @@ def test_session_environment_settings_match_requests(monkeypatch):
 
 
 def test_session_environment_is_reread_after_ttl(monkeypatch):
-    from vwo_otel import transport
+    from vwo_otel.export import http as transport
 
     url = "https://dev.visualwebsiteoptimizer.com/x"
     monkeypatch.delenv("https_proxy", raising=False)

@@ -18,7 +18,8 @@ from collections import Counter
 import pytest
 from conftest import ACCOUNT_ID, SDK_KEY
 
-from vwo_otel import lifecycle, visitor_uuid
+from vwo_otel import visitor_uuid
+from vwo_otel._engine import lifecycle
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

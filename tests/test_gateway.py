@@ -23,9 +23,10 @@ import pytest
 import requests
 from conftest import ACCOUNT_ID, FAST_RETRY, SDK_KEY
 
-from vwo_otel import otlp, visitor_uuid
-from vwo_otel.gateway import Account, Gateway, GatewayConfig, config_from_mapping, parse_account
-from vwo_otel.receiver import Receiver
+from vwo_otel import visitor_uuid
+from vwo_otel.servers import otlp
+from vwo_otel.servers.gateway import Account, Gateway, GatewayConfig, config_from_mapping, parse_account
+from vwo_otel.servers.receiver import Receiver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_PROTO = otlp.protobuf_available()
@@ -651,7 +652,7 @@ def test_cli_rejects_bad_configuration_without_echoing_the_key():
 @pytest.mark.parametrize("name", ["agent.yaml", "loadbalancing.yaml", "gateway-sidecar.yaml"])
 def test_collector_examples_are_consistent(name):
     yaml = pytest.importorskip("yaml")
-    from vwo_otel.gateway import DEFAULT_MAX_BACKLOG
+    from vwo_otel.servers.gateway import DEFAULT_MAX_BACKLOG
 
     with open(os.path.join(ROOT, "examples", "collector", name), encoding="utf-8") as f:
         cfg = yaml.safe_load(f)

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import requests
 
-from vwo_otel.httpserver import read_body, until_interrupted
-from vwo_otel.receiver import PAYLOAD_TOO_LARGE, Receiver
+from vwo_otel.servers.httpd import read_body, until_interrupted
+from vwo_otel.servers.receiver import PAYLOAD_TOO_LARGE, Receiver
 
 ACCOUNT = 12345
 KEY = "rx-test-key-abcdef"
@@ -697,7 +697,7 @@ def test_quiet_on_stderr(rx: Receiver, session: requests.Session, capfd: pytest.
 def test_main_runs_until_interrupted(tmp_path: Path) -> None:
     db = tmp_path / "cli.sqlite"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "vwo_otel.receiver", "--port", "0", "--db", str(db)],
+    proc = subprocess.Popen([sys.executable, "-m", "vwo_otel.servers.receiver", "--port", "0", "--db", str(db)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout is not None

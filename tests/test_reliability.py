@@ -4,7 +4,7 @@ a request times out or fails after the server already stored it).
 
 Sections: 1 retries, 2 payload size and 413, 3 bounded backlog and drops, 5 bounded exit,
 6 isolation, 7 fault-injection soak. Fork and gunicorn are in test_fork.py and
-test_gunicorn.py. No test mocks ``requests``: faults come from ``vwo_otel.receiver``.
+test_gunicorn.py. No test mocks ``requests``: faults come from ``vwo_otel.servers.receiver``.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from vwo_otel import (
     attributes,
     visitor_uuid,
 )
-from vwo_otel import exporter as exporter_module
-from vwo_otel.retry import RETRY_STATUSES, parse_retry_after
+from vwo_otel.export import exporter as exporter_module
+from vwo_otel.export.retry import RETRY_STATUSES, parse_retry_after
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELD = {"events_per_request": 100, "request_time_interval": 60}
@@ -745,7 +745,7 @@ def test_soak_every_event_delivered_once_or_reported(receiver, make_exporter, ca
 
 def test_a_stuck_callback_cannot_grow_memory_without_bound(pipeline, receiver, monkeypatch, caplog):
     """Results held for a callback that never returns are capped; delivery goes on."""
-    from vwo_otel import callbacks as callbacks_module
+    from vwo_otel._engine import settle as callbacks_module
 
     monkeypatch.setattr(callbacks_module, "MAX_HELD_RESULTS", 40)
     release = threading.Event()
@@ -772,7 +772,8 @@ def test_a_stuck_callback_cannot_grow_memory_without_bound(pipeline, receiver, m
 def test_shutdown_all_stays_within_one_timeout_with_busy_callbacks(make_exporter, receiver):
     """Several processors whose callbacks are stuck: the exit flush still ends within
     shutdown_timeout (plus scheduling slack), not one extra wait per processor."""
-    from vwo_otel import VWOSpanProcessor, lifecycle
+    from vwo_otel import VWOSpanProcessor
+    from vwo_otel._engine import lifecycle
 
     release = threading.Event()
 
@@ -782,7 +783,7 @@ def test_shutdown_all_stays_within_one_timeout_with_busy_callbacks(make_exporter
     processors = [VWOSpanProcessor(make_exporter(), {"events_per_request": 1, "request_time_interval": 60,
                                                      "flush_callback": stuck}, shutdown_timeout=1.0)
                   for _ in range(4)]
-    from vwo_otel.events import VWOEvent
+    from vwo_otel.event import VWOEvent
 
     for p in processors:
         p._batcher.put(VWOEvent(1, "busy", int(time.time()), 1, 1))

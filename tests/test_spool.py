@@ -89,7 +89,7 @@ def test_delivered_events_leave_the_spool(receiver, pipeline, tmp_path):
 
 def test_live_processors_never_adopt_each_others_spool(receiver, make_exporter, tmp_path):
     a = VWOSpanProcessor(make_exporter(), {"events_per_request": 100}, spool=Spool(tmp_path, commit_interval=0))
-    from vwo_otel.events import VWOEvent
+    from vwo_otel.event import VWOEvent
 
     a._batcher.put(VWOEvent(1, "mine", int(time.time()), 1, 1))
     b = VWOSpanProcessor(make_exporter(), {"events_per_request": 100}, spool=tmp_path)
@@ -163,7 +163,7 @@ def test_crash_loop_loses_nothing_and_duplicates_stay_in_the_window(receiver, ma
 
 def test_spool_rows_hold_what_is_queued(tmp_path):
     spool = Spool(tmp_path, commit_interval=0)
-    from vwo_otel.events import VWOEvent
+    from vwo_otel.event import VWOEvent
 
     ev = VWOEvent(2, "u", 1700000000, 1, 2, 3, 9.5, visitor_ua="ua", visitor_ip="ip")
     spool.add(ev)
@@ -244,7 +244,7 @@ class _FailingDeletes:
 
 
 def test_a_failed_spool_commit_is_tried_again_not_forgotten(tmp_path, caplog):
-    from vwo_otel.events import VWOEvent
+    from vwo_otel.event import VWOEvent
 
     spool = Spool(tmp_path, commit_interval=0)
     spool._conn = _FailingDeletes(spool._conn)
@@ -260,8 +260,8 @@ def test_a_failed_spool_commit_is_tried_again_not_forgotten(tmp_path, caplog):
 
 
 def test_two_processes_adopting_the_same_file_never_call_it_corrupt(tmp_path, caplog, monkeypatch):
-    from vwo_otel import spool as spool_module
-    from vwo_otel.events import VWOEvent
+    from vwo_otel._engine import spool as spool_module
+    from vwo_otel.event import VWOEvent
 
     dead = Spool(tmp_path, commit_interval=0)
     dead.add(VWOEvent(1, "orphan", 1700000000, 1, 1))

@@ -19,9 +19,9 @@ import requests
 from conftest import ACCOUNT_ID, SDK_KEY
 
 from vwo_otel import VWOExporter
-from vwo_otel.events import VWOEvent
-from vwo_otel.httpserver import LoopbackHTTPServer, respond
-from vwo_otel.transport import Transport
+from vwo_otel.event import VWOEvent
+from vwo_otel.export.http import Transport
+from vwo_otel.servers.httpd import LoopbackHTTPServer, respond
 
 PROXY_VARS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy",
               "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")

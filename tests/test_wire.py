@@ -1,5 +1,5 @@
 """VWO's wire format, checked end to end over real loopback HTTP against the project's receiver,
-plus unit tests of the pure helpers in ``vwo_otel.wire``."""
+plus unit tests of the pure helpers in ``vwo_otel.export.wire``."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from vwo_otel import HTTPStatusError, VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor, visitor_uuid
 from vwo_otel import attributes as A
 from vwo_otel._version import SDK_NAME, __version__
-from vwo_otel.events import VWOEvent
-from vwo_otel.wire import BODY_OVERHEAD, Encoder, batch_body, cut_by_bytes, dimension_tag
+from vwo_otel.event import VWOEvent
+from vwo_otel.export.wire import BODY_OVERHEAD, Encoder, batch_body, cut_by_bytes, dimension_tag
 
 COMMON_KEYS = {"eT", "u", "sId", "visitor_ua", "visitor_ip"}
 BATCH = {"events_per_request": 100, "request_time_interval": 60}

@@ -7,17 +7,17 @@ Data path: ``VWOEvents`` (spans / log records) -> ``VWOSpanProcessor`` /
 """
 
 from . import attributes
+from ._engine.spool import Spool
 from ._version import __version__
+from .api import VWOEvents, VWOSampler
 from .config import BatchEvents
-from .emit import VWOEvents, VWOSampler
 from .env import ConfigError, exporter_from_env, log_processor_from_env, span_processor_from_env
-from .events import VWOEvent
-from .exporter import VWOExporter
+from .errors import EventsDropped, HTTPStatusError, NetworkError, Outcome, PayloadTooLarge, VWODeliveryError
+from .event import VWOEvent
+from .export.exporter import VWOExporter
+from .export.retry import RetryPolicy
+from .export.wire import visitor_uuid
 from .processor import VWOLogRecordProcessor, VWOSpanProcessor
-from .results import EventsDropped, HTTPStatusError, NetworkError, Outcome, PayloadTooLarge, VWODeliveryError
-from .retry import RetryPolicy
-from .spool import Spool
-from .wire import visitor_uuid
 
 __all__ = [
     "attributes", "BatchEvents", "ConfigError", "EventsDropped", "exporter_from_env", "HTTPStatusError",

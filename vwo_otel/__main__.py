@@ -11,7 +11,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vwo-otel`` command."""
     rest = list(sys.argv[1:] if argv is None else argv)
     if rest[:1] == ["gateway"]:  # the gateway parses its own options (vwo-otel gateway --help)
-        from .gateway import main as gateway_main
+        from .servers.gateway import main as gateway_main
 
         return gateway_main(rest[1:])
     parser = argparse.ArgumentParser(prog="vwo-otel", description=__doc__)

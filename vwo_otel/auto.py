@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 
-from .emit import VWOSampler
+from .api import VWOSampler
 from .env import ConfigError, span_processor_from_env
 from .processor import VWOSpanProcessor
 

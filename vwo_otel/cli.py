@@ -1,7 +1,7 @@
 """The ``receive`` and ``check`` commands of ``vwo-otel`` (the parser is in ``__main__``).
 
-``receive`` lives with the receiver (``vwo_otel.receiver``, also run by ``python -m
-vwo_otel.receiver``) and is re-exported here, so the imports point one way: cli -> receiver."""
+``receive`` lives with the receiver (``vwo_otel.servers.receiver``, also run by ``python -m
+vwo_otel.servers.receiver``) and is re-exported here, so the imports point one way: cli -> receiver."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from typing import Any, TextIO
 
 from . import attributes as A
 from .env import ConfigError, batch_events_from_env, exporter_from_env, read_env
-from .events import from_attributes
-from .exporter import VWOExporter
-from .receiver import add_receive_arguments, receive
-from .results import HTTPStatusError, NetworkError, PayloadTooLarge, VWODeliveryError
-from .retry import RetryPolicy
+from .errors import HTTPStatusError, NetworkError, PayloadTooLarge, VWODeliveryError
+from .event import from_attributes
+from .export.exporter import VWOExporter
+from .export.retry import RetryPolicy
+from .servers.receiver import add_receive_arguments, receive
 
 __all__ = ["add_check_arguments", "add_receive_arguments", "check", "receive"]
 

@@ -12,10 +12,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from .emit import VWOEvents, VWOSampler
-from .exporter import VWOExporter
+from .api import VWOEvents, VWOSampler
+from .export.exporter import VWOExporter
 from .processor import VWOSpanProcessor
-from .receiver import Receiver
+from .servers.receiver import Receiver
 
 DEMO_ACCOUNT_ID = 123456
 DEMO_SDK_KEY = "demo-sdk-key"

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 from .config import MAX_EVENTS_PER_REQUEST, BatchEvents, BatchEventsLike, parse_batch_events
-from .exporter import DEFAULT_ENDPOINT, MAX_PAYLOAD_BYTES, VWOExporter
+from .export.exporter import DEFAULT_ENDPOINT, MAX_PAYLOAD_BYTES, VWOExporter
+from .export.retry import RetryPolicy
 from .processor import VWOLogRecordProcessor, VWOSpanProcessor, _VWOProcessor
-from .retry import RetryPolicy
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
 
-    from .spool import Spool
+    from ._engine.spool import Spool
 
 P = TypeVar("P", bound=_VWOProcessor)
 

@@ -25,7 +25,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from .batcher import Batcher
+    from ._engine.batcher import Batcher
 
 logger = logging.getLogger("vwo_otel")
 

@@ -11,12 +11,12 @@ from opentelemetry.sdk._logs import LogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from . import attributes as A
-from .batcher import DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, Batcher
+from ._engine.batcher import DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, Batcher
+from ._engine.spool import Spool
 from .config import BatchEventsLike, parse_batch_events
-from .events import MalformedEvent, from_attributes
-from .exporter import VWOExporter
+from .event import MalformedEvent, from_attributes
+from .export.exporter import VWOExporter
 from .metrics import DeliveryMetrics, Signal
-from .spool import Spool
 
 logger = logging.getLogger("vwo_otel")
 _EVENT_TYPE = A.EVENT_TYPE

@@ -11,9 +11,9 @@ from functools import lru_cache
 from hashlib import sha1
 from typing import Any
 
-from . import attributes as A
-from ._version import SDK_NAME, __version__
-from .events import VWOEvent
+from .. import attributes as A
+from .._version import SDK_NAME, __version__
+from ..event import VWOEvent
 
 VWO_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://vwo.com")
 _dumps = json.JSONEncoder(separators=(",", ":")).encode

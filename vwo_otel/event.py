@@ -1,4 +1,6 @@
-"""The event model: a compact record per VWO event, decoded from span / log attributes."""
+"""The event model: ``VWOEvent`` (the compact record the queue holds), the one decoder from a
+span / log record (``from_record``, ``from_attributes``), the one rule for an event's time and
+the drop priority of each event type."""
 
 from __future__ import annotations
 
@@ -9,14 +11,20 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import attributes as A
+from . import checks
+from .checks import ID_LIMIT as _ID_LIMIT
 
 logger = logging.getLogger("vwo_otel")
 
+#: The id attributes each event type needs (custom dimensions carry a key and value instead).
 _INT_KEYS = {
     A.VISITOR: (A.CAMPAIGN_ID, A.VARIATION_ID),
     A.GOAL: (A.CAMPAIGN_ID, A.VARIATION_ID, A.GOAL_ID),
 }
-_TYPES = (A.VISITOR, A.GOAL, A.CUSTOM_DIMENSION)
+#: When the backlog is full, an event may take the place of the newest queued event of a lower
+#: priority (a conversion with revenue is worth more than an impression); equal or higher stay.
+DROP_PRIORITY: dict[int, int] = {A.VISITOR: 0, A.CUSTOM_DIMENSION: 0, A.GOAL: 1}
+_TYPES = tuple(DROP_PRIORITY)
 
 
 class MalformedEvent(ValueError):
@@ -58,8 +66,13 @@ class VWOEvent:
         self.visitor_ip = visitor_ip
 
     def fields(self) -> dict[str, Any]:
-        """The record as a plain dict (for reports about an event that cannot be encoded)."""
+        """The record as a plain dict (the spool's row, a report about an event that cannot be encoded)."""
         return {k: getattr(self, k) for k in self.__slots__}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> VWOEvent:
+        """The inverse of ``fields``; keys it does not know are ignored, missing optional ones default."""
+        return cls(**{k: fields[k] for k in FIELDS if k in fields})
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__ if getattr(self, k) not in (None, ""))
@@ -73,66 +86,39 @@ class VWOEvent:
     __hash__ = None  # type: ignore[assignment]
 
 
-_ID_LIMIT = 2**63
+#: The event's fields, in one place (the spool and reports derive theirs from it).
+FIELDS: tuple[str, ...] = VWOEvent.__slots__
 
 
-def check_id(name: str, value: Any) -> int:
-    """A VWO id: a non-negative int (bool is not an id)."""
-    if type(value) is int and 0 <= value < _ID_LIMIT:  # the common case, without the calls below
-        return value
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= 0, got {type(value).__name__} {value!r}")
-    if not 0 <= value < 2**63:  # larger ids would make VWO refuse the whole batch
-        raise ValueError(f"{name} must be an int >= 0 (and < 2**63), got {value}")
-    return value
+def log_time(timestamp: int | None, observed: int | None) -> int | None:
+    """The time of a log record's event (unix ns): its timestamp, else when it was observed.
+    A span's event time is its start time. None means "now"."""
+    return timestamp or observed
 
 
-def check_user_id(value: Any) -> str:
-    """A user id: a non-empty str (ints are accepted and turned into str, as VWO's SDK does)."""
-    if type(value) is str and value:
-        return value
-    if isinstance(value, str):
-        if value:
-            return value
-        raise ValueError("user_id must be a non-empty string")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise TypeError(f"user_id must be a non-empty str, got {type(value).__name__} {value!r}")
+def _plain(attrs: Any) -> Any:
+    """The plain dict inside the SDK's ``BoundedAttributes`` (only read, never kept), else
+    ``attrs`` itself: decoding then costs dict lookups instead of ``Mapping.get`` ->
+    ``__getitem__`` Python calls through a ``mappingproxy`` (a third of the processor's time)."""
+    inner = getattr(attrs, "_dict", None)
+    return inner if type(inner) is dict else attrs
 
 
-def check_revenue(value: Any) -> float | None:
-    """Revenue: None, or a finite int/float (NaN and infinities are refused)."""
-    if value is None or (type(value) is float and -math.inf < value < math.inf):
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"revenue must be a finite number or None, got {type(value).__name__} {value!r}")
-    if isinstance(value, int) and not -(2**63) <= value < 2**63:  # also avoids OverflowError in isfinite
-        raise ValueError(f"revenue must be a finite number (an int within 64 bits), got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"revenue must be a finite number, got {value!r}")
-    return value
-
-
-def check_dimension_value(name: str, value: Any) -> str:
-    """A custom dimension value: a str, or an int / finite float sent as its text."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a str or number, got {type(value).__name__} {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{name} must be a str or finite number, got {value!r}")
-    return str(value)
-
-
-def check_text(name: str, value: Any) -> str:
-    """Optional visitor text (user agent, IP): None becomes ''."""
-    if type(value) is str:
-        return value
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str or None, got {type(value).__name__}")
-    return value
+def from_record(record: Any) -> VWOEvent | None:
+    """The VWO event a finished span (``ReadableSpan``) or an SDK log record
+    (``ReadableLogRecord`` / ``ReadWriteLogRecord`` or its ``log_record``) carries; None when it
+    carries no ``vwo.event.type``. Raises ``MalformedEvent`` if it claims to be one but is unusable."""
+    log = getattr(record, "log_record", None)
+    if log is not None:
+        record = log
+    attrs = _plain(getattr(record, "_attributes", None))
+    if attrs is None:
+        attrs = record.attributes
+    if not attrs or A.EVENT_TYPE not in attrs:
+        return None
+    stamp = record.start_time if hasattr(record, "start_time") else log_time(record.timestamp,
+                                                                               record.observed_timestamp)
+    return from_attributes(attrs, stamp)
 
 
 def from_attributes(attrs: Mapping[str, Any], time_ns: int | None) -> VWOEvent:
@@ -157,19 +143,20 @@ def from_attributes(attrs: Mapping[str, Any], time_ns: int | None) -> VWOEvent:
         if isinstance(etype, bool) or not isinstance(etype, int) or etype not in _TYPES:
             raise ValueError(f"{A.EVENT_TYPE} must be the int 1, 2 or 3, got {etype!r}")  # not 1.0, not True
         etype = int(etype)
-        user_id = check_user_id(user_id)
-        ua = check_text(A.VISITOR_UA, get(A.VISITOR_UA))
-        ip = check_text(A.VISITOR_IP, get(A.VISITOR_IP))
+        user_id = checks.user_id(user_id)
+        ua = checks.text(A.VISITOR_UA, get(A.VISITOR_UA))
+        ip = checks.text(A.VISITOR_IP, get(A.VISITOR_IP))
         if etype == A.CUSTOM_DIMENSION:
             key, value = get(A.DIMENSION_KEY), get(A.DIMENSION_VALUE)
             if not isinstance(key, str) or not key:
                 raise TypeError(f"{A.DIMENSION_KEY} must be a non-empty str, got {key!r}")
-            return VWOEvent(etype, user_id, seconds, key=key, value=check_dimension_value(A.DIMENSION_VALUE, value),
+            return VWOEvent(etype, user_id, seconds, key=checks.text(A.DIMENSION_KEY, key),
+                            value=checks.dimension_value(A.DIMENSION_VALUE, value),
                             visitor_ua=ua, visitor_ip=ip)
-        ids = [check_id(k, get(k)) for k in _INT_KEYS[etype]]
+        ids = [checks.event_id(k, get(k)) for k in _INT_KEYS[etype]]
         if etype == A.VISITOR:
             return VWOEvent(etype, user_id, seconds, ids[0], ids[1], visitor_ua=ua, visitor_ip=ip)
-        revenue = check_revenue(get(A.REVENUE))
+        revenue = checks.revenue(get(A.REVENUE))
         return VWOEvent(etype, user_id, seconds, ids[0], ids[1], ids[2], revenue, visitor_ua=ua, visitor_ip=ip)
     except (TypeError, ValueError) as exc:
         raise MalformedEvent(str(exc)) from None

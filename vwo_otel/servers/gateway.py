@@ -33,17 +33,18 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import lifecycle, otlp
-from .batcher import Batcher
-from .callbacks import LogLimiter
-from .config import MAX_EVENTS_PER_REQUEST, BatchEvents
-from .events import MalformedEvent, VWOEvent, from_attributes
-from .exporter import DEFAULT_ENDPOINT, VWOExporter
-from .httpserver import LoopbackHTTPServer, read_body, respond, until_interrupted
+from .._engine import lifecycle
+from .._engine.batcher import Batcher
+from .._engine.settle import LogLimiter
+from .._engine.spool import Spool
+from ..config import MAX_EVENTS_PER_REQUEST, BatchEvents
+from ..errors import EventsDropped
+from ..event import MalformedEvent, VWOEvent, from_attributes
+from ..export.exporter import DEFAULT_ENDPOINT, VWOExporter
+from ..export.retry import RetryPolicy
+from . import otlp
+from .httpd import LoopbackHTTPServer, read_body, respond, until_interrupted
 from .otlp import ACCOUNT_ID
-from .results import EventsDropped
-from .retry import RetryPolicy
-from .spool import Spool
 
 __all__ = ["ACCOUNT_ID", "Account", "Gateway", "GatewayConfig", "config_from_mapping", "main", "parse_account"]
 

@@ -18,9 +18,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import FlushCallback
-from .events import VWOEvent
-from .results import EventsDropped, Outcome
+from ..config import FlushCallback
+from ..errors import EventsDropped, Outcome
+from ..event import VWOEvent
 
 logger = logging.getLogger("vwo_otel")
 

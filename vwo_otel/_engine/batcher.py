@@ -19,13 +19,13 @@ import time
 from collections import deque
 from typing import Any
 
-from . import attributes as A
+from .. import attributes as A
+from ..config import BatchEvents
+from ..errors import Outcome, VWODeliveryError
+from ..event import VWOEvent
+from ..export.exporter import VWOExporter
 from . import lifecycle
-from .callbacks import Notifier
-from .config import BatchEvents
-from .events import VWOEvent
-from .exporter import VWOExporter
-from .results import Outcome, VWODeliveryError
+from .settle import Notifier
 from .spool import Orphan, Spool
 
 logger = logging.getLogger("vwo_otel")

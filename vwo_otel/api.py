@@ -18,8 +18,8 @@ from opentelemetry.sdk.trace.sampling import (
 )
 
 from . import attributes as A
+from . import checks
 from ._version import __version__
-from .events import check_dimension_value, check_id, check_revenue, check_text, check_user_id
 
 logger = logging.getLogger("vwo_otel")
 _NAMES = A.EVENT_NAMES
@@ -69,9 +69,9 @@ class VWOEvents:
                  visitor_ua: str | None = None, visitor_ip: str | None = None) -> None:
         """A visitor saw ``variation_id`` of ``campaign_id`` (VWO event type 1)."""
         self._emit(A.VISITOR, {
-            A.EVENT_TYPE: A.VISITOR, A.USER_ID: check_user_id(user_id),
-            A.CAMPAIGN_ID: check_id("campaign_id", campaign_id),
-            A.VARIATION_ID: check_id("variation_id", variation_id),
+            A.EVENT_TYPE: A.VISITOR, A.USER_ID: checks.user_id(user_id),
+            A.CAMPAIGN_ID: checks.event_id("campaign_id", campaign_id),
+            A.VARIATION_ID: checks.event_id("variation_id", variation_id),
         }, visitor_ua, visitor_ip)
 
     def is_feature_enabled(self, campaign_id: int, variation_id: int, user_id: str, *,
@@ -84,25 +84,25 @@ class VWOEvents:
               visitor_ip: str | None = None) -> None:
         """A conversion of ``goal_id`` (VWO event type 2), with optional finite ``revenue``."""
         attrs = {
-            A.EVENT_TYPE: A.GOAL, A.USER_ID: check_user_id(user_id),
-            A.CAMPAIGN_ID: check_id("campaign_id", campaign_id),
-            A.VARIATION_ID: check_id("variation_id", variation_id),
-            A.GOAL_ID: check_id("goal_id", goal_id),
+            A.EVENT_TYPE: A.GOAL, A.USER_ID: checks.user_id(user_id),
+            A.CAMPAIGN_ID: checks.event_id("campaign_id", campaign_id),
+            A.VARIATION_ID: checks.event_id("variation_id", variation_id),
+            A.GOAL_ID: checks.event_id("goal_id", goal_id),
         }
         if revenue is not None:
-            attrs[A.REVENUE] = check_revenue(revenue)
+            attrs[A.REVENUE] = checks.revenue(revenue)
         self._emit(A.GOAL, attrs, visitor_ua, visitor_ip)
 
     def push(self, user_id: str, custom_dimensions: Mapping[str, str], *,
              visitor_ua: str | None = None, visitor_ip: str | None = None) -> None:
         """Custom dimensions for post-segmentation (type 3): one event per key."""
-        user = check_user_id(user_id)
+        user = checks.user_id(user_id)
         if not isinstance(custom_dimensions, Mapping) or not custom_dimensions:
             raise TypeError(f"custom_dimensions must be a non-empty dict of str -> str, got {custom_dimensions!r}")
         for key in custom_dimensions:
             if not isinstance(key, str) or not key:
                 raise TypeError(f"custom_dimensions keys must be non-empty str, got {key!r}")
-        values = {key: check_dimension_value(f"custom_dimensions[{key!r}]", value)
+        values = {key: checks.dimension_value(f"custom_dimensions[{key!r}]", value)
                   for key, value in custom_dimensions.items()}
         for key, value in values.items():
             self._emit(A.CUSTOM_DIMENSION, {
@@ -112,9 +112,9 @@ class VWOEvents:
 
     def _emit_span(self, etype: int, attrs: dict[str, Any], ua: str | None, ip: str | None) -> None:
         if ua is not None:
-            attrs[A.VISITOR_UA] = check_text("visitor_ua", ua)
+            attrs[A.VISITOR_UA] = checks.text("visitor_ua", ua)
         if ip is not None:
-            attrs[A.VISITOR_IP] = check_text("visitor_ip", ip)
+            attrs[A.VISITOR_IP] = checks.text("visitor_ip", ip)
         span = self._tracer.start_span(_NAMES[etype], attributes=attrs)
         if not span.is_recording() and not self._warned:
             self._warned = True
@@ -124,7 +124,7 @@ class VWOEvents:
 
     def _emit_log(self, etype: int, attrs: dict[str, Any], ua: str | None, ip: str | None) -> None:
         if ua is not None:
-            attrs[A.VISITOR_UA] = check_text("visitor_ua", ua)
+            attrs[A.VISITOR_UA] = checks.text("visitor_ua", ua)
         if ip is not None:
-            attrs[A.VISITOR_IP] = check_text("visitor_ip", ip)
+            attrs[A.VISITOR_IP] = checks.text("visitor_ip", ip)
         self._logger.emit(event_name=_NAMES[etype], attributes=attrs, timestamp=time.time_ns())

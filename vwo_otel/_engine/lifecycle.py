@@ -13,7 +13,7 @@ none is sent twice. Events emitted in the child are delivered by the child when 
 through a path that runs ``atexit`` (returning from the program, ``sys.exit``) or
 through ``multiprocessing`` (its children end with ``os._exit`` after running the
 finalizers registered here). A child that ends with a bare ``os._exit()`` (or is killed)
-skips both: call ``processor.shutdown()`` or ``vwo_otel.lifecycle.shutdown_all()``
+skips both: call ``processor.shutdown()`` or ``vwo_otel._engine.lifecycle.shutdown_all()``
 first, or its queued events are lost without a report.
 """
 

@@ -36,7 +36,7 @@ from collections import deque
 from typing import Any
 from urllib.request import pathname2url
 
-from .events import VWOEvent
+from ..event import VWOEvent
 
 logger = logging.getLogger("vwo_otel")
 

@@ -15,12 +15,12 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from . import attributes as A
-from ._version import SDK_NAME, __version__
-from .events import MalformedEvent, VWOEvent, from_attributes
-from .results import HTTPStatusError, NetworkError, Outcome, PayloadTooLarge, VWODeliveryError
+from .. import attributes as A
+from .._version import SDK_NAME, __version__
+from ..errors import HTTPStatusError, NetworkError, Outcome, PayloadTooLarge, VWODeliveryError
+from ..event import MalformedEvent, VWOEvent, from_attributes
+from .http import Reply, Transport
 from .retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
-from .transport import Reply, Transport
 from .wire import Encoder, batch_body, cut_by_bytes
 
 logger = logging.getLogger("vwo_otel")

@@ -35,11 +35,11 @@ from types import TracebackType
 from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
-from .httpserver import LoopbackHTTPServer, read_body, respond, until_interrupted
+from .httpd import LoopbackHTTPServer, read_body, respond, until_interrupted
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "PAYLOAD_TOO_LARGE", "Receiver", "add_receive_arguments", "main", "receive"]
 
-logger = logging.getLogger("vwo_otel.receiver")
+logger = logging.getLogger("vwo_otel.servers.receiver")
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 PAYLOAD_TOO_LARGE = "Payload size too large"
@@ -847,14 +847,14 @@ class Receiver:
 
 
 # --------------------------------------------------------------------------- command line
-# ``vwo-otel receive`` (``vwo_otel.cli`` re-exports these) and ``python -m vwo_otel.receiver``.
+# ``vwo-otel receive`` (``vwo_otel.cli`` re-exports these) and ``python -m vwo_otel.servers.receiver``.
 
 EXPORT_FORMATS = ("json", "jsonl", "csv")
 _EVENT_COLUMNS = ("request_id", "eT", "u", "sId", "e", "c", "g", "r", "t", "visitor_ua", "visitor_ip")
 
 
 def add_receive_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``vwo-otel receive`` (and ``python -m vwo_otel.receiver``)."""
+    """The options of ``vwo-otel receive`` (and ``python -m vwo_otel.servers.receiver``)."""
     p.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to bind, 0 for any free one (default 8000)")
     p.add_argument("--db", default=":memory:", metavar="FILE",
@@ -986,8 +986,8 @@ def _write_events(events: list[dict[str, Any]], fmt: str, f: TextIO) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m vwo_otel.receiver``: ``vwo-otel receive --quiet --json`` (the summary as one JSON line)."""
-    parser = argparse.ArgumentParser(prog="python -m vwo_otel.receiver",
+    """``python -m vwo_otel.servers.receiver``: ``vwo-otel receive --quiet --json`` (the summary as one JSON line)."""
+    parser = argparse.ArgumentParser(prog="python -m vwo_otel.servers.receiver",
                                      description="Local VWO-compatible collection receiver (loopback only).")
     add_receive_arguments(parser)
     parser.set_defaults(quiet=True, json=True)

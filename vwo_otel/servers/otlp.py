@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from . import attributes as A
+from .. import attributes as A
 
 TRACES = "traces"
 LOGS = "logs"

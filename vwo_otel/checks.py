@@ -1,0 +1,165 @@
+"""Input checks, one per fact, used by every entry point (API calls, processors, exporter,
+``VWO_*`` variables, gateway, receiver, command line) and the one sdk-key redaction rule.
+
+Each check returns the value it accepts (normalised: a digit string account id becomes an
+int) or raises ``TypeError``/``ValueError`` whose message names ``name`` and the allowed range.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+from urllib.parse import quote, quote_plus, urlsplit
+
+#: Ids (account, campaign, variation, goal) are non-negative and fit VWO's signed 64 bits.
+ID_LIMIT = 2**63
+DEFAULT_ENDPOINT = "https://dev.visualwebsiteoptimizer.com"
+#: The part of a URL VWO's endpoints add: an endpoint given with it would be sent twice.
+_VWO_PATH = "/server-side/"
+
+
+def number(name: str, value: Any, *, low: float = -math.inf, high: float = math.inf, integer: bool = False,
+           low_open: bool = False, unit: str = "") -> Any:
+    """An int (``integer``) or finite int/float within [``low``, ``high``] (``low`` excluded
+    when ``low_open``); bool is never a number."""
+    kinds = (int,) if integer else (int, float)
+    ok = not isinstance(value, bool) and isinstance(value, kinds)
+    if ok and not integer:
+        ok = -math.inf < value < math.inf if type(value) is float else -(2**1023) < value < 2**1023
+    if ok:
+        ok = (low < value if low_open else low <= value) and value <= high
+    if not ok:
+        raise ValueError(f"{name} must be {describe(low=low, high=high, integer=integer, low_open=low_open, unit=unit)}"
+                         f", got {value!r}")
+    return value
+
+
+def describe(*, low: float = -math.inf, high: float = math.inf, integer: bool = False, low_open: bool = False,
+             unit: str = "") -> str:
+    """The allowed range in words, as errors and docs show it: "an int from 1 to 5000"."""
+    kind = "an int" if integer else f"a number{' of ' + unit if unit else ''}"
+    if low > -math.inf and high < math.inf:
+        return f"{kind} from {low:g} to {high:g}"
+    if low > -math.inf:
+        return f"{kind} {'>' if low_open else '>='} {low:g}"
+    return kind if high == math.inf else f"{kind} <= {high:g}"
+
+
+def seconds(name: str, value: Any, *, low: float = 0.0, low_open: bool = False, high: float = math.inf) -> float:
+    """A finite number of seconds within the range, as a float."""
+    return float(number(name, value, low=low, high=high, low_open=low_open, unit="seconds"))
+
+
+def account_id(value: Any, name: str = "account_id") -> int:
+    """A VWO account id: a positive int below 2**63, or a string of ASCII digits."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < ID_LIMIT:
+        raise ValueError(f"{name} must be a positive int (your VWO account id), got {value!r}")
+    return value
+
+
+def sdk_key(value: Any, name: str = "sdk_key") -> str:
+    """A VWO sdk key: non-empty printable text without surrounding spaces (it travels in a header)."""
+    if not isinstance(value, str) or not value or not value.isprintable() or value != value.strip():
+        raise ValueError(f"{name} must be a non-empty str of printable characters without surrounding spaces "
+                         "(your VWO SDK key; it is sent as a header)")
+    return value
+
+
+def endpoint(value: Any, name: str = "endpoint") -> str:
+    """VWO's collection host as an http(s) URL, optionally with a path prefix (data residency),
+    without the ``/server-side/...`` path, a query or a fragment; returned without a trailing /."""
+    parts = urlsplit(value) if isinstance(value, str) else None
+    problem = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        problem = "must be an http(s) URL"
+    elif parts.query or parts.fragment or value.endswith(("?", "#")):
+        problem = "must not carry a query or fragment"
+    elif _VWO_PATH in parts.path + "/":
+        problem = "must be the host (and an optional path prefix) without VWO's /server-side/ path"
+    if problem:
+        raise ValueError(f"{name} {problem}, such as {DEFAULT_ENDPOINT!r}, got {value!r}")
+    return str(value).rstrip("/")
+
+
+def event_id(name: str, value: Any) -> int:
+    """A VWO id (campaign, variation, goal): an int from 0 to 2**63-1 (bool is not an id)."""
+    if type(value) is int and 0 <= value < ID_LIMIT:  # the common case, without the calls below
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 0, got {type(value).__name__} {value!r}")
+    if not 0 <= value < ID_LIMIT:  # larger ids would make VWO refuse the whole batch
+        raise ValueError(f"{name} must be an int >= 0 (and < 2**63), got {value}")
+    return value
+
+
+def user_id(value: Any) -> str:
+    """A user id: a non-empty str of valid Unicode (ints become str, as VWO's SDK does)."""
+    if type(value) is str and value and value.isprintable():
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise TypeError(f"user_id must be a non-empty str, got {type(value).__name__} {value!r}")
+    if not value:
+        raise ValueError("user_id must be a non-empty string")
+    return text("user_id", value)
+
+
+def revenue(value: Any) -> float | None:
+    """Revenue: None, or a finite int/float (NaN and infinities are refused)."""
+    if value is None or (type(value) is float and -math.inf < value < math.inf):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"revenue must be a finite number or None, got {type(value).__name__} {value!r}")
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:  # also avoids OverflowError in isfinite
+        raise ValueError(f"revenue must be a finite number (an int within 64 bits), got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"revenue must be a finite number, got {value!r}")
+    return value
+
+
+def dimension_value(name: str, value: Any) -> str:
+    """A custom dimension value: a str, or an int / finite float sent as its text."""
+    if isinstance(value, str):
+        return text(name, value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a str or number, got {type(value).__name__} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a str or finite number, got {value!r}")
+    return str(value)
+
+
+def text(name: str, value: Any) -> str:
+    """Optional text (user agent, IP, dimension key/value): None becomes ''; a lone surrogate,
+    which no UTF-8 request can carry, is refused here rather than failing a batch later."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str or None, got {type(value).__name__}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{name} must be valid Unicode text (it holds a lone surrogate), got {value!r}") from None
+    return value
+
+
+# -- the sdk key never reaches a log, a repr or a stored request ---------------------------------
+_ENV_PARAM = re.compile(r"([?&]env=)[^&\s\"']+")
+
+
+def redact(message: str, secret: str | None = None) -> str:
+    """``message`` with ``secret`` (as is and URL-encoded) and any ``env=<key>`` query value
+    replaced by ``***``."""
+    if secret:
+        for form in (secret, quote_plus(secret), quote(secret, safe="")):
+            message = message.replace(form, "***")
+    return _ENV_PARAM.sub(r"\1***", message) if "env=" in message else message
+
+
+def mask(secret: str) -> str:
+    """A secret shown for recognition only: its last four characters."""
+    return f"***{secret[-4:]} ({len(secret)} chars)" if len(secret) >= 12 else f"*** ({len(secret)} chars)"
