@@ -34,7 +34,7 @@ from urllib.parse import parse_qs
 from opentelemetry.sdk.trace import TracerProvider
 
 import vwo_otel
-from vwo_otel.export.exporter import DEFAULT_ENDPOINT
+from vwo_otel.checks import DEFAULT_ENDPOINT
 
 CAMPAIGN_ID, VARIATION_ID, GOAL_ID = 231, 1, 2
 

@@ -78,7 +78,7 @@ def test_count_trigger_sends_exactly_events_per_request(pipeline, receiver):
     users = [f"count-{i}" for i in range(12)]
     for user in users:
         events.activate(7, 1, user)
-    assert len(proc._batcher._pending) == 2  # 10 cut into two requests on the emitting thread
+    assert len(proc.batcher.snapshot().pending) == 2  # 10 cut into two requests on the emitting thread
     assert receiver.wait_for_events(10, timeout=5)
     assert [r["n_events"] for r in receiver.requests()] == [5, 5]
     assert proc.flush_events() is True
@@ -120,14 +120,14 @@ def test_time_trigger_counts_from_first_event_and_later_events_do_not_extend_it(
     assert reqs[0]["received_at"] < t_last + INTERVAL
     # the queue is empty and the timer cleared once the request is cut
     assert callbacks.wait_for(lambda calls: len(calls) == 1, timeout=5)
-    assert proc._batcher._pending == []
-    assert proc._batcher._deadline == math.inf
+    assert proc.batcher.snapshot().pending == ()
+    assert proc.batcher.snapshot().deadline == math.inf
 
 
 def test_timer_starts_when_first_event_arrives_not_at_construction(pipeline, receiver):
     events, proc, _ = pipeline(batch_events=TIMED)
     time.sleep(0.7)  # idle processor: no timer may be running yet
-    assert proc._batcher._deadline == math.inf
+    assert proc.batcher.snapshot().deadline == math.inf
     t_first = time.time()
     events.activate(1, 1, "after-idle")
     assert receiver.wait_for_events(1, timeout=5)
@@ -142,7 +142,7 @@ def test_timer_cleared_after_time_flush_and_restarted_by_next_event(pipeline, re
     # idle for more than one interval: no empty request, no timer
     assert not receiver.wait_for_events(2, timeout=INTERVAL + 0.2)
     assert len(receiver.requests()) == 1
-    assert proc._batcher._deadline == math.inf
+    assert proc.batcher.snapshot().deadline == math.inf
     t_second = time.time()
     events.activate(1, 1, "window-2")
     assert receiver.wait_for_events(2, timeout=5)
@@ -158,7 +158,7 @@ def test_count_flush_resets_the_timer(pipeline, receiver):
         events.activate(1, 1, f"full-{i}")
     assert receiver.wait_for_events(3, timeout=5)
     assert arrival(receiver, 0) - t0 < INTERVAL  # sent for the count, not by the timer
-    assert proc._batcher._deadline == math.inf
+    assert proc.batcher.snapshot().deadline == math.inf
     time.sleep(0.5)  # part of the scenario: the next event comes half-way through the old window
     t1 = time.time()
     events.activate(1, 1, "next")
@@ -405,7 +405,7 @@ def test_flush_events_sync_sends_queue_and_returns_after_callbacks(pipeline, rec
     assert callbacks.calls[0][0] is None
     assert callbacks.calls[0][1] == receiver.events()
     assert receiver.event_count() == 3
-    assert proc._batcher._pending == [] and proc._batcher._deadline == math.inf
+    assert proc.batcher.snapshot().pending == () and proc.batcher.snapshot().deadline == math.inf
     assert proc.flush_events() is True  # default mode is sync; nothing left, nothing sent
     assert len(receiver.requests()) == 1
 
@@ -431,7 +431,7 @@ def test_flush_events_clears_the_timer(pipeline, receiver):
     events, proc, _ = pipeline(batch_events=TIMED)
     events.activate(1, 1, "flushed")
     assert proc.flush_events() is True
-    assert proc._batcher._deadline == math.inf
+    assert proc.batcher.snapshot().deadline == math.inf
     time.sleep(0.5)  # part of the scenario: the next event comes half-way through the old window
     t1 = time.time()
     events.activate(1, 1, "after-flush")
@@ -475,7 +475,7 @@ def test_flush_events_rejects_other_modes_and_keeps_the_queue(pipeline, receiver
         proc.flush_events(mode=mode)
     msg = str(info.value)
     assert "'sync'" in msg and "'async'" in msg
-    assert len(proc._batcher._pending) == 3
+    assert len(proc.batcher.snapshot().pending) == 3
     assert receiver.requests() == [] and callbacks.calls == []
     assert proc.flush_events() is True
     assert [r["n_events"] for r in receiver.requests()] == [3]
@@ -706,7 +706,7 @@ def test_queue_holds_vwo_events_not_spans(pipeline, receiver):
     events.activate(10, 1, "compact", visitor_ua="UA")
     events.track(10, 1, 5, "compact", revenue=3)
     events.push("compact", {"k": "v"})
-    pending = list(proc._batcher._pending)
+    pending = list(proc.batcher.snapshot().pending)
     assert len(pending) == 3
     assert all(type(ev) is VWOEvent for ev in pending)
     assert not any(isinstance(ev, ReadableSpan) for ev in pending)
@@ -725,7 +725,7 @@ def test_batches_are_in_flight_concurrently_so_latency_does_not_cap_throughput(p
     """Four batches against a server that answers 0.5 s late: with four requests in flight
     they all land in about one answer time; one at a time would need 2 s."""
     events, proc, _ = pipeline(batch_events={"events_per_request": 5, "request_time_interval": 60})
-    assert proc._batcher.max_concurrent_requests == 4  # the default
+    assert proc.batcher.max_concurrent_requests == 4  # the default
     receiver.stall(0.5, n=4)
     start = time.monotonic()
     for i in range(20):
@@ -772,7 +772,7 @@ def test_max_concurrent_requests_is_validated():
 
     exporter = VWOExporter(1, "k", endpoint="http://127.0.0.1:9")
     for bad in (0, 65, 2.0, True):
-        with pytest.raises(ValueError, match="max_concurrent_requests"):
+        with pytest.raises((TypeError, ValueError), match="max_concurrent_requests"):
             VWOSpanProcessor(exporter, HELD, max_concurrent_requests=bad)
 
 

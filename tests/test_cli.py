@@ -1,7 +1,9 @@
-"""The ``vwo-otel`` command: ``receive`` (live, --list, --export) and ``check``, over loopback."""
+"""The ``vwo-otel`` command: ``demo``, ``receive`` (live, --list, --export), ``check`` and the parser
+(the gateway command's run is tested in test_gateway.py), over loopback."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -11,12 +13,14 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 from conftest import ACCOUNT_ID, SDK_KEY
 
 from vwo_otel import VWOExporter, VWOSpanProcessor
 from vwo_otel.__main__ import main
+from vwo_otel.cli import parser, until_interrupted
 from vwo_otel.servers.receiver import Receiver
 
 
@@ -106,6 +110,33 @@ def test_receive_stored_needs_a_db_file(tmp_path, capsys):
 def test_receive_refuses_a_non_loopback_host(capsys):
     assert main(["receive", "--host", "0.0.0.0", "--port", "0"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--account-id", "1" * 300], "--account-id must be a positive int"),
+    (["--account-id", "0"], "--account-id must be a positive int"),
+    (["--sdk-key", " padded "], "--sdk-key must be"),
+    (["--port", "70000"], "--port must be an int from 0 to 65535"),
+    (["--max-body-bytes", "0"], "--max-body-bytes must be an int >= 1"),
+])
+def test_receive_refuses_bad_options_in_one_line(capsys, argv, words):
+    assert main(["receive", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vwo-otel receive: error: {words}") and err.count("\n") == 1, err
+
+
+def test_receive_json_summary_at_exit(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "vwo_otel", "receive", "--port", "0", "--db",
+                             str(tmp_path / "rx.sqlite"), "--quiet", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().split(" on ", 1)[1].split()[0]
+        _send(url, 2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["events"] == 2
 
 
 def test_receive_sigterm_prints_summary(tmp_path):
@@ -207,10 +238,93 @@ def test_check_reports_bad_config(capsys, monkeypatch, env, expected):
     assert expected in out
 
 
-def test_help_lists_the_commands(capsys):
+def test_check_names_the_bad_option(capsys):
+    code, out = _check(capsys, "--account-id", "9" * 300, "--sdk-key", SDK_KEY)
+    assert code == 2 and "config error: --account-id must be a positive int" in out
+
+
+# -- demo ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, words", [
+    (["--users", "0"], "--users must be an int from 1 to 1000000, got 0"),
+    (["--events-per-request", "0"], "--events-per-request must be"),
+    (["--events-per-request", "9000"], "--events-per-request must be"),
+    (["--request-time-interval", "nan"], "--request-time-interval must be"),
+    (["--account-id", "1" * 300], "--account-id must be a positive int"),
+    (["--sdk-key", ""], "--sdk-key must be"),
+    (["--endpoint", "localhost:80"], "--endpoint must be an http(s) URL"),
+])
+def test_demo_refuses_bad_options_in_one_line(capsys, argv, words):
+    assert main(["demo", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"vwo-otel demo: error: {words}") and captured.err.count("\n") == 1, captured.err
+    if "events-per-request" in words:
+        assert "1 to 5000" in captured.err
+
+
+def test_demo_runs_against_the_embedded_receiver(capsys):
+    assert main(["demo", "--users", "20", "--events-per-request", "10", "--request-time-interval", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "embedded VWO-compatible receiver listening on http://127.0.0.1:" in out
+    assert "delivered" in out and "failed 0" in out
+
+
+# -- the parser ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["receive"], ["check"], ["gateway"]])
+def test_help_is_plain_text(capsys, command):
     with pytest.raises(SystemExit) as info:
-        main(["--help"])
+        main([*command, "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("demo", "receive", "check"):
-        assert command in out
+    assert "``" not in out and out.startswith(f"usage: vwo-otel {' '.join(command)}".rstrip())
+    if not command:
+        for name in ("demo", "receive", "check", "gateway"):
+            assert name in out
+
+
+def test_every_option_has_help():
+    commands = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            assert action.help, f"vwo-otel {name} {'/'.join(action.option_strings)} has no help"
+
+
+def test_gateway_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["gateway", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--config", "--account", "--default-account", "--endpoint", "--host", "--port",
+                   "--events-per-request", "--request-time-interval", "--max-backlog", "--retry-after",
+                   "--shutdown-timeout", "--spool", "--log-level"):
+        assert option in out
+
+
+def test_gateway_refuses_a_huge_account_id_cleanly(capsys):
+    assert main(["gateway", "--account", "7" * 300 + "=secret-key-123"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vwo-otel gateway: error: --account must be a positive int") and "secret-key-123" not in err
+
+
+def test_until_interrupted_ends_quietly_on_sigterm_and_restores_the_handler() -> None:
+    def mine(signum: int, frame: Any) -> None:  # pragma: no cover - never called
+        raise AssertionError("the previous handler ran")
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    reached = []
+    try:
+        with until_interrupted():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+            reached.append("after the sleep")  # pragma: no cover
+        with until_interrupted():
+            raise KeyboardInterrupt  # Ctrl-C too
+        assert signal.getsignal(signal.SIGTERM) is mine
+        with pytest.raises(ValueError), until_interrupted():
+            raise ValueError("other errors go through")
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert reached == []

@@ -53,7 +53,7 @@ def _raises(build, batch_events, key: str, allowed: str, cls=VWOSpanProcessor) -
 @pytest.mark.parametrize("value", [1, 2, 100, 4999, 5000])
 def test_events_per_request_accepts_ints_1_to_5000(build, value):
     proc = build({"events_per_request": value})
-    assert proc._batcher.events_per_request == value
+    assert proc.batcher.events_per_request == value
 
 
 @pytest.mark.parametrize("value, exc", [
@@ -73,7 +73,7 @@ def test_events_per_request_rejected(build, value, exc):
 @pytest.mark.parametrize("value", [1, 1.0, 1.5, 60, 600, 86400 * 365])
 def test_request_time_interval_accepts_numbers_from_1(build, value):
     proc = build({"request_time_interval": value})
-    assert proc._batcher.interval == float(value)
+    assert proc.batcher.interval == float(value)
 
 
 @pytest.mark.parametrize("value, exc", [
@@ -93,19 +93,19 @@ def test_request_time_interval_rejected(build, value, exc):
 
 def test_only_events_per_request_given_interval_defaults_to_600(build):
     proc = build({"events_per_request": 2})
-    assert proc._batcher.events_per_request == 2
-    assert proc._batcher.interval == 600.0
+    assert proc.batcher.events_per_request == 2
+    assert proc.batcher.interval == 600.0
 
 
 def test_only_request_time_interval_given_count_defaults_to_100(build):
     proc = build({"request_time_interval": 5})
-    assert proc._batcher.events_per_request == 100
-    assert proc._batcher.interval == 5.0
+    assert proc.batcher.events_per_request == 100
+    assert proc.batcher.interval == 5.0
 
 
 def test_explicit_none_counts_as_not_given(build):
     proc = build({"events_per_request": None, "request_time_interval": 30, "flush_callback": None})
-    assert (proc._batcher.events_per_request, proc._batcher.interval) == (100, 30.0)
+    assert (proc.batcher.events_per_request, proc.batcher.interval) == (100, 30.0)
 
 
 def test_default_interval_applies_over_http(pipeline, receiver, callbacks):
@@ -113,7 +113,7 @@ def test_default_interval_applies_over_http(pipeline, receiver, callbacks):
     events, proc, _ = pipeline(batch_events={"events_per_request": 2})
     before = time.monotonic()
     events.activate(1, 1, "solo")
-    deadline = proc._batcher._deadline
+    deadline = proc.batcher.snapshot().deadline
     assert before + 600 <= deadline <= time.monotonic() + 600
     assert receiver.requests() == []
     events.activate(1, 1, "pair")
@@ -127,7 +127,7 @@ def test_default_count_applies_over_http(pipeline, receiver):
     events, proc, _ = pipeline(batch_events={"request_time_interval": 1})
     for i in range(150):
         events.activate(1, 1, f"user-{i}")
-    assert len(proc._batcher._pending) == 50  # the first 100 were cut on the emitting thread
+    assert len(proc.batcher.snapshot().pending) == 50  # the first 100 were cut on the emitting thread
     assert receiver.wait_for_events(150, timeout=5)
     assert [r["n_events"] for r in receiver.requests()] == [100, 50]
 
@@ -144,7 +144,7 @@ def test_flush_callback_callable_accepted(build):
         return None
 
     proc = build({"events_per_request": 5, "flush_callback": cb})
-    assert proc._batcher.config.flush_callback is cb
+    assert proc.batcher.config.flush_callback is cb
 
 
 @pytest.mark.parametrize("value", [{}, {"flush_callback": print},
@@ -178,8 +178,8 @@ def test_typed_batch_events_accepted(build):
 
     cfg = BatchEvents(events_per_request=7, request_time_interval=2, flush_callback=cb)
     proc = build(cfg)
-    assert proc._batcher.config is cfg
-    assert (proc._batcher.events_per_request, proc._batcher.interval) == (7, 2.0)
+    assert proc.batcher.config is cfg
+    assert (proc.batcher.events_per_request, proc.batcher.interval) == (7, 2.0)
     assert BatchEvents(events_per_request=7).request_time_interval == 600.0
     assert BatchEvents(request_time_interval=3).events_per_request == 100
 
@@ -200,8 +200,8 @@ def test_errors_raised_at_processor_construction(build, cls):
 
 def test_none_means_real_time(build):
     proc = build(None)
-    assert proc._batcher.realtime is True
-    assert proc._batcher.events_per_request == 1
+    assert proc.batcher.realtime is True
+    assert proc.batcher.events_per_request == 1
     assert "real-time" in repr(proc)
 
 

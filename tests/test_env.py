@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from conftest import ACCOUNT_ID, SDK_KEY
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.trace import TracerProvider
 
-from vwo_otel import RetryPolicy, VWOEvents, VWOLogRecordProcessor, VWOSampler, VWOSpanProcessor
+import vwo_otel
+from vwo_otel import RetryPolicy, VWOEvents, VWOLogRecordProcessor, VWOSampler, VWOSpanProcessor, checks
 from vwo_otel.env import (
     VARIABLES,
     ConfigError,
@@ -65,6 +68,46 @@ def test_bad_value_names_variable_and_range(name, bad, allowed):
     assert str(info.value).startswith(f"{name} must be {allowed}")
     assert repr(bad) in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("name, allowed", [
+    ("VWO_EVENTS_PER_REQUEST", checks.EVENTS_PER_REQUEST), ("VWO_REQUEST_TIME_INTERVAL", checks.REQUEST_TIME_INTERVAL),
+    ("VWO_MAX_PAYLOAD_BYTES", checks.MAX_PAYLOAD_BYTES), ("VWO_TIMEOUT", checks.TIMEOUT),
+])
+def test_ranges_are_the_checks_ranges(name, allowed):
+    assert VARIABLES[name].allowed == str(allowed)
+
+
+def test_endpoint_is_checked_as_the_argument_is():
+    with pytest.raises(ConfigError, match="VWO_ENDPOINT must be an http"):
+        read_env({**BASE, "VWO_ENDPOINT": "https://dev.visualwebsiteoptimizer.com/server-side/batch-events-v2"})
+    assert read_env({"VWO_ENDPOINT": "http://127.0.0.1:9/eu/"}) == {"endpoint": "http://127.0.0.1:9/eu"}
+
+
+def test_a_misspelt_variable_is_an_error_naming_the_closest_one(caplog):
+    with pytest.raises(ConfigError) as info:
+        read_env({**BASE, "VWO_EVNETS_PER_REQUEST": "50"})
+    assert info.value.variable == "VWO_EVNETS_PER_REQUEST"
+    assert "did you mean VWO_EVENTS_PER_REQUEST?" in str(info.value)
+    with pytest.raises(ConfigError, match="VWO_SDK_KEY_EU"):
+        span_processor_from_env(environ={**BASE, "VWO_SDK_KEY_EU": "x"})
+    # a name like no variable that is read (another tool's, say): one warning, not an error
+    with caplog.at_level(logging.WARNING, logger="vwo_otel"):
+        assert read_env({"VWO_Q": "1"}) == {}
+        read_env({"VWO_Q": "1"})
+    assert [r.getMessage() for r in caplog.records if "VWO_Q" in r.getMessage()] == [
+        "VWO_Q is not a vwo_otel variable and is ignored; the variables read are " + ", ".join(VARIABLES)]
+
+
+def test_the_gateways_keys_reserved_names_and_empty_values_are_not_unknown():
+    env = {**BASE, "VWO_SDK_KEY_123": "key-of-account-123", "VWO_DISABLED": "1", "VWO_TYPO": " ", "VWOX": "1"}
+    assert read_env(env) == {"account_id": ACCOUNT_ID, "sdk_key": SDK_KEY}
+
+
+def test_config_error_is_one_class_wherever_it_is_imported_from():
+    from vwo_otel.errors import ConfigError as from_errors
+
+    assert ConfigError is from_errors is vwo_otel.ConfigError
 
 
 def test_every_variable_is_documented_in_readme():
@@ -130,13 +173,13 @@ def test_processor_from_env_settings_and_overrides():
            "VWO_MAX_QUEUE_SIZE": "300", "VWO_SHUTDOWN_TIMEOUT": "2"}
     p = span_processor_from_env(environ=env)
     assert isinstance(p, VWOSpanProcessor)
-    b = p._batcher
+    b = p.batcher
     assert (b.events_per_request, b.max_queue_size, b.shutdown_timeout, b.realtime) == (20, 300, 2.0, False)
     assert p.metrics is None
     p.shutdown()
     p = span_processor_from_env(environ=env, batch_events=None, max_queue_size=10, shutdown_timeout=1,
                                   endpoint="http://127.0.0.1:10")
-    b = p._batcher
+    b = p.batcher
     assert (b.realtime, b.max_queue_size, b.shutdown_timeout, b.exporter.endpoint) == (
         True, 10, 1.0, "http://127.0.0.1:10")
     p.shutdown()
@@ -149,7 +192,7 @@ def test_processor_from_env_settings_and_overrides():
 def test_max_concurrent_requests_from_env():
     env = {**BASE, "VWO_ENDPOINT": "http://127.0.0.1:9", "VWO_MAX_CONCURRENT_REQUESTS": "2"}
     p = span_processor_from_env(environ=env)
-    assert p._batcher.max_concurrent_requests == 2
+    assert p.batcher.max_concurrent_requests == 2
     p.shutdown()
     with pytest.raises(ConfigError, match="VWO_MAX_CONCURRENT_REQUESTS must be an int from 1 to 64"):
         span_processor_from_env(environ={**env, "VWO_MAX_CONCURRENT_REQUESTS": "65"})
@@ -158,10 +201,10 @@ def test_max_concurrent_requests_from_env():
 def test_spool_from_env(tmp_path):
     p = span_processor_from_env(environ={**BASE, "VWO_ENDPOINT": "http://127.0.0.1:9",
                                          "VWO_SPOOL": str(tmp_path / "spool")})
-    assert p._batcher._spool is not None and p._batcher._spool.directory == str(tmp_path / "spool")
+    assert p.batcher.spool is not None and p.batcher.spool.directory == str(tmp_path / "spool")
     p.shutdown()
     p = span_processor_from_env(environ={**BASE, "VWO_ENDPOINT": "http://127.0.0.1:9"})
-    assert p._batcher._spool is None
+    assert p.batcher.spool is None
     p.shutdown()
 
 

@@ -3,7 +3,7 @@
 - ``wire._compact`` (formatted JSON) == the JSON encoder, byte for byte;
 - the cached visitor id == ``uuid.uuid5(...).hex.upper()``;
 - ``events.from_attributes``' inline path == its checked path (same event, same errors);
-- ``processor._plain`` reads the SDK's attribute dict without changing what is decoded.
+- ``event._plain`` reads the SDK's attribute dict without changing what is decoded.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import uuid
 import pytest
 
 from vwo_otel import attributes as A
-from vwo_otel.event import MalformedEvent, VWOEvent, from_attributes
+from vwo_otel.event import MalformedEvent, VWOEvent, _plain, from_attributes
 from vwo_otel.export.wire import VWO_NAMESPACE, Encoder, _dumps
-from vwo_otel.processor import _plain
 
 TEXTS = ["", "a", "é", "\u2028", '"q\\', "\x00\x1f", "日本", "\U0001f600", "Mozilla/5.0 (X11)", "1.2.3.4"]
 REVENUES = [None, 0, 5, -3, 12.5, 1e300, -0.0, 1e-7, 0.1 + 0.2, 2**62, True, float("nan"), float("inf")]

@@ -51,7 +51,7 @@ def fork(child) -> int:
 
 def test_queued_events_stay_with_the_parent_and_the_child_delivers_its_own(pipeline, receiver, callbacks):
     events, proc, _ = pipeline(HELD)
-    exporter = proc._batcher.exporter
+    exporter = proc.batcher.exporter
     events.activate(1, 1, "warm-up")
     assert proc.flush_events() is True  # the parent now holds a keep-alive connection
     parent_session = exporter._transport
@@ -59,7 +59,7 @@ def test_queued_events_stay_with_the_parent_and_the_child_delivers_its_own(pipel
         events.activate(1, 1, f"parent-{i}")  # queued in the parent at fork time
 
     def child() -> int:
-        if proc._batcher._size != 0 or exporter._transport is parent_session:
+        if proc.stats()["queued"] != 0 or exporter._transport is parent_session:
             return 3  # inherited the parent's queue or its HTTP session
         for i in range(3):
             events.track(1, 1, 2, f"child-{i}", revenue=1.0)
@@ -87,13 +87,13 @@ def test_fork_while_a_batch_is_in_flight(pipeline, receiver, callbacks):
     for i in range(4):
         events.activate(1, 1, f"flying-{i}")
     deadline = time.monotonic() + 5
-    while not proc._batcher._inflight and time.monotonic() < deadline:
+    while not proc.batcher.snapshot().in_flight and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert proc._batcher._inflight  # a delivery thread has taken the batch: it is being sent
+    assert proc.batcher.snapshot().in_flight  # a delivery thread has taken the batch: it is being sent
 
     def child() -> int:
         events.activate(1, 1, "kid")
-        return 0 if proc._batcher.flush(5.0) and proc._batcher._size == 0 else 5
+        return 0 if proc.force_flush(5000) and proc.stats()["queued"] == 0 else 5
 
     assert fork(child) == 0
     assert proc.flush_events() is True

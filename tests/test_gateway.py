@@ -149,7 +149,7 @@ if cfg["signal"] == "traces":
     provider.add_span_processor(BatchSpanProcessor(
         OTLPSpanExporter(endpoint=cfg["url"] + "/v1/traces", compression=compression),
         max_export_batch_size=64, schedule_delay_millis=100))
-    vwo = vwo_otel.VWOEvents(tracer_provider=provider)
+    vwo = vwo_otel.VWOEvents(tracer_provider=provider, to_gateway=True)
     tracer = provider.get_tracer("app")
     def noise():
         with tracer.start_as_current_span("GET /item", attributes={"http.route": "/item"}):
@@ -162,7 +162,7 @@ else:
     provider.add_log_record_processor(BatchLogRecordProcessor(
         OTLPLogExporter(endpoint=cfg["url"] + "/v1/logs", compression=compression),
         max_export_batch_size=64, schedule_delay_millis=100))
-    vwo = vwo_otel.VWOEvents(logger_provider=provider)
+    vwo = vwo_otel.VWOEvents(logger_provider=provider, to_gateway=True)
     app_logger = provider.get_logger("app")
     def noise():
         app_logger.emit(body="request served", attributes={"http.route": "/item"})
@@ -531,7 +531,8 @@ def test_otlp_exporter_retries_through_429_and_nothing_is_duplicated(make_gatewa
     provider = TracerProvider(shutdown_on_exit=False)
     provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=gw.url + "/v1/traces", timeout=10)))
     started = time.monotonic()
-    vwo_otel.VWOEvents(tracer_provider=provider).track(231, 2, 7, "retried")  # exported synchronously, retried
+    # exported synchronously, retried
+    vwo_otel.VWOEvents(tracer_provider=provider, to_gateway=True).track(231, 2, 7, "retried")
     assert time.monotonic() - started >= 0.8
     provider.shutdown()
     assert receiver.wait_for_events(6, timeout=10)

@@ -84,6 +84,32 @@ def _emit_all(events: VWOEvents) -> int:
     return 6
 
 
+#: The same six events as ``_emit_all``, as attributes (the contract in ``vwo_otel.attributes``).
+_RAW_EVENTS = [
+    {A.EVENT_TYPE: 1, A.USER_ID: "Varun", A.CAMPAIGN_ID: 231, A.VARIATION_ID: 1, A.VISITOR_UA: "UA/1",
+     A.VISITOR_IP: "192.0.2.9"},
+    {A.EVENT_TYPE: 1, A.USER_ID: "Alice", A.CAMPAIGN_ID: 232, A.VARIATION_ID: 2},
+    {A.EVENT_TYPE: 2, A.USER_ID: "Varun", A.CAMPAIGN_ID: 231, A.VARIATION_ID: 1, A.GOAL_ID: 2, A.REVENUE: 12.5},
+    {A.EVENT_TYPE: 2, A.USER_ID: "Alice", A.CAMPAIGN_ID: 231, A.VARIATION_ID: 1, A.GOAL_ID: 3},
+    {A.EVENT_TYPE: 3, A.USER_ID: "Varun", A.DIMENSION_KEY: "plan", A.DIMENSION_VALUE: "pro"},
+    {A.EVENT_TYPE: 3, A.USER_ID: "Varun", A.DIMENSION_KEY: "country", A.DIMENSION_VALUE: "IN"},
+]
+
+
+def _emit_raw(provider) -> int:
+    """The events emitted with the app's own tracer / logger: records collected elsewhere
+    (``VWOEvents`` itself emits only where a VWO processor or exporter receives them)."""
+    if isinstance(provider, LoggerProvider):
+        log = provider.get_logger("my.app")
+        for attrs in _RAW_EVENTS:
+            log.emit(event_name=A.EVENT_NAMES[attrs[A.EVENT_TYPE]], attributes=attrs)
+    else:
+        tracer = provider.get_tracer("my.app")
+        for attrs in _RAW_EVENTS:
+            tracer.start_span(A.EVENT_NAMES[attrs[A.EVENT_TYPE]], attributes=attrs).end()
+    return len(_RAW_EVENTS)
+
+
 def _raw_without_sid(receiver) -> list[str]:
     import json
 
@@ -474,7 +500,7 @@ def test_span_exporter_export_called_directly(receiver, recording, cleanup):
     mem = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(mem))
     cleanup(provider)
-    n = _emit_all(VWOEvents(tracer_provider=provider))
+    n = _emit_raw(provider)
     _app_spans(provider)
     spans = mem.get_finished_spans()
     exporter = recording()
@@ -540,7 +566,7 @@ def test_log_exporter_export_called_directly(receiver, recording, cleanup):
     mem = InMemoryLogRecordExporter()
     lp.add_log_record_processor(SimpleLogRecordProcessor(mem))
     cleanup(lp)
-    n = _emit_all(VWOEvents(logger_provider=lp))
+    n = _emit_raw(lp)
     lp.get_logger("my.app").emit(body="not VWO")
     records = mem.get_finished_logs()
     assert len(records) == n + 1

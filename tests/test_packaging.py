@@ -44,7 +44,7 @@ def test_wheel_builds_installs_and_runs(tmp_path):
     runtime = {r.split(";")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower()
                for r in meta.get_all("Requires-Dist") or [] if "extra ==" not in r}
     assert runtime == RUNTIME_DEPS
-    assert "vwo-otel = vwo_otel.__main__:main" in entry_points
+    assert "vwo-otel = vwo_otel.cli:main" in entry_points
     assert "vwo_otel = vwo_otel.auto:configure" in entry_points
 
     env_dir = tmp_path / "venv"

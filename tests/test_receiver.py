@@ -6,11 +6,8 @@ import http.client
 import io
 import json
 import os
-import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from vwo_otel.servers.httpd import read_body, until_interrupted
+from vwo_otel.servers.httpd import Body, read_body
 from vwo_otel.servers.receiver import PAYLOAD_TOO_LARGE, Receiver
 
 ACCOUNT = 12345
@@ -28,7 +25,6 @@ KEY = "rx-test-key-abcdef"
 U1 = "C4D95C097902569F9A2D2E87CD3201C8"  # visitor "Varun" in account 12345
 U2 = "E3B732864F315FB6974BC3EF4E2FD920"  # visitor "Alice"
 BATCH_PATH = "/server-side/batch-events"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def visitor(u: str = U1, e: int = 231, c: int = 1, sid: int = 1795663948) -> dict:
@@ -307,14 +303,14 @@ CHUNKED = {"Transfer-Encoding": "chunked"}
 def test_read_body(headers: dict[str, str], raw: bytes, limit: int, drain: int, expected: tuple, closes: bool,
                    rest: bytes | None) -> None:
     h = _FakeRequest(headers, raw)
-    assert read_body(h, limit, drain) == expected  # type: ignore[arg-type]
+    assert read_body(h, limit, drain) == Body(*expected)  # type: ignore[arg-type]
     assert h.close_connection is closes
     if rest is not None:  # what is left for the next request on a kept-alive connection
         assert h.rfile.read() == rest
 
 
 def test_read_body_get_without_length_has_an_empty_body() -> None:
-    assert read_body(_FakeRequest({}, b"", command="GET"), 10, 20) == (b"", 0, None)  # type: ignore[arg-type]
+    assert read_body(_FakeRequest({}, b"", command="GET"), 10, 20) == Body(b"", 0)  # type: ignore[arg-type]
 
 
 def test_chunked_body_over_the_limit_is_413_and_the_connection_stays_usable(rx: Receiver) -> None:
@@ -339,28 +335,6 @@ def test_chunked_body_over_the_limit_is_413_and_the_connection_stays_usable(rx: 
 
 
 @pytest.mark.skipif(os.name != "posix", reason="needs SIGTERM")
-def test_until_interrupted_ends_quietly_on_sigterm_and_restores_the_handler() -> None:
-    def mine(signum: int, frame: Any) -> None:  # pragma: no cover - never called
-        raise AssertionError("the previous handler ran")
-
-    previous = signal.signal(signal.SIGTERM, mine)
-    reached = []
-    try:
-        with until_interrupted():
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)
-            reached.append("after the sleep")  # pragma: no cover
-        with until_interrupted():
-            raise KeyboardInterrupt  # Ctrl-C too
-        assert signal.getsignal(signal.SIGTERM) is mine
-        with pytest.raises(ValueError), until_interrupted():
-            raise ValueError("other errors go through")
-        assert signal.getsignal(signal.SIGTERM) is mine
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert reached == []
-
-
 # --------------------------------------------------------------------------- fault injection
 
 
@@ -611,43 +585,6 @@ def test_file_db_persists(tmp_path: Path, session: requests.Session) -> None:
     again.close()
 
 
-def test_database_of_the_earlier_layout_is_upgraded(tmp_path: Path) -> None:
-    """A file written when every event was a row of its own opens with its events intact."""
-    db = tmp_path / "old.sqlite"
-    with sqlite3.connect(db) as conn:
-        conn.executescript("""
-            CREATE TABLE requests (id INTEGER PRIMARY KEY, received_at REAL NOT NULL, method TEXT NOT NULL,
-                path TEXT NOT NULL, query TEXT NOT NULL, status INTEGER NOT NULL, body_bytes INTEGER NOT NULL,
-                n_events INTEGER NOT NULL, error TEXT, accepted INTEGER NOT NULL DEFAULT 0);
-            CREATE TABLE events (id INTEGER PRIMARY KEY, request_id INTEGER NOT NULL, eT INTEGER NOT NULL,
-                u TEXT NOT NULL, sId INTEGER NOT NULL, e INTEGER, c INTEGER, g INTEGER, r, t TEXT,
-                visitor_ua TEXT NOT NULL, visitor_ip TEXT NOT NULL, raw TEXT NOT NULL);
-        """)
-        conn.execute("INSERT INTO requests VALUES (1, 1.0, 'POST', '/server-side/batch-events', 'a=1', 200, 9, 2,"
-                     " NULL, 1)")
-        conn.execute("INSERT INTO requests VALUES (2, 2.0, 'POST', '/server-side/batch-events', 'a=1', 400, 9, 1,"
-                     " 'ev[0]: eT must be 1, 2 or 3', 0)")
-        u = "A" * 32
-        for i, raw in enumerate([{"u": u, "sId": 5, "visitor_ua": "", "visitor_ip": "", "eT": 1, "e": 3, "c": 2},
-                                 {"u": u, "sId": 6, "visitor_ua": "", "visitor_ip": "", "eT": 2, "e": 3, "c": 2,
-                                  "g": 7, "r": 1.5}]):
-            conn.execute("INSERT INTO events VALUES (?, 1, ?, ?, ?, 3, 2, ?, ?, NULL, '', '', ?)",
-                         (i + 1, raw["eT"], u, raw["sId"], raw.get("g"), raw.get("r"),
-                          json.dumps(raw, separators=(",", ":"))))
-    conn.close()
-    rx = Receiver(db_path=str(db))
-    try:
-        assert rx.event_count() == 2 and [r["status"] for r in rx.requests()] == [200, 400]
-        assert rx.events() == [
-            {"eT": 1, "u": u, "sId": 5, "e": 3, "c": 2, "visitor_ua": "", "visitor_ip": ""},
-            {"eT": 2, "u": u, "sId": 6, "e": 3, "c": 2, "g": 7, "r": 1.5, "visitor_ua": "", "visitor_ip": ""}]
-    finally:
-        rx.close()
-    again = Receiver(db_path=str(db))  # already upgraded: opens as is
-    assert again.event_count() == 2
-    again.close()
-
-
 def test_start_stop_restart_on_same_port(session: requests.Session) -> None:
     rx = Receiver(ACCOUNT, KEY)
     assert rx.start() is rx and rx.start() is rx  # idempotent
@@ -688,30 +625,3 @@ def test_quiet_on_stderr(rx: Receiver, session: requests.Session, capfd: pytest.
         assert raw.recv(4096).startswith(b"HTTP/1.1 400")
     out, err = capfd.readouterr()
     assert out == "" and err == ""
-
-
-# --------------------------------------------------------------------------- command line
-
-
-@pytest.mark.skipif(os.name != "posix", reason="needs SIGINT delivery to a child process")
-def test_main_runs_until_interrupted(tmp_path: Path) -> None:
-    db = tmp_path / "cli.sqlite"
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "vwo_otel.servers.receiver", "--port", "0", "--db", str(db)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        url = line.split(" on ", 1)[1].split()[0]
-        resp = requests.post(url + BATCH_PATH + "?a=1&env=k", data=json.dumps({"ev": [visitor()]}),
-                             headers={"Authorization": "k", "Content-Type": "application/json"}, timeout=5)
-        assert resp.status_code == 200
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
-    assert json.loads(out.strip().splitlines()[-1])["events"] == 1
-

@@ -41,7 +41,7 @@ from vwo_otel import (
     visitor_uuid,
 )
 from vwo_otel.export import exporter as exporter_module
-from vwo_otel.export.retry import RETRY_STATUSES, parse_retry_after
+from vwo_otel.export.retry import RETRY_STATUSES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELD = {"events_per_request": 100, "request_time_interval": 60}
@@ -116,15 +116,6 @@ def test_request_timeout_is_retried_and_nothing_duplicated(pipeline, receiver, m
     assert callbacks.failed == []
 
 
-def test_backoff_is_exponential_capped_and_jittered():
-    policy = RetryPolicy(budget=60, initial_backoff=0.5, max_backoff=3.0)
-    for attempt, base in enumerate([0.5, 1, 2, 3, 3, 3]):
-        waits = [policy.backoff(attempt) for _ in range(200)]
-        assert all(0.8 * base - 1e-9 <= w <= 1.2 * base + 1e-9 for w in waits), (attempt, min(waits), max(waits))
-        assert max(waits) - min(waits) > 0.1 * base  # jitter, not a fixed schedule
-    assert policy.backoff(10_000) <= 3.6  # no overflow for huge attempt numbers
-
-
 def test_backoff_waits_between_real_attempts(pipeline, receiver, make_exporter, callbacks):
     policy = RetryPolicy(budget=10, initial_backoff=0.1, max_backoff=0.25)
     events, proc, _ = pipeline({"events_per_request": 1, "request_time_interval": 60},
@@ -159,14 +150,6 @@ def test_retry_after_zero_still_backs_off(pipeline, receiver, make_exporter, cal
     assert proc.flush_events() is True
     times = [r["received_at"] for r in receiver.requests()]
     assert len(times) == 4 and all(b - a >= 0.07 for a, b in zip(times, times[1:], strict=False)), times
-
-
-def test_parse_retry_after_forms():
-    now = 1_700_000_000.0
-    assert parse_retry_after("7") == 7.0
-    assert parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now=now) == pytest.approx(30, abs=1)
-    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
-    assert parse_retry_after("soon") is None and parse_retry_after(None) is None and parse_retry_after("-3") == 0.0
 
 
 def test_retries_stop_at_the_budget_and_the_batch_is_reported(pipeline, receiver, make_exporter, callbacks):
@@ -396,7 +379,7 @@ def test_backlog_is_bounded_and_conversions_outlive_impressions(pipeline, receiv
     events, proc, _ = pipeline({"events_per_request": 5, "request_time_interval": 60},
                                exporter=make_exporter(retry=policy), max_queue_size=20,
                                max_concurrent_requests=1)  # one batch in flight, the rest evictable
-    batcher = proc._batcher
+    batcher = proc.batcher
     receiver.fail_next(10_000, status=503, retry_after=1)
     emitted = []
     for i in range(15):
@@ -405,7 +388,7 @@ def test_backlog_is_bounded_and_conversions_outlive_impressions(pipeline, receiv
     for i in range(5):
         events.push(f"dim-{i}", {"plan": "pro"})
         emitted.append(u(f"dim-{i}"))
-    assert batcher._size == 20
+    assert batcher.queue_size() == 20
     wait_for_requests(receiver, 1)  # the first batch (5 impressions) is in flight, retrying
     start = time.monotonic()
     for i in range(5):
@@ -414,7 +397,7 @@ def test_backlog_is_bounded_and_conversions_outlive_impressions(pipeline, receiv
     for i in range(25):
         events.track(1, 1, 9, f"conv-{i}", revenue=float(i))  # evict queued eT 1/3, never in-flight ones
         emitted.append(u(f"conv-{i}"))
-        assert batcher._size <= 20
+        assert batcher.queue_size() <= 20
     assert time.monotonic() - start < 0.5  # emitting never blocks when full
     dropped = proc.stats()["dropped"]["queue_full"]
     # 5 late impressions; the first 15 conversions evict the 15 queued (not in-flight) eT 1/3
@@ -648,7 +631,7 @@ def test_malformed_records_are_reported_and_neighbours_delivered(pipeline, recei
 def test_an_event_the_encoder_cannot_take_fails_alone_and_the_thread_survives(pipeline, receiver, callbacks):
     events, proc, _ = pipeline({"events_per_request": 3, "request_time_interval": 60})
     events.activate(1, 1, "fine-1")
-    proc._batcher.put(VWOEvent(2, "odd", 1, 1, 1, 1, revenue=object()))  # type: ignore[arg-type]
+    proc.batcher.put(VWOEvent(2, "odd", 1, 1, 1, 1, revenue=object()))  # type: ignore[arg-type]
     events.activate(1, 1, "fine-2")
     assert proc.flush_events() is False
     assert received(receiver) == Counter([u("fine-1"), u("fine-2")])
@@ -759,11 +742,10 @@ def test_a_stuck_callback_cannot_grow_memory_without_bound(pipeline, receiver, m
     for i in range(200):
         vwo.activate(1, 1, f"stuck-{i}")
     assert receiver.wait_for_events(200, timeout=10), "delivery must not wait for the callback"
-    notifier = processor._batcher._notifier
     deadline = time.monotonic() + 5
-    while notifier._held > 40 and time.monotonic() < deadline:  # the last settle may still be on its way
-        time.sleep(0.01)
-    assert notifier._held <= 40
+    while processor.batcher.snapshot().results_waiting > 40 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the last settle may still be on its way
+    assert processor.batcher.snapshot().results_waiting <= 40
     assert any("not keeping up" in r.getMessage() for r in caplog.records)
     release.set()
     assert processor.flush_events() is True
@@ -786,10 +768,10 @@ def test_shutdown_all_stays_within_one_timeout_with_busy_callbacks(make_exporter
     from vwo_otel.event import VWOEvent
 
     for p in processors:
-        p._batcher.put(VWOEvent(1, "busy", int(time.time()), 1, 1))
+        p.batcher.put(VWOEvent(1, "busy", int(time.time()), 1, 1))
     assert receiver.wait_for_events(4, timeout=5)
     start = time.monotonic()
-    lifecycle.shutdown_all(batchers=[p._batcher for p in processors])
+    lifecycle.shutdown_all(batchers=[p.batcher for p in processors])
     took = time.monotonic() - start
     release.set()
     assert took < 1.5, took

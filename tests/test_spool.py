@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -17,6 +18,8 @@ import pytest
 from conftest import ACCOUNT_ID, SDK_KEY
 
 from vwo_otel import Spool, VWOSpanProcessor, visitor_uuid
+from vwo_otel._engine import spool as spool_module
+from vwo_otel.event import VWOEvent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,11 +92,9 @@ def test_delivered_events_leave_the_spool(receiver, pipeline, tmp_path):
 
 def test_live_processors_never_adopt_each_others_spool(receiver, make_exporter, tmp_path):
     a = VWOSpanProcessor(make_exporter(), {"events_per_request": 100}, spool=Spool(tmp_path, commit_interval=0))
-    from vwo_otel.event import VWOEvent
-
-    a._batcher.put(VWOEvent(1, "mine", int(time.time()), 1, 1))
+    a.batcher.put(VWOEvent(1, "mine", int(time.time()), 1, 1))
     b = VWOSpanProcessor(make_exporter(), {"events_per_request": 100}, spool=tmp_path)
-    assert b._batcher._pending == []  # b saw a's file locked and left it alone
+    assert b.batcher.snapshot().pending == ()  # b saw a's file locked and left it alone
     b.shutdown()
     assert a.flush_events() is True
     a.shutdown()
@@ -106,7 +107,7 @@ def test_young_replayed_events_wait_for_their_deadline(receiver, make_exporter, 
     processor = VWOSpanProcessor(make_exporter(), {"events_per_request": 1000, "request_time_interval": 600},
                                  spool=tmp_path)
     try:
-        assert len(processor._batcher._pending) == 3
+        assert len(processor.batcher.snapshot().pending) == 3
         assert not receiver.wait_for_events(1, timeout=0.3)  # not due for ~600 s
         assert processor.flush_events() is True
         assert receiver.event_count() == 3
@@ -163,14 +164,12 @@ def test_crash_loop_loses_nothing_and_duplicates_stay_in_the_window(receiver, ma
 
 def test_spool_rows_hold_what_is_queued(tmp_path):
     spool = Spool(tmp_path, commit_interval=0)
-    from vwo_otel.event import VWOEvent
-
     ev = VWOEvent(2, "u", 1700000000, 1, 2, 3, 9.5, visitor_ua="ua", visitor_ip="ip")
     spool.add(ev)
     with sqlite3.connect(spool.path) as conn:
-        row = conn.execute("SELECT etype, user_id, time, campaign_id, variation_id, goal_id, revenue, "
-                           "visitor_ua, visitor_ip FROM events").fetchone()
-    assert row == (2, "u", 1700000000, 1, 2, 3, 9.5, "ua", "ip")
+        (stored,) = conn.execute("SELECT event FROM events").fetchone()
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == spool_module.SCHEMA_VERSION
+    assert json.loads(stored) == ev.fields()
     spool.ack([ev])
     spool.close()
     assert not os.path.exists(spool.path)
@@ -244,8 +243,6 @@ class _FailingDeletes:
 
 
 def test_a_failed_spool_commit_is_tried_again_not_forgotten(tmp_path, caplog):
-    from vwo_otel.event import VWOEvent
-
     spool = Spool(tmp_path, commit_interval=0)
     spool._conn = _FailingDeletes(spool._conn)
     a, b = VWOEvent(1, "a", 1700000000, 1, 1), VWOEvent(1, "b", 1700000000, 1, 1)
@@ -260,9 +257,6 @@ def test_a_failed_spool_commit_is_tried_again_not_forgotten(tmp_path, caplog):
 
 
 def test_two_processes_adopting_the_same_file_never_call_it_corrupt(tmp_path, caplog, monkeypatch):
-    from vwo_otel._engine import spool as spool_module
-    from vwo_otel.event import VWOEvent
-
     dead = Spool(tmp_path, commit_interval=0)
     dead.add(VWOEvent(1, "orphan", 1700000000, 1, 1))
     os.close(dead._lock_fd)  # as if its process died
@@ -277,3 +271,74 @@ def test_two_processes_adopting_the_same_file_never_call_it_corrupt(tmp_path, ca
     assert not list(tmp_path.glob("*.corrupt-*"))
     assert not any(r.levelno >= logging.ERROR for r in caplog.records)
     assert not os.path.exists(listing[0] + ".lock")  # no stray lock file left behind
+
+
+# -- the row layout: versioned, one JSON object per event ------------------------------------
+
+def _dead_spool(directory, stored_events=(), user_version=None):
+    """A spool file whose process is gone, holding the given ``event`` column texts."""
+    dead = Spool(directory, commit_interval=0)
+    with sqlite3.connect(dead.path) as conn:
+        conn.executemany("INSERT INTO events (queued_at, event) VALUES (?, ?)",
+                         [(1700000000.0 + i, text) for i, text in enumerate(stored_events)])
+        if user_version is not None:
+            conn.execute(f"PRAGMA user_version = {user_version}")
+    os.close(dead._lock_fd)  # as if its process died
+    return dead.path
+
+
+def test_rows_with_an_unknown_key_or_without_an_optional_one_replay(tmp_path):
+    full = VWOEvent(2, "a", 1700000000, 1, 2, 3, 9.5, visitor_ua="ua", visitor_ip="ip")
+    lean = {k: v for k, v in VWOEvent(1, "b", 1700000001, 4, 5).fields().items()
+            if k not in ("revenue", "visitor_ua", "visitor_ip")}
+    _dead_spool(tmp_path, [json.dumps({**full.fields(), "added_later": [1, 2]}), json.dumps(lean)])
+    (orphan,) = Spool(tmp_path, commit_interval=0).adopt()
+    assert [item.event for item in orphan.events] == [full, VWOEvent(1, "b", 1700000001, 4, 5)]
+    assert [item.queued_at for item in orphan.events] == [1700000000.0, 1700000001.0]
+    assert orphan.bad_rows == []
+
+
+def test_a_bad_row_is_kept_aside_and_the_others_replay(receiver, make_exporter, tmp_path, caplog):
+    good = [json.dumps(VWOEvent(1, f"g{i}", 1700000000, 1, 1).fields()) for i in range(2)]
+    bad = ["not json", "[1, 2]", json.dumps({"etype": 1, "time": 1700000000}),  # no user_id
+           json.dumps({**VWOEvent(1, "x", 1700000000, 1, 1).fields(), "etype": 99})]
+    path = _dead_spool(tmp_path, [good[0], *bad, good[1]])
+    processor = VWOSpanProcessor(make_exporter(), {"events_per_request": 100, "request_time_interval": 1},
+                                 spool=tmp_path)  # never raises for what a file holds
+    try:
+        assert processor.flush_events() is True
+    finally:
+        processor.shutdown()
+    assert sorted(e["u"] for e in receiver.events()) == sorted(visitor_uuid(ACCOUNT_ID, u) for u in ("g0", "g1"))
+    assert not os.path.exists(path)
+    (aside,) = [p for p in tmp_path.glob("spool-*.sqlite.quarantine-*") if not p.name.endswith(("-wal", "-shm"))]
+    with sqlite3.connect(aside) as conn:
+        assert sorted(r[0] for r in conn.execute("SELECT event FROM events")) == sorted(bad)
+    assert any("hold no usable event" in r.getMessage() for r in caplog.records)
+
+
+def test_a_file_of_a_newer_layout_is_left_alone(tmp_path, caplog):
+    path = _dead_spool(tmp_path, [json.dumps(VWOEvent(1, "u", 1700000000, 1, 1).fields())],
+                       user_version=spool_module.SCHEMA_VERSION + 1)
+    assert Spool(tmp_path, commit_interval=0).adopt() == []
+    assert os.path.exists(path) and not list(tmp_path.glob("*.corrupt-*"))
+    assert any("cannot read" in r.getMessage() for r in caplog.records)
+    fd = spool_module._lock(path + ".lock")
+    assert fd is not None, "the file is unlocked again, for a vwo_otel that can read it"
+    os.close(fd)
+
+
+def test_a_file_of_the_column_per_field_layout_replays(tmp_path):
+    """Files written before the layout had a version (0) still replay after an upgrade."""
+    path = str(tmp_path / "spool-1-00000000.sqlite")
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, queued_at REAL NOT NULL, etype, user_id, time, "
+                     "campaign_id, variation_id, goal_id, revenue, key, value, visitor_ua, visitor_ip)")
+        conn.execute("INSERT INTO events VALUES (1, 1700000000.5, 2, 'u', 1700000000, 1, 2, 3, 9.5, NULL, NULL, "
+                     "'ua', 'ip')")
+    conn.close()
+    (orphan,) = Spool(tmp_path, commit_interval=0).adopt()
+    assert orphan.events == [(VWOEvent(2, "u", 1700000000, 1, 2, 3, 9.5, visitor_ua="ua", visitor_ip="ip"),
+                              1700000000.5)]
+    orphan.release()
+    assert not os.path.exists(path)

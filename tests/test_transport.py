@@ -1,5 +1,5 @@
 """The exporter's HTTP transport: direct keep-alive connections (plain and TLS), requests when a
-proxy applies, and failures as requests exceptions (what the exporter's retry loop expects)."""
+proxy applies, and failures as the transport's own ``TransportError`` on both paths."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from conftest import ACCOUNT_ID, SDK_KEY
 
 from vwo_otel import VWOExporter
 from vwo_otel.event import VWOEvent
+from vwo_otel.export import http as transport
 from vwo_otel.export.http import Transport
 from vwo_otel.servers.httpd import LoopbackHTTPServer, respond
 
@@ -115,23 +116,25 @@ def test_a_connection_the_server_closed_is_not_reused() -> None:
         s.server_close()
 
 
-def test_failures_are_requests_exceptions() -> None:
+def test_failures_are_transport_errors() -> None:
     t = Transport()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # nothing listens there once closed
-    with pytest.raises(requests.ConnectionError):
+    with pytest.raises(transport.ConnectionError) as refused:
         t.request("POST", f"http://127.0.0.1:{port}/x", b"{}", {}, 2)
+    assert refused.value.retryable and "ConnectionRefusedError" in str(refused.value)
     silent = socket.create_server(("127.0.0.1", 0))  # accepts (backlog) but never answers
     try:
-        with pytest.raises(requests.exceptions.ReadTimeout):
+        with pytest.raises(transport.ReadTimeout):
             t.request("POST", f"http://127.0.0.1:{silent.getsockname()[1]}/x", b"{}", {}, 0.2)
     finally:
         silent.close()
-    with pytest.raises(requests.exceptions.InvalidURL):
+    with pytest.raises(transport.InvalidURL) as bad_url:
         t.request("GET", "http://127.0.0.1:99999/x", None, {}, 1)
-    with pytest.raises(requests.exceptions.InvalidHeader):  # not retried: no attempt could send it
+    with pytest.raises(transport.InvalidHeader) as bad_header:  # not retried: no attempt could send it
         t.request("GET", f"http://127.0.0.1:{port}/x", None, {"X-Device-User-Agent": "Ключ"}, 1)
+    assert not bad_url.value.retryable and not bad_header.value.retryable
 
 
 def test_characters_a_url_cannot_carry_are_percent_encoded_as_requests_does(server: _Server) -> None:
@@ -204,7 +207,7 @@ def tls_server(tmp_path) -> Iterator[tuple[_Server, str]]:
 def test_https_is_verified_against_the_ca_bundle_requests_would_use(tls_server, monkeypatch) -> None:
     server, ca_file = tls_server
     url = f"https://{server.url}/server-side/batch-events"
-    with pytest.raises(requests.exceptions.SSLError):  # requests' default bundle does not know this CA
+    with pytest.raises(transport.SSLError):  # requests' default bundle does not know this CA
         Transport().request("POST", url, b"{}", {}, 5)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca_file)
     t = Transport()
@@ -261,7 +264,7 @@ def test_a_proxy_from_the_environment_is_used(receiver, monkeypatch, caplog) -> 
         assert any("env=***" in line for line in urllib3_lines)  # requests' DEBUG lines, key masked
         assert not any(SDK_KEY in r.getMessage() for r in caplog.records)
         assert all(line.split(" ")[1].startswith(receiver.url + "/server-side/") for line in proxy.lines)
-        with pytest.raises(requests.exceptions.InvalidHeader):  # a requests exception on this path too
+        with pytest.raises(transport.InvalidHeader):  # the transport's own error on this path too
             Transport().request("GET", receiver.url + "/x", None, {"X-Device-User-Agent": "Ключ"}, 5)
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
         exporter = VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=receiver.url)  # env read afresh
@@ -271,3 +274,20 @@ def test_a_proxy_from_the_environment_is_used(receiver, monkeypatch, caplog) -> 
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+def test_failures_through_a_proxy_are_transport_errors_too(monkeypatch) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once closed
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    with pytest.raises(transport.ConnectionError) as refused:
+        Transport().request("POST", "http://127.0.0.1:9/x", b"{}", {}, 2)
+    assert refused.value.retryable and str(refused.value).startswith("ProxyError: ")
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (backlog) but never answers
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        with pytest.raises(transport.ReadTimeout):
+            Transport().request("POST", "http://127.0.0.1:9/x", b"{}", {}, 0.2)
+    finally:
+        silent.close()

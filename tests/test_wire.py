@@ -218,6 +218,17 @@ def test_encoder_output_is_compact():
     assert dimension_tag("plan", "pro") == '{"u":{"plan":"pro"}}'
 
 
+def test_exporter_encode_is_the_wire_dicts_and_refuses_what_cannot_be_sent():
+    """``VWOExporter.encode`` gives what ``flush_callback`` receives, and raises for an event the
+    batch body could not carry (the engine then reports that event alone)."""
+    exporter = VWOExporter(ACCOUNT_ID, SDK_KEY)
+    ev = VWOEvent(2, "Varun", 1700000000, 1, 2, 3, 12.5)
+    assert exporter.encode([ev]) == Encoder(ACCOUNT_ID).encode([ev])[0]
+    with pytest.raises(TypeError):
+        exporter.encode([VWOEvent(2, "odd", 1, 1, 1, 1, revenue=object())])  # type: ignore[arg-type]
+    exporter.shutdown()
+
+
 def test_realtime_requests(pipeline, receiver):
     """batch_events=None: VWO's single-event GETs, with ua/ip as headers when set."""
     events, processor, _ = pipeline(None, max_concurrent_requests=1)  # one at a time: arrival order

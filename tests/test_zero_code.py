@@ -112,6 +112,27 @@ def test_bad_setting_is_reported_and_app_runs(tmp_path, receiver):
     assert receiver.event_count() == 0
 
 
+def test_forgotten_secret_leaks_nothing_and_names_the_variable(tmp_path, receiver):
+    """VWO_SDK_KEY missing (a forgotten secret) with the app's own trace exporter: no VWO span,
+    and so no user id, reaches that exporter; a WARNING names the missing variable."""
+    proc = _run(tmp_path, receiver, {"VWO_SDK_KEY": ""})
+    assert proc.returncode == 0, proc.stderr
+    spans = _spans(proc.stdout)
+    assert [s["name"] for s in spans] and all(not s["name"].startswith("vwo.") for s in spans), proc.stdout
+    assert "user-" not in proc.stdout
+    assert "VWO_SDK_KEY not set" in proc.stderr
+    assert receiver.events() == []
+
+
+def test_unusable_spool_does_not_stop_instrumentation(tmp_path, receiver):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the spool directory should be")
+    proc = _run(tmp_path, receiver, {"VWO_SPOOL": str(blocker / "spool")})
+    assert proc.returncode == 0, proc.stderr
+    assert "VWO_SPOOL" in proc.stderr and "unusable" in proc.stderr
+    assert receiver.wait_for_events(8, timeout=10), proc.stderr
+
+
 def test_configure_is_a_no_op_without_credentials(caplog):
     assert auto.configure({}) is None
     assert auto.configure({"VWO_ACCOUNT_ID": "1"}) is None

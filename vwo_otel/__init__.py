@@ -11,8 +11,16 @@ from ._engine.spool import Spool
 from ._version import __version__
 from .api import VWOEvents, VWOSampler
 from .config import BatchEvents
-from .env import ConfigError, exporter_from_env, log_processor_from_env, span_processor_from_env
-from .errors import EventsDropped, HTTPStatusError, NetworkError, Outcome, PayloadTooLarge, VWODeliveryError
+from .env import exporter_from_env, log_processor_from_env, span_processor_from_env
+from .errors import (
+    ConfigError,
+    EventsDropped,
+    HTTPStatusError,
+    NetworkError,
+    Outcome,
+    PayloadTooLarge,
+    VWODeliveryError,
+)
 from .event import VWOEvent
 from .export.exporter import VWOExporter
 from .export.retry import RetryPolicy

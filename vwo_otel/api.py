@@ -20,6 +20,8 @@ from opentelemetry.sdk.trace.sampling import (
 from . import attributes as A
 from . import checks
 from ._version import __version__
+from .export.exporter import VWOExporter
+from .processor import VWOLogRecordProcessor, VWOSpanProcessor
 
 logger = logging.getLogger("vwo_otel")
 _NAMES = A.EVENT_NAMES
@@ -51,12 +53,22 @@ class VWOEvents:
     Events become spans from ``tracer_provider`` (default: the global one) or, when
     ``logger_provider`` is given, log records. Arguments are checked here, so a bad call
     raises at once, naming the argument, instead of failing later in a batch.
+
+    Events are emitted only where a VWO processor (or a ``VWOExporter``) on the provider
+    receives them: elsewhere they would vanish or carry user ids into the app's own
+    exporters, so they are dropped with one warning naming the fix. ``to_gateway=True``
+    says the provider's own OTLP exporters carry them to a ``vwo-otel gateway`` on purpose.
     """
 
-    def __init__(self, *, tracer_provider: Any | None = None, logger_provider: Any | None = None) -> None:
+    def __init__(self, *, tracer_provider: Any | None = None, logger_provider: Any | None = None,
+                 to_gateway: bool = False) -> None:
         if tracer_provider is not None and logger_provider is not None:
             raise ValueError("pass tracer_provider or logger_provider, not both: events go one way")
         self._warned = False
+        self._provider = logger_provider or tracer_provider  # None: the global tracer provider, read when used
+        self._max_length: int | None = None  # the provider's attribute value length limit, if any
+        self._routed = False  # the provider was checked: a VWO processor receives the events
+        self._to_gateway = bool(to_gateway)  # the provider's own OTLP exporters carry them to a gateway
         if logger_provider is not None:
             self._logger = logger_provider.get_logger("vwo_otel", __version__)
             self._emit = self._emit_log
@@ -111,10 +123,8 @@ class VWOEvents:
             }, visitor_ua, visitor_ip)
 
     def _emit_span(self, etype: int, attrs: dict[str, Any], ua: str | None, ip: str | None) -> None:
-        if ua is not None:
-            attrs[A.VISITOR_UA] = checks.text("visitor_ua", ua)
-        if ip is not None:
-            attrs[A.VISITOR_IP] = checks.text("visitor_ip", ip)
+        if not self._ready(attrs, ua, ip):
+            return
         span = self._tracer.start_span(_NAMES[etype], attributes=attrs)
         if not span.is_recording() and not self._warned:
             self._warned = True
@@ -123,8 +133,89 @@ class VWOEvents:
         span.end()
 
     def _emit_log(self, etype: int, attrs: dict[str, Any], ua: str | None, ip: str | None) -> None:
+        if self._ready(attrs, ua, ip):
+            self._logger.emit(event_name=_NAMES[etype], attributes=attrs, timestamp=time.time_ns())
+
+    def _ready(self, attrs: dict[str, Any], ua: str | None, ip: str | None) -> bool:
+        """Complete ``attrs`` and say whether the event may be emitted: only where a VWO processor
+        receives it (elsewhere it would vanish or, worse, carry a user id into the app's own
+        exporters), and only if the provider's attribute limits cannot alter it."""
         if ua is not None:
             attrs[A.VISITOR_UA] = checks.text("visitor_ua", ua)
         if ip is not None:
             attrs[A.VISITOR_IP] = checks.text("visitor_ip", ip)
-        self._logger.emit(event_name=_NAMES[etype], attributes=attrs, timestamp=time.time_ns())
+        if not self._routed and not self._route():
+            return False
+        limit = self._max_length
+        if limit is not None:
+            for key, value in attrs.items():
+                if type(value) is str and len(value) > limit:
+                    raise ValueError(f"{key} is {len(value)} characters, over the provider's attribute value "
+                                     f"length limit of {limit} (OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT or the "
+                                     "signal's own limit): it would be cut and reach VWO as another value")
+        return True
+
+    def _route(self) -> bool:
+        """Look for a VWO processor on the provider (until one is found) and read its limits."""
+        log = self._emit == self._emit_log
+        provider = self._provider or trace.get_tracer_provider()
+        found, limits = _vwo_route(provider, log)
+        if found is False and not self._to_gateway:
+            if not self._warned:
+                self._warned = True
+                kind = ("VWOLogRecordProcessor on this LoggerProvider" if log
+                        else "VWOSpanProcessor on this TracerProvider")
+                logger.warning("VWO events are not emitted: there is no vwo_otel.%s, so they would be lost or reach "
+                               "the app's own exporters with user ids. Add one (or, under opentelemetry-instrument, "
+                               "set VWO_ACCOUNT_ID and VWO_SDK_KEY).", kind)
+            return False
+        count, length = limits
+        if count is not None and count < MAX_EVENT_ATTRIBUTES:
+            raise ValueError(f"the provider keeps at most {count} attributes per {'log record' if log else 'span'} "
+                             f"(OTEL_ATTRIBUTE_COUNT_LIMIT or the signal's own limit): a VWO event needs up to "
+                             f"{MAX_EVENT_ATTRIBUTES}, or it would lose fields; raise the limit")
+        self._max_length = length
+        self._routed = True
+        return True
+
+
+#: The most attributes one VWO event carries (a conversion with revenue, user agent and IP).
+MAX_EVENT_ATTRIBUTES = 8
+
+
+def _vwo_route(provider: Any, log: bool) -> tuple[bool | None, tuple[int | None, int | None]]:
+    """(is a VWO processor registered on ``provider``: True / False / None when the provider is not
+    an SDK one we can inspect, (attribute count limit, value length limit))."""
+    if log:
+        multi = getattr(provider, "_multi_log_record_processor", None)
+        processors = getattr(multi, "_log_record_processors", None)
+        limits = getattr(provider, "_log_record_limits", None)
+        count = getattr(limits, "max_log_record_attributes", None)
+        length = getattr(limits, "max_log_record_attribute_length", None)
+        kind: type = VWOLogRecordProcessor
+    else:
+        if isinstance(provider, trace.ProxyTracerProvider):
+            return False, (None, None)  # no provider set yet: events would go nowhere
+        multi = getattr(provider, "_active_span_processor", None)
+        processors = getattr(multi, "_span_processors", None)
+        limits = getattr(provider, "_span_limits", None)
+        count = getattr(limits, "max_span_attributes", None)
+        length = getattr(limits, "max_span_attribute_length", None)
+        kind = VWOSpanProcessor
+    if processors is None:
+        return (None if limits is not None or multi is not None else _unknown(provider)), (count, length)
+    return any(_delivers_to_vwo(p, kind) for p in processors), (count, length)
+
+
+def _delivers_to_vwo(processor: Any, kind: type) -> bool:
+    """A VWO processor, or a stock OpenTelemetry processor whose exporter is a ``VWOExporter``."""
+    if isinstance(processor, kind):
+        return True
+    inner = getattr(processor, "_batch_processor", processor)
+    exporter = getattr(processor, "span_exporter", None) or getattr(inner, "_exporter", None)
+    return isinstance(exporter, VWOExporter)
+
+
+def _unknown(provider: Any) -> bool | None:
+    """A provider we cannot look into: the no-op one sends nothing anywhere; others are trusted."""
+    return False if type(provider).__name__.startswith("NoOp") else None

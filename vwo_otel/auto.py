@@ -29,8 +29,9 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 
+from . import checks
 from .api import VWOSampler
-from .env import ConfigError, span_processor_from_env
+from .env import given, span_processor_from_env
 from .processor import VWOSpanProcessor
 
 logger = logging.getLogger("vwo_otel")
@@ -44,15 +45,25 @@ def configure(environ: Mapping[str, str] | None = None) -> VWOSpanProcessor | No
     set; returns the processor (the same one when called again), or None. Never raises."""
     global _installed
     env = os.environ if environ is None else environ
-    if not (env.get("VWO_ACCOUNT_ID", "").strip() and env.get("VWO_SDK_KEY", "").strip()):
-        logger.debug("vwo_otel: VWO_ACCOUNT_ID / VWO_SDK_KEY not set; zero-code set-up skipped")
+    missing = [name for name in ("VWO_ACCOUNT_ID", "VWO_SDK_KEY") if not given(name, env)]
+    if missing:
+        if any(name.startswith("VWO_") and given(name, env) for name in env):  # meant to, but a secret is missing
+            logger.warning("vwo_otel: %s not set: VWO events are not enabled (VWOEvents emits nothing, so no "
+                           "user id reaches your exporters)", " and ".join(missing))
+        else:
+            logger.debug("vwo_otel: VWO_ACCOUNT_ID / VWO_SDK_KEY not set; zero-code set-up skipped")
         return None
     with _lock:
         if _installed is not None:
             return _installed
         try:
-            processor = span_processor_from_env(environ=env)
-        except (ConfigError, ValueError, TypeError) as exc:
+            try:
+                processor = span_processor_from_env(environ=env)
+            except OSError as exc:  # an unusable VWO_SPOOL must not stop VWO (or anything else)
+                logger.error("vwo_otel: VWO_SPOOL=%r is unusable (%s); VWO events are delivered without the "
+                             "on-disk spool", given("VWO_SPOOL", env), exc)
+                processor = span_processor_from_env(environ={k: v for k, v in env.items() if k != "VWO_SPOOL"})
+        except (ValueError, TypeError, OSError) as exc:  # ConfigError is a ValueError
             logger.error("vwo_otel: VWO events are not enabled: %s", exc)
             return None
         provider = trace.get_tracer_provider()
@@ -74,13 +85,17 @@ def configure(environ: Mapping[str, str] | None = None) -> VWOSpanProcessor | No
         return processor
 
 
+_RATE = checks.Range(0, 1)  # the share of traces sampled
+
+
 def _rate(arg: str | float | None) -> float:
     if arg is None or (isinstance(arg, str) and not arg.strip()):
         return 1.0
-    rate = float(arg)
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"OTEL_TRACES_SAMPLER_ARG must be a rate from 0 to 1, got {arg!r}")
-    return rate
+    try:
+        rate = float(arg)
+    except ValueError:
+        raise ValueError(f"OTEL_TRACES_SAMPLER_ARG must be {_RATE}, got {arg!r}") from None
+    return float(_RATE.check("OTEL_TRACES_SAMPLER_ARG", rate))
 
 
 def always_on(arg: str | None = None) -> Sampler:

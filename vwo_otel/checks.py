@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit
 
@@ -22,14 +23,13 @@ _VWO_PATH = "/server-side/"
 def number(name: str, value: Any, *, low: float = -math.inf, high: float = math.inf, integer: bool = False,
            low_open: bool = False, unit: str = "") -> Any:
     """An int (``integer``) or finite int/float within [``low``, ``high``] (``low`` excluded
-    when ``low_open``); bool is never a number."""
+    when ``low_open``); bool is never a number. A value of another type raises ``TypeError``."""
     kinds = (int,) if integer else (int, float)
-    ok = not isinstance(value, bool) and isinstance(value, kinds)
-    if ok and not integer:
-        ok = -math.inf < value < math.inf if type(value) is float else -(2**1023) < value < 2**1023
-    if ok:
-        ok = (low < value if low_open else low <= value) and value <= high
-    if not ok:
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise TypeError(f"{name} must be {describe(low=low, high=high, integer=integer, low_open=low_open, unit=unit)}"
+                        f", got {type(value).__name__} {value!r}")
+    ok = integer or (-math.inf < value < math.inf if type(value) is float else -(2**1023) < value < 2**1023)
+    if not (ok and (low < value if low_open else low <= value) and value <= high):
         raise ValueError(f"{name} must be {describe(low=low, high=high, integer=integer, low_open=low_open, unit=unit)}"
                          f", got {value!r}")
     return value
@@ -40,15 +40,53 @@ def describe(*, low: float = -math.inf, high: float = math.inf, integer: bool = 
     """The allowed range in words, as errors and docs show it: "an int from 1 to 5000"."""
     kind = "an int" if integer else f"a number{' of ' + unit if unit else ''}"
     if low > -math.inf and high < math.inf:
-        return f"{kind} from {low:g} to {high:g}"
+        return f"{kind} from {_shown(low)} to {_shown(high)}"
     if low > -math.inf:
-        return f"{kind} {'>' if low_open else '>='} {low:g}"
-    return kind if high == math.inf else f"{kind} <= {high:g}"
+        return f"{kind} {'>' if low_open else '>='} {_shown(low)}"
+    return kind if high == math.inf else f"{kind} <= {_shown(high)}"
+
+
+def _shown(bound: float) -> str:
+    """A range bound as written: 10485760, not 1.04858e+07; 0.5 stays 0.5."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 def seconds(name: str, value: Any, *, low: float = 0.0, low_open: bool = False, high: float = math.inf) -> float:
     """A finite number of seconds within the range, as a float."""
     return float(number(name, value, low=low, high=high, low_open=low_open, unit="seconds"))
+
+
+@dataclass(frozen=True)
+class Range:
+    """An allowed range of a numeric setting: ``check`` applies it, ``str()`` says it in words."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    integer: bool = False
+    low_open: bool = False
+    unit: str = ""
+
+    def check(self, name: str, value: Any) -> Any:
+        """``value`` if it is in range (as a float unless the range is of ints), else
+        ``TypeError`` / ``ValueError`` naming ``name`` and the range."""
+        value = number(name, value, low=self.low, high=self.high, integer=self.integer, low_open=self.low_open,
+                       unit=self.unit)
+        return value if self.integer else float(value)
+
+    def __str__(self) -> str:
+        return describe(low=self.low, high=self.high, integer=self.integer, low_open=self.low_open, unit=self.unit)
+
+
+#: The numeric settings' ranges, one each, whichever way a setting arrives (argument,
+#: ``batch_events`` key, ``VWO_*`` variable, gateway option).
+EVENTS_PER_REQUEST = Range(1, 5000, integer=True)
+REQUEST_TIME_INTERVAL = Range(1, unit="seconds")
+MAX_QUEUE_SIZE = Range(1, integer=True)
+MAX_CONCURRENT_REQUESTS = Range(1, 64, integer=True)
+SHUTDOWN_TIMEOUT = Range(0, low_open=True, unit="seconds")
+TIMEOUT = Range(0, low_open=True, unit="seconds")  # one HTTP request
+RETRY_BUDGET = Range(0, unit="seconds")
+MAX_PAYLOAD_BYTES = Range(1024, 10 * 1024 * 1024, integer=True)
 
 
 def account_id(value: Any, name: str = "account_id") -> int:
@@ -148,7 +186,7 @@ def text(name: str, value: Any) -> str:
 
 
 # -- the sdk key never reaches a log, a repr or a stored request ---------------------------------
-_ENV_PARAM = re.compile(r"([?&]env=)[^&\s\"']+")
+_ENV_PARAM = re.compile(r"((?:^|[?&])env=)[^&\s\"']+")
 
 
 def redact(message: str, secret: str | None = None) -> str:
@@ -163,3 +201,13 @@ def redact(message: str, secret: str | None = None) -> str:
 def mask(secret: str) -> str:
     """A secret shown for recognition only: its last four characters."""
     return f"***{secret[-4:]} ({len(secret)} chars)" if len(secret) >= 12 else f"*** ({len(secret)} chars)"
+
+
+def flag(name: str, text: str) -> bool:
+    """A yes/no setting written as text: true/false, 1/0, yes/no, on/off (any case)."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false (1/0, yes/no, on/off), got {text!r}")

@@ -1,29 +1,283 @@
-"""The ``receive`` and ``check`` commands of ``vwo-otel`` (the parser is in ``__main__``).
+"""The ``vwo-otel`` command (also ``python -m vwo_otel``): every option of every command, and the
+commands themselves, which call into the demo, the loopback receiver and the gateway.
 
-``receive`` lives with the receiver (``vwo_otel.servers.receiver``, also run by ``python -m
-vwo_otel.servers.receiver``) and is re-exported here, so the imports point one way: cli -> receiver."""
+Exit codes: 0 ok, 1 the command ran but something failed (delivery), 2 bad arguments or configuration.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import datetime
+import json
+import logging
+import os
+import signal
+import sqlite3
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import FrameType
 from typing import Any, TextIO
 
 from . import attributes as A
+from . import checks
+from .config import BatchEvents
+from .demo import DEMO_ACCOUNT_ID, DEMO_SDK_KEY, run_demo
 from .env import ConfigError, batch_events_from_env, exporter_from_env, read_env
 from .errors import HTTPStatusError, NetworkError, PayloadTooLarge, VWODeliveryError
 from .event import from_attributes
 from .export.exporter import VWOExporter
 from .export.retry import RetryPolicy
-from .servers.receiver import add_receive_arguments, receive
+from .servers.gateway import CONFIG_KEYS, DEFAULT_MAX_BACKLOG, DEFAULT_PORT, Gateway, config_from_mapping, parse_account
+from .servers.receiver import DEFAULT_MAX_BODY_BYTES, Receiver
 
-__all__ = ["add_check_arguments", "add_receive_arguments", "check", "receive"]
+__all__ = ["check", "demo", "gateway", "main", "parser", "receive"]
+
+#: The most simulated requests ``vwo-otel demo --users`` runs.
+MAX_DEMO_USERS = 1_000_000
+EXPORT_FORMATS = ("json", "jsonl", "csv")
+_EVENT_COLUMNS = ("request_id", "eT", "u", "sId", "e", "c", "g", "r", "t", "visitor_ua", "visitor_ip")
 
 
-def add_check_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``vwo-otel check``."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``vwo-otel``: parse ``argv`` (default ``sys.argv[1:]``) and run the command."""
+    args = parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    return run(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``vwo-otel`` parser: one subcommand each for demo, receive, check and gateway."""
+    p = argparse.ArgumentParser(prog="vwo-otel", description="VWO events through OpenTelemetry: a demo, a local "
+                                "VWO-compatible receiver, a configuration check and the OTLP gateway.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _demo_arguments(sub.add_parser(
+        "demo", help="emit VWO events through OpenTelemetry and show what goes over the wire",
+        description="A small app emits VWO events through OpenTelemetry with batching, against an embedded "
+                    "loopback receiver (or --endpoint), and reports what went over the wire."))
+    _receive_arguments(sub.add_parser(
+        "receive", help="run the local VWO-compatible receiver, showing each request as it arrives; "
+                        "or --list / --export what a --db FILE stored",
+        description="Run the local VWO-compatible receiver (loopback only) in the foreground with a line per "
+                    "request, or list / export what it stored in a --db FILE."))
+    _check_arguments(sub.add_parser(
+        "check", help="validate the configuration (arguments / VWO_* variables) and send one test event",
+        description="Validate the VWO configuration from arguments and VWO_* variables, then send one harmless "
+                    "custom-dimension event and report what is wrong, if anything. Exit 0 ok, 1 delivery "
+                    "failed, 2 bad configuration."))
+    _gateway_arguments(sub.add_parser(
+        "gateway", help="run the OTLP/HTTP gateway that batches VWO events from many processes",
+        description="OTLP/HTTP gateway: receives VWO events as spans / log records from any OpenTelemetry "
+                    "sender (POST /v1/traces, /v1/logs; protobuf or JSON; gzip) and delivers them to VWO "
+                    "in batches, per account."))
+    return p
+
+
+def _fail(command: str, problem: object, err: TextIO | None = None) -> int:
+    """Report a bad argument or configuration in one line, as argparse does; exit code 2."""
+    (err or sys.stderr).write(f"vwo-otel {command}: error: {problem}\n")
+    return 2
+
+
+@contextlib.contextmanager
+def until_interrupted() -> Iterator[None]:
+    """Run the block (a foreground server's wait loop) until Ctrl-C or SIGTERM, which both end it quietly.
+
+    SIGTERM raises ``KeyboardInterrupt`` inside the block (main thread only); its previous
+    handler is restored on the way out. Enter it before announcing that the server listens,
+    so a SIGTERM sent as soon as the announcement is read is already handled."""
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(run=demo)
+    p.add_argument("--endpoint", help="send to this VWO-compatible endpoint instead of the embedded receiver")
+    p.add_argument("--account-id", default=str(DEMO_ACCOUNT_ID),
+                   help=f"VWO account id the events are sent for (default {DEMO_ACCOUNT_ID})")
+    p.add_argument("--sdk-key", default=DEMO_SDK_KEY,
+                   help=f"VWO sdk key the events are sent with (default {DEMO_SDK_KEY!r})")
+    p.add_argument("--users", type=int, default=300,
+                   help=f"simulated requests, {checks.describe(low=1, high=MAX_DEMO_USERS, integer=True)} "
+                        "(default 300)")
+    p.add_argument("--events-per-request", type=int, default=100, help="VWO batch size (default 100)")
+    p.add_argument("--request-time-interval", type=float, default=1.0,
+                   help="max age of a batch in seconds (default 1)")
+
+
+def demo(args: argparse.Namespace) -> int:
+    """``vwo-otel demo``: run the demo app and print its report."""
+    try:
+        account_id = checks.account_id(args.account_id, "--account-id")
+        sdk_key = checks.sdk_key(args.sdk_key, "--sdk-key")
+        endpoint = None if args.endpoint is None else checks.endpoint(args.endpoint, "--endpoint")
+        checks.number("--users", args.users, low=1, high=MAX_DEMO_USERS, integer=True)
+        batch = _demo_batching(args.events_per_request, args.request_time_interval)
+    except (TypeError, ValueError) as exc:
+        return _fail("demo", exc)
+    return run_demo(sys.stdout, endpoint=endpoint, account_id=account_id, sdk_key=sdk_key, users=args.users,
+                    events_per_request=batch.events_per_request,
+                    request_time_interval=batch.request_time_interval)
+
+
+def _demo_batching(events_per_request: int, request_time_interval: float) -> BatchEvents:
+    """The demo's batching, checked by ``BatchEvents`` (which owns the ranges); errors name the options."""
+    try:
+        return BatchEvents(events_per_request, request_time_interval)
+    except (TypeError, ValueError) as exc:
+        message = str(exc)
+        for key in ("events_per_request", "request_time_interval"):
+            option = "--" + key.replace("_", "-")
+            message = message.replace(f"batch_events['{key}']", option).replace(key, option)
+        raise ValueError(message) from None
+
+
+# -- receive ---------------------------------------------------------------------------------
+
+def _receive_arguments(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(run=receive)
+    p.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to bind, 0 for any free one (default 8000)")
+    p.add_argument("--db", default=":memory:", metavar="FILE",
+                   help="SQLite file to store requests and events in (kept after exit)")
+    p.add_argument("--account-id", default=None, help="only accept this account id")
+    p.add_argument("--sdk-key", default=None, help="only accept this sdk key")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help=f"answer 413 above this body size (default {DEFAULT_MAX_BODY_BYTES // 1048576} MiB)")
+    p.add_argument("--quiet", action="store_true", help="no line per request, only the summary at exit")
+    p.add_argument("--json", action="store_true", help="print the summary (at exit, or after --list) as one "
+                   "JSON object")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--list", action="store_true", help="list the requests stored in --db FILE and exit")
+    what.add_argument("--export", choices=EXPORT_FORMATS, metavar="FORMAT",
+                      help="write the events stored in --db FILE as json, jsonl or csv and exit")
+    p.add_argument("--output", "-o", default="-", metavar="FILE", help="where --export writes (default stdout)")
+
+
+def receive(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """``vwo-otel receive``: serve with a line per request as it arrives, or --list / --export a --db."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    if args.list or args.export:
+        return _stored(args, out, err)
+    try:
+        if args.account_id is not None:
+            checks.account_id(args.account_id, "--account-id")
+        if args.sdk_key is not None:
+            checks.sdk_key(args.sdk_key, "--sdk-key")
+        checks.number("--port", args.port, low=0, high=65535, integer=True)
+        checks.number("--max-body-bytes", args.max_body_bytes, low=1, integer=True)
+        receiver = Receiver(args.account_id, args.sdk_key, host=args.host, port=args.port, db_path=args.db,
+                            max_body_bytes=args.max_body_bytes).start()
+    except (OSError, ValueError, sqlite3.Error) as exc:
+        return _fail("receive", exc, err)
+    stored = receiver.requests()
+    last = stored[-1]["id"] if stored else 0  # an existing db: show only what arrives now
+    try:
+        with until_interrupted():
+            db = "" if args.db == ":memory:" else f" (storing in {args.db})"
+            out.write(f"VWO receiver listening on {receiver.url}{db}; Ctrl-C to stop\n")
+            out.flush()
+            while True:
+                time.sleep(0.2)
+                for r in receiver.requests(after=last):
+                    last = r["id"]
+                    if not args.quiet:
+                        out.write(_request_line(r) + "\n")
+                out.flush()
+    finally:
+        receiver.stop()
+    for r in receiver.requests(after=last):
+        if not args.quiet:
+            out.write(_request_line(r) + "\n")
+    out.write(_summary_out(receiver.summary(), args.json, "stopped: ") + "\n")
+    out.flush()
+    receiver.close()
+    return 0
+
+
+def _stored(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``receive --list`` / ``--export``: read what a --db FILE holds."""
+    if args.db == ":memory:":
+        return _fail("receive", "--list and --export read a database: give --db FILE", err)
+    if not os.path.isfile(args.db):
+        return _fail("receive", f"no database at {args.db}", err)
+    try:
+        receiver = Receiver(db_path=args.db)
+        try:
+            if args.list:
+                for r in receiver.requests():
+                    out.write(_request_line(r) + "\n")
+                out.write(_summary_out(receiver.summary(), args.json) + "\n")
+                return 0
+            events = receiver.events(with_raw=True)
+            if args.output == "-":
+                _write_events(events, args.export, out)
+            else:
+                with open(args.output, "w", newline="", encoding="utf-8") as f:
+                    _write_events(events, args.export, f)
+            err.write(f"exported {len(events)} event(s) as {args.export} to "
+                      f"{'stdout' if args.output == '-' else args.output}\n")
+            return 0
+        finally:
+            receiver.close()
+    except (OSError, sqlite3.Error) as exc:
+        return _fail("receive", f"{args.db}: {exc}", err)
+
+
+def _size(n: int) -> str:
+    return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 1048576:.1f} MiB"
+
+
+def _request_line(r: Mapping[str, Any]) -> str:
+    at = datetime.datetime.fromtimestamp(r["received_at"]).strftime("%H:%M:%S.%f")[:-3]
+    status = r["status"] or "---"
+    what = f"{r['n_events']:5d} event(s) {_size(r['body_bytes']):>10}"
+    if r["accepted"]:
+        note = "stored"
+    else:
+        note = f"not stored: {r['error']}" if r["error"] else "not stored"
+    return f"{at}  {r['method']:4} {r['path']}  {status}  {what}  {note}"
+
+
+def _summary_out(s: Mapping[str, Any], as_json: bool, prefix: str = "") -> str:
+    if as_json:
+        return json.dumps(s)
+    return (f"{prefix}{s['requests']} request(s), {s['accepted_requests']} accepted, {s['events']} event(s) "
+            f"stored, {_size(s['bytes'])}; {s['events_per_request']:.1f} events/request, "
+            f"{s['bytes_per_event']:.1f} bytes/event")
+
+
+def _write_events(events: list[dict[str, Any]], fmt: str, f: TextIO) -> None:
+    rows = [{k: v for k, v in ev.items() if k != "raw"} for ev in events]
+    if fmt == "json":
+        json.dump(rows, f, indent=1)
+        f.write("\n")
+    elif fmt == "jsonl":
+        for row in rows:
+            f.write(json.dumps(row, separators=(",", ":")) + "\n")
+    else:
+        writer = csv.DictWriter(f, fieldnames=_EVENT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# -- check -----------------------------------------------------------------------------------
+
+def _check_arguments(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(run=check)
     p.add_argument("--account-id", default=None, help="VWO account id (default: $VWO_ACCOUNT_ID)")
     p.add_argument("--sdk-key", default=None, help="VWO sdk key (default: $VWO_SDK_KEY)")
     p.add_argument("--endpoint", default=None, help="collection endpoint (default: $VWO_ENDPOINT or VWO's)")
@@ -33,12 +287,6 @@ def add_check_arguments(p: argparse.ArgumentParser) -> None:
                    help="send as a batch POST or a real-time GET (default: as configured: batch when "
                         "VWO_EVENTS_PER_REQUEST or VWO_REQUEST_TIME_INTERVAL is set)")
     p.add_argument("--user-id", default="vwo-otel-check", help="user id of the test event (default vwo-otel-check)")
-
-
-# -- check -----------------------------------------------------------------------------
-
-def _mask(key: str) -> str:
-    return f"***{key[-4:]} ({len(key)} chars)" if len(key) >= 12 else f"*** ({len(key)} chars)"
 
 
 def check(args: argparse.Namespace, out: TextIO | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -52,6 +300,12 @@ def check(args: argparse.Namespace, out: TextIO | None = None, environ: Mapping[
 
     say("checking the configuration (arguments, then VWO_* variables)...")
     try:
+        if args.account_id is not None:
+            checks.account_id(args.account_id, "--account-id")
+        if args.sdk_key is not None:
+            checks.sdk_key(args.sdk_key, "--sdk-key")
+        if args.endpoint is not None:
+            checks.endpoint(args.endpoint, "--endpoint")
         settings = read_env(environ)
         batch = batch_events_from_env(environ=environ)
         exporter = exporter_from_env(environ=environ, account_id=args.account_id, sdk_key=args.sdk_key,
@@ -64,7 +318,7 @@ def check(args: argparse.Namespace, out: TextIO | None = None, environ: Mapping[
         return 2
     sdk_key = args.sdk_key or settings["sdk_key"]
     say(f"  account id  {exporter.account_id}")
-    say(f"  sdk key     {_mask(sdk_key)}")
+    say(f"  sdk key     {checks.mask(sdk_key)}")
     say(f"  endpoint    {exporter.endpoint}")
     if batch is None:
         say("  batching    none: real-time, one GET per event (set VWO_EVENTS_PER_REQUEST to batch)")
@@ -77,9 +331,16 @@ def check(args: argparse.Namespace, out: TextIO | None = None, environ: Mapping[
     return _send_one(exporter, realtime, args.user_id, say)
 
 
-def _send_one(exporter: VWOExporter, realtime: bool, user_id: str, say: Any) -> int:
-    attempts: list[tuple[int | None, float]] = []
-    exporter.observer = lambda method, events, nbytes, status, error, seconds: attempts.append((status, seconds))
+def _send_one(exporter: VWOExporter, realtime: bool, user_id: str, say: Callable[[str], None]) -> int:
+    statuses: list[int | None] = []
+    seconds: list[float] = []
+
+    def observe(method: str, events: int, nbytes: int, status: int | None, error: BaseException | None,
+                took: float) -> None:
+        statuses.append(status)
+        seconds.append(took)
+
+    exporter.add_observer(observe)
     event = from_attributes({A.EVENT_TYPE: A.CUSTOM_DIMENSION, A.USER_ID: user_id,
                              A.DIMENSION_KEY: "vwo_otel_check", A.DIMENSION_VALUE: "ok"}, time.time_ns())
     where = "GET /server-side/push" if realtime else "POST /server-side/batch-events"
@@ -89,9 +350,10 @@ def _send_one(exporter: VWOExporter, realtime: bool, user_id: str, say: Any) -> 
         outcome = exporter.send_event(event) if realtime else exporter.send_batch([event])[0]
     finally:
         exporter.shutdown()
-    status, seconds = attempts[-1] if attempts else (None, 0.0)
     if outcome.error is None:
-        say(f"ok: the endpoint accepted the event (HTTP {status} in {seconds * 1000:.0f} ms)")
+        took = seconds[-1] if seconds else 0.0
+        say(f"ok: the endpoint accepted the event (HTTP {statuses[-1] if statuses else None} in "
+            f"{took * 1000:.0f} ms)")
         return 0
     say("FAILED: " + _explain(outcome.error, exporter))
     return 1
@@ -126,3 +388,66 @@ def _explain(error: VWODeliveryError, exporter: VWOExporter) -> str:
             return f"cannot resolve the host of {where}: check VWO_ENDPOINT ({text})"
         return f"network error talking to {where}: {text}"
     return text
+
+
+# -- gateway ---------------------------------------------------------------------------------
+
+def _gateway_arguments(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(run=gateway)
+    p.add_argument("--config", help="JSON file with the settings below (command-line options win); keys: "
+                   + ", ".join(CONFIG_KEYS))
+    p.add_argument("--account", action="append", default=[], metavar="ID[=SDK_KEY]",
+                   help="a VWO account (repeat for several); without =SDK_KEY the key is read from the "
+                        "environment variable VWO_SDK_KEY_<ID> (keeps it out of the process list)")
+    p.add_argument("--default-account", metavar="ID", help="account for events without vwo.account_id")
+    p.add_argument("--endpoint", help=f"VWO collection host (default {checks.DEFAULT_ENDPOINT})")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 to serve other hosts)")
+    p.add_argument("--port", type=int, help=f"port to bind, 0 for any (default {DEFAULT_PORT})")
+    p.add_argument("--events-per-request", type=int, help="VWO batch size (default 100)")
+    p.add_argument("--request-time-interval", type=float, help="max age of a batch in seconds (default 60)")
+    p.add_argument("--max-backlog", type=int,
+                   help=f"events held per account before answering 429 (default {DEFAULT_MAX_BACKLOG})")
+    p.add_argument("--retry-after", type=float, help="seconds in Retry-After of 429/503 answers (default 2)")
+    p.add_argument("--shutdown-timeout", type=float, help="seconds to deliver backlogs at shutdown (default 10)")
+    p.add_argument("--spool", help="directory for the on-disk spool (one subdirectory per account)")
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+
+
+def gateway(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
+    """``vwo-otel gateway``: run in the foreground until Ctrl-C / SIGTERM, then drain and print the stats."""
+    try:
+        values: dict[str, Any] = {}
+        if args.config:
+            with open(args.config, encoding="utf-8") as f:
+                try:
+                    values = json.load(f)
+                except ValueError as exc:
+                    raise ValueError(f"{args.config} is not valid JSON: {exc}") from None
+        accounts = {}
+        for text in args.account:
+            acct = parse_account(text, environ)
+            accounts[acct.account_id] = acct
+        config = config_from_mapping(
+            values, environ=environ, accounts=accounts, default_account=args.default_account,
+            endpoint=args.endpoint, host=args.host, port=args.port, events_per_request=args.events_per_request,
+            request_time_interval=args.request_time_interval, max_backlog=args.max_backlog,
+            retry_after=args.retry_after, shutdown_timeout=args.shutdown_timeout, spool=args.spool)
+    except (OSError, ValueError, TypeError) as exc:
+        return _fail("gateway", exc)
+    level = getattr(logging, str(args.log_level).upper(), None)
+    logging.basicConfig(level=level if isinstance(level, int) else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server = Gateway(config).start()
+    except (OSError, ValueError) as exc:
+        return _fail("gateway", exc)
+    with until_interrupted():
+        sys.stdout.write(f"vwo-otel gateway listening on {server.url} (POST /v1/traces, /v1/logs) for account(s) "
+                         f"{', '.join(str(a) for a in sorted(config.accounts))}; Ctrl-C to stop\n")
+        sys.stdout.flush()
+        while True:
+            time.sleep(3600)
+    ok = server.stop()
+    sys.stdout.write(json.dumps(server.stats()) + "\n")
+    sys.stdout.flush()
+    return 0 if ok else 1

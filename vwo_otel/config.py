@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import checks
+
 #: ``flush_callback(err, events)``: ``err`` is None on success, else a ``VWODeliveryError``.
 FlushCallback = Callable[[BaseException | None, list[dict[str, Any]]], Any]
 
-MAX_EVENTS_PER_REQUEST = 5000
+MAX_EVENTS_PER_REQUEST = int(checks.EVENTS_PER_REQUEST.high)
 DEFAULT_EVENTS_PER_REQUEST = 100
 DEFAULT_REQUEST_TIME_INTERVAL = 600.0
 _KEYS = ("events_per_request", "request_time_interval", "flush_callback")
@@ -26,25 +27,10 @@ class BatchEvents:
     flush_callback: FlushCallback | None = None
 
     def __post_init__(self) -> None:
-        n = self.events_per_request
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(
-                f"batch_events['events_per_request'] must be an int from 1 to {MAX_EVENTS_PER_REQUEST}, "
-                f"got {type(n).__name__} {n!r}"
-            )
-        if not 1 <= n <= MAX_EVENTS_PER_REQUEST:
-            raise ValueError(
-                f"batch_events['events_per_request'] must be from 1 to {MAX_EVENTS_PER_REQUEST}, got {n}"
-            )
-        t = self.request_time_interval
-        if isinstance(t, bool) or not isinstance(t, (int, float)):
-            raise TypeError(
-                "batch_events['request_time_interval'] must be a number of seconds >= 1, "
-                f"got {type(t).__name__} {t!r}"
-            )
-        if not (math.isfinite(t) and t >= 1):
-            raise ValueError(f"batch_events['request_time_interval'] must be a finite number of seconds >= 1, got {t}")
-        object.__setattr__(self, "request_time_interval", float(t))
+        checks.EVENTS_PER_REQUEST.check("batch_events['events_per_request']", self.events_per_request)
+        interval = checks.REQUEST_TIME_INTERVAL.check("batch_events['request_time_interval']",
+                                                      self.request_time_interval)
+        object.__setattr__(self, "request_time_interval", interval)
         if self.flush_callback is not None and not callable(self.flush_callback):
             raise TypeError(
                 "batch_events['flush_callback'] must be callable(err, events), "
@@ -67,8 +53,9 @@ def parse_batch_events(value: BatchEventsLike) -> BatchEvents | None:
         raise ValueError(f"batch_events has unknown key(s) {unknown}; allowed keys: {list(_KEYS)}")
     if value.get("events_per_request") is None and value.get("request_time_interval") is None:
         raise ValueError(
-            "batch_events needs 'events_per_request' (1 to 5000) or 'request_time_interval' "
-            "(seconds >= 1), or both; pass batch_events=None for real-time delivery"
+            f"batch_events needs 'events_per_request' ({checks.EVENTS_PER_REQUEST}) or "
+            f"'request_time_interval' ({checks.REQUEST_TIME_INTERVAL}), or both; "
+            "pass batch_events=None for real-time delivery"
         )
     given = {k: v for k, v in value.items() if v is not None}
     return BatchEvents(**given)

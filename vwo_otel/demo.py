@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -30,12 +30,13 @@ def run_demo(out: TextIO, *, endpoint: str | None = None, account_id: int = DEMO
         receiver = Receiver(account_id=account_id, sdk_key=sdk_key).start()
         endpoint = receiver.url
         out.write(f"embedded VWO-compatible receiver listening on {endpoint}\n")
-    results: list = []
-    lock = threading.Lock()
+    results: list[tuple[BaseException | None, int]] = []  # (error or None, events) per settled request
+    settled = threading.Condition()
 
-    def flush_callback(err: BaseException | None, events: list) -> None:
-        with lock:
+    def flush_callback(err: BaseException | None, events: list[Any]) -> None:
+        with settled:
             results.append((err, len(events)))
+            settled.notify_all()
 
     # The app's own tracing keeps working beside VWO: its spans go to its exporter only.
     app_spans = InMemorySpanExporter()
@@ -70,7 +71,8 @@ def run_demo(out: TextIO, *, endpoint: str | None = None, account_id: int = DEMO
     out.write(f"emitted {emitted} VWO events from {users} simulated requests "
               f"({emit_seconds * 1e6 / emitted:.1f} us per event on the app's thread)\n")
     out.write(f"waiting for the request_time_interval ({request_time_interval:g} s) to send the last, partial batch\n")
-    time.sleep(request_time_interval + 0.3)
+    with settled:  # the timer sends the partial batch after the interval; a request takes up to the timeout
+        settled.wait_for(lambda: sum(n for _, n in results) >= emitted, request_time_interval + exporter.timeout)
     ok = processor.flush_events()  # nothing should be left; proves flush_events is safe when idle
     provider.shutdown()
 

@@ -4,123 +4,127 @@
     processor = vwo_otel.span_processor_from_env()          # exporter + batching from the env
     processor = vwo_otel.log_processor_from_env(batch_events={"flush_callback": cb})
 
-A variable that is unset or empty counts as not given. A bad value raises ``ConfigError``
-(a ``ValueError``) naming the variable and the allowed range.
+A variable that is unset or empty counts as not given. A bad value, or a ``VWO_*`` name this
+module does not know (a typo would otherwise be ignored), raises ``ConfigError`` (a
+``ValueError``) naming the variable and the allowed range. Each variable's text is converted
+here; the range itself is checked by ``checks``, as for the matching keyword argument.
 """
 
 from __future__ import annotations
 
-import math
+import difflib
+import enum
+import logging
 import os
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from .config import MAX_EVENTS_PER_REQUEST, BatchEvents, BatchEventsLike, parse_batch_events
-from .export.exporter import DEFAULT_ENDPOINT, MAX_PAYLOAD_BYTES, VWOExporter
+from . import checks
+from .config import BatchEvents, BatchEventsLike, parse_batch_events
+from .errors import ConfigError as ConfigError  # also importable from here, as before
+from .export.exporter import VWOExporter
 from .export.retry import RetryPolicy
-from .processor import VWOLogRecordProcessor, VWOSpanProcessor, _VWOProcessor
+from .processor import VWOLogRecordProcessor, VWOProcessor, VWOSpanProcessor
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
 
     from ._engine.spool import Spool
 
-P = TypeVar("P", bound=_VWOProcessor)
+logger = logging.getLogger("vwo_otel")
+P = TypeVar("P", bound=VWOProcessor)
 
 
-class ConfigError(ValueError):
-    """A ``VWO_*`` variable is missing or has a bad value; ``variable`` names it."""
+@dataclass(frozen=True)
+class Variable:
+    """One ``VWO_*`` variable: the keyword argument it stands for, how its text becomes that
+    argument (``parse(name, text)`` raises ``ValueError``/``TypeError`` when it cannot), and
+    the allowed values in words, as errors and the README show them."""
 
-    def __init__(self, variable: str, message: str) -> None:
-        super().__init__(message)
-        self.variable = variable
-
-
-class _Var(NamedTuple):
-    parse: Callable[[str], Any]
-    allowed: str  # the allowed range, as shown in errors and docs
-    key: str  # the keyword argument it stands for
+    key: str
+    parse: Callable[[str, str], Any]
+    allowed: str
+    secret: bool = False  # its value is never shown in an error
 
 
-def _int(lo: int, hi: float = math.inf) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if not lo <= value <= hi:
-            raise ValueError
-        return value
-    return parse
+def _number(key: str, allowed: checks.Range) -> Variable:
+    convert: Callable[[str], float] = int if allowed.integer else float
+    return Variable(key, lambda name, text: allowed.check(name, convert(text)), str(allowed))
 
 
-def _seconds(lo: float, *, inclusive: bool = True) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value) or value < lo or (value == lo and not inclusive):
-            raise ValueError
-        return value
-    return parse
-
-
-def _account(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise ValueError
-    return int(text)
-
-
-def _text(text: str) -> str:
-    return text
-
-
-def _url(text: str) -> str:
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError
-    return text
-
-
-def _flag(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError
-
-
-#: Every variable read, with the allowed values (the README's table is made from the same facts).
-VARIABLES: dict[str, _Var] = {
-    "VWO_ACCOUNT_ID": _Var(_account, "a positive int (your VWO account id)", "account_id"),
-    "VWO_SDK_KEY": _Var(_text, "a non-empty string (your VWO SDK key)", "sdk_key"),
-    "VWO_ENDPOINT": _Var(_url, f"an http(s) URL (default {DEFAULT_ENDPOINT})", "endpoint"),
-    "VWO_EVENTS_PER_REQUEST": _Var(_int(1, MAX_EVENTS_PER_REQUEST), f"an int from 1 to {MAX_EVENTS_PER_REQUEST}",
-                                   "events_per_request"),
-    "VWO_REQUEST_TIME_INTERVAL": _Var(_seconds(1.0), "a number of seconds >= 1", "request_time_interval"),
-    "VWO_MAX_QUEUE_SIZE": _Var(_int(1), "an int >= 1", "max_queue_size"),
-    "VWO_MAX_CONCURRENT_REQUESTS": _Var(_int(1, 64), "an int from 1 to 64", "max_concurrent_requests"),
-    "VWO_SHUTDOWN_TIMEOUT": _Var(_seconds(0.0, inclusive=False), "a number of seconds > 0", "shutdown_timeout"),
-    "VWO_RETRY_BUDGET": _Var(_seconds(0.0), "a number of seconds >= 0", "retry_budget"),
-    "VWO_MAX_PAYLOAD_BYTES": _Var(_int(1024, MAX_PAYLOAD_BYTES), f"an int from 1024 to {MAX_PAYLOAD_BYTES}",
-                                  "max_payload_bytes"),
-    "VWO_TIMEOUT": _Var(_seconds(0.0, inclusive=False), "a number of seconds > 0", "timeout"),
-    "VWO_METRICS": _Var(_flag, "true or false", "metrics"),
-    "VWO_SPOOL": _Var(_text, "a directory path (turns the on-disk spool on)", "spool"),
+#: Every variable read (the README's table states the same facts).
+VARIABLES: dict[str, Variable] = {
+    "VWO_ACCOUNT_ID": Variable("account_id", lambda name, text: checks.account_id(text, name),
+                               "a positive int (your VWO account id)"),
+    "VWO_SDK_KEY": Variable("sdk_key", lambda name, text: checks.sdk_key(text, name),
+                            "non-empty printable text (your VWO SDK key)", secret=True),
+    "VWO_ENDPOINT": Variable("endpoint", lambda name, text: checks.endpoint(text, name),
+                             "an http(s) URL of VWO's host, optionally with a path prefix, without a query, "
+                             f"a fragment or VWO's /server-side/ path (default {checks.DEFAULT_ENDPOINT})"),
+    "VWO_EVENTS_PER_REQUEST": _number("events_per_request", checks.EVENTS_PER_REQUEST),
+    "VWO_REQUEST_TIME_INTERVAL": _number("request_time_interval", checks.REQUEST_TIME_INTERVAL),
+    "VWO_MAX_QUEUE_SIZE": _number("max_queue_size", checks.MAX_QUEUE_SIZE),
+    "VWO_MAX_CONCURRENT_REQUESTS": _number("max_concurrent_requests", checks.MAX_CONCURRENT_REQUESTS),
+    "VWO_SHUTDOWN_TIMEOUT": _number("shutdown_timeout", checks.SHUTDOWN_TIMEOUT),
+    "VWO_RETRY_BUDGET": _number("retry_budget", checks.RETRY_BUDGET),
+    "VWO_MAX_PAYLOAD_BYTES": _number("max_payload_bytes", checks.MAX_PAYLOAD_BYTES),
+    "VWO_TIMEOUT": _number("timeout", checks.TIMEOUT),
+    "VWO_METRICS": Variable("metrics", checks.flag, "true or false"),
+    # read by the engine itself (vwo_otel._engine.signals), listed here so it is known
+    "VWO_SIGNALS": Variable("signals", checks.flag, "true or false (default true: deliver before SIGTERM / "
+                            "SIGINT's default action ends the process)"),
+    "VWO_SPOOL": Variable("spool", lambda name, text: text, "a directory path (turns the on-disk spool on)"),
 }
+
+#: The gateway's per-account sdk keys (``vwo-otel gateway --account ID``): not settings of this module.
+SDK_KEY_ENV = "VWO_SDK_KEY_{account_id}"
+_warned: set[str] = set()  # unknown names already warned about
+#: ``VWO_*`` names kept for later use: never reported as unknown.
+_RESERVED = frozenset({"VWO_DISABLED"})
+
+
+def given(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The text of variable ``name`` without surrounding spaces; None when it is unset or
+    empty (both count as not given)."""
+    raw = (os.environ if environ is None else environ).get(name)
+    text = raw.strip() if raw is not None else ""
+    return text or None
+
+
+def _check_names(env: Mapping[str, str]) -> None:
+    """A set ``VWO_*`` variable that nothing reads: ``ConfigError`` when it looks like a typo of
+    one that is read (it would otherwise silently change the set-up), else one warning."""
+    gateway_prefix = SDK_KEY_ENV.format(account_id="")
+    for name in sorted(env):
+        if not name.startswith("VWO_") or name in VARIABLES or name in _RESERVED or not given(name, env):
+            continue
+        suffix = name[len(gateway_prefix):]
+        if name.startswith(gateway_prefix) and suffix.isascii() and suffix.isdigit():
+            continue
+        close = difflib.get_close_matches(name, VARIABLES, n=1)
+        if close:
+            raise ConfigError(name, f"{name} is not a vwo_otel variable; did you mean {close[0]}?")
+        if name not in _warned:
+            _warned.add(name)
+            logger.warning("%s is not a vwo_otel variable and is ignored; the variables read are %s",
+                           name, ", ".join(VARIABLES))
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The ``VWO_*`` variables that are set, parsed and checked, by keyword (``account_id``,
     ``sdk_key``, ``endpoint``, ``events_per_request``, ...). Raises ``ConfigError``."""
     env = os.environ if environ is None else environ
+    _check_names(env)
     out: dict[str, Any] = {}
     for name, var in VARIABLES.items():
-        raw = env.get(name)
-        if raw is None or not raw.strip():
+        text = given(name, env)
+        if text is None:
             continue
-        text = raw.strip()
         try:
-            out[var.key] = var.parse(text)
-        except (ValueError, OverflowError):
-            shown = "***" if name == "VWO_SDK_KEY" else repr(text)
+            out[var.key] = var.parse(name, text)
+        except (ValueError, TypeError, OverflowError):
+            shown = "***" if var.secret else repr(text)
             raise ConfigError(name, f"{name} must be {var.allowed}, got {shown}") from None
     return out
 
@@ -137,35 +141,35 @@ def exporter_from_env(*, environ: Mapping[str, str] | None = None, account_id: i
     """A ``VWOExporter`` from ``VWO_ACCOUNT_ID``, ``VWO_SDK_KEY``, ``VWO_ENDPOINT``, ``VWO_TIMEOUT``,
     ``VWO_RETRY_BUDGET`` and ``VWO_MAX_PAYLOAD_BYTES``; arguments that are not None win."""
     settings = read_env(environ)
-    given = {"account_id": account_id, "sdk_key": sdk_key, "endpoint": endpoint, "timeout": timeout,
-             "max_payload_bytes": max_payload_bytes}
-    settings.update((k, v) for k, v in given.items() if v is not None)
-    kwargs: dict[str, Any] = {
-        "endpoint": settings.get("endpoint", DEFAULT_ENDPOINT),
-        "retry": retry if retry is not None else (
-            RetryPolicy(budget=settings["retry_budget"]) if "retry_budget" in settings else None),
-    }
-    for key in ("timeout", "max_payload_bytes"):
-        if key in settings:
-            kwargs[key] = settings[key]
+    given_args = {"account_id": account_id, "sdk_key": sdk_key, "endpoint": endpoint, "timeout": timeout,
+                  "max_payload_bytes": max_payload_bytes}
+    settings.update((k, v) for k, v in given_args.items() if v is not None)
+    if retry is None and "retry_budget" in settings:
+        retry = RetryPolicy(budget=settings["retry_budget"])
+    kwargs: dict[str, Any] = {key: settings[key] for key in ("endpoint", "timeout", "max_payload_bytes")
+                              if key in settings}
     return VWOExporter(
         _require(settings, "account_id", "VWO_ACCOUNT_ID", "your VWO account id"),
         _require(settings, "sdk_key", "VWO_SDK_KEY", "your VWO SDK key"),
+        retry=retry,
         **kwargs,
     )
 
 
-class _FromEnv:
+class _FromEnv(enum.Enum):
+    FROM_ENV = "FROM_ENV"
+
     def __repr__(self) -> str:
         return "FROM_ENV"
 
 
-#: Default of ``batch_events`` in ``from_env``: batching from ``VWO_EVENTS_PER_REQUEST`` /
+#: Default of ``batch_events`` in ``*_from_env``: batching from ``VWO_EVENTS_PER_REQUEST`` /
 #: ``VWO_REQUEST_TIME_INTERVAL`` when either is set, else real-time mode (as VWO's SDKs).
-FROM_ENV: Any = _FromEnv()
+FROM_ENV: Literal[_FromEnv.FROM_ENV] = _FromEnv.FROM_ENV
+BatchEventsFromEnv = BatchEventsLike | Literal[_FromEnv.FROM_ENV]
 
 
-def batch_events_from_env(batch_events: BatchEventsLike | _FromEnv = FROM_ENV, *,
+def batch_events_from_env(batch_events: BatchEventsFromEnv = FROM_ENV, *,
                           environ: Mapping[str, str] | None = None) -> BatchEvents | None:
     """``batch_events`` with the keys it lacks taken from ``VWO_EVENTS_PER_REQUEST`` and
     ``VWO_REQUEST_TIME_INTERVAL``. ``None`` (real-time) is kept as it is."""
@@ -174,16 +178,14 @@ def batch_events_from_env(batch_events: BatchEventsLike | _FromEnv = FROM_ENV, *
     settings = read_env(environ)
     from_env: dict[str, Any] = {k: settings[k] for k in ("events_per_request", "request_time_interval")
                                 if k in settings}
-    if isinstance(batch_events, _FromEnv):
+    if batch_events is FROM_ENV:
         return parse_batch_events(from_env) if from_env else None
-    if isinstance(batch_events, BatchEvents):
-        return batch_events
-    if not isinstance(batch_events, Mapping):
-        return parse_batch_events(batch_events)  # raises the usual TypeError
-    return parse_batch_events({**from_env, **batch_events})
+    if isinstance(batch_events, Mapping):
+        return parse_batch_events({**from_env, **batch_events})
+    return parse_batch_events(batch_events)  # a BatchEvents as it is; anything else raises the usual TypeError
 
 
-def processor_from_env(cls: type[P], batch_events: BatchEventsLike | _FromEnv = FROM_ENV, *,
+def processor_from_env(cls: type[P], batch_events: BatchEventsFromEnv = FROM_ENV, *,
                        exporter: VWOExporter | None = None, environ: Mapping[str, str] | None = None,
                        max_queue_size: int | None = None, shutdown_timeout: float | None = None,
                        max_concurrent_requests: int | None = None, meter_provider: MeterProvider | None = None,
@@ -196,20 +198,13 @@ def processor_from_env(cls: type[P], batch_events: BatchEventsLike | _FromEnv = 
         exporter = exporter_from_env(environ=environ, **exporter_args)
     elif exporter_args:
         raise TypeError(f"pass exporter= or exporter settings ({', '.join(sorted(exporter_args))}), not both")
+    given_args = {"max_queue_size": max_queue_size, "max_concurrent_requests": max_concurrent_requests,
+                  "shutdown_timeout": shutdown_timeout, "spool": spool}
     kwargs: dict[str, Any] = {}
-    queue = max_queue_size if max_queue_size is not None else settings.get("max_queue_size")
-    if queue is not None:
-        kwargs["max_queue_size"] = queue
-    concurrent = max_concurrent_requests if max_concurrent_requests is not None else \
-        settings.get("max_concurrent_requests")
-    if concurrent is not None:
-        kwargs["max_concurrent_requests"] = concurrent
-    timeout = shutdown_timeout if shutdown_timeout is not None else settings.get("shutdown_timeout")
-    if timeout is not None:
-        kwargs["shutdown_timeout"] = timeout
-    spool = spool if spool is not None else settings.get("spool")
-    if spool is not None:
-        kwargs["spool"] = spool
+    for key, value in given_args.items():
+        value = value if value is not None else settings.get(key)
+        if value is not None:
+            kwargs[key] = value
     if meter_provider is None and settings.get("metrics"):
         from opentelemetry import metrics
 
@@ -219,13 +214,12 @@ def processor_from_env(cls: type[P], batch_events: BatchEventsLike | _FromEnv = 
     return cls(exporter, batch_events_from_env(batch_events, environ=environ), **kwargs)
 
 
-def span_processor_from_env(batch_events: BatchEventsLike | _FromEnv = FROM_ENV, **kwargs: Any) -> VWOSpanProcessor:
+def span_processor_from_env(batch_events: BatchEventsFromEnv = FROM_ENV, **kwargs: Any) -> VWOSpanProcessor:
     """A ``VWOSpanProcessor`` (and its exporter) from the ``VWO_*`` variables; keyword
     arguments (``account_id``, ``sdk_key``, ``endpoint``, ``max_queue_size``, ...) win."""
     return processor_from_env(VWOSpanProcessor, batch_events, **kwargs)
 
 
-def log_processor_from_env(batch_events: BatchEventsLike | _FromEnv = FROM_ENV,
-                           **kwargs: Any) -> VWOLogRecordProcessor:
+def log_processor_from_env(batch_events: BatchEventsFromEnv = FROM_ENV, **kwargs: Any) -> VWOLogRecordProcessor:
     """A ``VWOLogRecordProcessor`` (and its exporter) from the ``VWO_*`` variables; arguments win."""
     return processor_from_env(VWOLogRecordProcessor, batch_events, **kwargs)

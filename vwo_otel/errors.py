@@ -1,8 +1,17 @@
-"""Delivery results: the errors handed to ``flush_callback(err, events)`` and ``Outcome``."""
+"""The library's errors: a bad ``VWO_*`` variable (``ConfigError``), the delivery errors handed
+to ``flush_callback(err, events)``, and ``Outcome``, how one request settled."""
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
+
+
+class ConfigError(ValueError):
+    """A ``VWO_*`` variable is missing, unknown or has a bad value; ``variable`` names it."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(message)
+        self.variable = variable
 
 
 class VWODeliveryError(Exception):

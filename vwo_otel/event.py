@@ -91,8 +91,8 @@ FIELDS: tuple[str, ...] = VWOEvent.__slots__
 
 
 def log_time(timestamp: int | None, observed: int | None) -> int | None:
-    """The time of a log record's event (unix ns): its timestamp, else when it was observed.
-    A span's event time is its start time. None means "now"."""
+    """The time of a log record's event (unix ns): its timestamp, else when it was observed
+    (None or 0: now)."""
     return timestamp or observed
 
 
@@ -107,18 +107,19 @@ def _plain(attrs: Any) -> Any:
 def from_record(record: Any) -> VWOEvent | None:
     """The VWO event a finished span (``ReadableSpan``) or an SDK log record
     (``ReadableLogRecord`` / ``ReadWriteLogRecord`` or its ``log_record``) carries; None when it
-    carries no ``vwo.event.type``. Raises ``MalformedEvent`` if it claims to be one but is unusable."""
-    log = getattr(record, "log_record", None)
-    if log is not None:
-        record = log
-    attrs = _plain(getattr(record, "_attributes", None))
+    carries no ``vwo.event.type``. Raises ``MalformedEvent`` if it claims to be one but is unusable.
+    A span's event time is its start time; a log record's is ``log_time``."""
+    attrs = getattr(record, "_attributes", None)  # a ReadableSpan
     if attrs is None:
-        attrs = record.attributes
-    if not attrs or A.EVENT_TYPE not in attrs:
+        record = getattr(record, "log_record", record)
+        attrs = _plain(record.attributes)
+        if attrs and A.EVENT_TYPE in attrs:
+            return from_attributes(attrs, log_time(record.timestamp, record.observed_timestamp))
         return None
-    stamp = record.start_time if hasattr(record, "start_time") else log_time(record.timestamp,
-                                                                               record.observed_timestamp)
-    return from_attributes(attrs, stamp)
+    attrs = _plain(attrs)
+    if attrs and A.EVENT_TYPE in attrs:
+        return from_attributes(attrs, record.start_time)
+    return None
 
 
 def from_attributes(attrs: Mapping[str, Any], time_ns: int | None) -> VWOEvent:

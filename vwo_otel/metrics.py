@@ -3,7 +3,7 @@
 Nothing here runs on the emitting thread. The queue and event counts are *observable*
 instruments: their callbacks read, at collection time, the counters the batcher keeps
 anyway (``counts``, ``dropped``, the queue size). The request-level instruments are
-recorded on the delivery thread, once per HTTP request, through ``VWOExporter.observer``.
+recorded on the delivery thread, once per HTTP request, through ``VWOExporter.add_observer``.
 
 Names follow the semantic conventions for SDK components where they exist
 (``otel.sdk.processor.span.*``, ``otel.sdk.processor.log.*``, ``otel.sdk.exporter.*.exported``);
@@ -111,7 +111,7 @@ class DeliveryMetrics:
         self._duration = meter.create_histogram(
             DURATION, unit="s", explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
             description="Duration of one HTTP request to VWO, until the answer or the error.")
-        batcher.exporter.observer = self.on_request
+        batcher.exporter.add_observer(self.on_request)
 
     # -- the delivery thread: once per HTTP request ------------------------------------
     def on_request(self, method: str, events: int, nbytes: int, status: int | None,

@@ -4,33 +4,31 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, TypedDict
 
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.sdk._logs import LogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
-from . import attributes as A
 from ._engine.batcher import DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, Batcher
 from ._engine.spool import Spool
 from .config import BatchEventsLike, parse_batch_events
-from .event import MalformedEvent, from_attributes
+from .event import MalformedEvent, from_record
 from .export.exporter import VWOExporter
 from .metrics import DeliveryMetrics, Signal
 
 logger = logging.getLogger("vwo_otel")
-_EVENT_TYPE = A.EVENT_TYPE
 
 
-def _plain(attrs: Any) -> Any:
-    """The plain dict inside the SDK's ``BoundedAttributes`` (only read, never kept), else
-    ``attrs`` itself: decoding then costs dict lookups instead of ``Mapping.get`` ->
-    ``__getitem__`` Python calls through a ``mappingproxy`` (a third of the processor's time)."""
-    inner = getattr(attrs, "_dict", None)
-    return inner if type(inner) is dict else attrs
+class ProcessorStats(TypedDict):
+    """What ``stats()`` returns."""
+
+    events: dict[str, int]  # "delivered" / "failed": events whose delivery settled, by result
+    dropped: dict[str, int]  # events dropped before any request, by reason (as in ``EventsDropped.reason``)
+    queued: int  # events held now: queued, batched or in flight
 
 
-class _VWOProcessor:
+class VWOProcessor:
     """What the span and log-record processors share: config, batching and flushing."""
 
     _signal: Signal = "span"
@@ -53,20 +51,17 @@ class _VWOProcessor:
         #: Delivery metrics (``vwo_otel.metrics``), only when a ``meter_provider`` is given.
         self.metrics = None if meter_provider is None else DeliveryMetrics(meter_provider, self._batcher, self._signal)
 
+    @property
+    def batcher(self) -> Batcher:
+        """The engine behind this processor: queue, timer and delivery threads (internal, for
+        tests and tools: its settings and ``snapshot()``; not a stable API)."""
+        return self._batcher
+
     def __repr__(self) -> str:
         b = self._batcher
         mode = "real-time" if b.realtime else f"events_per_request={b.events_per_request}, " \
                                              f"request_time_interval={b.interval:g}"
         return f"{type(self).__name__}({b.exporter!r}, {mode})"
-
-    def _take(self, attrs: Any, time_ns: int | None) -> None:
-        try:
-            event = from_attributes(attrs, time_ns)
-        except MalformedEvent as exc:
-            # counted, logged (rate-limited) and reported to flush_callback as EventsDropped("malformed")
-            self._batcher.malformed(attrs, str(exc))
-            return
-        self._put(event)
 
     def flush_events(self, mode: str | None = "sync") -> bool | None:
         """Send everything queued now, whatever the batch settings, and clear the timer.
@@ -87,12 +82,13 @@ class _VWOProcessor:
         """Deliver the queue (bounded by ``shutdown_timeout``), then refuse new events; idempotent."""
         self._batcher.shutdown()
 
-    def stats(self) -> dict[str, dict[str, int]]:
-        """Counters so far: events delivered / failed, and dropped by reason."""
-        return {"events": dict(self._batcher.counts), "dropped": dict(self._batcher.dropped)}
+    def stats(self) -> ProcessorStats:
+        """Counters so far: events delivered / failed, dropped by reason, and queued now."""
+        b = self._batcher
+        return {"events": dict(b.counts), "dropped": dict(b.dropped), "queued": b.queue_size()}
 
 
-class VWOSpanProcessor(_VWOProcessor, SpanProcessor):
+class VWOSpanProcessor(VWOProcessor, SpanProcessor):
     """Batches spans that carry ``vwo.event.type`` as VWO events; other spans cost one dict lookup.
 
     ``batch_events`` is VWO's dict ``{"events_per_request", "request_time_interval",
@@ -103,20 +99,26 @@ class VWOSpanProcessor(_VWOProcessor, SpanProcessor):
         pass
 
     def on_end(self, span: ReadableSpan) -> None:
-        attrs = _plain(getattr(span, "_attributes", None))
-        if attrs is None:
-            attrs = span.attributes
-        if attrs and _EVENT_TYPE in attrs:
-            self._take(attrs, span.start_time)
+        try:
+            event = from_record(span)
+        except MalformedEvent as exc:
+            # counted, logged (rate-limited) and reported to flush_callback as EventsDropped("malformed")
+            self._batcher.malformed(span.attributes or {}, str(exc))
+            return
+        if event is not None:
+            self._put(event)
 
 
-class VWOLogRecordProcessor(_VWOProcessor, LogRecordProcessor):
+class VWOLogRecordProcessor(VWOProcessor, LogRecordProcessor):
     """Batches log records that carry ``vwo.event.type`` as VWO events; others are ignored."""
 
     _signal: Signal = "log"
 
     def on_emit(self, log_record: Any) -> None:
-        record = log_record.log_record
-        attrs = _plain(record.attributes)
-        if attrs and _EVENT_TYPE in attrs:
-            self._take(attrs, record.timestamp or record.observed_timestamp)
+        try:
+            event = from_record(log_record)
+        except MalformedEvent as exc:
+            self._batcher.malformed(log_record.log_record.attributes or {}, str(exc))  # as in on_end
+            return
+        if event is not None:
+            self._put(event)

@@ -4,8 +4,8 @@ Exit: every live batcher is shut down at interpreter exit (``atexit``), all in p
 within one ``shutdown_timeout``: ``shutdown_all`` first begins every shutdown (refuse new
 events, cut queues, cap retry waits), then waits for each. The hook re-registers itself
 whenever a batcher is created, so it runs before the ``atexit`` shutdown of a
-``TracerProvider`` made earlier. A plain ``SIGTERM`` kills Python without ``atexit``;
-servers such as gunicorn turn it into a normal exit in their workers.
+``TracerProvider`` made earlier. A SIGTERM / SIGINT whose default action would kill
+Python without ``atexit`` runs the same delivery first (``signals``).
 
 Fork: a forked child starts with an empty queue, fresh threads and a fresh HTTP session
 (``after_fork``); the events queued before the fork are the parent's to deliver, so
@@ -24,23 +24,35 @@ import logging
 import os
 import weakref
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .batcher import Batcher, ShutdownState
+
+from . import signals
 
 logger = logging.getLogger("vwo_otel")
-_live: weakref.WeakSet[Any] = weakref.WeakSet()
+_live: weakref.WeakSet[Batcher] = weakref.WeakSet()
 
 
-def track(batcher: Any) -> None:
-    """Have ``batcher.shutdown()`` run at exit and ``batcher.after_fork()`` in forked children."""
+def track(batcher: Batcher) -> None:
+    """Have ``batcher.shutdown()`` run at exit, on a SIGTERM / SIGINT that would otherwise kill
+    the process at once (``signals``), and ``batcher.after_fork()`` in forked children."""
     _live.add(batcher)
     atexit.unregister(_at_exit)  # move to the end of the list: atexit runs it first
     atexit.register(_at_exit)
+    signals.install(shutdown_all, _longest_timeout)
 
 
-def shutdown_all(timeout: float | None = None, batchers: Iterable[Any] | None = None) -> bool:
+def _longest_timeout() -> float:
+    """How long ``shutdown_all()`` may take: the live batchers drain in parallel."""
+    return max((b.shutdown_timeout for b in list(_live)), default=0.0)
+
+
+def shutdown_all(timeout: float | None = None, batchers: Iterable[Batcher] | None = None) -> bool:
     """Shut down ``batchers`` (default: every live one), each within ``timeout`` (default its
     own ``shutdown_timeout``), in parallel; True if everything queued was delivered."""
-    started = []
+    started: list[tuple[Batcher, ShutdownState]] = []
     for batcher in list(_live if batchers is None else batchers):
         try:
             state = batcher.begin_shutdown(timeout)
@@ -52,7 +64,7 @@ def shutdown_all(timeout: float | None = None, batchers: Iterable[Any] | None = 
     ok = True
     for batcher, state in started:
         try:
-            ok = batcher.finish_shutdown(*state) and ok
+            ok = batcher.finish_shutdown(state) and ok
         except Exception:
             logger.exception("vwo_otel: shutdown of %r failed", batcher)
             ok = False

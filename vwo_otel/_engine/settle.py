@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import FlushCallback
@@ -33,6 +34,16 @@ DROP_REPORT_DELAY = 0.5
 MAX_HELD_RESULTS = 100_000
 
 
+@dataclass(slots=True)
+class _Held:
+    """One ``LogLimiter`` key: when it was last logged and what was held back since."""
+
+    logged_at: float
+    reports: int = 0
+    events: int = 0
+    last: tuple[str, tuple[object, ...]] = ("", ())  # the last held-back message and its arguments
+
+
 class LogLimiter:
     """At most one warning per ``interval`` seconds per key; what it holds back is counted
     and summed into the next warning of that key, or written by ``flush`` (at shutdown)."""
@@ -40,32 +51,31 @@ class LogLimiter:
     def __init__(self, interval: float | None = None) -> None:
         self.interval = LOG_INTERVAL if interval is None else interval
         self._lock = threading.Lock()
-        self._state: dict[object, list] = {}  # key -> [logged at, held reports, held events, last text]
+        self._state: dict[object, _Held] = {}
 
     def warn(self, key: object, events: int, msg: str, *args: object, exc_info: bool = False) -> bool:
         """Log ``msg % args`` unless ``key`` was logged less than ``interval`` s ago; True if logged."""
         now = time.monotonic()
         with self._lock:
             st = self._state.get(key)
-            if st is not None and now - st[0] < self.interval:
-                st[1] += 1
-                st[2] += events
-                st[3] = (msg, args)
+            if st is not None and now - st.logged_at < self.interval:
+                st.reports += 1
+                st.events += events
+                st.last = (msg, args)
                 return False
-            held = st[1:3] if st is not None else (0, 0)
-            self._state[key] = [now, 0, 0, None]
-        if held[0]:
+            self._state[key] = _Held(now)
+        if st is not None and st.reports:
             msg += " [plus %d similar report(s) covering %d event(s) in the last %.0f s, not logged one by one]"
-            args = (*args, held[0], held[1], now - st[0])  # type: ignore[index]
+            args = (*args, st.reports, st.events, now - st.logged_at)
         logger.warning(msg, *args, exc_info=exc_info)
         return True
 
     def flush(self) -> None:
         """Log a summary of everything still held back (so a shutdown leaves the full tally)."""
         with self._lock:
-            held = [(st[3], st[1], st[2]) for st in self._state.values() if st[1]]
+            held = [(st.last, st.reports, st.events) for st in self._state.values() if st.reports]
             for st in self._state.values():
-                st[1] = st[2] = 0
+                st.reports = st.events = 0
         for (msg, args), reports, events in held:
             logger.warning("vwo_otel: %d more report(s) covering %d event(s) were held back by log rate "
                            "limiting; the last one: " + msg, reports, events, *args)
@@ -110,6 +120,29 @@ class Watermark:
         return all(ok for seq, ok in self.above.items() if seq <= upto)
 
 
+@dataclass(slots=True)
+class _Settled:
+    """Batches ``first``..``last`` settled together (``ok`` if all were delivered); their
+    callbacks run with ``outcomes`` (none for batches abandoned at shutdown)."""
+
+    first: int
+    last: int
+    ok: bool
+    outcomes: list[Outcome]
+
+    def events(self) -> int:
+        return sum(len(o.events) for o in self.outcomes)
+
+
+@dataclass(slots=True)
+class _Drops:
+    """The drops of one reason gathered for one ``EventsDropped`` report."""
+
+    listed: list[Any] = field(default_factory=list)  # ``VWOEvent``s, or dicts of records that were not one
+    unlisted: int = 0  # dropped past the report's list limit: counted only
+    note: str | None = None
+
+
 class Notifier:
     """Delivers results to the user's callback in the order batches settled."""
 
@@ -123,10 +156,9 @@ class Notifier:
     def after_fork(self) -> None:
         """Fresh state (also used in a forked child: the parent's results are the parent's)."""
         self._cond = threading.Condition()
-        # (last seq, first seq, all ok, outcomes): batches first..last settle together
-        self._items: deque[tuple[int, int, bool, list[Outcome]]] = deque()
+        self._items: deque[_Settled] = deque()
         self._held = 0  # events in self._items
-        self._drops: dict[str, list] = {}  # reason -> [listed records, count not listed, note]
+        self._drops: dict[str, _Drops] = {}  # by reason
         self._drops_due = math.inf  # when the gathered drops are reported
         self._tickets: list[FlushTicket] = []
         self._settled = Watermark()  # batches whose callbacks have run
@@ -136,6 +168,11 @@ class Notifier:
         self._delivered = Watermark()  # batches delivered (their callbacks may still be running)
         self._closed = False
         self.log = LogLimiter()
+
+    @property
+    def results_waiting(self) -> int:
+        """Events whose results wait for the callback (read without the lock)."""
+        return self._held
 
     # called by the batcher -------------------------------------------------------
     def settled(self, seq: int, outcomes: list[Outcome]) -> None:
@@ -149,8 +186,9 @@ class Notifier:
                 self.log.warn(("failed", type(err).__name__, getattr(err, "status", None)), len(o.events),
                               "VWO batch of %d event(s) failed: %s", len(o.events), err)
         with self._cond:
-            self._items.append((seq, seq, ok, outcomes))
-            self._held += sum(len(o.events) for o in outcomes)
+            item = _Settled(seq, seq, ok, outcomes)
+            self._items.append(item)
+            self._held += item.events()
             if self._held > MAX_HELD_RESULTS:
                 self._skip_oldest()
             self._release(seq, seq, ok, delivery=True)
@@ -162,8 +200,8 @@ class Notifier:
         """Batches ``first``..``last`` will never settle (their events were reported as dropped):
         release flushes waiting for them, as failed."""
         with self._cond:
-            self._items.append((last, first, False, []))
-            self._release(last, first, False, delivery=True)
+            self._items.append(_Settled(first, last, False, []))
+            self._release(first, last, False, delivery=True)
             inline = self._wake()
         if inline:
             self._drain()
@@ -178,17 +216,16 @@ class Notifier:
         with self._cond:
             entry = self._drops.get(reason)
             if entry is None:
-                entry = self._drops[reason] = [[], 0, note]
-            listed = entry[0]
-            room = self._drop_limit - len(listed)
+                entry = self._drops[reason] = _Drops(note=note)
+            room = self._drop_limit - len(entry.listed)
             if room >= n:
-                listed.extend(events)
+                entry.listed.extend(events)
             else:
                 room = max(0, room)
-                listed.extend(events[:room])
-                entry[1] += n - room
+                entry.listed.extend(events[:room])
+                entry.unlisted += n - room
             if note:
-                entry[2] = note
+                entry.note = note
             if self._drops_due == math.inf:  # first drop since the last report: schedule one
                 self._drops_due = time.monotonic() + DROP_REPORT_DELAY
                 inline = self._wake()
@@ -227,8 +264,8 @@ class Notifier:
             thread.join(timeout)
             if thread.is_alive():
                 with self._cond:
-                    results = sum(len(o.events) for item in self._items for o in item[3])
-                    drops = sum(len(e[0]) + e[1] for e in self._drops.values())
+                    results = sum(item.events() for item in self._items)
+                    drops = sum(len(e.listed) + e.unlisted for e in self._drops.values())
                 logger.warning("vwo_otel: flush_callback still busy after shutdown_timeout; results for %d "
                                "event(s) and %d dropped event(s) not passed to it (failures and drops were "
                                "logged above)", results, drops)
@@ -290,20 +327,20 @@ class Notifier:
                     self._drops_due = math.inf
                     item = self._items.popleft() if self._items else None
                     if item is not None:
-                        self._held -= sum(len(o.events) for o in item[3])
+                        self._held -= item.events()
                     if not drops and item is None:  # nothing left: stop draining under the same lock
                         self._stop_draining()
                         return
-                for reason, (listed, unlisted, note) in drops.items():
-                    total = len(listed) + unlisted
-                    detail = "".join(f" ({x})" for x in (note, f"{unlisted} not listed" if unlisted else None) if x)
+                for reason, entry in drops.items():
+                    total = len(entry.listed) + entry.unlisted
+                    unlisted = f"{entry.unlisted} not listed" if entry.unlisted else None
+                    detail = "".join(f" ({x})" for x in (entry.note, unlisted) if x)
                     self._call(EventsDropped(f"{total} event(s) dropped: {reason}{detail}", reason=reason,
-                                             count=total), _safe_encode(self._encode, listed))
+                                             count=total), _safe_encode(self._encode, entry.listed))
                 if item is not None:
-                    seq, first, ok, outcomes = item
-                    for outcome in outcomes:
+                    for outcome in item.outcomes:
                         self._call(outcome.error, outcome.events)
-                    self._settle(seq, first, ok)
+                    self._settle(item)
         except BaseException:
             with self._cond:
                 self._stop_draining()
@@ -329,26 +366,26 @@ class Notifier:
         """The callback is not keeping up: give up on the oldest results (lock held)."""
         skipped = 0
         while self._held > MAX_HELD_RESULTS // 2 and len(self._items) > 1:
-            seq, first, ok, outcomes = self._items.popleft()
-            n = sum(len(o.events) for o in outcomes)
+            item = self._items.popleft()
+            n = item.events()
             self._held -= n
             skipped += n
-            self._release(seq, first, ok, delivery=False)
+            self._release(item.first, item.last, item.ok, delivery=False)
         self.log.warn(("skipped",), skipped, "flush_callback is not keeping up: the results of %d event(s) "
                       "were not given to it (their delivery is not affected)", skipped)
 
-    def _settle(self, seq: int, first: int, ok: bool) -> None:
+    def _settle(self, item: _Settled) -> None:
         with self._cond:
-            self._release(seq, first, ok, delivery=False)
+            self._release(item.first, item.last, item.ok, delivery=False)
 
-    def _release(self, seq: int, first: int, ok: bool, *, delivery: bool) -> None:
-        """Batches ``first``..``seq`` are delivered (``delivery``) or their callbacks ran:
+    def _release(self, first: int, last: int, ok: bool, *, delivery: bool) -> None:
+        """Batches ``first``..``last`` are delivered (``delivery``) or their callbacks ran:
         complete the flush tickets waiting for that (called with the lock held)."""
-        level = (self._delivered if delivery else self._settled).advance(first, seq, ok)
+        level = (self._delivered if delivery else self._settled).advance(first, last, ok)
         keep = []
         for t in self._tickets:
             if t.delivery_only == delivery:
-                if not ok and t.start < seq and first <= t.target:
+                if not ok and t.start < last and first <= t.target:
                     t.ok = False
                 if level >= t.target:
                     t.done.set()

@@ -20,12 +20,19 @@ before the crash, before the deletion was committed, are sent again by the next 
 Each process writes its own file ``spool-<pid>-<token>.sqlite`` and holds an exclusive
 ``flock`` on ``<file>.lock`` for its lifetime; a file is adopted only by a process that
 can take that lock, so live processes never read or send each other's events.
+
+A row holds one event as the JSON object ``VWOEvent.fields()`` (read back with
+``VWOEvent.from_fields``, which ignores keys it does not know), so adding a field needs no
+new layout; ``PRAGMA user_version`` is the layout's version. A file of a version this code
+cannot read is left alone; a row that is not a usable event is kept on disk (its file is
+set aside as ``<file>.quarantine-<time>``, holding only such rows) and the others replay.
 """
 
 from __future__ import annotations
 
 import fcntl
 import glob
+import json
 import logging
 import os
 import secrets
@@ -33,20 +40,20 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 from urllib.request import pathname2url
 
-from ..event import VWOEvent
+from ..event import DROP_PRIORITY, VWOEvent
 
 logger = logging.getLogger("vwo_otel")
 
-_FIELDS = ("etype", "user_id", "time", "campaign_id", "variation_id", "goal_id", "revenue", "key", "value",
-           "visitor_ua", "visitor_ip")
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, queued_at REAL NOT NULL, "
-    + ", ".join(_FIELDS) + ")"
-)
-_INSERT = f"INSERT INTO events (id, queued_at, {', '.join(_FIELDS)}) VALUES ({', '.join('?' * (len(_FIELDS) + 2))})"
+#: The layout ``PRAGMA user_version`` names: 1 = one JSON object per event. 0 is the layout
+#: before versions, one column per field, still read so an upgrade replays older files.
+SCHEMA_VERSION = 1
+_SCHEMA = "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, queued_at REAL NOT NULL, event TEXT NOT NULL)"
+_INSERT = "INSERT INTO events (id, queued_at, event) VALUES (?, ?, ?)"
 _DELETE = "DELETE FROM events WHERE id = ?"
 
 
@@ -55,7 +62,28 @@ def _connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute(_SCHEMA)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return conn
+
+
+def _encode(event: VWOEvent) -> str:
+    return json.dumps(event.fields(), separators=(",", ":"))
+
+
+def _decode(row: Mapping[str, Any], version: int) -> VWOEvent:
+    """The event a row holds; ``ValueError`` / ``TypeError`` / ``KeyError`` if it holds none."""
+    fields = json.loads(row["event"]) if version else row
+    if not isinstance(fields, Mapping):
+        raise ValueError(f"not a JSON object: {row['event']!r}")
+    event = VWOEvent.from_fields(fields)  # TypeError when a required field is missing
+    if event.etype not in DROP_PRIORITY or type(event.user_id) is not str or type(event.time) is not int:
+        raise ValueError(f"not a VWO event: {fields!r}")
+    return event
+
+
+def _open_rw(path: str) -> sqlite3.Connection:
+    """An existing spool file (never created by this call)."""
+    return sqlite3.connect(f"file:{pathname2url(path)}?mode=rw", uri=True, isolation_level=None)
 
 
 def _lock(path: str) -> int | None:
@@ -77,15 +105,53 @@ def _remove(db_path: str) -> None:
             pass
 
 
-class Orphan:
-    """A dead process's spool file, locked by us while its events are taken over."""
+def _set_aside(db_path: str, why: str) -> str:
+    """Move the file (and its WAL) to ``<file>.<why>-<time>``, a name no start adopts."""
+    aside = f"{db_path}.{why}-{int(time.time())}"
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(db_path + suffix):
+            os.replace(db_path + suffix, aside + suffix)
+    _remove(db_path)  # the lock file
+    return aside
 
-    def __init__(self, path: str, lock_fd: int, events: list[tuple[VWOEvent, float]]) -> None:
-        self.path, self.lock_fd, self.events = path, lock_fd, events
+
+class SpooledEvent(NamedTuple):
+    """An event read back from a spool file, with the time it was first queued."""
+
+    event: VWOEvent
+    queued_at: float
+
+
+@dataclass
+class Orphan:
+    """A dead process's spool file, locked by us while its events are taken over;
+    ``bad_rows`` are the ids of rows that hold no usable event."""
+
+    path: str
+    lock_fd: int
+    events: list[SpooledEvent]
+    bad_rows: list[int] = field(default_factory=list)
 
     def release(self) -> None:
-        """Delete the file: its events are in our own spool now."""
-        _remove(self.path)
+        """Its events are in our own spool now: delete the file, or keep only its bad rows
+        in a file set aside for a person to look at."""
+        if self.bad_rows:
+            try:
+                conn = _open_rw(self.path)
+                try:
+                    conn.execute("CREATE TEMP TABLE bad (id INTEGER PRIMARY KEY)")
+                    conn.executemany("INSERT INTO bad VALUES (?)", [(i,) for i in self.bad_rows])
+                    conn.execute("DELETE FROM events WHERE id NOT IN (SELECT id FROM bad)")
+                finally:
+                    conn.close()
+                aside = _set_aside(self.path, "quarantine")
+                logger.error("vwo_otel spool file %s: %d row(s) that are not usable events are kept in %s",
+                             self.path, len(self.bad_rows), aside)
+            except (sqlite3.Error, OSError) as exc:
+                logger.error("vwo_otel spool file %s: could not set its unusable rows aside (%s); the file "
+                             "is left for a later start", self.path, exc)
+        else:
+            _remove(self.path)
         os.close(self.lock_fd)
 
     def unlock(self) -> None:
@@ -122,9 +188,9 @@ class Spool:
         self._db_lock = threading.Lock()
         self._ids: dict[int, int] = {}  # id(event) -> row id, for events not yet settled
         self._next = 0
-        self._added: deque[tuple[int, float, VWOEvent]] = deque()
+        self._added: deque[tuple[int, float, VWOEvent]] = deque()  # (row id, queued_at, event)
         self._acked: deque[int] = deque()
-        self._unwritten: list[tuple[Any, ...]] = []  # rows of a failed commit, tried again next time
+        self._unwritten: list[tuple[int, float, str]] = []  # rows of a failed commit, tried again next time
         self._undeleted: set[int] = set()  # deletions of a failed commit, tried again next time
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
@@ -181,7 +247,7 @@ class Spool:
                 if row_id in acked:
                     acked.discard(row_id)  # settled before it ever reached the disk
                 else:
-                    rows.append((row_id, queued_at, *(getattr(ev, f) for f in _FIELDS)))
+                    rows.append((row_id, queued_at, _encode(ev)))
             self._unwritten, self._undeleted = [], set()
             if not rows and not acked:
                 return True
@@ -239,7 +305,8 @@ class Spool:
     # -- replay --------------------------------------------------------------------------
     def adopt(self) -> list[Orphan]:
         """Lock the spool files of processes that are gone and read their events, oldest
-        first. A corrupt or unreadable file is moved aside with an error in the log."""
+        first. A corrupt or unreadable file is moved aside, a file of an unknown layout version
+        is left alone, a row that is no usable event is skipped and kept: each with a log line."""
         orphans = []
         for path in sorted(glob.glob(os.path.join(self.directory, "spool-*.sqlite"))):
             if path == self.path:
@@ -251,21 +318,57 @@ class Spool:
                 _remove(path)  # only our fresh .lock is left
                 os.close(fd)
                 continue
-            try:
-                conn = sqlite3.connect(f"file:{pathname2url(path)}?mode=rw", uri=True, isolation_level=None)
-                try:
-                    rows = conn.execute(
-                        f"SELECT queued_at, {', '.join(_FIELDS)} FROM events ORDER BY queued_at, id").fetchall()
-                finally:
-                    conn.close()
-            except sqlite3.Error as exc:
-                aside = f"{path}.corrupt-{int(time.time())}"
-                logger.error("vwo_otel spool file %s is unreadable (%s); moved aside to %s", path, exc, aside)
-                for suffix in ("", "-wal", "-shm"):
-                    if os.path.exists(path + suffix):
-                        os.replace(path + suffix, aside + suffix)
+            orphan = _read(path, fd)
+            if orphan is None:
                 os.close(fd)
-                continue
-            events = [(VWOEvent(*row[1:]), row[0]) for row in rows]
-            orphans.append(Orphan(path, fd, events))
+            else:
+                orphans.append(orphan)
         return orphans
+
+
+def _as_dict(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
+    return {col[0]: value for col, value in zip(cursor.description, row, strict=True)}
+
+
+def _rows(path: str) -> tuple[int, list[dict[str, Any]]]:
+    """The layout version of a spool file and, if this code can read it, its rows, oldest first."""
+    conn = _open_rw(path)
+    try:
+        conn.row_factory = _as_dict
+        version = int(conn.execute("PRAGMA user_version").fetchone()["user_version"])
+        if not 0 <= version <= SCHEMA_VERSION:
+            return version, []
+        return version, conn.execute("SELECT * FROM events ORDER BY queued_at, id").fetchall()
+    finally:
+        conn.close()
+
+
+def _read(path: str, lock_fd: int) -> Orphan | None:
+    """A dead process's file as an ``Orphan``; None (with a log line) if it cannot be adopted."""
+    try:
+        version, rows = _rows(path)
+    except sqlite3.Error as exc:
+        try:
+            aside = _set_aside(path, "corrupt")
+        except OSError as move_error:
+            logger.error("vwo_otel spool file %s is unreadable (%s) and could not be moved aside (%s)",
+                         path, exc, move_error)
+        else:
+            logger.error("vwo_otel spool file %s is unreadable (%s); moved aside to %s", path, exc, aside)
+        return None
+    if not 0 <= version <= SCHEMA_VERSION:
+        logger.error("vwo_otel spool file %s has layout version %d, which this vwo_otel (version %d) cannot "
+                     "read; left as it is for a vwo_otel that can", path, version, SCHEMA_VERSION)
+        return None
+    orphan = Orphan(path, lock_fd, [])
+    problem = ""
+    for row in rows:
+        try:
+            orphan.events.append(SpooledEvent(_decode(row, version), float(row["queued_at"])))
+        except (ValueError, TypeError, KeyError) as exc:
+            orphan.bad_rows.append(row["id"])
+            problem = problem or f"row {row['id']}: {exc}"
+    if orphan.bad_rows:
+        logger.error("vwo_otel spool file %s: %d row(s) hold no usable event (%s); they are kept on disk, "
+                     "the other %d event(s) are replayed", path, len(orphan.bad_rows), problem, len(orphan.events))
+    return orphan

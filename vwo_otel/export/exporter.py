@@ -7,32 +7,40 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, quote_plus, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
-import requests
 from opentelemetry import context as otel_context
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from .. import attributes as A
+from .. import checks
 from .._version import SDK_NAME, __version__
 from ..errors import HTTPStatusError, NetworkError, Outcome, PayloadTooLarge, VWODeliveryError
-from ..event import MalformedEvent, VWOEvent, from_attributes
-from .http import Reply, Transport
-from .retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
+from ..event import MalformedEvent, VWOEvent, from_record
+from .http import Reply, Transport, TransportError
+from .retry import RetryPolicy
 from .wire import Encoder, batch_body, cut_by_bytes
 
 logger = logging.getLogger("vwo_otel")
 
-
-DEFAULT_ENDPOINT = "https://dev.visualwebsiteoptimizer.com"
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
 #: How long a limit learned from a 413 is kept before the configured cap applies again.
 LEARNED_LIMIT_TTL = 600.0
-_TOO_LARGE = object()
+#: ``observer(method, events, nbytes, status, error, seconds)``: one HTTP request's size, answer
+#: (status, or the ``TransportError``) and duration.
+Observer = Callable[[str, int, int, int | None, BaseException | None, float], None]
 _inherited: list[Transport] = []  # transports inherited across fork (see after_fork)
 _SUPPRESS = [otel_context._SUPPRESS_INSTRUMENTATION_KEY, otel_context._SUPPRESS_HTTP_INSTRUMENTATION_KEY]
+
+
+@dataclass
+class _Learning:
+    """What one ``send_batch`` call learns about the server's payload limit."""
+
+    largest_accepted: int = 0  # bytes of the largest body accepted
+    refused: bool = False  # whether a 413 was seen
 
 
 def _quiet_context() -> otel_context.Context:
@@ -52,33 +60,20 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         account_id: int | str,
         sdk_key: str,
         *,
-        endpoint: str = DEFAULT_ENDPOINT,
+        endpoint: str = checks.DEFAULT_ENDPOINT,
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
     ) -> None:
-        if isinstance(account_id, str) and account_id.isdigit():
-            account_id = int(account_id)
-        if isinstance(account_id, bool) or not isinstance(account_id, int) or account_id <= 0:
-            raise ValueError(f"account_id must be a positive int (VWO account id), got {account_id!r}")
-        if not isinstance(sdk_key, str) or not sdk_key or not sdk_key.isprintable() or sdk_key != sdk_key.strip():
-            raise ValueError("sdk_key must be a non-empty str of printable characters without surrounding spaces "
-                             "(it is sent as a header)")
-        parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"endpoint must be an http(s) URL such as {DEFAULT_ENDPOINT!r}, got {endpoint!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
-            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-        if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) or not (
-            1024 <= max_payload_bytes <= MAX_PAYLOAD_BYTES
-        ):
-            raise ValueError(
-                f"max_payload_bytes must be an int from 1024 to {MAX_PAYLOAD_BYTES}, got {max_payload_bytes!r}"
-            )
+        account_id = checks.account_id(account_id)
+        sdk_key = checks.sdk_key(sdk_key)
+        endpoint = checks.endpoint(endpoint)
+        timeout = checks.seconds("timeout", timeout, low_open=True)
+        checks.number("max_payload_bytes", max_payload_bytes, low=1024, high=MAX_PAYLOAD_BYTES, integer=True)
         self.account_id = account_id
         self._sdk_key = sdk_key
-        self.endpoint = endpoint.rstrip("/")
-        self.timeout = float(timeout)
+        self.endpoint = endpoint
+        self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.max_payload_bytes = max_payload_bytes
         self._encoder = Encoder(account_id)
@@ -91,17 +86,21 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         self._wake = threading.Condition()
         self._closed = False
         self._transport = Transport()
-        #: ``observer(method, events, nbytes, status, error, seconds)``, called on the delivery
-        #: thread after each HTTP request (vwo_otel.metrics sets it); None costs nothing.
-        self.observer: Callable[[str, int, int, int | None, BaseException | None, float], None] | None = None
+        self._observers: tuple[Observer, ...] = ()
 
     def __repr__(self) -> str:
         return f"VWOExporter(account_id={self.account_id}, endpoint={self.endpoint!r})"
 
+    def add_observer(self, observer: Observer) -> None:
+        """Call ``observer(method, events, nbytes, status, error, seconds)`` on the delivery thread
+        after each HTTP request (each retry too); it must not raise. Without observers this costs nothing."""
+        self._observers += (observer,)
+
     # -- what the processors call -------------------------------------------------
     def encode(self, events: Sequence[VWOEvent]) -> list[dict[str, Any]]:
-        """The wire dicts of ``events`` (what ``flush_callback`` receives)."""
-        return [self._encoder.event_dict(ev) for ev in events]
+        """The wire dicts of ``events`` (what ``flush_callback`` receives); raises if an event
+        cannot be encoded, as sending it would."""
+        return self._encoder.encode(events)[0]
 
     def send_batch(self, events: Sequence[VWOEvent]) -> list[Outcome]:
         """Deliver ``events`` in as few batch requests as the payload cap allows; one
@@ -111,13 +110,13 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         dicts, parts = self._encoder.encode(events)
         deadline = time.monotonic() + self.retry.budget
         outcomes: list[Outcome] = []
-        learn = [0, False]  # largest body accepted, whether a 413 was seen
+        learn = _Learning()
         for lo, hi in cut_by_bytes(parts, self.payload_limit()):
             self._send_run(dicts, parts, lo, hi, deadline, outcomes, learn)
-        if learn[1] and learn[0]:
+        if learn.refused and learn.largest_accepted:
             # After a 413 the pieces that were accepted show a size the server takes: cut
             # later batches there (not just below the refused size), so they need no 413.
-            limit = min(self.payload_limit(), learn[0])
+            limit = min(self.payload_limit(), learn.largest_accepted)
             self._learned = (limit, time.monotonic() + LEARNED_LIMIT_TTL)
             logger.info("VWO payload limit learned from 413: batches cut at %d bytes for %.0f s",
                         limit, LEARNED_LIMIT_TTL)
@@ -129,8 +128,6 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         url = f"{self.endpoint}{path}?{urlencode(query)}"
         headers["User-Agent"] = SDK_NAME
         error = self._request("GET", url, None, headers, time.monotonic() + self.retry.budget)
-        if error is _TOO_LARGE:
-            error = PayloadTooLarge("VWO refused the event with 413 (payload too large)", status=413)
         return Outcome(error, [self._encoder.event_dict(event)])
 
     def payload_limit(self) -> int:
@@ -169,21 +166,20 @@ class VWOExporter(SpanExporter, LogRecordExporter):
 
     # -- requests -------------------------------------------------------------------
     def _send_run(self, dicts: list[dict[str, Any]], parts: list[bytes], lo: int, hi: int, deadline: float,
-                  outcomes: list[Outcome], learn: list[Any] | None = None) -> None:
+                  outcomes: list[Outcome], learn: _Learning) -> None:
         body = batch_body(parts[lo:hi])
         if hi - lo == 1 and len(body) > self.max_payload_bytes:
             outcomes.append(Outcome(PayloadTooLarge(
                 f"event of {len(body)} bytes exceeds max_payload_bytes={self.max_payload_bytes}", status=None),
                 dicts[lo:hi]))
             return
-        result = self._request("POST", self._batch_url, body, self._headers, deadline, events=hi - lo)
-        if result is not _TOO_LARGE:
-            if result is None and learn is not None:
-                learn[0] = max(learn[0], len(body))
-            outcomes.append(Outcome(result, dicts[lo:hi]))  # type: ignore[arg-type]
+        error = self._request("POST", self._batch_url, body, self._headers, deadline, events=hi - lo)
+        if not isinstance(error, PayloadTooLarge):  # from _request, always a 413
+            if error is None:
+                learn.largest_accepted = max(learn.largest_accepted, len(body))
+            outcomes.append(Outcome(error, dicts[lo:hi]))
             return
-        if learn is not None:
-            learn[1] = True
+        learn.refused = True
         if hi - lo == 1:
             outcomes.append(Outcome(PayloadTooLarge(
                 f"VWO refused a single event of {len(body)} bytes with 413 (payload too large)", status=413),
@@ -199,8 +195,9 @@ class VWOExporter(SpanExporter, LogRecordExporter):
                 self._send_run(dicts, parts, a + x, a + y, deadline, outcomes, learn)
 
     def _request(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
-                 deadline: float, events: int = 1) -> Any:
-        """One request with retries; None on 2xx, ``_TOO_LARGE`` on 413, else the final error."""
+                 deadline: float, events: int = 1) -> VWODeliveryError | None:
+        """One request with retries; None on 2xx, else the final error (``PayloadTooLarge`` with
+        status 413 at once: the caller splits the batch)."""
         attempt = 0
         started = time.monotonic()
         while True:
@@ -208,30 +205,29 @@ class VWOExporter(SpanExporter, LogRecordExporter):
             limit = min(deadline, self._cutoff)
             timeout = min(self.timeout, max(limit - now, 0.1))
             error: VWODeliveryError
-            retry_after: float | None = None
+            retry_after: str | None = None
             token = otel_context.attach(self._quiet)
             try:
                 response = self._attempt(method, url, body, headers, timeout, events)
-            except requests.RequestException as exc:
-                error = NetworkError(f"{type(exc).__name__}: {_redact(str(exc), self._sdk_key)}")
-                retryable = not isinstance(exc, ValueError)  # InvalidURL, InvalidHeader...: retrying can't help
+            except TransportError as exc:
+                error = NetworkError(f"{type(exc).__name__}: {checks.redact(str(exc), self._sdk_key)}")
+                retryable = self.retry.is_retryable(error=exc)
             else:
                 status = response.status_code
                 if 200 <= status < 300:
                     return None
                 if status == 413:
-                    return _TOO_LARGE
-                text = _redact(response.text[:4096], self._sdk_key)[:200]  # a server may echo the URL
+                    what = "the event" if body is None else f"{len(body)} bytes"
+                    return PayloadTooLarge(f"VWO refused {what} with 413 (payload too large)", status=413)
+                text = checks.redact(response.text[:4096], self._sdk_key)[:200]  # a server may echo the URL
                 error = HTTPStatusError(f"VWO answered HTTP {status}: {text!r}", status=status)
-                retryable = status in RETRY_STATUSES
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                retryable = self.retry.is_retryable(status)
+                retry_after = response.headers.get("Retry-After")
             finally:
                 otel_context.detach(token)
             if not retryable or self._closed:
                 return error
-            wait = self.retry.backoff(attempt)
-            if retry_after is not None:  # never sooner than the server asked; never a hot loop on "0"
-                wait = max(wait, retry_after)
+            wait = self.retry.wait(attempt, retry_after)
             now = time.monotonic()
             if now + wait > min(deadline, self._cutoff):
                 error.args = (f"{error.args[0]} (gave up after {attempt + 1} attempt(s) in {now - started:.1f} s)",)
@@ -244,19 +240,23 @@ class VWOExporter(SpanExporter, LogRecordExporter):
 
     def _attempt(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
                  timeout: float, events: int) -> Reply:
-        """One HTTP request, reported to ``observer`` (if set) with its size, answer and duration."""
-        observer = self.observer
+        """One HTTP request, reported to the observers (if any) with its size, answer and duration."""
+        observers = self._observers
         send = self._transport.request
-        if observer is None:
+        if not observers:
             return send(method, url, body, headers, timeout)
         nbytes = len(body) if body is not None else len(urlsplit(url).query)
         started = time.perf_counter()
         try:
             response = send(method, url, body, headers, timeout)
-        except requests.RequestException as exc:
-            observer(method, events, nbytes, None, exc, time.perf_counter() - started)
+        except TransportError as exc:
+            seconds = time.perf_counter() - started
+            for observer in observers:
+                observer(method, events, nbytes, None, exc, seconds)
             raise
-        observer(method, events, nbytes, response.status_code, None, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        for observer in observers:
+            observer(method, events, nbytes, response.status_code, None, seconds)
         return response
 
     # -- OpenTelemetry exporter interface -----------------------------------------------
@@ -265,16 +265,14 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         is_logs = bool(batch) and hasattr(batch[0], "log_record")
         events = []
         bad: list[MalformedEvent] = []
-        for item in batch:
-            record = item.log_record if is_logs else item
-            attrs = record.attributes
-            if not attrs or A.EVENT_TYPE not in attrs:
-                continue
-            stamp = (record.timestamp or record.observed_timestamp) if is_logs else record.start_time
+        for record in batch:
             try:
-                events.append(from_attributes(attrs, stamp))
+                event = from_record(record)
             except MalformedEvent as exc:
                 bad.append(exc)
+                continue
+            if event is not None:
+                events.append(event)
         if bad:  # one line per export call, not one per record
             logger.warning("skipping %d malformed VWO event(s): %s", len(bad), bad[0])
         ok = all(o.ok for o in self.send_batch(events))
@@ -292,9 +290,3 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         """Nothing is buffered in the exporter itself."""
         return True
 
-
-def _redact(text: str, secret: str) -> str:
-    # The key also appears URL-encoded (env=... in the query) in requests' error messages.
-    for form in (secret, quote_plus(secret), quote(secret, safe="")):
-        text = text.replace(form, "***")
-    return text

@@ -1,4 +1,5 @@
-"""HTTP for the exporter: pooled keep-alive connections straight to VWO; requests when a proxy applies."""
+"""HTTP for the exporter: pooled keep-alive connections straight to VWO, requests when a proxy
+applies; a request without an answer raises this module's ``TransportError`` on either path."""
 
 from __future__ import annotations
 
@@ -6,29 +7,28 @@ import errno
 import http.client
 import logging
 import os
-import re
 import select
 import socket
 import ssl
 import threading
 import time
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, NoReturn, Protocol
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests.utils import DEFAULT_CA_BUNDLE_PATH, extract_zipped_paths, requote_uri, select_proxy
 
+from ..checks import redact
+
 
 class _HideKeyInURLs(logging.Filter):
     """urllib3 logs each request line at DEBUG, and VWO's protocol puts the sdk key in the
-    URL (``env=``): replace it with ``***`` so turning on DEBUG never leaks the key."""
-
-    _ENV = re.compile(r"([?&]env=)[^&\s\"']+")
+    URL (``env=``): redact it so turning on DEBUG never leaks the key."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and any(isinstance(a, str) and "env=" in a for a in record.args):
-            record.args = tuple(self._ENV.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
         return True
 
 
@@ -37,6 +37,44 @@ logging.getLogger("urllib3.connectionpool").addFilter(_HideKeyInURLs())
 
 #: Idle connections kept per host (more than the delivery threads ever use at once).
 MAX_IDLE = 64
+
+
+class TransportError(Exception):
+    """A request that got no HTTP answer. ``retryable``: whether sending the same request again
+    could succeed. The subclasses keep the names requests gives these failures, as the
+    ``error.type`` of the request metrics and the start of a ``NetworkError`` message show them."""
+
+    retryable = True
+
+
+class ConnectionError(TransportError):  # noqa: A001 (requests' name, see TransportError)
+    """No connection, or it broke: refused, reset, closed early, DNS, a proxy failing."""
+
+
+class ConnectTimeout(TransportError):
+    """No connection within the timeout."""
+
+
+class ReadTimeout(TransportError):
+    """Connected, but no complete answer within the timeout."""
+
+
+class SSLError(TransportError):
+    """The TLS handshake failed (e.g. a certificate the CA bundle does not vouch for)."""
+
+
+class InvalidRequest(TransportError):
+    """No attempt can send this request, so it is never retried."""
+
+    retryable = False
+
+
+class InvalidURL(InvalidRequest):
+    """The URL cannot be requested (e.g. a port out of range)."""
+
+
+class InvalidHeader(InvalidRequest):
+    """A header value cannot be sent (e.g. non-Latin-1 text)."""
 
 
 class Headers(Protocol):
@@ -94,21 +132,36 @@ class _HTTPSConnection(http.client.HTTPSConnection):
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _as_request_error(exc: Exception, connected: bool) -> Exception:
-    """``exc`` as the requests exception the exporter's retry rules expect: timeouts and
-    connection failures are retried, a URL or header no request can carry is final."""
-    text = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, (TimeoutError, socket.timeout)):
-        return requests.exceptions.ReadTimeout(text) if connected else requests.exceptions.ConnectTimeout(text)
-    if isinstance(exc, ssl.SSLError):
-        return requests.exceptions.SSLError(text)
-    if isinstance(exc, http.client.InvalidURL):
-        return requests.exceptions.InvalidURL(text)
-    if isinstance(exc, (OSError, http.client.HTTPException)):
-        return requests.exceptions.ConnectionError(text)
-    if isinstance(exc, ValueError):  # e.g. a header value that cannot be sent (UnicodeEncodeError too)
-        return requests.exceptions.InvalidHeader(text)
-    return exc
+def _transport_error(exc: Exception, connected: bool) -> TransportError | None:
+    """``exc``, raised by http.client, ssl, a socket or requests, as a ``TransportError``;
+    None for anything else (a bug: it propagates as it is)."""
+    kind: type[TransportError]
+    if isinstance(exc, requests.exceptions.ConnectTimeout):  # before Timeout and ConnectionError
+        kind = ConnectTimeout
+    elif isinstance(exc, (TimeoutError, requests.exceptions.Timeout)):
+        kind = ReadTimeout if connected else ConnectTimeout
+    elif isinstance(exc, (ssl.SSLError, requests.exceptions.SSLError)):
+        kind = SSLError
+    elif isinstance(exc, (http.client.InvalidURL, requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+                          requests.exceptions.MissingSchema)):
+        kind = InvalidURL
+    elif isinstance(exc, requests.exceptions.InvalidHeader):
+        kind = InvalidHeader
+    elif isinstance(exc, (OSError, http.client.HTTPException)):  # requests' exceptions are OSErrors too
+        kind = ConnectionError
+    elif isinstance(exc, ValueError):  # e.g. a header value that cannot be sent (UnicodeEncodeError too)
+        kind = InvalidHeader
+    else:
+        return None
+    name = type(exc).__name__
+    return kind(str(exc) if name == kind.__name__ else f"{name}: {exc}")
+
+
+def _raise_transport_error(exc: Exception, connected: bool) -> NoReturn:
+    error = _transport_error(exc, connected)
+    if error is None:
+        raise exc
+    raise error from None
 
 
 def _dropped(conn: http.client.HTTPConnection) -> bool:
@@ -128,7 +181,7 @@ def _dropped(conn: http.client.HTTPConnection) -> bool:
 
 
 class Transport:
-    """Sends one request and returns its ``Reply``; failures raise ``requests.RequestException``.
+    """Sends one request and returns its ``Reply``; a request without an answer raises ``TransportError``.
 
     When no proxy applies to the URL and no client certificate is set (read from the
     environment as requests reads it), the request goes over a pooled keep-alive
@@ -152,10 +205,8 @@ class Transport:
         try:
             response = self.session.request(method, url, data=body, headers=headers, timeout=timeout,
                                             allow_redirects=False)
-        except requests.RequestException:
-            raise
-        except Exception as exc:  # e.g. a header requests cannot encode, an unreadable CA bundle
-            raise _as_request_error(exc, connected=True) from None
+        except Exception as exc:  # also a header requests cannot encode, an unreadable CA bundle
+            _raise_transport_error(exc, connected=True)
         return Reply(response.status_code, response.text, response.headers)
 
     def close(self) -> None:
@@ -176,7 +227,7 @@ class Transport:
         try:
             port = parts.port or (443 if https else 80)
         except ValueError as exc:
-            raise requests.exceptions.InvalidURL(str(exc)) from None
+            raise InvalidURL(f"{type(exc).__name__}: {exc}") from None
         host = parts.hostname or ""
         key = (https, host, port, verify if https else None)
         # as requests sends it: characters a URL may not carry (a space, non-ASCII) percent-encoded
@@ -206,7 +257,7 @@ class Transport:
             if conn is not None:
                 conn.close()
             if isinstance(exc, Exception):
-                raise _as_request_error(exc, connected) from None
+                _raise_transport_error(exc, connected)
             raise
         if response.will_close or cut_short:
             conn.close()

@@ -1,4 +1,4 @@
-"""When and how long to wait before trying a request again (one budget, backoff, jitter)."""
+"""The retry policy: which failures are retried and how long to wait before the next attempt."""
 
 from __future__ import annotations
 
@@ -7,15 +7,20 @@ import random
 import time
 from dataclasses import dataclass
 
+from .. import checks
+from .http import TransportError
+
+#: Answers worth trying again: a timeout, rate limiting, or a server-side hiccup.
 RETRY_STATUSES: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retry transient failures (network errors and ``RETRY_STATUSES``) within ``budget``
-    seconds per batch: waits grow from ``initial_backoff`` doubling up to ``max_backoff``,
-    with +-20 % jitter; a server's ``Retry-After`` (seconds or HTTP-date) is honoured: the
-    wait is the longer of the two, so ``Retry-After: 0`` cannot cause a hot retry loop."""
+    """Retry transient failures (``RETRY_STATUSES`` and transport errors a resend could fix)
+    within ``budget`` seconds per batch: waits grow from ``initial_backoff`` doubling up to
+    ``max_backoff``, with +-20 % jitter; a server's ``Retry-After`` (seconds or HTTP-date)
+    is honoured: the wait is the longer of the two, so ``Retry-After: 0`` cannot cause a hot
+    retry loop."""
 
     budget: float = 60.0
     initial_backoff: float = 0.5
@@ -23,12 +28,23 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         for name in ("budget", "initial_backoff", "max_backoff"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"RetryPolicy.{name} must be a number of seconds >= 0, got {value!r}")
+            checks.seconds(f"RetryPolicy.{name}", getattr(self, name))
+
+    def is_retryable(self, status: int | None = None, error: TransportError | None = None) -> bool:
+        """Whether a request that got HTTP ``status``, or failed with ``error``, is worth sending again."""
+        if error is not None:
+            return error.retryable  # False when no attempt could send this request
+        return status in RETRY_STATUSES
+
+    def wait(self, attempt: int, retry_after: str | None = None) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 0), given the
+        answer's ``Retry-After`` header: never sooner than the server asked, never less than the backoff."""
+        wait = self.backoff(attempt)
+        asked = parse_retry_after(retry_after)
+        return wait if asked is None else max(wait, asked)
 
     def backoff(self, attempt: int) -> float:
-        """Wait before attempt ``attempt + 1`` (attempt counts from 0)."""
+        """The jittered exponential backoff before attempt ``attempt + 1``."""
         base: float = min(self.max_backoff, self.initial_backoff * (2 ** min(attempt, 30)))
         return base * random.uniform(0.8, 1.2)
 

@@ -18,12 +18,10 @@ down (in both cases nothing of the request is kept, so the sender's retry duplic
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -33,20 +31,23 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from .. import checks
 from .._engine import lifecycle
 from .._engine.batcher import Batcher
 from .._engine.settle import LogLimiter
 from .._engine.spool import Spool
+from ..checks import DEFAULT_ENDPOINT
 from ..config import MAX_EVENTS_PER_REQUEST, BatchEvents
 from ..errors import EventsDropped
 from ..event import MalformedEvent, VWOEvent, from_attributes
-from ..export.exporter import DEFAULT_ENDPOINT, VWOExporter
+from ..export.exporter import VWOExporter
 from ..export.retry import RetryPolicy
 from . import otlp
-from .httpd import LoopbackHTTPServer, read_body, respond, until_interrupted
+from .httpd import LoopbackHTTPServer, read_body, respond
 from .otlp import ACCOUNT_ID
 
-__all__ = ["ACCOUNT_ID", "Account", "Gateway", "GatewayConfig", "config_from_mapping", "main", "parse_account"]
+__all__ = ["ACCOUNT_ID", "CONFIG_KEYS", "DEFAULT_MAX_BACKLOG", "DEFAULT_PORT", "Account", "Gateway", "GatewayConfig",
+           "config_from_mapping", "parse_account"]
 
 logger = logging.getLogger("vwo_otel")
 
@@ -64,24 +65,6 @@ _DRAIN_LIMIT = 64 * 1024 * 1024  # a refused body up to this size is read so the
 
 # -- configuration -----------------------------------------------------------------------------
 
-def _account_id(value: Any, what: str) -> int:
-    """A VWO account id: a positive int or a string of digits."""
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{what} must be a positive integer VWO account id, got {value!r}")
-    return value
-
-
-def _number(name: str, value: Any, *, low: float, integer: bool = False, high: float = math.inf) -> Any:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not (low <= value <= high) or value != value:
-        kind = "an integer" if integer else "a number"
-        bound = f" from {low:g} to {high:g}" if high < math.inf else f" >= {low:g}"
-        raise ValueError(f"{name} must be {kind}{bound}, got {value!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class Account:
     """One VWO account the gateway delivers to; ``endpoint`` overrides the gateway's."""
@@ -91,10 +74,10 @@ class Account:
     endpoint: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "account_id", _account_id(self.account_id, "account id"))
-        if not isinstance(self.sdk_key, str) or not self.sdk_key or self.sdk_key != self.sdk_key.strip():
-            raise ValueError(f"the sdk key of account {self.account_id} must be a non-empty string without "
-                             "surrounding spaces")
+        object.__setattr__(self, "account_id", checks.account_id(self.account_id, "account id"))
+        checks.sdk_key(self.sdk_key, f"the sdk key of account {self.account_id}")
+        if self.endpoint is not None:
+            object.__setattr__(self, "endpoint", checks.endpoint(self.endpoint, f"account {self.account_id}: endpoint"))
 
 
 @dataclass(frozen=True)
@@ -124,33 +107,30 @@ class GatewayConfig:
         if not isinstance(accounts, Mapping) or not accounts:
             raise ValueError("the gateway needs at least one VWO account (account id and sdk key)")
         for key, acct in accounts.items():
-            if not isinstance(acct, Account) or _account_id(key, "account id") != acct.account_id:
+            if not isinstance(acct, Account) or checks.account_id(key, "account id") != acct.account_id:
                 raise ValueError(f"accounts must map each account id to its Account, got {key!r}")
         object.__setattr__(self, "accounts", dict(accounts))
         if self.default_account is not None:
-            default = _account_id(self.default_account, "default_account")
+            default = checks.account_id(self.default_account, "default_account")
             if default not in self.accounts:
                 raise ValueError(f"default_account {default} is not one of the configured accounts")
             object.__setattr__(self, "default_account", default)
-        _number("port", self.port, low=0, high=65535, integer=True)
-        _number("events_per_request", self.events_per_request, low=1, high=MAX_EVENTS_PER_REQUEST, integer=True)
-        _number("request_time_interval", self.request_time_interval, low=1, high=1e9)
-        _number("max_backlog", self.max_backlog, low=1, high=10_000_000, integer=True)
-        _number("retry_after", self.retry_after, low=0, high=3600)
-        _number("shutdown_timeout", self.shutdown_timeout, low=0, high=3600)
-        _number("timeout", self.timeout, low=0.001, high=3600)
-        _number("max_body_bytes", self.max_body_bytes, low=1024, integer=True)
-        _number("max_inflated_bytes", self.max_inflated_bytes, low=1024, integer=True)
+        checks.number("port", self.port, low=0, high=65535, integer=True)
+        checks.number("events_per_request", self.events_per_request, low=1, high=MAX_EVENTS_PER_REQUEST, integer=True)
+        checks.seconds("request_time_interval", self.request_time_interval, low=1, high=1e9)
+        checks.number("max_backlog", self.max_backlog, low=1, high=10_000_000, integer=True)
+        checks.seconds("retry_after", self.retry_after, high=3600)
+        checks.seconds("shutdown_timeout", self.shutdown_timeout, high=3600)
+        checks.seconds("timeout", self.timeout, low=0.001, high=3600)
+        checks.number("max_body_bytes", self.max_body_bytes, low=1024, integer=True)
+        checks.number("max_inflated_bytes", self.max_inflated_bytes, low=1024, integer=True)
         if not isinstance(self.retry, RetryPolicy):
             raise ValueError(f"retry must be a vwo_otel.RetryPolicy, got {type(self.retry).__name__}")
         if self.spool is not None and not isinstance(self.spool, (str, os.PathLike)):
             raise ValueError(f"spool must be a directory path, got {self.spool!r}")
         if not isinstance(self.host, str) or not self.host:
             raise ValueError(f"host must be an address to bind, got {self.host!r}")
-        for url in [self.endpoint] + [a.endpoint for a in self.accounts.values() if a.endpoint]:
-            parts = urlsplit(url) if isinstance(url, str) else None
-            if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ValueError(f"endpoint must be an http(s) URL such as {DEFAULT_ENDPOINT!r}, got {url!r}")
+        object.__setattr__(self, "endpoint", checks.endpoint(self.endpoint))
 
 
 #: Keys of the JSON configuration file (and of ``config_from_mapping``).
@@ -160,7 +140,7 @@ CONFIG_KEYS = ("accounts", "default_account", "endpoint", "host", "port", "event
 
 
 def _account_entry(key: Any, value: Any, environ: Mapping[str, str]) -> Account:
-    account_id = _account_id(key, "accounts key")
+    account_id = checks.account_id(key, "accounts key")
     endpoint = None
     if isinstance(value, Mapping):
         unknown = sorted(set(value) - {"sdk_key", "sdk_key_env", "endpoint"})
@@ -174,9 +154,6 @@ def _account_entry(key: Any, value: Any, environ: Mapping[str, str]) -> Account:
             value = environ[var]
         else:
             value = value.get("sdk_key")
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"account {account_id}: the sdk key must be a non-empty string "
-                         "(or {\"sdk_key_env\": \"VARIABLE\"})")
     return Account(account_id, value, endpoint)
 
 
@@ -204,7 +181,7 @@ def config_from_mapping(values: Mapping[str, Any], *, environ: Mapping[str, str]
         accounts[acct.account_id] = acct
     budget = merged.pop("retry_budget", None)
     if budget is not None:
-        merged["retry"] = RetryPolicy(budget=_number("retry_budget", budget, low=0, high=86400))
+        merged["retry"] = RetryPolicy(budget=checks.seconds("retry_budget", budget, high=86400))
     return GatewayConfig(accounts=accounts, **merged)
 
 
@@ -212,7 +189,7 @@ def parse_account(text: str, environ: Mapping[str, str] | None = None) -> Accoun
     """``ID=SDK_KEY``, or ``ID`` alone with the key in the environment variable ``VWO_SDK_KEY_<ID>``."""
     environ = os.environ if environ is None else environ
     ident, sep, key = text.partition("=")
-    account_id = _account_id(ident.strip(), "--account")
+    account_id = checks.account_id(ident.strip(), "--account")
     if not sep:
         var = SDK_KEY_ENV.format(account_id=account_id)
         key = environ.get(var, "")
@@ -275,6 +252,14 @@ class _Handler(BaseHTTPRequestHandler):
         """http.server's own messages go to the debug log, never stderr."""
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("vwo_otel gateway: " + format, *args)
+
+
+@dataclass
+class _Rejected:
+    """The VWO items of one request rejected for one reason: how many, and the first one's detail."""
+
+    first: str
+    count: int = 0
 
 
 class _Refused(Exception):
@@ -496,11 +481,12 @@ class Gateway:
     def _read_body(self, h: _Handler) -> bytes:
         """The request body (Content-Length or chunked), at most ``max_body_bytes``; else ``_Refused``."""
         limit = self.config.max_body_bytes
-        body, nbytes, problem = read_body(h, limit, _DRAIN_LIMIT)
-        if body is not None and problem is None:
-            return body
+        body = read_body(h, limit, _DRAIN_LIMIT)
+        problem = body.problem
+        if problem is None and body.data is not None:
+            return body.data
         if problem == "too-large":
-            size = "" if h.headers.get("Transfer-Encoding") else f" of {nbytes} bytes"
+            size = "" if h.headers.get("Transfer-Encoding") else f" of {body.nbytes} bytes"
             raise _Refused(413, otlp.INVALID_ARGUMENT, f"body{size} is larger than {limit} bytes")
         h.close_connection = True
         if problem == "no-length":
@@ -512,7 +498,7 @@ class Gateway:
             raise _Refused(400, otlp.INVALID_ARGUMENT, "bad Content-Length")
         if problem == "bad-chunked":
             raise _Refused(400, otlp.INVALID_ARGUMENT, "malformed chunked body")
-        raise _Refused(400, otlp.INVALID_ARGUMENT, f"body ended after {nbytes} bytes, before its announced end")
+        raise _Refused(400, otlp.INVALID_ARGUMENT, f"body ended after {body.nbytes} bytes, before its announced end")
 
     def _retry_after(self) -> str:
         return str(max(0, math.ceil(self.config.retry_after)))
@@ -524,27 +510,27 @@ class Gateway:
             if self.config.default_account is None:
                 return "unknown_account"
             return self.config.default_account
-        if isinstance(raw, str) and raw.isascii() and raw.isdigit():
-            raw = int(raw)
-        if isinstance(raw, bool) or not isinstance(raw, int) or raw <= 0:
+        try:
+            account_id = checks.account_id(raw, ACCOUNT_ID)
+        except ValueError:
             return "malformed_account"
-        return raw if raw in self._batchers else "unknown_account"
+        return account_id if account_id in self._batchers else "unknown_account"
 
     def _accept(self, signal_: str, decoded: otlp.Decoded) -> tuple[int, str]:
         """Turn the request's VWO items into events and queue them all, or refuse the whole
         request (429/503); returns (rejected items, partial-success message)."""
         by_account: dict[int, list[VWOEvent]] = {}
-        problems: dict[str, tuple[int, str]] = {}  # reason -> (count, first detail)
+        problems: dict[str, _Rejected] = {}
 
         def reject(reason: str, detail: str) -> None:
-            n, first = problems.get(reason, (0, detail))
-            problems[reason] = (n + 1, first)
+            problems.setdefault(reason, _Rejected(detail)).count += 1
 
-        for resource_account, items in decoded.groups:
-            for attrs, stamp in items:
-                where = self._resolve(attrs.get(ACCOUNT_ID, resource_account))
+        for group in decoded.groups:
+            for item in group.items:
+                attrs = item.attributes
+                raw = attrs.get(ACCOUNT_ID, group.account)
+                where = self._resolve(raw)
                 if isinstance(where, str):
-                    raw = attrs.get(ACCOUNT_ID, resource_account)
                     if where == "unknown_account":
                         reject("unknown_account", f"{ACCOUNT_ID} {raw} is not configured on this gateway"
                                if raw is not None else f"no {ACCOUNT_ID} and no default account")
@@ -552,7 +538,7 @@ class Gateway:
                         reject("malformed", f"{ACCOUNT_ID} must be a positive integer, got {raw!r}")
                     continue
                 try:
-                    event = from_attributes(attrs, stamp)
+                    event = from_attributes(attrs, item.time_ns)
                 except MalformedEvent as exc:
                     reject("malformed", str(exc))
                     continue
@@ -589,99 +575,20 @@ class Gateway:
                 for event in events:
                     put(event)
 
-        rejected = sum(n for n, _ in problems.values())
+        rejected = sum(p.count for p in problems.values())
         with self._stats_lock:
             self._counts["items"] += decoded.items
             self._counts["vwo_items"] += decoded.vwo_items
             self._counts["accepted"] += decoded.vwo_items - rejected
-            for reason, (n, _) in problems.items():
-                self._rejected[reason] += n
+            for reason, p in problems.items():
+                self._rejected[reason] += p.count
             for account_id, events in by_account.items():
                 self._per_account[account_id]["accepted"] += len(events)
         if not rejected:
             return 0, ""
-        parts = [f"{n} {reason.replace('_', ' ')} ({detail})" for reason, (n, detail) in problems.items()]
+        parts = [f"{p.count} {reason.replace('_', ' ')} ({p.first})" for reason, p in problems.items()]
         message = f"rejected {rejected} of {decoded.vwo_items} VWO event(s): " + "; ".join(parts)
-        for reason, (n, detail) in problems.items():
-            self._log.warn(("rejected", reason), n, "vwo_otel gateway: rejected %d VWO %s(s) as %s: %s", n,
-                           "span" if signal_ == otlp.TRACES else "log record", reason, detail)
+        for reason, p in problems.items():
+            self._log.warn(("rejected", reason), p.count, "vwo_otel gateway: rejected %d VWO %s(s) as %s: %s",
+                           p.count, "span" if signal_ == otlp.TRACES else "log record", reason, p.first)
         return rejected, message[:_MAX_MESSAGE]
-
-
-# -- command line -----------------------------------------------------------------------------------
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vwo-otel gateway",
-        description="OTLP/HTTP gateway: receives VWO events as spans / log records from any OpenTelemetry "
-                    "sender (POST /v1/traces, /v1/logs; protobuf or JSON; gzip) and delivers them to VWO "
-                    "in batches, per account.")
-    p.add_argument("--config", help="JSON file with the settings below (command-line options win); keys: "
-                   + ", ".join(CONFIG_KEYS))
-    p.add_argument("--account", action="append", default=[], metavar="ID[=SDK_KEY]",
-                   help="a VWO account (repeat for several); without =SDK_KEY the key is read from the "
-                        "environment variable VWO_SDK_KEY_<ID> (keeps it out of the process list)")
-    p.add_argument("--default-account", type=int, help="account for events without vwo.account_id")
-    p.add_argument("--endpoint", help=f"VWO collection host (default {DEFAULT_ENDPOINT})")
-    p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 to serve other hosts)")
-    p.add_argument("--port", type=int, help=f"port to bind, 0 for any (default {DEFAULT_PORT})")
-    p.add_argument("--events-per-request", type=int, help="VWO batch size (default 100)")
-    p.add_argument("--request-time-interval", type=float, help="max age of a batch in seconds (default 60)")
-    p.add_argument("--max-backlog", type=int,
-                   help=f"events held per account before answering 429 (default {DEFAULT_MAX_BACKLOG})")
-    p.add_argument("--retry-after", type=float, help="seconds in Retry-After of 429/503 answers (default 2)")
-    p.add_argument("--shutdown-timeout", type=float, help="seconds to deliver backlogs at shutdown (default 10)")
-    p.add_argument("--spool", help="directory for the on-disk spool (one subdirectory per account)")
-    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    return p
-
-
-def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> GatewayConfig:
-    """The ``GatewayConfig`` of parsed command-line ``args`` (``--config`` file, then options)."""
-    values: dict[str, Any] = {}
-    if args.config:
-        with open(args.config, encoding="utf-8") as f:
-            try:
-                values = json.load(f)
-            except ValueError as exc:
-                raise ValueError(f"{args.config} is not valid JSON: {exc}") from None
-    accounts = {}
-    for text in args.account:
-        acct = parse_account(text, environ)
-        accounts[acct.account_id] = acct
-    return config_from_mapping(
-        values, environ=environ, accounts=accounts, default_account=args.default_account, endpoint=args.endpoint,
-        host=args.host, port=args.port, events_per_request=args.events_per_request,
-        request_time_interval=args.request_time_interval, max_backlog=args.max_backlog,
-        retry_after=args.retry_after, shutdown_timeout=args.shutdown_timeout, spool=args.spool)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the gateway in the foreground until Ctrl-C / SIGTERM, then drain and print its stats."""
-    args = _parser().parse_args(argv)
-    try:
-        config = build_config(args)
-    except (OSError, ValueError, TypeError) as exc:
-        print(f"vwo-otel gateway: error: {exc}", file=sys.stderr)
-        return 2
-    level = getattr(logging, str(args.log_level).upper(), None)
-    logging.basicConfig(level=level if isinstance(level, int) else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        gateway = Gateway(config).start()
-    except (OSError, ValueError) as exc:
-        print(f"vwo-otel gateway: error: {exc}", file=sys.stderr)
-        return 2
-
-    with until_interrupted():
-        print(f"vwo-otel gateway listening on {gateway.url} (POST /v1/traces, /v1/logs) for account(s) "
-              f"{', '.join(str(a) for a in sorted(config.accounts))}; Ctrl-C to stop", flush=True)
-        while True:
-            time.sleep(3600)
-    ok = gateway.stop()
-    print(json.dumps(gateway.stats()), flush=True)
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

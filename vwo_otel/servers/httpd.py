@@ -1,25 +1,34 @@
 """The HTTP server under the loopback receiver and the gateway: threaded, keep-alive friendly
-and quick on loopback (``TCP_NODELAY``: no 40 ms Nagle / delayed-ACK stall per response); with
-the request-body reader and the foreground Ctrl-C / SIGTERM handling they share."""
+and quick on loopback (``TCP_NODELAY``: no Nagle / delayed-ACK stall per response); with the
+request-body reader and the one-write response they share."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
-import signal
 import socket
 import socketserver
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 logger = logging.getLogger("vwo_otel")
 
 _CHUNK = 64 * 1024  # bodies are drained in reads of this size
+
+#: Why a request body could not be used (see ``read_body``).
+Problem = Literal["bad-transfer-encoding", "no-length", "bad-length", "bad-chunked", "too-large", "incomplete"]
+
+
+class Body(NamedTuple):
+    """A request body as read: ``data`` (None when unusable), its size in bytes (as announced
+    or as far as it was read) and the ``problem`` that made it unusable, if any."""
+
+    data: bytes | None
+    nbytes: int
+    problem: Problem | None = None
 
 
 class LoopbackHTTPServer(ThreadingHTTPServer):
@@ -93,10 +102,10 @@ def respond(h: BaseHTTPRequestHandler, status: int, body: bytes, content_type: s
     h.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
 
-def read_body(h: BaseHTTPRequestHandler, limit: int, drain_limit: int) -> tuple[bytes | None, int, str | None]:
-    """The request body (Content-Length or chunked) as (body or None, byte count, problem or None).
+def read_body(h: BaseHTTPRequestHandler, limit: int, drain_limit: int) -> Body:
+    """The request body (Content-Length or chunked).
 
-    ``problem`` is one of ``bad-transfer-encoding``, ``no-length`` (a POST without Content-Length;
+    ``Body.problem`` is one of ``bad-transfer-encoding``, ``no-length`` (a POST without Content-Length;
     the body is then empty), ``bad-length``, ``bad-chunked``, ``too-large`` (over ``limit``: read
     and discarded up to ``drain_limit`` so a keep-alive connection stays usable, beyond that the
     connection is closed) or ``incomplete`` (the client closed before the body ended). The
@@ -105,35 +114,35 @@ def read_body(h: BaseHTTPRequestHandler, limit: int, drain_limit: int) -> tuple[
     if te is not None:
         if te.strip().lower() != "chunked":
             h.close_connection = True
-            return None, 0, "bad-transfer-encoding"
-        return read_chunked(h, limit, drain_limit)
+            return Body(None, 0, "bad-transfer-encoding")
+        return _read_chunked(h, limit, drain_limit)
     cl = h.headers.get("Content-Length")
     if cl is None:
-        return b"", 0, ("no-length" if h.command == "POST" else None)
+        return Body(b"", 0, "no-length" if h.command == "POST" else None)
     try:
         n = int(cl)
         if n < 0:
             raise ValueError
     except ValueError:
         h.close_connection = True
-        return None, 0, "bad-length"
+        return Body(None, 0, "bad-length")
     if n > limit:
         if n > drain_limit:
             h.close_connection = True
-            return None, n, "too-large"
+            return Body(None, n, "too-large")
         got = _discard(h.rfile, n)
         if got < n:
             h.close_connection = True
-            return None, got, "incomplete"
-        return None, n, "too-large"
+            return Body(None, got, "incomplete")
+        return Body(None, n, "too-large")
     data = h.rfile.read(n) if n else b""
     if len(data) < n:
         h.close_connection = True
-        return None, len(data), "incomplete"
-    return data, n, None
+        return Body(None, len(data), "incomplete")
+    return Body(data, n)
 
 
-def read_chunked(h: BaseHTTPRequestHandler, limit: int, drain_limit: int) -> tuple[bytes | None, int, str | None]:
+def _read_chunked(h: BaseHTTPRequestHandler, limit: int, drain_limit: int) -> Body:
     """Decode a chunked body like ``read_body``: keep up to ``limit`` bytes, discard the rest up to ``drain_limit``."""
     parts: list[bytes] = []
     total = 0
@@ -143,7 +152,7 @@ def read_chunked(h: BaseHTTPRequestHandler, limit: int, drain_limit: int) -> tup
             line = rfile.readline(1024)
             if not line:
                 h.close_connection = True
-                return None, total, "incomplete"
+                return Body(None, total, "incomplete")
             size = int(line.split(b";", 1)[0].strip(), 16)
             if size < 0:
                 raise ValueError(f"negative chunk size {size}")
@@ -153,7 +162,7 @@ def read_chunked(h: BaseHTTPRequestHandler, limit: int, drain_limit: int) -> tup
                 break
             if total + size > drain_limit:
                 h.close_connection = True
-                return None, total + size, "too-large"
+                return Body(None, total + size, "too-large")
             if total + size <= limit:
                 data = rfile.read(size)
                 got = len(data)
@@ -164,14 +173,14 @@ def read_chunked(h: BaseHTTPRequestHandler, limit: int, drain_limit: int) -> tup
             rfile.readline(1024)  # the CRLF ending the chunk
             if got < size:
                 h.close_connection = True
-                return None, total + got, "incomplete"
+                return Body(None, total + got, "incomplete")
             total += size
     except ValueError:
         h.close_connection = True
-        return None, total, "bad-chunked"
+        return Body(None, total, "bad-chunked")
     if total > limit:
-        return None, total, "too-large"
-    return b"".join(parts), total, None
+        return Body(None, total, "too-large")
+    return Body(b"".join(parts), total)
 
 
 def _discard(rfile: io.BufferedIOBase, n: int) -> int:
@@ -183,23 +192,3 @@ def _discard(rfile: io.BufferedIOBase, n: int) -> int:
             break
         left -= len(chunk)
     return n - left
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def until_interrupted() -> Iterator[None]:
-    """Run the block (a foreground server's wait loop) until Ctrl-C or SIGTERM, which both end it quietly.
-
-    SIGTERM raises ``KeyboardInterrupt`` inside the block (main thread only); its previous
-    handler is restored on the way out. Enter it before announcing that the server listens,
-    so a SIGTERM sent as soon as the announcement is read is already handled."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

@@ -3,9 +3,10 @@
 Protobuf requests need the optional ``opentelemetry-proto`` package (``pip install
 'vwo-otel[gateway]'``); OTLP/JSON is decoded with the standard library alone. Only what the
 gateway needs is extracted: for every span / log record that carries ``vwo.event.type``,
-its attributes (as plain Python values) and its time (span start, log timestamp or observed
-time) in unix nanoseconds, grouped with the ``vwo.account_id`` of its resource. Responses and
-error statuses are small fixed messages, encoded here by hand in either format.
+its attributes (as plain Python values) and its event time in unix nanoseconds (a span's
+start; a log record's ``vwo_otel.event.log_time``), grouped with the ``vwo.account_id`` of its
+resource. Responses and error statuses are small fixed messages, encoded here by hand in
+either format.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import json
 import math
 import zlib
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from .. import attributes as A
+from ..event import log_time
 
 TRACES = "traces"
 LOGS = "logs"
@@ -29,7 +32,6 @@ MEDIA_TYPES = {"application/x-protobuf": PROTOBUF, "application/protobuf": PROTO
 ACCOUNT_ID = "vwo.account_id"
 
 _EVENT_TYPE = A.EVENT_TYPE
-_MISSING: Any = None
 
 _PB_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError)
 try:  # the optional [gateway] extra
@@ -41,27 +43,38 @@ try:  # the optional [gateway] extra
 except ImportError:  # pragma: no cover - exercised by monkeypatching in tests
     _trace_pb2 = _logs_pb2 = None  # type: ignore[assignment]
 
-#: (resource ``vwo.account_id`` or None, [(attributes, time in unix ns), ...]) per resource
-Group = tuple[Any, list[tuple[dict[str, Any], int]]]
 
 
 class DecodeError(ValueError):
     """The body is not a valid OTLP export request of the expected signal."""
 
 
+class Item(NamedTuple):
+    """One span / log record carrying ``vwo.event.type``: its attributes as plain Python
+    values and its event time in unix ns (0: none given)."""
+
+    attributes: dict[str, Any]
+    time_ns: int
+
+
+class Group(NamedTuple):
+    """The VWO items of one resource, with the resource's ``vwo.account_id`` (None if absent)."""
+
+    account: Any
+    items: list[Item]
+
+
+@dataclass(frozen=True)
 class Decoded:
     """What the gateway needs from one export request."""
 
-    __slots__ = ("groups", "items")
-
-    def __init__(self, groups: list[Group], items: int) -> None:
-        self.groups = groups  #: VWO items by resource
-        self.items = items  #: spans / log records in the request, VWO or not
+    groups: list[Group]  #: VWO items by resource
+    items: int  #: spans / log records in the request, VWO or not
 
     @property
     def vwo_items(self) -> int:
         """Number of spans / log records carrying ``vwo.event.type``."""
-        return sum(len(items) for _, items in self.groups)
+        return sum(len(group.items) for group in self.groups)
 
 
 def protobuf_available() -> bool:
@@ -95,7 +108,7 @@ def _pb_find(attrs: Any, key: str) -> Any:
     for kv in attrs:
         if kv.key == key:
             return _pb_value(kv.value)
-    return _MISSING
+    return None
 
 
 def _decode_proto(signal: str, body: bytes) -> Decoded:
@@ -116,11 +129,11 @@ def _decode_proto(signal: str, body: bytes) -> Decoded:
         resources, scopes, items = request.resource_logs, "scope_logs", "log_records"
 
         def stamp(item: Any) -> int:
-            return int(item.time_unix_nano or item.observed_time_unix_nano)
+            return log_time(item.time_unix_nano, item.observed_time_unix_nano) or 0
     groups: list[Group] = []
     n = 0
     for resource in resources:
-        found: list[tuple[dict[str, Any], int]] = []
+        found: list[Item] = []
         for scope in getattr(resource, scopes):
             records = getattr(scope, items)
             n += len(records)
@@ -128,10 +141,10 @@ def _decode_proto(signal: str, body: bytes) -> Decoded:
                 attrs = rec.attributes
                 for kv in attrs:
                     if kv.key == _EVENT_TYPE:
-                        found.append(({kv.key: _pb_value(kv.value) for kv in attrs}, stamp(rec)))
+                        found.append(Item({kv.key: _pb_value(kv.value) for kv in attrs}, stamp(rec)))
                         break
         if found:
-            groups.append((_pb_find(resource.resource.attributes, ACCOUNT_ID), found))
+            groups.append(Group(_pb_find(resource.resource.attributes, ACCOUNT_ID), found))
     return Decoded(groups, n)
 
 
@@ -225,11 +238,11 @@ def _j_has_type(kvs: list[Any]) -> bool:
 def _j_resource_account(parent: dict[str, Any]) -> Any:
     resource = _j_field(parent, "resource", "resource", "resource")
     if resource is None:
-        return _MISSING
+        return None
     for kv in _j_list(resource, "attributes", "attributes", "resource"):
         if type(kv) is dict and kv.get("key") == ACCOUNT_ID:
             return _j_value(kv.get("value"))
-    return _MISSING
+    return None
 
 
 def _decode_json(signal: str, body: bytes) -> Decoded:
@@ -248,7 +261,7 @@ def _decode_json(signal: str, body: bytes) -> Decoded:
     groups: list[Group] = []
     n = 0
     for rs in _j_list(doc, outer, outer_s, "request"):
-        found: list[tuple[dict[str, Any], int]] = []
+        found: list[Item] = []
         for ss in _j_list(rs, scope, scope_s, outer):
             items = _j_list(ss, leaf, leaf_s, scope)
             n += len(items)
@@ -260,12 +273,13 @@ def _decode_json(signal: str, body: bytes) -> Decoded:
                     stamp = _j_int(_j_field(item, "startTimeUnixNano", "start_time_unix_nano", leaf),
                                    "startTimeUnixNano")
                 else:
-                    stamp = _j_int(_j_field(item, "timeUnixNano", "time_unix_nano", leaf), "timeUnixNano") or \
+                    stamp = log_time(
+                        _j_int(_j_field(item, "timeUnixNano", "time_unix_nano", leaf), "timeUnixNano"),
                         _j_int(_j_field(item, "observedTimeUnixNano", "observed_time_unix_nano", leaf),
-                               "observedTimeUnixNano")
-                found.append((_j_attrs(kvs), stamp))
+                               "observedTimeUnixNano")) or 0
+                found.append(Item(_j_attrs(kvs), stamp))
         if found:
-            groups.append((_j_resource_account(rs), found))
+            groups.append(Group(_j_resource_account(rs), found))
     return Decoded(groups, n)
 
 

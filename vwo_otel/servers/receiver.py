@@ -9,35 +9,31 @@ delivery guarantees can be tested against something that behaves like a server.
 
 from __future__ import annotations
 
-import argparse
-import csv
-import datetime
 import hmac
 import ipaddress
 import json
 import logging
 import math
-import os
 import random
 import re
 import select
 import socket
 import sqlite3
-import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .httpd import LoopbackHTTPServer, read_body, respond, until_interrupted
+from .. import checks
+from .httpd import LoopbackHTTPServer, Problem, read_body, respond
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "PAYLOAD_TOO_LARGE", "Receiver", "add_receive_arguments", "main", "receive"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "PAYLOAD_TOO_LARGE", "Receiver"]
 
 logger = logging.getLogger("vwo_otel.servers.receiver")
 
@@ -47,8 +43,6 @@ PAYLOAD_TOO_LARGE = "Payload size too large"
 _ROUTE = re.compile(r"(?:/[^/]+)?/server-side/(batch-events|track-user|track-goal|push)")
 _ALLOWED_METHOD = {"batch-events": "POST", "track-user": "GET", "track-goal": "GET", "push": "GET"}
 _U_MATCH = re.compile(r"[0-9A-F]{32}").fullmatch
-_ENV_IN_QUERY = re.compile(r"(^|&)(env=)[^&]*")
-_ENV_IN_TEXT = re.compile(r"(env=)[^&\s'\"]*")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _DRAIN_LIMIT = 256 * 1024 * 1024  # bodies above the limit but below this are read and discarded
 _encode = json.JSONEncoder(separators=(",", ":")).encode
@@ -108,6 +102,17 @@ class _Stall:
     remaining: int | None
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """How to treat one request, decided as it arrives: its fault (if any), how long to stall
+    it (``release`` ends the stall early) and the body size limit in force."""
+
+    fault: _Fault | None
+    stall_seconds: float
+    release: threading.Event
+    max_body: int
+
+
 @dataclass
 class _Outcome:
     """What to answer and store for one request after validation."""
@@ -123,32 +128,12 @@ class _Outcome:
     events: bytes | None = None
 
 
-def _upgrade(db: sqlite3.Connection) -> None:
-    """Bring a database written by an earlier version (one ``events`` row per event) to this
-    layout: each accepted request's events as one ``{"ev": [...]}`` body."""
-    if "events" in {row[1] for row in db.execute("PRAGMA table_info(requests)")}:
-        return
-    db.execute("ALTER TABLE requests ADD COLUMN events BLOB")
-    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone():
-        bodies: dict[int, list[str]] = {}
-        for rid, raw in db.execute("SELECT request_id, raw FROM events ORDER BY id"):
-            bodies.setdefault(rid, []).append(raw)
-        db.executemany("UPDATE requests SET events = ? WHERE id = ?",
-                       [(f'{{"ev":[{",".join(raws)}]}}'.encode(), rid) for rid, raws in bodies.items()])
-        db.execute("DROP TABLE events")
-
-
 def _reason(status: int) -> str:
     """The standard reason phrase for status, or "" for an unregistered code."""
     try:
         return HTTPStatus(status).phrase
     except ValueError:
         return ""
-
-
-def _redact(text: str) -> str:
-    """Text with any ``env=<sdk key>`` value masked, so the key never reaches a log or the database."""
-    return _ENV_IN_TEXT.sub(r"\1***", text)
 
 
 def _loopback_host(host: str) -> str:
@@ -334,7 +319,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Send http.server's messages to the debug logger (never stderr), sdk key masked."""
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s", _redact(format % args))
+            logger.debug("%s", checks.redact(format % args))
 
 
 class Receiver:
@@ -351,18 +336,11 @@ class Receiver:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         """Configure the receiver; account_id/sdk_key, when given, must match what clients send."""
-        if account_id is not None:
-            if isinstance(account_id, bool) or not str(account_id).isdigit():
-                raise ValueError("account_id must be numeric")
-            account_id = int(account_id)
-        if sdk_key is not None and (not isinstance(sdk_key, str) or not sdk_key):
-            raise ValueError("sdk_key must be a non-empty string")
-        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
-            raise ValueError("max_body_bytes must be a positive integer")
-        self._account_id: int | None = account_id
-        self._sdk_key: bytes | None = sdk_key.encode() if sdk_key is not None else None
+        self._account_id = None if account_id is None else checks.account_id(account_id)
+        self._sdk_key = None if sdk_key is None else checks.sdk_key(sdk_key).encode()
+        checks.number("max_body_bytes", max_body_bytes, low=1, integer=True)
+        self._port = checks.number("port", port, low=0, high=65535, integer=True)
         self._host = _loopback_host(host)
-        self._port = int(port)
         self._db_path = db_path
         self._default_max_body = max_body_bytes
         self._max_body = max_body_bytes
@@ -372,7 +350,6 @@ class Receiver:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        _upgrade(self._db)
         self._db.commit()
         self._lock = threading.Lock()
         self._inserted = threading.Condition(self._lock)
@@ -558,23 +535,20 @@ class Receiver:
 
     def set_max_body(self, nbytes: int) -> None:
         """Answer 413 for bodies above nbytes until clear_faults() (simulates a smaller server limit)."""
-        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
-            raise ValueError("nbytes must be a non-negative integer")
+        checks.number("nbytes", nbytes, low=0, integer=True)
         with self._fault_lock:
             self._max_body = nbytes
 
     def stall(self, seconds: float, n: int | None = None) -> None:
         """Delay the next n requests (None: all, until cleared) by seconds; stop()/clear_faults() end it."""
-        if not seconds >= 0:
-            raise ValueError("seconds must be >= 0")
+        seconds = checks.seconds("seconds", seconds)
         with self._fault_lock:
-            self._stall = _Stall(float(seconds), None if n is None else self._count(n))
+            self._stall = _Stall(seconds, None if n is None else self._count(n))
 
     def random_faults(self, rate: float, *, seed: int | None = None,
                       statuses: Sequence[int] = (429, 500, 502, 503, 504), drop: bool = True) -> None:
         """Fail each request with probability rate: a random status from statuses or a dropped connection."""
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError("rate must be between 0 and 1")
+        checks.number("rate", rate, low=0, high=1)
         codes = tuple(self._status(s) for s in statuses)
         if rate > 0 and not codes and not drop:
             raise ValueError("give statuses or drop=True")
@@ -597,16 +571,12 @@ class Receiver:
     @staticmethod
     def _count(n: int) -> int:
         """Validate a request count."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError("n must be a non-negative integer")
-        return n
+        return int(checks.number("n", n, low=0, integer=True))
 
     @staticmethod
     def _status(status: int) -> int:
         """Validate an HTTP status code."""
-        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 999:
-            raise ValueError(f"invalid HTTP status {status!r}")
-        return status
+        return int(checks.number("status", status, low=100, high=999, integer=True))
 
     @staticmethod
     def _retry_after(value: RetryAfter) -> str | None:
@@ -624,8 +594,8 @@ class Receiver:
             with self._fault_lock:
                 self._faults.append(fault)
 
-    def _take_fault(self) -> tuple[_Fault | None, float, threading.Event, int]:
-        """Decide this request's fault, stall seconds, the event that ends the stall, and the body limit."""
+    def _take_fault(self) -> _Plan:
+        """Decide how to treat this request: its fault, stall and body limit."""
         with self._fault_lock:
             seconds = 0.0
             stall = self._stall
@@ -653,7 +623,7 @@ class Receiver:
                     status = self._random_statuses[pick]
                     retry = "0" if status in (429, 503) and rng.random() < 0.5 else None
                     fault = _Fault("fail", 1, status, retry, _reason(status).encode())
-            return fault, seconds, self._release, self._max_body
+            return _Plan(fault, seconds, self._release, self._max_body)
 
     # ----------------------------------------------------------------- serving
 
@@ -663,17 +633,19 @@ class Receiver:
         method = h.command or ""
         split = urlsplit(h.path)
         path, query = split.path, split.query
-        fault, stall_seconds, release, limit = self._take_fault()
 
-        body, nbytes, body_problem = read_body(h, limit, _DRAIN_LIMIT)
-        if body_problem == "incomplete":
+        plan = self._take_fault()
+        fault = plan.fault
+        body = read_body(h, plan.max_body, _DRAIN_LIMIT)
+        nbytes = body.nbytes
+        if body.problem == "incomplete":
             self._store(received_at, method, path, query, 0, nbytes, 0, "client closed before the body ended",
                         False)
             h.close_connection = True
             return
 
-        if stall_seconds > 0:
-            release.wait(stall_seconds)
+        if plan.stall_seconds > 0:
+            plan.release.wait(plan.stall_seconds)
             if h.server.stopping or _client_gone(h.connection):
                 self._store(received_at, method, path, query, 0, nbytes, 0,
                             "client went away during an injected stall", False)
@@ -694,7 +666,7 @@ class Receiver:
             respond(h, fault.status, fault.body, _TEXT, headers)
             return
 
-        out = self._process(h, method, path, query, body, body_problem)
+        out = self._process(h, method, path, query, body.data, body.problem)
         accepted = 200 <= out.status < 300
         status, reply, ctype, error = out.status, out.body, out.content_type, out.error
         if accepted and fault is not None and fault.kind == "accept_fail":
@@ -704,7 +676,7 @@ class Receiver:
         respond(h, status, reply, ctype, out.headers)
 
     def _process(self, h: _Handler, method: str, path: str, query: str, body: bytes | None,
-                 problem: str | None) -> _Outcome:
+                 problem: Problem | None) -> _Outcome:
         """Route and validate; never raises for client mistakes (they become 4xx outcomes)."""
         route = _ROUTE.fullmatch(path)
         if route is None:
@@ -736,7 +708,7 @@ class Receiver:
         """The account id must be numeric, and equal to the configured one if any (else 401)."""
         if not value.isascii() or not value.isdigit():
             raise _Invalid(f"query parameter {name} must be numeric")
-        if self._account_id is not None and int(value) != self._account_id:
+        if self._account_id is not None and (len(value) > 19 or int(value) != self._account_id):
             raise _Invalid(f"query parameter {name} does not match the account id", 401)
 
     def _check_key(self, env: str, name: str) -> None:
@@ -818,7 +790,7 @@ class Receiver:
         """Record and answer an error raised by http.server's own request parsing."""
         raw_path = getattr(h, "path", "") or ""
         split = urlsplit(raw_path)
-        self._store(time.time(), h.command or "", split.path, split.query, code, 0, 0, _redact(text), False)
+        self._store(time.time(), h.command or "", split.path, split.query, code, 0, 0, checks.redact(text), False)
         try:
             respond(h, code, text.encode("utf-8", "replace"), _TEXT)
         except OSError:
@@ -827,7 +799,7 @@ class Receiver:
     def _store(self, received_at: float, method: str, path: str, query: str, status: int, nbytes: int,
                n_events: int, error: str | None, accepted: bool, events: bytes | None = None) -> None:
         """Record the request, with its events if accepted, in one transaction; wake waiters."""
-        safe_query = _ENV_IN_QUERY.sub(r"\1\2***", query) if "env=" in query else query
+        safe_query = checks.redact(query)
         if method == "GET" and not nbytes:
             nbytes = len(query)  # real-time GETs carry their payload in the query string
         with self._lock:
@@ -844,155 +816,3 @@ class Receiver:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s -> %d (%d events%s)", method, path, status, n_events,
                          f", {error}" if error else "")
-
-
-# --------------------------------------------------------------------------- command line
-# ``vwo-otel receive`` (``vwo_otel.cli`` re-exports these) and ``python -m vwo_otel.servers.receiver``.
-
-EXPORT_FORMATS = ("json", "jsonl", "csv")
-_EVENT_COLUMNS = ("request_id", "eT", "u", "sId", "e", "c", "g", "r", "t", "visitor_ua", "visitor_ip")
-
-
-def add_receive_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``vwo-otel receive`` (and ``python -m vwo_otel.servers.receiver``)."""
-    p.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port to bind, 0 for any free one (default 8000)")
-    p.add_argument("--db", default=":memory:", metavar="FILE",
-                   help="SQLite file to store requests and events in (kept after exit)")
-    p.add_argument("--account-id", default=None, help="only accept this account id")
-    p.add_argument("--sdk-key", default=None, help="only accept this sdk key")
-    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                   help="answer 413 above this body size (default 10 MiB)")
-    p.add_argument("--quiet", action="store_true", help="no line per request, only the summary at exit")
-    p.add_argument("--json", action="store_true", help="print the summary (at exit, or after --list) as one "
-                   "JSON object")
-    what = p.add_mutually_exclusive_group()
-    what.add_argument("--list", action="store_true", help="list the requests stored in --db FILE and exit")
-    what.add_argument("--export", choices=EXPORT_FORMATS, metavar="FORMAT",
-                      help="write the events stored in --db FILE as json, jsonl or csv and exit")
-    p.add_argument("--output", "-o", default="-", metavar="FILE", help="where --export writes (default stdout)")
-
-
-def _size(n: int) -> str:
-    return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 1048576:.1f} MiB"
-
-
-def _request_line(r: Mapping[str, Any]) -> str:
-    at = datetime.datetime.fromtimestamp(r["received_at"]).strftime("%H:%M:%S.%f")[:-3]
-    status = r["status"] or "---"
-    what = f"{r['n_events']:5d} event(s) {_size(r['body_bytes']):>10}"
-    if r["accepted"]:
-        note = "stored"
-    else:
-        note = f"not stored: {r['error']}" if r["error"] else "not stored"
-    return f"{at}  {r['method']:4} {r['path']}  {status}  {what}  {note}"
-
-
-def _summary_line(s: Mapping[str, Any]) -> str:
-    return (f"{s['requests']} request(s), {s['accepted_requests']} accepted, {s['events']} event(s) stored, "
-            f"{_size(s['bytes'])}; {s['events_per_request']:.1f} events/request, "
-            f"{s['bytes_per_event']:.1f} bytes/event")
-
-
-def _summary_out(s: Mapping[str, Any], as_json: bool, prefix: str = "") -> str:
-    return json.dumps(s) if as_json else prefix + _summary_line(s)
-
-
-def receive(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """``vwo-otel receive``: serve with a line per request as it arrives, or --list / --export a --db."""
-    out = out or sys.stdout
-    err = err or sys.stderr
-    if args.list or args.export:
-        return _stored(args, out, err)
-    try:
-        receiver = Receiver(args.account_id, args.sdk_key, host=args.host, port=args.port, db_path=args.db,
-                            max_body_bytes=args.max_body_bytes).start()
-    except (OSError, ValueError, sqlite3.Error) as exc:
-        err.write(f"error: {exc}\n")
-        return 2
-    stored = receiver.requests()
-    last = stored[-1]["id"] if stored else 0  # an existing db: show only what arrives now
-    try:
-        with until_interrupted():
-            db = "" if args.db == ":memory:" else f" (storing in {args.db})"
-            out.write(f"VWO receiver listening on {receiver.url}{db}; Ctrl-C to stop\n")
-            out.flush()
-            while True:
-                time.sleep(0.2)
-                for r in receiver.requests(after=last):
-                    last = r["id"]
-                    if not args.quiet:
-                        out.write(_request_line(r) + "\n")
-                out.flush()
-    finally:
-        receiver.stop()
-    for r in receiver.requests(after=last):
-        if not args.quiet:
-            out.write(_request_line(r) + "\n")
-    out.write(_summary_out(receiver.summary(), args.json, "stopped: ") + "\n")
-    out.flush()
-    receiver.close()
-    return 0
-
-
-def _stored(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    if args.db == ":memory:":
-        err.write("error: --list and --export read a database: give --db FILE\n")
-        return 2
-    if not os.path.isfile(args.db):
-        err.write(f"error: no database at {args.db}\n")
-        return 2
-    try:
-        receiver = Receiver(db_path=args.db)
-        try:
-            if args.list:
-                for r in receiver.requests():
-                    out.write(_request_line(r) + "\n")
-                out.write(_summary_out(receiver.summary(), args.json) + "\n")
-                return 0
-            events = receiver.events(with_raw=True)
-            if args.output == "-":
-                _write_events(events, args.export, out)
-            else:
-                with open(args.output, "w", newline="", encoding="utf-8") as f:
-                    _write_events(events, args.export, f)
-            err.write(f"exported {len(events)} event(s) as {args.export} to "
-                      f"{'stdout' if args.output == '-' else args.output}\n")
-            return 0
-        finally:
-            receiver.close()
-    except (OSError, sqlite3.Error) as exc:
-        err.write(f"error: {args.db}: {exc}\n")
-        return 2
-
-
-def _write_events(events: list[dict[str, Any]], fmt: str, f: TextIO) -> None:
-    for ev in events:
-        ev.pop("raw", None)
-    if fmt == "json":
-        json.dump(events, f, indent=1)
-        f.write("\n")
-    elif fmt == "jsonl":
-        for ev in events:
-            f.write(json.dumps(ev, separators=(",", ":")) + "\n")
-    else:
-        writer = csv.DictWriter(f, fieldnames=_EVENT_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for ev in events:
-            row = dict(ev)
-            if isinstance(row.get("t"), dict):
-                row["t"] = json.dumps(row["t"], separators=(",", ":"))
-            writer.writerow(row)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m vwo_otel.servers.receiver``: ``vwo-otel receive --quiet --json`` (the summary as one JSON line)."""
-    parser = argparse.ArgumentParser(prog="python -m vwo_otel.servers.receiver",
-                                     description="Local VWO-compatible collection receiver (loopback only).")
-    add_receive_arguments(parser)
-    parser.set_defaults(quiet=True, json=True)
-    return receive(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

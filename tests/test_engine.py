@@ -1,0 +1,273 @@
+"""The batching engine on its own (``vwo_otel._engine.batcher.Batcher``): a fake exporter, an
+injected clock for the age trigger, and ``Batcher.snapshot()`` to look at the queue."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from vwo_otel import attributes as A
+from vwo_otel import event as event_module
+from vwo_otel._engine import lifecycle
+from vwo_otel._engine.batcher import Batcher, QueueSnapshot, ShutdownState
+from vwo_otel.config import BatchEvents
+from vwo_otel.errors import EventsDropped, Outcome, VWODeliveryError
+from vwo_otel.event import VWOEvent
+
+
+class FakeExporter:
+    """What the batcher calls on an exporter; ``gate`` (if set) holds every send until set."""
+
+    def __init__(self, gate: threading.Event | None = None, fail_encode: str | None = None,
+                 send_raises: bool = False) -> None:
+        self.gate = gate
+        self.fail_encode = fail_encode  # events of this user cannot be encoded
+        self.send_raises = send_raises  # send_batch raises once, as a bug would
+        self.sent: list[list[str]] = []
+        self.sent_at: list[float] = []
+        self.hurried: float | None = None
+        self.closed = False
+
+    def encode(self, events):
+        out = []
+        for ev in events:
+            if ev.user_id == self.fail_encode:
+                raise ValueError("unencodable")
+            out.append({"u": ev.user_id, "eT": ev.etype})
+        return out
+
+    def send_batch(self, events):
+        if self.send_raises:
+            self.send_raises = False
+            raise RuntimeError("boom")
+        if self.gate is not None:
+            self.gate.wait(10)
+        dicts = self.encode(events)
+        self.sent.append([ev.user_id for ev in events])
+        self.sent_at.append(time.monotonic())
+        return [Outcome(None, dicts)]
+
+    def send_event(self, ev):
+        return self.send_batch([ev])[0]
+
+    def hurry(self, deadline: float) -> None:
+        self.hurried = deadline
+
+    def after_fork(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        self.closed = True
+
+
+class Clock:
+    """A monotonic clock that moves only when told."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def imp(user: str) -> VWOEvent:
+    return VWOEvent(A.VISITOR, user, 1, 1, 1)
+
+
+def conv(user: str) -> VWOEvent:
+    return VWOEvent(A.GOAL, user, 1, 1, 1, 1, 2.0)
+
+
+def dim(user: str) -> VWOEvent:
+    return VWOEvent(A.CUSTOM_DIMENSION, user, 1, key="k", value="v")
+
+
+@pytest.fixture
+def make():
+    """``make(exporter=None, batch=..., **kwargs)`` -> Batcher; all are shut down after the test."""
+    made: list[Batcher] = []
+
+    def build(exporter=None, batch: object = "held", **kwargs) -> Batcher:
+        if batch == "held":
+            batch = BatchEvents(events_per_request=100, request_time_interval=600)
+        b = Batcher(exporter or FakeExporter(), batch, **kwargs)  # type: ignore[arg-type]
+        made.append(b)
+        return b
+
+    yield build
+    for b in made:
+        b.shutdown(2.0)
+
+
+def users(snapshot: QueueSnapshot) -> list[str]:
+    return [ev.user_id for ev in snapshot.pending]
+
+
+# -- the age trigger's timer ---------------------------------------------------------------
+
+def test_timer_starts_with_the_first_event_and_later_events_do_not_move_it(make):
+    clock = Clock()
+    b = make(clock=clock)
+    assert b.snapshot().deadline == math.inf  # idle: no timer
+    b.put(imp("a"))
+    assert b.snapshot().deadline == 1600.0
+    clock.now += 300
+    b.put(imp("b"))
+    snap = b.snapshot()
+    assert snap.deadline == 1600.0 and users(snap) == ["a", "b"]
+
+
+def test_count_trigger_and_flush_clear_the_timer_and_the_next_event_restarts_it(make):
+    clock = Clock()
+    exporter = FakeExporter()
+    b = make(exporter, BatchEvents(events_per_request=3, request_time_interval=600), clock=clock)
+    for u in "abc":
+        b.put(imp(u))
+    assert b.snapshot().deadline == math.inf  # cut on the emitting thread by the count
+    assert b.flush(5) is True
+    assert exporter.sent == [["a", "b", "c"]]
+    clock.now += 250
+    b.put(imp("d"))
+    assert b.snapshot().deadline == 1850.0
+    assert b.flush(5) is True
+    snap = b.snapshot()
+    assert snap.pending == () and snap.deadline == math.inf and snap.held == 0
+    assert exporter.sent == [["a", "b", "c"], ["d"]]
+
+
+def test_age_trigger_sends_once_the_oldest_event_is_due(make):
+    """A real clock and a short interval (set past ``BatchEvents``' checks): never early."""
+    exporter = FakeExporter()
+    sent = threading.Event()
+    interval = 0.2
+    batch = SimpleNamespace(events_per_request=100, request_time_interval=interval,
+                            flush_callback=lambda err, events: sent.set())
+    b = make(exporter, batch)
+    start = time.monotonic()
+    b.put(imp("a"))
+    b.put(imp("b"))
+    assert sent.wait(5)
+    assert exporter.sent == [["a", "b"]]
+    assert exporter.sent_at[0] - start >= interval
+    assert b.snapshot().deadline == math.inf
+
+
+# -- the drop order when the backlog is full -----------------------------------------------
+
+def test_a_conversion_evicts_the_newest_lower_priority_event(make):
+    reports: list = []
+    b = make(batch=BatchEvents(events_per_request=100, request_time_interval=600,
+                               flush_callback=lambda err, evs: reports.append((err, evs))),
+             max_queue_size=4)
+    for ev in (imp("i1"), dim("d1"), imp("i2"), conv("c1")):
+        b.put(ev)
+    b.put(conv("c2"))  # evicts i2, the newest impression or dimension
+    assert users(b.snapshot()) == ["i1", "d1", "c1", "c2"]
+    b.put(imp("i3"))  # nothing lower than an impression: dropped itself
+    b.put(conv("c3"))  # evicts d1
+    b.put(conv("c4"))  # evicts i1
+    b.put(conv("c5"))  # only conversions left: dropped itself
+    assert users(b.snapshot()) == ["c1", "c2", "c3", "c4"]
+    assert b.dropped == {"queue_full": 5} and b.queue_size() == 4
+    assert b.flush(5) is True
+    (err, evs), = [(e, v) for e, v in reports if isinstance(e, EventsDropped)]
+    assert err.reason == "queue_full" and err.count == 5
+    assert [e["u"] for e in evs] == ["i2", "i3", "d1", "i1", "c5"]
+
+
+def test_drop_order_comes_from_the_priority_table(make, monkeypatch):
+    """A new event type needs only a row in ``event.DROP_PRIORITY``."""
+    monkeypatch.setitem(event_module.DROP_PRIORITY, 9, 5)
+    b = make(max_queue_size=3)
+    for ev in (imp("i1"), conv("c1"), conv("c2")):
+        b.put(ev)
+    b.put(VWOEvent(9, "top", 1))  # evicts the newest of any lower priority: c2
+    assert users(b.snapshot()) == ["i1", "c1", "top"]
+    b.put(VWOEvent(9, "top2", 1))
+    assert users(b.snapshot()) == ["i1", "top", "top2"]
+    b.put(VWOEvent(7, "unknown", 1))  # a type the table does not know ranks below all
+    assert users(b.snapshot()) == ["i1", "top", "top2"]
+    assert b.dropped == {"queue_full": 3}
+
+
+def test_batches_in_flight_are_never_evicted(make):
+    gate = threading.Event()
+    exporter = FakeExporter(gate)
+    b = make(exporter, BatchEvents(events_per_request=2, request_time_interval=600), max_queue_size=3,
+             max_concurrent_requests=1)
+    b.put(imp("i1"))
+    b.put(imp("i2"))  # cut: a delivery thread takes it and waits at the gate
+    deadline = time.monotonic() + 5
+    while not b.snapshot().in_flight and time.monotonic() < deadline:
+        time.sleep(0.005)
+    b.put(imp("i3"))
+    b.put(conv("c1"))  # the queued impression goes, not the ones in flight
+    snap = b.snapshot()
+    assert (snap.in_flight, snap.ready, users(snap), snap.held) == (1, 0, ["c1"], 3)
+    b.put(conv("c2"))  # full, nothing evictable outside the request in flight
+    assert b.dropped == {"queue_full": 2}
+    gate.set()
+    assert b.flush(5) is True
+    assert exporter.sent == [["i1", "i2"], ["c1"]]
+
+
+# -- delivery failures ---------------------------------------------------------------------
+
+def test_an_unencodable_event_fails_alone_and_the_rest_is_sent(make):
+    reports: list = []
+    exporter = FakeExporter(fail_encode="bad", send_raises=True)
+    b = make(exporter, BatchEvents(events_per_request=100, request_time_interval=600,
+                                   flush_callback=lambda err, evs: reports.append((err, evs))))
+    for ev in (imp("a"), imp("bad"), imp("b")):
+        b.put(ev)
+    assert b.flush(5) is False
+    assert exporter.sent == [["a", "b"]]
+    bad, good = reports
+    assert isinstance(bad[0], VWODeliveryError) and "cannot be encoded" in str(bad[0])
+    assert bad[1][0]["user_id"] == "bad"
+    assert good == (None, [{"u": "a", "eT": 1}, {"u": "b", "eT": 1}])
+    assert b.counts == {"delivered": 2, "failed": 1}
+
+
+# -- shutdown --------------------------------------------------------------------------------
+
+def test_shutdown_in_two_halves(make):
+    exporter = FakeExporter()
+    b = make(exporter)
+    b.put(imp("a"))
+    state = b.begin_shutdown(3.0)
+    assert isinstance(state, ShutdownState) and state.threaded
+    assert exporter.hurried is not None and exporter.hurried < state.deadline
+    assert b.begin_shutdown(3.0) is None  # already shutting down
+    assert b.finish_shutdown(state) is True
+    assert exporter.sent == [["a"]] and exporter.closed
+    b.put(imp("late"))
+    assert b.dropped == {"already_shutdown": 1}
+
+
+def test_shutdown_all_reports_what_could_not_be_delivered(make):
+    gate = threading.Event()
+    stuck = make(FakeExporter(gate))
+    fine = make(FakeExporter())
+    stuck.put(imp("s"))
+    fine.put(imp("f"))
+    start = time.monotonic()
+    assert lifecycle.shutdown_all(0.5, [stuck, fine]) is False
+    assert time.monotonic() - start < 0.5 + 0.5  # both within one timeout, not one after the other
+    assert stuck.dropped == {"shutdown_in_flight": 1} and fine.dropped == {}
+    assert stuck.snapshot().held == 0
+    gate.set()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_queue_size": 0}, "max_queue_size must be an int >= 1"),
+    ({"max_concurrent_requests": 65}, "max_concurrent_requests must be an int from 1 to 64"),
+    ({"shutdown_timeout": 0}, "shutdown_timeout must be a number of seconds > 0"),
+])
+def test_settings_checked(kwargs, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        Batcher(FakeExporter(), None, **kwargs)  # type: ignore[arg-type]

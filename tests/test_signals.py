@@ -1,0 +1,167 @@
+"""SIGTERM / SIGINT on the paths real deployments take: plain ``python app.py`` (Kubernetes,
+systemd, docker stop), uvicorn (1 and 2 workers), gunicorn (sync and uvicorn workers) and
+hypercorn. What is queued when the signal arrives is delivered (bounded by
+``shutdown_timeout``) without the app adding code, and a handler the app or the server
+installed still runs. The app (tests/apps/sigterm_app.py) queues events behind a 600 s
+``request_time_interval``, so nothing but the signal path can deliver them in time."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+from conftest import ACCOUNT_ID, SDK_KEY
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+APPS = os.path.join(REPO, "tests", "apps")
+
+
+def _env(receiver, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VWO_")}
+    env.update(VWO_ENDPOINT=receiver.url, VWO_ACCOUNT_ID=str(ACCOUNT_ID), VWO_SDK_KEY=SDK_KEY,
+               PYTHONPATH=os.pathsep.join([REPO, APPS, os.environ.get("PYTHONPATH", "")]), **extra)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited early: {proc.communicate()[1]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("server did not start listening")
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.0) -> str:
+    """Send ``sig`` and wait for the exit; stderr (stdout is kept in ``proc.out``)."""
+    proc.send_signal(sig)
+    try:
+        proc.out, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, stderr = proc.communicate()
+        raise AssertionError(f"did not exit within {timeout} s after signal {sig}: {stderr}") from None
+    return str(stderr)
+
+
+# -- plain Python ------------------------------------------------------------------------------
+
+def _plain(receiver, n: int, **env: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, os.path.join(APPS, "sigterm_app.py"), str(n)], env=_env(receiver, **env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.strip() == "ready", (line, proc.stderr.read() if proc.poll() is not None else "")
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_plain_python_delivers_the_queued_tail_then_dies_by_the_signal(receiver, sig):
+    proc = _plain(receiver, 250)  # 200 go out as two full batches, 50 wait on the 600 s timer
+    assert receiver.wait_for_events(200, timeout=10)
+    started = time.monotonic()
+    stderr = _stop(proc, sig)
+    took = time.monotonic() - started
+    assert len(receiver.events()) == 250, stderr
+    assert "FAILED" not in stderr
+    assert proc.returncode == -sig  # the signal still does what it would have done
+    assert took < 5 + 2  # bounded by shutdown_timeout (5 s in the app)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_an_app_handler_still_runs_and_decides(receiver, when):
+    """The app's own SIGTERM handler (a graceful stop) is neither swallowed nor replaced; the
+    app then ends normally and its queue is delivered at exit."""
+    proc = _plain(receiver, 250, APP_HANDLER=when)
+    assert receiver.wait_for_events(200, timeout=10)
+    stderr = _stop(proc)
+    out = proc.out
+    assert "app handler ran" in out and "app stopped" in out, (out, stderr)
+    assert proc.returncode == 0, stderr
+    assert len(receiver.events()) == 250, stderr
+
+
+def test_opt_out_leaves_signals_alone(receiver):
+    """VWO_SIGNALS=false: no handler; SIGTERM's default action ends the process at once."""
+    proc = _plain(receiver, 250, VWO_SIGNALS="false")
+    assert receiver.wait_for_events(200, timeout=10)
+    _stop(proc)
+    assert proc.returncode == -signal.SIGTERM
+    time.sleep(0.2)  # nothing is in flight: the 50 queued events were never sent
+    assert len(receiver.events()) == 200
+
+
+# -- servers -----------------------------------------------------------------------------------
+
+def _load(port: int, requests: int, per_request: int) -> set[int]:
+    """``requests`` GETs, each emitting ``per_request`` impressions; the worker pids that answered."""
+    pids: set[int] = set()
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        for i in range(k, requests, 4):
+            url = f"http://127.0.0.1:{port}/?user=r{i}&n={per_request}"
+            req = urllib.request.Request(url, headers={"Connection": "close"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                pid = json.loads(resp.read())["pid"]
+            with lock:
+                pids.add(pid)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return pids
+
+
+SERVERS = {
+    "uvicorn-1": lambda port: [sys.executable, "-m", "uvicorn", "--port", str(port), "--host", "127.0.0.1",
+                               "--workers", "1", "--app-dir", APPS, "sigterm_app:asgi"],
+    "uvicorn-2": lambda port: [sys.executable, "-m", "uvicorn", "--port", str(port), "--host", "127.0.0.1",
+                               "--workers", "2", "--app-dir", APPS, "sigterm_app:asgi"],
+    "gunicorn-sync": lambda port: [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}",
+                                   "--chdir", APPS, "sigterm_app:wsgi"],
+    "gunicorn-uvicorn": lambda port: [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}",
+                                      "-k", "uvicorn_worker.UvicornWorker", "--chdir", APPS, "sigterm_app:asgi"],
+    "hypercorn": lambda port: [sys.executable, "-m", "hypercorn", "-b", f"127.0.0.1:{port}", "--workers", "1",
+                               "--root-path", "", "sigterm_app:asgi"],
+}
+
+
+@pytest.mark.parametrize("server", list(SERVERS))
+def test_server_sigterm_delivers_every_event(receiver, server):
+    module = {"uvicorn": "uvicorn", "gunicorn": "gunicorn", "hypercorn": "hypercorn"}[server.split("-")[0]]
+    pytest.importorskip(module)
+    if server == "gunicorn-uvicorn":
+        pytest.importorskip("uvicorn_worker")
+    port = _free_port()
+    proc = subprocess.Popen(SERVERS[server](port), env=_env(receiver), cwd=APPS,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_listening(port, proc)
+        pids = _load(port, requests=40, per_request=3)  # 120 events: most wait on the timer
+    finally:
+        stderr = _stop(proc)
+    assert "FAILED" not in stderr, stderr
+    got = receiver.events()
+    assert len(got) == 120, (len(got), pids, stderr[-3000:])
+    assert len({(e["u"]) for e in got}) == 120  # each exactly once
