@@ -48,6 +48,7 @@ ACCOUNT_ID = 12345
 SDK_KEY = "bench-sdk-key-0123456789"
 EVENTS_PER_REQUEST = 100
 LATENCY = 0.02  # seconds the receiver holds each request in the "server across a network" run (2c)
+BURST_LATENCY = 0.1  # the burst rows' server: VWO across an ocean, so a burst outpaces delivery
 CAMPAIGN_ID, CAMPAIGN_KEY = 231, "bench-ab"
 VARIATION_ID = 2
 GOAL_ID, GOAL_KEY = 7, "purchase"
@@ -748,9 +749,110 @@ def task_stall(spec: dict) -> dict:
     return {"ours_us": ours, "stock_us": stock, "dropped": dropped, "reported_to_callback": drops[0]}
 
 
+class Urllib3Transport:
+    """The A/B's other side: a bare urllib3 ``PoolManager`` (no whole-request deadline), with
+    the same contract as ``vwo_otel.export.http.Transport`` (one try, no redirects, a bounded answer)."""
+
+    def __init__(self) -> None:
+        import urllib3
+
+        self._urllib3 = urllib3
+        self.pool = urllib3.PoolManager(maxsize=64, retries=False)
+
+    def request(self, method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float) -> Any:
+        from vwo_otel.export.http import MAX_ANSWER_BYTES, Reply
+
+        u3 = self._urllib3
+        response = self.pool.request(method, url, body=body, headers=headers, timeout=u3.Timeout(total=timeout),
+                                     retries=False, redirect=False, preload_content=False)
+        try:
+            data = response.read(MAX_ANSWER_BYTES)
+        finally:
+            response.release_conn()
+        return Reply(response.status, data.decode("utf-8", "replace"), response.headers)
+
+    def close(self) -> None:
+        self.pool.clear()
+
+
+def task_http(spec: dict) -> dict:
+    """Delivered events/s with the exporter's own ``http.client`` pool ("direct") or urllib3's
+    ``PoolManager`` ("urllib3") carrying the same batches: first emit -> all accepted."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from vwo_otel import VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor
+
+    rx = RX()
+    n = spec["n"]
+    exporter = VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=rx.url)
+    if spec["client"] == "urllib3":
+        exporter._transport = Urllib3Transport()  # type: ignore[assignment]  # the A/B's one swap
+    processor = VWOSpanProcessor(exporter, {"events_per_request": EVENTS_PER_REQUEST, "request_time_interval": 600},
+                                 max_queue_size=max(5000, n))
+    provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    events = VWOEvents(tracer_provider=provider)
+
+    def emit(user: str) -> None:
+        events.activate(CAMPAIGN_ID, VARIATION_ID, user)
+        events.track(CAMPAIGN_ID, VARIATION_ID, GOAL_ID, user)
+
+    rx.call("reset")
+    for user in users(EVENTS_PER_REQUEST, "warm"):
+        emit(user)
+    processor.force_flush(60_000)
+    if not rx.call("wait", 2 * EVENTS_PER_REQUEST, 30):
+        raise RuntimeError(f"warm-up events never arrived ({rx.call('count')})")
+    rx.call("reset")
+    latency = spec.get("latency", 0)
+    if latency:
+        rx.call("stall", latency)
+    gc.collect()
+    cpu = time.process_time()
+    start = emit_all(emit, users(n // 2), 1)
+    processor.force_flush(60_000)
+    ok = rx.call("wait", n, 60 + n / 1000)
+    end = time.perf_counter()
+    cpu = time.process_time() - cpu
+    delivered = rx.call("count")
+    if latency:
+        rx.call("clear")
+    dropped = sum(processor.stats()["dropped"].values())
+    provider.shutdown()
+    return {"ok": ok, "n": n, "delivered": delivered, "events_per_s": delivered / (end - start),
+            "cpu_us_per_event": cpu / max(delivered, 1) * 1e6, "dropped": dropped, "client": spec["client"]}
+
+def task_burst(spec: dict) -> dict:
+    """A backfill on the processor's defaults: ``n`` events (one activate per user) from
+    ``threads`` threads as fast as they go, to a server that answers ``BURST_LATENCY`` s late;
+    lost = emitted - delivered."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from vwo_otel import VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor
+
+    rx = RX()
+    rx.call("reset")
+    n, threads = spec["n"], spec["threads"]
+    processor = VWOSpanProcessor(VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=rx.url),
+                                 {"events_per_request": EVENTS_PER_REQUEST, "request_time_interval": 600})
+    provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    activate = VWOEvents(tracer_provider=provider).activate
+    rx.call("stall", BURST_LATENCY)
+    emit_all(lambda user: activate(CAMPAIGN_ID, VARIATION_ID, user), users(n, "burst"), threads)
+    flushed = processor.force_flush(60_000)
+    rx.call("wait", n, 60)
+    rx.call("clear")
+    delivered = rx.call("count")
+    dropped = processor.stats()["dropped"]
+    provider.shutdown()
+    return {"n": n, "threads": threads, "delivered": delivered, "lost": n - delivered, "dropped": dropped,
+            "flush_ok": flushed}
+
+
 TASKS: dict[str, Callable[[dict], dict]] = {
     "hot": task_hot, "e2e": task_e2e, "wire": task_wire, "memory": task_memory, "timer": task_timer,
-    "stall": task_stall, "spool": task_spool,
+    "stall": task_stall, "burst": task_burst, "spool": task_spool, "http": task_http,
 }
 
 
@@ -889,7 +991,7 @@ def machine() -> dict:
             "versions": versions}
 
 
-SECTIONS = ("hot", "e2e", "wire", "memory", "timer", "stall", "scale", "spool")
+SECTIONS = ("hot", "e2e", "wire", "memory", "timer", "stall", "scale", "spool", "http", "burst")
 
 
 def collect(orch: Orchestrator, only: set[str]) -> dict:
@@ -937,6 +1039,19 @@ def collect(orch: Orchestrator, only: set[str]) -> dict:
     if "spool" in only:
         log("8/8 the on-disk spool (off vs group commit vs per-event commit)...", flush=True)
         raw["spool"] = orch.one({"task": "spool", "n": cfg["hot_n"], "repeats": max(3, cfg["hot_repeats"] // 2)})
+    if "http" in only:
+        log("http client A/B (vwo_otel transport vs a bare urllib3 PoolManager, alternating)...", flush=True)
+        repeats = 1 if orch.mode == "quick" else max(3, cfg["latency_repeats"])
+        raw["http"] = {f"{client}_{ms}ms": [] for ms in (0, round(LATENCY * 1000)) for client in ("direct", "urllib3")}
+        for _ in range(repeats):
+            for latency, n in ((0, cfg["e2e_n"]), (LATENCY, cfg["latency_n"])):
+                for client in ("direct", "urllib3"):
+                    raw["http"][f"{client}_{round(latency * 1000)}ms"].append(
+                        orch.one({"task": "http", "client": client, "n": n, "latency": latency}))
+    if "burst" in only:
+        log("burst on defaults (20,000 events: 1 thread, 16 threads)...", flush=True)
+        n = 2000 if orch.mode == "quick" else 20_000
+        raw["burst"] = [orch.one({"task": "burst", "n": n, "threads": t}) for t in (1, 16)]
     orch.flush_batched()
     return resolve(raw)
 
@@ -1121,8 +1236,32 @@ def report(raw: dict, cfg: dict) -> tuple[list[dict], dict]:
                      "max_queue_size >= n, so a backlog that outruns the requests in flight stays in memory "
                      "(about 190 B/event) where the default 5000 would drop; the official SDK hands every batch "
                      "to a new thread at once")
+    def http_ab() -> None:
+        runs = {k: [_check(r, f"http {k}") for r in v] for k, v in raw["http"].items()}
+        for k, v in runs.items():
+            if any(not r["ok"] or r["dropped"] for r in v):
+                raise RuntimeError(f"http {k}: incomplete delivery")
+        for ms in (0, round(LATENCY * 1000)):
+            own, u3 = runs[f"direct_{ms}ms"], runs[f"urllib3_{ms}ms"]
+            ours, other = median([r["events_per_s"] for r in own]), median([r["events_per_s"] for r in u3])
+            row(f"H delivered events/s, vwo_otel transport vs bare urllib3, answer in {ms} ms ({own[0]['n']} events)",
+                ours, other, "events/s", "urllib3 >= 0.9x", other >= 0.9 * ours, fmt="{:,.0f}")
+            row("H   CPU per delivered event (client process)", median([r["cpu_us_per_event"] for r in own]),
+                median([r["cpu_us_per_event"] for r in u3]), "µs/event")
+        notes.append("H: the same pipeline (spans, 100 events per request) with the exporter's transport swapped; "
+                     "medians of alternating runs, each in a fresh worker; the rule: keep the own pool only if "
+                     "urllib3 costs more than 10 % of delivered events/s")
+
+    safe(http_ab, "H http client A/B", "http")
     section_of = {"1:": "hot_span", "2:": "e2e"}  # the method notes written up front; the others come with rows
     notes = [n for n in notes if section_of.get(n[:2], "") in raw or n[:2] not in section_of]
+    def burst() -> None:
+        for r in (_check(x, "burst") for x in raw["burst"]):
+            row(f"B burst on defaults, {r['n']:,} events from {r['threads']} thread(s), server "
+                f"{BURST_LATENCY * 1000:.0f} ms away: lost", r["lost"], None,
+                "events", "0", r["lost"] == 0, fmt="{:,.0f}")
+
+    safe(burst, "B burst", "burst")
     return rows, {"raw": raw, "notes": notes}
 
 

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -81,8 +82,9 @@ def test_receive_live_then_list_and_export(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 5 and out[-1].startswith("4 request(s), 3 accepted, 25 event(s) stored")
     assert main(["receive", "--db", str(db), "--list", "--json"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert len(out) == 5 and json.loads(out[-1])["events"] == 25 and json.loads(out[-1])["requests"] == 4
+    listed = json.loads(capsys.readouterr().out)  # one JSON document, nothing else
+    assert listed["summary"]["events"] == 25 and listed["summary"]["requests"] == 4
+    assert [r["n_events"] for r in listed["requests"]].count(10) == 2 and len(listed["requests"]) == 4
 
     assert main(["receive", "--db", str(db), "--export", "json"]) == 0
     captured = capsys.readouterr()
@@ -97,6 +99,21 @@ def test_receive_live_then_list_and_export(tmp_path, capsys):
 
     assert main(["receive", "--db", str(db), "--export", "jsonl"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 25
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "jsonl"])
+def test_receive_export_into_a_reader_that_stops_early(tmp_path, fmt):
+    """`receive --export ... | head`: the pipe breaks; that is not a database error."""
+    db = tmp_path / "rx.sqlite"
+    with Receiver(account_id=ACCOUNT_ID, sdk_key=SDK_KEY, db_path=str(db)) as rx:
+        event = {"u": "A" * 32, "sId": 1, "visitor_ua": "", "visitor_ip": "", "eT": 1, "e": 1, "c": 1}
+        body = json.dumps({"ev": [event] * 3000}).encode()  # exported, far more than a pipe buffer
+        req = urllib.request.Request(f"{rx.url}/server-side/batch-events?a={ACCOUNT_ID}&env={SDK_KEY}&sdk=t&sdk-v=1",
+                                     data=body, headers={"Authorization": SDK_KEY, "Content-Type": "application/json"})
+        assert urllib.request.urlopen(req, timeout=10).status == 200
+    piped = subprocess.run(f"'{sys.executable}' -m vwo_otel receive --db '{db}' --export {fmt} | head -c 10",
+                           shell=True, capture_output=True, text=True, timeout=30)
+    assert piped.stderr == "", piped.stderr
 
 
 def test_receive_stored_needs_a_db_file(tmp_path, capsys):

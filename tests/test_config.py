@@ -282,3 +282,16 @@ def test_repr_never_contains_sdk_key(build, exporter):
     for text in texts:
         assert secret not in text, text
     assert "12345" in repr(exporter)
+
+
+@pytest.mark.parametrize("callback", [lambda err: None, lambda: None, lambda err, events, extra: None],
+                         ids=["one-arg", "no-arg", "three-args"])
+def test_flush_callback_with_the_wrong_signature_is_refused_at_set_up(callback):
+    with pytest.raises(TypeError, match=r"batch_events\['flush_callback'\] must accept two arguments"):
+        BatchEvents(flush_callback=callback)
+
+
+@pytest.mark.parametrize("callback", [lambda err, events: None, lambda *args: None, print,
+                                      lambda err, events, extra=1: None])
+def test_flush_callback_signatures_that_take_err_and_events(callback):
+    assert BatchEvents(flush_callback=callback).flush_callback is callback

@@ -173,7 +173,7 @@ def test_a_conversion_evicts_the_newest_lower_priority_event(make):
     b.put(conv("c5"))  # only conversions left: dropped itself
     assert users(b.snapshot()) == ["c1", "c2", "c3", "c4"]
     assert b.dropped == {"queue_full": 5} and b.queue_size() == 4
-    assert b.flush(5) is True
+    assert b.flush(5) is False  # events emitted before the flush were dropped
     (err, evs), = [(e, v) for e, v in reports if isinstance(e, EventsDropped)]
     assert err.reason == "queue_full" and err.count == 5
     assert [e["u"] for e in evs] == ["i2", "i3", "d1", "i1", "c5"]
@@ -211,7 +211,7 @@ def test_batches_in_flight_are_never_evicted(make):
     b.put(conv("c2"))  # full, nothing evictable outside the request in flight
     assert b.dropped == {"queue_full": 2}
     gate.set()
-    assert b.flush(5) is True
+    assert b.flush(5) is False  # two events were dropped before the flush
     assert exporter.sent == [["i1", "i2"], ["c1"]]
 
 
@@ -241,7 +241,7 @@ def test_shutdown_in_two_halves(make):
     b.put(imp("a"))
     state = b.begin_shutdown(3.0)
     assert isinstance(state, ShutdownState) and state.threaded
-    assert exporter.hurried is not None and exporter.hurried < state.deadline
+    assert exporter.hurried == state.deadline  # no wait or request outlasts the deadline
     assert b.begin_shutdown(3.0) is None  # already shutting down
     assert b.finish_shutdown(state) is True
     assert exporter.sent == [["a"]] and exporter.closed

@@ -248,7 +248,7 @@ def test_malformed_span_is_skipped_with_log_and_batch_survives(pipeline, receive
     events.activate(2, 2, "Alice")  # 4 good events: a full batch
 
     assert receiver.wait_for_events(4, timeout=10)
-    assert processor.force_flush(10_000)
+    assert processor.force_flush(10_000) is False  # the malformed record was dropped
     evs = receiver.events()
     assert [ev["eT"] for ev in evs] == [1, 2, 3, 1]
     (req,) = receiver.requests()
@@ -268,7 +268,8 @@ def test_malformed_log_lines_are_rate_limited(pipeline, receiver, caplog):
     for _ in range(100):
         tracer.start_span("bad", attributes={A.EVENT_TYPE: 2, A.USER_ID: "u"}).end()
     events.activate(1, 1, "Varun")
-    _delivered(processor, receiver, 1)
+    assert processor.force_flush(10_000) is False  # the malformed records were dropped
+    assert receiver.wait_for_events(1, timeout=5)
     lines = [r for r in caplog.records if "malformed" in r.getMessage()]
     assert 1 <= len(lines) <= 2
 
@@ -316,3 +317,25 @@ def test_own_tracer_matches_vwo_events(pipeline, receiver):
     a, b = json.loads(a), json.loads(b)
     assert abs(a.pop("sId") - b.pop("sId")) <= 1
     assert a == b
+
+
+@pytest.mark.parametrize("call", [
+    lambda vwo: vwo.activate(1, 2, "user-\ud800"),
+    lambda vwo: vwo.push("u", {"plan": "pro-\udcff"}),
+    lambda vwo: vwo.track(1, 2, 3, "u", visitor_ua="UA \ud83d"),
+], ids=["user_id", "dimension value", "visitor_ua"])
+def test_lone_surrogate_is_refused_at_the_call(call):
+    """No UTF-8 request can carry a lone surrogate: refused at the call, naming the argument,
+    instead of failing the whole batch later on the delivery thread."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from vwo_otel import VWOExporter, VWOSpanProcessor
+
+    provider = TracerProvider(shutdown_on_exit=False)
+    processor = VWOSpanProcessor(VWOExporter(12345, "sdk-key-0123456789", endpoint="http://127.0.0.1:9"),
+                                 {"events_per_request": 10})
+    provider.add_span_processor(processor)
+    with pytest.raises(ValueError, match="lone surrogate"):
+        call(VWOEvents(tracer_provider=provider))
+    assert processor.stats()["queued"] == 0
+    processor.shutdown()

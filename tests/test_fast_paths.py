@@ -98,38 +98,3 @@ def test_plain_reads_bounded_attributes(attrs):
     bounded = BoundedAttributes(attributes=attrs)
     assert _plain(bounded) == attrs and type(_plain(bounded)) is dict
     assert _plain(attrs) is attrs and _plain(None) is None
-
-
-def test_session_environment_settings_match_requests(monkeypatch):
-    import requests
-
-    from vwo_otel.export import http as transport
-
-    monkeypatch.setattr(transport._Session, "ENV_TTL", 0.0)
-    url = "https://dev.visualwebsiteoptimizer.com/server-side/batch-events?a=1"
-    for env in ({}, {"HTTPS_PROXY": "http://proxy:3128"}, {"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "vwo.com"},
-                {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "dev.visualwebsiteoptimizer.com"},
-                {"REQUESTS_CA_BUNDLE": "/tmp/ca.pem"}):
-        for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
-                     "ALL_PROXY", "all_proxy"):
-            monkeypatch.delenv(name, raising=False)
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        ours = transport._Session().merge_environment_settings(url, {}, None, None, None)
-        theirs = requests.Session().merge_environment_settings(url, {}, None, None, None)
-        assert ours == theirs, env
-
-
-def test_session_environment_is_reread_after_ttl(monkeypatch):
-    from vwo_otel.export import http as transport
-
-    url = "https://dev.visualwebsiteoptimizer.com/x"
-    monkeypatch.delenv("https_proxy", raising=False)
-    monkeypatch.setenv("HTTPS_PROXY", "http://one:1")
-    session = transport._Session()
-    assert session.merge_environment_settings(url, {}, None, None, None)["proxies"]["https"] == "http://one:1"
-    monkeypatch.setenv("HTTPS_PROXY", "http://two:2")
-    session._env = {k: (0.0, v) for k, (_, v) in session._env.items()}  # as if ENV_TTL had passed
-    assert session.merge_environment_settings(url, {}, None, None, None)["proxies"]["https"] == "http://two:2"
-    explicit = session.merge_environment_settings(url, {"https": "http://mine:3"}, None, None, None)
-    assert explicit["proxies"]["https"] == "http://mine:3"

@@ -112,14 +112,14 @@ def test_retries_failures_and_status_codes(pipeline, reader, receiver, callbacks
     receiver.fail_next(2, status=503)
     emit(events, 10)  # a full batch: 503, 503, then 200
     assert callbacks.wait_for(lambda c: len(c) == 1)
-    receiver.fail_next(1, status=400)  # not retryable: the batch fails
+    receiver.fail_next(1, status=403)  # not retryable: the batch fails
     emit(events, 10)
     assert callbacks.wait_for(lambda c: len(c) == 2)
     got = points(reader)
     req = got["vwo.exporter.requests"]
     assert value(req, **{"vwo.request.outcome": "http_error", "http.response.status_code": 503,
                          "error.type": "503"}) == 2
-    assert value(req, **{"vwo.request.outcome": "http_error", "error.type": "400"}) == 1
+    assert value(req, **{"vwo.request.outcome": "http_error", "error.type": "403"}) == 1
     assert value(req, **{"vwo.request.outcome": "success"}) == 1
     assert hist(got["vwo.exporter.duration"])[0] == 4
     exported = got["otel.sdk.exporter.span.exported"]

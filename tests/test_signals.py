@@ -62,11 +62,30 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30
     return str(stderr)
 
 
+_started: list[subprocess.Popen] = []
+
+
+def _spawn(cmd: list[str], **kwargs) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    _started.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _no_strays():
+    """Kill what a failed test left running."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 # -- plain Python ------------------------------------------------------------------------------
 
 def _plain(receiver, n: int, **env: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, os.path.join(APPS, "sigterm_app.py"), str(n)], env=_env(receiver, **env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _spawn([sys.executable, os.path.join(APPS, "sigterm_app.py"), str(n)], env=_env(receiver, **env))
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.strip() == "ready", (line, proc.stderr.read() if proc.poll() is not None else "")
@@ -154,8 +173,7 @@ def test_server_sigterm_delivers_every_event(receiver, server):
     if server == "gunicorn-uvicorn":
         pytest.importorskip("uvicorn_worker")
     port = _free_port()
-    proc = subprocess.Popen(SERVERS[server](port), env=_env(receiver), cwd=APPS,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _spawn(SERVERS[server](port), env=_env(receiver), cwd=APPS)
     try:
         _wait_listening(port, proc)
         pids = _load(port, requests=40, per_request=3)  # 120 events: most wait on the timer

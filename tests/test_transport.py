@@ -153,25 +153,30 @@ def test_an_answer_sent_before_the_body_was_read_is_returned(how: str) -> None:
     """A server may refuse a body with 413 before reading it and close: the send then fails
     (broken pipe / reset), yet the 413 is what the exporter must see (it splits the batch)."""
     srv = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
 
     def serve() -> None:
-        conn, _ = srv.accept()
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += conn.recv(65536)
-        conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 7\r\n\r\ntoo big")
-        if how == "half-close":
-            conn.shutdown(socket.SHUT_WR)
-            time.sleep(0.5)
-        conn.close()
+        for answer in (b"413 Payload Too Large\r\nContent-Length: 7\r\n\r\ntoo big",
+                       b"200 OK\r\nContent-Length: 2\r\n\r\nok"):
+            conn, (_, port) = srv.accept()
+            accepted.append(port)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 " + answer)
+            if how == "half-close":
+                conn.shutdown(socket.SHUT_WR)
+                time.sleep(0.5)
+            conn.close()
 
     threading.Thread(target=serve, daemon=True).start()
     t = Transport()
+    url = f"http://127.0.0.1:{srv.getsockname()[1]}/server-side/batch-events"
     try:
-        reply = t.request("POST", f"http://127.0.0.1:{srv.getsockname()[1]}/server-side/batch-events",
-                          b"x" * (16 * 1024 * 1024), {"Content-Type": "application/json"}, 5)
+        reply = t.request("POST", url, b"x" * (16 * 1024 * 1024), {"Content-Type": "application/json"}, 5)
         assert (reply.status_code, reply.text) == (413, "too big")
-        assert t._idle == {} or all(not conns for conns in t._idle.values())  # that connection is not reused
+        reply = t.request("GET", url, None, {}, 5)  # that connection is not reused: a new one carries this
+        assert (reply.status_code, reply.text) == (200, "ok") and len(set(accepted)) == 2
     finally:
         srv.close()
         t.close()
@@ -291,3 +296,42 @@ def test_failures_through_a_proxy_are_transport_errors_too(monkeypatch) -> None:
             Transport().request("POST", "http://127.0.0.1:9/x", b"{}", {}, 0.2)
     finally:
         silent.close()
+
+
+@pytest.mark.parametrize("env", [
+    {}, {"HTTPS_PROXY": "http://proxy:3128"}, {"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "vwo.com"},
+    {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "dev.visualwebsiteoptimizer.com"}, {"ALL_PROXY": "http://all:2"},
+    {"REQUESTS_CA_BUNDLE": "/tmp/ca.pem"}, {"CURL_CA_BUNDLE": "/tmp/curl.pem"}])
+def test_the_environment_is_read_as_requests_reads_it(env: dict[str, str], monkeypatch) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    url = "https://dev.visualwebsiteoptimizer.com/server-side/batch-events?a=1"
+    theirs = requests.Session().merge_environment_settings(url, {}, None, None, None)
+    route = transport._route_from_env(url)
+    assert (route.proxy, route.verify) == (requests.utils.select_proxy(url, theirs["proxies"]), theirs["verify"])
+
+
+def test_a_changed_proxy_variable_is_picked_up(server: _Server, monkeypatch) -> None:
+    monkeypatch.setattr(transport, "ENV_TTL", 0.0)  # the environment read afresh for each request
+    proxy = _Proxy()
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    t = Transport()
+    try:
+        assert t.request("GET", f"http://{server.url}/direct?x=1", None, {}, 5).status_code == 200
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
+        assert t.request("GET", f"http://{server.url}/proxied?x=1", None, {}, 5).status_code == 200
+        assert proxy.lines == [f"GET http://{server.url}/proxied?x=1 HTTP/1.1"]
+        assert [x[0].split(" ")[1] for x in server.seen] == ["/direct?x=1", "/proxied?x=1"]
+    finally:
+        t.close()
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_a_missing_ca_bundle_fails_only_https(server: _Server, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "missing.pem"))
+    t = Transport()
+    assert t.request("GET", f"http://{server.url}/x", None, {}, 5).status_code == 200  # plain http loads no bundle
+    with pytest.raises(transport.ConnectionError, match="FileNotFoundError"):
+        t.request("GET", f"https://{server.url}/x", None, {}, 5)
+    t.close()

@@ -15,6 +15,10 @@ DIMENSION_KEY = "vwo.dimension.key"  #: str: custom dimension key (eT 3)
 DIMENSION_VALUE = "vwo.dimension.value"  #: str: custom dimension value (eT 3)
 VISITOR_UA = "vwo.visitor.user_agent"  #: str: visitor's user agent (optional)
 VISITOR_IP = "vwo.visitor.ip"  #: str: visitor's IP address (optional)
+#: str: VWO's visitor id ``u`` already computed (32 uppercase hex, as VWO's SDKs compute it), sent as
+#: is instead of hashing ``vwo.user_id``; needs ``vwo.account_id``, the account it was computed for.
+VISITOR_UUID = "vwo.visitor.uuid"
+ACCOUNT_ID = "vwo.account_id"  #: int: the VWO account the event belongs to (the gateway routes by it)
 
 VISITOR = 1
 GOAL = 2

@@ -87,6 +87,12 @@ SHUTDOWN_TIMEOUT = Range(0, low_open=True, unit="seconds")
 TIMEOUT = Range(0, low_open=True, unit="seconds")  # one HTTP request
 RETRY_BUDGET = Range(0, unit="seconds")
 MAX_PAYLOAD_BYTES = Range(1024, 10 * 1024 * 1024, integer=True)
+BLOCK_WHEN_FULL = Range(0, unit="seconds")  # how long an emitting thread may wait for room in a full queue
+#: The on-disk spool (``Spool``): group-commit interval, and how long / how much event data may
+#: wait on disk for VWO to answer again before it is reported failed.
+SPOOL_COMMIT_INTERVAL = Range(0, 60, unit="seconds")
+SPOOL_MAX_AGE = Range(60, 30 * 86400, unit="seconds")
+SPOOL_MAX_BYTES = Range(64 * 1024, 2**40, integer=True)
 
 
 def account_id(value: Any, name: str = "account_id") -> int:
@@ -144,6 +150,16 @@ def user_id(value: Any) -> str:
     if not value:
         raise ValueError("user_id must be a non-empty string")
     return text("user_id", value)
+
+
+_VISITOR_UUID = re.compile(r"[0-9A-F]{32}").fullmatch
+
+
+def visitor_uuid(value: Any, name: str = "vwo.visitor.uuid") -> str:
+    """VWO's visitor id ``u`` computed upstream: 32 uppercase hex characters (a uuid5 without dashes)."""
+    if type(value) is not str or not _VISITOR_UUID(value):
+        raise ValueError(f"{name} must be 32 uppercase hex characters (VWO's visitor uuid), got {value!r}")
+    return value
 
 
 def revenue(value: Any) -> float | None:

@@ -218,9 +218,12 @@ def _stored(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         receiver = Receiver(db_path=args.db)
         try:
             if args.list:
+                if args.json:  # one JSON document: the requests and the summary
+                    out.write(json.dumps({"requests": receiver.requests(), "summary": receiver.summary()}) + "\n")
+                    return 0
                 for r in receiver.requests():
                     out.write(_request_line(r) + "\n")
-                out.write(_summary_out(receiver.summary(), args.json) + "\n")
+                out.write(_summary_out(receiver.summary(), False) + "\n")
                 return 0
             events = receiver.events(with_raw=True)
             if args.output == "-":
@@ -233,8 +236,20 @@ def _stored(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return 0
         finally:
             receiver.close()
+    except BrokenPipeError:  # the reader stopped early (| head): nothing is wrong with the database
+        _quiet_stdout(out)
+        return 0
     except (OSError, sqlite3.Error) as exc:
         return _fail("receive", f"{args.db}: {exc}", err)
+
+
+def _quiet_stdout(out: TextIO) -> None:
+    """After a broken pipe on stdout, point it at /dev/null so the interpreter's final flush
+    does not complain as well."""
+    if out is sys.stdout:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _size(n: int) -> str:

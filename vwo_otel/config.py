@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,11 +32,25 @@ class BatchEvents:
         interval = checks.REQUEST_TIME_INTERVAL.check("batch_events['request_time_interval']",
                                                       self.request_time_interval)
         object.__setattr__(self, "request_time_interval", interval)
-        if self.flush_callback is not None and not callable(self.flush_callback):
-            raise TypeError(
-                "batch_events['flush_callback'] must be callable(err, events), "
-                f"got {type(self.flush_callback).__name__}"
-            )
+        if self.flush_callback is not None:
+            _check_callback(self.flush_callback)
+
+
+def _check_callback(callback: Any) -> None:
+    """``flush_callback`` must take ``(err, events)``: a wrong signature is refused here, at
+    set-up, instead of failing on every batch on the callback thread."""
+    name = "batch_events['flush_callback']"
+    if not callable(callback):
+        raise TypeError(f"{name} must be callable(err, events), got {type(callback).__name__}")
+    try:
+        signature = inspect.signature(callback)
+    except (TypeError, ValueError):  # some builtins have none: nothing to check
+        return
+    try:
+        signature.bind(None, [])
+    except TypeError:
+        raise TypeError(f"{name} must accept two arguments (err, events), but its signature is "
+                        f"{getattr(callback, '__name__', type(callback).__name__)}{signature}") from None
 
 
 BatchEventsLike = BatchEvents | Mapping[str, Any] | None

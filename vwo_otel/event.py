@@ -36,7 +36,7 @@ class VWOEvent:
 
     __slots__ = (
         "etype", "user_id", "time", "campaign_id", "variation_id", "goal_id",
-        "revenue", "key", "value", "visitor_ua", "visitor_ip",
+        "revenue", "key", "value", "visitor_ua", "visitor_ip", "account_id", "visitor_uuid",
     )
 
     def __init__(
@@ -52,6 +52,8 @@ class VWOEvent:
         value: str | None = None,
         visitor_ua: str = "",
         visitor_ip: str = "",
+        account_id: int | None = None,
+        visitor_uuid: str | None = None,
     ) -> None:
         self.etype = etype
         self.user_id = user_id
@@ -64,6 +66,10 @@ class VWOEvent:
         self.value = value
         self.visitor_ua = visitor_ua
         self.visitor_ip = visitor_ip
+        #: VWO's visitor id computed upstream (``vwo.visitor.uuid``), sent instead of hashing
+        #: ``user_id`` (then ""); ``account_id`` is the account it was computed for. Both None otherwise.
+        self.account_id = account_id
+        self.visitor_uuid = visitor_uuid
 
     def fields(self) -> dict[str, Any]:
         """The record as a plain dict (the spool's row, a report about an event that cannot be encoded)."""
@@ -144,7 +150,8 @@ def from_attributes(attrs: Mapping[str, Any], time_ns: int | None) -> VWOEvent:
         if isinstance(etype, bool) or not isinstance(etype, int) or etype not in _TYPES:
             raise ValueError(f"{A.EVENT_TYPE} must be the int 1, 2 or 3, got {etype!r}")  # not 1.0, not True
         etype = int(etype)
-        user_id = checks.user_id(user_id)
+        account, visitor = _precomputed(get)
+        user_id = checks.user_id(user_id) if visitor is None else ""
         ua = checks.text(A.VISITOR_UA, get(A.VISITOR_UA))
         ip = checks.text(A.VISITOR_IP, get(A.VISITOR_IP))
         if etype == A.CUSTOM_DIMENSION:
@@ -153,11 +160,26 @@ def from_attributes(attrs: Mapping[str, Any], time_ns: int | None) -> VWOEvent:
                 raise TypeError(f"{A.DIMENSION_KEY} must be a non-empty str, got {key!r}")
             return VWOEvent(etype, user_id, seconds, key=checks.text(A.DIMENSION_KEY, key),
                             value=checks.dimension_value(A.DIMENSION_VALUE, value),
-                            visitor_ua=ua, visitor_ip=ip)
+                            visitor_ua=ua, visitor_ip=ip, account_id=account, visitor_uuid=visitor)
         ids = [checks.event_id(k, get(k)) for k in _INT_KEYS[etype]]
         if etype == A.VISITOR:
-            return VWOEvent(etype, user_id, seconds, ids[0], ids[1], visitor_ua=ua, visitor_ip=ip)
+            return VWOEvent(etype, user_id, seconds, ids[0], ids[1], visitor_ua=ua, visitor_ip=ip,
+                            account_id=account, visitor_uuid=visitor)
         revenue = checks.revenue(get(A.REVENUE))
-        return VWOEvent(etype, user_id, seconds, ids[0], ids[1], ids[2], revenue, visitor_ua=ua, visitor_ip=ip)
+        return VWOEvent(etype, user_id, seconds, ids[0], ids[1], ids[2], revenue, visitor_ua=ua, visitor_ip=ip,
+                        account_id=account, visitor_uuid=visitor)
     except (TypeError, ValueError) as exc:
         raise MalformedEvent(str(exc)) from None
+
+
+def _precomputed(get: Callable[[str], Any]) -> tuple[int | None, str | None]:
+    """(account id, visitor uuid) of an event whose visitor id was computed upstream
+    (``vwo.visitor.uuid``, with the ``vwo.account_id`` it belongs to); (None, None) otherwise.
+    Such events (an instrumented VWO SDK's) lack ``vwo.user_id``, so they never reach the fast path."""
+    visitor = get(A.VISITOR_UUID)
+    if visitor is None:
+        return None, None
+    account = get(A.ACCOUNT_ID)
+    if account is None:
+        raise ValueError(f"{A.VISITOR_UUID} needs {A.ACCOUNT_ID}, the account it was computed for")
+    return checks.account_id(account, A.ACCOUNT_ID), checks.visitor_uuid(visitor, A.VISITOR_UUID)

@@ -29,7 +29,13 @@ class ProcessorStats(TypedDict):
 
 
 class VWOProcessor:
-    """What the span and log-record processors share: config, batching and flushing."""
+    """What the span and log-record processors share: config, batching and flushing.
+
+    ``max_queue_size`` bounds the events held (about 250 B each: the default 100,000 is
+    about 25 MB). ``block_when_full`` (seconds, default 0) lets an emitting thread wait that
+    long for room when the queue is full before the event is dropped: for backfills and
+    batch jobs that emit faster than VWO takes events.
+    """
 
     _signal: Signal = "span"
 
@@ -37,6 +43,7 @@ class VWOProcessor:
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
                  shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
                  max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
+                 block_when_full: float = 0.0,
                  spool: str | os.PathLike[str] | Spool | None = None,
                  meter_provider: MeterProvider | None = None) -> None:
         if not isinstance(exporter, VWOExporter):
@@ -45,9 +52,10 @@ class VWOProcessor:
             raise TypeError(f"meter_provider must be a MeterProvider, got {type(meter_provider).__name__}")
         self._batcher = Batcher(exporter, parse_batch_events(batch_events),
                                 max_queue_size=max_queue_size, shutdown_timeout=shutdown_timeout,
-                                max_concurrent_requests=max_concurrent_requests,
+                                max_concurrent_requests=max_concurrent_requests, block_when_full=block_when_full,
                                 spool=spool if spool is None or isinstance(spool, Spool) else Spool(spool))
         self._put = self._batcher.put
+        self._account_id = exporter.account_id  # events the instrumented VWO SDK tags for another account pass by
         #: Delivery metrics (``vwo_otel.metrics``), only when a ``meter_provider`` is given.
         self.metrics = None if meter_provider is None else DeliveryMetrics(meter_provider, self._batcher, self._signal)
 
@@ -65,17 +73,20 @@ class VWOProcessor:
 
     def flush_events(self, mode: str | None = "sync") -> bool | None:
         """Send everything queued now, whatever the batch settings, and clear the timer.
-        ``"sync"`` returns after the callbacks ran, with True if all of it was delivered;
-        ``"async"`` starts the same flush and returns None at once."""
+        ``"sync"`` returns after the callbacks ran, with True only if every event emitted
+        before the call was delivered (False if one failed or was dropped, e.g. ``queue_full``,
+        since the last flush that returned False for it); ``"async"`` starts the same flush
+        and returns None at once."""
         if mode is None or mode == "sync":  # VWO: "defaults to 'sync'" (its Flask example may pass None)
             return self._batcher.flush(None)
         if mode == "async":
-            self._batcher.flush(0)
+            self._batcher.flush_async()
             return None
         raise ValueError(f"flush_events mode must be 'sync' or 'async', got {mode!r}")
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Deliver what is queued within ``timeout_millis``; False if time ran out or delivery failed."""
+        """Deliver what is queued within ``timeout_millis``; False if time ran out, or an event
+        emitted before the call failed or was dropped (as for ``flush_events``)."""
         return self._batcher.flush(max(0.0, timeout_millis / 1000.0))
 
     def shutdown(self) -> None:
@@ -105,7 +116,7 @@ class VWOSpanProcessor(VWOProcessor, SpanProcessor):
             # counted, logged (rate-limited) and reported to flush_callback as EventsDropped("malformed")
             self._batcher.malformed(span.attributes or {}, str(exc))
             return
-        if event is not None:
+        if event is not None and (event.account_id is None or event.account_id == self._account_id):
             self._put(event)
 
 
@@ -120,5 +131,5 @@ class VWOLogRecordProcessor(VWOProcessor, LogRecordProcessor):
         except MalformedEvent as exc:
             self._batcher.malformed(log_record.log_record.attributes or {}, str(exc))  # as in on_end
             return
-        if event is not None:
+        if event is not None and (event.account_id is None or event.account_id == self._account_id):
             self._put(event)

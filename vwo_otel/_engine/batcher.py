@@ -10,7 +10,9 @@ Up to ``max_concurrent_requests`` batches are in flight at once, so a server far
 may then arrive, and their callbacks run, in another order than they were cut.
 
 When the backlog (``max_queue_size``) is full, an incoming event takes the place of the
-newest queued event of a strictly lower ``event.DROP_PRIORITY``, or is dropped itself.
+newest queued event of a strictly lower ``event.DROP_PRIORITY``, or is dropped itself. With
+``block_when_full`` > 0 the emitting thread first waits up to that many seconds for room
+(never a delivery or callback thread, never after shutdown).
 """
 
 from __future__ import annotations
@@ -26,16 +28,19 @@ from typing import Any
 
 from .. import checks
 from ..config import BatchEvents
-from ..errors import Outcome, VWODeliveryError
+from ..errors import HTTPStatusError, NetworkError, Outcome, VWODeliveryError
 from ..event import DROP_PRIORITY, VWOEvent
 from ..export.exporter import VWOExporter
 from . import lifecycle
 from .settle import FlushTicket, Notifier
-from .spool import Orphan, Spool
+from .spool import Orphan, Spool, SpooledEvent
 
 logger = logging.getLogger("vwo_otel")
 
-DEFAULT_MAX_QUEUE_SIZE = 5000
+#: Sized by memory: a queued event holds about 250 B (tracemalloc, activate/track/push with a
+#: 13-character user id), so a full default backlog is about 25 MB and absorbs a burst of
+#: 10^5 events emitted faster than they can be sent.
+DEFAULT_MAX_QUEUE_SIZE = 100_000
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 DEFAULT_MAX_CONCURRENT_REQUESTS = 4
 #: An ``EventsDropped`` report lists up to max(max_queue_size, this) events; beyond, it counts.
@@ -77,6 +82,7 @@ class QueueSnapshot:
     in_flight: int  # batches being sent
     held: int  # events held: pending + ready + in flight (``queue_size()``)
     results_waiting: int  # settled events whose results still wait for flush_callback
+    emitters_waiting: int = 0  # emitting threads waiting for room in a full queue (block_when_full)
 
 
 class Batcher:
@@ -87,8 +93,10 @@ class Batcher:
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
                  shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, spool: Spool | None = None,
                  max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 block_when_full: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_queue_size = checks.MAX_QUEUE_SIZE.check("max_queue_size", max_queue_size)
+        #: Seconds an emitting thread may wait for room in a full backlog (0: drop at once).
+        self.block_when_full = checks.BLOCK_WHEN_FULL.check("block_when_full", block_when_full)
         self.shutdown_timeout = checks.SHUTDOWN_TIMEOUT.check("shutdown_timeout", shutdown_timeout)
         self.max_concurrent_requests = checks.MAX_CONCURRENT_REQUESTS.check(
             "max_concurrent_requests", max_concurrent_requests)
@@ -110,6 +118,8 @@ class Batcher:
     def _reset(self) -> None:
         self._lock = threading.Lock()  # ``put`` takes it directly: cheaper than entering the Condition
         self._cond = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)  # emitting threads waiting for room (block_when_full)
+        self._blocked = 0  # how many wait on it
         self._pending: list[VWOEvent] = []
         self._deadline = math.inf  # when the oldest pending event is due
         self._ready: deque[Batch] = deque()
@@ -144,7 +154,7 @@ class Batcher:
         """What the queue holds now, consistently (under the lock)."""
         with self._lock:
             return QueueSnapshot(tuple(self._pending), self._deadline, len(self._ready), len(self._inflight),
-                                 self._size, self._notifier.results_waiting)
+                                 self._size, self._notifier.results_waiting, self._blocked)
 
     # -- the emitting thread's side (hot path) ---------------------------------------
     def put(self, event: VWOEvent, queued_at: float | None = None) -> None:
@@ -152,6 +162,9 @@ class Batcher:
         ``queued_at`` (replay only) keeps a replayed event's original time in the spool."""
         with self._lock:
             if self._size < self.max_queue_size and not self._closed:
+                self._append(event, queued_at)
+                return
+            if self.block_when_full and self._wait_for_room():
                 self._append(event, queued_at)
                 return
             reason = "already_shutdown" if self._closed else "queue_full"
@@ -164,6 +177,28 @@ class Batcher:
         if self.spool is not None and victim is not event:  # the refused event never reached the spool
             self.spool.ack([victim])
         self._notifier.dropped(reason, [victim])  # outside the lock: may run the callback inline
+
+    def _wait_for_room(self) -> bool:
+        """Backlog full (lock held): wait up to ``block_when_full`` seconds for room; True if
+        there is room. Not on the engine's own threads (they make the room) nor after shutdown."""
+        me = threading.current_thread()
+        if self._closed or me in self._workers or self._notifier.runs_callbacks(me):
+            return False
+        if self._pending:  # nothing may be due yet: send what waits for the count or age trigger now
+            self._cut()
+            self._start_worker()
+            self._cond.notify()
+        deadline = time.monotonic() + self.block_when_full
+        self._blocked += 1
+        try:
+            while self._size >= self.max_queue_size and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._room.wait(left)
+        finally:
+            self._blocked -= 1
+        return not self._closed
 
     def _append(self, event: VWOEvent, queued_at: float | None = None) -> None:
         pending = self._pending
@@ -206,27 +241,74 @@ class Batcher:
         raise AssertionError("queued counts out of step with the queue")  # pragma: no cover
 
     def _replay(self, spool: Spool) -> None:
-        """Queue the events of dead processes' spool files, oldest first; events already
-        ``request_time_interval`` old go out at once, younger ones when they come due."""
-        orphans: list[Orphan] = spool.adopt()
-        events = sorted((item for o in orphans for item in o.events), key=lambda item: item.queued_at)
-        for item in events:
-            self.put(item.event, item.queued_at)
-        if events:
-            with self._cond:
-                if self._pending:
-                    waiting = {id(ev) for ev in self._pending}
-                    age = time.time() - min(item.queued_at for item in events if id(item.event) in waiting)
-                    self._deadline = self._clock() + max(0.0, self.interval - age)
-                    self._cond.notify()
-            logger.info("vwo_otel: replaying %d event(s) from %d spool file(s) in %s",
-                        len(events), len(orphans), spool.directory)
-        if not spool.commit():  # our copies must be durable before the old files go
-            for orphan in orphans:
-                orphan.unlock()  # left for a later start
-            return
+        """Take over the events of dead processes' spool files, oldest first: into our file
+        first, then into the queue as room allows (the rest wait on disk, parked). Events
+        already ``request_time_interval`` old go out at once, younger ones when they come due.
+        A batcher shutting down adopts nothing; nothing here stops the app from starting."""
+        try:
+            with spool.replaying:
+                if not self._closed:
+                    self._take_over(spool, spool.adopt())
+        except Exception:
+            logger.exception("vwo_otel: replay of the spool files in %s failed; the app goes on", spool.directory)
+
+    def _take_over(self, spool: Spool, orphans: list[Orphan]) -> None:
+        items = sorted((item for o in orphans for item in o.events), key=lambda item: item.queued_at)
+        with self._cond:
+            if self._closed or (items and not spool.take_over(items)):
+                for orphan in orphans:
+                    orphan.unlock()  # left on disk for a later start
+                return
+            room = max(0, self.max_queue_size - self._size)
+            for item in items[:room]:
+                self._append(item.event, item.queued_at)
+            self._replay_deadline(items[:room])
+        if items[room:]:
+            spool.park([item.event for item in items[room:]])  # replayed: younger than max_age or not, they get a try
+            self._retry_parked_later()
         for orphan in orphans:
             orphan.release()
+        if items:
+            logger.info("vwo_otel: replaying %d event(s) from %d spool file(s) in %s",
+                        len(items), len(orphans), spool.directory)
+
+    def _replay_deadline(self, items: list[SpooledEvent]) -> None:
+        """Lock held: pending replayed events are due ``request_time_interval`` after they were first queued."""
+        if self._pending and items:
+            waiting = {id(ev) for ev in self._pending}
+            queued = [item.queued_at for item in items if id(item.event) in waiting]
+            if queued:
+                age = time.time() - min(queued)
+                self._deadline = self._clock() + max(0.0, self.interval - age)
+                self._cond.notify()
+
+    def _retry_parked_later(self) -> None:
+        """Parked events go back in the queue after the exporter's backoff for this round."""
+        if self.spool is not None and self.spool.parked():
+            self.spool.retry_later(self.exporter.retry.backoff, lambda: self._unpark(probe=True))
+
+    def _unpark(self, probe: bool) -> None:
+        """Parked events back in the queue, as room allows; ``probe``: one batch only (VWO may
+        still be down), after which an accepted request brings the rest."""
+        spool = self.spool
+        if spool is None:
+            return
+        try:
+            with self._cond:
+                if self._closed:
+                    return
+                room = max(0, self.max_queue_size - self._size)
+                events = spool.unpark(min(room, self.events_per_request) if probe else room)
+                for ev in events:
+                    self._append(ev, 0.0)  # keeps its row
+                if self._pending:
+                    self._cut()
+                if self._ready:
+                    self._start_worker()
+                    self._cond.notify_all()
+            self._retry_parked_later()
+        except Exception:  # pragma: no cover - a timer thread must not die silently
+            logger.exception("vwo_otel: could not queue parked events again; they stay on disk")
 
     # -- flushing ----------------------------------------------------------------------
     def flush(self, timeout: float | None) -> bool:
@@ -237,6 +319,12 @@ class Batcher:
         if not threaded:
             self._drain_inline(time.monotonic() + (math.inf if timeout is None else timeout))
         return ticket.wait(timeout)
+
+    def flush_async(self) -> None:
+        """Cut what is queued now and wake the delivery threads; returns at once. Nobody hears
+        this flush's result, so drops before it still make the next waited-for flush False."""
+        with self._cond:
+            self._cut_all()
 
     def _cut_all(self) -> tuple[FlushTicket, bool]:
         """Lock held: cut what is pending, take a ticket for everything cut so far and wake
@@ -269,11 +357,14 @@ class Batcher:
             if self._closed:
                 return None
             self._closed = True
+            self._room.notify_all()  # emitting threads waiting for room stop waiting: their events are refused
             ticket, threaded = self._cut_all()
         timeout = self.shutdown_timeout if timeout is None else max(0.0, timeout)
         deadline = time.monotonic() + timeout
-        # Delivery stops a little early so the report of what is left reaches flush_callback in time.
-        self.exporter.hurry(deadline - min(0.25, timeout / 10))
+        # No retry wait or request outlasts the deadline. What is still in flight when the report
+        # is made (a little earlier, so it reaches flush_callback in time) is reported as
+        # shutdown_in_flight; its late answer is only logged.
+        self.exporter.hurry(deadline)
         return ShutdownState(deadline, ticket, threaded)
 
     def finish_shutdown(self, state: ShutdownState) -> bool:
@@ -300,10 +391,7 @@ class Batcher:
                         self.dropped[reason] = self.dropped.get(reason, 0) + n
             self._cond.notify_all()
             workers = list(self._workers)
-        if (left or inflight) and self.spool is not None:
-            logger.warning("vwo_otel: %d undelivered event(s) stay in the spool %s for the next start",
-                           len(left) + len(inflight), self.spool.path)
-        else:
+        if self.spool is None:
             if inflight:
                 self._notifier.dropped("shutdown_in_flight", inflight,
                                        "request unanswered at the shutdown deadline; VWO may or may not have it")
@@ -314,11 +402,32 @@ class Batcher:
         for worker in workers:
             if worker is not threading.current_thread():
                 worker.join(max(0.0, report_at - time.monotonic()))
-        self._notifier.close(max(0.0, deadline - time.monotonic()))
+        settled = True
         if self.spool is not None:
-            self.spool.close()
+            settled = self._close_spool(self.spool, inflight)
+        self._notifier.close(max(0.0, deadline - time.monotonic()))
         self.exporter.shutdown()
-        return ok and not left and not inflight
+        return ok and settled and not left and not inflight
+
+    def _close_spool(self, spool: Spool, inflight: list[VWOEvent]) -> bool:
+        """Close the spool and say truthfully what it kept; report what the disk never took.
+        True if nothing was left undelivered."""
+        closed = spool.close()
+        if closed.kept:
+            logger.warning("vwo_otel: %d undelivered event(s) stay in the spool file %s for the next start",
+                           closed.kept, spool.path)
+        if closed.resent:
+            logger.warning("vwo_otel: %d settled event(s) could not be removed from the spool file %s (%s); the "
+                           "next start sends them again", closed.resent, spool.path, closed.error)
+        if closed.lost:
+            ids = {id(ev) for ev in inflight}
+            note = f"undelivered at shutdown and the spool could not keep them ({closed.error})"
+            for reason, group in (("shutdown_in_flight", [ev for ev in closed.lost if id(ev) in ids]),
+                                  ("shutdown_timeout", [ev for ev in closed.lost if id(ev) not in ids])):
+                if group:
+                    self.dropped[reason] = self.dropped.get(reason, 0) + len(group)
+                    self._notifier.dropped(reason, group, note)
+        return not closed.kept and not closed.lost
 
     # -- the delivery thread -----------------------------------------------------------
     def _start_worker(self) -> bool:
@@ -377,24 +486,72 @@ class Batcher:
 
     def _deliver(self, batch: Batch) -> None:
         events = batch.events
+        kept = 0
         try:
             outcomes = self._send(events)
         except Exception as exc:  # a bug or odd input must not kill the delivery thread
             outcomes = self._salvage(events, exc)
+            if self.spool is not None:
+                self.spool.ack(events)
+        else:
+            if self.spool is not None:
+                outcomes, kept = self._settle_on_disk(self.spool, events, outcomes)
         delivered = sum(len(o.events) for o in outcomes if o.ok)
         with self._cond:
             mine = self._inflight.pop(batch.seq, None) is not None
             if mine:
                 self._size -= len(events)
                 self.counts["delivered"] += delivered
-                self.counts["failed"] += len(events) - delivered
+                self.counts["failed"] += len(events) - delivered - kept
+                if self._blocked:
+                    self._room.notify_all()
         if not mine:  # already reported as shutdown_in_flight when shutdown's deadline passed
             logger.info("vwo_otel: a request unanswered at the shutdown deadline finished late: "
                         "%d of %d event(s) delivered", delivered, len(events))
             return
-        if self.spool is not None:
-            self.spool.ack(events)
-        self._notifier.settled(batch.seq, outcomes)
+        if kept and not outcomes:
+            self._notifier.abandon(batch.seq, batch.seq)  # nothing to report; waiting flushes see it undelivered
+        else:
+            self._notifier.settled(batch.seq, outcomes, kept)
+
+    def _transient(self, error: VWODeliveryError) -> bool:
+        """A failure that a later try may get past (no answer, 408, 429, 5xx)."""
+        return isinstance(error, NetworkError) or (
+            isinstance(error, HTTPStatusError) and self.exporter.retry.is_retryable(error.status))
+
+    def _settle_on_disk(self, spool: Spool, events: list[VWOEvent],
+                        outcomes: list[Outcome]) -> tuple[list[Outcome], int]:
+        """With a spool: delivered events leave the disk; events that failed transiently stay
+        on disk (parked) unless the spool's policy refuses them; failed events are reported
+        only once off the disk. Returns the outcomes to report and how many events stay on disk."""
+        if sum(len(o.events) for o in outcomes) != len(events):  # pragma: no cover - outcomes cover the batch
+            spool.ack(events)
+            return outcomes, 0
+        report: list[Outcome] = []
+        kept = 0
+        i = 0
+        for o in outcomes:
+            mine = events[i:i + len(o.events)]
+            i += len(o.events)
+            if o.error is None:
+                spool.ack(mine)
+                report.append(o)
+                continue
+            failed = mine
+            if self._transient(o.error):
+                failed = spool.park(mine)
+                if len(failed) < len(mine):
+                    self._retry_parked_later()
+                if failed:
+                    o.error.args = (f"{o.error.args[0]} (past the spool's max_age or max_bytes)",)
+            reportable = spool.forget_failed(failed) if failed else []
+            kept += len(mine) - len(reportable)
+            if reportable:
+                report.append(o if len(reportable) == len(mine) else Outcome(o.error, self.exporter.encode(reportable)))
+        if kept < len(events) and spool.parked() and any(o.ok for o in outcomes):
+            spool.accepted()
+            self._unpark(probe=False)  # VWO answers again: what waits on disk goes now
+        return report, kept
 
     def _send(self, batch: list[VWOEvent]) -> list[Outcome]:
         if self.realtime:

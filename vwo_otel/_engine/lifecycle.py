@@ -24,14 +24,26 @@ import logging
 import os
 import weakref
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .batcher import Batcher, ShutdownState
+from typing import Any, Protocol
 
 from . import signals
 
 logger = logging.getLogger("vwo_otel")
+
+
+class Batcher(Protocol):
+    """What the lifecycle needs of an engine (``batcher.Batcher``): a two-step shutdown, so at
+    exit every engine drains in parallel, and a fresh start in a forked child."""
+
+    shutdown_timeout: float
+
+    def begin_shutdown(self, timeout: float | None = None) -> Any: ...
+
+    def finish_shutdown(self, state: Any) -> bool: ...
+
+    def after_fork(self) -> None: ...
+
+
 _live: weakref.WeakSet[Batcher] = weakref.WeakSet()
 
 
@@ -52,7 +64,7 @@ def _longest_timeout() -> float:
 def shutdown_all(timeout: float | None = None, batchers: Iterable[Batcher] | None = None) -> bool:
     """Shut down ``batchers`` (default: every live one), each within ``timeout`` (default its
     own ``shutdown_timeout``), in parallel; True if everything queued was delivered."""
-    started: list[tuple[Batcher, ShutdownState]] = []
+    started: list[tuple[Batcher, Any]] = []
     for batcher in list(_live if batchers is None else batchers):
         try:
             state = batcher.begin_shutdown(timeout)

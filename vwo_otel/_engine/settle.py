@@ -6,6 +6,10 @@ the callback thread, so a stuck callback cannot hide them), through ``LogLimiter
 most one warning per kind every ``LOG_INTERVAL`` seconds, with what was held back summed
 into the next one, so a long outage or a full queue cannot flood the log. Drops reach the
 callback coalesced, at most one ``EventsDropped`` per reason every ``DROP_REPORT_DELAY``.
+
+No result is ever skipped: when the callback falls behind by ``MAX_HELD_RESULTS`` events,
+the delivery threads wait for it (backpressure), the queue fills, and the queue's bound
+then drops new events upstream, each drop reported.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ logger = logging.getLogger("vwo_otel")
 LOG_INTERVAL = 10.0
 #: Drops are gathered this long (from the first) into one ``EventsDropped`` per reason.
 DROP_REPORT_DELAY = 0.5
-#: Results (events) held for a callback that is not keeping up; past this the oldest are
-#: skipped (logged, rate-limited) so a stuck callback cannot grow memory without bound.
-MAX_HELD_RESULTS = 100_000
+#: Results (events, about 450 B each as wire dicts) that may wait for a callback that is not
+#: keeping up; past this, delivery threads wait until the callback catches up (internal; tests
+#: lower it). A flush asked for from inside the callback lifts the wait, so it cannot deadlock.
+MAX_HELD_RESULTS = 50_000
 
 
 @dataclass(slots=True)
@@ -83,18 +88,26 @@ class LogLimiter:
 
 class FlushTicket:
     """One waiting flush: done once every batch up to ``target`` has been settled (its
-    callbacks ran), or only delivered when the flush was asked for from inside a callback."""
+    callbacks ran), or only delivered when the flush was asked for from inside a callback.
+    ``ok`` is already False at the start when events were dropped that no earlier flush
+    has answered False for (``drops``: the drop count it covers)."""
 
-    __slots__ = ("start", "target", "ok", "done", "delivery_only")
+    __slots__ = ("start", "target", "ok", "done", "delivery_only", "drops", "_told")
 
-    def __init__(self, start: int, target: int) -> None:
+    def __init__(self, start: int, target: int, drops: int, told: Callable[[int], None]) -> None:
         self.start, self.target, self.ok = start, target, True
         self.done = threading.Event()
         self.delivery_only = False
+        self.drops = drops
+        self._told = told
 
     def wait(self, timeout: float | None) -> bool:
-        """True when everything it covered was delivered within ``timeout`` seconds."""
-        return self.done.wait(None if timeout is None else min(timeout, threading.TIMEOUT_MAX)) and self.ok
+        """True when everything it covered was delivered within ``timeout`` seconds (and
+        nothing emitted before it was dropped)."""
+        done = self.done.wait(None if timeout is None else min(timeout, threading.TIMEOUT_MAX))
+        if done and not self.ok:
+            self._told(self.drops)  # its caller now knows of these drops: later flushes need not repeat them
+        return done and self.ok
 
 
 class Watermark:
@@ -123,12 +136,13 @@ class Watermark:
 @dataclass(slots=True)
 class _Settled:
     """Batches ``first``..``last`` settled together (``ok`` if all were delivered); their
-    callbacks run with ``outcomes`` (none for batches abandoned at shutdown)."""
+    callbacks run with ``outcomes`` (none for batches abandoned at shutdown), taken from the
+    front as each is handed over."""
 
     first: int
     last: int
     ok: bool
-    outcomes: list[Outcome]
+    outcomes: deque[Outcome]
 
     def events(self) -> int:
         return sum(len(o.events) for o in self.outcomes)
@@ -155,11 +169,15 @@ class Notifier:
 
     def after_fork(self) -> None:
         """Fresh state (also used in a forked child: the parent's results are the parent's)."""
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # the callback thread waits on it
+        self._room = threading.Condition(lock)  # delivery threads wait on it while results pile up
         self._items: deque[_Settled] = deque()
         self._held = 0  # events in self._items
         self._drops: dict[str, _Drops] = {}  # by reason
         self._drops_due = math.inf  # when the gathered drops are reported
+        self._dropped_total = 0  # events dropped so far (any reason)
+        self._dropped_told = 0  # of those, how many a finished flush has answered False for
         self._tickets: list[FlushTicket] = []
         self._settled = Watermark()  # batches whose callbacks have run
         self._thread: threading.Thread | None = None
@@ -169,16 +187,22 @@ class Notifier:
         self._closed = False
         self.log = LogLimiter()
 
+    def runs_callbacks(self, thread: threading.Thread) -> bool:
+        """``thread`` runs (or is the thread that runs) ``flush_callback``: it must never wait
+        for delivery to make room, since delivery may be waiting for it."""
+        return thread is self._thread or thread is self._drainer
+
     @property
     def results_waiting(self) -> int:
         """Events whose results wait for the callback (read without the lock)."""
         return self._held
 
     # called by the batcher -------------------------------------------------------
-    def settled(self, seq: int, outcomes: list[Outcome]) -> None:
+    def settled(self, seq: int, outcomes: list[Outcome], kept: int = 0) -> None:
         """Batch ``seq`` is done; its callbacks run next, then waiting flushes are released.
-        Failures are logged here, on the delivery thread (rate-limited)."""
-        ok = True
+        ``kept`` events of it wait on disk for a later try: not delivered, so flushes see it
+        as not ok. Failures are logged here, on the delivery thread (rate-limited)."""
+        ok = not kept
         for o in outcomes:
             if o.error is not None:
                 ok = False
@@ -186,21 +210,30 @@ class Notifier:
                 self.log.warn(("failed", type(err).__name__, getattr(err, "status", None)), len(o.events),
                               "VWO batch of %d event(s) failed: %s", len(o.events), err)
         with self._cond:
-            item = _Settled(seq, seq, ok, outcomes)
+            item = _Settled(seq, seq, ok, deque(outcomes))
             self._items.append(item)
             self._held += item.events()
-            if self._held > MAX_HELD_RESULTS:
-                self._skip_oldest()
             self._release(seq, seq, ok, delivery=True)
             inline = self._wake()
+            if not inline:
+                self._wait_for_room()
         if inline:
             self._drain()
+
+    def _wait_for_room(self) -> None:
+        """Delivery thread, lock held: backpressure. Wait while more than ``MAX_HELD_RESULTS``
+        events' results wait for the callback, unless the callback itself is waiting for a
+        delivery (a flush from inside it), the notifier is closed, or no callback thread runs."""
+        while (self._held > MAX_HELD_RESULTS and not self._closed and self._thread is not None
+               and self._thread.is_alive() and threading.current_thread() is not self._drainer
+               and not any(t.delivery_only for t in self._tickets)):
+            self._room.wait()
 
     def abandon(self, first: int, last: int) -> None:
         """Batches ``first``..``last`` will never settle (their events were reported as dropped):
         release flushes waiting for them, as failed."""
         with self._cond:
-            self._items.append(_Settled(first, last, False, []))
+            self._items.append(_Settled(first, last, False, deque()))
             self._release(first, last, False, delivery=True)
             inline = self._wake()
         if inline:
@@ -214,6 +247,7 @@ class Notifier:
         self.log.warn(("dropped", reason), n, "vwo_otel dropped %d VWO event(s): %s%s", n, reason,
                       f" ({note})" if note else "")
         with self._cond:
+            self._dropped_total += n  # the next flush answers False
             entry = self._drops.get(reason)
             if entry is None:
                 entry = self._drops[reason] = _Drops(note=note)
@@ -244,14 +278,22 @@ class Notifier:
             # it waits for delivery only.
             inside = self._drainer is threading.current_thread()
             watermark = self._delivered if inside else self._settled
-            t = FlushTicket(watermark.mark, target)
+            t = FlushTicket(watermark.mark, target, self._dropped_total, self._told)
             t.delivery_only = inside
-            t.ok = watermark.all_ok(target)  # batches that settled early, out of order
+            # batches that settled early (out of order) failed, or events dropped that no flush answered for
+            t.ok = watermark.all_ok(target) and self._dropped_total == self._dropped_told
             if target <= watermark.mark:
                 t.done.set()
             else:
                 self._tickets.append(t)
+                if inside:
+                    self._room.notify_all()  # delivery threads must not wait for this callback now
             return t
+
+    def _told(self, drops: int) -> None:
+        """A flush returned False to its caller covering the first ``drops`` dropped events."""
+        with self._cond:
+            self._dropped_told = max(self._dropped_told, drops)
 
     def close(self, timeout: float) -> bool:
         """Run what is still waiting (bounded by ``timeout``) and stop the thread. If the
@@ -259,6 +301,7 @@ class Notifier:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            self._room.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -298,6 +341,13 @@ class Notifier:
         return bool(self._items) or self._closed or (bool(self._drops) and time.monotonic() >= self._drops_due)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:  # delivery threads waiting for this thread to make room must not wait for a dead one
+            with self._cond:
+                self._room.notify_all()
+
+    def _loop(self) -> None:
         cond = self._cond
         while True:
             with cond:
@@ -321,30 +371,47 @@ class Notifier:
             self._draining = True
             self._drainer = threading.current_thread()
         try:
-            while True:
-                with self._cond:
-                    drops, self._drops = self._drops, {}
-                    self._drops_due = math.inf
-                    item = self._items.popleft() if self._items else None
-                    if item is not None:
-                        self._held -= item.events()
-                    if not drops and item is None:  # nothing left: stop draining under the same lock
-                        self._stop_draining()
-                        return
-                for reason, entry in drops.items():
-                    total = len(entry.listed) + entry.unlisted
-                    unlisted = f"{entry.unlisted} not listed" if entry.unlisted else None
-                    detail = "".join(f" ({x})" for x in (entry.note, unlisted) if x)
-                    self._call(EventsDropped(f"{total} event(s) dropped: {reason}{detail}", reason=reason,
-                                             count=total), _safe_encode(self._encode, entry.listed))
-                if item is not None:
-                    for outcome in item.outcomes:
-                        self._call(outcome.error, outcome.events)
-                    self._settle(item)
-        except BaseException:
+            while self._run_next():
+                pass
+        except BaseException:  # Ctrl-C in a callback run on the main thread: what is left stays queued
             with self._cond:
                 self._stop_draining()
             raise
+
+    def _run_next(self) -> bool:
+        """Hand the callback one thing: the drops gathered for one reason, or the next result
+        of the oldest settled batch. A batch leaves the queue (releasing its flushes) once all
+        its results were handed over, so an interrupted drain loses and repeats nothing.
+        False when nothing is left (draining stops under the same lock)."""
+        outcome: Outcome | None = None
+        with self._cond:
+            if self._drops:
+                reason = next(iter(self._drops))
+                entry = self._drops.pop(reason)
+                if not self._drops:
+                    self._drops_due = math.inf
+            elif self._items:
+                item = self._items[0]
+                if not item.outcomes:
+                    self._items.popleft()
+                    self._release(item.first, item.last, item.ok, delivery=False)
+                    return True
+                outcome = item.outcomes.popleft()
+                self._held -= len(outcome.events)
+                if self._held <= MAX_HELD_RESULTS:
+                    self._room.notify_all()
+            else:
+                self._stop_draining()
+                return False
+        if outcome is not None:
+            self._call(outcome.error, outcome.events)
+            return True
+        total = len(entry.listed) + entry.unlisted
+        unlisted = f"{entry.unlisted} not listed" if entry.unlisted else None
+        detail = "".join(f" ({x})" for x in (entry.note, unlisted) if x)
+        self._call(EventsDropped(f"{total} event(s) dropped: {reason}{detail}", reason=reason, count=total),
+                   _safe_encode(self._encode, entry.listed))
+        return True
 
     def _stop_draining(self) -> None:
         """Lock held: another drainer may start (and a waiting one is woken)."""
@@ -357,26 +424,10 @@ class Notifier:
             return
         try:
             self._callback(err, events)
-        except KeyboardInterrupt:
-            raise
-        except BaseException:  # a user's callback (even one calling sys.exit) must never stop delivery
+        except BaseException as exc:  # a user's callback (even one calling sys.exit) must never stop delivery
+            if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+                raise  # Ctrl-C while a callback ran inline on the main thread (at exit): let it through
             self.log.warn("callback_raised", len(events), "flush_callback raised; delivery continues", exc_info=True)
-
-    def _skip_oldest(self) -> None:
-        """The callback is not keeping up: give up on the oldest results (lock held)."""
-        skipped = 0
-        while self._held > MAX_HELD_RESULTS // 2 and len(self._items) > 1:
-            item = self._items.popleft()
-            n = item.events()
-            self._held -= n
-            skipped += n
-            self._release(item.first, item.last, item.ok, delivery=False)
-        self.log.warn(("skipped",), skipped, "flush_callback is not keeping up: the results of %d event(s) "
-                      "were not given to it (their delivery is not affected)", skipped)
-
-    def _settle(self, item: _Settled) -> None:
-        with self._cond:
-            self._release(item.first, item.last, item.ok, delivery=False)
 
     def _release(self, first: int, last: int, ok: bool, *, delivery: bool) -> None:
         """Batches ``first``..``last`` are delivered (``delivery``) or their callbacks ran:

@@ -14,8 +14,22 @@ Commits use WAL with ``synchronous=NORMAL``: a committed event survives the proc
 dying at any point; after a power loss or OS crash the last commits before the most
 recent WAL checkpoint can be lost.
 
-Delivery is at-least-once across crashes: events of a request that VWO accepted just
-before the crash, before the deletion was committed, are sent again by the next process.
+Delivery is at-least-once across crashes: events of requests that VWO accepted just
+before the crash, before their deletion was committed, are sent again by the next process
+(at most ``max_concurrent_requests`` requests, plus with group commit the deletions of the
+last interval).
+
+Each event ends as exactly one of: delivered, reported failed, or still on disk.
+
+- A batch whose retries ran out on a transient failure (no answer, 408, 429, 5xx) is not
+  reported: its events wait on disk ("parked") and go back in the queue after a backoff,
+  and at once when a later request is accepted; a process that ends keeps them for the next
+  start. An event older than ``max_age`` (by its own time), or one that would take the parked
+  events' data past ``max_bytes``, is reported failed instead.
+- A failed event is reported only once its row is off the disk; if the disk refuses the
+  deletion (full, read-only) the event stays on disk, unreported, for the next start.
+- At shutdown, unsettled events the disk could not take are reported
+  (``EventsDropped("shutdown_timeout")``), and the log says how many stay on disk.
 
 Each process writes its own file ``spool-<pid>-<token>.sqlite`` and holds an exclusive
 ``flock`` on ``<file>.lock`` for its lifetime; a file is adopted only by a process that
@@ -26,6 +40,8 @@ A row holds one event as the JSON object ``VWOEvent.fields()`` (read back with
 new layout; ``PRAGMA user_version`` is the layout's version. A file of a version this code
 cannot read is left alone; a row that is not a usable event is kept on disk (its file is
 set aside as ``<file>.quarantine-<time>``, holding only such rows) and the others replay.
+Any other error while adopting a file sets that file aside (``<file>.unadoptable-<time>``):
+a spool directory never stops the app from starting.
 """
 
 from __future__ import annotations
@@ -42,9 +58,13 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 from urllib.request import pathname2url
 
+from .. import checks
 from ..event import DROP_PRIORITY, VWOEvent
 
 logger = logging.getLogger("vwo_otel")
@@ -55,6 +75,8 @@ SCHEMA_VERSION = 1
 _SCHEMA = "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, queued_at REAL NOT NULL, event TEXT NOT NULL)"
 _INSERT = "INSERT INTO events (id, queued_at, event) VALUES (?, ?, ?)"
 _DELETE = "DELETE FROM events WHERE id = ?"
+DEFAULT_MAX_AGE = 86400.0
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -105,6 +127,14 @@ def _remove(db_path: str) -> None:
             pass
 
 
+def _try_remove(db_path: str) -> None:
+    """``_remove``, logging instead of raising (a read-only disk must not break a shutdown)."""
+    try:
+        _remove(db_path)
+    except OSError as exc:
+        logger.warning("vwo_otel spool file %s: could not remove it (%s)", db_path, exc)
+
+
 def _set_aside(db_path: str, why: str) -> str:
     """Move the file (and its WAL) to ``<file>.<why>-<time>``, a name no start adopts."""
     aside = f"{db_path}.{why}-{int(time.time())}"
@@ -120,6 +150,18 @@ class SpooledEvent(NamedTuple):
 
     event: VWOEvent
     queued_at: float
+
+
+@dataclass(frozen=True)
+class ClosedSpool:
+    """What ``Spool.close`` left: ``kept`` undelivered events on disk for the next start,
+    ``lost`` unsettled events the disk never took (to be reported), ``resent`` settled events
+    whose rows the disk would not delete (the next start sends them again), ``error`` why."""
+
+    kept: int
+    lost: list[VWOEvent]
+    resent: int
+    error: str = ""
 
 
 @dataclass
@@ -160,24 +202,25 @@ class Orphan:
 
 
 class Spool:
-    """This process's spool file in ``directory``; see the module docstring for guarantees."""
+    """This process's spool file in ``directory``; see the module docstring for guarantees.
+    ``max_age`` (seconds) and ``max_bytes`` bound what waits on disk for VWO to answer again."""
 
-    def __init__(self, directory: str | os.PathLike[str], *, commit_interval: float = 0.05) -> None:
-        if isinstance(commit_interval, bool) or not isinstance(commit_interval, (int, float)) or not (
-            0 <= commit_interval <= 60
-        ):
-            raise ValueError(f"spool commit_interval must be seconds from 0 to 60, got {commit_interval!r}")
+    def __init__(self, directory: str | os.PathLike[str], *, commit_interval: float = 0.05,
+                 max_age: float = DEFAULT_MAX_AGE, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.commit_interval = checks.SPOOL_COMMIT_INTERVAL.check("commit_interval", commit_interval)
+        self.max_age = checks.SPOOL_MAX_AGE.check("max_age", max_age)
+        self.max_bytes = checks.SPOOL_MAX_BYTES.check("max_bytes", max_bytes)
         if not isinstance(directory, (str, os.PathLike)):
             raise TypeError(f"spool must be a directory path, got {type(directory).__name__}")
         self.directory = os.fspath(directory)
         os.makedirs(self.directory, exist_ok=True)
-        self.commit_interval = float(commit_interval)
         self._inherited: list[Any] = []  # connections from before a fork: never used, never closed
         self._failed_at = 0.0  # last commit failure logged (rate-limited)
         self._open()
 
     def __repr__(self) -> str:
-        return f"Spool({self.directory!r}, commit_interval={self.commit_interval:g})"
+        return (f"Spool({self.directory!r}, commit_interval={self.commit_interval:g}, max_age={self.max_age:g}, "
+                f"max_bytes={self.max_bytes})")
 
     def _open(self) -> None:
         self.path = os.path.join(self.directory, f"spool-{os.getpid()}-{secrets.token_hex(4)}.sqlite")
@@ -186,12 +229,20 @@ class Spool:
         self._lock_fd = fd
         self._conn = _connect(self.path)
         self._db_lock = threading.Lock()
+        #: Held by a replay from start to end; ``close`` waits for it, so a process that ends
+        #: never leaves adopted events half taken over.
+        self.replaying = threading.Lock()
         self._ids: dict[int, int] = {}  # id(event) -> row id, for events not yet settled
         self._next = 0
         self._added: deque[tuple[int, float, VWOEvent]] = deque()  # (row id, queued_at, event)
         self._acked: deque[int] = deque()
-        self._unwritten: list[tuple[int, float, str]] = []  # rows of a failed commit, tried again next time
+        self._unwritten: list[tuple[int, float, VWOEvent]] = []  # rows of a failed commit, tried again next time
         self._undeleted: set[int] = set()  # deletions of a failed commit, tried again next time
+        self._last_error = ""
+        self._parked: deque[tuple[VWOEvent, int]] = deque()  # (event, its row's bytes), oldest first
+        self._parked_bytes = 0
+        self._rounds = 0  # retry rounds of parked events since a request was last accepted
+        self._timer: threading.Timer | None = None
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self._closed = False
@@ -206,19 +257,47 @@ class Spool:
 
     # -- the emitting thread (called with the batcher's lock held) ------------------------
     def add(self, event: VWOEvent, queued_at: float | None = None) -> None:
-        """Record a newly queued event (written by the next group commit, or now if interval 0);
-        ``queued_at`` keeps the original time of a replayed event."""
+        """Record a newly queued event (written by the next group commit, or now if interval 0).
+        With ``queued_at`` (replay, parked events back in the queue) the caller commits, and an
+        event that already has a row keeps it."""
+        if queued_at is not None:
+            if id(event) not in self._ids:
+                self._next += 1
+                self._ids[id(event)] = self._next
+                self._added.append((self._next, queued_at, event))
+            return
         self._next += 1
         self._ids[id(event)] = self._next
-        self._added.append((self._next, time.time() if queued_at is None else queued_at, event))
+        self._added.append((self._next, time.time(), event))
         if self.commit_interval == 0:
             self.commit()
         elif self._writer is None:
             self._start_writer()
 
+    def take_over(self, items: list[SpooledEvent]) -> bool:
+        """Write adopted events into this file in one transaction (caller holds the batcher's
+        lock); True once they are durable here, False (nothing kept) if the disk refused."""
+        rows = [(self._next + i, item.queued_at, item.event) for i, item in enumerate(items, 1)]
+        with self._db_lock:
+            if self._closed:
+                return False
+            try:
+                self._conn.execute("BEGIN")
+                self._conn.executemany(_INSERT, [(r, q, _encode(ev)) for r, q, ev in rows])
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                logger.error("vwo_otel spool %s: could not take over %d event(s) of dead processes (%s); "
+                             "their files are left for a later start", self.path, len(rows), exc)
+                return False
+        self._next += len(rows)
+        for row, _, ev in rows:
+            self._ids[id(ev)] = row
+        return True
+
     # -- the delivery thread ---------------------------------------------------------------
     def ack(self, events: list[VWOEvent]) -> None:
-        """These events are settled (delivered, or reported failed): forget them."""
+        """These events are delivered (or reported dropped): forget them."""
         ids = self._ids
         for ev in events:
             row = ids.pop(id(ev), None)
@@ -227,48 +306,120 @@ class Spool:
         if self.commit_interval == 0:
             self.commit()
 
+    def forget_failed(self, events: list[VWOEvent]) -> list[VWOEvent]:
+        """Failed events leave the disk now; returns those that may be reported failed. An
+        event whose row the disk will not delete stays on disk, unreported, for the next start."""
+        rows = {id(ev): self._ids.pop(id(ev), None) for ev in events}
+        with self._db_lock:
+            self._acked.extend(r for r in rows.values() if r is not None)
+            if self._commit_locked():
+                return events
+            stuck = self._undeleted & set(rows.values())
+            self._undeleted -= stuck  # never deleted by this process: the row is the event's record
+        if not stuck:
+            return events
+        logger.error("vwo_otel spool %s: %d failed event(s) could not be removed from disk (%s); they are not "
+                     "reported now and are tried again by the next start", self.path, len(stuck), self._last_error)
+        return [ev for ev in events if rows[id(ev)] not in stuck]
+
+    # -- parked events: waiting on disk for VWO to answer again --------------------------
+    def park(self, events: list[VWOEvent]) -> list[VWOEvent]:
+        """Keep events whose retries ran out on a transient failure on disk, to be sent again;
+        returns those the policy refuses (older than ``max_age``, or past ``max_bytes``)."""
+        oldest = time.time() - self.max_age
+        refused = []
+        with self._db_lock:
+            for ev in events:
+                size = len(_encode(ev))
+                if ev.time < oldest or self._parked_bytes + size > self.max_bytes or self._closed:
+                    refused.append(ev)
+                else:
+                    self._parked.append((ev, size))
+                    self._parked_bytes += size
+            self._rounds += 1
+        return refused
+
+    def unpark(self, limit: int) -> list[VWOEvent]:
+        """Up to ``limit`` parked events, oldest first, to go back in the queue (their rows stay)."""
+        out: list[VWOEvent] = []
+        with self._db_lock:
+            while self._parked and len(out) < limit:
+                ev, size = self._parked.popleft()
+                self._parked_bytes -= size
+                out.append(ev)
+        return out
+
+    def parked(self) -> int:
+        """Events waiting on disk for VWO to answer again (read without the lock)."""
+        return len(self._parked)
+
+    def accepted(self) -> None:
+        """VWO accepted a request: the next retry round of parked events starts from the shortest wait."""
+        self._rounds = 0
+
+    def retry_later(self, wait: Callable[[int], float], wake: Callable[[], None]) -> None:
+        """Call ``wake`` after ``wait(rounds)`` seconds, unless a call is already pending."""
+        with self._db_lock:
+            if self._closed or (self._timer is not None and self._timer.is_alive()):
+                return
+            timer = threading.Timer(wait(self._rounds), wake)
+            timer.name, timer.daemon = "vwo_otel-spool-retry", True
+            try:
+                timer.start()
+            except RuntimeError:  # interpreter exiting: parked events stay on disk
+                return
+            self._timer = timer
+
     def commit(self) -> bool:
         """Write what was added and delete what was acked, in one transaction; False if that
         failed (the rows and deletions are kept and tried again by the next commit)."""
         with self._db_lock:
-            if self._closed:
-                return True
-            acked = self._undeleted
-            while self._acked:  # acks first: any acked event's add is already queued
-                acked.add(self._acked.popleft())
-            rows = []
-            for row in self._unwritten:
-                if row[0] in acked:
-                    acked.discard(row[0])
-                else:
-                    rows.append(row)
-            while self._added:
-                row_id, queued_at, ev = self._added.popleft()
-                if row_id in acked:
-                    acked.discard(row_id)  # settled before it ever reached the disk
-                else:
-                    rows.append((row_id, queued_at, _encode(ev)))
-            self._unwritten, self._undeleted = [], set()
-            if not rows and not acked:
-                return True
-            try:
-                self._conn.execute("BEGIN")
-                self._conn.executemany(_INSERT, rows)
-                self._conn.executemany(_DELETE, [(i,) for i in acked])
-                self._conn.execute("COMMIT")
-                return True
-            except sqlite3.Error as exc:
-                try:
-                    self._conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                self._unwritten, self._undeleted = rows, acked
-                now = time.monotonic()
-                if now - self._failed_at >= 10.0:
-                    self._failed_at = now
-                    logger.error("vwo_otel spool %s: commit failed (%s); %d event(s) not on disk yet, "
-                                 "tried again at the next commit", self.path, exc, len(rows))
-                return False
+            return self._commit_locked()
+
+    def _commit_locked(self) -> bool:
+        if self._closed:
+            return not (self._added or self._unwritten)
+        acked = self._undeleted
+        while self._acked:  # acks first: any acked event's add is already queued
+            acked.add(self._acked.popleft())
+        rows = []
+        for row in self._unwritten:
+            if row[0] in acked:
+                acked.discard(row[0])
+            else:
+                rows.append(row)
+        while self._added:
+            row = self._added.popleft()
+            if row[0] in acked:
+                acked.discard(row[0])  # settled before it ever reached the disk
+            else:
+                rows.append(row)
+        self._unwritten, self._undeleted = [], set()
+        if not rows and not acked:
+            return True
+        try:
+            self._conn.execute("BEGIN")
+            self._conn.executemany(_INSERT, [(r, q, _encode(ev)) for r, q, ev in rows])
+            self._conn.executemany(_DELETE, [(i,) for i in acked])
+            self._conn.execute("COMMIT")
+            return True
+        except sqlite3.Error as exc:
+            self._rollback()
+            self._unwritten, self._undeleted = rows, acked
+            self._last_error = str(exc)
+            now = time.monotonic()
+            if now - self._failed_at >= 10.0:
+                self._failed_at = now
+                logger.error("vwo_otel spool %s: commit failed (%s); %d event(s) not on disk yet and %d "
+                             "deletion(s) not done, tried again at the next commit", self.path, exc, len(rows),
+                             len(acked))
+            return False
+
+    def _rollback(self) -> None:
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
 
     def _start_writer(self) -> None:
         try:
@@ -288,42 +439,75 @@ class Spool:
         with self._db_lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
-    def close(self) -> None:
-        """Final commit; unsettled events stay in the file for the next process; idempotent."""
+    def close(self) -> ClosedSpool:
+        """Final commit (after a replay in progress ends); unsettled events stay in the file
+        for the next start. Says what stayed and what the disk did not take; idempotent."""
         self._stop.set()
-        self.commit()
-        with self._db_lock:
+        with self.replaying, self._db_lock:
             if self._closed:
-                return
+                return ClosedSpool(0, [], 0)
+            self._commit_locked()
             self._closed = True
-            empty = self._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
+            if self._timer is not None:
+                self._timer.cancel()
+            lost = [ev for _, _, ev in self._unwritten]
+            resent = len(self._undeleted)
+            try:
+                rows = int(self._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            except sqlite3.Error:
+                rows = -1
             self._conn.close()
-        if empty:
-            _remove(self.path)
+        if rows == 0:
+            _try_remove(self.path)
         os.close(self._lock_fd)
+        return ClosedSpool(max(0, rows - resent), lost, resent, self._last_error if lost or resent else "")
 
     # -- replay --------------------------------------------------------------------------
     def adopt(self) -> list[Orphan]:
         """Lock the spool files of processes that are gone and read their events, oldest
         first. A corrupt or unreadable file is moved aside, a file of an unknown layout version
-        is left alone, a row that is no usable event is skipped and kept: each with a log line."""
+        is left alone, a row that is no usable event is skipped and kept: each with a log line.
+        Any other error sets that file aside; adoption itself never raises."""
         orphans = []
         for path in sorted(glob.glob(os.path.join(self.directory, "spool-*.sqlite"))):
             if path == self.path:
                 continue
-            fd = _lock(path + ".lock")
-            if fd is None:
-                continue  # a live process owns it
-            if not os.path.exists(path):  # another process adopted and removed it meanwhile
-                _remove(path)  # only our fresh .lock is left
-                os.close(fd)
+            try:
+                orphan = _adopt_one(path)
+            except Exception as exc:
+                _give_up_on(path, exc)
                 continue
-            orphan = _read(path, fd)
-            if orphan is None:
-                os.close(fd)
-            else:
+            if orphan is not None:
                 orphans.append(orphan)
         return orphans
+
+
+def _adopt_one(path: str) -> Orphan | None:
+    """One file, locked and read; None if a live process owns it or it cannot be adopted."""
+    fd = _lock(path + ".lock")
+    if fd is None:
+        return None  # a live process owns it
+    try:
+        if not os.path.exists(path):  # another process adopted and removed it meanwhile
+            _remove(path)  # only our fresh .lock is left
+            return None
+        orphan = _read(path, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if orphan is None:
+        os.close(fd)
+    return orphan
+
+
+def _give_up_on(path: str, exc: Exception) -> None:
+    """An unexpected error adopting ``path``: set it aside (logged), so later starts skip it."""
+    try:
+        aside = _set_aside(path, "unadoptable")
+    except OSError as move_error:
+        logger.error("vwo_otel spool file %s could not be adopted (%r) nor moved aside (%s)", path, exc, move_error)
+    else:
+        logger.error("vwo_otel spool file %s could not be adopted (%r); moved aside to %s", path, exc, aside)
 
 
 def _as_dict(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
@@ -365,7 +549,7 @@ def _read(path: str, lock_fd: int) -> Orphan | None:
     for row in rows:
         try:
             orphan.events.append(SpooledEvent(_decode(row, version), float(row["queued_at"])))
-        except (ValueError, TypeError, KeyError) as exc:
+        except Exception as exc:  # whatever a damaged row holds, it is set aside, never raised
             orphan.bad_rows.append(row["id"])
             problem = problem or f"row {row['id']}: {exc}"
     if orphan.bad_rows:

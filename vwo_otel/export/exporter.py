@@ -7,7 +7,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -26,8 +26,13 @@ from .wire import Encoder, batch_body, cut_by_bytes
 logger = logging.getLogger("vwo_otel")
 
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
-#: How long a limit learned from a 413 is kept before the configured cap applies again.
-LEARNED_LIMIT_TTL = 600.0
+#: After a 413 the limit doubles back toward the cap after an accepted request, so transient
+#: 413s cannot shrink later batches for long; each doubling a 413 refuses doubles the number
+#: of accepted requests before the next one (up to this), so a real limit costs few 413s.
+MAX_PROBE_AFTER = 1024
+#: Extra requests one batch may spend isolating events a 400 refuses (two per halving: about
+#: 2 * log2(batch size) per bad event), so a 400 fails only the bad events, at bounded cost.
+MAX_ISOLATION_REQUESTS = 32
 #: ``observer(method, events, nbytes, status, error, seconds)``: one HTTP request's size, answer
 #: (status, or the ``TransportError``) and duration.
 Observer = Callable[[str, int, int, int | None, BaseException | None, float], None]
@@ -36,11 +41,49 @@ _SUPPRESS = [otel_context._SUPPRESS_INSTRUMENTATION_KEY, otel_context._SUPPRESS_
 
 
 @dataclass
-class _Learning:
-    """What one ``send_batch`` call learns about the server's payload limit."""
+class _Send:
+    """One ``send_batch`` call: its events, its one deadline (retries, 413 splits and 400
+    isolation all share it), its outcomes and what it learned about the server's limit."""
 
+    dicts: list[dict[str, Any]]
+    parts: list[bytes]
+    deadline: float
+    outcomes: list[Outcome] = field(default_factory=list)
     largest_accepted: int = 0  # bytes of the largest body accepted
     refused: bool = False  # whether a 413 was seen
+    limit: int = 0  # cut what is left of this batch below the smallest body refused with 413
+    isolation_left: int = MAX_ISOLATION_REQUESTS
+
+
+class _PayloadLimit:
+    """The largest batch body to send: the cap, or what a 413 taught, doubling back toward the
+    cap after ``probe_after`` accepted requests. Plain attribute updates: delivery threads
+    racing here can only make one probe more or less."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.bytes = cap
+        self.probe_after = 1
+        self._floor = cap  # what the last 413 taught
+        self._wins = 0
+
+    def learned(self, accepted: int) -> None:
+        """A batch met a 413 and ``accepted`` bytes went through: cut later batches there."""
+        if self.bytes > self._floor:  # a probe above the last lesson was refused: probe less often
+            self.probe_after = min(self.probe_after * 2, MAX_PROBE_AFTER)
+        self.bytes = self._floor = min(self.cap, accepted)
+        self._wins = 0
+        logger.info("VWO payload limit learned from 413: batches cut at %d bytes", self.bytes)
+
+    def accepted(self) -> None:
+        """One request was accepted: probe upward once enough have been."""
+        if self.bytes >= self.cap:
+            return
+        self._wins += 1
+        if self._wins >= self.probe_after:
+            self.bytes, self._wins = min(self.cap, self.bytes * 2), 0
+            if self.bytes == self.cap:
+                logger.info("VWO payload limit back to %d bytes", self.cap)
 
 
 def _quiet_context() -> otel_context.Context:
@@ -81,7 +124,7 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         self._batch_url = f"{self.endpoint}/server-side/batch-events?{query}"
         self._headers = {"Authorization": sdk_key, "User-Agent": SDK_NAME, "Content-Type": "application/json"}
         self._quiet = _quiet_context()
-        self._learned: tuple[int, float] = (max_payload_bytes, 0.0)  # (limit, expires at)
+        self._limit = _PayloadLimit(max_payload_bytes)
         self._cutoff = math.inf  # no retry waits past this monotonic time (set by hurry/shutdown)
         self._wake = threading.Condition()
         self._closed = False
@@ -103,24 +146,25 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         return self._encoder.encode(events)[0]
 
     def send_batch(self, events: Sequence[VWOEvent]) -> list[Outcome]:
-        """Deliver ``events`` in as few batch requests as the payload cap allows; one
-        ``Outcome`` per request (a 413 splits the request in halves, recursively)."""
+        """Deliver ``events`` in as few batch requests as the payload cap allows; one ``Outcome``
+        per request. A 413 splits the request in halves, a 400 too (to fail only the events it
+        refuses); all of it within one ``retry.budget`` and never past shutdown."""
         if not events:
             return []
         dicts, parts = self._encoder.encode(events)
-        deadline = time.monotonic() + self.retry.budget
-        outcomes: list[Outcome] = []
-        learn = _Learning()
-        for lo, hi in cut_by_bytes(parts, self.payload_limit()):
-            self._send_run(dicts, parts, lo, hi, deadline, outcomes, learn)
-        if learn.refused and learn.largest_accepted:
-            # After a 413 the pieces that were accepted show a size the server takes: cut
-            # later batches there (not just below the refused size), so they need no 413.
-            limit = min(self.payload_limit(), learn.largest_accepted)
-            self._learned = (limit, time.monotonic() + LEARNED_LIMIT_TTL)
-            logger.info("VWO payload limit learned from 413: batches cut at %d bytes for %.0f s",
-                        limit, LEARNED_LIMIT_TTL)
-        return outcomes
+        limit = self.payload_limit()
+        send = _Send(dicts, parts, time.monotonic() + self.retry.budget, limit=limit)
+        for i, (lo, hi) in enumerate(cut_by_bytes(parts, limit)):
+            why = self._stopped(send.deadline) if i else None  # the first request always goes
+            if why:
+                send.outcomes.append(Outcome(VWODeliveryError(f"not sent: {why}"), dicts[lo:hi]))
+            else:
+                self._send_run(send, lo, hi)
+        if send.refused and send.largest_accepted:
+            # The accepted pieces show a size the server takes: cut later batches there (and
+            # probe upward from it), so they need no 413.
+            self._limit.learned(send.largest_accepted)
+        return send.outcomes
 
     def send_event(self, event: VWOEvent) -> Outcome:
         """Deliver one event in real time with VWO's single-event GET."""
@@ -131,13 +175,8 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         return Outcome(error, [self._encoder.event_dict(event)])
 
     def payload_limit(self) -> int:
-        """Largest batch body to send now: the cap, or less while a 413-learned limit holds."""
-        limit, expires = self._learned
-        if limit < self.max_payload_bytes and time.monotonic() >= expires:
-            self._learned = (self.max_payload_bytes, 0.0)
-            logger.info("VWO payload limit learned from a 413 expired; back to %d bytes", self.max_payload_bytes)
-            return self.max_payload_bytes
-        return limit
+        """Largest batch body to send now: the cap, or less after a 413 (growing back)."""
+        return self._limit.bytes
 
     def hurry(self, deadline: float) -> None:
         """Let no retry wait run past ``deadline`` (monotonic); wakes a wait in progress."""
@@ -165,34 +204,65 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         self._cutoff = math.inf
 
     # -- requests -------------------------------------------------------------------
-    def _send_run(self, dicts: list[dict[str, Any]], parts: list[bytes], lo: int, hi: int, deadline: float,
-                  outcomes: list[Outcome], learn: _Learning) -> None:
-        body = batch_body(parts[lo:hi])
+    def _send_run(self, send: _Send, lo: int, hi: int, retried: bool = False) -> None:
+        """Send events ``[lo, hi)`` as one request; split it on a 413 or a 400."""
+        events = send.dicts[lo:hi]
+        body = batch_body(send.parts[lo:hi])
         if hi - lo == 1 and len(body) > self.max_payload_bytes:
-            outcomes.append(Outcome(PayloadTooLarge(
-                f"event of {len(body)} bytes exceeds max_payload_bytes={self.max_payload_bytes}", status=None),
-                dicts[lo:hi]))
+            send.outcomes.append(Outcome(PayloadTooLarge(
+                f"event of {len(body)} bytes exceeds max_payload_bytes={self.max_payload_bytes}", status=None), events))
             return
-        error = self._request("POST", self._batch_url, body, self._headers, deadline, events=hi - lo)
-        if not isinstance(error, PayloadTooLarge):  # from _request, always a 413
-            if error is None:
-                learn.largest_accepted = max(learn.largest_accepted, len(body))
-            outcomes.append(Outcome(error, dicts[lo:hi]))
-            return
-        learn.refused = True
-        if hi - lo == 1:
-            outcomes.append(Outcome(PayloadTooLarge(
-                f"VWO refused a single event of {len(body)} bytes with 413 (payload too large)", status=413),
-                dicts[lo:hi]))
-            return
-        limit = min(self.payload_limit(), len(body) - 1)
-        self._learned = (limit, time.monotonic() + LEARNED_LIMIT_TTL)
-        logger.warning("VWO answered 413 to %d bytes (%d events): splitting; limit now %d bytes",
-                       len(body), hi - lo, limit)
+        error = self._request("POST", self._batch_url, body, self._headers, send.deadline, events=hi - lo)
+        if error is None:
+            send.largest_accepted = max(send.largest_accepted, len(body))
+            self._limit.accepted()
+            send.outcomes.append(Outcome(None, events))
+        elif error.status == 413 and hi - lo > 1:
+            send.refused = True
+            send.limit = min(send.limit, len(body) - 1)
+            logger.warning("VWO answered 413 to %d bytes (%d events): splitting", len(body), hi - lo)
+            self._split(send, lo, hi, error)
+        elif error.status == 413:  # one event: a 413 may be transient, so it gets one more try
+            send.refused = True
+            if not retried and self._pause(0, send.deadline):
+                self._send_run(send, lo, hi, retried=True)
+                return
+            send.outcomes.append(Outcome(PayloadTooLarge(
+                f"VWO refused a single event of {len(body)} bytes with 413 (payload too large)", status=413), events))
+        elif error.status == 400 and hi - lo > 1 and send.isolation_left >= 2:
+            send.isolation_left -= 2
+            self._split(send, lo, hi, error)
+        else:
+            send.outcomes.append(Outcome(error, events))
+
+    def _split(self, send: _Send, lo: int, hi: int, error: VWODeliveryError) -> None:
+        """Send the halves of ``[lo, hi)`` (refused with ``error``; each cut below the batch's
+        smallest 413) while the deadline allows; pieces it does not allow report ``error``."""
         mid = (lo + hi) // 2
-        for a, b in ((lo, mid), (mid, hi)):
-            for x, y in cut_by_bytes(parts[a:b], limit):
-                self._send_run(dicts, parts, a + x, a + y, deadline, outcomes, learn)
+        pieces = [(a + x, a + y) for a, b in ((lo, mid), (mid, hi))
+                  for x, y in cut_by_bytes(send.parts[a:b], send.limit)]
+        for a, b in pieces:
+            why = self._stopped(send.deadline)
+            if why:
+                send.outcomes.append(Outcome(VWODeliveryError(
+                    f"{error.args[0]}; not split further: {why}", status=error.status), send.dicts[a:b]))
+            else:
+                self._send_run(send, a, b)
+
+    def _stopped(self, deadline: float) -> str | None:
+        """Why no further request may start now (shutdown, or ``deadline`` passed), else None."""
+        if self._closed or time.monotonic() >= self._cutoff:
+            return "shutting down"
+        if time.monotonic() >= deadline:
+            return "the retry budget ran out"
+        return None
+
+    def _pause(self, attempt: int, deadline: float) -> bool:
+        """Wait the backoff before retry ``attempt + 1``; False (at once) if the wait would end
+        past ``deadline`` or shutdown cuts it short."""
+        wait = self.retry.wait(attempt)
+        now = time.monotonic()
+        return now + wait <= min(deadline, self._cutoff) and self._sleep(now + wait)
 
     def _request(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
                  deadline: float, events: int = 1) -> VWODeliveryError | None:

@@ -1,23 +1,34 @@
-"""HTTP for the exporter: pooled keep-alive connections straight to VWO, requests when a proxy
-applies; a request without an answer raises this module's ``TransportError`` on either path."""
+"""HTTP for the exporter: urllib3's connection pools (keep-alive, TLS verified against requests'
+CA bundle, the proxy the environment names, read as requests reads it). A request without an
+answer raises this module's ``TransportError``. ``timeout`` is a deadline for the whole request
+(connect, send, answer), and at most ``MAX_ANSWER_BYTES`` of an answer's body are read."""
 
 from __future__ import annotations
 
-import errno
-import http.client
 import logging
+import math
 import os
-import select
 import socket
 import ssl
 import threading
 import time
-from typing import Any, NamedTuple, NoReturn, Protocol
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
-from requests.utils import DEFAULT_CA_BUNDLE_PATH, extract_zipped_paths, requote_uri, select_proxy
+import urllib3
+from requests.utils import (
+    DEFAULT_CA_BUNDLE_PATH,
+    extract_zipped_paths,
+    get_auth_from_url,
+    get_environ_proxies,
+    prepend_scheme_if_needed,
+    requote_uri,
+    select_proxy,
+)
+from urllib3 import exceptions as u3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from ..checks import redact
 
@@ -32,11 +43,18 @@ class _HideKeyInURLs(logging.Filter):
         return True
 
 
-logging.getLogger("urllib3.connectionpool").addFilter(_HideKeyInURLs())
+for _name in ("urllib3.connectionpool", "urllib3.connection"):
+    logging.getLogger(_name).addFilter(_HideKeyInURLs())
 
 
-#: Idle connections kept per host (more than the delivery threads ever use at once).
+#: Connections kept per host (more than the delivery threads ever use at once).
 MAX_IDLE = 64
+#: The most of an answer's body read: VWO answers a few bytes; a longer body is cut here (its
+#: rest discarded with the connection), so a hostile or broken server cannot fill memory.
+MAX_ANSWER_BYTES = 64 * 1024
+#: How long the proxy / CA-bundle environment read for a host is reused (requests reads all of
+#: ``os.environ`` on every request); a changed variable is picked up within this many seconds.
+ENV_TTL = 1.0
 
 
 class TransportError(Exception):
@@ -91,212 +109,260 @@ class Reply(NamedTuple):
     headers: Headers
 
 
-class _Session(requests.Session):
-    """A ``requests.Session`` that reads the proxy / CA-bundle environment variables at most
-    once every ``ENV_TTL`` seconds per host instead of on every request (requests walks all
-    of ``os.environ`` twice per call). Same settings; a changed variable is picked up within
-    ``ENV_TTL``."""
-
-    ENV_TTL = 1.0
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._env: dict[tuple[Any, ...], tuple[float, Any]] = {}
-        for prefix in ("https://", "http://"):  # a connection per request in flight (up to 64), kept alive
-            self.mount(prefix, HTTPAdapter(pool_maxsize=MAX_IDLE))
-
-    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
-        if not self.trust_env or proxies or not isinstance(url, str):  # explicit settings: requests' own path
-            return super().merge_environment_settings(url, proxies, stream, verify, cert)
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.netloc, stream, verify, cert)
-        now = time.monotonic()
-        hit = self._env.get(key)
-        if hit is None or now >= hit[0]:
-            hit = (now + self.ENV_TTL, super().merge_environment_settings(url, {}, stream, verify, cert))
-            self._env[key] = hit
-        settings = dict(hit[1])
-        settings["proxies"] = dict(settings["proxies"])
-        return settings
+# -- the whole-request deadline ------------------------------------------------------------
+_request = threading.local()  # ``deadline``: when the request this thread is making must end
 
 
-class _HTTPConnection(http.client.HTTPConnection):
-    def connect(self) -> None:
-        super().connect()
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle stall on the body
+class _Deadline:
+    """A socket whose every blocking call ends by the deadline of the request its thread is
+    making: the timeout shrinks to the time left before each read, write and TLS handshake step,
+    so a server trickling bytes cannot stretch a request."""
+
+    def _shrink(self) -> None:
+        deadline = getattr(_request, "deadline", math.inf)
+        if deadline != math.inf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("timed out (the request's deadline passed)")
+            self.settimeout(left)  # type: ignore[attr-defined]
+
+    def recv_into(self, *args: Any) -> int:
+        self._shrink()
+        return super().recv_into(*args)  # type: ignore[misc, no-any-return]
+
+    def recv(self, *args: Any) -> bytes:
+        self._shrink()
+        return super().recv(*args)  # type: ignore[misc, no-any-return]
+
+    def send(self, *args: Any) -> int:
+        self._shrink()
+        return super().send(*args)  # type: ignore[misc, no-any-return]
+
+    def sendall(self, data: Any, *args: Any) -> None:
+        view = memoryview(data).cast("B")
+        while view:  # one send per step: each step gets only the time left
+            view = view[self.send(view, *args):]
 
 
-class _HTTPSConnection(http.client.HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+class _DeadlineSocket(_Deadline, socket.socket):
+    pass
 
 
-def _transport_error(exc: Exception, connected: bool) -> TransportError | None:
-    """``exc``, raised by http.client, ssl, a socket or requests, as a ``TransportError``;
-    None for anything else (a bug: it propagates as it is)."""
-    kind: type[TransportError]
-    if isinstance(exc, requests.exceptions.ConnectTimeout):  # before Timeout and ConnectionError
-        kind = ConnectTimeout
-    elif isinstance(exc, (TimeoutError, requests.exceptions.Timeout)):
-        kind = ReadTimeout if connected else ConnectTimeout
-    elif isinstance(exc, (ssl.SSLError, requests.exceptions.SSLError)):
-        kind = SSLError
-    elif isinstance(exc, (http.client.InvalidURL, requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
-                          requests.exceptions.MissingSchema)):
-        kind = InvalidURL
-    elif isinstance(exc, requests.exceptions.InvalidHeader):
-        kind = InvalidHeader
-    elif isinstance(exc, (OSError, http.client.HTTPException)):  # requests' exceptions are OSErrors too
-        kind = ConnectionError
-    elif isinstance(exc, ValueError):  # e.g. a header value that cannot be sent (UnicodeEncodeError too)
-        kind = InvalidHeader
+class _DeadlineSSLSocket(_Deadline, ssl.SSLSocket):
+    def do_handshake(self, block: bool = False) -> None:
+        self._shrink()
+        super().do_handshake(block)
+
+
+class _DeadlineConnection:
+    """urllib3's connection, over a ``_DeadlineSocket`` (TLS wraps it in a ``_DeadlineSSLSocket``
+    through the pool's SSL context, see ``_tls_context``)."""
+
+    def _new_conn(self) -> socket.socket:
+        plain: socket.socket = super()._new_conn()  # type: ignore[misc]
+        return _DeadlineSocket(plain.family, plain.type, plain.proto, fileno=plain.detach())
+
+
+class _HTTPConnection(_DeadlineConnection, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_DeadlineConnection, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+#: One try, no redirects: the exporter decides what is retried.
+_ONE_TRY = urllib3.Retry(total=False, redirect=False)
+
+
+def _tls_context(verify: bool | str) -> ssl.SSLContext:
+    """The TLS settings requests would use for ``verify`` (True: its CA bundle; a path: that
+    file or directory; False: no verification), over deadline sockets."""
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif verify is True:
+        context = ssl.create_default_context(cafile=extract_zipped_paths(DEFAULT_CA_BUNDLE_PATH))  # type: ignore[no-untyped-call]
+    elif os.path.isdir(verify):
+        context = ssl.create_default_context(capath=verify)
     else:
+        context = ssl.create_default_context(cafile=verify)
+    context.sslsocket_class = _DeadlineSSLSocket
+    return context
+
+
+# -- where a request goes --------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Route:
+    """What the environment says about requests to one scheme://host: the proxy (None: direct)
+    and, for https, the TLS verification (requests' rule: ``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``,
+    its bundle); None for plain http, which never loads a CA bundle."""
+
+    proxy: str | None
+    verify: bool | str | None
+
+
+@dataclass(frozen=True)
+class _CachedRoute:
+    route: _Route
+    expires: float
+
+
+def _route_from_env(url: str) -> _Route:
+    """``url``'s route, read from the environment as requests reads it (HTTP(S)_PROXY, ALL_PROXY,
+    NO_PROXY, the CA bundle variables)."""
+    proxy = select_proxy(url, get_environ_proxies(url))  # type: ignore[no-untyped-call]
+    verify = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+              if url[:6].lower() == "https:" else None)
+    return _Route(prepend_scheme_if_needed(proxy, "http") if proxy else None, verify)  # type: ignore[no-untyped-call]
+
+
+def _manager(route: _Route) -> urllib3.PoolManager:
+    """A pool manager for ``route``: pools of up to ``MAX_IDLE`` kept-alive connections per host,
+    TCP_NODELAY (no Nagle stall on the body), no retries or redirects of its own (the exporter decides)."""
+    settings: dict[str, Any] = {"maxsize": MAX_IDLE, "retries": _ONE_TRY,
+                                "socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]}
+    if route.verify is not None:
+        settings["ssl_context"] = _tls_context(route.verify)
+        settings["cert_reqs"] = ssl.CERT_NONE if route.verify is False else ssl.CERT_REQUIRED
+    if route.proxy is None:
+        manager = urllib3.PoolManager(**settings)
+    elif route.proxy.lower().startswith("socks"):
+        try:  # as requests: SOCKS needs PySocks
+            from urllib3.contrib.socks import SOCKSProxyManager
+        except ImportError:
+            raise InvalidURL("Missing dependencies for SOCKS support (pip install PySocks)") from None
+        return SOCKSProxyManager(route.proxy, **settings)
+    else:
+        user, password = get_auth_from_url(route.proxy)  # type: ignore[no-untyped-call]
+        auth = urllib3.make_headers(proxy_basic_auth=f"{user}:{password}") if user else None
+        manager = urllib3.ProxyManager(route.proxy, proxy_headers=auth, **settings)
+    manager.pool_classes_by_scheme = _POOLS  # type: ignore[assignment]
+    return manager
+
+
+# -- urllib3's failures as TransportErrors -----------------------------------------------------
+def _cause(exc: BaseException) -> BaseException | None:
+    """The error urllib3 wrapped in ``exc`` (a socket error under a NewConnectionError,
+    ProtocolError or ProxyError), if any."""
+    if isinstance(exc, u3.ProxyError):
+        return exc.original_error
+    if isinstance(exc, u3.ProtocolError) and len(exc.args) > 1 and isinstance(exc.args[1], BaseException):
+        return exc.args[1]
+    if isinstance(exc, u3.NewConnectionError):
+        return exc.__cause__
+    return None
+
+
+def _kind(exc: BaseException) -> type[TransportError] | None:
+    """Which ``TransportError`` ``exc`` (raised by urllib3, ssl, a socket) is; None for anything else."""
+    cause = _cause(exc)
+    if isinstance(exc, u3.ProxyError):
+        slow = isinstance(cause, u3.ConnectTimeoutError) and not isinstance(cause, u3.NewConnectionError)
+        return ConnectTimeout if slow else ConnectionError
+    if isinstance(exc, u3.NewConnectionError):  # before ConnectTimeoutError, its base class
+        return ConnectionError
+    if isinstance(exc, u3.ConnectTimeoutError):
+        return ConnectTimeout
+    if isinstance(exc, u3.ReadTimeoutError) or isinstance(cause, TimeoutError):  # a send past the deadline
+        return ReadTimeout
+    if isinstance(exc, (u3.SSLError, ssl.SSLError)):
+        return SSLError
+    if isinstance(exc, u3.LocationValueError):  # a bad port, no host, an unknown scheme
+        return InvalidURL
+    if isinstance(exc, (u3.HTTPError, OSError)):  # ProtocolError (reset, closed early), DecodeError, ...
+        return ConnectionError
+    if isinstance(exc, ValueError):  # a header value http.client cannot send (UnicodeEncodeError too)
+        return InvalidHeader
+    return None
+
+
+def _transport_error(exc: Exception) -> TransportError | None:
+    """``exc`` as a ``TransportError`` named after what failed (the socket error under urllib3's
+    wrapper); None for anything else (a bug: it propagates as it is)."""
+    kind = _kind(exc)
+    if kind is None:
         return None
-    name = type(exc).__name__
-    return kind(str(exc) if name == kind.__name__ else f"{name}: {exc}")
-
-
-def _raise_transport_error(exc: Exception, connected: bool) -> NoReturn:
-    error = _transport_error(exc, connected)
-    if error is None:
-        raise exc
-    raise error from None
-
-
-def _dropped(conn: http.client.HTTPConnection) -> bool:
-    """True if an idle keep-alive connection was closed by the server (or has stray data):
-    it must not carry a request (the check urllib3 makes before reusing a connection)."""
-    sock = conn.sock
-    if sock is None:
-        return True
-    try:
-        if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
-            return bool(poller.poll(0))
-        return bool(select.select([sock], [], [], 0)[0])
-    except (OSError, ValueError):
-        return True
+    cause = _cause(exc)
+    shown = f"{type(cause).__name__}: {cause}" if cause is not None else None
+    if isinstance(exc, u3.ProxyError):
+        text = f"ProxyError: {shown or exc}"
+    elif shown is not None:
+        text = shown
+    else:
+        name = type(exc).__name__
+        text = str(exc) if name == kind.__name__ else f"{name}: {exc}"
+    return kind(text)
 
 
 class Transport:
     """Sends one request and returns its ``Reply``; a request without an answer raises ``TransportError``.
 
-    When no proxy applies to the URL and no client certificate is set (read from the
-    environment as requests reads it), the request goes over a pooled keep-alive
-    ``http.client`` connection, verified against requests' CA bundle (or
-    ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``): about a third of requests' CPU per batch,
-    which the app's threads share. Anything else goes through requests itself.
+    Requests go over urllib3's pools (one manager per route: direct or through the proxy the
+    environment names), verified against requests' CA bundle (or ``REQUESTS_CA_BUNDLE`` /
+    ``CURL_CA_BUNDLE``). Through a SOCKS proxy each socket operation is bounded by the timeout,
+    not the request as a whole.
     """
 
     def __init__(self) -> None:
-        self.session = _Session()
-        self._idle: dict[tuple[Any, ...], list[http.client.HTTPConnection]] = {}
-        self._contexts: dict[Any, ssl.SSLContext] = {}
+        self._routes: dict[tuple[str, str], _CachedRoute] = {}
+        self._managers: dict[_Route, urllib3.PoolManager] = {}
         self._lock = threading.Lock()
-        self._closed = False
 
     def request(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
                 timeout: float) -> Reply:
-        env = self.session.merge_environment_settings(url, {}, None, None, None)
-        if env["cert"] is None and select_proxy(url, env["proxies"]) is None:
-            return self._direct(method, url, body, headers, timeout, env["verify"])
+        _request.deadline = time.monotonic() + timeout
+        response = None
         try:
-            response = self.session.request(method, url, data=body, headers=headers, timeout=timeout,
-                                            allow_redirects=False)
-        except Exception as exc:  # also a header requests cannot encode, an unreadable CA bundle
-            _raise_transport_error(exc, connected=True)
-        return Reply(response.status_code, response.text, response.headers)
+            # as requests sends it: characters a URL may not carry (a space, non-ASCII) percent-encoded
+            response = self._manager_for(url).urlopen(
+                method, requote_uri(url), body=body, headers=headers, retries=_ONE_TRY, redirect=False,
+                timeout=urllib3.Timeout(connect=timeout, read=timeout), preload_content=False)
+            data = response.read(MAX_ANSWER_BYTES)
+        except Exception as exc:  # also a header http.client cannot encode, an unreadable CA bundle
+            error = _transport_error(exc)
+            if error is None:
+                raise
+            raise error from None
+        finally:
+            _request.deadline = math.inf
+            if response is not None:
+                if not response.closed:  # a body longer than the cap, or a failed read: not reusable
+                    response.close()
+                response.release_conn()
+        return Reply(response.status, data.decode("utf-8", "replace"), response.headers)
 
     def close(self) -> None:
         """Close the idle connections; those in use close when their request ends."""
         with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, {}
-        for conns in idle.values():
-            for conn in conns:
-                conn.close()
-        self.session.close()
+            managers, self._managers = list(self._managers.values()), {}
+        for manager in managers:
+            manager.clear()
 
-    # -- the direct path -------------------------------------------------------------
-    def _direct(self, method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float,
-                verify: Any) -> Reply:
+    def _manager_for(self, url: str) -> urllib3.PoolManager:
+        """The pool manager for ``url``'s route; the environment is read at most once per
+        ``ENV_TTL`` per scheme://host."""
         parts = urlsplit(url)
-        https = parts.scheme == "https"
-        try:
-            port = parts.port or (443 if https else 80)
-        except ValueError as exc:
-            raise InvalidURL(f"{type(exc).__name__}: {exc}") from None
-        host = parts.hostname or ""
-        key = (https, host, port, verify if https else None)
-        # as requests sends it: characters a URL may not carry (a space, non-ASCII) percent-encoded
-        target = requote_uri(f"{parts.path or '/'}?{parts.query}" if parts.query else (parts.path or "/"))
-        conn = self._checkout(key)
-        cut_short = False  # the server closed the connection while the request was being sent
-        try:
-            if conn is None:
-                conn = (_HTTPSConnection(host, port, timeout=timeout, context=self._context(verify)) if https
-                        else _HTTPConnection(host, port, timeout=timeout))
-            else:
-                conn.timeout = timeout
-                if conn.sock is not None:
-                    conn.sock.settimeout(timeout)
-            try:
-                conn.request(method, target, body=body, headers=headers)
-            except OSError as exc:
-                # A server may answer early (413 to a body too large) and close before reading
-                # it all: read that answer, as urllib3 does, instead of failing the send.
-                if conn.sock is None or not (isinstance(exc, BrokenPipeError) or exc.errno == errno.ECONNRESET):
-                    raise
-                cut_short = True
-            response = conn.getresponse()
-            data = response.read()
-        except BaseException as exc:
-            connected = conn is not None and conn.sock is not None
-            if conn is not None:
-                conn.close()
-            if isinstance(exc, Exception):
-                _raise_transport_error(exc, connected)
-            raise
-        if response.will_close or cut_short:
-            conn.close()
-        else:
-            self._checkin(key, conn)
-        return Reply(response.status, data.decode("utf-8", "replace"), response.headers)
-
-    def _checkout(self, key: tuple[Any, ...]) -> http.client.HTTPConnection | None:
-        while True:
+        key = (parts.scheme, parts.netloc)
+        now = time.monotonic()
+        cached = self._routes.get(key)
+        if cached is None or now >= cached.expires:
+            cached = _CachedRoute(_route_from_env(url), now + ENV_TTL)
+            self._routes[key] = cached
+        manager = self._managers.get(cached.route)
+        if manager is None:
             with self._lock:
-                idle = self._idle.get(key)
-                conn = idle.pop() if idle else None
-            if conn is None or not _dropped(conn):
-                return conn
-            conn.close()
-
-    def _checkin(self, key: tuple[Any, ...], conn: http.client.HTTPConnection) -> None:
-        with self._lock:
-            idle = self._idle.setdefault(key, [])
-            if not self._closed and len(idle) < MAX_IDLE:
-                idle.append(conn)
-                return
-        conn.close()
-
-    def _context(self, verify: Any) -> ssl.SSLContext:
-        """The TLS settings requests would use for ``verify`` (True: its CA bundle; a path:
-        that file or directory; False: no verification)."""
-        context = self._contexts.get(verify)
-        if context is None:
-            if verify is False:
-                context = ssl.create_default_context()
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            elif verify is True:
-                bundle = extract_zipped_paths(DEFAULT_CA_BUNDLE_PATH)  # type: ignore[no-untyped-call]
-                context = ssl.create_default_context(cafile=bundle)
-            elif isinstance(verify, str) and not os.path.isfile(verify):
-                context = ssl.create_default_context(capath=verify)
-            else:
-                context = ssl.create_default_context(cafile=verify)
-            self._contexts[verify] = context
-        return context
+                manager = self._managers.get(cached.route)
+                if manager is None:
+                    manager = self._managers[cached.route] = _manager(cached.route)
+        return manager

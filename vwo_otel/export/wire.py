@@ -51,8 +51,9 @@ class Encoder:
 
     def event_dict(self, ev: VWOEvent) -> dict[str, Any]:
         """The event as it goes into ``{"ev": [...]}``."""
-        d: dict[str, Any] = {"u": self.visitor(ev.user_id), "sId": ev.time, "visitor_ua": ev.visitor_ua,
-                   "visitor_ip": ev.visitor_ip, "eT": ev.etype}
+        u = self._u(ev) if ev.visitor_uuid else self.visitor(ev.user_id)  # one call for the usual events
+        d: dict[str, Any] = {"u": u, "sId": ev.time, "visitor_ua": ev.visitor_ua,
+                             "visitor_ip": ev.visitor_ip, "eT": ev.etype}
         if ev.etype == A.CUSTOM_DIMENSION:
             d["t"] = dimension_tag(ev.key or "", ev.value or "")
         else:
@@ -64,6 +65,16 @@ class Encoder:
                     d["r"] = ev.revenue
         return d
 
+    def _u(self, ev: VWOEvent) -> str:
+        """The event's visitor id: the one computed upstream (only into its own account's requests:
+        it is a hash of that account id), else the hash of its user id."""
+        if ev.visitor_uuid is None:
+            return self.visitor(ev.user_id)
+        if ev.account_id != self.account_id:
+            raise ValueError(f"an event of account {ev.account_id} (vwo.account_id) cannot go into a request "
+                             f"for account {self.account_id}: its visitor uuid belongs to its own account")
+        return ev.visitor_uuid
+
     def encode(self, events: Sequence[VWOEvent]) -> tuple[list[dict[str, Any]], list[bytes]]:
         """Wire dicts and their compact JSON, one per event (so batches can be cut by bytes)."""
         dicts = [self.event_dict(ev) for ev in events]
@@ -73,7 +84,7 @@ class Encoder:
         """Path, query and extra headers of VWO's single-event GET for ``ev``."""
         query = {
             "random": repr(random.random()), "sdk": SDK_NAME, "sdk-v": __version__, "ap": "server",
-            "sId": str(ev.time), "u": self.visitor(ev.user_id), "account_id": str(self.account_id),
+            "sId": str(ev.time), "u": self._u(ev), "account_id": str(self.account_id),
             "env": sdk_key, "visitor_ua": ev.visitor_ua, "visitor_ip": ev.visitor_ip,
         }
         if ev.etype == A.CUSTOM_DIMENSION:
