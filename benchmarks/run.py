@@ -76,6 +76,14 @@ OFFICIAL_SETTINGS = {
     }],
 }
 
+#: The soak's size per mode: seconds of the whole run, emitting threads, events per burst,
+#: pause between bursts, and the tmpfs the spool sits on.
+SOAK: dict[str, dict[str, Any]] = {
+    "quick": {"seconds": 4, "threads": 2, "burst": 200, "pause": 0.05, "disk_kib": 256},
+    "default": {"seconds": 20, "threads": 8, "burst": 500, "pause": 0.02, "disk_kib": 1024},
+    "full": {"seconds": 40, "threads": 16, "burst": 1000, "pause": 0.02, "disk_kib": 2048},
+}
+
 MODES: dict[str, dict[str, Any]] = {
     "quick": {"hot_n": 500, "hot_repeats": 3, "e2e_n": 1000, "e2e_repeats": 1, "latency_n": 400, "latency_repeats": 1,
               "wire_n": 200, "wire_rt_n": 50, "mem_n": 999, "timer_procs": 3, "timer_cycles": 1, "stall_n": 2000,
@@ -850,9 +858,247 @@ def task_burst(spec: dict) -> dict:
             "flush_ok": flushed}
 
 
+DELAYS_MS = (0, 20, 50, 100)  # the "latency" section's answer delays
+
+
+def task_delay(spec: dict) -> dict:
+    """Delivered events/s on default settings (no max_queue_size, max_concurrent_requests given)
+    when every answer comes ``latency`` s late, through the byte-counting relay (it counts the
+    connections opened); ours also samples its requests in flight every 10 ms, and both the CPU
+    time of the whole process (emitting + delivering) per delivered event. ``slow_to``: the
+    server slows to that many seconds halfway through emitting (memory, drops)."""
+    from vwo_otel import VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor
+
+    rx = RX()
+    n, latency, realtime = spec["n"], spec["latency"], spec.get("realtime", False)
+    url = rx.relay_url
+    batch = None if realtime else {"events_per_request": EVENTS_PER_REQUEST, "request_time_interval": 600}
+    processor = None
+    if spec["impl"] == "official":
+        client = official_client(url, batch=not realtime)
+        activate = client.activate
+
+        def emit(user: str) -> None:
+            activate(CAMPAIGN_KEY, user)
+    else:
+        from opentelemetry.sdk.trace import TracerProvider
+
+        processor = VWOSpanProcessor(VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=url), batch)
+        provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+        provider.add_span_processor(processor)
+        our_activate = VWOEvents(tracer_provider=provider).activate
+
+        def emit(user: str) -> None:
+            our_activate(CAMPAIGN_ID, VARIATION_ID, user)
+    rx.call("reset")
+    if latency:
+        rx.call("stall", latency)
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while processor is not None and not stop.wait(0.01):
+            samples.append(processor.batcher.snapshot().in_flight)
+
+    threading.Thread(target=sample, daemon=True).start()
+    gc.collect()
+    mem = PeakRSS()
+    cpu0, start = time.process_time(), time.perf_counter()
+    ids = users(n, "delay")
+    slow_to = spec.get("slow_to")
+    for i, user in enumerate(ids):
+        if slow_to and i == n // 2:
+            rx.call("stall", slow_to)
+        emit(user)
+    if spec["impl"] == "official":
+        client.flush_events(mode="sync")
+    else:
+        processor.force_flush(120_000)
+    rx.call("wait", n, 120)
+    end, cpu = time.perf_counter(), time.process_time() - cpu0
+    stop.set()
+    grew = mem.stop()
+    delivered = rx.call("count")
+    connections = rx.call("relay")["connections"]
+    rx.call("clear")
+    dropped = {} if processor is None else dict(processor.stats()["dropped"])
+    if processor is not None:
+        processor.shutdown()
+    return {"n": n, "delivered": delivered, "lost": n - delivered, "events_per_s": delivered / (end - start),
+            "cpu_us_per_event": cpu / max(delivered, 1) * 1e6, "connections": connections,
+            "in_flight_max": max(samples, default=0), "in_flight_p50": percentile(samples, 50) if samples else 0,
+            "in_flight": samples[::10], "peak_rss_growth": grew, "dropped": dropped}
+
+
+# ---------------------------------------------------------------------------- soak
+#: The soak's app: bursts from several threads, a spool, its own SIGTERM handler (stop the
+#: emitters, record what they emitted) and then the signal's default action, for which vwo_otel
+#: stands in (deliver within shutdown_timeout, then die of the signal). Writes "E phase thread n"
+#: (emitted) and "R uuid" / "U n" (reported to flush_callback, listed / only counted) lines.
+SOAK_APP = r"""
+import os, signal, sys, threading, time
+from opentelemetry.sdk.trace import TracerProvider
+import vwo_otel
+url, spool_dir, out, phase = sys.argv[1:5]
+threads, burst, pause, limit = int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7]), float(sys.argv[8])
+fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+def reported(err, events):
+    if err is None:
+        return
+    lines = [f"R {e['u']}" for e in events if isinstance(e, dict) and "u" in e]
+    unlisted = (getattr(err, "count", None) or len(events)) - len(lines)
+    if unlisted > 0:
+        lines.append(f"U {unlisted}")
+    os.write(fd, ("\n".join(lines) + "\n").encode())
+
+exporter = vwo_otel.VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=url, timeout=1.0,
+                                retry=vwo_otel.RetryPolicy(budget=1.0, initial_backoff=0.01, max_backoff=0.1))
+processor = vwo_otel.VWOSpanProcessor(
+    exporter, {"events_per_request": 100, "request_time_interval": 1, "flush_callback": reported},
+    max_queue_size=500, shutdown_timeout=3.0, spool=spool_dir)
+provider = TracerProvider(sampler=vwo_otel.VWOSampler(), shutdown_on_exit=False)
+provider.add_span_processor(processor)
+vwo = vwo_otel.VWOEvents(tracer_provider=provider)
+stop = threading.Event()
+counts = [0] * threads
+
+def emit(t):
+    i = 0
+    while not stop.is_set():
+        for _ in range(burst):
+            vwo.track(1, 2, 3, f"{phase}-{t}-{i}", revenue=1)
+            i += 1
+            counts[t] = i
+        stop.wait(pause)
+
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+workers = [threading.Thread(target=emit, args=(t,)) for t in range(threads)]
+for w in workers:
+    w.start()
+print("started", flush=True)
+stop.wait(limit)
+stop.set()
+for w in workers:
+    w.join()
+os.write(fd, "".join(f"E {phase} {t} {n}\n" for t, n in enumerate(counts)).encode())
+if phase == "term":
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # vwo_otel stands in for the default action: delivers, then dies
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)
+processor.shutdown()
+""".replace("ACCOUNT_ID", str(ACCOUNT_ID)).replace("SDK_KEY", repr(SDK_KEY))
+
+
+def _soak_app(url: str, spool_dir: str, out: str, phase: str, spec: dict, limit: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", SOAK_APP, url, spool_dir, out, phase, str(spec["threads"]),
+                             str(spec["burst"]), str(spec["pause"]), str(limit)],
+                            stdout=subprocess.PIPE, stderr=open(f"{out}.{phase}.err", "w"), text=True,
+                            env={**os.environ, "PYTHONPATH": os.path.dirname(HERE)})
+
+
+def _small_disk(path: str, kib: int) -> bool:
+    """Mount a tmpfs of ``kib`` KiB on ``path`` (root only); False: a plain directory it stays."""
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", path],
+                          capture_output=True).returncode == 0
+
+
+def _rows_on_disk(directory: str) -> list[str]:
+    """The user ids of every event row left in the spool directory (set-aside files included)."""
+    import sqlite3
+
+    users: list[str] = []
+    for name in os.listdir(directory):
+        if not name.startswith("spool-") or name.endswith(("-wal", "-shm", ".lock")):
+            continue
+        conn = sqlite3.connect(f"file:{os.path.join(directory, name)}?mode=ro", uri=True)
+        try:
+            users += [json.loads(text)["user_id"] for (text,) in conn.execute("SELECT event FROM events")]
+        except sqlite3.OperationalError:  # a file the full disk left without its table: no events in it
+            pass
+        finally:
+            conn.close()
+    return users
+
+
+def task_soak(spec: dict) -> dict:
+    """Everything at once: bursts from several threads, random faults, a slow server, VWO down,
+    a full disk, SIGTERM mid-run, a restart that replays. Every emitted event must end as
+    delivered, reported to flush_callback, or on disk."""
+    import shutil
+    import signal
+    import tempfile
+
+    from vwo_otel import visitor_uuid
+    from vwo_otel.testing import Receiver
+
+    base = tempfile.mkdtemp(prefix="vwo-soak-")
+    spool_dir = os.path.join(base, "spool")
+    os.makedirs(spool_dir)
+    out = os.path.join(base, "ledger.txt")
+    mounted = _small_disk(spool_dir, spec["disk_kib"])
+    stage = spec["seconds"] / 4
+    start = time.monotonic()
+    try:
+        with Receiver(account_id=ACCOUNT_ID, sdk_key=SDK_KEY) as rx:
+            rx.random_faults(0.2, seed=7)  # stage 1: bursts against random 5xx/429/dropped connections
+            app = _soak_app(rx.url, spool_dir, out, "term", spec, limit=600)
+            assert app.stdout is not None
+            if app.stdout.readline().strip() != "started":
+                raise RuntimeError(f"the soak app did not start: {open(out + '.term.err').read()[-2000:]}")
+            time.sleep(stage)
+            rx.clear_faults()
+            rx.stall(0.3)  # stage 2: a server that answers every request late
+            time.sleep(stage)
+            rx.clear_faults()
+            rx.fail_next(10**9)  # stage 3: VWO down; the queue spills until the disk is full
+            time.sleep(stage)
+            disk = shutil.disk_usage(spool_dir)
+            app.send_signal(signal.SIGTERM)  # mid-run
+            term_exit = app.wait(60)
+            rx.clear_faults()
+            again = _soak_app(rx.url, spool_dir, out, "restart", spec, limit=stage)  # stage 4: restart, replay
+            assert again.stdout is not None
+            again.stdout.read()
+            restart_exit = again.wait(60)
+            received = [e["u"] for e in rx.events()]
+        left = _rows_on_disk(spool_dir)
+        with open(out) if os.path.exists(out) else open(os.devnull) as f:
+            ledger = f.read().splitlines()  # read before the folder is removed below
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", spool_dir], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+    emitted: set[str] = set()
+    reported: set[str] = set()
+    unlisted = 0
+    for line in ledger:
+        if line.strip():
+            kind, *rest = line.split()
+            if kind == "E":
+                emitted.update(visitor_uuid(ACCOUNT_ID, f"{rest[0]}-{rest[1]}-{i}") for i in range(int(rest[2])))
+            elif kind == "R":
+                reported.add(rest[0])
+            elif kind == "U":
+                unlisted += int(rest[0])
+    delivered = set(received)
+    on_disk = {visitor_uuid(ACCOUNT_ID, u) for u in left}
+    accounted = delivered | reported | on_disk
+    return {"seconds": time.monotonic() - start, "disk": f"tmpfs {spec['disk_kib']} KiB" if mounted else "temp dir",
+            "disk_full": mounted and disk.free < 64 * 1024, "term_exit": term_exit, "restart_exit": restart_exit,
+            "emitted": len(emitted), "delivered": len(delivered & emitted),
+            "reported": len((reported - delivered) & emitted) + unlisted,
+            "on_disk": len(on_disk - delivered - reported),
+            "duplicates": len(received) - len(delivered), "reported_and_delivered": len(reported & delivered),
+            "unaccounted": len(emitted - accounted), "unknown": len(accounted - emitted)}
+
+
 TASKS: dict[str, Callable[[dict], dict]] = {
     "hot": task_hot, "e2e": task_e2e, "wire": task_wire, "memory": task_memory, "timer": task_timer,
-    "stall": task_stall, "burst": task_burst, "spool": task_spool, "http": task_http,
+    "stall": task_stall, "burst": task_burst, "latency": task_delay, "spool": task_spool, "http": task_http,
+    "soak": task_soak,
 }
 
 
@@ -991,7 +1237,7 @@ def machine() -> dict:
             "versions": versions}
 
 
-SECTIONS = ("hot", "e2e", "wire", "memory", "timer", "stall", "scale", "spool", "http", "burst")
+SECTIONS = ("hot", "e2e", "wire", "memory", "timer", "stall", "scale", "spool", "http", "burst", "latency", "soak")
 
 
 def collect(orch: Orchestrator, only: set[str]) -> dict:
@@ -1052,6 +1298,24 @@ def collect(orch: Orchestrator, only: set[str]) -> dict:
         log("burst on defaults (20,000 events: 1 thread, 16 threads)...", flush=True)
         n = 2000 if orch.mode == "quick" else 20_000
         raw["burst"] = [orch.one({"task": "burst", "n": n, "threads": t}) for t in (1, 16)]
+    if "latency" in only:
+        log("delivery vs answer delay (0/20/50/100 ms; a 20 -> 500 ms slowdown; real time at 50 ms)...", flush=True)
+        n = 2000 if orch.mode == "quick" else cfg["e2e_n"]
+        repeats = 1 if orch.mode == "quick" else max(3, cfg["latency_repeats"])
+        raw["latency"] = {f"{impl}_{ms}ms": [] for ms in DELAYS_MS for impl in ("ours", "official")}
+        for _ in range(repeats):
+            for ms in DELAYS_MS:
+                for impl in ("ours", "official"):
+                    raw["latency"][f"{impl}_{ms}ms"].append(
+                        orch.one({"task": "latency", "impl": impl, "n": n, "latency": ms / 1000}))
+        raw["latency_slowdown"] = orch.one({"task": "latency", "impl": "ours", "n": 5 * n, "latency": 0.02,
+                                            "slow_to": 0.5})
+        rt_n = 200 if orch.mode == "quick" else 2000
+        raw["latency_realtime"] = {impl: orch.one({"task": "latency", "impl": impl, "n": rt_n, "latency": 0.05,
+                                                   "realtime": True}) for impl in ("ours", "official")}
+    if "soak" in only:
+        log("soak: bursts, faults, a slow server, VWO down, a full disk, SIGTERM mid-run, a restart...", flush=True)
+        raw["soak"] = orch.one({"task": "soak", **SOAK[orch.mode]})
     orch.flush_batched()
     return resolve(raw)
 
@@ -1255,6 +1519,36 @@ def report(raw: dict, cfg: dict) -> tuple[list[dict], dict]:
     safe(http_ab, "H http client A/B", "http")
     section_of = {"1:": "hot_span", "2:": "e2e"}  # the method notes written up front; the others come with rows
     notes = [n for n in notes if section_of.get(n[:2], "") in raw or n[:2] not in section_of]
+    def latency() -> None:
+        runs = {k: [_check(r, f"latency {k}") for r in v] for k, v in raw["latency"].items()}
+        for ms in DELAYS_MS:
+            ours, off = runs[f"ours_{ms}ms"], runs[f"official_{ms}ms"]
+            lost = max(r["lost"] for r in ours)
+            eps, off_eps = median([r["events_per_s"] for r in ours]), median([r["events_per_s"] for r in off])
+            row(f"L{ms:<3} delivered events/s, answers {ms} ms late (defaults; lost {lost})", eps, off_eps,
+                "events/s", ">= 3x, 0 lost", eps / off_eps >= 3 and lost == 0, fmt="{:,.0f}")
+            row(f"L{ms:<3}   CPU per delivered event (emit + deliver, whole process)",
+                median([r["cpu_us_per_event"] for r in ours]), median([r["cpu_us_per_event"] for r in off]),
+                "µs/event", fmt="{:.1f}")
+            row(f"L{ms:<3}   requests in flight: max / median (ours); connections opened",
+                median([r["in_flight_max"] for r in ours]), median([r["in_flight_p50"] for r in ours]), "requests",
+                fmt="{:.0f}", ratio=float("nan"),
+                note=f"connections: ours {median([r['connections'] for r in ours]):.0f}, "
+                     f"official {median([r['connections'] for r in off]):.0f}")
+        slow = _check(raw["latency_slowdown"], "latency slowdown")
+        row(f"L500 server slows 20 -> 500 ms halfway ({slow['n']} events): peak RSS growth",
+            slow["peak_rss_growth"] / 1e6, None, "MB", "bounded", None, fmt="{:.1f}",
+            note=f"delivered {slow['delivered']}, dropped {slow['dropped']}, in flight max {slow['in_flight_max']}")
+        rt = {k: _check(v, f"latency realtime {k}") for k, v in raw["latency_realtime"].items()}
+        row(f"LRT  real time (one GET per event), answers 50 ms late ({rt['ours']['n']} events)",
+            rt["ours"]["events_per_s"], rt["official"]["events_per_s"], "events/s", fmt="{:,.0f}",
+            note=f"lost: ours {rt['ours']['lost']}, official {rt['official']['lost']}")
+        notes.append("L: activate only, one emitting thread, processor defaults (queue 100,000, adaptive requests in "
+                     "flight up to max_concurrent_requests=64), through the byte-counting relay; CPU = the worker "
+                     "process's CPU time from first emit to last event accepted / delivered events")
+
+    safe(latency, "L delivery vs answer delay", "latency")
+
     def burst() -> None:
         for r in (_check(x, "burst") for x in raw["burst"]):
             row(f"B burst on defaults, {r['n']:,} events from {r['threads']} thread(s), server "
@@ -1262,6 +1556,22 @@ def report(raw: dict, cfg: dict) -> tuple[list[dict], dict]:
                 "events", "0", r["lost"] == 0, fmt="{:,.0f}")
 
     safe(burst, "B burst", "burst")
+
+    def soak() -> None:
+        r = _check(raw["soak"], "soak")
+        held = r["delivered"] + r["reported"] + r["on_disk"]
+        row(f"S soak ({r['seconds']:.0f} s, spool on {r['disk']}{', filled' if r['disk_full'] else ''}): emitted "
+            f"{r['emitted']:,} = delivered {r['delivered']:,} + reported {r['reported']:,} + on disk "
+            f"{r['on_disk']:,}; duplicates", r["duplicates"], None, "events", "sum holds",
+            r["emitted"] == held and not r["unknown"] and not r["unaccounted"], fmt="{:,.0f}")
+        notes.append("S: a child app, 4 stages: bursts from several threads against random faults (20% of requests "
+                     "5xx/429/dropped), a server answering 300 ms late, VWO down (the queue spills to a small "
+                     "tmpfs until it is full), then SIGTERM (the app stops its threads; vwo_otel delivers within "
+                     "shutdown_timeout, then the process dies of the signal) and a restart that replays the spool; "
+                     "delivered = unique at the receiver, reported = flush_callback errors, on disk = rows left; "
+                     "duplicates = deliveries beyond the first (at-least-once across the kill)")
+
+    safe(soak, "S soak", "soak")
     return rows, {"raw": raw, "notes": notes}
 
 

@@ -1,7 +1,7 @@
 """A small WSGI app that sends VWO events through vwo_otel, made to run under gunicorn.
 
-    VWO_ENDPOINT=http://127.0.0.1:8000 gunicorn -w 2 --pythonpath examples wsgi_app:app
-    VWO_ENDPOINT=http://127.0.0.1:8000 gunicorn -w 2 --preload --pythonpath examples wsgi_app:app
+    VWO_ENDPOINT=http://127.0.0.1:8000 gunicorn -w 2 -b 127.0.0.1:8090 --pythonpath examples wsgi_app:app
+    VWO_ENDPOINT=http://127.0.0.1:8000 gunicorn -w 2 -b 127.0.0.1:8090 --preload --pythonpath examples wsgi_app:app
 
 ``GET /?user=Alice`` records an impression (VWO ``activate``), ``GET /buy?user=Alice&revenue=9.5``
 an impression and a conversion (``track``). The provider, sampler and processor are created

@@ -14,10 +14,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_benchmark_quick_smoke(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only", "hot,timer,stall,spool",
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only", "hot,timer,stall,spool,soak",
          "--json", str(tmp_path / "results.json")],
         capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for metric in ("1a hot path", "5b timer lag p99", "6a emit latency p99", "8a emit cost with the spool"):
         assert metric in proc.stdout
+    soak = next(line for line in proc.stdout.splitlines() if line.startswith("S soak"))
+    assert soak.rstrip().endswith("yes"), soak  # emitted = delivered + reported + on disk
     assert (tmp_path / "results.json").exists()

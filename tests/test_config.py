@@ -9,6 +9,7 @@ an error, and ``batch_events=None`` means real-time delivery.
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import pytest
@@ -295,3 +296,26 @@ def test_flush_callback_with_the_wrong_signature_is_refused_at_set_up(callback):
                                       lambda err, events, extra=1: None])
 def test_flush_callback_signatures_that_take_err_and_events(callback):
     assert BatchEvents(flush_callback=callback).flush_callback is callback
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"retry": 60}, "retry must be a vwo_otel.RetryPolicy"),
+    ({"retry": {"budget": 1}}, "retry must be a vwo_otel.RetryPolicy"),
+    ({"sdk_key": "ключ-abc-123456"}, "sdk_key must be a non-empty str of printable ASCII"),
+    ({"endpoint": "http://127.0.0.1:99999"}, "endpoint must be an http(s) URL with a valid host and port"),
+    ({"endpoint": "http:// 127.0.0.1:80"}, "endpoint must be an http(s) URL with a valid host and port"),
+    ({"endpoint": "http://[::1"}, "endpoint must be an http(s) URL with a valid host and port"),
+], ids=["retry-int", "retry-dict", "non-ascii-key", "port-range", "space", "broken-ipv6"])
+def test_set_up_values_that_would_fail_every_batch_are_refused_at_set_up(kwargs, words):
+    """Each of these used to construct and then fail every batch on the delivery thread."""
+    args = {"account_id": ACCOUNT_ID, "sdk_key": SDK_KEY, "endpoint": CLOSED, **kwargs}
+    with pytest.raises((TypeError, ValueError), match=re.escape(words)):
+        VWOExporter(**args)
+
+
+@pytest.mark.parametrize("value", ["100", None, -1])
+def test_force_flush_timeout_is_checked(exporter, value):
+    processor = VWOSpanProcessor(exporter, {"events_per_request": 10})
+    with pytest.raises((TypeError, ValueError), match="timeout_millis"):
+        processor.force_flush(value)
+    processor.shutdown()

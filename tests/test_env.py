@@ -99,8 +99,8 @@ def test_a_misspelt_variable_is_an_error_naming_the_closest_one(caplog):
         "VWO_Q is not a vwo_otel variable and is ignored; the variables read are " + ", ".join(VARIABLES)]
 
 
-def test_the_gateways_keys_reserved_names_and_empty_values_are_not_unknown():
-    env = {**BASE, "VWO_SDK_KEY_123": "key-of-account-123", "VWO_DISABLED": "1", "VWO_TYPO": " ", "VWOX": "1"}
+def test_the_gateways_keys_and_empty_values_are_not_unknown():
+    env = {**BASE, "VWO_SDK_KEY_123": "key-of-account-123", "VWO_TYPO": " ", "VWOX": "1"}
     assert read_env(env) == {"account_id": ACCOUNT_ID, "sdk_key": SDK_KEY}
 
 

@@ -220,7 +220,7 @@ def test_otlp_exporters_in_several_processes_deliver_every_event_exactly_once(ma
     assert types == {1: total // 3, 2: total // 3, 3: total // 3}
     stats = gw.stats()
     assert stats["accepted"] == total and stats["ignored_items"] > 0
-    assert stats["rejected"] == {"malformed": 0, "unknown_account": 0, "over_backlog": 0}
+    assert stats["rejected"] == {"malformed": 0, "unknown_account": 0}
     assert set(stats["responses"]) == {"200"}
     batches = [r for r in receiver.requests() if r["accepted"]]
     assert all(r["n_events"] <= 50 for r in batches)
@@ -301,7 +301,7 @@ def test_partial_success_counts_malformed_and_unknown_account_items(make_gateway
     assert gw.flush(5)
     assert {ev["u"] for ev in receiver.events()} == {visitor_uuid(ACCOUNT_ID, u) for u in ("ok-1", "override")}
     stats = gw.stats()
-    assert stats["rejected"] == {"malformed": 2, "unknown_account": 2, "over_backlog": 0}
+    assert stats["rejected"] == {"malformed": 2, "unknown_account": 2}
     assert stats["accepted"] == 2
 
 
@@ -508,12 +508,11 @@ def test_full_backlog_answers_429_with_retry_after_and_keeps_nothing(make_gatewa
     assert gw.stats()["responses"] == {"200": 2, "429": 1}
 
 
-def test_request_larger_than_the_whole_backlog_is_rejected_not_retried_forever(make_gateway, receiver):
+def test_request_larger_than_the_whole_backlog_is_taken_whole_not_rejected(make_gateway, receiver):
     gw = make_gateway(max_backlog=4, events_per_request=2)
     r = post(gw, "/v1/traces", traces_json(({}, [goal(f"big{i}") for i in range(5)])))
-    assert r.status_code == 200
-    partial = r.json()["partialSuccess"]
-    assert int(partial["rejectedSpans"]) == 5 and "backlog" in partial["errorMessage"]
+    assert r.status_code == 200 and r.json() == {}
+    assert gw.flush(5) and receiver.event_count() == 5
 
 
 @needs_exporter

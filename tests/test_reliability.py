@@ -218,15 +218,10 @@ def test_other_4xx_is_final_one_request_no_retry(pipeline, receiver, callbacks, 
     assert received(receiver) == Counter([u("after-a"), u("after-b")])
 
 
-def test_an_invalid_endpoint_url_fails_at_once_without_retries(pipeline, make_exporter, callbacks):
-    """A request that can never succeed (requests' InvalidURL) is final: no retry loop."""
-    exporter = make_exporter(endpoint="http://127.0.0.1:99999", retry=RetryPolicy(budget=30, initial_backoff=1))
-    events, proc, _ = pipeline(HELD, exporter=exporter)
-    events.activate(1, 1, "bad-url")
-    start = time.monotonic()
-    assert proc.flush_events() is False
-    assert time.monotonic() - start < 1.0
-    assert isinstance(callbacks.failed[0][0], NetworkError)
+def test_an_invalid_endpoint_url_is_refused_at_set_up(make_exporter):
+    """A URL no request can carry used to fail every batch; it is refused when the exporter is made."""
+    with pytest.raises(ValueError, match="endpoint must be an http"):
+        make_exporter(endpoint="http://127.0.0.1:99999", retry=RetryPolicy(budget=30, initial_backoff=1))
 
 
 def test_sdk_key_that_cannot_be_a_header_is_refused_at_construction():

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from vwo_otel import VWOEvents, VWOExporter, VWOLogRecordProcessor, VWOSpanProcessor, visitor_uuid
+from vwo_otel import VWOEvents, VWOExporter, VWOLogRecordProcessor, VWOSampler, VWOSpanProcessor, visitor_uuid
 
 BATCH = {"events_per_request": 10, "request_time_interval": 60}
 
@@ -52,7 +52,7 @@ def test_processor_on_another_provider_is_the_same_mistake(receiver, caplog):
 
 
 def test_adding_the_processor_later_starts_delivery(receiver):
-    provider, app = _app_provider()
+    provider, app = _app_provider(sampler=VWOSampler())
     vwo = VWOEvents(tracer_provider=provider)
     vwo.activate(1, 2, "early")  # not emitted: no VWO processor yet
     processor = VWOSpanProcessor(VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=receiver.url), BATCH)
@@ -60,6 +60,32 @@ def test_adding_the_processor_later_starts_delivery(receiver):
     vwo.activate(1, 2, "late")
     assert processor.flush_events() is True
     assert [e["u"] for e in receiver.events()] == [visitor_uuid(ACCOUNT_ID, "late")]
+    assert app.get_finished_spans() == ()
+    processor.shutdown()
+
+
+def test_app_exporters_beside_the_vwo_processor_without_vwo_sampler_would_leak(receiver, caplog):
+    """Without VWOSampler the app's own processors would export every VWO span, user id included."""
+    provider, app = _app_provider()
+    processor = VWOSpanProcessor(VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=receiver.url), BATCH)
+    provider.add_span_processor(processor)
+    with caplog.at_level(logging.WARNING, logger="vwo_otel"):
+        VWOEvents(tracer_provider=provider).activate(1, 2, "alice@example.com")
+    assert app.get_finished_spans() == ()
+    assert any("sampler=vwo_otel.VWOSampler" in r.getMessage() for r in caplog.records)
+    processor.shutdown()
+
+
+def test_a_shared_logger_provider_with_the_apps_log_exporter_would_leak(receiver, caplog):
+    app = InMemoryLogRecordExporter()
+    provider = LoggerProvider(shutdown_on_exit=False)
+    provider.add_log_record_processor(SimpleLogRecordProcessor(app))
+    processor = VWOLogRecordProcessor(VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=receiver.url), BATCH)
+    provider.add_log_record_processor(processor)
+    with caplog.at_level(logging.WARNING, logger="vwo_otel"):
+        VWOEvents(logger_provider=provider).activate(1, 2, "bob@example.com")
+    assert app.get_finished_logs() == ()
+    assert any("LoggerProvider of its own" in r.getMessage() for r in caplog.records)
     processor.shutdown()
 
 

@@ -20,6 +20,8 @@ import urllib.request
 import pytest
 from conftest import ACCOUNT_ID, SDK_KEY
 
+from vwo_otel import visitor_uuid
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APPS = os.path.join(REPO, "tests", "apps")
 
@@ -103,6 +105,25 @@ def test_plain_python_delivers_the_queued_tail_then_dies_by_the_signal(receiver,
     assert "FAILED" not in stderr
     assert proc.returncode == -sig  # the signal still does what it would have done
     assert took < 5 + 2  # bounded by shutdown_timeout (5 s in the app)
+
+
+def test_signal_while_the_main_thread_is_emitting(receiver):
+    """The signal lands while the main thread is inside the engine (holding its lock): delivery
+    must not wait for that thread, and every event emitted before shutdown began is delivered."""
+    proc = _spawn([sys.executable, os.path.join(APPS, "sigterm_app.py"), "busy"], env=_env(receiver))
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("emitted") and int(line.split()[1]) >= 5000:
+            break
+    started = time.monotonic()
+    stderr = _stop(proc)
+    assert time.monotonic() - started < 5 + 1, stderr  # shutdown_timeout 5 s in the app
+    assert "did not finish in time" not in stderr, stderr
+    failed = [ln for ln in stderr.splitlines() if ln.startswith("FAILED")]
+    assert all("already_shutdown" in ln for ln in failed), failed  # emitted after shutdown began: refused
+    assert proc.returncode == -signal.SIGTERM
+    users = {e["u"] for e in receiver.events()}
+    assert len(users) >= 5000 == len(users & {visitor_uuid(ACCOUNT_ID, f"busy-{i}") for i in range(5000)})
 
 
 @pytest.mark.parametrize("when", ["before", "after"])

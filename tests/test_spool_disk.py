@@ -329,3 +329,32 @@ def test_a_damaged_spool_directory_never_stops_the_processor(receiver, make_expo
     assert list(tmp_path.glob("spool-7-0000aaaa.sqlite.unadoptable-*"))
     assert list(tmp_path.glob("spool-8-0000bbbb.sqlite.quarantine-*"))
     assert any("could not be adopted" in r.getMessage() for r in caplog.records)
+
+
+def test_a_disk_full_before_start_costs_the_spool_not_the_app(receiver, make_exporter, pipeline, callbacks, disk,
+                                                              caplog):
+    """A spool that cannot even be created (disk already full) must not make the processor's
+    constructor raise: events are kept in memory only and delivered, with an ERROR saying so."""
+    fill(disk)
+    with caplog.at_level(logging.ERROR, logger="vwo_otel"):
+        events, proc, _ = pipeline({"events_per_request": 5, "request_time_interval": 60}, spool=disk / "spool")
+    assert any("is unusable" in r.getMessage() and "memory only" in r.getMessage() for r in caplog.records)
+    for i in range(5):
+        events.activate(1, 1, f"fulldisk-{i}")
+    assert proc.flush_events() is True
+    assert receiver.event_count() == 5
+
+
+def test_a_file_its_process_died_creating_is_removed_quietly(receiver, make_exporter, pipeline, tmp_path, caplog):
+    """A child killed between creating its SQLite file and its table leaves an empty database:
+    nothing to replay, so no ERROR and no *.corrupt-* file piling up with each crash."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    empty = spool_dir / "spool-999999-deadbeef.sqlite"
+    empty.write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="vwo_otel"):
+        _, proc, _ = pipeline({"events_per_request": 5, "request_time_interval": 60}, spool=spool_dir)
+        proc.shutdown()
+    assert not empty.exists()
+    assert not list(spool_dir.glob("*.corrupt-*"))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

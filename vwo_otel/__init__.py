@@ -7,6 +7,7 @@ Data path: ``VWOEvents`` (spans / log records) -> ``VWOSpanProcessor`` /
 """
 
 from . import attributes
+from ._engine.lifecycle import shutdown_all
 from ._engine.spool import Spool
 from ._version import __version__
 from .api import VWOEvents, VWOSampler
@@ -30,6 +31,6 @@ from .processor import VWOLogRecordProcessor, VWOSpanProcessor
 __all__ = [
     "attributes", "BatchEvents", "ConfigError", "EventsDropped", "exporter_from_env", "HTTPStatusError",
     "log_processor_from_env", "NetworkError", "Outcome", "PayloadTooLarge", "RetryPolicy",
-    "span_processor_from_env", "Spool", "visitor_uuid", "VWODeliveryError", "VWOEvent", "VWOEvents", "VWOExporter",
-    "VWOLogRecordProcessor", "VWOSampler", "VWOSpanProcessor", "__version__",
+    "shutdown_all", "span_processor_from_env", "Spool", "visitor_uuid", "VWODeliveryError", "VWOEvent", "VWOEvents",
+    "VWOExporter", "VWOLogRecordProcessor", "VWOSampler", "VWOSpanProcessor", "__version__",
 ]

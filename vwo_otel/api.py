@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import trace
@@ -156,55 +157,75 @@ class VWOEvents:
         return True
 
     def _route(self) -> bool:
-        """Look for a VWO processor on the provider (until one is found) and read its limits."""
+        """Look at the provider (until it can take VWO events) and read its limits."""
         log = self._emit == self._emit_log
-        provider = self._provider or trace.get_tracer_provider()
-        found, limits = _vwo_route(provider, log)
-        if found is False and not self._to_gateway:
-            if not self._warned:
-                self._warned = True
-                kind = ("VWOLogRecordProcessor on this LoggerProvider" if log
-                        else "VWOSpanProcessor on this TracerProvider")
-                logger.warning("VWO events are not emitted: there is no vwo_otel.%s, so they would be lost or reach "
-                               "the app's own exporters with user ids. Add one (or, under opentelemetry-instrument, "
-                               "set VWO_ACCOUNT_ID and VWO_SDK_KEY).", kind)
-            return False
-        count, length = limits
-        if count is not None and count < MAX_EVENT_ATTRIBUTES:
-            raise ValueError(f"the provider keeps at most {count} attributes per {'log record' if log else 'span'} "
-                             f"(OTEL_ATTRIBUTE_COUNT_LIMIT or the signal's own limit): a VWO event needs up to "
-                             f"{MAX_EVENT_ATTRIBUTES}, or it would lose fields; raise the limit")
-        self._max_length = length
+        route = _Route.of(self._provider or trace.get_tracer_provider(), log)
+        if route.found is False and not self._to_gateway:
+            kind = "VWOLogRecordProcessor on this LoggerProvider" if log else "VWOSpanProcessor on this TracerProvider"
+            return self._refuse(f"there is no vwo_otel.{kind}, so they would be lost or reach the app's own "
+                                "exporters with user ids. Add one (or, under opentelemetry-instrument, set "
+                                "VWO_ACCOUNT_ID and VWO_SDK_KEY)")
+        if route.leaks and not self._to_gateway:
+            fix = ("use a LoggerProvider of its own for VWO" if log
+                   else "create the TracerProvider with sampler=vwo_otel.VWOSampler(<your sampler>)")
+            return self._refuse("the provider's other processors would export them, user ids included: " + fix)
+        if route.count is not None and route.count < MAX_EVENT_ATTRIBUTES:
+            raise ValueError(f"the provider keeps at most {route.count} attributes per "
+                             f"{'log record' if log else 'span'} (OTEL_ATTRIBUTE_COUNT_LIMIT or the signal's own "
+                             f"limit): a VWO event needs up to {MAX_EVENT_ATTRIBUTES}, or it would lose fields; "
+                             "raise the limit")
+        self._max_length = route.length
         self._routed = True
         return True
+
+    def _refuse(self, why: str) -> bool:
+        if not self._warned:
+            self._warned = True
+            logger.warning("VWO events are not emitted: %s.", why)
+        return False
 
 
 #: The most attributes one VWO event carries (a conversion with revenue, user agent and IP).
 MAX_EVENT_ATTRIBUTES = 8
 
 
-def _vwo_route(provider: Any, log: bool) -> tuple[bool | None, tuple[int | None, int | None]]:
-    """(is a VWO processor registered on ``provider``: True / False / None when the provider is not
-    an SDK one we can inspect, (attribute count limit, value length limit))."""
-    if log:
-        multi = getattr(provider, "_multi_log_record_processor", None)
-        processors = getattr(multi, "_log_record_processors", None)
-        limits = getattr(provider, "_log_record_limits", None)
-        count = getattr(limits, "max_log_record_attributes", None)
-        length = getattr(limits, "max_log_record_attribute_length", None)
-        kind: type = VWOLogRecordProcessor
-    else:
-        if isinstance(provider, trace.ProxyTracerProvider):
-            return False, (None, None)  # no provider set yet: events would go nowhere
-        multi = getattr(provider, "_active_span_processor", None)
-        processors = getattr(multi, "_span_processors", None)
-        limits = getattr(provider, "_span_limits", None)
-        count = getattr(limits, "max_span_attributes", None)
-        length = getattr(limits, "max_span_attribute_length", None)
-        kind = VWOSpanProcessor
-    if processors is None:
-        return (None if limits is not None or multi is not None else _unknown(provider)), (count, length)
-    return any(_delivers_to_vwo(p, kind) for p in processors), (count, length)
+@dataclass(frozen=True)
+class _Route:
+    """What a provider does with a VWO event: ``found`` a VWO processor for it (None: a provider
+    we cannot inspect, trusted), ``leaks`` it to other processors too (app exporters), and the
+    attribute ``count`` / value ``length`` limits that would cut it."""
+
+    found: bool | None
+    leaks: bool = False
+    count: int | None = None
+    length: int | None = None
+
+    @classmethod
+    def of(cls, provider: Any, log: bool) -> _Route:
+        if log:
+            multi = getattr(provider, "_multi_log_record_processor", None)
+            processors = getattr(multi, "_log_record_processors", None)
+            limits = getattr(provider, "_log_record_limits", None)
+            count = getattr(limits, "max_log_record_attributes", None)
+            length = getattr(limits, "max_log_record_attribute_length", None)
+            kind: type = VWOLogRecordProcessor
+            private = True  # log records are never sampled: any other processor sees them
+        else:
+            if isinstance(provider, trace.ProxyTracerProvider):
+                return cls(False)  # no provider set yet: events would go nowhere
+            multi = getattr(provider, "_active_span_processor", None)
+            processors = getattr(multi, "_span_processors", None)
+            limits = getattr(provider, "_span_limits", None)
+            count = getattr(limits, "max_span_attributes", None)
+            length = getattr(limits, "max_span_attribute_length", None)
+            kind = VWOSpanProcessor
+            # VWOSampler keeps VWO spans unsampled: the stock processors of the app's exporters skip them
+            private = not isinstance(getattr(provider, "sampler", None), VWOSampler)
+        if processors is None:
+            found = None if limits is not None or multi is not None else _unknown(provider)
+            return cls(found, False, count, length)
+        vwo = [_delivers_to_vwo(p, kind) for p in processors]
+        return cls(any(vwo), private and not all(vwo), count, length)
 
 
 def _delivers_to_vwo(processor: Any, kind: type) -> bool:

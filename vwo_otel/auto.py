@@ -56,13 +56,8 @@ def configure(environ: Mapping[str, str] | None = None) -> VWOSpanProcessor | No
     with _lock:
         if _installed is not None:
             return _installed
-        try:
-            try:
-                processor = span_processor_from_env(environ=env)
-            except OSError as exc:  # an unusable VWO_SPOOL must not stop VWO (or anything else)
-                logger.error("vwo_otel: VWO_SPOOL=%r is unusable (%s); VWO events are delivered without the "
-                             "on-disk spool", given("VWO_SPOOL", env), exc)
-                processor = span_processor_from_env(environ={k: v for k, v in env.items() if k != "VWO_SPOOL"})
+        try:  # (an unusable VWO_SPOOL only costs the spool: the processor logs it and goes on)
+            processor = span_processor_from_env(environ=env)
         except (ValueError, TypeError, OSError) as exc:  # ConfigError is a ValueError
             logger.error("vwo_otel: VWO events are not enabled: %s", exc)
             return None

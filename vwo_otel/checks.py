@@ -105,20 +105,26 @@ def account_id(value: Any, name: str = "account_id") -> int:
 
 
 def sdk_key(value: Any, name: str = "sdk_key") -> str:
-    """A VWO sdk key: non-empty printable text without surrounding spaces (it travels in a header)."""
-    if not isinstance(value, str) or not value or not value.isprintable() or value != value.strip():
-        raise ValueError(f"{name} must be a non-empty str of printable characters without surrounding spaces "
-                         "(your VWO SDK key; it is sent as a header)")
+    """A VWO sdk key: non-empty printable ASCII without surrounding spaces (it travels in a header)."""
+    if (not isinstance(value, str) or not value or not value.isascii() or not value.isprintable()
+            or value != value.strip()):
+        raise ValueError(f"{name} must be a non-empty str of printable ASCII characters without surrounding "
+                         "spaces (your VWO SDK key; it is sent as a header)")
     return value
 
 
 def endpoint(value: Any, name: str = "endpoint") -> str:
     """VWO's collection host as an http(s) URL, optionally with a path prefix (data residency),
     without the ``/server-side/...`` path, a query or a fragment; returned without a trailing /."""
-    parts = urlsplit(value) if isinstance(value, str) else None
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+        port = parts.port if parts is not None else None  # raises for a port out of range
+    except ValueError:
+        parts = port = None
     problem = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        problem = "must be an http(s) URL"
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+            or any(c.isspace() for c in value) or (port is not None and not 0 < port < 65536)):
+        problem = "must be an http(s) URL with a valid host and port"
     elif parts.query or parts.fragment or value.endswith(("?", "#")):
         problem = "must not carry a query or fragment"
     elif _VWO_PATH in parts.path + "/":
@@ -227,3 +233,26 @@ def flag(name: str, text: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{name} must be true or false (1/0, yes/no, on/off), got {text!r}")
+
+
+def boolean(name: str, value: Any) -> bool:
+    """A yes/no keyword argument: True or False only (``"false"`` would otherwise be true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+#: A gateway bearer token's length: long enough not to be guessed, short enough for a header.
+AUTH_TOKEN_MIN_CHARS = 16
+AUTH_TOKEN_MAX_CHARS = 4096
+
+
+def auth_token(value: Any, name: str = "auth token") -> str:
+    """A gateway bearer token: 16 to 4096 visible ASCII characters (it travels in the
+    ``Authorization`` header; no spaces)."""
+    size = f"from {AUTH_TOKEN_MIN_CHARS} to {AUTH_TOKEN_MAX_CHARS} characters"
+    if not isinstance(value, str) or not value.isascii() or not value.isprintable() or " " in value:
+        raise ValueError(f"{name} must be a str of visible ASCII characters without spaces, {size}")
+    if not AUTH_TOKEN_MIN_CHARS <= len(value) <= AUTH_TOKEN_MAX_CHARS:
+        raise ValueError(f"{name} must be {size} long, got {len(value)}")
+    return value

@@ -416,7 +416,13 @@ def _gateway_arguments(p: argparse.ArgumentParser) -> None:
                         "environment variable VWO_SDK_KEY_<ID> (keeps it out of the process list)")
     p.add_argument("--default-account", metavar="ID", help="account for events without vwo.account_id")
     p.add_argument("--endpoint", help=f"VWO collection host (default {checks.DEFAULT_ENDPOINT})")
-    p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 to serve other hosts)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 to serve other hosts, which "
+                   "needs --auth-token-env or auth_tokens)")
+    p.add_argument("--auth-token-env", action="append", default=[], metavar="VAR",
+                   help="environment variable holding a bearer token senders must present (Authorization: "
+                        "Bearer <token>), valid for every account; repeat for several (keeps tokens out of `ps`)")
+    p.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS (with --tls-key unless the file has the key)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--port", type=int, help=f"port to bind, 0 for any (default {DEFAULT_PORT})")
     p.add_argument("--events-per-request", type=int, help="VWO batch size (default 100)")
     p.add_argument("--request-time-interval", type=float, help="max age of a batch in seconds (default 60)")
@@ -426,6 +432,18 @@ def _gateway_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shutdown-timeout", type=float, help="seconds to deliver backlogs at shutdown (default 10)")
     p.add_argument("--spool", help="directory for the on-disk spool (one subdirectory per account)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+
+
+def _tokens_from_env(variables: Sequence[str], environ: Mapping[str, str] | None) -> list[str]:
+    """The bearer tokens named by ``--auth-token-env VAR`` (each must be set)."""
+    environ = os.environ if environ is None else environ
+    tokens = []
+    for var in variables:
+        token = environ.get(var, "")
+        if not token:
+            raise ValueError(f"--auth-token-env {var}: the environment variable {var} is not set")
+        tokens.append(checks.auth_token(token, f"the token in {var}"))
+    return tokens
 
 
 def gateway(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
@@ -443,7 +461,8 @@ def gateway(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
             acct = parse_account(text, environ)
             accounts[acct.account_id] = acct
         config = config_from_mapping(
-            values, environ=environ, accounts=accounts, default_account=args.default_account,
+            values, environ=environ, accounts=accounts, auth_tokens=_tokens_from_env(args.auth_token_env, environ),
+            tls_cert=args.tls_cert, tls_key=args.tls_key, default_account=args.default_account,
             endpoint=args.endpoint, host=args.host, port=args.port, events_per_request=args.events_per_request,
             request_time_interval=args.request_time_interval, max_backlog=args.max_backlog,
             retry_after=args.retry_after, shutdown_timeout=args.shutdown_timeout, spool=args.spool)

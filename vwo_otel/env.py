@@ -71,6 +71,8 @@ VARIABLES: dict[str, Variable] = {
     "VWO_MAX_PAYLOAD_BYTES": _number("max_payload_bytes", checks.MAX_PAYLOAD_BYTES),
     "VWO_TIMEOUT": _number("timeout", checks.TIMEOUT),
     "VWO_METRICS": Variable("metrics", checks.flag, "true or false"),
+    "VWO_DISABLED": Variable("disabled", checks.flag, "true or false (true: development mode; events are "
+                             "checked and counted, nothing is sent)"),
     # read by the engine itself (vwo_otel._engine.signals), listed here so it is known
     "VWO_SIGNALS": Variable("signals", checks.flag, "true or false (default true: deliver before SIGTERM / "
                             "SIGINT's default action ends the process)"),
@@ -80,8 +82,6 @@ VARIABLES: dict[str, Variable] = {
 #: The gateway's per-account sdk keys (``vwo-otel gateway --account ID``): not settings of this module.
 SDK_KEY_ENV = "VWO_SDK_KEY_{account_id}"
 _warned: set[str] = set()  # unknown names already warned about
-#: ``VWO_*`` names kept for later use: never reported as unknown.
-_RESERVED = frozenset({"VWO_DISABLED"})
 
 
 def given(name: str, environ: Mapping[str, str] | None = None) -> str | None:
@@ -97,7 +97,7 @@ def _check_names(env: Mapping[str, str]) -> None:
     one that is read (it would otherwise silently change the set-up), else one warning."""
     gateway_prefix = SDK_KEY_ENV.format(account_id="")
     for name in sorted(env):
-        if not name.startswith("VWO_") or name in VARIABLES or name in _RESERVED or not given(name, env):
+        if not name.startswith("VWO_") or name in VARIABLES or not given(name, env):
             continue
         suffix = name[len(gateway_prefix):]
         if name.startswith(gateway_prefix) and suffix.isascii() and suffix.isdigit():
@@ -137,16 +137,17 @@ def _require(settings: Mapping[str, Any], key: str, name: str, what: str) -> Any
 
 def exporter_from_env(*, environ: Mapping[str, str] | None = None, account_id: int | str | None = None,
                       sdk_key: str | None = None, endpoint: str | None = None, timeout: float | None = None,
-                      retry: RetryPolicy | None = None, max_payload_bytes: int | None = None) -> VWOExporter:
+                      retry: RetryPolicy | None = None, max_payload_bytes: int | None = None,
+                      disabled: bool | None = None) -> VWOExporter:
     """A ``VWOExporter`` from ``VWO_ACCOUNT_ID``, ``VWO_SDK_KEY``, ``VWO_ENDPOINT``, ``VWO_TIMEOUT``,
-    ``VWO_RETRY_BUDGET`` and ``VWO_MAX_PAYLOAD_BYTES``; arguments that are not None win."""
+    ``VWO_RETRY_BUDGET``, ``VWO_MAX_PAYLOAD_BYTES`` and ``VWO_DISABLED``; arguments that are not None win."""
     settings = read_env(environ)
     given_args = {"account_id": account_id, "sdk_key": sdk_key, "endpoint": endpoint, "timeout": timeout,
-                  "max_payload_bytes": max_payload_bytes}
+                  "max_payload_bytes": max_payload_bytes, "disabled": disabled}
     settings.update((k, v) for k, v in given_args.items() if v is not None)
     if retry is None and "retry_budget" in settings:
         retry = RetryPolicy(budget=settings["retry_budget"])
-    kwargs: dict[str, Any] = {key: settings[key] for key in ("endpoint", "timeout", "max_payload_bytes")
+    kwargs: dict[str, Any] = {key: settings[key] for key in ("endpoint", "timeout", "max_payload_bytes", "disabled")
                               if key in settings}
     return VWOExporter(
         _require(settings, "account_id", "VWO_ACCOUNT_ID", "your VWO account id"),

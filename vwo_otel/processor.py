@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from typing import Any, TypedDict
 
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.sdk._logs import LogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
+from . import checks
 from ._engine.batcher import DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, Batcher
 from ._engine.spool import Spool
 from .config import BatchEventsLike, parse_batch_events
@@ -21,9 +23,9 @@ logger = logging.getLogger("vwo_otel")
 
 
 class ProcessorStats(TypedDict):
-    """What ``stats()`` returns."""
+    """What ``stats()`` returns (see ``VWOProcessor.stats``)."""
 
-    events: dict[str, int]  # "delivered" / "failed": events whose delivery settled, by result
+    events: dict[str, int]  # events whose delivery settled: "delivered", "failed" ("not_sent" when disabled)
     dropped: dict[str, int]  # events dropped before any request, by reason (as in ``EventsDropped.reason``)
     queued: int  # events held now: queued, batched or in flight
 
@@ -53,7 +55,7 @@ class VWOProcessor:
         self._batcher = Batcher(exporter, parse_batch_events(batch_events),
                                 max_queue_size=max_queue_size, shutdown_timeout=shutdown_timeout,
                                 max_concurrent_requests=max_concurrent_requests, block_when_full=block_when_full,
-                                spool=spool if spool is None or isinstance(spool, Spool) else Spool(spool))
+                                spool=_open_spool(spool))
         self._put = self._batcher.put
         self._account_id = exporter.account_id  # events the instrumented VWO SDK tags for another account pass by
         #: Delivery metrics (``vwo_otel.metrics``), only when a ``meter_provider`` is given.
@@ -87,16 +89,34 @@ class VWOProcessor:
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Deliver what is queued within ``timeout_millis``; False if time ran out, or an event
         emitted before the call failed or was dropped (as for ``flush_events``)."""
-        return self._batcher.flush(max(0.0, timeout_millis / 1000.0))
+        timeout = checks.number("timeout_millis", timeout_millis, low=0)
+        return self._batcher.flush(timeout / 1000.0)
 
     def shutdown(self) -> None:
         """Deliver the queue (bounded by ``shutdown_timeout``), then refuse new events; idempotent."""
         self._batcher.shutdown()
 
     def stats(self) -> ProcessorStats:
-        """Counters so far: events delivered / failed, dropped by reason, and queued now."""
+        """Counters since the processor started (in a forked child: since the fork); cheap,
+        safe from any thread:
+
+        - ``events["delivered"]``: events VWO accepted (a 2xx answer).
+        - ``events["failed"]``: events whose delivery settled with an error (``flush_callback``
+          got a ``VWODeliveryError`` that is not ``EventsDropped``: HTTP status, network,
+          payload too large, retry budget spent).
+        - ``events["not_sent"]``: only with a disabled exporter (development mode,
+          ``VWO_DISABLED``): events checked and reported as accepted without a request
+          (``delivered`` then stays 0).
+        - ``dropped[reason]``: events given up before any request, by ``EventsDropped.reason``
+          (``queue_full``, ``already_shutdown``, ``shutdown_timeout``, ``shutdown_in_flight``,
+          ``malformed``); a reason appears once it happened.
+        - ``queued``: events held now (queued, cut into a batch, or in flight).
+        """
         b = self._batcher
-        return {"events": dict(b.counts), "dropped": dict(b.dropped), "queued": b.queue_size()}
+        events = dict(b.counts)
+        if b.exporter.disabled:  # an accepted Outcome of a disabled exporter made no request
+            events["not_sent"], events["delivered"] = events["delivered"], 0
+        return {"events": events, "dropped": dict(b.dropped), "queued": b.queue_size()}
 
 
 class VWOSpanProcessor(VWOProcessor, SpanProcessor):
@@ -133,3 +153,16 @@ class VWOLogRecordProcessor(VWOProcessor, LogRecordProcessor):
             return
         if event is not None and (event.account_id is None or event.account_id == self._account_id):
             self._put(event)
+
+
+def _open_spool(spool: str | os.PathLike[str] | Spool | None) -> Spool | None:
+    """The spool for a ``spool=`` argument. A directory that cannot hold one (a full or read-only
+    disk, no permission) must not stop the app: events then stay in memory only, said at ERROR."""
+    if spool is None or isinstance(spool, Spool):
+        return spool
+    try:
+        return Spool(spool)
+    except (OSError, sqlite3.Error) as exc:
+        logger.error("vwo_otel: the spool directory %s is unusable (%s); events are kept in memory only",
+                     os.fspath(spool), exc)
+        return None

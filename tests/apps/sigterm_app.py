@@ -2,6 +2,7 @@
 (nothing is sent by the timer during a test), then gets SIGTERM / SIGINT.
 
     python sigterm_app.py N                    # plain Python: emit N events, print "ready", wait
+    python sigterm_app.py busy                 # emit on the main thread until stopped
     APP_HANDLER=before|after python sigterm_app.py N   # the app has a SIGTERM handler of its own,
                                                # installed before / after vwo_otel's processor
     uvicorn / hypercorn sigterm_app:asgi       # GET /?user=U&n=K emits K impressions
@@ -87,7 +88,19 @@ def wsgi(environ, start_response):
     return [body]
 
 
+def _busy() -> None:
+    """Emit on the main thread until the process ends (a signal then lands inside ``put``)."""
+    i = 0
+    while True:
+        vwo.activate(231, 1, f"busy-{i}")
+        i += 1
+        if i % 1000 == 0:
+            print(f"emitted {i}", flush=True)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "busy":
+        _busy()
     _emit("plain", int(sys.argv[1]))
     print("ready", flush=True)
     while not _stopping:

@@ -5,9 +5,11 @@ O(1)) or when the oldest queued event is ``request_time_interval`` old (on the d
 thread's timer). The timer starts with the first event into an empty queue and is
 cleared when the queue is cut. Emitting never blocks on the network and never raises.
 
-Up to ``max_concurrent_requests`` batches are in flight at once, so a server far away
-(tens of ms per answer) does not cap throughput at one batch per round trip; batches
-may then arrive, and their callbacks run, in another order than they were cut.
+Batches in flight: an adaptive limit (``concurrency.Concurrency``) that grows while batches
+wait and answers stay fast, halves on 429/5xx/no answer and pauses on 429/503, up to
+``max_concurrent_requests``; so a server far away (tens of ms per answer) does not cap
+throughput at a few batches per round trip. Batches may then arrive, and their callbacks
+run, in another order than they were cut.
 
 When the backlog (``max_queue_size``) is full, an incoming event takes the place of the
 newest queued event of a strictly lower ``event.DROP_PRIORITY``, or is dropped itself. With
@@ -32,6 +34,7 @@ from ..errors import HTTPStatusError, NetworkError, Outcome, VWODeliveryError
 from ..event import DROP_PRIORITY, VWOEvent
 from ..export.exporter import VWOExporter
 from . import lifecycle
+from .concurrency import Concurrency, signal_of
 from .settle import FlushTicket, Notifier
 from .spool import Orphan, Spool, SpooledEvent
 
@@ -42,7 +45,11 @@ logger = logging.getLogger("vwo_otel")
 #: 10^5 events emitted faster than they can be sent.
 DEFAULT_MAX_QUEUE_SIZE = 100_000
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
-DEFAULT_MAX_CONCURRENT_REQUESTS = 4
+#: The most batches in flight; the adaptive limit starts at 2 and reaches this only while
+#: a backlog waits and VWO answers as fast as before (3x the official SDK needs about 43 at 100 ms).
+DEFAULT_MAX_CONCURRENT_REQUESTS = 64
+#: Seconds the final reports may still take after ``shutdown_timeout`` (shutdown's only overshoot).
+CALLBACK_GRACE = 0.5
 #: An ``EventsDropped`` report lists up to max(max_queue_size, this) events; beyond, it counts.
 DROP_LIST_MIN = 10_000
 
@@ -83,6 +90,8 @@ class QueueSnapshot:
     held: int  # events held: pending + ready + in flight (``queue_size()``)
     results_waiting: int  # settled events whose results still wait for flush_callback
     emitters_waiting: int = 0  # emitting threads waiting for room in a full queue (block_when_full)
+    in_flight_limit: int = 0  # batches allowed in flight now (the adaptive limit)
+    spilled: int = 0  # events kept only on disk while the memory queue is full (spool)
 
 
 class Batcher:
@@ -111,6 +120,9 @@ class Batcher:
         self._notifier = Notifier(config.flush_callback if config else None, exporter.encode,
                                   max(max_queue_size, DROP_LIST_MIN))
         self._reset()
+        add_observer = getattr(exporter, "add_observer", None)  # a stand-in exporter may have none
+        if add_observer is not None:
+            add_observer(self._observe)
         lifecycle.track(self)
         if spool is not None:
             self._replay(spool)
@@ -120,6 +132,8 @@ class Batcher:
         self._cond = threading.Condition(self._lock)
         self._room = threading.Condition(self._lock)  # emitting threads waiting for room (block_when_full)
         self._blocked = 0  # how many wait on it
+        self._spilled = 0  # events kept only on disk (spool), not yet read back; > 0: new events spill too
+        self._unspilling = threading.Lock()  # one read-back at a time
         self._pending: list[VWOEvent] = []
         self._deadline = math.inf  # when the oldest pending event is due
         self._ready: deque[Batch] = deque()
@@ -130,6 +144,8 @@ class Batcher:
         self._inflight: dict[int, Batch] = {}  # batches taken for delivery, not yet settled, by seq
         self._closed = False
         self._workers: list[threading.Thread] = []
+        self._flow = Concurrency(self.max_concurrent_requests, self._clock)
+        self._sending: dict[int, int] = {}  # thread ident -> seq of the batch it is sending
         self.counts: dict[str, int] = {"delivered": 0, "failed": 0}
         self.dropped: dict[str, int] = {}
 
@@ -154,14 +170,21 @@ class Batcher:
         """What the queue holds now, consistently (under the lock)."""
         with self._lock:
             return QueueSnapshot(tuple(self._pending), self._deadline, len(self._ready), len(self._inflight),
-                                 self._size, self._notifier.results_waiting, self._blocked)
+                                 self._size, self._notifier.results_waiting, self._blocked, self._flow.limit,
+                                 spilled=self._spilled)
 
     # -- the emitting thread's side (hot path) ---------------------------------------
     def put(self, event: VWOEvent, queued_at: float | None = None) -> None:
-        """Queue one event; cuts a batch when ``events_per_request`` is reached.
+        """Queue one event; cuts a batch when ``events_per_request`` is reached. With a spool,
+        a full queue spills to disk (and so does every event while spilled ones wait).
         ``queued_at`` (replay only) keeps a replayed event's original time in the spool."""
         with self._lock:
-            if self._size < self.max_queue_size and not self._closed:
+            if self._size < self.max_queue_size and not self._closed and not self._spilled:
+                self._append(event, queued_at)
+                return
+            if self._spill(event):
+                return
+            if self._size < self.max_queue_size and not self._closed:  # the spool refused: memory has room
                 self._append(event, queued_at)
                 return
             if self.block_when_full and self._wait_for_room():
@@ -177,6 +200,57 @@ class Batcher:
         if self.spool is not None and victim is not event:  # the refused event never reached the spool
             self.spool.ack([victim])
         self._notifier.dropped(reason, [victim])  # outside the lock: may run the callback inline
+
+    def _spill(self, event: VWOEvent) -> bool:
+        """Lock held, queue full or spilled events waiting: keep the event only on disk; False
+        if there is no spool or it refuses (past ``max_bytes``, failing disk, shut down)."""
+        spool = self.spool
+        if spool is None or self._closed or not spool.spill(event):
+            return False
+        self._spilled += 1
+        if self._pending and self._size >= self.max_queue_size:  # full of events not due yet: send them now
+            self._cut()
+            self._start_worker()
+            self._cond.notify()
+        return True
+
+    def _unspill(self, wait: bool = False) -> None:
+        """Spilled events back into the queue, oldest first, as room allows, and cut at once
+        (they are overdue). On a delivery thread or a waiting flush, never the emitting thread;
+        the disk is read outside the batcher's lock. ``wait``: wait for a read-back in progress."""
+        spool = self.spool
+        if spool is None or not self._unspilling.acquire(blocking=wait):
+            return
+        try:
+            while True:
+                with self._lock:
+                    room = self.max_queue_size - self._size
+                    if self._closed or not self._spilled or room <= 0:
+                        return
+                    runs = spool.take_spilled(room)
+                back = spool.read_spilled(runs)
+                with self._cond:
+                    spool.unspilled(back)
+                    self._spilled -= sum(run.last - run.first + 1 for run in runs)
+                    if not self._closed:  # closed meanwhile: their rows stay on disk for the next start
+                        for ev in back.events:
+                            self._append(ev, 0.0)  # keeps its row
+                        if self._pending:
+                            self._cut()
+                        if self._ready:
+                            self._start_worker()
+                            self._cond.notify_all()
+                    if back.expired:
+                        self.dropped["queue_full"] = self.dropped.get("queue_full", 0) + len(back.expired)
+                if back.expired:
+                    self._notifier.dropped("queue_full", back.expired,
+                                           "spilled to disk longer than the spool's max_age")
+                if back.events:
+                    return  # their settling brings the next ones back
+        except Exception:  # pragma: no cover - a delivery thread must not die over the disk
+            logger.exception("vwo_otel: could not read spilled events back; they stay on disk")
+        finally:
+            self._unspilling.release()
 
     def _wait_for_room(self) -> bool:
         """Backlog full (lock held): wait up to ``block_when_full`` seconds for room; True if
@@ -263,9 +337,10 @@ class Batcher:
             for item in items[:room]:
                 self._append(item.event, item.queued_at)
             self._replay_deadline(items[:room])
-        if items[room:]:
-            spool.park([item.event for item in items[room:]])  # replayed: younger than max_age or not, they get a try
-            self._retry_parked_later()
+            rest = [item.event for item in items[room:]]
+            if rest:  # they wait on disk only, read back as room frees
+                spool.spill_rows(rest)
+                self._spilled += len(rest)
         for orphan in orphans:
             orphan.release()
         if items:
@@ -313,12 +388,24 @@ class Batcher:
     # -- flushing ----------------------------------------------------------------------
     def flush(self, timeout: float | None) -> bool:
         """Cut what is queued now and wait (up to ``timeout`` s) until it and everything
-        before it has been settled; True if all of it was delivered."""
+        before it has been settled, events spilled to disk before it included; True if all
+        of it was delivered."""
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
         with self._cond:
             ticket, threaded = self._cut_all()
-        if not threaded:
-            self._drain_inline(time.monotonic() + (math.inf if timeout is None else timeout))
-        return ticket.wait(timeout)
+            mark = self.spool.spill_mark() if self.spool is not None and self._spilled else 0
+        ok = True
+        while True:
+            if not threaded:
+                self._drain_inline(deadline)
+            ok = ticket.wait(None if timeout is None else max(0.0, deadline - time.monotonic())) and ok
+            if not mark or not ticket.done.is_set():
+                return ok
+            self._unspill(wait=True)  # the settled batches made room
+            with self._cond:
+                if not self.spool or not (self.spool.spilled_through(mark) or self._unspilling.locked()):
+                    mark = 0  # the last round: what was spilled before the flush is cut now
+                ticket, threaded = self._cut_all()
 
     def flush_async(self) -> None:
         """Cut what is queued now and wake the delivery threads; returns at once. Nobody hears
@@ -405,7 +492,9 @@ class Batcher:
         settled = True
         if self.spool is not None:
             settled = self._close_spool(self.spool, inflight)
-        self._notifier.close(max(0.0, deadline - time.monotonic()))
+        # The last reports (what could not be delivered) get at least CALLBACK_GRACE to reach
+        # flush_callback, even when delivery used the whole deadline.
+        self._notifier.close(max(CALLBACK_GRACE, deadline - time.monotonic()))
         self.exporter.shutdown()
         return ok and settled and not left and not inflight
 
@@ -414,8 +503,8 @@ class Batcher:
         True if nothing was left undelivered."""
         closed = spool.close()
         if closed.kept:
-            logger.warning("vwo_otel: %d undelivered event(s) stay in the spool file %s for the next start",
-                           closed.kept, spool.path)
+            logger.warning("vwo_otel: %d undelivered event(s) (%d of them spilled from a full queue) stay in the "
+                           "spool file %s for the next start", closed.kept, self._spilled, spool.path)
         if closed.resent:
             logger.warning("vwo_otel: %d settled event(s) could not be removed from the spool file %s (%s); the "
                            "next start sends them again", closed.resent, spool.path, closed.error)
@@ -431,14 +520,15 @@ class Batcher:
 
     # -- the delivery thread -----------------------------------------------------------
     def _start_worker(self) -> bool:
-        """Bring the delivery threads up to ``max_concurrent_requests`` (called with the lock
-        held); False if the interpreter refuses new threads (at exit) and none is running,
-        so the caller delivers inline."""
+        """Bring the delivery threads up to the current in-flight limit (called with the lock
+        held; threads are started as the limit grows, never stopped); False if the interpreter
+        refuses new threads (at exit) and none is running, so the caller delivers inline."""
         workers = self._workers
-        if len(workers) == self.max_concurrent_requests and all(w.is_alive() for w in workers):
+        target = self._flow.limit
+        if len(workers) >= target and all(w.is_alive() for w in workers):
             return True
         workers[:] = [w for w in workers if w.is_alive()]
-        while len(workers) < self.max_concurrent_requests:
+        while len(workers) < target:
             try:
                 worker = threading.Thread(target=self._run, name="vwo_otel-delivery", daemon=True)
                 worker.start()
@@ -448,13 +538,15 @@ class Batcher:
         return bool(workers)
 
     def _next_batch(self, block: bool) -> Batch | None:
-        """Wait for a batch that is due (full, old enough, flushed or closing) and take it."""
+        """Wait for a batch that is due (full, old enough, flushed or closing) and for room
+        under the in-flight limit, and take it. ``block=False`` (inline, at exit) ignores the limit."""
         with self._cond:
-            while not self._ready:
+            while True:
                 if self._pending and (self._closed or self._clock() >= self._deadline):
                     self._cut()
+                if self._ready and (not block or self._flow.may_start(len(self._inflight))):
                     break
-                if not block or (self._closed and not self._pending):
+                if not block or (self._closed and not self._pending and not self._ready):
                     return None
                 self._cond.wait(None if self._deadline == math.inf
                                 else min(self._deadline - self._clock(), threading.TIMEOUT_MAX))
@@ -463,7 +555,29 @@ class Batcher:
             for ev in batch.events:
                 queued[ev.etype] -= 1
             self._inflight[batch.seq] = batch
+            self._sending[threading.get_ident()] = batch.seq
             return batch
+
+    def _observe(self, method: str, events: int, nbytes: int, status: int | None,
+                 error: BaseException | None, seconds: float) -> None:
+        """The exporter's observer: one HTTP answer to one of this batcher's threads feeds the
+        in-flight limit; a grown limit starts a thread and wakes one waiting."""
+        who = threading.get_ident()
+        signal = signal_of(status, bool(getattr(error, "retryable", False)))
+        with self._cond:
+            if who not in self._sending:  # not a request of ours (the exporter used directly)
+                return
+            was_paused = self._flow.paused
+            grew = self._flow.answered(who, self._clock() - seconds, seconds, signal, bool(self._ready))
+            if grew or (was_paused and not self._flow.paused):
+                self._wake_senders()
+
+    def _wake_senders(self) -> None:
+        """Lock held: threads for the room under the limit, and wake as many waiting ones."""
+        room = self._flow.limit - len(self._inflight)
+        if self._ready and room > 0 and not self._flow.paused:
+            self._start_worker()
+            self._cond.notify(min(room, len(self._ready)))
 
     def _run(self) -> None:
         while True:
@@ -499,6 +613,10 @@ class Batcher:
         delivered = sum(len(o.events) for o in outcomes if o.ok)
         with self._cond:
             mine = self._inflight.pop(batch.seq, None) is not None
+            who = threading.get_ident()
+            self._sending.pop(who, None)
+            self._flow.done(who)
+            self._wake_senders()
             if mine:
                 self._size -= len(events)
                 self.counts["delivered"] += delivered
@@ -509,6 +627,8 @@ class Batcher:
             logger.info("vwo_otel: a request unanswered at the shutdown deadline finished late: "
                         "%d of %d event(s) delivered", delivered, len(events))
             return
+        if self._spilled:
+            self._unspill()  # room freed: before the flushes waiting on this batch are released
         if kept and not outcomes:
             self._notifier.abandon(batch.seq, batch.seq)  # nothing to report; waiting flushes see it undelivered
         else:

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -37,6 +38,7 @@ _get_handler = signal.getsignal
 _deliver: Callable[[], Any] | None = None
 _timeout: Callable[[], float] = lambda: 10.0  # noqa: E731 - replaced by install()
 _lock = threading.Lock()
+_signalled: dict[int, bool] = {}  # signals whose delivery has started
 
 
 def install(deliver: Callable[[], Any], timeout: Callable[[], float]) -> None:
@@ -78,19 +80,36 @@ def _getsignal(signum: int) -> Any:
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    """The default action, preceded by delivery. Delivery runs on a thread of its own: the
-    main thread may have been interrupted while holding an engine's lock."""
-    deliver = _deliver
-    if deliver is not None:
-        worker = threading.Thread(target=_run, args=(deliver,), name="vwo_otel-signal", daemon=True)
-        try:
-            worker.start()
-        except RuntimeError:  # interpreter shutting down: nothing more can be sent
-            pass
-        else:
-            worker.join(_timeout() + _GRACE)
-            if worker.is_alive():
-                logger.warning("vwo_otel: delivery on signal %d did not finish in time", signum)
+    """Start delivery and return at once: the main thread may have been interrupted while
+    holding an engine's lock, which delivery needs. A (non-daemon) thread delivers, then ends
+    the process with the signal's default action; a second signal meanwhile ends it at once."""
+    with _lock:
+        busy = _signalled.get(signum)
+        _signalled[signum] = True
+    if busy or _deliver is None:
+        _die(signum)
+        return
+    try:
+        threading.Thread(target=_deliver_then_die, args=(_deliver, signum), name="vwo_otel-signal").start()
+    except RuntimeError:  # interpreter shutting down: nothing more can be sent
+        _die(signum)
+
+
+def _deliver_then_die(deliver: Callable[[], Any], signum: int) -> None:
+    worker = threading.Thread(target=_run, args=(deliver,), name="vwo_otel-signal-delivery", daemon=True)
+    worker.start()
+    worker.join(_timeout() + _GRACE)
+    if worker.is_alive():
+        logger.warning("vwo_otel: delivery on signal %d did not finish in time", signum)
+    # The signal again: the handler, on the main thread (only it may restore SIG_DFL), now ends
+    # the process. Should the main thread never get to run it (stuck in C code), exit anyway.
+    os.kill(os.getpid(), signum)
+    time.sleep(_GRACE)
+    os._exit(128 + signum)
+
+
+def _die(signum: int) -> None:
+    """The signal's default action, now (main thread)."""
     _set_handler(signum, signal.SIG_DFL)
     signal.raise_signal(signum)
 

@@ -26,6 +26,11 @@ Each event ends as exactly one of: delivered, reported failed, or still on disk.
   and at once when a later request is accepted; a process that ends keeps them for the next
   start. An event older than ``max_age`` (by its own time), or one that would take the parked
   events' data past ``max_bytes``, is reported failed instead.
+- With the memory queue full, new events are kept only on disk ("spilled": the batcher lets
+  them go; ``spill`` never touches the disk on the app's thread unless ``commit_interval`` is
+  0) and are read back, oldest first, on a delivery thread as room frees. Spilled and parked
+  events together stay within ``max_bytes`` (past it, or with the disk failing, a full queue
+  drops as without a spool); one spilled longer than ``max_age`` is reported when read back.
 - A failed event is reported only once its row is off the disk; if the disk refuses the
   deletion (full, read-only) the event stays on disk, unreported, for the next start.
 - At shutdown, unsettled events the disk could not take are reported
@@ -145,6 +150,27 @@ def _set_aside(db_path: str, why: str) -> str:
     return aside
 
 
+@dataclass(slots=True)
+class SpillRun:
+    """Consecutive row ids ``first``..``last`` of spilled events."""
+
+    first: int
+    last: int
+
+
+@dataclass(slots=True)
+class ReadBack:
+    """What ``Spool.read_spilled`` found: ``events`` back in memory (their rows stay until
+    settled), ``expired`` ones past ``max_age`` (off the disk, to be reported), ``missing``
+    rows that hold no usable event (kept on disk, logged); ``nbytes`` the row bytes read,
+    handed to ``Spool.unspilled`` under the batcher's lock."""
+
+    events: list[VWOEvent]
+    expired: list[VWOEvent]
+    missing: int = 0
+    nbytes: int = 0
+
+
 class SpooledEvent(NamedTuple):
     """An event read back from a spool file, with the time it was first queued."""
 
@@ -241,6 +267,10 @@ class Spool:
         self._last_error = ""
         self._parked: deque[tuple[VWOEvent, int]] = deque()  # (event, its row's bytes), oldest first
         self._parked_bytes = 0
+        #: Spilled events (kept only on disk while the memory queue is full): runs of
+        #: consecutive row ids, oldest first, and their total row bytes.
+        self._spilled: deque[SpillRun] = deque()
+        self._spilled_bytes = 0
         self._rounds = 0  # retry rounds of parked events since a request was last accepted
         self._timer: threading.Timer | None = None
         self._stop = threading.Event()
@@ -321,6 +351,114 @@ class Spool:
         logger.error("vwo_otel spool %s: %d failed event(s) could not be removed from disk (%s); they are not "
                      "reported now and are tried again by the next start", self.path, len(stuck), self._last_error)
         return [ev for ev in events if rows[id(ev)] not in stuck]
+
+    # -- spilled events: kept only on disk while the memory queue is full --------------------
+    def spill(self, event: VWOEvent) -> bool:
+        """Keep a new event only on disk (caller holds the batcher's lock and drops its own
+        reference); False if the spool refuses: closed, its disk failing, or ``max_bytes`` of
+        spilled and parked events reached. Never touches the disk unless ``commit_interval`` is 0."""
+        if self._closed or self._unwritten:
+            return False
+        size = len(_encode(event))
+        if self._spilled_bytes + self._parked_bytes + size > self.max_bytes:
+            return False
+        self._next += 1
+        row = self._next
+        self._added.append((row, time.time(), event))
+        self._spilled_bytes += size
+        runs = self._spilled
+        if runs and runs[-1].last == row - 1:
+            runs[-1].last = row
+        else:
+            runs.append(SpillRun(row, row))
+        if self.commit_interval == 0:
+            self.commit()
+        elif self._writer is None:
+            self._start_writer()
+        return True
+
+    def spill_rows(self, events: list[VWOEvent]) -> None:
+        """Events already written to this file (replayed ones) become spilled: memory lets
+        them go, ``read_spilled`` brings them back. Caller holds the batcher's lock."""
+        for ev in events:
+            row = self._ids.pop(id(ev))
+            self._spilled_bytes += len(_encode(ev))
+            runs = self._spilled
+            if runs and runs[-1].last == row - 1:
+                runs[-1].last = row
+            else:
+                runs.append(SpillRun(row, row))
+
+    def take_spilled(self, limit: int) -> list[SpillRun]:
+        """Up to ``limit`` of the oldest spilled row ids, taken off the spill list (caller
+        holds the batcher's lock); ``read_spilled`` reads them."""
+        taken: list[SpillRun] = []
+        runs = self._spilled
+        while runs and limit > 0:
+            run = runs[0]
+            n = run.last - run.first + 1
+            if n <= limit:
+                taken.append(runs.popleft())
+                limit -= n
+            else:
+                taken.append(SpillRun(run.first, run.first + limit - 1))
+                run.first += limit
+                limit = 0
+        return taken
+
+    def read_spilled(self, runs: list[SpillRun]) -> ReadBack:
+        """The events of spilled rows, oldest first (on a delivery thread, never the app's);
+        each keeps its row until settled. Past ``max_age`` they leave the disk as expired."""
+        oldest = time.time() - self.max_age
+        back = ReadBack([], [])
+        with self._db_lock:
+            self._commit_locked()  # rows spilled in the last commit interval reach the disk first
+            unwritten = {r: ev for r, _, ev in self._unwritten}  # a failing disk: still in memory
+            for run in runs:
+                try:
+                    rows = self._conn.execute("SELECT id, event FROM events WHERE id BETWEEN ? AND ? ORDER BY id",
+                                              (run.first, run.last)).fetchall()
+                except sqlite3.Error as exc:
+                    logger.error("vwo_otel spool %s: could not read spilled events back (%s); they stay on disk "
+                                 "for the next start", self.path, exc)
+                    rows = []
+                found = {r: text for r, text in rows}
+                for row in range(run.first, run.last + 1):
+                    text = found.get(row)
+                    try:
+                        ev = unwritten[row] if text is None else _decode({"event": text}, SCHEMA_VERSION)
+                    except Exception:  # a row that is not an event (or was never written): left on disk
+                        back.missing += 1
+                        continue
+                    back.nbytes += len(text) if text is not None else len(_encode(ev))
+                    if ev.time < oldest:
+                        self._acked.append(row)
+                        back.expired.append(ev)
+                    else:
+                        self._ids[id(ev)] = row
+                        back.events.append(ev)
+            if back.expired:
+                self._commit_locked()
+        if back.missing:
+            logger.error("vwo_otel spool %s: %d spilled row(s) hold no usable event; they are kept on disk",
+                         self.path, back.missing)
+        return back
+
+    def unspilled(self, back: ReadBack) -> None:
+        """The bytes of a read-back no longer count as spilled (caller holds the batcher's lock)."""
+        self._spilled_bytes -= back.nbytes
+
+    def spill_mark(self) -> int:
+        """The row id of the newest spilled event (0: none); caller holds the batcher's lock."""
+        return self._spilled[-1].last if self._spilled else 0
+
+    def spilled_through(self, mark: int) -> bool:
+        """Spilled events up to row ``mark`` still wait on disk; caller holds the batcher's lock."""
+        return bool(self._spilled) and self._spilled[0].first <= mark
+
+    def spilled(self) -> int:
+        """Events kept only on disk now (read without the lock)."""
+        return sum(run.last - run.first + 1 for run in self._spilled)
 
     # -- parked events: waiting on disk for VWO to answer again --------------------------
     def park(self, events: list[VWOEvent]) -> list[VWOEvent]:
@@ -527,11 +665,27 @@ def _rows(path: str) -> tuple[int, list[dict[str, Any]]]:
         conn.close()
 
 
+def _never_written(path: str) -> bool:
+    """A file its process died creating, before its table existed: an empty SQLite database
+    (no table at all, not one row of data ever written)."""
+    try:
+        conn = sqlite3.connect(f"file:{pathname2url(path)}?mode=ro", uri=True)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+
+
 def _read(path: str, lock_fd: int) -> Orphan | None:
     """A dead process's file as an ``Orphan``; None (with a log line) if it cannot be adopted."""
     try:
         version, rows = _rows(path)
     except sqlite3.Error as exc:
+        if _never_written(path):  # its process died while creating it: nothing to replay
+            _remove(path)
+            return None
         try:
             aside = _set_aside(path, "corrupt")
         except OSError as move_error:

@@ -93,10 +93,21 @@ def _quiet_context() -> otel_context.Context:
     return ctx
 
 
+def _log_request(method: str, url: str, answer: int | str, events: int, nbytes: int, seconds: float) -> None:
+    """The DEBUG line of one settled HTTP request: the path only (the query holds the sdk key)."""
+    logger.debug("VWO request %s %s -> %s (%d events, %d bytes, %.1f ms)",
+                 method, urlsplit(url).path, answer, events, nbytes, seconds * 1000)
+
+
 class VWOExporter(SpanExporter, LogRecordExporter):
     """Sends VWO events to ``{endpoint}/server-side/batch-events`` (batches) or VWO's
     single-event GET endpoints (real time). Every request settles into an ``Outcome``;
-    transient failures are retried within ``retry.budget`` seconds per batch."""
+    transient failures are retried within ``retry.budget`` seconds per batch.
+
+    ``disabled=True`` is development mode (VWO SDKs' ``is_development_mode``, ``VWO_DISABLED``):
+    events are still encoded and checked as for sending, cut into the requests they would go
+    in, and settle as accepted ``Outcome``s, but no request is made. ``processor.stats()``
+    counts them as ``not_sent``, never ``delivered``."""
 
     def __init__(
         self,
@@ -107,6 +118,7 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+        disabled: bool = False,
     ) -> None:
         account_id = checks.account_id(account_id)
         sdk_key = checks.sdk_key(sdk_key)
@@ -117,6 +129,8 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         self._sdk_key = sdk_key
         self.endpoint = endpoint
         self.timeout = timeout
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a vwo_otel.RetryPolicy, got {type(retry).__name__} {retry!r}")
         self.retry = retry or RetryPolicy()
         self.max_payload_bytes = max_payload_bytes
         self._encoder = Encoder(account_id)
@@ -130,9 +144,18 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         self._closed = False
         self._transport = Transport()
         self._observers: tuple[Observer, ...] = ()
+        self._disabled = checks.boolean("disabled", disabled)
+        if disabled:
+            logger.info("VWO exporter disabled (development mode): events are checked and counted, none is sent")
 
     def __repr__(self) -> str:
-        return f"VWOExporter(account_id={self.account_id}, endpoint={self.endpoint!r})"
+        extra = ", disabled=True" if self._disabled else ""
+        return f"VWOExporter(account_id={self.account_id}, endpoint={self.endpoint!r}{extra})"
+
+    @property
+    def disabled(self) -> bool:
+        """Development mode: no request is ever made (fixed at construction)."""
+        return self._disabled
 
     def add_observer(self, observer: Observer) -> None:
         """Call ``observer(method, events, nbytes, status, error, seconds)`` on the delivery thread
@@ -155,7 +178,7 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         limit = self.payload_limit()
         send = _Send(dicts, parts, time.monotonic() + self.retry.budget, limit=limit)
         for i, (lo, hi) in enumerate(cut_by_bytes(parts, limit)):
-            why = self._stopped(send.deadline) if i else None  # the first request always goes
+            why = self._stopped(send.deadline) if i and not self._disabled else None  # the first always goes
             if why:
                 send.outcomes.append(Outcome(VWODeliveryError(f"not sent: {why}"), dicts[lo:hi]))
             else:
@@ -171,6 +194,9 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         path, query, headers = self._encoder.realtime(event, self._sdk_key)
         url = f"{self.endpoint}{path}?{urlencode(query)}"
         headers["User-Agent"] = SDK_NAME
+        if self._disabled:
+            logger.debug("VWO disabled: not sent GET %s (1 event)", path)
+            return Outcome(None, [self._encoder.event_dict(event)])
         error = self._request("GET", url, None, headers, time.monotonic() + self.retry.budget)
         return Outcome(error, [self._encoder.event_dict(event)])
 
@@ -211,6 +237,11 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         if hi - lo == 1 and len(body) > self.max_payload_bytes:
             send.outcomes.append(Outcome(PayloadTooLarge(
                 f"event of {len(body)} bytes exceeds max_payload_bytes={self.max_payload_bytes}", status=None), events))
+            return
+        if self._disabled:
+            logger.debug("VWO disabled: not sent POST /server-side/batch-events (%d events, %d bytes)",
+                         hi - lo, len(body))
+            send.outcomes.append(Outcome(None, events))
             return
         error = self._request("POST", self._batch_url, body, self._headers, send.deadline, events=hi - lo)
         if error is None:
@@ -310,10 +341,12 @@ class VWOExporter(SpanExporter, LogRecordExporter):
 
     def _attempt(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
                  timeout: float, events: int) -> Reply:
-        """One HTTP request, reported to the observers (if any) with its size, answer and duration."""
+        """One HTTP request, reported to the observers (if any) with its size, answer and
+        duration, and logged at DEBUG (one line per request: each retry too)."""
         observers = self._observers
         send = self._transport.request
-        if not observers:
+        debug = logger.isEnabledFor(logging.DEBUG)
+        if not observers and not debug:
             return send(method, url, body, headers, timeout)
         nbytes = len(body) if body is not None else len(urlsplit(url).query)
         started = time.perf_counter()
@@ -323,10 +356,14 @@ class VWOExporter(SpanExporter, LogRecordExporter):
             seconds = time.perf_counter() - started
             for observer in observers:
                 observer(method, events, nbytes, None, exc, seconds)
+            if debug:
+                _log_request(method, url, type(exc).__name__, events, nbytes, seconds)
             raise
         seconds = time.perf_counter() - started
         for observer in observers:
             observer(method, events, nbytes, response.status_code, None, seconds)
+        if debug:
+            _log_request(method, url, response.status_code, events, nbytes, seconds)
         return response
 
     # -- OpenTelemetry exporter interface -----------------------------------------------

@@ -305,6 +305,18 @@ def _transport_error(exc: Exception) -> TransportError | None:
     return kind(text)
 
 
+def _read_answer(response: urllib3.BaseHTTPResponse) -> bytes:
+    """At most ``MAX_ANSWER_BYTES`` of the body. Once a 2xx status has arrived the request has
+    succeeded: a body cut short after it (a reset, a bad length) must not turn it into a failure
+    that is retried and delivered twice."""
+    try:
+        return response.read(MAX_ANSWER_BYTES)
+    except (urllib3.exceptions.HTTPError, OSError):
+        if 200 <= response.status < 300:
+            return b""
+        raise
+
+
 class Transport:
     """Sends one request and returns its ``Reply``; a request without an answer raises ``TransportError``.
 
@@ -328,7 +340,7 @@ class Transport:
             response = self._manager_for(url).urlopen(
                 method, requote_uri(url), body=body, headers=headers, retries=_ONE_TRY, redirect=False,
                 timeout=urllib3.Timeout(connect=timeout, read=timeout), preload_content=False)
-            data = response.read(MAX_ANSWER_BYTES)
+            data = _read_answer(response)
         except Exception as exc:  # also a header http.client cannot encode, an unreadable CA bundle
             error = _transport_error(exc)
             if error is None:

@@ -11,24 +11,34 @@ live only in the gateway's configuration.
 
 OTLP semantics: 200 with an ``Export*ServiceResponse`` in the request's encoding, whose
 ``partial_success`` counts malformed or unknown-account VWO items; 400 undecodable body;
-413 too large; 415 unsupported media type or encoding; 429 + ``Retry-After`` when an
-account's backlog cannot take the whole request and 503 + ``Retry-After`` while shutting
-down (in both cases nothing of the request is kept, so the sender's retry duplicates nothing).
+401 no valid bearer token (when ``auth_tokens`` are set); 403 an item for an account the
+token may not write to; 413 too large; 415 unsupported media type or encoding; 429 +
+``Retry-After`` when an account's backlog cannot take the whole request and 503 +
+``Retry-After`` while shutting down (in every refusal nothing of the request is kept, so the
+sender's retry duplicates nothing). A request with more events than ``max_backlog`` is taken
+whole once the backlog has room: its size is bounded by bytes (``max_inflated_bytes``).
+
+Binding an address other than loopback needs ``auth_tokens``; ``tls_cert`` / ``tls_key``
+serve HTTPS.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
 import json
 import logging
 import math
 import os
+import ssl
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from .. import checks
@@ -55,6 +65,7 @@ DEFAULT_PORT = 4318
 DEFAULT_MAX_BACKLOG = 50_000
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_INFLATED_BYTES = 64 * 1024 * 1024
+_WWW_AUTHENTICATE = ("WWW-Authenticate", 'Bearer realm="vwo-otel-gateway"')
 #: Environment variable holding the sdk key of ``--account ID`` given without ``=KEY``.
 SDK_KEY_ENV = "VWO_SDK_KEY_{account_id}"
 _ROUTES = {"/v1/traces": otlp.TRACES, "/v1/logs": otlp.LOGS}
@@ -99,6 +110,11 @@ class GatewayConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
+    #: Bearer tokens senders must present: a list (each may write to every account), or
+    #: ``{token: [account ids]}`` (None: every account). Empty: no authentication (loopback only).
+    auth_tokens: Mapping[str, frozenset[int] | None] | Sequence[str] = field(default_factory=dict, repr=False)
+    tls_cert: str | None = None  #: PEM certificate chain (with the key, unless ``tls_key``): serve HTTPS
+    tls_key: str | None = None
 
     def __post_init__(self) -> None:
         accounts = self.accounts
@@ -131,12 +147,69 @@ class GatewayConfig:
         if not isinstance(self.host, str) or not self.host:
             raise ValueError(f"host must be an address to bind, got {self.host!r}")
         object.__setattr__(self, "endpoint", checks.endpoint(self.endpoint))
+        object.__setattr__(self, "auth_tokens", _auth_tokens(self.auth_tokens, self.accounts))
+        if not self.auth_tokens and not is_loopback(self.host):
+            raise ValueError(f"host {self.host} is not a loopback address: anyone reaching it could write into "
+                             "your VWO accounts; set auth_tokens (or --auth-token-env VAR) or bind 127.0.0.1")
+        for name in ("tls_cert", "tls_key"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (str, os.PathLike)) or not os.path.isfile(value)):
+                raise ValueError(f"{name} must be the path of a PEM file, got {value!r}")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("tls_key needs tls_cert (the certificate chain it belongs to)")
+
+    @property
+    def scheme(self) -> str:
+        """``https`` with ``tls_cert``, else ``http``."""
+        return "http" if self.tls_cert is None else "https"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context (None without ``tls_cert``); ValueError if the files do not load."""
+        if self.tls_cert is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"tls_cert / tls_key do not load as a PEM certificate chain and its key: {exc}") from None
+        return context
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1): only this machine can connect."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _auth_tokens(value: Any, accounts: Mapping[int, Account]) -> dict[str, frozenset[int] | None]:
+    """``auth_tokens`` as {token: accounts it may write to, None for all}, each token checked."""
+    if isinstance(value, str) or not isinstance(value, (Mapping, list, tuple)):
+        raise ValueError('auth_tokens must be a list of tokens or {"token": [account ids]}, '
+                         f"got {type(value).__name__}")
+    pairs = value.items() if isinstance(value, Mapping) else ((token, None) for token in value)
+    out: dict[str, frozenset[int] | None] = {}
+    for i, (token, allowed) in enumerate(pairs):
+        name = f"auth_tokens[{i}]"
+        checks.auth_token(token, name)
+        if allowed is not None:
+            if isinstance(allowed, (str, int)) or not isinstance(allowed, (list, tuple, set, frozenset)):
+                raise ValueError(f"{name}: the accounts a token may write to must be a list of account ids")
+            allowed = frozenset(checks.account_id(a, f"{name} account id") for a in allowed)
+            unknown = sorted(allowed - set(accounts))
+            if unknown:
+                raise ValueError(f"{name} names account(s) {unknown} that are not configured")
+        out[token] = allowed
+    return out
 
 
 #: Keys of the JSON configuration file (and of ``config_from_mapping``).
 CONFIG_KEYS = ("accounts", "default_account", "endpoint", "host", "port", "events_per_request",
                "request_time_interval", "max_backlog", "retry_after", "shutdown_timeout", "spool", "timeout",
-               "retry_budget", "max_body_bytes", "max_inflated_bytes")
+               "retry_budget", "max_body_bytes", "max_inflated_bytes", "auth_tokens", "tls_cert", "tls_key")
 
 
 def _account_entry(key: Any, value: Any, environ: Mapping[str, str]) -> Account:
@@ -160,7 +233,8 @@ def _account_entry(key: Any, value: Any, environ: Mapping[str, str]) -> Account:
 def config_from_mapping(values: Mapping[str, Any], *, environ: Mapping[str, str] | None = None,
                         **overrides: Any) -> GatewayConfig:
     """A ``GatewayConfig`` from the JSON file's dict (keys ``CONFIG_KEYS``); ``overrides``
-    (not None) replace file values, and ``overrides["accounts"]`` adds to the file's accounts.
+    (not None) replace file values; ``overrides["accounts"]`` adds to the file's accounts and
+    ``overrides["auth_tokens"]`` (tokens for every account) to its tokens.
     ``accounts`` maps an account id to its sdk key, or to ``{"sdk_key": ..., "endpoint": ...}``
     / ``{"sdk_key_env": "VARIABLE", ...}``."""
     environ = os.environ if environ is None else environ
@@ -171,6 +245,14 @@ def config_from_mapping(values: Mapping[str, Any], *, environ: Mapping[str, str]
         raise ValueError(f"unknown configuration key(s) {unknown}; allowed: {', '.join(CONFIG_KEYS)}")
     merged = dict(values)
     extra_accounts = overrides.pop("accounts", None) or {}
+    extra_tokens = list(overrides.pop("auth_tokens", None) or ())
+    if extra_tokens:
+        tokens = merged.get("auth_tokens") or {}
+        if isinstance(tokens, (list, tuple)):
+            tokens = dict.fromkeys(tokens)
+        if not isinstance(tokens, Mapping):
+            raise ValueError('auth_tokens must be a list of tokens or {"token": [account ids]}')
+        merged["auth_tokens"] = {**tokens, **dict.fromkeys(extra_tokens)}
     merged.update({k: v for k, v in overrides.items() if v is not None})
     raw_accounts = merged.pop("accounts", None) or {}
     if not isinstance(raw_accounts, Mapping):
@@ -203,10 +285,10 @@ def parse_account(text: str, environ: Mapping[str, str] | None = None) -> Accoun
 class _Server(LoopbackHTTPServer):
     """The gateway's server: knows its ``Gateway`` and counts requests in progress for stop()."""
 
-    def __init__(self, address: tuple[str, int], gateway: Gateway) -> None:
+    def __init__(self, address: tuple[str, int], gateway: Gateway, ssl_context: ssl.SSLContext | None) -> None:
         self.gateway = gateway
         self._busy = 0
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, ssl_context)
 
     def busy(self, delta: int) -> None:
         """Count requests being processed (stop() waits for them)."""
@@ -254,6 +336,19 @@ class _Handler(BaseHTTPRequestHandler):
             logger.debug("vwo_otel gateway: " + format, *args)
 
 
+@dataclass(frozen=True)
+class _Token:
+    """A configured bearer token, kept as its SHA-256 (compared in constant time), and the
+    accounts it may write to (None: all)."""
+
+    digest: bytes
+    accounts: frozenset[int] | None
+
+
+def _digest(token: str | bytes) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape") if isinstance(token, str) else token).digest()
+
+
 @dataclass
 class _Rejected:
     """The VWO items of one request rejected for one reason: how many, and the first one's detail."""
@@ -270,6 +365,13 @@ class _Refused(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, tuple(headers)
 
 
+def _forbidden(allowed: frozenset[int], where: int | str, raw: Any) -> _Refused:
+    """403 for an item going to an account outside the token's ``allowed`` ones."""
+    target = where if isinstance(where, int) else "no account" if raw is None else otlp.shorten(raw)
+    return _Refused(403, otlp.PERMISSION_DENIED, f"this token may write to account(s) "
+                    f"{', '.join(map(str, sorted(allowed)))} only; an item goes to {target}; nothing was kept")
+
+
 # -- the gateway ----------------------------------------------------------------------------------
 
 class Gateway:
@@ -283,7 +385,10 @@ class Gateway:
         self._requests: dict[str, int] = {otlp.TRACES: 0, otlp.LOGS: 0}
         self._responses: dict[int, int] = {}
         self._counts: dict[str, int] = {"items": 0, "vwo_items": 0, "accepted": 0, "throttled_events": 0}
-        self._rejected: dict[str, int] = {"malformed": 0, "unknown_account": 0, "over_backlog": 0}
+        self._rejected: dict[str, int] = {"malformed": 0, "unknown_account": 0}
+        tokens = cast(Mapping[str, "frozenset[int] | None"], config.auth_tokens)  # normalised by GatewayConfig
+        self._tokens = [_Token(_digest(t), accounts) for t, accounts in tokens.items()]
+        self._ssl = config.ssl_context()
         self._per_account: dict[int, dict[str, int]] = {}
         self._log = LogLimiter()
         self._admit = threading.Lock()
@@ -331,8 +436,8 @@ class Gateway:
     @property
     def url(self) -> str:
         """Base URL for OTLP/HTTP senders, e.g. ``http://127.0.0.1:4318``."""
-        host = self.config.host
-        return f"http://[{host}]:{self._port}" if ":" in host else f"http://{host}:{self._port}"
+        host, scheme = self.config.host, self.config.scheme
+        return f"{scheme}://[{host}]:{self._port}" if ":" in host else f"{scheme}://{host}:{self._port}"
 
     def start(self) -> Gateway:
         """Bind and serve in a daemon thread; raises ``OSError`` if the address is taken."""
@@ -340,7 +445,7 @@ class Gateway:
             raise RuntimeError("a stopped gateway cannot be started again")
         if self._server is not None:
             return self
-        server = _Server((self.config.host, self.config.port), self)
+        server = _Server((self.config.host, self.config.port), self, self._ssl)
         self._port = int(server.server_address[1])
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                   name=f"vwo_otel-gateway:{self._port}", daemon=True)
@@ -412,7 +517,7 @@ class Gateway:
         for account_id, batcher in sorted(self._batchers.items()):
             accounts[str(account_id)] = {
                 **per.get(account_id, {}), **batcher.counts, "dropped": dict(batcher.dropped),
-                "backlog": batcher.queue_size(), "max_backlog": batcher.max_queue_size,
+                "backlog": batcher.queue_size(), "max_backlog": self.config.max_backlog,
             }
         out["accounts"] = accounts
         return out
@@ -420,6 +525,14 @@ class Gateway:
     # -- serving -----------------------------------------------------------------------------------
     def _serve_get(self, h: _Handler) -> None:
         path = urlsplit(h.path).path
+        if path == "/stats":
+            try:
+                if self._authenticate(h) is not None:
+                    raise _Refused(403, otlp.PERMISSION_DENIED, "/stats needs a token for every account\n")
+            except _Refused as refused:
+                self._count_response(refused.status)
+                respond(h, refused.status, refused.message.encode(), _TEXT, refused.headers)
+                return
         if path == "/healthz":
             if self._stopping:
                 respond(h, 503, b"stopping\n", _TEXT, (("Retry-After", self._retry_after()),))
@@ -437,6 +550,7 @@ class Gateway:
         ctype = h.headers.get("Content-Type") or ""
         media = otlp.MEDIA_TYPES.get(ctype.split(";", 1)[0].strip().lower())
         try:
+            allowed = self._authenticate_post(h)
             body = self._read_body(h)
             if signal_ is None:
                 raise _Refused(404, otlp.UNIMPLEMENTED, "unknown path: POST /v1/traces or /v1/logs")
@@ -457,7 +571,7 @@ class Gateway:
                 raise _Refused(413, otlp.INVALID_ARGUMENT, str(exc)) from None
             except otlp.DecodeError as exc:
                 raise _Refused(400, otlp.INVALID_ARGUMENT, str(exc)[:_MAX_MESSAGE]) from None
-            rejected, message = self._accept(signal_, decoded)
+            rejected, message = self._accept(signal_, decoded, allowed)
         except _Refused as refused:
             self._count_response(refused.status)
             reply, reply_type = otlp.encode_status(media, refused.code, refused.message)
@@ -477,6 +591,32 @@ class Gateway:
     def _count_response(self, status: int) -> None:
         with self._stats_lock:
             self._responses[status] = self._responses.get(status, 0) + 1
+
+    def _authenticate(self, h: _Handler) -> frozenset[int] | None:
+        """The accounts the request's bearer token may write to (None: all, also when no tokens
+        are configured); ``_Refused`` 401 without a valid token. Every token is compared, in
+        constant time, so the answer's timing tells nothing about which one nearly matched."""
+        if not self._tokens:
+            return None
+        scheme, _, given = (h.headers.get("Authorization") or "").strip().partition(" ")
+        digest = _digest(given.strip().encode("latin-1", "replace")) if scheme.lower() == "bearer" else b""
+        found: _Token | None = None
+        for token in self._tokens:
+            if hmac.compare_digest(token.digest, digest):
+                found = token
+        if found is None:
+            raise _Refused(401, otlp.UNAUTHENTICATED, "missing or wrong bearer token: send Authorization: "
+                           "Bearer <token> (one of the gateway's auth_tokens)", (_WWW_AUTHENTICATE,))
+        return found.accounts
+
+    def _authenticate_post(self, h: _Handler) -> frozenset[int] | None:
+        """``_authenticate``; a refused request's body is read and dropped unparsed (so the
+        connection stays usable and the sender sees the 401)."""
+        try:
+            return self._authenticate(h)
+        except _Refused:
+            read_body(h, 0, self.config.max_body_bytes)  # closes the connection itself past that size
+            raise
 
     def _read_body(self, h: _Handler) -> bytes:
         """The request body (Content-Length or chunked), at most ``max_body_bytes``; else ``_Refused``."""
@@ -504,6 +644,26 @@ class Gateway:
         return str(max(0, math.ceil(self.config.retry_after)))
 
     # -- routing and admission ------------------------------------------------------------------
+    def _has_room(self, account_id: int, n: int) -> bool:
+        """Whether account ``account_id``'s backlog takes ``n`` more events: up to ``max_backlog``,
+        or ``n`` larger than the whole backlog once the backlog is below it (such a request can
+        never fit otherwise; its size is bounded by ``max_inflated_bytes``)."""
+        held, cap = self._batchers[account_id].queue_size(), self.config.max_backlog
+        return held + n <= cap or (n > cap and held < cap)
+
+    def _queue(self, batcher: Batcher, events: list[VWOEvent]) -> None:
+        """Put an admitted request's events (``_admit`` held). One larger than the room left
+        (admitted by ``_has_room``) raises the batcher's bound for its own events only, so none
+        of them is dropped; the bound is back at ``max_backlog`` for everything after."""
+        cap = self.config.max_backlog
+        batcher.max_queue_size = max(cap, batcher.queue_size() + len(events))
+        try:
+            put = batcher.put
+            for event in events:
+                put(event)
+        finally:
+            batcher.max_queue_size = cap
+
     def _resolve(self, raw: Any) -> int | str:
         """The configured account an item goes to, or why it cannot go anywhere."""
         if raw is None:
@@ -516,9 +676,10 @@ class Gateway:
             return "malformed_account"
         return account_id if account_id in self._batchers else "unknown_account"
 
-    def _accept(self, signal_: str, decoded: otlp.Decoded) -> tuple[int, str]:
+    def _accept(self, signal_: str, decoded: otlp.Decoded, allowed: frozenset[int] | None) -> tuple[int, str]:
         """Turn the request's VWO items into events and queue them all, or refuse the whole
-        request (429/503); returns (rejected items, partial-success message)."""
+        request (403 an item for an account outside ``allowed``, 429/503); returns
+        (rejected items, partial-success message)."""
         by_account: dict[int, list[VWOEvent]] = {}
         problems: dict[str, _Rejected] = {}
 
@@ -530,12 +691,14 @@ class Gateway:
                 attrs = item.attributes
                 raw = attrs.get(ACCOUNT_ID, group.account)
                 where = self._resolve(raw)
+                if allowed is not None and where not in allowed:
+                    raise _forbidden(allowed, where, raw)
                 if isinstance(where, str):
                     if where == "unknown_account":
                         reject("unknown_account", f"{ACCOUNT_ID} {raw} is not configured on this gateway"
                                if raw is not None else f"no {ACCOUNT_ID} and no default account")
                     else:
-                        reject("malformed", f"{ACCOUNT_ID} must be a positive integer, got {raw!r}")
+                        reject("malformed", f"{ACCOUNT_ID} must be a positive integer, got {otlp.shorten(raw)}")
                     continue
                 try:
                     event = from_attributes(attrs, item.time_ns)
@@ -543,23 +706,11 @@ class Gateway:
                     reject("malformed", str(exc))
                     continue
                 by_account.setdefault(where, []).append(event)
-        for account_id, events in list(by_account.items()):
-            cap = self._batchers[account_id].max_queue_size
-            if len(events) > cap:  # can never fit: refusing with 429 would make the sender retry forever
-                del by_account[account_id]
-                for _ in events:
-                    reject("over_backlog", f"{len(events)} events for account {account_id} in one request exceed "
-                           f"its backlog of {cap}; send smaller requests")
-
         with self._admit:
             if self._stopping:
                 raise _Refused(503, otlp.UNAVAILABLE, "gateway is shutting down; retry (elsewhere)",
                                (("Retry-After", self._retry_after()),))
-            full = []
-            for account_id, events in by_account.items():
-                b = self._batchers[account_id]
-                if b.max_queue_size - b.queue_size() < len(events):
-                    full.append(account_id)
+            full = [a for a, events in by_account.items() if not self._has_room(a, len(events))]
             if full:
                 throttled = sum(len(by_account[a]) for a in full)
                 with self._stats_lock:
@@ -571,9 +722,7 @@ class Gateway:
                                f"backlog full for account(s) {', '.join(map(str, full))}; retry later",
                                (("Retry-After", self._retry_after()),))
             for account_id, events in by_account.items():
-                put = self._batchers[account_id].put
-                for event in events:
-                    put(event)
+                self._queue(self._batchers[account_id], events)
 
         rejected = sum(p.count for p in problems.values())
         with self._stats_lock:

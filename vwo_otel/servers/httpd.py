@@ -1,6 +1,7 @@
 """The HTTP server under the loopback receiver and the gateway: threaded, keep-alive friendly
 and quick on loopback (``TCP_NODELAY``: no Nagle / delayed-ACK stall per response); with the
-request-body reader and the one-write response they share."""
+request-body reader and the one-write response they share. Optionally TLS: the handshake
+runs on the connection's own thread, never on the accepting one."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import io
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 from collections.abc import Sequence
 from http import HTTPStatus
@@ -17,6 +19,8 @@ from typing import Any, Literal, NamedTuple
 logger = logging.getLogger("vwo_otel")
 
 _CHUNK = 64 * 1024  # bodies are drained in reads of this size
+#: Seconds a TLS client may take to finish its handshake before the connection is closed.
+TLS_HANDSHAKE_TIMEOUT = 10.0
 
 #: Why a request body could not be used (see ``read_body``).
 Problem = Literal["bad-transfer-encoding", "no-length", "bad-length", "bad-chunked", "too-large", "incomplete"]
@@ -33,15 +37,18 @@ class Body(NamedTuple):
 
 class LoopbackHTTPServer(ThreadingHTTPServer):
     """``ThreadingHTTPServer`` with TCP_NODELAY on every connection, no reverse DNS, handler
-    errors to the debug log, and open connections tracked so ``close_connections`` can end them."""
+    errors to the debug log, and open connections tracked so ``close_connections`` can end them.
+    With ``ssl_context`` every connection speaks TLS."""
 
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
     request_queue_size = 256
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.ssl_context = ssl_context
         self._conns: set[socket.socket] = set()
         self._conns_cond = threading.Condition()
         super().__init__(address, handler)
@@ -53,15 +60,25 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
         self.server_port = int(self.server_address[1])
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        """Accept a connection, disable Nagle on it and track it."""
+        """Accept a connection, disable Nagle on it, wrap it in TLS (handshake later) and track it."""
         sock, addr = super().get_request()
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:  # pragma: no cover - not a TCP socket
             pass
+        if self.ssl_context is not None:
+            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         with self._conns_cond:
             self._conns.add(sock)
         return sock, addr
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """On the connection's thread: finish the TLS handshake (bounded in time), then serve."""
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(TLS_HANDSHAKE_TIMEOUT)
+            request.do_handshake()
+            request.settimeout(None)
+        super().finish_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
         """Forget the connection once its handler is done, then close it."""

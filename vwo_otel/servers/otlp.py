@@ -32,6 +32,12 @@ MEDIA_TYPES = {"application/x-protobuf": PROTOBUF, "application/protobuf": PROTO
 ACCOUNT_ID = "vwo.account_id"
 
 _EVENT_TYPE = A.EVENT_TYPE
+#: Ranges of OTLP's integer fields: ``intValue`` is int64, times are fixed64.
+INT64 = (-(2**63), 2**63 - 1)
+UINT64 = (0, 2**64 - 1)
+#: How deep attribute values may nest (arrays / key-value lists): protobuf decoders stop at
+#: about this depth too, and past it a recursive decoder would exhaust the stack.
+MAX_VALUE_DEPTH = 32
 
 _PB_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError)
 try:  # the optional [gateway] extra
@@ -84,11 +90,12 @@ def protobuf_available() -> bool:
 
 def decode(signal: str, media_type: str, body: bytes) -> Decoded:
     """Decode an ``ExportTraceServiceRequest`` / ``ExportLogsServiceRequest``; raises ``DecodeError``."""
-    if media_type == JSON:
-        return _decode_json(signal, body)
-    if not protobuf_available():
+    if media_type != JSON and not protobuf_available():
         raise RuntimeError("protobuf support needs opentelemetry-proto: pip install 'vwo-otel[gateway]'")
-    return _decode_proto(signal, body)
+    try:
+        return _decode_json(signal, body) if media_type == JSON else _decode_proto(signal, body)
+    except RecursionError:  # nesting the depth checks did not foresee: still the sender's fault
+        raise DecodeError("body nests values too deeply") from None
 
 
 # -- protobuf ---------------------------------------------------------------------------------
@@ -166,34 +173,49 @@ def _j_list(obj: Any, camel: str, snake: str, what: str) -> list[Any]:
     return value
 
 
-def _j_int(value: Any, what: str) -> int:
+def _j_int(value: Any, what: str, bounds: tuple[int, int] = INT64) -> int:
+    """An OTLP/JSON integer (number or decimal string) within ``bounds`` (int64 or fixed64)."""
     if value is None:
         return 0
+    number: int | None = None
     if type(value) is int:
-        return value
-    if type(value) is str:
+        number = value
+    elif type(value) is str and len(value) <= 21:  # a longer decimal cannot fit 64 bits
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
             pass
-    if type(value) is float and value.is_integer():
-        return int(value)
-    raise DecodeError(f"{what} must be an integer (number or decimal string), got {value!r}")
+    elif type(value) is float and value.is_integer():
+        number = int(value)
+    if number is None:
+        raise DecodeError(f"{what} must be an integer (number or decimal string), got {shorten(value)}")
+    if not bounds[0] <= number <= bounds[1]:
+        raise DecodeError(f"{what} must be an integer from {bounds[0]} to {bounds[1]}, got {shorten(number)}")
+    return number
+
+
+def shorten(value: Any) -> str:
+    """``repr(value)`` cut to a readable length for an error message (a huge int by its digit count)."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**60 else f"an int of {len(str(value))} digits"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 _DOUBLE_WORDS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
-def _j_value(value: Any) -> Any:
+def _j_value(value: Any, depth: int = 0) -> Any:
     """An ``AnyValue`` as a Python value (int, float, str, bool, bytes, tuple, dict or None)."""
     if value is None:
         return None
     if type(value) is not dict:
-        raise DecodeError(f"attribute value must be a JSON object such as {{\"stringValue\": \"x\"}}, got {value!r}")
+        raise DecodeError(f"attribute value must be a JSON object such as {{\"stringValue\": \"x\"}}, "
+                          f"got {shorten(value)}")
+    if depth >= MAX_VALUE_DEPTH:
+        raise DecodeError(f"attribute values nest deeper than {MAX_VALUE_DEPTH} levels")
     for key, v in value.items():
         if key in ("stringValue", "string_value"):
             if type(v) is not str:
-                raise DecodeError(f"stringValue must be a string, got {v!r}")
+                raise DecodeError(f"stringValue must be a string, got {shorten(v)}")
             return v
         if key in ("intValue", "int_value"):
             return _j_int(v, "intValue")
@@ -202,29 +224,29 @@ def _j_value(value: Any) -> Any:
                 return float(v)
             if type(v) is str and v in _DOUBLE_WORDS:
                 return _DOUBLE_WORDS[v]
-            raise DecodeError(f"doubleValue must be a number, got {v!r}")
+            raise DecodeError(f"doubleValue must be a number, got {shorten(v)}")
         if key in ("boolValue", "bool_value"):
             if type(v) is not bool:
-                raise DecodeError(f"boolValue must be true or false, got {v!r}")
+                raise DecodeError(f"boolValue must be true or false, got {shorten(v)}")
             return v
         if key in ("arrayValue", "array_value"):
-            return tuple(_j_value(x) for x in _j_list(v, "values", "values", "arrayValue"))
+            return tuple(_j_value(x, depth + 1) for x in _j_list(v, "values", "values", "arrayValue"))
         if key in ("kvlistValue", "kvlist_value"):
-            return _j_attrs(_j_list(v, "values", "values", "kvlistValue"))
+            return _j_attrs(_j_list(v, "values", "values", "kvlistValue"), depth + 1)
         if key in ("bytesValue", "bytes_value"):
             try:
                 return base64.b64decode(v, validate=True)
             except (ValueError, TypeError):
-                raise DecodeError(f"bytesValue must be base64, got {v!r}") from None
+                raise DecodeError(f"bytesValue must be base64, got {shorten(v)}") from None
     return None
 
 
-def _j_attrs(kvs: Sequence[Any]) -> dict[str, Any]:
+def _j_attrs(kvs: Sequence[Any], depth: int = 0) -> dict[str, Any]:
     out = {}
     for kv in kvs:
         if type(kv) is not dict or type(kv.get("key")) is not str:
-            raise DecodeError(f"attribute must be {{\"key\": ..., \"value\": ...}}, got {kv!r}")
-        out[kv["key"]] = _j_value(kv.get("value"))
+            raise DecodeError(f"attribute must be {{\"key\": ..., \"value\": ...}}, got {shorten(kv)}")
+        out[kv["key"]] = _j_value(kv.get("value"), depth)
     return out
 
 
@@ -250,6 +272,8 @@ def _decode_json(signal: str, body: bytes) -> Decoded:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise DecodeError("body nests JSON arrays / objects too deeply") from None
     if type(doc) is not dict:
         raise DecodeError("body must be a JSON object")
     if signal == TRACES:
@@ -271,12 +295,12 @@ def _decode_json(signal: str, body: bytes) -> Decoded:
                     continue
                 if signal == TRACES:
                     stamp = _j_int(_j_field(item, "startTimeUnixNano", "start_time_unix_nano", leaf),
-                                   "startTimeUnixNano")
+                                   "startTimeUnixNano", UINT64)
                 else:
                     stamp = log_time(
-                        _j_int(_j_field(item, "timeUnixNano", "time_unix_nano", leaf), "timeUnixNano"),
+                        _j_int(_j_field(item, "timeUnixNano", "time_unix_nano", leaf), "timeUnixNano", UINT64),
                         _j_int(_j_field(item, "observedTimeUnixNano", "observed_time_unix_nano", leaf),
-                               "observedTimeUnixNano")) or 0
+                               "observedTimeUnixNano", UINT64)) or 0
                 found.append(Item(_j_attrs(kvs), stamp))
         if found:
             groups.append(Group(_j_resource_account(rs), found))
@@ -328,10 +352,12 @@ def encode_response(signal: str, media_type: str, rejected: int = 0, message: st
 
 #: gRPC status codes used in error answers (``google.rpc.Status.code``).
 INVALID_ARGUMENT = 3
+PERMISSION_DENIED = 7
 RESOURCE_EXHAUSTED = 8
 UNIMPLEMENTED = 12
 INTERNAL = 13
 UNAVAILABLE = 14
+UNAUTHENTICATED = 16
 
 
 def encode_status(media_type: str | None, code: int, message: str) -> tuple[bytes, str]:

@@ -1,0 +1,125 @@
+"""How many batches may be in flight: an adaptive limit (AIMD, as TCP's congestion window).
+
+The limit starts at ``INITIAL_LIMIT`` and grows by one per healthy answer while batches wait
+for a delivery thread and the answer came about as fast as the fastest recent one (slow
+start); it halves on a sign of overload (429, 5xx, no answer), at most once per round trip,
+and grows by one per ``limit`` healthy answers after that (congestion avoidance). It never
+passes ``maximum`` (``max_concurrent_requests``). A 429 or 503 also holds every new batch
+back until the request that got it has been tried again (the exporter waits its backoff and
+``Retry-After`` first), so the whole engine honours the server's wait, not just one request.
+
+Not thread-safe: the batcher calls it under its lock. ``clock`` is monotonic seconds.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+#: Batches in flight at the start: small, so a server near by is not flooded with threads.
+INITIAL_LIMIT = 2
+#: An answer counts as fast (room to grow) if it took at most this many times the fastest
+#: recent one: a server far away answers as fast with more requests in flight, while on
+#: loopback extra threads only add GIL contention, so the limit stops growing there.
+GROW_RTT_FACTOR = 2.0
+#: Plus this much slack, so sub-millisecond jitter on loopback still counts as fast.
+GROW_RTT_SLACK = 0.002
+#: The fastest answer is remembered this long, so a server that got slower for good is
+#: measured anew rather than never counting as fast again.
+RTT_WINDOW = 10.0
+
+
+class Signal(enum.Enum):
+    """What one HTTP answer says about the server's load."""
+
+    HEALTHY = "healthy"  # 2xx
+    NEUTRAL = "neutral"  # an answer about the request itself (400, 413, a bad URL)
+    OVERLOADED = "overloaded"  # 5xx other than 503, 408, no answer (timeout, reset)
+    SLOW_DOWN = "slow_down"  # 429 or 503: the server asks for a pause (Retry-After)
+
+
+def signal_of(status: int | None, retryable_error: bool) -> Signal:
+    """The ``Signal`` of an answer with HTTP ``status`` (None: no answer; ``retryable_error``
+    says whether sending it again could help, i.e. the failure was the network's or the server's)."""
+    if status is None:
+        return Signal.OVERLOADED if retryable_error else Signal.NEUTRAL
+    if 200 <= status < 300:
+        return Signal.HEALTHY
+    if status in (429, 503):
+        return Signal.SLOW_DOWN
+    if status >= 500 or status == 408:
+        return Signal.OVERLOADED
+    return Signal.NEUTRAL
+
+
+@dataclass
+class Concurrency:
+    """The adaptive limit on batches in flight (see the module docstring)."""
+
+    maximum: int
+    clock: Callable[[], float] = time.monotonic
+    limit: int = field(init=False)
+    #: False after the first decrease: growth is then additive (one per ``limit`` answers).
+    slow_start: bool = field(default=True, init=False)
+    _credit: int = field(default=0, init=False)  # healthy answers toward the next additive step
+    _cut_at: float = field(default=-math.inf, init=False)  # when the limit last halved
+    _fastest: float = field(default=math.inf, init=False)  # fastest recent answer, seconds
+    _fastest_at: float = field(default=-math.inf, init=False)
+    _held: set[Hashable] = field(default_factory=set, init=False)  # requests waiting out a 429/503
+
+    def __post_init__(self) -> None:
+        self.limit = min(INITIAL_LIMIT, self.maximum)
+
+    @property
+    def paused(self) -> bool:
+        """Whether a 429/503 holds new batches back."""
+        return bool(self._held)
+
+    def may_start(self, in_flight: int) -> bool:
+        """Whether one more batch may go out now, with ``in_flight`` already out."""
+        return in_flight < self.limit and not self._held
+
+    def answered(self, who: Hashable, started: float, seconds: float, signal: Signal, backlog: bool) -> bool:
+        """Record one answer to the request ``who`` is making (started at ``started`` on the
+        clock, answered in ``seconds``); ``backlog``: batches wait for a delivery thread.
+        Returns True if the limit grew (the caller may start one more thread)."""
+        self._held.discard(who)  # its retry was answered: the server's wait is over
+        if signal is Signal.HEALTHY:
+            return self._healthy(seconds, backlog)
+        if signal is not Signal.NEUTRAL:
+            self._overloaded(started)
+            if signal is Signal.SLOW_DOWN:
+                self._held.add(who)
+        return False
+
+    def done(self, who: Hashable) -> None:
+        """``who``'s batch settled (delivered, failed or given up): it holds nothing back."""
+        self._held.discard(who)
+
+    def _healthy(self, seconds: float, backlog: bool) -> bool:
+        now = self.clock()
+        if seconds <= self._fastest or now - self._fastest_at > RTT_WINDOW:
+            self._fastest, self._fastest_at = seconds, now
+        fast = seconds <= self._fastest * GROW_RTT_FACTOR + GROW_RTT_SLACK
+        if not backlog or not fast or self.limit >= self.maximum:
+            return False
+        if not self.slow_start:
+            self._credit += 1
+            if self._credit < self.limit:
+                return False
+            self._credit = 0
+        self.limit += 1
+        return True
+
+    def _overloaded(self, started: float) -> None:
+        """Halve the limit, once per round trip: answers to requests sent before the last
+        decrease say nothing about the new limit."""
+        if started < self._cut_at:
+            return
+        self.limit = max(1, self.limit // 2)
+        self._cut_at = self.clock()
+        self.slow_start = False
+        self._credit = 0
