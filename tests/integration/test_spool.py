@@ -21,7 +21,7 @@ from vwo_otel import Spool, VWOSpanProcessor, visitor_uuid
 from vwo_otel._engine import spool as spool_module
 from vwo_otel.event import VWOEvent
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 EMITTER = textwrap.dedent("""
     import os, signal, sys, time

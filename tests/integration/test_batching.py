@@ -38,7 +38,7 @@ from vwo_otel import (
     visitor_uuid,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INTERVAL = 1.0  # VWO's minimum request_time_interval
 #: How late after its deadline a timer-driven request may arrive (thread wake-up + one loopback POST).
 LATE = 0.5

@@ -14,7 +14,7 @@ import venv
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 RUNTIME_DEPS = {"opentelemetry-api", "opentelemetry-sdk", "requests"}
 
 

@@ -22,7 +22,7 @@ from conftest import ACCOUNT_ID, SDK_KEY
 
 from vwo_otel import visitor_uuid
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 APPS = os.path.join(REPO, "tests", "apps")
 
 

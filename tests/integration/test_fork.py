@@ -22,7 +22,7 @@ from vwo_otel import visitor_uuid
 from vwo_otel._engine import lifecycle
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HELD = {"events_per_request": 100, "request_time_interval": 60}
 
 

@@ -22,7 +22,7 @@ from vwo_otel import visitor_uuid
 
 pytest.importorskip("gunicorn")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REQUESTS = 240
 
 

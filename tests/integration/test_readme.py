@@ -16,7 +16,7 @@ import pytest
 
 from vwo_otel.servers.receiver import Receiver
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent.parent / "README.md"
 _BLOCK = re.compile(r"(?:^<!-- not run: (?P<why>[^\n]*?) -->\n)?^```python\n(?P<code>.*?)^```", re.M | re.S)
 
 PRELUDE = textwrap.dedent('''

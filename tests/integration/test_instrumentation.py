@@ -34,7 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 from vwo.constants import constants as vwo_constants  # noqa: E402
 from vwo.event.event_dispatcher import EventDispatcher  # noqa: E402
 
-SETTINGS = json.loads((Path(__file__).parent / "data" / "vwo_settings.json").read_text())
+SETTINGS = json.loads((Path(__file__).parent.parent / "data" / "vwo_settings.json").read_text())
 OTHER_ACCOUNT, OTHER_KEY = 67890, "other-sdk-key-0123456789"
 #: Every SDK-built impression gets this sId, so runs compare byte for byte.
 FIXED_SID = 1_700_000_000

@@ -15,7 +15,7 @@ import pytest
 import requests
 from conftest import ACCOUNT_ID, SDK_KEY
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 
 
 def _env(receiver, **extra: str) -> dict[str, str]:

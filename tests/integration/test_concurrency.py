@@ -1,107 +1,10 @@
-"""Batches in flight: the adaptive limit (``_engine.concurrency``) on a fake clock, and the
-engine against the loopback receiver answering tens of milliseconds late."""
+"""Batches in flight: the engine's adaptive limit against the loopback receiver answering tens
+of milliseconds late (the limit itself, on a fake clock, is in tests/unit/test_concurrency.py)."""
 
 from __future__ import annotations
 
 import threading
 import time
-
-import pytest
-
-from vwo_otel._engine.concurrency import INITIAL_LIMIT, RTT_WINDOW, Concurrency, Signal, signal_of
-
-
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def grow(flow: Concurrency, clock: Clock, answers: int, seconds: float = 0.05) -> None:
-    for _ in range(answers):
-        clock.now += 0.001
-        flow.answered("t", clock.now - seconds, seconds, Signal.HEALTHY, backlog=True)
-
-
-# -- the controller on a fake clock ----------------------------------------------------------
-def test_starts_small_and_grows_one_per_healthy_answer_while_a_backlog_waits():
-    clock = Clock()
-    flow = Concurrency(64, clock)
-    assert flow.limit == INITIAL_LIMIT
-    grow(flow, clock, 10)
-    assert flow.limit == INITIAL_LIMIT + 10
-
-
-def test_never_grows_without_a_backlog_nor_past_the_maximum():
-    clock = Clock()
-    flow = Concurrency(8, clock)
-    assert flow.answered("t", clock.now, 0.05, Signal.HEALTHY, backlog=False) is False
-    assert flow.limit == INITIAL_LIMIT
-    grow(flow, clock, 100)
-    assert flow.limit == 8
-    assert Concurrency(1, clock).limit == 1
-
-
-def test_slow_answers_do_not_grow_the_limit():
-    """More requests in flight that only make answers slower (loopback: GIL contention) add nothing."""
-    clock = Clock()
-    flow = Concurrency(64, clock)
-    grow(flow, clock, 3, seconds=0.010)
-    limit = flow.limit
-    grow(flow, clock, 10, seconds=0.030)  # 3x the fastest
-    assert flow.limit == limit
-    clock.now += RTT_WINDOW + 1  # the fastest answer is forgotten: a slower server is measured anew
-    grow(flow, clock, 5, seconds=0.030)
-    assert flow.limit > limit
-
-
-def test_overload_halves_once_per_round_trip_then_growth_is_additive():
-    clock = Clock()
-    flow = Concurrency(64, clock)
-    grow(flow, clock, 30)
-    assert flow.limit == 32
-    sent = clock.now - 0.05
-    clock.now += 0.001
-    flow.answered("a", sent, 0.05, Signal.OVERLOADED, backlog=True)
-    assert flow.limit == 16
-    flow.answered("b", sent, 0.05, Signal.OVERLOADED, backlog=True)  # sent before the cut: no news
-    assert flow.limit == 16
-    grow(flow, clock, 15)
-    assert flow.limit == 16  # additive: one per `limit` healthy answers
-    grow(flow, clock, 1)
-    assert flow.limit == 17
-    for _ in range(10):
-        clock.now += 1
-        flow.answered("c", clock.now, 0.0, Signal.OVERLOADED, backlog=True)
-    assert flow.limit == 1
-
-
-def test_429_or_503_holds_every_new_batch_until_that_request_is_answered_again():
-    clock = Clock()
-    flow = Concurrency(64, clock)
-    assert flow.may_start(0)
-    flow.answered("a", clock.now, 0.01, Signal.SLOW_DOWN, backlog=True)
-    assert flow.limit == 1 and flow.paused and not flow.may_start(0)
-    flow.answered("b", clock.now, 0.01, Signal.HEALTHY, backlog=True)  # another request's answer
-    assert flow.paused
-    flow.answered("a", clock.now + 1, 0.01, Signal.HEALTHY, backlog=True)  # its retry went through
-    assert not flow.paused and flow.may_start(0)
-    flow.answered("a", clock.now + 2, 0.01, Signal.SLOW_DOWN, backlog=True)
-    flow.done("a")  # its batch settled (gave up, or shut down)
-    assert flow.may_start(0)
-
-
-@pytest.mark.parametrize(("status", "retryable", "signal"), [
-    (200, False, Signal.HEALTHY), (204, False, Signal.HEALTHY), (400, False, Signal.NEUTRAL),
-    (413, False, Signal.NEUTRAL), (429, False, Signal.SLOW_DOWN), (503, False, Signal.SLOW_DOWN),
-    (500, False, Signal.OVERLOADED), (502, False, Signal.OVERLOADED), (408, False, Signal.OVERLOADED),
-    (None, True, Signal.OVERLOADED), (None, False, Signal.NEUTRAL)])
-def test_signal_of_an_answer(status, retryable, signal):
-    assert signal_of(status, retryable) is signal
 
 
 # -- the engine against a server tens of milliseconds away -----------------------------------

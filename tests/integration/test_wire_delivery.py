@@ -1,24 +1,21 @@
-"""VWO's wire format, checked end to end over real loopback HTTP against the project's receiver,
-plus unit tests of the pure helpers in ``vwo_otel.export.wire``."""
+"""The wire format as the loopback receiver checks it: batch requests and real-time GETs over HTTP."""
 
 from __future__ import annotations
 
 import json
-import random
 import time
 from urllib.parse import parse_qs
 
-import pytest
 from conftest import ACCOUNT_ID, SDK_KEY
 from opentelemetry.sdk.trace import TracerProvider
 
-from vwo_otel import HTTPStatusError, VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor, visitor_uuid
+from vwo_otel import HTTPStatusError, VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor
 from vwo_otel import attributes as A
 from vwo_otel._version import SDK_NAME, __version__
-from vwo_otel.event import VWOEvent
-from vwo_otel.export.wire import BODY_OVERHEAD, Encoder, batch_body, cut_by_bytes, dimension_tag
 
 COMMON_KEYS = {"eT", "u", "sId", "visitor_ua", "visitor_ip"}
+
+
 BATCH = {"events_per_request": 100, "request_time_interval": 60}
 
 
@@ -32,30 +29,6 @@ def _raw_events(receiver) -> list[dict]:
     return [json.loads(ev["raw"]) for ev in receiver.events(with_raw=True)]
 
 
-# -- visitor uuid -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("user_id", "expected"),
-    [
-        ("Varun", "C4D95C097902569F9A2D2E87CD3201C8"),
-        ("Alice", "E3B732864F315FB6974BC3EF4E2FD920"),
-        ("__123__", "50A5B167FB6356A796F91D8951E480EE"),
-    ],
-)
-def test_visitor_uuid_published_vectors(user_id, expected):
-    assert visitor_uuid(12345, user_id) == expected
-    assert visitor_uuid("12345", user_id) == expected  # account id as str or int: same visitor
-    assert Encoder(12345).visitor(user_id) == expected  # the cached path the exporter uses
-
-
-def test_visitor_uuid_depends_on_account_and_user():
-    assert visitor_uuid(12345, "Varun") != visitor_uuid(12346, "Varun")
-    assert visitor_uuid(12345, "Varun") != visitor_uuid(12345, "varun")
-    u = visitor_uuid(1, "x")
-    assert len(u) == 32 and u == u.upper() and "-" not in u
-
-
 def test_visitor_uuid_on_the_wire(pipeline, receiver):
     events, processor, _ = pipeline(BATCH)
     for user in ("Varun", "Alice", "__123__"):
@@ -64,9 +37,6 @@ def test_visitor_uuid_on_the_wire(pipeline, receiver):
     assert [ev["u"] for ev in receiver.events()] == [
         "C4D95C097902569F9A2D2E87CD3201C8", "E3B732864F315FB6974BC3EF4E2FD920", "50A5B167FB6356A796F91D8951E480EE",
     ]
-
-
-# -- the batch request ----------------------------------------------------------------------------
 
 
 def test_one_batch_post_with_account_key_and_sdk_in_query(pipeline, receiver):
@@ -88,8 +58,6 @@ def test_one_batch_post_with_account_key_and_sdk_in_query(pipeline, receiver):
     assert query["env"] == ["***"]  # the receiver masks the key in what it stores; it checked it equals SDK_KEY
     assert query["sdk"] == [SDK_NAME]
     assert query["sdk-v"] == [__version__]
-    # The receiver accepts a batch only when the Authorization header equals env, env equals the
-    # configured key and Content-Type is application/json: acceptance proves the headers.
 
 
 def test_batch_with_wrong_key_is_refused(receiver, callbacks):
@@ -203,32 +171,6 @@ def test_body_is_compact_json(pipeline, receiver):
     assert req["body_bytes"] == len(b'{"ev":[' + ",".join(raws).encode() + b"]}")
 
 
-def test_encoder_output_is_compact():
-    enc = Encoder(ACCOUNT_ID)
-    evs = [
-        VWOEvent(1, "Varun", 1700000000, 1, 2),
-        VWOEvent(2, "Varun", 1700000000, 1, 2, 3, 12.5),
-        VWOEvent(3, "Varun", 1700000000, key="plan", value="pro"),
-    ]
-    dicts, parts = enc.encode(evs)
-    body = batch_body(parts)
-    assert json.loads(body) == {"ev": dicts}
-    assert body == json.dumps({"ev": dicts}, separators=(",", ":")).encode()
-    assert b" " not in body
-    assert dimension_tag("plan", "pro") == '{"u":{"plan":"pro"}}'
-
-
-def test_exporter_encode_is_the_wire_dicts_and_refuses_what_cannot_be_sent():
-    """``VWOExporter.encode`` gives what ``flush_callback`` receives, and raises for an event the
-    batch body could not carry (the engine then reports that event alone)."""
-    exporter = VWOExporter(ACCOUNT_ID, SDK_KEY)
-    ev = VWOEvent(2, "Varun", 1700000000, 1, 2, 3, 12.5)
-    assert exporter.encode([ev]) == Encoder(ACCOUNT_ID).encode([ev])[0]
-    with pytest.raises(TypeError):
-        exporter.encode([VWOEvent(2, "odd", 1, 1, 1, 1, revenue=object())])  # type: ignore[arg-type]
-    exporter.shutdown()
-
-
 def test_realtime_requests(pipeline, receiver):
     """batch_events=None: VWO's single-event GETs, with ua/ip as headers when set."""
     events, processor, _ = pipeline(None, max_concurrent_requests=1)  # one at a time: arrival order
@@ -251,69 +193,6 @@ def test_realtime_requests(pipeline, receiver):
     assert (got[0]["visitor_ua"], got[0]["visitor_ip"]) == ("UA", "198.51.100.1")
     assert [ev["eT"] for ev in got] == [1, 2, 3]
     assert all(ev["u"] == "C4D95C097902569F9A2D2E87CD3201C8" for ev in got)
-
-
-# -- cut_by_bytes -----------------------------------------------------------------------------
-
-
-def _check_runs(parts: list[bytes], limit: int, runs: list[tuple[int, int]]) -> None:
-    # contiguous, in order, covering every part exactly once, never empty
-    assert runs, "non-empty input gives at least one run"
-    assert [lo for lo, _ in runs] == [0] + [hi for _, hi in runs[:-1]]
-    assert runs[-1][1] == len(parts)
-    for lo, hi in runs:
-        assert hi > lo
-        size = len(batch_body(parts[lo:hi]))
-        if hi - lo > 1:
-            assert size <= limit, (lo, hi, size, limit)
-        # greedy: the next part would not have fitted
-        if hi < len(parts):
-            assert len(batch_body(parts[lo:hi + 1])) > limit
-
-
-def test_cut_by_bytes_empty():
-    assert cut_by_bytes([], 1000) == []
-
-
-def test_cut_by_bytes_all_fit_in_one_run():
-    parts = [b"x" * 10] * 5
-    assert cut_by_bytes(parts, 10_000) == [(0, 5)]
-
-
-def test_cut_by_bytes_exact_limit_is_inclusive():
-    parts = [b"a" * 10, b"b" * 10]
-    exact = len(batch_body(parts))
-    assert exact == BODY_OVERHEAD + 21
-    assert cut_by_bytes(parts, exact) == [(0, 2)]
-    assert cut_by_bytes(parts, exact - 1) == [(0, 1), (1, 2)]
-
-
-def test_cut_by_bytes_oversize_single_event_alone():
-    parts = [b"s" * 10, b"H" * 500, b"s" * 10, b"s" * 10]
-    runs = cut_by_bytes(parts, 100)
-    assert runs == [(0, 1), (1, 2), (2, 4)]
-    assert len(batch_body(parts[1:2])) > 100  # the caller rejects that run
-    assert cut_by_bytes([b"H" * 500], 100) == [(0, 1)]
-
-
-@pytest.mark.parametrize("seed", range(20))
-def test_cut_by_bytes_random_respects_limit(seed):
-    rng = random.Random(seed)
-    limit = rng.randint(BODY_OVERHEAD + 1, 2000)
-    parts = [b"e" * rng.randint(1, 400) for _ in range(rng.randint(1, 200))]
-    _check_runs(parts, limit, cut_by_bytes(parts, limit))
-
-
-def test_cut_by_bytes_on_real_events():
-    enc = Encoder(ACCOUNT_ID)
-    evs = [VWOEvent(2, f"user-{i}", 1700000000 + i, 1, 2, 3, i * 0.5, visitor_ua="x" * (i % 50)) for i in range(300)]
-    _, parts = enc.encode(evs)
-    runs = cut_by_bytes(parts, 4096)
-    _check_runs(parts, 4096, runs)
-    assert len(runs) > 1
-    # re-joining the runs gives every event once, in order
-    joined = [d for lo, hi in runs for d in json.loads(batch_body(parts[lo:hi]))["ev"]]
-    assert [d["u"] for d in joined] == [visitor_uuid(ACCOUNT_ID, f"user-{i}") for i in range(300)]
 
 
 def test_sdk_key_only_in_query_and_header_not_in_body(pipeline, receiver):
