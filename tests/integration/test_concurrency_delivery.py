@@ -1,5 +1,5 @@
 """Batches in flight: the engine's adaptive limit against the loopback receiver answering tens
-of milliseconds late (the limit itself, on a fake clock, is in tests/unit/test_concurrency.py)."""
+of milliseconds late (the limit itself, on a fake clock: tests/unit/test_concurrency.py)."""
 
 from __future__ import annotations
 
