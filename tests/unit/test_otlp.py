@@ -28,63 +28,11 @@ needs_proto = pytest.mark.skipif(not HAVE_PROTO, reason="opentelemetry-proto is 
 needs_exporter = pytest.mark.skipif(not HAVE_EXPORTER, reason="opentelemetry-exporter-otlp-proto-http is not installed")
 
 
-JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 T0 = 1_700_000_000_000_000_000  # a span start time in unix ns -> sId 1700000000
 
 
-APP = r"""
-import json, sys
-cfg = json.loads(sys.argv[1])
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.exporter.otlp.proto.http import Compression
-import vwo_otel
-
-attrs = {"service.name": cfg["name"]}
-if cfg.get("account"):
-    attrs["vwo.account_id"] = cfg["account"]
-resource = Resource.create(attrs)
-compression = Compression.Gzip if cfg.get("gzip") else Compression.NoCompression
-if cfg["signal"] == "traces":
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(
-        OTLPSpanExporter(endpoint=cfg["url"] + "/v1/traces", compression=compression),
-        max_export_batch_size=64, schedule_delay_millis=100))
-    vwo = vwo_otel.VWOEvents(tracer_provider=provider, to_gateway=True)
-    tracer = provider.get_tracer("app")
-    def noise():
-        with tracer.start_as_current_span("GET /item", attributes={"http.route": "/item"}):
-            pass
-else:
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-    from opentelemetry.sdk._logs import LoggerProvider
-    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
-    provider = LoggerProvider(resource=resource)
-    provider.add_log_record_processor(BatchLogRecordProcessor(
-        OTLPLogExporter(endpoint=cfg["url"] + "/v1/logs", compression=compression),
-        max_export_batch_size=64, schedule_delay_millis=100))
-    vwo = vwo_otel.VWOEvents(logger_provider=provider, to_gateway=True)
-    app_logger = provider.get_logger("app")
-    def noise():
-        app_logger.emit(body="request served", attributes={"http.route": "/item"})
-for i in range(cfg["n"]):
-    user = "%s-%d" % (cfg["name"], i)
-    kind = i % 3
-    if kind == 0:
-        vwo.activate(231, 2, user)
-    elif kind == 1:
-        vwo.track(231, 2, 7, user, revenue=1.5)
-    else:
-        vwo.push(user, {"plan": "pro"})
-    if i % 4 == 0:
-        noise()
-provider.shutdown()
-print("done", flush=True)
-"""
 
 
 @needs_proto
