@@ -159,7 +159,7 @@ class VWOEvents:
     def _route(self) -> bool:
         """Look at the provider (until it can take VWO events) and read its limits."""
         log = self._emit == self._emit_log
-        route = _Route.of(self._provider or trace.get_tracer_provider(), log)
+        route = Route.of(self._provider or trace.get_tracer_provider(), log)
         if route.found is False and not self._to_gateway:
             kind = "VWOLogRecordProcessor on this LoggerProvider" if log else "VWOSpanProcessor on this TracerProvider"
             return self._refuse(f"there is no vwo_otel.{kind}, so they would be lost or reach the app's own "
@@ -190,7 +190,7 @@ MAX_EVENT_ATTRIBUTES = 8
 
 
 @dataclass(frozen=True)
-class _Route:
+class Route:
     """What a provider does with a VWO event: ``found`` a VWO processor for it (None: a provider
     we cannot inspect, trusted), ``leaks`` it to other processors too (app exporters), and the
     attribute ``count`` / value ``length`` limits that would cut it."""
@@ -201,7 +201,7 @@ class _Route:
     length: int | None = None
 
     @classmethod
-    def of(cls, provider: Any, log: bool) -> _Route:
+    def of(cls, provider: Any, log: bool) -> Route:
         if log:
             multi = getattr(provider, "_multi_log_record_processor", None)
             processors = getattr(multi, "_log_record_processors", None)
@@ -224,17 +224,23 @@ class _Route:
         if processors is None:
             found = None if limits is not None or multi is not None else _unknown(provider)
             return cls(found, False, count, length)
-        vwo = [_delivers_to_vwo(p, kind) for p in processors]
+        stock = log or private  # under VWOSampler the stock processors skip VWO spans (never sampled)
+        vwo = [delivers_to_vwo(p, kind, stock) for p in processors]
         return cls(any(vwo), private and not all(vwo), count, length)
 
 
-def _delivers_to_vwo(processor: Any, kind: type) -> bool:
-    """A VWO processor, or a stock OpenTelemetry processor whose exporter is a ``VWOExporter``."""
+def delivers_to_vwo(processor: Any, kind: type, stock: bool = True) -> bool:
+    """A VWO processor (of ``kind``), or, if ``stock``, a stock OpenTelemetry processor whose
+    exporter is a ``VWOExporter`` (it only sees what the sampler samples)."""
     if isinstance(processor, kind):
         return True
+    return stock and isinstance(exporter_of(processor), VWOExporter)
+
+
+def exporter_of(processor: Any) -> Any:
+    """The exporter behind a stock Simple/Batch span or log record processor, else None."""
     inner = getattr(processor, "_batch_processor", processor)
-    exporter = getattr(processor, "span_exporter", None) or getattr(inner, "_exporter", None)
-    return isinstance(exporter, VWOExporter)
+    return getattr(processor, "span_exporter", None) or getattr(inner, "_exporter", None)
 
 
 def _unknown(provider: Any) -> bool | None:

@@ -38,8 +38,8 @@ from opentelemetry.instrumentation.utils import unwrap
 from . import attributes as A
 from . import checks
 from ._version import __version__
+from .api import Route, VWOSampler, delivers_to_vwo, exporter_of
 from .event import MalformedEvent, from_attributes
-from .export.exporter import VWOExporter
 from .processor import VWOLogRecordProcessor, VWOProcessor, VWOSpanProcessor
 
 logger = logging.getLogger("vwo_otel")
@@ -128,11 +128,11 @@ class _Bridge:
         """Whether events of ``account`` reach a VWO processor (looked up again while they do not:
         processors may be added after ``instrument``)."""
         found = self._receivers
-        if found.any_account or account in found.by_account:
+        if found.any_account or _open(found.by_account.get(account)):
             return True
         with self._lock:
             self._receivers = found = _receivers(self._current_provider(), self._log, self._to_gateway)
-        if found.any_account or account in found.by_account:
+        if found.any_account or _open(found.by_account.get(account)):
             return True
         kind = "VWOLogRecordProcessor on the LoggerProvider" if self._log else "VWOSpanProcessor on the TracerProvider"
         self._warn(("account", account), "vwo_otel: no %s delivers VWO account %d: the VWO SDK sends that "
@@ -261,6 +261,11 @@ def _account_of(client: Any) -> int | None:
         return None
 
 
+def _open(processors: tuple[VWOProcessor, ...] | None) -> bool:
+    """Some of the account's processors still take events (a stock processor: always)."""
+    return processors is not None and (not processors or any(not p.batcher.closed for p in processors))
+
+
 def _receivers(provider: Any, log: bool, to_gateway: bool) -> Receivers:
     """The VWO processors on ``provider`` by account (read from the SDK provider's processor
     list, as ``VWOEvents`` does); ``any_account`` when that list cannot be read or ``to_gateway``."""
@@ -277,8 +282,12 @@ def _receivers(provider: Any, log: bool, to_gateway: bool) -> Receivers:
     if processors is None:
         unknown = not type(provider).__name__.startswith("NoOp")
         return Receivers({}, to_gateway or unknown)
+    route = Route.of(provider, log)  # the rules VWOEvents follows: no leak into the app's own exporters
+    if route.leaks and not to_gateway:
+        return Receivers({})
+    stock = log or not isinstance(getattr(provider, "sampler", None), VWOSampler)
     by_account: dict[int, tuple[VWOProcessor, ...]] = {}
-    for processor, account in _vwo_accounts(processors, kind):
+    for processor, account in _vwo_accounts(processors, kind, stock):
         if isinstance(processor, VWOProcessor):
             by_account[account] = by_account.get(account, ()) + (processor,)
         else:
@@ -286,13 +295,11 @@ def _receivers(provider: Any, log: bool, to_gateway: bool) -> Receivers:
     return Receivers(by_account, to_gateway)
 
 
-def _vwo_accounts(processors: Iterable[Any], kind: type) -> Iterable[tuple[Any, int]]:
-    """(processor, account) for each VWO processor, or stock processor exporting with a ``VWOExporter``."""
+def _vwo_accounts(processors: Iterable[Any], kind: type, stock: bool) -> Iterable[tuple[Any, int]]:
+    """(processor, account) for each VWO processor, or (if ``stock``: the sampler lets it see
+    VWO spans) stock processor exporting with a ``VWOExporter``."""
     for processor in processors:
         if isinstance(processor, VWOProcessor) and isinstance(processor, kind):
             yield processor, processor.batcher.exporter.account_id
-            continue
-        inner = getattr(processor, "_batch_processor", processor)
-        exporter = getattr(processor, "span_exporter", None) or getattr(inner, "_exporter", None)
-        if isinstance(exporter, VWOExporter):
-            yield processor, exporter.account_id
+        elif delivers_to_vwo(processor, kind, stock):
+            yield processor, exporter_of(processor).account_id

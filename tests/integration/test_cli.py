@@ -345,3 +345,11 @@ def test_until_interrupted_ends_quietly_on_sigterm_and_restores_the_handler() ->
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert reached == []
+
+
+def test_check_in_development_mode_says_nothing_was_sent(receiver, capsys, monkeypatch):
+    monkeypatch.setenv("VWO_DISABLED", "true")
+    assert main(["check", "--account-id", str(ACCOUNT_ID), "--sdk-key", SDK_KEY, "--endpoint", receiver.url]) == 0
+    out = capsys.readouterr().out
+    assert "development mode" in out and "nothing was sent" in out and "ok:" not in out
+    assert receiver.requests() == []

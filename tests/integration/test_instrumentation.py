@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from conftest import ACCOUNT_ID, FAST_RETRY, SDK_KEY
 from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from vwo_otel import VWOExporter, VWOLogRecordProcessor, VWOSampler, VWOSpanProcessor
@@ -285,6 +287,44 @@ def test_an_unrecorded_span_is_sent_by_the_sdk(sdk_host, make_exporter, instrume
     assert [r["path"] for r in sdk_requests(sdk_host)] == ["/server-side/track-user"]
     assert "was not recorded" in caplog.text
     provider.shutdown()
+
+
+def test_a_stock_processor_under_vwo_sampler_is_not_a_receiver(sdk_host, make_exporter, instrument):
+    """VWOSampler keeps VWO spans unsampled, so a stock processor with a VWOExporter never sees
+    them: the SDK must send them itself instead of vwo_otel losing them."""
+    provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+    provider.add_span_processor(BatchSpanProcessor(make_exporter()))
+    instrument(tracer_provider=provider)
+    launch().activate("ab", "a")
+    assert [r["path"] for r in sdk_requests(sdk_host)] == ["/server-side/track-user"]
+    provider.shutdown()
+
+
+def test_a_shared_logger_provider_is_not_used(sdk_host, make_exporter, instrument):
+    """A LoggerProvider that also feeds the app's log exporter would hand it every event (visitor
+    uuid, IP, user agent): the SDK sends the events itself, nothing reaches the app's exporter."""
+    app = InMemoryLogRecordExporter()
+    provider = LoggerProvider(shutdown_on_exit=False)
+    provider.add_log_record_processor(SimpleLogRecordProcessor(app))
+    provider.add_log_record_processor(VWOLogRecordProcessor(make_exporter(), None))
+    instrument(logger_provider=provider)
+    launch().activate("ab", "a")
+    assert app.get_finished_logs() == ()
+    assert [r["path"] for r in sdk_requests(sdk_host)] == ["/server-side/track-user"]
+    provider.shutdown()
+
+
+def test_after_the_processor_shut_down_the_sdk_sends_itself(sdk_host, make_exporter, instrument):
+    provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+    processor = VWOSpanProcessor(make_exporter(), None)
+    provider.add_span_processor(processor)
+    instrument(tracer_provider=provider)
+    client = launch()
+    client.activate("ab", "before")
+    provider.shutdown()
+    client.activate("ab", "after")
+    assert processor.stats()["dropped"] == {}  # nothing refused as already_shutdown
+    assert [r["path"] for r in sdk_requests(sdk_host)] == ["/server-side/track-user"]  # "after", by the SDK
 
 
 def test_development_mode_sends_nothing(sdk_host, pipeline, instrument):

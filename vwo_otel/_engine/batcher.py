@@ -162,6 +162,11 @@ class Batcher:
             # A worker that died (kill -9, OOM) left its file: this child may be its replacement.
             threading.Thread(target=self._replay, args=(self.spool,), name="vwo_otel-replay", daemon=True).start()
 
+    @property
+    def closed(self) -> bool:
+        """True once shutdown has begun: new events are refused."""
+        return self._closed
+
     def queue_size(self) -> int:
         """Events held now: queued, batched and in flight (read without the lock, for metrics)."""
         return self._size
