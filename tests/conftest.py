@@ -10,6 +10,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from vwo_otel import RetryPolicy, VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor
+from vwo_otel.servers.gateway import Account, Gateway, GatewayConfig
 from vwo_otel.servers.receiver import Receiver
 
 ACCOUNT_ID = 12345
@@ -87,3 +88,28 @@ def pipeline(make_exporter, callbacks):
     yield make
     for provider in made:
         provider.shutdown()
+
+
+@pytest.fixture
+def make_gateway(receiver):
+    """``make_gateway(**config)`` -> a started OTLP gateway delivering to the ``receiver`` fixture."""
+    made: list[Gateway] = []
+
+    def make(**kw: Any) -> Gateway:
+        kw.setdefault("accounts", {ACCOUNT_ID: Account(ACCOUNT_ID, SDK_KEY)})
+        kw.setdefault("default_account", ACCOUNT_ID)
+        kw.setdefault("endpoint", receiver.url)
+        kw.setdefault("port", 0)
+        kw.setdefault("retry", FAST_RETRY)
+        kw.setdefault("timeout", 5.0)
+        kw.setdefault("events_per_request", 10)
+        kw.setdefault("request_time_interval", 1)
+        kw.setdefault("retry_after", 1)
+        kw.setdefault("shutdown_timeout", 5)
+        gw = Gateway(GatewayConfig(**kw)).start()
+        made.append(gw)
+        return gw
+
+    yield make
+    for gw in made:
+        gw.stop(2)

@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import ACCOUNT_ID, FAST_RETRY, SDK_KEY
+from conftest import ACCOUNT_ID, SDK_KEY
 
 from vwo_otel import visitor_uuid
 from vwo_otel.servers import otlp
-from vwo_otel.servers.gateway import Account, Gateway, GatewayConfig, config_from_mapping, parse_account
+from vwo_otel.servers.gateway import Account, Gateway, config_from_mapping, parse_account
 from vwo_otel.servers.receiver import Receiver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,29 +54,6 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 T0 = 1_700_000_000_000_000_000  # a span start time in unix ns -> sId 1700000000
 
 
-@pytest.fixture
-def make_gateway(receiver):
-    """``make_gateway(**config)`` -> a started Gateway delivering to the ``receiver`` fixture."""
-    made: list[Gateway] = []
-
-    def make(**kw: Any) -> Gateway:
-        kw.setdefault("accounts", {ACCOUNT_ID: Account(ACCOUNT_ID, SDK_KEY)})
-        kw.setdefault("default_account", ACCOUNT_ID)
-        kw.setdefault("endpoint", receiver.url)
-        kw.setdefault("port", 0)
-        kw.setdefault("retry", FAST_RETRY)
-        kw.setdefault("timeout", 5.0)
-        kw.setdefault("events_per_request", 10)
-        kw.setdefault("request_time_interval", 1)
-        kw.setdefault("retry_after", 1)
-        kw.setdefault("shutdown_timeout", 5)
-        gw = Gateway(GatewayConfig(**kw)).start()
-        made.append(gw)
-        return gw
-
-    yield make
-    for gw in made:
-        gw.stop(2)
 
 
 def _v(value: Any) -> dict:

@@ -10,12 +10,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from typing import Any
 
 import pytest
 import requests
 import trustme
-from conftest import ACCOUNT_ID, FAST_RETRY, SDK_KEY
+from conftest import ACCOUNT_ID, SDK_KEY
 from test_gateway import JSON_HEADERS, ROOT, _env, goal, needs_exporter, needs_proto, post, traces_json
 
 from vwo_otel import visitor_uuid
@@ -33,28 +32,6 @@ def bearer(token: str) -> dict[str, str]:
     return {**JSON_HEADERS, "Authorization": f"Bearer {token}"}
 
 
-@pytest.fixture
-def make_gateway(receiver):
-    """``make_gateway(**config)`` -> a started Gateway delivering to the ``receiver`` fixture."""
-    made: list[Gateway] = []
-
-    def make(**kw: Any) -> Gateway:
-        kw.setdefault("accounts", {ACCOUNT_ID: Account(ACCOUNT_ID, SDK_KEY)})
-        kw.setdefault("default_account", ACCOUNT_ID)
-        kw.setdefault("endpoint", receiver.url)
-        kw.setdefault("port", 0)
-        kw.setdefault("retry", FAST_RETRY)
-        kw.setdefault("events_per_request", 10)
-        kw.setdefault("request_time_interval", 1)
-        kw.setdefault("retry_after", 1)
-        kw.setdefault("shutdown_timeout", 5)
-        gw = Gateway(GatewayConfig(**kw)).start()
-        made.append(gw)
-        return gw
-
-    yield make
-    for gw in made:
-        gw.stop(2)
 
 
 @pytest.fixture
