@@ -453,10 +453,10 @@ class Batcher:
             ticket, threaded = self._cut_all()
         timeout = self.shutdown_timeout if timeout is None else max(0.0, timeout)
         deadline = time.monotonic() + timeout
-        # No retry wait or request outlasts the deadline. What is still in flight when the report
-        # is made (a little earlier, so it reaches flush_callback in time) is reported as
-        # shutdown_in_flight; its late answer is only logged.
-        self.exporter.hurry(deadline)
+        # No request or retry wait starts after the report of what is left is made (a little before
+        # the deadline, so it reaches flush_callback in time); one already waiting for its answer
+        # may until the deadline, and what is still in flight then is reported shutdown_in_flight.
+        self.exporter.hurry(deadline - min(0.25, timeout / 10) - 0.05, requests_until=deadline)
         return ShutdownState(deadline, ticket, threaded)
 
     def finish_shutdown(self, state: ShutdownState) -> bool:

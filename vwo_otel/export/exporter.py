@@ -139,7 +139,8 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         self._headers = {"Authorization": sdk_key, "User-Agent": SDK_NAME, "Content-Type": "application/json"}
         self._quiet = _quiet_context()
         self._limit = _PayloadLimit(max_payload_bytes)
-        self._cutoff = math.inf  # no retry waits past this monotonic time (set by hurry/shutdown)
+        self._cutoff = math.inf  # no request or retry wait starts past this monotonic time (hurry/shutdown)
+        self._hard_cutoff = math.inf  # no request waits for its answer past this one
         self._wake = threading.Condition()
         self._closed = False
         self._transport = Transport()
@@ -204,10 +205,12 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         """Largest batch body to send now: the cap, or less after a 413 (growing back)."""
         return self._limit.bytes
 
-    def hurry(self, deadline: float) -> None:
-        """Let no retry wait run past ``deadline`` (monotonic); wakes a wait in progress."""
+    def hurry(self, deadline: float, requests_until: float | None = None) -> None:
+        """Start no request or retry wait past ``deadline`` (monotonic; wakes a wait in progress);
+        a request already started may wait for its answer until ``requests_until`` (default the same)."""
         with self._wake:
             self._cutoff = min(self._cutoff, deadline)
+            self._hard_cutoff = min(self._hard_cutoff, deadline if requests_until is None else requests_until)
             self._wake.notify_all()
 
     def _sleep(self, until: float) -> bool:
@@ -227,7 +230,7 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         _inherited.append(self._transport)
         self._transport = Transport()
         self._wake = threading.Condition()
-        self._cutoff = math.inf
+        self._cutoff = self._hard_cutoff = math.inf
 
     # -- requests -------------------------------------------------------------------
     def _send_run(self, send: _Send, lo: int, hi: int, retried: bool = False) -> None:
@@ -303,7 +306,7 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         started = time.monotonic()
         while True:
             now = time.monotonic()
-            limit = min(deadline, self._cutoff)
+            limit = min(deadline, self._hard_cutoff)
             timeout = min(self.timeout, max(limit - now, 0.1))
             error: VWODeliveryError
             retry_after: str | None = None
