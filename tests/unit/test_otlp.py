@@ -14,18 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 HAVE_PROTO = otlp.protobuf_available()
 
 
-try:
-    import opentelemetry.exporter.otlp.proto.http  # noqa: F401
-
-    HAVE_EXPORTER = HAVE_PROTO
-except ImportError:  # pragma: no cover - the test extra installs it
-    HAVE_EXPORTER = False
-
-
 needs_proto = pytest.mark.skipif(not HAVE_PROTO, reason="opentelemetry-proto is not installed")
-
-
-needs_exporter = pytest.mark.skipif(not HAVE_EXPORTER, reason="opentelemetry-exporter-otlp-proto-http is not installed")
 
 
 
