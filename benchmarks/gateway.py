@@ -4,6 +4,9 @@
     python benchmarks/gateway.py            # default run (about a minute)
     python benchmarks/gateway.py --quick    # tiny smoke (a few seconds; numbers not meaningful)
 
+Last, the gateway process's peak RSS and thread count under hostile bodies (decompression and
+item-count bombs) and with 300 idle keep-alive connections.
+
 Two ways for N app processes to get VWO events to VWO (here: the loopback receiver,
 ``vwo_otel.servers.receiver.Receiver``, in this driver process):
 
@@ -226,6 +229,65 @@ def run_case(receiver: Any, mode: str, senders: int, total: int, rate: float) ->
     }
 
 
+def _proc_status(pid: int) -> dict[str, int]:
+    """VmHWM (peak RSS) and VmRSS in MB and the thread count of process ``pid``."""
+    out = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                out[key] = int(value.split()[0]) // 1024
+            elif key == "Threads":
+                out[key] = int(value)
+    return out
+
+
+def run_memory(receiver: Any, idle: int = 300) -> list[dict[str, Any]]:
+    """The gateway process's peak RSS and threads: at start, after two of each hostile body
+    (``vwo_otel.testing.hostile_bodies``, 64 MiB inflated) at once, and with ``idle`` idle
+    keep-alive connections open (then a new client is timed)."""
+    import socket
+    import threading
+
+    import requests
+
+    from vwo_otel.testing import hostile_bodies
+
+    proc, url = _start_gateway(receiver.url)
+    rows = []
+    try:
+        rows.append({"case": "started", **_proc_status(proc.pid)})
+        bombs = hostile_bodies()
+        codes: list[int] = []
+        threads = [threading.Thread(target=lambda b=b: codes.append(
+            requests.post(url + b.path, data=b.body, headers=b.headers, timeout=60).status_code))
+            for b in bombs for _ in range(2)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rows.append({"case": f"{len(threads)} bombs at once", "answers": sorted(set(codes)),
+                     "seconds": time.perf_counter() - t0, **_proc_status(proc.pid)})
+        host, port = url.rsplit("/", 1)[1].rsplit(":", 1)
+        conns = []
+        for _ in range(idle):
+            s = socket.create_connection((host, int(port)))
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.recv(4096)  # answered: now an idle keep-alive connection
+            conns.append(s)
+        time.sleep(0.5)
+        t0 = time.perf_counter()
+        status = requests.get(url + "/healthz", timeout=10).status_code
+        rows.append({"case": f"{idle} idle connections", "answers": [status],
+                     "seconds": time.perf_counter() - t0, **_proc_status(proc.pid)})
+        for s in conns:
+            s.close()
+    finally:
+        _stop_gateway(proc)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the phases and print a table with the ratios."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -295,13 +357,24 @@ def main(argv: list[str] | None = None) -> int:
                 r_lo, r_hi = rows[("gateway-raw", lo)], rows[("gateway-raw", hi)]
                 print(f"{phase}: gateway intake ceiling (pre-encoded OTLP): {r_lo['events_per_s_in']:,.0f} events/s "
                       f"with {lo} sender(s), {r_hi['events_per_s_in']:,.0f} with {hi}")
+    with Receiver(account_id=ACCOUNT_ID, sdk_key=SDK_KEY) as receiver:
+        memory = run_memory(receiver)
+    print()
+    print("gateway process: peak RSS (VmHWM) and threads; x = peak / peak at start "
+          "(before the bounds: 1.7 GB for one JSON bomb, 2,002 threads for 2,000 idle connections)")
+    start_hwm = memory[0]["VmHWM"]
+    for row in memory:
+        answers = ",".join(map(str, row.get("answers", []))) or "-"
+        took = f"{row['seconds']:.2f} s" if "seconds" in row else "-"
+        print(f"  {row['case']:<24} peak {row['VmHWM']:>5} MB (x{row['VmHWM'] / max(start_hwm, 1):.1f})  "
+              f"rss {row['VmRSS']:>5} MB  threads {row['Threads']:>4}  answers {answers:<8} {took}")
     missing = [r for r in results if r["events"] != r["expected"]]
     if missing:
         print(f"WARNING: {len(missing)} run(s) did not deliver every event", flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"events_per_request": EVENTS_PER_REQUEST, "request_time_interval": REQUEST_TIME_INTERVAL,
-                       "cpus": os.cpu_count(), "results": results}, f, indent=1)
+                       "cpus": os.cpu_count(), "results": results, "memory": memory}, f, indent=1)
     return 1 if missing else 0
 
 

@@ -127,7 +127,14 @@ class VWOEvents:
         if not self._ready(attrs, ua, ip):
             return
         span = self._tracer.start_span(_NAMES[etype], attributes=attrs)
-        if not span.is_recording() and not self._warned:
+        if self._to_gateway:
+            if not span.get_span_context().trace_flags.sampled and not self._warned:
+                self._warned = True  # the provider's exporters see sampled spans only
+                logger.warning("a VWO event span for the gateway was not sampled, so the provider's OTLP exporter "
+                               "never sends it: emit VWO events to a gateway as log records "
+                               "(VWOEvents(logger_provider=..., to_gateway=True)), or give this TracerProvider a "
+                               "sampler that samples every span (not VWOSampler, not a ratio)")
+        elif not span.is_recording() and not self._warned:
             self._warned = True
             logger.warning("a VWO event span was not recorded, so it cannot reach VWO: use an SDK "
                            "TracerProvider with sampler=vwo_otel.VWOSampler(<your sampler>)")
@@ -159,12 +166,19 @@ class VWOEvents:
     def _route(self) -> bool:
         """Look at the provider (until it can take VWO events) and read its limits."""
         log = self._emit == self._emit_log
-        route = Route.of(self._provider or trace.get_tracer_provider(), log)
+        provider = self._provider or trace.get_tracer_provider()
+        if self._to_gateway and not log and isinstance(getattr(provider, "sampler", None), VWOSampler):
+            return self._refuse("to_gateway=True needs the provider's OTLP exporter to see VWO spans, but "
+                                "VWOSampler keeps them unsampled so exporters never do: emit them as log records "
+                                "(VWOEvents(logger_provider=..., to_gateway=True)), or use a TracerProvider without "
+                                "VWOSampler")
+        route = Route.of(provider, log)
         if route.found is False and not self._to_gateway:
             kind = "VWOLogRecordProcessor on this LoggerProvider" if log else "VWOSpanProcessor on this TracerProvider"
             return self._refuse(f"there is no vwo_otel.{kind}, so they would be lost or reach the app's own "
                                 "exporters with user ids. Add one (or, under opentelemetry-instrument, set "
-                                "VWO_ACCOUNT_ID and VWO_SDK_KEY)")
+                                "VWO_ACCOUNT_ID and VWO_SDK_KEY; or, if this provider's OTLP exporter sends them to "
+                                "a vwo-otel gateway on purpose, pass to_gateway=True)")
         if route.leaks and not self._to_gateway:
             fix = ("use a LoggerProvider of its own for VWO" if log
                    else "create the TracerProvider with sampler=vwo_otel.VWOSampler(<your sampler>)")

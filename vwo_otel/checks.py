@@ -95,12 +95,21 @@ SPOOL_MAX_AGE = Range(60, 30 * 86400, unit="seconds")
 SPOOL_MAX_BYTES = Range(64 * 1024, 2**40, integer=True)
 
 
+#: The largest integral float accepted as an account id: above 2**53 a double no longer holds
+#: every integer, so 123456789012345678.0 may not be the id that was written.
+FLOAT_ID_LIMIT = 2**53
+
+
 def account_id(value: Any, name: str = "account_id") -> int:
-    """A VWO account id: a positive int below 2**63, or a string of ASCII digits."""
+    """A VWO account id: a positive int below 2**63, a string of ASCII digits, or an integral
+    float up to 2**53 (a Collector's filelog parser without ``parse_ints`` makes 123456 123456.0)."""
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
         value = int(value)
+    elif isinstance(value, float) and value.is_integer() and 0 < value <= FLOAT_ID_LIMIT:
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < ID_LIMIT:
-        raise ValueError(f"{name} must be a positive int (your VWO account id), got {value!r}")
+        raise ValueError(f"{name} must be a positive int below 2**63 (your VWO account id; also accepted: a string "
+                         f"of digits, or an integral float up to 2**53 such as 123456.0), got {value!r}")
     return value
 
 

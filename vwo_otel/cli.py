@@ -100,6 +100,22 @@ def until_interrupted() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
+@contextlib.contextmanager
+def while_stopping(what: str) -> Iterator[None]:
+    """Run the block (a server's bounded shutdown) with further SIGTERM / Ctrl-C logged and
+    ignored: a second signal must not cut the delivery of what was accepted."""
+    def note(signum: int, frame: FrameType | None) -> None:
+        logging.getLogger("vwo_otel").warning("%s is already stopping (within its shutdown_timeout); "
+                                              "SIGKILL stops it now, losing what it holds in memory", what)
+
+    previous = [(sig, signal.signal(sig, note)) for sig in (signal.SIGTERM, signal.SIGINT)]
+    try:
+        yield
+    finally:
+        for sig, handler in previous:
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
 # -- demo --------------------------------------------------------------------------------------
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -481,11 +497,18 @@ def gateway(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         return _fail("gateway", exc)
     with until_interrupted():
         sys.stdout.write(f"vwo-otel gateway listening on {server.url} (POST /v1/traces, /v1/logs) for account(s) "
-                         f"{', '.join(str(a) for a in sorted(config.accounts))}; Ctrl-C to stop\n")
+                         f"{', '.join(str(a) for a in sorted(config.accounts))}; "
+                         f"{'bearer tokens required' if config.auth_tokens else 'no authentication (loopback)'}"
+                         f"{'; spool ' + str(config.spool) if config.spool else '; no spool (backlog in memory)'}; "
+                         "Ctrl-C to stop\n")
         sys.stdout.flush()
         while True:
             time.sleep(3600)
-    ok = server.stop()
-    sys.stdout.write(json.dumps(server.stats()) + "\n")
+    with while_stopping("the gateway"):
+        ok = server.stop()
+    stats = server.stats()
+    sys.stdout.write(json.dumps(stats) + "\n")
     sys.stdout.flush()
-    return 0 if ok else 1
+    # 0 only if every accepted event was delivered: none failed or dropped while running either
+    lost = any(a["failed"] or any(a["dropped"].values()) for a in stats["accounts"].values())
+    return 0 if ok and not lost else 1

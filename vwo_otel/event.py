@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,6 +26,8 @@ _INT_KEYS = {
 #: priority (a conversion with revenue is worth more than an impression); equal or higher stay.
 DROP_PRIORITY: dict[int, int] = {A.VISITOR: 0, A.CUSTOM_DIMENSION: 0, A.GOAL: 1}
 _TYPES = tuple(DROP_PRIORITY)
+#: The slotted object and its int / float fields, in bytes (``VWOEvent.nbytes`` adds the text).
+_OBJECT_BYTES = 240
 
 
 class MalformedEvent(ValueError):
@@ -70,6 +73,12 @@ class VWOEvent:
         #: ``user_id`` (then ""); ``account_id`` is the account it was computed for. Both None otherwise.
         self.account_id = account_id
         self.visitor_uuid = visitor_uuid
+
+    def nbytes(self) -> int:
+        """About the memory the event holds (the object, its numbers and its text): what a
+        backlog bounded in bytes counts."""
+        return _OBJECT_BYTES + sum(sys.getsizeof(v) for v in (
+            self.user_id, self.key, self.value, self.visitor_ua, self.visitor_ip, self.visitor_uuid) if v)
 
     def fields(self) -> dict[str, Any]:
         """The record as a plain dict (the spool's row, a report about an event that cannot be encoded)."""
@@ -134,11 +143,12 @@ def from_attributes(attrs: Mapping[str, Any], time_ns: int | None) -> VWOEvent:
     etype = get(A.EVENT_TYPE)
     seconds = int(time_ns // 1_000_000_000) if time_ns else int(time.time())
     user_id = get(A.USER_ID)
-    if type(etype) is int and (etype == 1 or etype == 2) and type(user_id) is str and user_id:
+    if type(etype) is int and (etype == 1 or etype == 2) and type(user_id) is str and user_id and user_id.isascii():
         # Well-formed impressions and conversions (nearly all traffic), checked inline with the
-        # same rules as below; anything else, or anything wrong, takes the full path below.
+        # same rules as below; anything else, or anything wrong (non-ASCII text may hold a lone
+        # surrogate), takes the full path below. ``isascii`` is O(1).
         ua, ip, cid, vid = get(A.VISITOR_UA), get(A.VISITOR_IP), get(A.CAMPAIGN_ID), get(A.VARIATION_ID)
-        if ((ua is None or type(ua) is str) and (ip is None or type(ip) is str)
+        if ((ua is None or (type(ua) is str and ua.isascii())) and (ip is None or (type(ip) is str and ip.isascii()))
                 and type(cid) is int and 0 <= cid < _ID_LIMIT and type(vid) is int and 0 <= vid < _ID_LIMIT):
             if etype == 1:
                 return VWOEvent(1, user_id, seconds, cid, vid, None, None, None, None, ua or "", ip or "")

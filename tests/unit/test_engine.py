@@ -180,6 +180,30 @@ def test_a_conversion_evicts_the_newest_lower_priority_event(make):
     assert [e["u"] for e in evs] == ["i2", "i3", "d1", "i1", "c5"]
 
 
+def test_count_bytes_follows_events_in_evicted_and_delivered(make):
+    b = make(max_queue_size=3, count_bytes=True)
+    plain = make()
+    events = [imp("i1" * 100), dim("d1"), conv("c1")]
+    for ev in events:
+        b.put(ev)
+        plain.put(ev)
+    assert b.queue_bytes() == sum(ev.nbytes() for ev in events) and plain.queue_bytes() == 0
+    b.put(conv("c2"))  # evicts d1, the newest lower-priority event
+    assert b.queue_bytes() == sum(ev.nbytes() for ev in (events[0], events[2])) + conv("c2").nbytes()
+    assert b.flush(5) is False and b.queue_bytes() == 0  # a drop happened; everything left was delivered
+
+
+def test_admit_keeps_a_request_whole_past_the_bound_until_shutdown(make):
+    b = make(max_queue_size=2)
+    b.admit([imp(f"a{i}") for i in range(5)])
+    assert b.queue_size() == 5 and not b.dropped
+    b.put(imp("p"))  # the bound still holds for put: nothing lower to evict
+    assert b.dropped == {"queue_full": 1}
+    b.shutdown(0.5)
+    b.admit([imp("late")])
+    assert b.dropped == {"queue_full": 1, "already_shutdown": 1}
+
+
 def test_drop_order_comes_from_the_priority_table(make, monkeypatch):
     """A new event type needs only a row in ``event.DROP_PRIORITY``."""
     monkeypatch.setitem(event_module.DROP_PRIORITY, 9, 5)

@@ -102,7 +102,8 @@ class Batcher:
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
                  shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, spool: Spool | None = None,
                  max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
-                 block_when_full: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 block_when_full: float = 0.0, count_bytes: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.max_queue_size = checks.MAX_QUEUE_SIZE.check("max_queue_size", max_queue_size)
         #: Seconds an emitting thread may wait for room in a full backlog (0: drop at once).
         self.block_when_full = checks.BLOCK_WHEN_FULL.check("block_when_full", block_when_full)
@@ -116,6 +117,8 @@ class Batcher:
         self.interval = 0.0 if config is None else config.request_time_interval
         #: The spool that keeps queued events on disk until delivered (None: memory only).
         self.spool = spool
+        #: Keep ``queue_bytes()`` (the gateway bounds its backlog in bytes; the app's hot path skips it).
+        self._count_bytes = count_bytes
         self._clock = clock
         self._notifier = Notifier(config.flush_callback if config else None, exporter.encode,
                                   max(max_queue_size, DROP_LIST_MIN))
@@ -138,6 +141,7 @@ class Batcher:
         self._deadline = math.inf  # when the oldest pending event is due
         self._ready: deque[Batch] = deque()
         self._size = 0  # events held: pending + ready + in flight
+        self._bytes = 0  # their ``VWOEvent.nbytes``, with ``count_bytes``
         # events in pending + ready (what a full queue may evict) by event type
         self._queued: defaultdict[int, int] = defaultdict(int)
         self._seq = 0  # sequence number of the last cut batch
@@ -147,6 +151,7 @@ class Batcher:
         self._flow = Concurrency(self.max_concurrent_requests, self._clock)
         self._sending: dict[int, int] = {}  # thread ident -> seq of the batch it is sending
         self.counts: dict[str, int] = {"delivered": 0, "failed": 0}
+        self.kept_on_disk = 0  # undelivered events the spool kept at shutdown, for the next start
         self.dropped: dict[str, int] = {}
 
     def after_fork(self) -> None:
@@ -170,6 +175,10 @@ class Batcher:
     def queue_size(self) -> int:
         """Events held now: queued, batched and in flight (read without the lock, for metrics)."""
         return self._size
+
+    def queue_bytes(self) -> int:
+        """Memory the held events take (``VWOEvent.nbytes``; 0 unless built with ``count_bytes``)."""
+        return self._bytes
 
     def snapshot(self) -> QueueSnapshot:
         """What the queue holds now, consistently (under the lock)."""
@@ -205,6 +214,17 @@ class Batcher:
         if self.spool is not None and victim is not event:  # the refused event never reached the spool
             self.spool.ack([victim])
         self._notifier.dropped(reason, [victim])  # outside the lock: may run the callback inline
+
+    def admit(self, events: list[VWOEvent]) -> None:
+        """Queue all of ``events``, past ``max_queue_size`` if need be: the caller (the gateway's
+        admission) already decided they fit, and a request is kept whole or not at all."""
+        with self._lock:
+            if not self._closed:
+                for event in events:
+                    self._append(event)
+                return
+        for event in events:  # shut down meanwhile: reported as already_shutdown
+            self.put(event)
 
     def _spill(self, event: VWOEvent) -> bool:
         """Lock held, queue full or spilled events waiting: keep the event only on disk; False
@@ -285,6 +305,8 @@ class Batcher:
         if self.spool is not None:
             self.spool.add(event, queued_at)
         self._size += 1
+        if self._count_bytes:
+            self._bytes += event.nbytes()
         self._queued[event.etype] += 1
         if len(pending) >= self.events_per_request:
             self._cut()
@@ -313,6 +335,8 @@ class Batcher:
                 if batch[i].etype in lower:
                     victim = batch.pop(i)
                     self._size -= 1
+                    if self._count_bytes:
+                        self._bytes -= victim.nbytes()
                     self._queued[victim.etype] -= 1
                     if not self._pending:
                         self._deadline = math.inf
@@ -475,6 +499,7 @@ class Batcher:
             self._pending = []
             self._inflight.clear()
             self._size -= len(left) + len(inflight)
+            self._bytes = 0
             self._queued.clear()
             last = self._seq
             if self.spool is None:
@@ -507,6 +532,7 @@ class Batcher:
         """Close the spool and say truthfully what it kept; report what the disk never took.
         True if nothing was left undelivered."""
         closed = spool.close()
+        self.kept_on_disk = closed.kept
         if closed.kept:
             logger.warning("vwo_otel: %d undelivered event(s) (%d of them spilled from a full queue) stay in the "
                            "spool file %s for the next start", closed.kept, self._spilled, spool.path)
@@ -624,6 +650,8 @@ class Batcher:
             self._wake_senders()
             if mine:
                 self._size -= len(events)
+                if self._count_bytes:
+                    self._bytes -= sum(ev.nbytes() for ev in events)
                 self.counts["delivered"] += delivered
                 self.counts["failed"] += len(events) - delivered - kept
                 if self._blocked:
@@ -667,6 +695,10 @@ class Batcher:
                 failed = spool.park(mine)
                 if len(failed) < len(mine):
                     self._retry_parked_later()
+                    parked = len(mine) - len(failed)
+                    self._notifier.log.warn("parked", parked, "vwo_otel: VWO did not take a batch within the retry "
+                                            "budget (%s); its %d event(s) wait on disk (spool) and are sent again "
+                                            "when VWO answers", o.error, parked)
                 if failed:
                     o.error.args = (f"{o.error.args[0]} (past the spool's max_age or max_bytes)",)
             reportable = spool.forget_failed(failed) if failed else []

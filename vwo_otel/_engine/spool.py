@@ -487,6 +487,13 @@ class Spool:
                 out.append(ev)
         return out
 
+    def room(self) -> int:
+        """Bytes more events may take on disk while VWO does not answer (``max_bytes`` less the
+        parked and spilled events); 0 while the disk refuses writes or after close."""
+        if self._closed or self._unwritten:
+            return 0
+        return max(0, self.max_bytes - self._parked_bytes - self._spilled_bytes)
+
     def parked(self) -> int:
         """Events waiting on disk for VWO to answer again (read without the lock)."""
         return len(self._parked)

@@ -45,6 +45,8 @@ from .. import checks
 from .._engine import lifecycle
 from .._engine.batcher import Batcher
 from .._engine.settle import LogLimiter
+from .._engine.spool import DEFAULT_MAX_AGE as DEFAULT_SPOOL_MAX_AGE
+from .._engine.spool import DEFAULT_MAX_BYTES as DEFAULT_SPOOL_MAX_BYTES
 from .._engine.spool import Spool
 from ..checks import DEFAULT_ENDPOINT
 from ..config import MAX_EVENTS_PER_REQUEST, BatchEvents
@@ -52,7 +54,7 @@ from ..errors import EventsDropped
 from ..event import MalformedEvent, VWOEvent, from_attributes
 from ..export.exporter import VWOExporter
 from ..export.retry import RetryPolicy
-from . import otlp
+from . import httpd, otlp
 from .httpd import LoopbackHTTPServer, read_body, respond
 from .otlp import ACCOUNT_ID
 
@@ -63,8 +65,19 @@ logger = logging.getLogger("vwo_otel")
 
 DEFAULT_PORT = 4318
 DEFAULT_MAX_BACKLOG = 50_000
+DEFAULT_MAX_BACKLOG_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-DEFAULT_MAX_INFLATED_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_INFLATED_BYTES = 32 * 1024 * 1024
+#: Request bodies being read or decoded at once, in bytes (the bodies' own size; each request
+#: reserves its Content-Length, or ``max_body_bytes`` when chunked): this times a small
+#: factor bounds the gateway's memory whatever senders do. Past it new requests wait, then 503.
+BODY_BUDGET_FACTOR = 4
+#: Requests decoded at once (decoding is CPU-bound: more would only hold more memory).
+DECODE_CONCURRENCY = 1
+#: Seconds a request waits for room in the body budget, or for its turn to be decoded, before it
+#: is answered 503 + Retry-After (well inside an OTLP exporter's 10 s timeout, so the sender
+#: hears the answer and no abandoned request is kept).
+BODY_WAIT = 5.0
 _WWW_AUTHENTICATE = ("WWW-Authenticate", 'Bearer realm="vwo-otel-gateway"')
 #: Environment variable holding the sdk key of ``--account ID`` given without ``=KEY``.
 SDK_KEY_ENV = "VWO_SDK_KEY_{account_id}"
@@ -72,6 +85,7 @@ _ROUTES = {"/v1/traces": otlp.TRACES, "/v1/logs": otlp.LOGS}
 _TEXT = "text/plain; charset=utf-8"
 _MAX_MESSAGE = 512
 _DRAIN_LIMIT = 64 * 1024 * 1024  # a refused body up to this size is read so the connection stays usable
+_UNAUTHENTICATED_DRAIN = 1024 * 1024  # the same for a request without a valid token (within 1 s)
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -103,6 +117,8 @@ class GatewayConfig:
     events_per_request: int = 100
     request_time_interval: float = 60.0
     max_backlog: int = DEFAULT_MAX_BACKLOG
+    #: Bytes of accepted, undelivered events held per account (``VWOEvent.nbytes``) before 429.
+    max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES
     retry_after: float = 2.0
     shutdown_timeout: float = 10.0
     spool: str | None = None
@@ -110,11 +126,26 @@ class GatewayConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
+    #: Resources, scopes and spans / log records one request may hold (413 past it; checked
+    #: before decoding).
+    max_items: int = otlp.MAX_ITEMS
+    #: With ``spool``: bytes / seconds events may wait on disk per account while VWO does not
+    #: answer (past them the gateway answers 429 / reports the event failed).
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    spool_max_age: float = DEFAULT_SPOOL_MAX_AGE
     #: Bearer tokens senders must present: a list (each may write to every account), or
     #: ``{token: [account ids]}`` (None: every account). Empty: no authentication (loopback only).
     auth_tokens: Mapping[str, frozenset[int] | None] | Sequence[str] = field(default_factory=dict, repr=False)
     tls_cert: str | None = None  #: PEM certificate chain (with the key, unless ``tls_key``): serve HTTPS
     tls_key: str | None = None
+    #: Seconds a keep-alive connection may stay without a request; a request line and headers may
+    #: take from their first byte; a body (and writing an answer) may take: whole deadlines.
+    idle_timeout: float = httpd.DEFAULT_IDLE_TIMEOUT
+    header_timeout: float = httpd.DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = httpd.DEFAULT_BODY_TIMEOUT
+    #: Connections open at once (lowered to what the file limit allows); when full the longest-idle
+    #: one is closed to admit a new one.
+    max_connections: int = httpd.DEFAULT_MAX_CONNECTIONS
 
     def __post_init__(self) -> None:
         accounts = self.accounts
@@ -135,15 +166,25 @@ class GatewayConfig:
         checks.number("events_per_request", self.events_per_request, low=1, high=MAX_EVENTS_PER_REQUEST, integer=True)
         checks.seconds("request_time_interval", self.request_time_interval, low=1, high=1e9)
         checks.number("max_backlog", self.max_backlog, low=1, high=10_000_000, integer=True)
+        if self.max_backlog < self.events_per_request:
+            raise ValueError(f"max_backlog ({self.max_backlog}) must be at least events_per_request "
+                             f"({self.events_per_request}): a backlog smaller than one batch answers 429 until "
+                             "request_time_interval sends it")
+        checks.number("max_backlog_bytes", self.max_backlog_bytes, low=64 * 1024, high=2**40, integer=True)
+        checks.number("max_items", self.max_items, low=1, high=10_000_000, integer=True)
+        checks.SPOOL_MAX_BYTES.check("spool_max_bytes", self.spool_max_bytes)
+        checks.SPOOL_MAX_AGE.check("spool_max_age", self.spool_max_age)
         checks.seconds("retry_after", self.retry_after, high=3600)
         checks.seconds("shutdown_timeout", self.shutdown_timeout, high=3600)
         checks.seconds("timeout", self.timeout, low=0.001, high=3600)
-        checks.number("max_body_bytes", self.max_body_bytes, low=1024, integer=True)
-        checks.number("max_inflated_bytes", self.max_inflated_bytes, low=1024, integer=True)
+        checks.number("max_body_bytes", self.max_body_bytes, low=1024, high=1024**3, integer=True)
+        checks.number("max_inflated_bytes", self.max_inflated_bytes, low=1024, high=1024**3, integer=True)
         if not isinstance(self.retry, RetryPolicy):
             raise ValueError(f"retry must be a vwo_otel.RetryPolicy, got {type(self.retry).__name__}")
-        if self.spool is not None and not isinstance(self.spool, (str, os.PathLike)):
-            raise ValueError(f"spool must be a directory path, got {self.spool!r}")
+        if self.spool is not None:
+            if not isinstance(self.spool, (str, os.PathLike)) or not os.fspath(self.spool).strip():
+                raise ValueError(f"spool must be a directory path, got {self.spool!r}")
+            object.__setattr__(self, "spool", os.path.abspath(os.fspath(self.spool)))
         if not isinstance(self.host, str) or not self.host:
             raise ValueError(f"host must be an address to bind, got {self.host!r}")
         object.__setattr__(self, "endpoint", checks.endpoint(self.endpoint))
@@ -157,6 +198,9 @@ class GatewayConfig:
                 raise ValueError(f"{name} must be the path of a PEM file, got {value!r}")
         if self.tls_key is not None and self.tls_cert is None:
             raise ValueError("tls_key needs tls_cert (the certificate chain it belongs to)")
+        for name in ("idle_timeout", "header_timeout", "body_timeout"):
+            checks.seconds(name, getattr(self, name), low=0.001, high=3600)
+        checks.number("max_connections", self.max_connections, low=1, high=1_000_000, integer=True)
 
     @property
     def scheme(self) -> str:
@@ -209,7 +253,9 @@ def _auth_tokens(value: Any, accounts: Mapping[int, Account]) -> dict[str, froze
 #: Keys of the JSON configuration file (and of ``config_from_mapping``).
 CONFIG_KEYS = ("accounts", "default_account", "endpoint", "host", "port", "events_per_request",
                "request_time_interval", "max_backlog", "retry_after", "shutdown_timeout", "spool", "timeout",
-               "retry_budget", "max_body_bytes", "max_inflated_bytes", "auth_tokens", "tls_cert", "tls_key")
+               "retry_budget", "max_body_bytes", "max_inflated_bytes", "auth_tokens", "tls_cert", "tls_key",
+               "max_backlog_bytes", "max_items", "spool_max_bytes", "spool_max_age", "idle_timeout", "header_timeout",
+               "body_timeout", "max_connections")
 
 
 def _account_entry(key: Any, value: Any, environ: Mapping[str, str]) -> Account:
@@ -288,7 +334,10 @@ class _Server(LoopbackHTTPServer):
     def __init__(self, address: tuple[str, int], gateway: Gateway, ssl_context: ssl.SSLContext | None) -> None:
         self.gateway = gateway
         self._busy = 0
-        super().__init__(address, _Handler, ssl_context)
+        c = gateway.config
+        super().__init__(address, _Handler, ssl_context, max_workers=httpd.DEFAULT_MAX_WORKERS,
+                         max_connections=c.max_connections, idle_timeout=c.idle_timeout,
+                         header_timeout=c.header_timeout, body_timeout=c.body_timeout)
 
     def busy(self, delta: int) -> None:
         """Count requests being processed (stop() waits for them)."""
@@ -372,6 +421,30 @@ def _forbidden(allowed: frozenset[int], where: int | str, raw: Any) -> _Refused:
                     f"{', '.join(map(str, sorted(allowed)))} only; an item goes to {target}; nothing was kept")
 
 
+class _Budget:
+    """Bytes shared by the requests in progress: ``take`` waits for room, ``give`` returns it."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._used = 0
+        self._cond = threading.Condition()
+
+    def take(self, n: int, timeout: float) -> bool:
+        """Reserve ``n`` bytes (at most the whole budget) within ``timeout`` seconds; False if there was no room."""
+        n = min(n, self.total)
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._used + n <= self.total, timeout):
+                return False
+            self._used += n
+            return True
+
+    def give(self, n: int) -> None:
+        """Return what ``take`` reserved."""
+        with self._cond:
+            self._used -= min(n, self.total)
+            self._cond.notify_all()
+
+
 # -- the gateway ----------------------------------------------------------------------------------
 
 class Gateway:
@@ -392,6 +465,8 @@ class Gateway:
         self._per_account: dict[int, dict[str, int]] = {}
         self._log = LogLimiter()
         self._admit = threading.Lock()
+        self._decoding = threading.BoundedSemaphore(DECODE_CONCURRENCY)
+        self._bodies = _Budget(BODY_BUDGET_FACTOR * config.max_body_bytes)
         self._stopping = False
         self._stopped: bool | None = None
         self._server: _Server | None = None
@@ -420,9 +495,12 @@ class Gateway:
                 counts["requests_ok" if err is None else "requests_failed"] += 1
 
         batch = BatchEvents(c.events_per_request, float(c.request_time_interval), settled)
-        spool = Spool(os.path.join(os.fspath(c.spool), str(acct.account_id))) if c.spool is not None else None
+        spool = None
+        if c.spool is not None:
+            spool = Spool(os.path.join(os.fspath(c.spool), str(acct.account_id)), max_bytes=c.spool_max_bytes,
+                          max_age=c.spool_max_age)
         return Batcher(exporter, batch, max_queue_size=c.max_backlog, shutdown_timeout=max(c.shutdown_timeout, 0.001),
-                       spool=spool)
+                       spool=spool, count_bytes=True)
 
     def __repr__(self) -> str:
         return f"Gateway({self.url}, accounts={sorted(self._batchers)}, default={self.config.default_account})"
@@ -470,13 +548,21 @@ class Gateway:
         deadline = time.monotonic() + budget
         self.stop_accepting()
         server, thread = self._server, self._thread
+        closing = None
         if server is not None and thread is not None:
-            server.shutdown()
-            server.server_close()
-            server.wait_idle(min(deadline - time.monotonic(), 5.0))
-            server.close_connections(min(max(deadline - time.monotonic(), 0.0), 1.0))
-            thread.join(1.0)
+            # Requests still in progress can no longer queue anything (stop_accepting): close them
+            # while the backlogs are delivered, not before (a slow client must not eat the budget).
+            def close() -> None:
+                server.shutdown()
+                server.server_close()
+                server.wait_idle(min(deadline - time.monotonic(), 5.0))
+                server.close_connections(min(max(deadline - time.monotonic(), 0.0), 1.0))
+                thread.join(1.0)
+            closing = threading.Thread(target=close, name=f"vwo_otel-gateway-close:{self._port}", daemon=True)
+            closing.start()
         ok = lifecycle.shutdown_all(max(0.0, deadline - time.monotonic()), self._batchers.values())
+        if closing is not None:
+            closing.join(max(0.0, deadline - time.monotonic()) + 1.0)
         self._log.flush()
         stats = self.stats()
         logger.info("vwo_otel gateway stopped: %d event(s) accepted, delivered %d, failed %d, dropped %s",
@@ -503,7 +589,8 @@ class Gateway:
 
     def stats(self) -> dict[str, Any]:
         """Counters: requests by signal, responses by status, items seen, VWO events accepted /
-        rejected by reason, and per account what was accepted, delivered, failed, dropped and queued."""
+        rejected by reason, and per account what was accepted, delivered, failed, dropped, queued
+        (events and bytes) and waiting on disk."""
         with self._stats_lock:
             out: dict[str, Any] = {
                 "requests": dict(self._requests),
@@ -518,6 +605,10 @@ class Gateway:
             accounts[str(account_id)] = {
                 **per.get(account_id, {}), **batcher.counts, "dropped": dict(batcher.dropped),
                 "backlog": batcher.queue_size(), "max_backlog": self.config.max_backlog,
+                "backlog_bytes": batcher.queue_bytes(), "max_backlog_bytes": self.config.max_backlog_bytes,
+                # waiting on disk (spool) for VWO to answer again; after stop, all left there for the next start
+                "on_disk": 0 if batcher.spool is None else batcher.kept_on_disk if batcher.closed
+                else batcher.spool.parked() + batcher.spool.spilled(),
             }
         out["accounts"] = accounts
         return out
@@ -549,8 +640,10 @@ class Gateway:
         signal_ = _ROUTES.get(urlsplit(h.path).path)
         ctype = h.headers.get("Content-Type") or ""
         media = otlp.MEDIA_TYPES.get(ctype.split(";", 1)[0].strip().lower())
+        reserved = 0
         try:
             allowed = self._authenticate_post(h)
+            reserved = self._reserve_body(h)
             body = self._read_body(h)
             if signal_ is None:
                 raise _Refused(404, otlp.UNIMPLEMENTED, "unknown path: POST /v1/traces or /v1/logs")
@@ -562,9 +655,17 @@ class Gateway:
             if media == otlp.PROTOBUF and not otlp.protobuf_available():
                 raise _Refused(415, otlp.UNIMPLEMENTED, "this gateway cannot decode protobuf (install "
                                "'vwo-otel[gateway]' for opentelemetry-proto); send OTLP/JSON or install it")
+            if not self._decoding.acquire(timeout=BODY_WAIT):  # at most DECODE_CONCURRENCY inflated at once
+                raise _Refused(503, otlp.UNAVAILABLE, "too many requests being decoded; retry",
+                               (("Retry-After", self._retry_after()),))
             try:
-                data = otlp.decompress(body, h.headers.get("Content-Encoding"), self.config.max_inflated_bytes)
-                decoded = otlp.decode(signal_, media, data)
+                try:
+                    data = otlp.decompress(body, h.headers.get("Content-Encoding"), self.config.max_inflated_bytes)
+                    del body
+                    decoded = otlp.decode(signal_, media, data, self.config.max_items)
+                    del data
+                finally:
+                    self._decoding.release()
             except otlp.UnsupportedEncoding as exc:
                 raise _Refused(415, otlp.INVALID_ARGUMENT, str(exc)) from None
             except otlp.TooLarge as exc:
@@ -585,6 +686,8 @@ class Gateway:
             h.close_connection = True
             respond(h, 500, reply, reply_type)
             return
+        finally:
+            self._bodies.give(reserved)
         self._count_response(200)
         respond(h, 200, otlp.encode_response(signal_, media, rejected, message), media)
 
@@ -610,13 +713,34 @@ class Gateway:
         return found.accounts
 
     def _authenticate_post(self, h: _Handler) -> frozenset[int] | None:
-        """``_authenticate``; a refused request's body is read and dropped unparsed (so the
-        connection stays usable and the sender sees the 401)."""
+        """``_authenticate``; a refused request's body is dropped unparsed: up to
+        ``_UNAUTHENTICATED_DRAIN`` bytes within a second are read (so a sender sees its 401 on a
+        usable connection), a larger or slower one is not and the connection closes (an
+        anonymous client must not hold a worker for a whole slow body)."""
         try:
             return self._authenticate(h)
         except _Refused:
-            read_body(h, 0, self.config.max_body_bytes)  # closes the connection itself past that size
+            read_body(h, 0, _UNAUTHENTICATED_DRAIN, timeout=1.0)  # closes the connection past that size or time
             raise
+
+    def _reserve_body(self, h: _Handler) -> int:
+        """Reserve the body's bytes in the shared budget before reading it (its Content-Length,
+        ``max_body_bytes`` when chunked; none for one that will be refused as too large);
+        ``_Refused`` 503 when no room frees within ``BODY_WAIT``. Returns the bytes to give back."""
+        limit = self.config.max_body_bytes
+        if h.headers.get("Transfer-Encoding"):
+            n = limit
+        else:
+            try:
+                n = int(h.headers.get("Content-Length") or 0)
+            except ValueError:
+                n = 0
+            n = n if 0 < n <= limit else 0
+        if n and not self._bodies.take(n, BODY_WAIT):
+            h.close_connection = True  # the body stays unread
+            raise _Refused(503, otlp.UNAVAILABLE, "too many request bodies in progress; retry",
+                           (("Retry-After", self._retry_after()),))
+        return n
 
     def _read_body(self, h: _Handler) -> bytes:
         """The request body (Content-Length or chunked), at most ``max_body_bytes``; else ``_Refused``."""
@@ -644,25 +768,26 @@ class Gateway:
         return str(max(0, math.ceil(self.config.retry_after)))
 
     # -- routing and admission ------------------------------------------------------------------
-    def _has_room(self, account_id: int, n: int) -> bool:
-        """Whether account ``account_id``'s backlog takes ``n`` more events: up to ``max_backlog``,
-        or ``n`` larger than the whole backlog once the backlog is below it (such a request can
-        never fit otherwise; its size is bounded by ``max_inflated_bytes``)."""
-        held, cap = self._batchers[account_id].queue_size(), self.config.max_backlog
-        return held + n <= cap or (n > cap and held < cap)
-
-    def _queue(self, batcher: Batcher, events: list[VWOEvent]) -> None:
-        """Put an admitted request's events (``_admit`` held). One larger than the room left
-        (admitted by ``_has_room``) raises the batcher's bound for its own events only, so none
-        of them is dropped; the bound is back at ``max_backlog`` for everything after."""
-        cap = self.config.max_backlog
-        batcher.max_queue_size = max(cap, batcher.queue_size() + len(events))
-        try:
-            put = batcher.put
-            for event in events:
-                put(event)
-        finally:
-            batcher.max_queue_size = cap
+    def _full(self, account_id: int, n: int, nbytes: int) -> str | None:
+        """Why account ``account_id`` cannot take ``n`` more events of ``nbytes``, or None. The
+        backlog takes up to ``max_backlog`` events and ``max_backlog_bytes`` (a request larger
+        than either is taken once the backlog is below it: it could never fit otherwise, and
+        ``max_inflated_bytes`` bounds it); with a spool, the disk must have room for the whole
+        backlog should VWO stop answering."""
+        c, batcher = self.config, self._batchers[account_id]
+        held, held_bytes = batcher.queue_size(), batcher.queue_bytes()
+        if not (held + n <= c.max_backlog or (n > c.max_backlog and held < c.max_backlog)):
+            return "backlog full (events)"
+        if not (held_bytes + nbytes <= c.max_backlog_bytes or (nbytes > c.max_backlog_bytes and held_bytes == 0)):
+            return "backlog full (bytes)"
+        spool = batcher.spool
+        if spool is not None:
+            room = spool.room()
+            if room == 0 and not spool.parked() and not spool.spilled():
+                return "spool cannot write to disk"
+            if room < held_bytes + nbytes and not (held_bytes == 0 and room == spool.max_bytes):
+                return "spool full (VWO not answering)"
+        return None
 
     def _resolve(self, raw: Any) -> int | str:
         """The configured account an item goes to, or why it cannot go anywhere."""
@@ -681,10 +806,14 @@ class Gateway:
         request (403 an item for an account outside ``allowed``, 429/503); returns
         (rejected items, partial-success message)."""
         by_account: dict[int, list[VWOEvent]] = {}
+        sizes: dict[int, int] = {}  # their VWOEvent.nbytes
         problems: dict[str, _Rejected] = {}
 
-        def reject(reason: str, detail: str) -> None:
-            problems.setdefault(reason, _Rejected(detail)).count += 1
+        def reject(reason: str, detail: str, count: int = 1) -> None:
+            problems.setdefault(reason, _Rejected(detail)).count += count
+
+        if decoded.oversized:
+            reject("malformed", f"larger than {otlp.MAX_ITEM_BYTES} bytes", decoded.oversized)
 
         for group in decoded.groups:
             for item in group.items:
@@ -705,24 +834,36 @@ class Gateway:
                 except MalformedEvent as exc:
                     reject("malformed", str(exc))
                     continue
+                nbytes = event.nbytes()
+                if nbytes > otlp.MAX_ITEM_BYTES:
+                    reject("malformed", f"larger than {otlp.MAX_ITEM_BYTES} bytes")
+                    continue
                 by_account.setdefault(where, []).append(event)
+                sizes[where] = sizes.get(where, 0) + nbytes
         with self._admit:
             if self._stopping:
                 raise _Refused(503, otlp.UNAVAILABLE, "gateway is shutting down; retry (elsewhere)",
                                (("Retry-After", self._retry_after()),))
-            full = [a for a, events in by_account.items() if not self._has_room(a, len(events))]
+            full = {a: why for a, events in by_account.items()
+                    if (why := self._full(a, len(events), sizes[a])) is not None}
             if full:
                 throttled = sum(len(by_account[a]) for a in full)
                 with self._stats_lock:
                     self._counts["throttled_events"] += decoded.vwo_items
-                self._log.warn(("backlog_full", tuple(full)), throttled,
-                               "vwo_otel gateway: backlog full for account(s) %s; answering 429 (sender retries)",
-                               ", ".join(map(str, full)))
-                raise _Refused(429, otlp.RESOURCE_EXHAUSTED,
-                               f"backlog full for account(s) {', '.join(map(str, full))}; retry later",
+                what = "; ".join(f"account {a}: {why}" for a, why in full.items())
+                self._log.warn(("backlog_full", tuple(full.items())), throttled,
+                               "vwo_otel gateway: %s; answering 429 (sender retries)", what)
+                raise _Refused(429, otlp.RESOURCE_EXHAUSTED, f"{what}; retry later",
                                (("Retry-After", self._retry_after()),))
             for account_id, events in by_account.items():
-                self._queue(self._batchers[account_id], events)
+                self._batchers[account_id].admit(events)
+        for account_id in by_account:  # durable before the sender hears 200 (kill -9 loses nothing)
+            spool = self._batchers[account_id].spool
+            if spool is not None and not spool.commit():
+                # Queued in memory but not on disk: the sender must keep its copy. If this gateway
+                # delivers its own, the sender's retry makes a duplicate, never a loss.
+                raise _Refused(503, otlp.UNAVAILABLE, f"account {account_id}: the spool cannot write to disk; "
+                               "retry later", (("Retry-After", self._retry_after()),))
 
         rejected = sum(p.count for p in problems.values())
         with self._stats_lock:

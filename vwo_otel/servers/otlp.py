@@ -38,16 +38,30 @@ UINT64 = (0, 2**64 - 1)
 #: How deep attribute values may nest (arrays / key-value lists): protobuf decoders stop at
 #: about this depth too, and past it a recursive decoder would exhaust the stack.
 MAX_VALUE_DEPTH = 32
+#: Default bound on the fields walked to find the resources, scopes and spans / log records of
+#: one request (a handful per item; rotel and the Collector's batch processor send 8,192 items).
+MAX_ITEMS = 100_000
+#: A JSON request may hold this many values per item of ``max_items`` (objects, arrays and
+#: comma-separated members, counted before parsing; a typical log record has about 70).
+JSON_VALUES_PER_ITEM = 10
+#: Largest VWO span / log record (and resource naming ``vwo.account_id``) decoded, in bytes:
+#: VWO events are a few hundred bytes; this bounds what one message can cost to decode.
+MAX_ITEM_BYTES = 1024 * 1024
+_EVENT_TYPE_BYTES = A.EVENT_TYPE.encode()
+_VWO_PREFIX = "vwo."  # the attributes the gateway reads (events and vwo.account_id)
+_J_NESTED = ("arrayValue", "array_value", "kvlistValue", "kvlist_value")
+_ACCOUNT_ID_BYTES = ACCOUNT_ID.encode()
 
 _PB_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError)
 try:  # the optional [gateway] extra
     from google.protobuf.message import DecodeError as _PbDecodeError
-    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as _logs_pb2
-    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as _trace_pb2
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord as _LogRecord
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource as _Resource
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as _Span
 
     _PB_ERRORS = (_PbDecodeError, ValueError, TypeError)
 except ImportError:  # pragma: no cover - exercised by monkeypatching in tests
-    _trace_pb2 = _logs_pb2 = None  # type: ignore[assignment]
+    _LogRecord = _Resource = _Span = None  # type: ignore[assignment,misc]
 
 
 
@@ -76,83 +90,149 @@ class Decoded:
 
     groups: list[Group]  #: VWO items by resource
     items: int  #: spans / log records in the request, VWO or not
+    oversized: int = 0  #: VWO items not decoded: larger than ``MAX_ITEM_BYTES``
 
     @property
     def vwo_items(self) -> int:
-        """Number of spans / log records carrying ``vwo.event.type``."""
-        return sum(len(group.items) for group in self.groups)
+        """Number of spans / log records carrying ``vwo.event.type`` (oversized ones included)."""
+        return sum(len(group.items) for group in self.groups) + self.oversized
 
 
 def protobuf_available() -> bool:
     """True when ``opentelemetry-proto`` is installed (protobuf requests can be decoded)."""
-    return _trace_pb2 is not None and _logs_pb2 is not None
+    return _Span is not None and _LogRecord is not None and _Resource is not None
 
 
-def decode(signal: str, media_type: str, body: bytes) -> Decoded:
-    """Decode an ``ExportTraceServiceRequest`` / ``ExportLogsServiceRequest``; raises ``DecodeError``."""
+def decode(signal: str, media_type: str, body: bytes | bytearray, max_items: int = MAX_ITEMS) -> Decoded:
+    """Decode an ``ExportTraceServiceRequest`` / ``ExportLogsServiceRequest``; raises ``DecodeError``,
+    or ``TooLarge`` for more than ``max_items`` resources, scopes and items (JSON: values), checked
+    before the body is decoded, so a small body of millions of empty messages costs no memory."""
     if media_type != JSON and not protobuf_available():
         raise RuntimeError("protobuf support needs opentelemetry-proto: pip install 'vwo-otel[gateway]'")
     try:
-        return _decode_json(signal, body) if media_type == JSON else _decode_proto(signal, body)
+        if media_type == JSON:
+            return _decode_json(signal, body, max_items)
+        return _decode_proto(signal, body, max_items)
     except RecursionError:  # nesting the depth checks did not foresee: still the sender's fault
         raise DecodeError("body nests values too deeply") from None
 
 
 # -- protobuf ---------------------------------------------------------------------------------
 
-def _pb_value(value: Any) -> Any:
+def _pb_scalar(value: Any) -> Any:
+    """A ``vwo.*`` attribute's value: every one the gateway reads is a scalar, so an array or
+    key-value list is not converted (it would cost memory in proportion to its nesting) but
+    becomes ``()``, which every VWO field check refuses."""
     kind = value.WhichOneof("value")
     if kind is None:
         return None
-    if kind == "array_value":
-        return tuple(_pb_value(v) for v in value.array_value.values)
-    if kind == "kvlist_value":
-        return {kv.key: _pb_value(kv.value) for kv in value.kvlist_value.values}
-    return getattr(value, kind)
+    return () if kind in ("array_value", "kvlist_value") else getattr(value, kind)
 
 
 def _pb_find(attrs: Any, key: str) -> Any:
     for kv in attrs:
         if kv.key == key:
-            return _pb_value(kv.value)
+            return _pb_scalar(kv.value)
     return None
 
 
-def _decode_proto(signal: str, body: bytes) -> Decoded:
-    try:
-        if signal == TRACES:
-            request: Any = _trace_pb2.ExportTraceServiceRequest.FromString(body)
+def _read_varint(data: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
+    """A base-128 varint at ``pos``: (value, position after it)."""
+    value = shift = 0
+    while pos < end and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise DecodeError("body is not valid protobuf: a varint runs past its message")
+
+
+def _submessages(data: bytes | bytearray, pos: int, end: int, wanted: tuple[int, ...], budget: list[int],
+                 ) -> list[tuple[int, int, int]]:
+    """The length-delimited fields numbered ``wanted`` in the message ``data[pos:end]`` as
+    (field, start, stop), other fields skipped without decoding. Each field walked costs one
+    unit of ``budget[0]``; past it ``TooLarge`` (so a body of millions of empty messages is
+    refused after a bounded walk)."""
+    found: list[tuple[int, int, int]] = []
+    while pos < end:
+        key, pos = _read_varint(data, pos, end)
+        number, wire = key >> 3, key & 7
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise TooLarge(f"body holds more than {budget[1]} resources, scopes, items and their fields")
+        if wire == 0:
+            _, pos = _read_varint(data, pos, end)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            size, pos = _read_varint(data, pos, end)
+            if number in wanted:
+                found.append((number, pos, pos + size))
+            pos += size
         else:
-            request = _logs_pb2.ExportLogsServiceRequest.FromString(body)
-    except _PB_ERRORS as exc:
-        raise DecodeError(f"body is not a protobuf Export{'Trace' if signal == TRACES else 'Logs'}"
-                          f"ServiceRequest: {exc}") from None
+            raise DecodeError(f"body is not valid protobuf: wire type {wire} in field {number}")
+        if number == 0 or pos > end:
+            raise DecodeError("body is not valid protobuf: a field runs past its message")
+    return found
+
+
+def _decode_proto(signal: str, body: bytes | bytearray, max_items: int) -> Decoded:
+    """Walk resources, scopes and items without decoding them (bounded by ``max_items``); decode
+    only items whose bytes name ``vwo.event.type`` (each at most ``MAX_ITEM_BYTES``) and the
+    resources of those that name ``vwo.account_id``: memory stays proportional to the VWO items."""
     if signal == TRACES:
-        resources, scopes, items = request.resource_spans, "scope_spans", "spans"
+        item_type: Any = _Span
 
         def stamp(item: Any) -> int:
             return int(item.start_time_unix_nano)
     else:
-        resources, scopes, items = request.resource_logs, "scope_logs", "log_records"
+        item_type = _LogRecord
 
         def stamp(item: Any) -> int:
             return log_time(item.time_unix_nano, item.observed_time_unix_nano) or 0
+    budget = [max_items, max_items]
     groups: list[Group] = []
-    n = 0
-    for resource in resources:
-        found: list[Item] = []
-        for scope in getattr(resource, scopes):
-            records = getattr(scope, items)
-            n += len(records)
-            for rec in records:
-                attrs = rec.attributes
-                for kv in attrs:
-                    if kv.key == _EVENT_TYPE:
-                        found.append(Item({kv.key: _pb_value(kv.value) for kv in attrs}, stamp(rec)))
-                        break
-        if found:
-            groups.append(Group(_pb_find(resource.resource.attributes, ACCOUNT_ID), found))
-    return Decoded(groups, n)
+    n = oversized = 0
+    try:
+        for _, rs, re_ in _submessages(body, 0, len(body), (1,), budget):
+            found: list[Item] = []
+            resource: tuple[int, int] | None = None
+            for number, ss, se in _submessages(body, rs, re_, (1, 2), budget):
+                if number == 1:
+                    resource = (ss, se)
+                    continue
+                for _, start, stop in _submessages(body, ss, se, (2,), budget):
+                    n += 1
+                    if body.find(_EVENT_TYPE_BYTES, start, stop) < 0:
+                        continue
+                    if stop - start > MAX_ITEM_BYTES:
+                        oversized += 1
+                        continue
+                    rec = item_type.FromString(body[start:stop])
+                    attrs = rec.attributes
+                    for kv in attrs:
+                        if kv.key == _EVENT_TYPE:  # only vwo.* values become Python objects
+                            found.append(Item({kv.key: _pb_scalar(kv.value) for kv in attrs
+                                               if kv.key.startswith(_VWO_PREFIX)}, stamp(rec)))
+                            break
+            if not found:
+                continue
+            account = None
+            if resource is not None and body.find(_ACCOUNT_ID_BYTES, *resource) >= 0:
+                if resource[1] - resource[0] > MAX_ITEM_BYTES:
+                    raise TooLarge(f"a resource of {resource[1] - resource[0]} bytes is larger than {MAX_ITEM_BYTES}")
+                account = _pb_find(_Resource.FromString(body[resource[0]:resource[1]]).attributes, ACCOUNT_ID)
+            groups.append(Group(account, found))
+    except _PB_ERRORS as exc:
+        if isinstance(exc, (TooLarge, DecodeError)):
+            raise
+        raise DecodeError(f"body is not a protobuf Export{'Trace' if signal == TRACES else 'Logs'}"
+                          f"ServiceRequest: {exc}") from None
+    return Decoded(groups, n, oversized)
 
 
 # -- JSON (OTLP/JSON: lowerCamelCase keys, int64 as string or number, ids in hex) ---------------
@@ -221,7 +301,10 @@ def _j_value(value: Any, depth: int = 0) -> Any:
             return _j_int(v, "intValue")
         if key in ("doubleValue", "double_value"):
             if type(v) in (int, float):
-                return float(v)
+                try:
+                    return float(v)
+                except OverflowError:  # an integer of hundreds of digits
+                    raise DecodeError(f"doubleValue out of range, got {shorten(v)}") from None
             if type(v) is str and v in _DOUBLE_WORDS:
                 return _DOUBLE_WORDS[v]
             raise DecodeError(f"doubleValue must be a number, got {shorten(v)}")
@@ -241,11 +324,19 @@ def _j_value(value: Any, depth: int = 0) -> Any:
     return None
 
 
-def _j_attrs(kvs: Sequence[Any], depth: int = 0) -> dict[str, Any]:
+def _j_attrs(kvs: Sequence[Any], depth: int = 0, vwo_only: bool = False) -> dict[str, Any]:
+    """Attributes as a dict; ``vwo_only``: only the ``vwo.*`` ones (what the gateway reads)."""
     out = {}
     for kv in kvs:
         if type(kv) is not dict or type(kv.get("key")) is not str:
             raise DecodeError(f"attribute must be {{\"key\": ..., \"value\": ...}}, got {shorten(kv)}")
+        if vwo_only:  # as _pb_scalar: only vwo.* attributes, nested values as ()
+            if not kv["key"].startswith(_VWO_PREFIX):
+                continue
+            value = kv.get("value")
+            if type(value) is dict and any(k in _J_NESTED for k in value):
+                out[kv["key"]] = ()
+                continue
         out[kv["key"]] = _j_value(kv.get("value"), depth)
     return out
 
@@ -263,11 +354,15 @@ def _j_resource_account(parent: dict[str, Any]) -> Any:
         return None
     for kv in _j_list(resource, "attributes", "attributes", "resource"):
         if type(kv) is dict and kv.get("key") == ACCOUNT_ID:
-            return _j_value(kv.get("value"))
+            return _j_attrs([kv], vwo_only=True)[ACCOUNT_ID]
     return None
 
 
-def _decode_json(signal: str, body: bytes) -> Decoded:
+def _decode_json(signal: str, body: bytes | bytearray, max_items: int) -> Decoded:
+    values = body.count(b"{") + body.count(b"[") + body.count(b",")  # >= the values json.loads would build
+    if values > max_items * JSON_VALUES_PER_ITEM:
+        raise TooLarge(f"JSON body holds more than {max_items * JSON_VALUES_PER_ITEM} values; send smaller "
+                       "batches or OTLP/protobuf")
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -301,7 +396,7 @@ def _decode_json(signal: str, body: bytes) -> Decoded:
                         _j_int(_j_field(item, "timeUnixNano", "time_unix_nano", leaf), "timeUnixNano", UINT64),
                         _j_int(_j_field(item, "observedTimeUnixNano", "observed_time_unix_nano", leaf),
                                "observedTimeUnixNano", UINT64)) or 0
-                found.append(Item(_j_attrs(kvs), stamp))
+                found.append(Item(_j_attrs(kvs, vwo_only=True), stamp))
         if found:
             groups.append(Group(_j_resource_account(rs), found))
     return Decoded(groups, n)
@@ -378,7 +473,10 @@ class UnsupportedEncoding(ValueError):
     """A ``Content-Encoding`` the gateway cannot decode."""
 
 
-def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+_INFLATE_STEP = 1024 * 1024
+
+
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes | bytearray:
     """Undo ``Content-Encoding`` (identity, gzip, deflate) with at most ``limit`` bytes out;
     raises ``UnsupportedEncoding``, ``TooLarge`` or ``DecodeError``."""
     enc = (encoding or "").strip().lower()
@@ -394,21 +492,23 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     raise UnsupportedEncoding(f"Content-Encoding {encoding!r} is not supported (use gzip, deflate or none)")
 
 
-def _inflate(data: bytes, wbits: int, limit: int, enc: str) -> bytes:
-    parts: list[bytes] = []
-    total = 0
+def _inflate(data: bytes, wbits: int, limit: int, enc: str) -> bytearray:
+    """Inflate in bounded steps into one growing buffer: the peak is about the output itself
+    (never output blocks plus their joined copy), and it stops one step past ``limit``."""
+    out = bytearray()
     try:
         while True:
             d = zlib.decompressobj(wbits)
-            out = d.decompress(data, limit + 1 - total)
-            total += len(out)
-            if total > limit or d.unconsumed_tail:
-                raise TooLarge(f"body inflates to more than {limit} bytes")
-            if not d.eof:
-                raise DecodeError(f"{enc} body is truncated")
-            parts.append(out)
+            while not d.eof:
+                chunk = d.decompress(data, _INFLATE_STEP)
+                data = d.unconsumed_tail
+                if not chunk and not data:
+                    raise DecodeError(f"{enc} body is truncated")
+                out += chunk
+                if len(out) > limit:
+                    raise TooLarge(f"body inflates to more than {limit} bytes")
             data = d.unused_data
             if not data or wbits <= zlib.MAX_WBITS:  # only gzip has several members
-                return b"".join(parts)
+                return out
     except zlib.error as exc:
         raise DecodeError(f"body is not valid {enc}: {exc}") from None

@@ -1,0 +1,379 @@
+"""The gateway behind a real OpenTelemetry collector: app processes using OpenTelemetry's own
+OTLP/HTTP exporters (tests/apps/otlp_emitter.py, ``vwo.account_id`` as a string resource
+attribute from ``OTEL_RESOURCE_ATTRIBUTES``) -> ``rotel-agent`` (a Rust collector from PyPI;
+it re-batches and sends protobuf + gzip) -> ``vwo-otel gateway`` (a real subprocess with
+``--spool``) -> the loopback VWO receiver.
+
+Scenarios, each on its own ports, run concurrently (the 90 s VWO outage is the long pole):
+(a) 5 processes x 2,000 events; (b) the gateway stopped with SIGTERM for 10 s and restarted on
+the same port mid-stream; (c) VWO stopped for 15 s and for 90 s mid-stream. Each asserts that
+every event reached VWO exactly once, except where VWO's own hop is at-least-once (README): an
+event VWO stored whose answer the stop cut is sent again, so the duplicates must be exactly those
+events. Each records what every layer did: rotel's retry log lines, the gateway's /stats and
+log, the receiver's counts (printed; shown with ``pytest -s`` or on failure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ACCOUNT_ID, SDK_KEY
+
+from vwo_otel import checks, visitor_uuid
+from vwo_otel.servers import otlp
+from vwo_otel.servers.receiver import Receiver
+
+rotel = pytest.importorskip("rotel", reason="rotel (pip install rotel) is not installed")
+ROTEL_AGENT = Path(rotel.__file__).with_name("rotel-agent")
+if not ROTEL_AGENT.is_file() or not os.access(ROTEL_AGENT, os.X_OK):  # pragma: no cover - a wheel without it
+    pytest.skip(f"the rotel wheel has no rotel-agent binary at {ROTEL_AGENT}", allow_module_level=True)
+if not otlp.protobuf_available():  # pragma: no cover - the test extra installs it
+    pytest.skip("the gateway needs opentelemetry-proto for rotel's protobuf", allow_module_level=True)
+
+#: The scenarios start together in the first test's set-up; the last one waits for the 90 s outage.
+pytestmark = pytest.mark.timeout(240)
+
+ROOT = Path(__file__).resolve().parents[2]
+EMITTER = ROOT / "tests" / "apps" / "otlp_emitter.py"
+EVENTS_PER_REQUEST = 100
+#: Outage scenarios: 2 apps x 2,000 events at 150 events/s each (about 13 s), so every outage starts mid-stream.
+PACED_PROCS, PACED_EVENTS, PACED_RATE = 2, 2000, 150.0
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+class Pipeline:
+    """apps -> rotel -> gateway (subprocess, spool) -> receiver, on ports of its own, in ``tmp``."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.receiver = Receiver(account_id=ACCOUNT_ID, sdk_key=SDK_KEY).start()
+        self.gw_port, self.http_port, self.grpc_port = _free_port(), _free_port(), _free_port()
+        self.config = tmp / "gateway.json"
+        self.config.write_text(json.dumps({
+            "accounts": {str(ACCOUNT_ID): {"sdk_key_env": "TEST_GW_KEY"}},  # no default account: routed by
+            "endpoint": self.receiver.url, "port": self.gw_port,            # the apps' string resource attribute
+            "events_per_request": EVENTS_PER_REQUEST, "request_time_interval": 1, "spool": str(tmp / "spool")}))
+        self.gateways: list[subprocess.Popen] = []
+        self.apps: list[subprocess.Popen] = []
+        self.rotel: subprocess.Popen | None = None
+        self.expected: set[str] = set()
+        self.types: Counter = Counter()  # event type -> how many the apps emit (activate, track, push in turn)
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        return env
+
+    def start_gateway(self) -> None:
+        n = len(self.gateways)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vwo_otel", "gateway", "--config", str(self.config)], cwd=ROOT,
+            env={**self._env(), "TEST_GW_KEY": SDK_KEY}, stdout=(self.tmp / f"gateway{n}.out").open("w"),
+            stderr=(self.tmp / f"gateway{n}.err").open("w"))
+        self.gateways.append(proc)
+        _wait(lambda: proc.poll() is not None or _accepts(self.gw_port), 30, "the gateway to listen")
+        assert proc.poll() is None, (self.tmp / f"gateway{n}.err").read_text()[-2000:]
+
+    def stop_gateway(self) -> dict[str, Any]:
+        """SIGTERM the running gateway; its exit code, seconds to exit and the stats it printed."""
+        proc, n, t0 = self.gateways[-1], len(self.gateways) - 1, time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        lines = (self.tmp / f"gateway{n}.out").read_text().strip().splitlines()
+        return {"exit": proc.returncode, "seconds": round(time.monotonic() - t0, 2), "stats": json.loads(lines[-1])}
+
+    def start_rotel(self) -> None:
+        self.rotel = subprocess.Popen(
+            [str(ROTEL_AGENT), "start", "--otlp-http-endpoint", f"127.0.0.1:{self.http_port}",
+             "--otlp-grpc-endpoint", f"127.0.0.1:{self.grpc_port}", "--exporter", "otlp",
+             "--otlp-exporter-endpoint", f"http://127.0.0.1:{self.gw_port}", "--otlp-exporter-protocol", "http",
+             "--pid-file", str(self.tmp / "rotel.pid"), "--log-file", str(self.tmp / "rotel.log")],
+            stdout=(self.tmp / "rotel.out").open("w"), stderr=subprocess.STDOUT)
+        rot = self.rotel
+        _wait(lambda: rot.poll() is not None or _accepts(self.http_port), 30, "rotel to listen")
+        assert rot.poll() is None, self.rotel_log()[-2000:]
+
+    def start_apps(self, procs: int, n: int, rate: float = 0.0) -> None:
+        env = {**self._env(), "OTEL_RESOURCE_ATTRIBUTES": f"vwo.account_id={ACCOUNT_ID}"}
+        for i in range(procs):
+            name = f"app{i}"
+            cfg = {"name": name, "n": n, "signal": "logs" if i % 2 else "traces",
+                   "url": f"http://127.0.0.1:{self.http_port}", "rate": rate}
+            self.apps.append(subprocess.Popen([sys.executable, str(EMITTER), json.dumps(cfg)], cwd=ROOT, env=env,
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            self.expected |= {visitor_uuid(ACCOUNT_ID, f"{name}-{j}") for j in range(n)}
+            self.types.update(j % 3 + 1 for j in range(n))
+
+    def streaming(self) -> bool:
+        """True while every app is still emitting."""
+        return all(app.poll() is None for app in self.apps)
+
+    def wait_for_received(self, n: int, timeout: float) -> None:
+        assert self.receiver.wait_for_events(n, timeout), f"{self.receiver.event_count()} of {n} events at VWO"
+
+    def finish_apps(self) -> list[dict[str, Any]]:
+        """Wait for the apps; each one's JSON line (events emitted, export calls, failed exports)."""
+        out = []
+        for app in self.apps:
+            stdout, stderr = app.communicate(timeout=60)
+            assert app.returncode == 0, stderr[-2000:]
+            out.append(json.loads(stdout.strip().splitlines()[-1]))
+        return out
+
+    def gateway_stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.gw_port}/stats", timeout=5) as answer:
+            return dict(json.load(answer))
+
+    def rotel_log(self) -> str:
+        return _ANSI.sub("", (self.tmp / "rotel.out").read_text(errors="replace"))
+
+    def rotel_record(self) -> dict[str, Any]:
+        """What rotel said: retries by the error it saw, and batches it gave up on."""
+        log = self.rotel_log()
+        retry = "will retry again after delay"
+        retries = Counter(" ".join(filter(None, found))
+                          for found in re.findall(retry + r".*? status=Err\((\w+)(?:\((\d+))?", log))
+        delays = [float(d) for d in re.findall(retry + r".*? delay=([\d.]+)s", log)]
+        return {"retries": dict(retries), "longest_delay_s": max(delays, default=0.0),
+                "dropped_batches": log.count("dropping data")}
+
+    def gateway_log(self) -> dict[str, int]:
+        """The gateways' WARNING / ERROR lines (timestamps cut, first 100 characters), counted."""
+        lines = [line.split(" ", 2)[-1][:100] for n in range(len(self.gateways))
+                 for line in (self.tmp / f"gateway{n}.err").read_text(errors="replace").splitlines()
+                 if " WARNING " in line or " ERROR " in line]
+        return dict(Counter(lines))
+
+    def settle(self, timeout: float) -> dict[str, Any]:
+        """Wait until every expected event is at VWO and the gateway holds nothing more (so no
+        request of it is still on its way), then the record."""
+        apps = self.finish_apps()
+        self.wait_for_received(len(self.expected), timeout)
+        _wait(lambda: self.gateway_stats()["accounts"][str(ACCOUNT_ID)]["backlog"] == 0, 30, "an empty backlog")
+        stats = self.gateway_stats()
+        events = self.receiver.events()
+        types = Counter({ev["u"]: ev["eT"] for ev in events}.values())  # duplicates counted once
+        return {"apps": apps, "rotel": self.rotel_record(), "gateway": stats, "gateway_log": self.gateway_log(),
+                "seen": Counter(ev["u"] for ev in events), "types": types,
+                "expected_types": self.types, "receiver": self.receiver.summary()}
+
+    def close(self) -> None:
+        for proc in [*self.apps, *self.gateways, *([self.rotel] if self.rotel else [])]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in [*self.apps, *self.gateways, *([self.rotel] if self.rotel else [])]:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.receiver.close()
+
+
+def _sample(pipe: Pipeline, seconds: float, into: list[dict[str, Any]]) -> None:
+    """Wait ``seconds`` (an outage's length), sampling the gateway's /stats every 5 s."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(5.0, left))
+        try:
+            stats = pipe.gateway_stats()
+            acct = stats["accounts"][str(ACCOUNT_ID)]
+            into.append({"responses": stats["responses"], "backlog": acct["backlog"], "on_disk": acct.get("on_disk"),
+                         "delivered": acct["delivered"]})
+        except OSError as exc:  # the gateway is the one that is down
+            into.append({"error": type(exc).__name__})
+
+
+# -- the scenarios (each runs in a thread of its own, started by the fixture) -----------------------
+
+def scenario_exactly_once(pipe: Pipeline) -> dict[str, Any]:
+    pipe.start_apps(procs=5, n=2000)
+    return pipe.settle(timeout=60)
+
+
+def scenario_gateway_restart(pipe: Pipeline) -> dict[str, Any]:
+    pipe.start_apps(PACED_PROCS, PACED_EVENTS, PACED_RATE)
+    pipe.wait_for_received(200, 30)
+    mid_stream = pipe.streaming()
+    first = pipe.stop_gateway()
+    down: list[dict[str, Any]] = []
+    _sample(pipe, 10.0, down)
+    pipe.start_gateway()
+    t0 = time.monotonic()
+    record = pipe.settle(timeout=120)
+    return {**record, "mid_stream": mid_stream, "first_gateway": first, "while_down": down,
+            "caught_up_s": round(time.monotonic() - t0, 1)}
+
+
+def _vwo_outage(seconds: float) -> Callable[[Pipeline], dict[str, Any]]:
+    def scenario(pipe: Pipeline) -> dict[str, Any]:
+        pipe.start_apps(PACED_PROCS, PACED_EVENTS, PACED_RATE)
+        pipe.wait_for_received(200, 30)
+        mid_stream, at_stop = pipe.streaming(), pipe.receiver.event_count()
+        pipe.receiver.stop()
+        down: list[dict[str, Any]] = []
+        _sample(pipe, seconds, down)
+        pipe.receiver.start()  # the same port
+        t0 = time.monotonic()
+        record = pipe.settle(timeout=120)
+        return {**record, "mid_stream": mid_stream, "at_stop": at_stop, "while_down": down,
+                "caught_up_s": round(time.monotonic() - t0, 1)}
+    return scenario
+
+
+SCENARIOS: dict[str, Callable[[Pipeline], dict[str, Any]]] = {
+    "vwo_down_90s": _vwo_outage(90.0),  # the long pole first
+    "exactly_once": scenario_exactly_once,
+    "gateway_restart": scenario_gateway_restart,
+    "vwo_down_15s": _vwo_outage(15.0),
+}
+
+
+class Run(threading.Thread):
+    """One scenario on its own pipeline; ``result()`` joins it and re-raises its failure."""
+
+    def __init__(self, name: str, tmp: Path) -> None:
+        super().__init__(name=f"rotel-{name}", daemon=True)
+        self.scenario, self.tmp = SCENARIOS[name], tmp
+        self.record: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self.started_at = time.monotonic()
+
+    def run(self) -> None:
+        pipe = Pipeline(self.tmp)
+        try:
+            pipe.start_gateway()
+            pipe.start_rotel()
+            self.record = self.scenario(pipe)
+            self.record["expected"] = pipe.expected
+            self.record["seconds"] = round(time.monotonic() - self.started_at, 1)
+        except BaseException as exc:  # handed to the test that asks for this scenario
+            self.error = exc
+        finally:
+            pipe.close()
+
+    def result(self) -> dict[str, Any]:
+        self.join(200)
+        assert not self.is_alive(), f"{self.name} still running"
+        if self.error is not None:
+            raise self.error
+        assert self.record is not None
+        return self.record
+
+
+@pytest.fixture(scope="module")
+def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """Starts, concurrently, the scenarios whose tests are selected."""
+    selected = {item.callspec.params.get("scenario") if hasattr(item, "callspec") else getattr(item, "originalname", "")
+                for item in request.session.items if getattr(item, "module", None) is request.module}
+    names = [name for name in SCENARIOS if name in selected or f"test_{name}" in selected]
+    started = {name: Run(name, tmp_path_factory.mktemp(f"rotel_{name}")) for name in names}
+    for run in started.values():
+        run.start()
+    return started
+
+
+def _show(name: str, record: dict[str, Any]) -> None:
+    shown = {k: v for k, v in record.items() if k not in ("seen", "expected")}
+    print(f"\n[{name}] " + json.dumps(shown, default=dict, sort_keys=True))
+
+
+def _check_delivery(name: str, record: dict[str, Any], *, unconfirmed: int = 0) -> int:
+    """Every expected event at VWO, none foreign, and exactly ``unconfirmed`` extra copies (events
+    VWO stored whose answer never reached the gateway, which therefore sent them again); no loss
+    at the app or rotel hop. Returns the number of duplicates."""
+    _show(name, record)
+    seen, expected = record["seen"], record["expected"]
+    assert not expected - set(seen), f"{len(expected - set(seen))} events missing at VWO"
+    assert set(seen) == expected
+    dups = sum(c - 1 for c in seen.values())
+    assert dups == unconfirmed, f"{dups} duplicates at VWO; {unconfirmed} events stored there without the answer"
+    assert record["types"] == record["expected_types"]  # each event as its own type (duplicates counted once)
+    assert all(app["export_failed"] == 0 for app in record["apps"])  # the app -> rotel hop lost nothing
+    assert record["rotel"]["dropped_batches"] == 0  # rotel gave nothing up
+    gw = record["gateway"]
+    assert gw["rejected"] == {"malformed": 0, "unknown_account": 0}  # the string resource attribute routed all
+    return dups
+
+
+def _unconfirmed(record: dict[str, Any], *gateway_stats: dict[str, Any]) -> int:
+    """Events VWO stored beyond those the gateway(s) saw confirmed: the events of requests whose
+    answer was cut (by VWO stopping). VWO's hop is at-least-once (README): the gateway sends such a
+    request again, so each of these is exactly one duplicate; at most the requests in flight at
+    the cut x ``events_per_request``."""
+    delivered = sum(stats["accounts"][str(ACCOUNT_ID)]["delivered"] for stats in gateway_stats or [record["gateway"]])
+    return int(record["receiver"]["events"]) - delivered
+
+
+def test_exactly_once(runs):
+    record = runs["exactly_once"].result()
+    assert _check_delivery("exactly_once", record) == _unconfirmed(record) == 0
+    gw = record["gateway"]
+    assert gw["accepted"] == 10_000 and set(gw["responses"]) == {"200"}  # no request refused, none sent twice
+    assert record["rotel"]["retries"] == {}
+    assert record["receiver"]["accepted_requests"] <= 10_000 // EVENTS_PER_REQUEST + 5  # batched across processes
+
+
+def test_gateway_restart(runs):
+    record = runs["gateway_restart"].result()
+    first, second = record["first_gateway"], record["gateway"]
+    assert _check_delivery("gateway_restart", record) == _unconfirmed(record, first["stats"], second) == 0
+    assert record["mid_stream"]
+    # SIGTERM: the first gateway delivered what it had accepted and exited 0, nothing left on disk
+    assert first["exit"] == 0 and first["stats"]["accounts"][str(ACCOUNT_ID)]["delivered"] == first["stats"]["accepted"]
+    # rotel held the batches it could not send (connection refused) and retried them into the new
+    # gateway: the two gateways together accepted every event exactly once
+    assert first["stats"]["accepted"] + second["accepted"] == len(record["expected"])
+    assert record["rotel"]["retries"].get("Connect", 0) >= 1
+    assert all("error" in sample for sample in record["while_down"])
+
+
+@pytest.mark.parametrize("scenario", ["vwo_down_15s", "vwo_down_90s"])
+def test_vwo_outage(runs, scenario):
+    record = runs[scenario].result()
+    unconfirmed = _unconfirmed(record)
+    assert 0 <= unconfirmed <= checks.MAX_CONCURRENT_REQUESTS.high * EVENTS_PER_REQUEST  # most in flight at the cut
+    _check_delivery(scenario, record, unconfirmed=unconfirmed)
+    assert record["mid_stream"] and record["at_stop"] < len(record["expected"])
+    gw = record["gateway"]
+    # the gateway took every event while VWO was down (its backlog, on disk with --spool; past the
+    # retry budget they wait there), so rotel never had to retry: the outage stops at the gateway
+    assert gw["accepted"] == len(record["expected"]) and set(gw["responses"]) == {"200"}
+    assert record["rotel"]["retries"] == {}
+    assert max(sample["backlog"] for sample in record["while_down"]) > 0

@@ -1,0 +1,80 @@
+"""``checks.account_id``: every form an account id arrives in (int, digit string, the integral
+double a Collector's filelog parser makes of a number) and every form it is refused in."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+
+from vwo_otel import checks
+from vwo_otel.servers import otlp
+
+
+@pytest.mark.parametrize("value, expected", [
+    (123456, 123456),
+    ("123456", 123456),
+    (123456.0, 123456),          # filelog's json_parser without parse_ints: true
+    (1.0, 1),
+    (float(2**53), 2**53),       # the largest float that still names exactly one integer
+    (2**63 - 1, 2**63 - 1),
+    ("9223372036854775807", 2**63 - 1),
+])
+def test_account_id_accepts_ints_digit_strings_and_integral_floats(value, expected):
+    got = checks.account_id(value)
+    assert got == expected and type(got) is int
+
+
+@pytest.mark.parametrize("value", [
+    123456.5, math.nan, math.inf, -math.inf, -123456.0, 0.0, -0.0, float(2**53 + 2), 1e19, float(2**63),
+    True, False, 0, -1, 2**63, 2**64, "0x10", "", " 1", "1.0", "123456.0", "１２３", "1" * 20, None, [1], b"1",
+])
+def test_account_id_refuses_everything_else_naming_the_field_and_range(value):
+    with pytest.raises(ValueError) as info:
+        checks.account_id(value, "vwo.account_id")
+    message = str(info.value)
+    assert message.startswith("vwo.account_id must be a positive int below 2**63")
+    assert "integral float up to 2**53" in message and repr(value) in message
+
+
+def _pb_logs_with_double_account(value: float) -> bytes:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    request = ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    resource_logs.resource.attributes.append(KeyValue(key=otlp.ACCOUNT_ID, value=AnyValue(double_value=value)))
+    record = resource_logs.scope_logs.add().log_records.add()
+    record.attributes.append(KeyValue(key="vwo.event.type", value=AnyValue(int_value=1)))
+    return request.SerializeToString()
+
+
+@pytest.mark.skipif(not otlp.protobuf_available(), reason="opentelemetry-proto is not installed")
+def test_a_double_account_id_from_protobuf_reaches_the_check_as_a_float():
+    decoded = otlp.decode(otlp.LOGS, otlp.PROTOBUF, _pb_logs_with_double_account(123456.0))
+    (group,) = decoded.groups
+    assert type(group.account) is float and checks.account_id(group.account) == 123456
+
+
+def test_a_double_account_id_from_json_reaches_the_check_as_a_float():
+    doc = {"resourceLogs": [{"resource": {"attributes": [
+        {"key": otlp.ACCOUNT_ID, "value": {"doubleValue": 123456}}]},  # JSON writes 123456.0 as 123456
+        "scopeLogs": [{"logRecords": [{"attributes": [{"key": "vwo.event.type", "value": {"intValue": "1"}}]}]}]}]}
+    (group,) = otlp.decode(otlp.LOGS, otlp.JSON, json.dumps(doc).encode()).groups
+    assert type(group.account) is float and checks.account_id(group.account) == 123456
+
+
+def test_the_filelog_example_keeps_ints_and_names_the_account_as_a_string():
+    yaml = pytest.importorskip("yaml")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "examples", "collector", "filelog.yaml"), encoding="utf-8") as f:
+        cfg = yaml.safe_load(f)
+    (receiver,) = cfg["receivers"].values()
+    parsers = [op for op in receiver["operators"] if op["type"] == "json_parser"]
+    assert parsers and all(op["parse_ints"] is True for op in parsers)  # else 231 arrives as 231.0: malformed
+    assert checks.account_id(receiver["resource"]["vwo.account_id"]) and isinstance(
+        receiver["resource"]["vwo.account_id"], str)  # a string routes the same on every Collector release
+    for pipeline in cfg["service"]["pipelines"].values():
+        assert all(name in cfg[kind] for kind in ("receivers", "processors", "exporters") for name in pipeline[kind])
