@@ -81,7 +81,7 @@ def run_sender(cfg: dict[str, Any]) -> int:
         provider.add_span_processor(vwo_otel.VWOSpanProcessor(
             exporter, {"events_per_request": EVENTS_PER_REQUEST, "request_time_interval": REQUEST_TIME_INTERVAL},
             max_queue_size=100_000, shutdown_timeout=60))
-    vwo = vwo_otel.VWOEvents(tracer_provider=provider, to_gateway=True)
+    vwo = vwo_otel.VWOEvents(tracer_provider=provider, to_gateway=cfg["mode"] == "gateway")
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
         return 1

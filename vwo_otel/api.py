@@ -167,12 +167,13 @@ class VWOEvents:
         """Look at the provider (until it can take VWO events) and read its limits."""
         log = self._emit == self._emit_log
         provider = self._provider or trace.get_tracer_provider()
-        if self._to_gateway and not log and isinstance(getattr(provider, "sampler", None), VWOSampler):
+        route = Route.of(provider, log)
+        if (self._to_gateway and not log and not route.found
+                and isinstance(getattr(provider, "sampler", None), VWOSampler)):
             return self._refuse("to_gateway=True needs the provider's OTLP exporter to see VWO spans, but "
                                 "VWOSampler keeps them unsampled so exporters never do: emit them as log records "
                                 "(VWOEvents(logger_provider=..., to_gateway=True)), or use a TracerProvider without "
                                 "VWOSampler")
-        route = Route.of(provider, log)
         if route.found is False and not self._to_gateway:
             kind = "VWOLogRecordProcessor on this LoggerProvider" if log else "VWOSpanProcessor on this TracerProvider"
             return self._refuse(f"there is no vwo_otel.{kind}, so they would be lost or reach the app's own "

@@ -23,3 +23,14 @@ def test_benchmark_quick_smoke(tmp_path):
     soak = next(line for line in proc.stdout.splitlines() if line.startswith("S soak"))
     assert soak.rstrip().endswith("yes"), soak  # emitted = delivered + reported + on disk
     assert (tmp_path / "results.json").exists()
+
+
+def test_gateway_benchmark_quick_smoke(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {k: v for k, v in env.items() if not k.startswith("OTEL_")}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gateway.py"), "--quick",
+                           "--json", str(tmp_path / "gateway.json")],
+                          capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "did not deliver" not in proc.stdout and "8 bombs at once" in proc.stdout
+    assert "VWO events are not emitted" not in proc.stdout + proc.stderr

@@ -11,6 +11,7 @@ import shutil
 import sqlite3
 import subprocess
 import time
+import traceback
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -273,12 +274,16 @@ def test_short_lived_forked_children_never_drop_adopted_events(receiver, make_ex
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
         if pid == 0:  # a child that ends at once, while its replay may still be running
+            line = ""
             try:
                 time.sleep(k * 0.004)  # lives a few ms: shuts down before, during or after its replay
                 processor.shutdown()
-                with open(drops, "a") as f:
-                    f.write(json.dumps(processor.stats()["dropped"]) + "\n")
+                line = json.dumps(processor.stats()["dropped"])
+            except BaseException:  # the child's failure is the test's failure, not a missing line
+                line = json.dumps({"child_error": traceback.format_exc()})
             finally:
+                with open(drops, "a") as f:
+                    f.write(line + "\n")
                 os._exit(0)
         os.waitpid(pid, 0)
     processor.shutdown()

@@ -599,7 +599,9 @@ class Batcher:
             if who not in self._sending:  # not a request of ours (the exporter used directly)
                 return
             was_paused = self._flow.paused
-            grew = self._flow.answered(who, self._clock() - seconds, seconds, signal, bool(self._ready))
+            # room to grow only if the limit is what holds batches back: all its slots in use
+            limited = bool(self._ready) and len(self._sending) >= self._flow.limit
+            grew = self._flow.answered(who, self._clock() - seconds, seconds, signal, limited)
             if grew or (was_paused and not self._flow.paused):
                 self._wake_senders()
 

@@ -1,8 +1,9 @@
 """How many batches may be in flight: an adaptive limit (AIMD, as TCP's congestion window).
 
 The limit starts at ``INITIAL_LIMIT`` and grows by one per healthy answer while batches wait
-for a delivery thread and the answer came about as fast as the fastest recent one (slow
-start); it halves on a sign of overload (429, 5xx, no answer), at most once per round trip,
+with every slot of the limit in use (the limit is what holds them back, as RFC 7661 validates
+TCP's window) and the answer came about as fast as the fastest recent one (slow start); it
+halves on a sign of overload (429, 5xx, no answer), at most once per round trip,
 and grows by one per ``limit`` healthy answers after that (congestion avoidance). It never
 passes ``maximum`` (``max_concurrent_requests``). A 429 or 503 also holds every new batch
 back until the request that got it has been tried again (the exporter waits its backoff and
@@ -27,9 +28,9 @@ INITIAL_LIMIT = 2
 GROW_RTT_FACTOR = 2.0
 #: Plus this much slack, so sub-millisecond jitter on loopback still counts as fast.
 GROW_RTT_SLACK = 0.002
-#: The fastest answer is remembered this long, so a server that got slower for good is
-#: measured anew rather than never counting as fast again.
-RTT_WINDOW = 10.0
+#: The fastest answer is remembered this long, so a server that got slower for good (VWO from
+#: 1 ms to 100 ms away, or slowing down) is measured anew: growth waits at most this long.
+RTT_WINDOW = 2.0
 
 
 class Signal(enum.Enum):

@@ -857,14 +857,7 @@ class Gateway:
                                (("Retry-After", self._retry_after()),))
             for account_id, events in by_account.items():
                 self._batchers[account_id].admit(events)
-        for account_id in by_account:  # durable before the sender hears 200 (kill -9 loses nothing)
-            spool = self._batchers[account_id].spool
-            if spool is not None and not spool.commit():
-                # Queued in memory but not on disk: the sender must keep its copy. If this gateway
-                # delivers its own, the sender's retry makes a duplicate, never a loss.
-                raise _Refused(503, otlp.UNAVAILABLE, f"account {account_id}: the spool cannot write to disk; "
-                               "retry later", (("Retry-After", self._retry_after()),))
-
+        # counted once queued (before the disk): accepted never trails delivered
         rejected = sum(p.count for p in problems.values())
         with self._stats_lock:
             self._counts["items"] += decoded.items
@@ -874,6 +867,13 @@ class Gateway:
                 self._rejected[reason] += p.count
             for account_id, events in by_account.items():
                 self._per_account[account_id]["accepted"] += len(events)
+        for account_id in by_account:  # durable before the sender hears 200 (kill -9 loses nothing)
+            spool = self._batchers[account_id].spool
+            if spool is not None and not spool.commit():
+                # Queued in memory but not on disk: the sender must keep its copy. If this gateway
+                # delivers its own, the sender's retry makes a duplicate, never a loss.
+                raise _Refused(503, otlp.UNAVAILABLE, f"account {account_id}: the spool cannot write to disk; "
+                               "retry later", (("Retry-After", self._retry_after()),))
         if not rejected:
             return 0, ""
         parts = [f"{p.count} {reason.replace('_', ' ')} ({p.first})" for reason, p in problems.items()]

@@ -23,7 +23,6 @@ import itertools
 import logging
 import math
 import os
-import re
 import select
 import selectors
 import socket
@@ -37,6 +36,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Literal, NamedTuple, TypeVar, cast
 
+from ..export.http import chunk_size
+
 try:
     import resource
 except ImportError:  # pragma: no cover - not POSIX
@@ -45,7 +46,6 @@ except ImportError:  # pragma: no cover - not POSIX
 logger = logging.getLogger("vwo_otel")
 _T = TypeVar("_T")
 
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _CHUNK = 64 * 1024  # bodies are drained, and connections read, in pieces of this size
 #: Seconds a TLS client may take to finish its handshake, from its connection, before it is closed.
 TLS_HANDSHAKE_TIMEOUT = 10.0
@@ -942,10 +942,7 @@ def _read_chunked(h: BaseHTTPRequestHandler, limit: int, drain_limit: int) -> Bo
             if not line:
                 h.close_connection = True
                 return Body(None, total, "incomplete")
-            digits = line.split(b";", 1)[0].strip()
-            if not _HEX.fullmatch(digits):  # int(..., 16) would also take "0x5", "1_0", "-1"
-                raise ValueError(f"bad chunk size {digits[:20]!r}")
-            size = int(digits, 16)
+            size = chunk_size(line)
             if size == 0:
                 while rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                     pass
