@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks: vwo_otel against its anchors, measured side by side in one run.
 
-    python benchmarks/run.py            # default run (about 2 minutes on 2 cores)
+    python benchmarks/run.py            # default run (about 10 minutes on 2 shared cores)
     python benchmarks/run.py --quick    # tiny CI smoke (a few seconds; numbers are not meaningful)
     python benchmarks/run.py --full     # more repeats, more timer cycles (several minutes)
     python benchmarks/run.py --only e2e,wire    # some sections only
@@ -1469,8 +1469,8 @@ def report(raw: dict, cfg: dict) -> tuple[list[dict], dict]:
             row(f"2c   same as 2a, server answers {LATENCY * 1000:.0f} ms late ({n} events)",
                 median([r["events_per_s"] for r in lat["ours"]]), median([r["events_per_s"] for r in lat["official"]]),
                 "events/s", fmt="{:,.0f}")
-            notes.append("2c: vwo_otel keeps up to max_concurrent_requests (default 4) requests in flight, so "
-                         "its ceiling is 4 x events_per_request / server latency; the official SDK starts a "
+            notes.append("2c: vwo_otel adapts its requests in flight (up to max_concurrent_requests, default 64), "
+                         "so its ceiling is 64 x events_per_request / server latency; the official SDK starts a "
                          "thread per batch")
 
     safe(e2e, "2 end to end", "e2e")
@@ -1570,7 +1570,7 @@ def report(raw: dict, cfg: dict) -> tuple[list[dict], dict]:
     if "scale_threads" in raw:
         notes.append("7: same run as 2a (ours: spans); peak RSS growth sampled every 50 ms; ours is configured with "
                      "max_queue_size >= n, so a backlog that outruns the requests in flight stays in memory "
-                     "(about 190 B/event) where the default 5000 would drop; the official SDK hands every batch "
+                     "(about 240 B/event) where a smaller bound would drop; the official SDK hands every batch "
                      "to a new thread at once")
     def http_ab() -> None:
         runs = {k: [_check(r, f"http {k}") for r in v] for k, v in raw["http"].items()}
