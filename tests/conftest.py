@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -113,3 +114,24 @@ def make_gateway(receiver):
     yield make
     for gw in made:
         gw.stop(2)
+
+
+@pytest.fixture
+def make_tmpfs(tmp_path):
+    """``make_tmpfs(kib)`` -> a directory on a tmpfs of that size (a disk that fills up or can be
+    made read-only; root only, else the test is skipped); unmounted after the test."""
+    mounted: list[Any] = []
+
+    def make(kib: int) -> Any:
+        mnt = tmp_path / f"disk{len(mounted)}"
+        mnt.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(mnt)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("needs root to mount a tmpfs")
+        mounted.append(mnt)
+        return mnt
+
+    yield make
+    for mnt in mounted:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

@@ -316,18 +316,9 @@ def test_chunked_framing_is_strict(make_gateway):
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(make_tmpfs):
     """A 256 KiB tmpfs (root only): a spool disk that fills up."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("needs root to mount a tmpfs")
-    try:
-        yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    return make_tmpfs(256)
 
 
 def test_a_full_spool_disk_is_never_answered_200(gateway_process, receiver, small_disk, tmp_path):

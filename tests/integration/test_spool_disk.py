@@ -32,18 +32,9 @@ def u(user_id: str) -> str:
 
 
 @pytest.fixture
-def disk(tmp_path):
+def disk(make_tmpfs):
     """A 512 KiB tmpfs of its own (a disk that can fill up or be made read-only)."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("needs root to mount a tmpfs")
-    try:
-        yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    return make_tmpfs(512)
 
 
 def fill(directory: Path) -> None:
