@@ -104,7 +104,8 @@ class Pipeline:
         n = len(self.gateways)
         proc = subprocess.Popen(
             [sys.executable, "-m", "vwo_otel", "gateway", "--config", str(self.config)], cwd=ROOT,
-            env={**self._env(), "TEST_GW_KEY": SDK_KEY}, stdout=(self.tmp / f"gateway{n}.out").open("w"),
+            env={**self._env(), "TEST_GW_KEY": SDK_KEY, "PYTHONFAULTHANDLER": "1"},
+            stdout=(self.tmp / f"gateway{n}.out").open("w"),
             stderr=(self.tmp / f"gateway{n}.err").open("w"))
         self.gateways.append(proc)
         _wait(lambda: proc.poll() is not None or _accepts(self.gw_port), 30, "the gateway to listen")
@@ -114,7 +115,13 @@ class Pipeline:
         """SIGTERM the running gateway; its exit code, seconds to exit and the stats it printed."""
         proc, n, t0 = self.gateways[-1], len(self.gateways) - 1, time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:  # a hang: make it dump every thread's stack (PYTHONFAULTHANDLER)
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(10)
+            raise AssertionError("the gateway did not exit within 30 s of SIGTERM; its threads:\n"
+                                 + (self.tmp / f"gateway{n}.err").read_text()[-6000:]) from None
         lines = (self.tmp / f"gateway{n}.out").read_text().strip().splitlines()
         return {"exit": proc.returncode, "seconds": round(time.monotonic() - t0, 2), "stats": json.loads(lines[-1])}
 

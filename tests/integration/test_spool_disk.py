@@ -354,20 +354,3 @@ def test_a_file_its_process_died_creating_is_removed_quietly(receiver, make_expo
     assert not empty.exists()
     assert not list(spool_dir.glob("*.corrupt-*"))
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-
-
-def test_a_failing_disk_does_not_park_events_in_memory(receiver, make_exporter, pipeline, callbacks, disk):
-    """VWO down and the disk full: events past their retry budget cannot wait on disk, so they
-    are reported failed as they fail (not held in memory as 'parked' until shutdown)."""
-    receiver.stop()
-    spool = Spool(disk, commit_interval=0.02)
-    vwo, processor, _ = pipeline({"events_per_request": 50, "request_time_interval": 1},
-                                 exporter=make_exporter(retry=SHORT), spool=spool, shutdown_timeout=2)
-    fill(disk)
-    users = [f"p-{i}" for i in range(500)]
-    for user in users:
-        vwo.activate(1, 1, user)
-    assert callbacks.wait_for(lambda calls: sum(len(e) for err, e in calls if err) >= 450, timeout=15)
-    assert spool.parked() == 0  # nothing pretends to be on disk
-    processor.shutdown()
-    assert sum(reported(callbacks).values()) + sum(on_disk(disk, disk.parent / "copies").values()) == len(users)

@@ -702,8 +702,7 @@ class Batcher:
                                             "budget (%s); its %d event(s) wait on disk (spool) and are sent again "
                                             "when VWO answers", o.error, parked)
                 if failed:
-                    o.error.args = (f"{o.error.args[0]} (not kept on disk: past the spool's max_age or "
-                                    "max_bytes, or the disk refuses writes)",)
+                    o.error.args = (f"{o.error.args[0]} (past the spool's max_age or max_bytes)",)
             reportable = spool.forget_failed(failed) if failed else []
             kept += len(mine) - len(reportable)
             if reportable:

@@ -25,8 +25,7 @@ Each event ends as exactly one of: delivered, reported failed, or still on disk.
   reported: its events wait on disk ("parked") and go back in the queue after a backoff,
   and at once when a later request is accepted; a process that ends keeps them for the next
   start. An event older than ``max_age`` (by its own time), or one that would take the parked
-  events' data past ``max_bytes``, is reported failed instead; so is every one while the disk
-  refuses writes (parking would only hold it in memory).
+  events' data past ``max_bytes``, is reported failed instead.
 - With the memory queue full, new events are kept only on disk ("spilled": the batcher lets
   them go; ``spill`` never touches the disk on the app's thread unless ``commit_interval`` is
   0) and are read back, oldest first, on a delivery thread as room frees. Spilled and parked
@@ -464,15 +463,13 @@ class Spool:
     # -- parked events: waiting on disk for VWO to answer again --------------------------
     def park(self, events: list[VWOEvent]) -> list[VWOEvent]:
         """Keep events whose retries ran out on a transient failure on disk, to be sent again;
-        returns those the policy refuses (older than ``max_age``, past ``max_bytes``, or all of
-        them while the disk refuses writes: they are reported failed, not held in memory)."""
+        returns those the policy refuses (older than ``max_age``, or past ``max_bytes``)."""
         oldest = time.time() - self.max_age
         refused = []
         with self._db_lock:
-            failing = bool(self._unwritten)  # the disk refuses writes: parking would only hold them in memory
             for ev in events:
                 size = len(_encode(ev))
-                if failing or ev.time < oldest or self._parked_bytes + size > self.max_bytes or self._closed:
+                if ev.time < oldest or self._parked_bytes + size > self.max_bytes or self._closed:
                     refused.append(ev)
                 else:
                     self._parked.append((ev, size))
