@@ -258,13 +258,7 @@ class Batcher:
                     spool.unspilled(back)
                     self._spilled -= sum(run.last - run.first + 1 for run in runs)
                     if not self._closed:  # closed meanwhile: their rows stay on disk for the next start
-                        for ev in back.events:
-                            self._append(ev, 0.0)  # keeps its row
-                        if self._pending:
-                            self._cut()
-                        if self._ready:
-                            self._start_worker()
-                            self._cond.notify_all()
+                        self._requeue(back.events)
                     if back.expired:
                         self.dropped["queue_full"] = self.dropped.get("queue_full", 0) + len(back.expired)
                 if back.expired:
@@ -276,6 +270,17 @@ class Batcher:
             logger.exception("vwo_otel: could not read spilled events back; they stay on disk")
         finally:
             self._unspilling.release()
+
+    def _requeue(self, events: list[VWOEvent]) -> None:
+        """Lock held: events read back from the spool (spilled or parked) into the queue, each
+        keeping its row, and sent at once (they are overdue)."""
+        for ev in events:
+            self._append(ev, 0.0)
+        if self._pending:
+            self._cut()
+        if self._ready:
+            self._start_worker()
+            self._cond.notify_all()
 
     def _wait_for_room(self) -> bool:
         """Backlog full (lock held): wait up to ``block_when_full`` seconds for room; True if
@@ -402,14 +407,7 @@ class Batcher:
                 if self._closed:
                     return
                 room = max(0, self.max_queue_size - self._size)
-                events = spool.unpark(min(room, self.events_per_request) if probe else room)
-                for ev in events:
-                    self._append(ev, 0.0)  # keeps its row
-                if self._pending:
-                    self._cut()
-                if self._ready:
-                    self._start_worker()
-                    self._cond.notify_all()
+                self._requeue(spool.unpark(min(room, self.events_per_request) if probe else room))
             self._retry_parked_later()
         except Exception:  # pragma: no cover - a timer thread must not die silently
             logger.exception("vwo_otel: could not queue parked events again; they stay on disk")
