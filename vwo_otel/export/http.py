@@ -609,6 +609,7 @@ def _failure(exc: BaseException, connecting: bool) -> TransportError:
 
 
 _TRANSPORTS: weakref.WeakSet[Transport] = weakref.WeakSet()
+_INHERITED: list[Any] = []  # a forked child's copies of its parent's connections, never closed
 
 
 def _transports_after_fork() -> None:
@@ -645,17 +646,16 @@ class Transport:
 
     def _after_fork(self) -> None:
         """In a forked child: new lock and no reaper (the parent's threads are gone, a lock they
-        held stays held), and the parent's idle sockets closed here (``close``, not ``shutdown``:
-        the parent keeps using them) so the child never writes on the parent's connections."""
+        held stays held), and none of the parent's idle sockets reused, so the child never writes
+        on the parent's connections. They are kept referenced, never closed or collected here
+        (as ``VWOExporter.after_fork`` keeps the parent's transport): the child touches no fd
+        the parent's side of the fork handed it."""
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._reaper = None
         self._era += 1  # connections in use at the fork (none in the child) are not kept
-        links = [link for idle in self._idle.values() for link in idle]
-        self._idle = {}
-        self._managers, self._proxied = {}, {}
-        for link in links:
-            link.close()
+        _INHERITED.append((self._idle, self._managers))
+        self._idle, self._managers, self._proxied = {}, {}, {}
 
     def request(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
                 timeout: float) -> Reply:
