@@ -354,3 +354,23 @@ def test_a_file_its_process_died_creating_is_removed_quietly(receiver, make_expo
     assert not empty.exists()
     assert not list(spool_dir.glob("*.corrupt-*"))
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_spool_closed_before_a_fork_closes_no_other_file_after_it(tmp_path):
+    """after_fork of a spool already closed (a processor shut down earlier in the same process)
+    must not close its old lock fd number: by then it may be another file's."""
+    old = Spool(tmp_path / "old")
+    number = old._lock_fd
+    old.close()
+    opened = []
+    while not opened or opened[-1] != number:  # take the freed number (the lowest free fds come first)
+        opened.append(os.open(os.devnull, os.O_RDONLY))
+        assert len(opened) < 50
+    try:
+        old.after_fork()  # what the fork handler runs in a child for every tracked batcher
+        devnull = os.stat(os.devnull)
+        now = os.fstat(number)  # still our file, not closed (and the number handed to a new lock file)
+        assert (now.st_dev, now.st_ino) == (devnull.st_dev, devnull.st_ino)
+    finally:
+        for fd in opened:
+            os.close(fd)

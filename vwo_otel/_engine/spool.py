@@ -280,7 +280,11 @@ class Spool:
     def after_fork(self) -> None:
         """In a forked child: a file of its own. The parent's connection is kept, unused and
         unclosed; the child's copy of the parent's lock fd is closed (the parent keeps the
-        lock), so the parent's file can be adopted as soon as the parent is gone."""
+        lock), so the parent's file can be adopted as soon as the parent is gone. A spool closed
+        before the fork stays closed: its lock fd is gone, and its number may now be another
+        file's (closing it again would close that file)."""
+        if self._closed:
+            return
         self._inherited.append(self._conn)
         os.close(self._lock_fd)
         self._open()
