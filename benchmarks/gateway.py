@@ -8,7 +8,7 @@ Last, the gateway process's peak RSS and thread count under hostile bodies (deco
 item-count bombs) and with 300 idle keep-alive connections.
 
 Two ways for N app processes to get VWO events to VWO (here: the loopback receiver,
-``vwo_otel.servers.receiver.Receiver``, in this driver process):
+``vwo_otel.testing.receiver.Receiver``, in this driver process):
 
 * ``gateway``: each app exports its VWO event spans with OpenTelemetry's own
   ``OTLPSpanExporter`` (``BatchSpanProcessor``) to one ``vwo-otel gateway`` process, which
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sender:
         return run_sender(json.loads(args.sender))
 
-    from vwo_otel.servers.receiver import Receiver
+    from vwo_otel.testing.receiver import Receiver
 
     mode = dict(MODES["quick" if args.quick else "default"])
     senders = args.senders or mode["senders"]

@@ -18,7 +18,7 @@ Anchors (install with ``pip install -r benchmarks/requirements.txt``):
 * OpenTelemetry's stock ``BatchSpanProcessor`` / ``BatchLogRecordProcessor`` with a no-op
   exporter: the floor cost of "an event is a span / a log record".
 
-Method: the loopback receiver (``vwo_otel.servers.receiver.Receiver``, TCP_NODELAY, one write per
+Method: the loopback receiver (``vwo_otel.testing.receiver.Receiver``, TCP_NODELAY, one write per
 response) runs in a process of its own, with a byte-counting TCP relay in front of it for
 the wire-size measurement; every measurement runs in a fresh worker process (``--quick``
 runs them all in one) and talks to the receiver over a loopback control channel. Results
@@ -210,7 +210,7 @@ class CountingRelay:
 
 def serve_receiver() -> None:
     """The receiver process: Receiver + counting relay + a control channel for the workers."""
-    from vwo_otel.servers.receiver import Receiver
+    from vwo_otel.testing.receiver import Receiver
 
     authkey = bytes.fromhex(os.environ[_ENV_AUTH])
     rx = Receiver(account_id=ACCOUNT_ID, sdk_key=SDK_KEY).start()

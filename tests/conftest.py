@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from vwo_otel import RetryPolicy, VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor
 from vwo_otel.servers.gateway import Account, Gateway, GatewayConfig
-from vwo_otel.servers.receiver import Receiver
+from vwo_otel.testing.receiver import Receiver
 
 ACCOUNT_ID = 12345
 SDK_KEY = "test-sdk-key-0123456789"

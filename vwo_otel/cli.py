@@ -31,7 +31,7 @@ from .event import from_attributes
 from .export.exporter import VWOExporter
 from .export.retry import RetryPolicy
 from .servers.gateway import CONFIG_KEYS, DEFAULT_MAX_BACKLOG, DEFAULT_PORT, Gateway, config_from_mapping, parse_account
-from .servers.receiver import DEFAULT_MAX_BODY_BYTES, Receiver
+from .testing.receiver import DEFAULT_MAX_BODY_BYTES, Receiver
 
 __all__ = ["check", "demo", "gateway", "main", "parser", "receive"]
 

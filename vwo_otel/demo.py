@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from .api import VWOEvents, VWOSampler
 from .export.exporter import VWOExporter
 from .processor import VWOSpanProcessor
-from .servers.receiver import Receiver
+from .testing.receiver import Receiver
 
 DEMO_ACCOUNT_ID = 123456
 DEMO_SDK_KEY = "demo-sdk-key"

@@ -22,7 +22,7 @@ from conftest import ACCOUNT_ID, SDK_KEY
 from vwo_otel import VWOExporter, VWOSpanProcessor
 from vwo_otel.__main__ import main
 from vwo_otel.cli import parser, until_interrupted
-from vwo_otel.servers.receiver import Receiver
+from vwo_otel.testing.receiver import Receiver
 
 
 @pytest.fixture(autouse=True)

@@ -26,7 +26,7 @@ from conftest import ACCOUNT_ID, SDK_KEY
 from vwo_otel import visitor_uuid
 from vwo_otel.servers import otlp
 from vwo_otel.servers.gateway import Account, Gateway, config_from_mapping, parse_account
-from vwo_otel.servers.receiver import Receiver
+from vwo_otel.testing.receiver import Receiver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -22,7 +22,7 @@ from vwo_otel import visitor_uuid
 from vwo_otel.cli import main
 from vwo_otel.servers import otlp
 from vwo_otel.servers.gateway import Account, Gateway, GatewayConfig, config_from_mapping
-from vwo_otel.servers.receiver import Receiver
+from vwo_otel.testing.receiver import Receiver
 
 TOKEN = "tok-all-accounts-0123456789"
 LIMITED = "tok-one-account-0123456789"

@@ -28,7 +28,7 @@ from vwo_otel._version import SDK_NAME
 from vwo_otel.event import MalformedEvent, VWOEvent, from_attributes
 from vwo_otel.export.wire import Encoder, visitor_uuid
 from vwo_otel.instrumentation import VWOInstrumentor
-from vwo_otel.servers.receiver import Receiver
+from vwo_otel.testing.receiver import Receiver
 
 vwo = pytest.importorskip("vwo", reason="needs vwo-python-sdk 1.68.x (and setuptools<81 for pkg_resources)")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -38,7 +38,7 @@ from vwo_otel import (
     VWOSpanProcessor,
 )
 from vwo_otel import attributes as A
-from vwo_otel.servers.receiver import Receiver
+from vwo_otel.testing.receiver import Receiver
 
 BATCH = {"events_per_request": 100, "request_time_interval": 60}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vwo_otel.servers.receiver import Receiver
+from vwo_otel.testing.receiver import Receiver
 
 README = Path(__file__).resolve().parent.parent.parent / "README.md"
 _BLOCK = re.compile(r"(?:^<!-- not run: (?P<why>[^\n]*?) -->\n)?^```python\n(?P<code>.*?)^```", re.M | re.S)

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from vwo_otel.servers.httpd import Body, read_body
-from vwo_otel.servers.receiver import PAYLOAD_TOO_LARGE, Receiver
+from vwo_otel.testing.receiver import PAYLOAD_TOO_LARGE, Receiver
 
 ACCOUNT = 12345
 KEY = "rx-test-key-abcdef"

@@ -4,7 +4,7 @@ a request times out or fails after the server already stored it).
 
 Sections: 1 retries, 2 payload size and 413, 3 bounded backlog and drops, 5 bounded exit,
 6 isolation, 7 fault-injection soak. Fork and gunicorn are in test_fork.py and
-test_gunicorn.py. No test mocks ``requests``: faults come from ``vwo_otel.servers.receiver``.
+test_gunicorn.py. No test mocks ``requests``: faults come from ``vwo_otel.testing.receiver``.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from conftest import ACCOUNT_ID, SDK_KEY
 
 from vwo_otel import checks, visitor_uuid
 from vwo_otel.servers import otlp
-from vwo_otel.servers.receiver import Receiver
+from vwo_otel.testing.receiver import Receiver
 
 rotel = pytest.importorskip("rotel", reason="rotel (pip install rotel) is not installed")
 ROTEL_AGENT = Path(rotel.__file__).with_name("rotel-agent")

@@ -8,8 +8,8 @@ from __future__ import annotations
 import zlib
 from typing import NamedTuple
 
-from .servers.otlp import JSON, PROTOBUF, _varint
-from .servers.receiver import Receiver
+from ..servers.otlp import JSON, PROTOBUF, _varint
+from .receiver import Receiver
 
 __all__ = ["HostileBody", "Receiver", "hostile_bodies"]
 

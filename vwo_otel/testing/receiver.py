@@ -31,11 +31,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .. import checks
-from .httpd import LoopbackHTTPServer, Problem, read_body, respond
+from ..servers.httpd import LoopbackHTTPServer, Problem, read_body, respond
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "PAYLOAD_TOO_LARGE", "Receiver"]
 
-logger = logging.getLogger("vwo_otel.servers.receiver")
+logger = logging.getLogger("vwo_otel.testing.receiver")
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 PAYLOAD_TOO_LARGE = "Payload size too large"
