@@ -2,7 +2,8 @@
 """Set up ``.venv`` (once) and run the demo or the whole test suite.
 
     python3 dev.py demo    # the demo against the embedded loopback VWO receiver
-    python3 dev.py test    # lint (ruff), types (mypy) + the whole test suite
+    python3 dev.py test    # lint (ruff), types (mypy) + the whole test suite (the FME tests included)
+    python3 dev.py fme     # the FME SDK's tests only (tests/integration/fme, in .venv-fme); pytest args follow
 
 Needs only Python 3.10+ with pip and venv; everything else is installed into ``.venv``.
 """
@@ -19,21 +20,26 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 VENV = os.path.join(ROOT, ".venv")
 BIN = os.path.join(VENV, "Scripts" if os.name == "nt" else "bin")
 PY = os.path.join(BIN, "python")
+#: The FME SDK installs a top-level `vwo` package, like the legacy SDK in .venv: its tests get their own.
+FME_VENV = os.path.join(ROOT, ".venv-fme")
+FME_PY = os.path.join(FME_VENV, "Scripts" if os.name == "nt" else "bin", "python")
+FME_TESTS = os.path.join("tests", "integration", "fme")
 
 
-def ensure_venv(extra: str) -> None:
-    """Create .venv and install the package (with ``extra``) unless it is already up to date."""
-    if not os.path.exists(PY):
-        print(f"creating {VENV}", flush=True)
-        venv.create(VENV, with_pip=True)
+def ensure_venv(extra: str, venv_dir: str = VENV) -> None:
+    """Create ``venv_dir`` and install the package (with ``extra``) unless it is already up to date."""
+    python = os.path.join(venv_dir, "Scripts" if os.name == "nt" else "bin", "python")
+    if not os.path.exists(python):
+        print(f"creating {venv_dir}", flush=True)
+        venv.create(venv_dir, with_pip=True)
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         digest = hashlib.sha256(f.read() + extra.encode()).hexdigest()
-    stamp = os.path.join(VENV, f".installed-{extra or 'base'}")
+    stamp = os.path.join(venv_dir, f".installed-{extra or 'base'}")
     if os.path.exists(stamp) and open(stamp).read() == digest:
         return
     target = f".[{extra}]" if extra else "."
-    print(f"installing vwo-otel{f'[{extra}]' if extra else ''} into .venv", flush=True)
-    subprocess.run([PY, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", target],
+    print(f"installing vwo-otel{f'[{extra}]' if extra else ''} into {os.path.basename(venv_dir)}", flush=True)
+    subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", target],
                    cwd=ROOT, check=True)
     with open(stamp, "w") as f:
         f.write(digest)
@@ -44,13 +50,21 @@ def run(*cmd: str) -> int:
     return subprocess.run(cmd, cwd=ROOT).returncode
 
 
+def fme_tests(*args: str) -> int:
+    """The FME SDK's tests, in their own environment (.venv-fme)."""
+    ensure_venv("fme-test", FME_VENV)
+    return run(FME_PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(args or (FME_TESTS,)))
+
+
 def main(argv: list) -> int:
-    if not argv or argv[0] not in ("demo", "test"):
+    if not argv or argv[0] not in ("demo", "test", "fme"):
         print(__doc__)
         return 2
     if argv[0] == "demo":
         ensure_venv("")
         return run(PY, "-m", "vwo_otel", "demo", *argv[1:])
+    if argv[0] == "fme":
+        return fme_tests(*argv[1:])
     ensure_venv("test")
     for step in (
         (PY, "-m", "ruff", "check", "vwo_otel", "tests", "benchmarks", "examples"),
@@ -60,7 +74,8 @@ def main(argv: list) -> int:
         code = run(*step)
         if code:
             return code
-    return 0
+    # the whole suite: the FME tests too (tests/integration/fme is skipped in .venv, without the FME SDK)
+    return 0 if argv[1:] else fme_tests()
 
 
 if __name__ == "__main__":

@@ -303,3 +303,6 @@ def _vwo_accounts(processors: Iterable[Any], kind: type, stock: bool) -> Iterabl
             yield processor, processor.batcher.exporter.account_id
         elif delivers_to_vwo(processor, kind, stock):
             yield processor, exporter_of(processor).account_id
+
+
+from ._fme_bridge import VWOFMEInstrumentor  # noqa: E402,F401 - the FME SDK's instrumentor, re-exported
