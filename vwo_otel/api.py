@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -21,11 +22,11 @@ from opentelemetry.sdk.trace.sampling import (
 from . import attributes as A
 from . import checks
 from ._version import __version__
+from .event_types import MAX_EVENT_ATTRIBUTES, row_for
 from .export.exporter import VWOExporter
 from .processor import VWOLogRecordProcessor, VWOSpanProcessor
 
 logger = logging.getLogger("vwo_otel")
-_NAMES = A.EVENT_NAMES
 
 
 class VWOSampler(Sampler):
@@ -49,7 +50,9 @@ class VWOSampler(Sampler):
 
 
 class VWOEvents:
-    """VWO's tracking API (activate, is_feature_enabled, track, push) as OpenTelemetry data.
+    """VWO's tracking API as OpenTelemetry data: the legacy SDK's calls (activate,
+    is_feature_enabled, track, push) and FME's events (variation_shown, track_event,
+    set_attribute), each sent in its own VWO wire format.
 
     Events become spans from ``tracer_provider`` (default: the global one) or, when
     ``logger_provider`` is given, log records. Arguments are checked here, so a bad call
@@ -123,10 +126,55 @@ class VWOEvents:
                 A.DIMENSION_KEY: key, A.DIMENSION_VALUE: value,
             }, visitor_ua, visitor_ip)
 
-    def _emit_span(self, etype: int, attrs: dict[str, Any], ua: str | None, ip: str | None) -> None:
+    # -- FME events (vwo-fme-python-sdk's format) ------------------------------------------
+    def variation_shown(self, campaign_id: int, variation_id: int, user_id: str, *, feature_id: int | None = None,
+                        visitor_properties: Mapping[str, Any] | None = None, session_id: int | None = None,
+                        visitor_ua: str | None = None, visitor_ip: str | None = None) -> None:
+        """FME's impression (``vwo_variationShown``, what ``get_flag`` sends): a visitor saw
+        ``variation_id`` of ``campaign_id`` (a holdout: ``feature_id`` names its feature)."""
+        attrs: dict[str, Any] = {
+            A.EVENT_TYPE: A.VARIATION_SHOWN, A.USER_ID: checks.user_id(user_id),
+            A.CAMPAIGN_ID: checks.event_id("campaign_id", campaign_id),
+            A.VARIATION_ID: checks.event_id("variation_id", variation_id),
+        }
+        if feature_id is not None:
+            attrs[A.FEATURE_ID] = checks.event_id("feature_id", feature_id)
+        if visitor_properties is not None:
+            attrs[A.VISITOR_PROPERTIES] = _json_object("visitor_properties", visitor_properties)
+        self._emit_fme(attrs, session_id, visitor_ua, visitor_ip)
+
+    def track_event(self, event_name: str, user_id: str, properties: Mapping[str, Any] | None = None, *,
+                    session_id: int | None = None, visitor_ua: str | None = None,
+                    visitor_ip: str | None = None) -> None:
+        """An FME custom event (``track_event``: a conversion such as ``purchase``), with its
+        ``properties`` (JSON values; a metric such as revenue is configured in VWO by name)."""
+        name = checks.fme_event_name("event_name", event_name)
+        if name.startswith("vwo_"):
+            raise ValueError(f"event_name {name!r}: names starting with 'vwo_' are VWO's own events")
+        attrs: dict[str, Any] = {A.EVENT_TYPE: name, A.USER_ID: checks.user_id(user_id)}
+        if properties is not None:
+            attrs[A.EVENT_PROPERTIES] = _json_object("properties", properties)
+        self._emit_fme(attrs, session_id, visitor_ua, visitor_ip)
+
+    def set_attribute(self, attributes: Mapping[str, Any], user_id: str, *, session_id: int | None = None,
+                      visitor_ua: str | None = None, visitor_ip: str | None = None) -> None:
+        """FME's visitor attributes (``vwo_syncVisitorProp``, what ``set_attribute`` sends), for
+        segmenting reports."""
+        if not isinstance(attributes, Mapping) or not attributes:
+            raise TypeError(f"attributes must be a non-empty dict of str -> JSON value, got {attributes!r}")
+        self._emit_fme({A.EVENT_TYPE: A.SYNC_VISITOR_PROP, A.USER_ID: checks.user_id(user_id),
+                        A.VISITOR_PROPERTIES: _json_object("attributes", attributes)},
+                       session_id, visitor_ua, visitor_ip)
+
+    def _emit_fme(self, attrs: dict[str, Any], session_id: int | None, ua: str | None, ip: str | None) -> None:
+        if session_id is not None:
+            attrs[A.SESSION_ID] = checks.event_id("session_id", session_id)
+        self._emit(attrs[A.EVENT_TYPE], attrs, ua, ip)
+
+    def _emit_span(self, etype: int | str, attrs: dict[str, Any], ua: str | None, ip: str | None) -> None:
         if not self._ready(attrs, ua, ip):
             return
-        span = self._tracer.start_span(_NAMES[etype], attributes=attrs)
+        span = self._tracer.start_span(_span_name(etype), attributes=attrs)
         if self._to_gateway:
             if not span.get_span_context().trace_flags.sampled and not self._warned:
                 self._warned = True  # the provider's exporters see sampled spans only
@@ -140,9 +188,9 @@ class VWOEvents:
                            "TracerProvider with sampler=vwo_otel.VWOSampler(<your sampler>)")
         span.end()
 
-    def _emit_log(self, etype: int, attrs: dict[str, Any], ua: str | None, ip: str | None) -> None:
+    def _emit_log(self, etype: int | str, attrs: dict[str, Any], ua: str | None, ip: str | None) -> None:
         if self._ready(attrs, ua, ip):
-            self._logger.emit(event_name=_NAMES[etype], attributes=attrs, timestamp=time.time_ns())
+            self._logger.emit(event_name=_span_name(etype), attributes=attrs, timestamp=time.time_ns())
 
     def _ready(self, attrs: dict[str, Any], ua: str | None, ip: str | None) -> bool:
         """Complete ``attrs`` and say whether the event may be emitted: only where a VWO processor
@@ -200,8 +248,23 @@ class VWOEvents:
         return False
 
 
-#: The most attributes one VWO event carries (a conversion with revenue, user agent and IP).
-MAX_EVENT_ATTRIBUTES = 8
+def _span_name(etype: int | str) -> str:
+    """The span / log event name of a type (its row's)."""
+    row = row_for(etype)
+    assert row is not None
+    return row.span_name
+
+
+def _json_object(name: str, value: Mapping[str, Any]) -> str:
+    """A dict of JSON values as the JSON text an attribute carries (NaN and infinities refused)."""
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise TypeError(f"{name} must be a dict with str keys, got {type(value).__name__} {value!r}")
+    try:
+        text = json.dumps(dict(value), allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must hold JSON values (str, finite numbers, bools, None, lists, dicts): "
+                         f"{exc}") from None
+    return checks.json_object(name, text)
 
 
 @dataclass(frozen=True)

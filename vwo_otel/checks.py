@@ -7,6 +7,7 @@ int) or raises ``TypeError``/``ValueError`` whose message names ``name`` and the
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -86,6 +87,8 @@ MAX_CONCURRENT_REQUESTS = Range(1, 64, integer=True)
 SHUTDOWN_TIMEOUT = Range(0, low_open=True, unit="seconds")
 TIMEOUT = Range(0, low_open=True, unit="seconds")  # one HTTP request
 RETRY_BUDGET = Range(0, unit="seconds")
+MAX_RETRIES = Range(0, 1000, integer=True)  # RetryPolicy.max_retries (FME retry_config's)
+BACKOFF_MULTIPLIER = Range(1, 10)  # RetryPolicy.backoff_multiplier
 MAX_PAYLOAD_BYTES = Range(1024, 10 * 1024 * 1024, integer=True)
 BLOCK_WHEN_FULL = Range(0, unit="seconds")  # how long an emitting thread may wait for room in a full queue
 #: The on-disk spool (``Spool``): group-commit interval, and how long / how much event data may
@@ -179,14 +182,19 @@ def visitor_uuid(value: Any, name: str = "vwo.visitor.uuid") -> str:
 
 def revenue(value: Any) -> float | None:
     """Revenue: None, or a finite int/float (NaN and infinities are refused)."""
-    if value is None or (type(value) is float and -math.inf < value < math.inf):
+    return None if value is None else finite("revenue", value)
+
+
+def finite(name: str, value: Any) -> float:
+    """A finite int or float (NaN, infinities, bool and ints beyond 64 bits are refused)."""
+    if type(value) is float and -math.inf < value < math.inf:
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"revenue must be a finite number or None, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} must be a finite number or None, got {type(value).__name__} {value!r}")
     if isinstance(value, int) and not -(2**63) <= value < 2**63:  # also avoids OverflowError in isfinite
-        raise ValueError(f"revenue must be a finite number (an int within 64 bits), got {value!r}")
+        raise ValueError(f"{name} must be a finite number (an int within 64 bits), got {value!r}")
     if not math.isfinite(value):
-        raise ValueError(f"revenue must be a finite number, got {value!r}")
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     return value
 
 
@@ -213,6 +221,50 @@ def text(name: str, value: Any) -> str:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError(f"{name} must be valid Unicode text (it holds a lone surrogate), got {value!r}") from None
+    return value
+
+
+def non_empty_text(name: str, value: Any) -> str:
+    """Text that must not be empty (a custom dimension's key)."""
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{name} must be a non-empty str, got {value!r}")
+    return text(name, value)
+
+
+#: The longest FME event name accepted (VWO's dashboard names are short identifiers).
+MAX_EVENT_NAME = 256
+
+
+def fme_event_name(name: str, value: Any) -> str:
+    """An FME event name: printable text without surrounding spaces, at most ``MAX_EVENT_NAME``
+    characters, and not a number (a str ``"1"`` is a legacy type 1 written as text by mistake)."""
+    if (not isinstance(value, str) or not value or len(value) > MAX_EVENT_NAME or not value.isprintable()
+            or value != value.strip()):
+        raise ValueError(f"{name} as a str is an FME event name: printable text without surrounding spaces, "
+                         f"1 to {MAX_EVENT_NAME} characters, got {value!r}")
+    try:
+        float(value)
+    except ValueError:
+        return text(name, value)
+    raise ValueError(f"{name} must be the int 1, 2 or 3 for a legacy VWO event (not the str {value!r}), or an "
+                     "FME event name such as 'purchase'")
+
+
+def _no_constant(word: str) -> Any:
+    raise ValueError(f"{word} is not valid JSON")
+
+
+def json_object(name: str, value: Any) -> str:
+    """Text holding a JSON object (FME properties): returned as given once it parses as one;
+    NaN and Infinity, which JSON does not have, are refused."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str holding a JSON object, got {type(value).__name__}")
+    try:
+        doc = json.loads(text(name, value), parse_constant=_no_constant)
+    except ValueError as exc:
+        raise ValueError(f"{name} must hold a JSON object: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{name} must hold a JSON object ({{...}}), got {type(doc).__name__}")
     return value
 
 

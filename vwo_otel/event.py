@@ -1,11 +1,12 @@
-"""The event model: ``VWOEvent`` (the compact record the queue holds), the one decoder from a
-span / log record (``from_record``, ``from_attributes``), the one rule for an event's time and
-the drop priority of each event type."""
+"""The event model: ``VWOEvent`` (the compact record the queue holds; ``FMEEvent`` for FME's named
+events), the one decoder from a span / log record (``from_record``, ``from_attributes``) reading
+the event-type table (``event_types``), and the one rule for an event's time."""
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -14,20 +15,13 @@ from typing import Any
 from . import attributes as A
 from . import checks
 from .checks import ID_LIMIT as _ID_LIMIT
+from .event_types import DROP_PRIORITY, TYPES, EventType, Kind, describe_types, row_for
 
 logger = logging.getLogger("vwo_otel")
 
-#: The id attributes each event type needs (custom dimensions carry a key and value instead).
-_INT_KEYS = {
-    A.VISITOR: (A.CAMPAIGN_ID, A.VARIATION_ID),
-    A.GOAL: (A.CAMPAIGN_ID, A.VARIATION_ID, A.GOAL_ID),
-}
-#: When the backlog is full, an event may take the place of the newest queued event of a lower
-#: priority (a conversion with revenue is worth more than an impression); equal or higher stay.
-DROP_PRIORITY: dict[int, int] = {A.VISITOR: 0, A.CUSTOM_DIMENSION: 0, A.GOAL: 1}
-_TYPES = tuple(DROP_PRIORITY)
 #: The slotted object and its int / float fields, in bytes (``VWOEvent.nbytes`` adds the text).
 _OBJECT_BYTES = 240
+_FME_OBJECT_BYTES = 320
 
 
 class MalformedEvent(ValueError):
@@ -35,7 +29,8 @@ class MalformedEvent(ValueError):
 
 
 class VWOEvent:
-    """One queued VWO event: only the fields the wire needs (the queue never holds spans)."""
+    """One queued VWO event: only the fields the wire needs (the queue never holds spans).
+    ``etype`` is its row's key in ``event_types.TYPES``; ``time`` is unix seconds."""
 
     __slots__ = (
         "etype", "user_id", "time", "campaign_id", "variation_id", "goal_id",
@@ -44,7 +39,7 @@ class VWOEvent:
 
     def __init__(
         self,
-        etype: int,
+        etype: int | str,
         user_id: str,
         time: int,
         campaign_id: int | None = None,
@@ -74,6 +69,11 @@ class VWOEvent:
         self.account_id = account_id
         self.visitor_uuid = visitor_uuid
 
+    @property
+    def row(self) -> EventType:
+        """Its row of the event-type table."""
+        return TYPES[self.etype]
+
     def nbytes(self) -> int:
         """About the memory the event holds (the object, its numbers and its text): what a
         backlog bounded in bytes counts."""
@@ -82,27 +82,67 @@ class VWOEvent:
 
     def fields(self) -> dict[str, Any]:
         """The record as a plain dict (the spool's row, a report about an event that cannot be encoded)."""
-        return {k: getattr(self, k) for k in self.__slots__}
+        return {k: getattr(self, k) for k in self._all_slots()}
 
     @classmethod
-    def from_fields(cls, fields: Mapping[str, Any]) -> VWOEvent:
+    def _all_slots(cls) -> tuple[str, ...]:
+        return VWOEvent.__slots__
+
+    @staticmethod
+    def from_fields(fields: Mapping[str, Any]) -> VWOEvent:
         """The inverse of ``fields``; keys it does not know are ignored, missing optional ones default."""
-        return cls(**{k: fields[k] for k in FIELDS if k in fields})
+        cls = FMEEvent if isinstance(fields.get("etype"), str) else VWOEvent
+        return cls(**{k: fields[k] for k in cls._all_slots() if k in fields})
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__ if getattr(self, k) not in (None, ""))
-        return f"VWOEvent({fields})"
+        shown = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._all_slots() if getattr(self, k) not in (None, ""))
+        return f"{type(self).__name__}({shown})"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, VWOEvent):
             return NotImplemented
-        return all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+        return type(self) is type(other) and all(getattr(self, k) == getattr(other, k) for k in self._all_slots())
 
     __hash__ = None  # type: ignore[assignment]
 
 
-#: The event's fields, in one place (the spool and reports derive theirs from it).
+class FMEEvent(VWOEvent):
+    """An FME event (``/server-side/batch-events-v2``): ``name`` is its event name (``etype`` its
+    row: the name, or ``"*"`` for a custom event, ``"vwo_*"`` for another of the FME SDK's own);
+    ``time_ms`` its time in ms; the properties are JSON object text; ``msg_id`` an id the app gave,
+    else ``nonce`` makes the wire's ``msgId`` unique (stable across retries and spool replays)."""
+
+    __slots__ = ("name", "time_ms", "session_id", "feature_id", "props", "visitor_props", "usage", "msg_id",
+                 "nonce")
+
+    def __init__(self, etype: int | str, user_id: str, time: int, *args: Any, name: str = "", time_ms: int = 0,
+                 session_id: int | None = None, feature_id: int | None = None, props: str | None = None,
+                 visitor_props: str | None = None, usage: str | None = None, msg_id: str | None = None,
+                 nonce: int = 0, **kwargs: Any) -> None:
+        super().__init__(etype, user_id, time, *args, **kwargs)
+        self.name = name
+        self.time_ms = time_ms or time * 1000
+        self.session_id = session_id
+        self.feature_id = feature_id
+        self.props = props
+        self.visitor_props = visitor_props
+        self.usage = usage
+        self.msg_id = msg_id
+        self.nonce = nonce or random.getrandbits(48)
+
+    @classmethod
+    def _all_slots(cls) -> tuple[str, ...]:
+        return FIELDS_FME
+
+    def nbytes(self) -> int:
+        return _FME_OBJECT_BYTES + sum(sys.getsizeof(v) for v in (
+            self.user_id, self.visitor_ua, self.visitor_ip, self.visitor_uuid, self.name, self.props,
+            self.visitor_props, self.usage, self.msg_id) if v)
+
+
+#: The event's fields, in one place (the spool and reports derive theirs from them).
 FIELDS: tuple[str, ...] = VWOEvent.__slots__
+FIELDS_FME: tuple[str, ...] = VWOEvent.__slots__ + FMEEvent.__slots__
 
 
 def log_time(timestamp: int | None, observed: int | None) -> int | None:
@@ -137,49 +177,79 @@ def from_record(record: Any) -> VWOEvent | None:
     return None
 
 
+def _fast_rows() -> dict[int, EventType]:
+    """Rows the inline path decodes: legacy rows of required ids and optional numbers only."""
+    return {key: row for key, row in TYPES.items() if isinstance(key, int) and all(
+        (f.kind is Kind.ID and f.required) or (f.kind is Kind.NUMBER and not f.required) for f in row.fields)}
+
+
+_FAST = _fast_rows()
+
+
 def from_attributes(attrs: Mapping[str, Any], time_ns: int | None) -> VWOEvent:
     """Decode a VWO event from span / log attributes; raises ``MalformedEvent`` if unusable."""
     get: Callable[[str], Any] = attrs.get  # attribute values are checked below
     etype = get(A.EVENT_TYPE)
-    seconds = int(time_ns // 1_000_000_000) if time_ns else int(time.time())
     user_id = get(A.USER_ID)
-    if type(etype) is int and (etype == 1 or etype == 2) and type(user_id) is str and user_id and user_id.isascii():
+    row = _FAST.get(etype) if type(etype) is int else None
+    if row is not None and type(user_id) is str and user_id and user_id.isascii():
         # Well-formed impressions and conversions (nearly all traffic), checked inline with the
         # same rules as below; anything else, or anything wrong (non-ASCII text may hold a lone
         # surrogate), takes the full path below. ``isascii`` is O(1).
-        ua, ip, cid, vid = get(A.VISITOR_UA), get(A.VISITOR_IP), get(A.CAMPAIGN_ID), get(A.VARIATION_ID)
-        if ((ua is None or (type(ua) is str and ua.isascii())) and (ip is None or (type(ip) is str and ip.isascii()))
-                and type(cid) is int and 0 <= cid < _ID_LIMIT and type(vid) is int and 0 <= vid < _ID_LIMIT):
-            if etype == 1:
-                return VWOEvent(1, user_id, seconds, cid, vid, None, None, None, None, ua or "", ip or "")
-            gid, revenue = get(A.GOAL_ID), get(A.REVENUE)
-            if type(gid) is int and 0 <= gid < _ID_LIMIT and (
-                    revenue is None or (type(revenue) is float and -math.inf < revenue < math.inf)):
-                return VWOEvent(2, user_id, seconds, cid, vid, gid, revenue, None, None, ua or "", ip or "")
+        ua, ip = get(A.VISITOR_UA), get(A.VISITOR_IP)
+        if (ua is None or (type(ua) is str and ua.isascii())) and (ip is None or (type(ip) is str and ip.isascii())):
+            ev = VWOEvent(etype, user_id, int(time_ns // 1_000_000_000) if time_ns else int(time.time()),
+                          visitor_ua=ua or "", visitor_ip=ip or "")
+            for f in row.fields:
+                v = get(f.attr)
+                if f.kind is Kind.ID:
+                    if type(v) is not int or not 0 <= v < _ID_LIMIT:
+                        break
+                elif v is not None and (type(v) is not float or not -math.inf < v < math.inf):
+                    break
+                setattr(ev, f.slot, v)
+            else:
+                return ev
     try:
-        if isinstance(etype, bool) or not isinstance(etype, int) or etype not in _TYPES:
-            raise ValueError(f"{A.EVENT_TYPE} must be the int 1, 2 or 3, got {etype!r}")  # not 1.0, not True
-        etype = int(etype)
-        account, visitor = _precomputed(get)
-        user_id = checks.user_id(user_id) if visitor is None else ""
-        ua = checks.text(A.VISITOR_UA, get(A.VISITOR_UA))
-        ip = checks.text(A.VISITOR_IP, get(A.VISITOR_IP))
-        if etype == A.CUSTOM_DIMENSION:
-            key, value = get(A.DIMENSION_KEY), get(A.DIMENSION_VALUE)
-            if not isinstance(key, str) or not key:
-                raise TypeError(f"{A.DIMENSION_KEY} must be a non-empty str, got {key!r}")
-            return VWOEvent(etype, user_id, seconds, key=checks.text(A.DIMENSION_KEY, key),
-                            value=checks.dimension_value(A.DIMENSION_VALUE, value),
-                            visitor_ua=ua, visitor_ip=ip, account_id=account, visitor_uuid=visitor)
-        ids = [checks.event_id(k, get(k)) for k in _INT_KEYS[etype]]
-        if etype == A.VISITOR:
-            return VWOEvent(etype, user_id, seconds, ids[0], ids[1], visitor_ua=ua, visitor_ip=ip,
-                            account_id=account, visitor_uuid=visitor)
-        revenue = checks.revenue(get(A.REVENUE))
-        return VWOEvent(etype, user_id, seconds, ids[0], ids[1], ids[2], revenue, visitor_ua=ua, visitor_ip=ip,
-                        account_id=account, visitor_uuid=visitor)
+        return _checked(get, etype, time_ns)
     except (TypeError, ValueError) as exc:
         raise MalformedEvent(str(exc)) from None
+
+
+#: The check of each kind of attribute value: ``check(attribute name, value) -> value``.
+_CHECKS: dict[Kind, Callable[[str, Any], Any]] = {
+    Kind.ID: lambda name, v: checks.event_id(name, v),
+    Kind.NUMBER: lambda name, v: checks.finite(name, v),
+    Kind.KEY: lambda name, v: checks.non_empty_text(name, v),
+    Kind.VALUE: lambda name, v: checks.dimension_value(name, v),
+    Kind.JSON: lambda name, v: checks.json_object(name, v),
+}
+
+
+def _checked(get: Callable[[str], Any], etype: Any, time_ns: int | None) -> VWOEvent:
+    """The full decoder: every attribute checked, every problem named."""
+    row = row_for(int(etype) if isinstance(etype, int) and not isinstance(etype, bool) else etype)
+    if row is None:
+        raise ValueError(f"{A.EVENT_TYPE} must be {describe_types()}, got {etype!r}")  # not 1.0, not True
+    if row.fme:
+        checks.fme_event_name(A.EVENT_TYPE, etype)
+    account, visitor = _precomputed(get)
+    user_id = checks.user_id(get(A.USER_ID)) if visitor is None else ""
+    values: dict[str, Any] = {}
+    for f in row.all_fields:
+        value = get(f.attr)
+        if value is None:
+            if f.required:
+                raise ValueError(f"{f.attr} is required for a {A.EVENT_TYPE} {etype if row.fme else row.key!r} event")
+            continue
+        values[f.slot] = _CHECKS[f.kind](f.attr, value)
+    ms = time_ns // 1_000_000 if time_ns else time.time_ns() // 1_000_000
+    common: dict[str, Any] = {"visitor_ua": checks.text(A.VISITOR_UA, get(A.VISITOR_UA)),
+              "visitor_ip": checks.text(A.VISITOR_IP, get(A.VISITOR_IP)),
+              "account_id": account, "visitor_uuid": visitor}
+    if row.fme:
+        return FMEEvent(row.key, user_id, ms // 1000, name=etype, time_ms=ms, **common, **values)
+    return VWOEvent(row.key, user_id, ms // 1000, **common, **values)
 
 
 def _precomputed(get: Callable[[str], Any]) -> tuple[int | None, str | None]:
@@ -193,3 +263,7 @@ def _precomputed(get: Callable[[str], Any]) -> tuple[int | None, str | None]:
     if account is None:
         raise ValueError(f"{A.VISITOR_UUID} needs {A.ACCOUNT_ID}, the account it was computed for")
     return checks.account_id(account, A.ACCOUNT_ID), checks.visitor_uuid(visitor, A.VISITOR_UUID)
+
+
+__all__ = ["DROP_PRIORITY", "FIELDS", "FIELDS_FME", "FMEEvent", "MalformedEvent", "VWOEvent", "from_attributes",
+           "from_record", "log_time"]

@@ -26,7 +26,8 @@ from vwo_otel import VWOExporter, VWOLogRecordProcessor, VWOSampler, VWOSpanProc
 from vwo_otel import attributes as A
 from vwo_otel._version import SDK_NAME
 from vwo_otel.event import MalformedEvent, VWOEvent, from_attributes
-from vwo_otel.export.wire import Encoder, visitor_uuid
+from vwo_otel.export.legacy import LegacyFormat
+from vwo_otel.export.wire import visitor_uuid
 from vwo_otel.instrumentation import VWOInstrumentor
 from vwo_otel.testing.receiver import Receiver
 
@@ -364,9 +365,9 @@ def precomputed(**extra: Any) -> dict[str, Any]:
 def test_a_precomputed_visitor_id_is_sent_as_is():
     event = from_attributes(precomputed(), FIXED_SID * 10**9)
     assert (event.visitor_uuid, event.account_id, event.user_id, event.time) == (U, ACCOUNT_ID, "", FIXED_SID)
-    encoder = Encoder(ACCOUNT_ID)
+    encoder = LegacyFormat(ACCOUNT_ID, SDK_KEY)
     assert encoder.event_dict(event)["u"] == U
-    assert encoder.realtime(event, SDK_KEY)[1]["u"] == U
+    assert encoder.realtime(event).query["u"] == U
     assert VWOEvent.from_fields(event.fields()) == event  # the spool's round trip keeps it
 
 
@@ -383,7 +384,7 @@ def test_a_bad_precomputed_visitor_id_is_malformed(attrs, message):
 def test_a_visitor_id_never_goes_to_another_account():
     event = from_attributes(precomputed(), None)
     with pytest.raises(ValueError, match=f"an event of account {ACCOUNT_ID} .* for account {OTHER_ACCOUNT}"):
-        Encoder(OTHER_ACCOUNT).event_dict(event)
+        LegacyFormat(OTHER_ACCOUNT, SDK_KEY).event_dict(event)
 
 
 # -- zero-code: opentelemetry-instrument picks the instrumentor up by its entry point ------------------

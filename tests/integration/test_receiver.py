@@ -140,7 +140,7 @@ def test_prefix_path_and_routing(rx: Receiver, session: requests.Session) -> Non
     assert post(session, rx, prefix="/myprefix").status_code == 200
     assert rx.requests()[-1]["path"] == "/myprefix" + BATCH_PATH
     assert post(session, rx, prefix="/two/segments").status_code == 404
-    assert session.post(rx.url + "/server-side/batch-events-v2", data=b"{}", timeout=5).status_code == 404
+    assert session.post(rx.url + "/server-side/batch-events-v3", data=b"{}", timeout=5).status_code == 404
     resp = session.get(rx.url + BATCH_PATH, timeout=5)
     assert resp.status_code == 405 and resp.headers["Allow"] == "POST"
     assert session.put(rx.url + BATCH_PATH, data=b"x", timeout=5).status_code == 501

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vwo_otel._engine.concurrency import INITIAL_LIMIT, RTT_WINDOW, Concurrency, Signal, signal_of
+from vwo_otel.export.retry import RetryPolicy
 
 
 class Clock:
@@ -91,10 +92,19 @@ def test_429_or_503_holds_every_new_batch_until_that_request_is_answered_again()
     assert flow.may_start(0)
 
 
+POLICY = RetryPolicy()
+
+
 @pytest.mark.parametrize(("status", "retryable", "signal"), [
     (200, False, Signal.HEALTHY), (204, False, Signal.HEALTHY), (400, False, Signal.NEUTRAL),
-    (413, False, Signal.NEUTRAL), (429, False, Signal.SLOW_DOWN), (503, False, Signal.SLOW_DOWN),
-    (500, False, Signal.OVERLOADED), (502, False, Signal.OVERLOADED), (408, False, Signal.OVERLOADED),
-    (None, True, Signal.OVERLOADED), (None, False, Signal.NEUTRAL)])
+    (413, False, Signal.NEUTRAL), (501, False, Signal.NEUTRAL), (None, True, Signal.OVERLOADED),
+    (None, False, Signal.NEUTRAL),
+    *[(s, False, Signal.SLOW_DOWN) for s in sorted(POLICY.pause_statuses)],
+    *[(s, False, Signal.OVERLOADED) for s in sorted(POLICY.statuses - POLICY.pause_statuses)]])
 def test_signal_of_an_answer(status, retryable, signal):
-    assert signal_of(status, retryable) is signal
+    assert signal_of(status, retryable, POLICY) is signal
+
+
+def test_the_limit_reads_the_policys_statuses():
+    policy = RetryPolicy(statuses=POLICY.statuses | {425})
+    assert signal_of(425, False, policy) is Signal.OVERLOADED and signal_of(425, False, POLICY) is Signal.NEUTRAL

@@ -1,6 +1,6 @@
 """The performance fast paths give exactly what the general code gives (benchmarks/run.py).
 
-- ``wire._compact`` (formatted JSON) == the JSON encoder, byte for byte;
+- ``wire.compact`` (formatted JSON) == the JSON encoder, byte for byte;
 - the cached visitor id == ``uuid.uuid5(...).hex.upper()``;
 - ``events.from_attributes``' inline path == its checked path (same event, same errors);
 - ``event._plain`` reads the SDK's attribute dict without changing what is decoded.
@@ -16,7 +16,8 @@ import pytest
 
 from vwo_otel import attributes as A
 from vwo_otel.event import MalformedEvent, VWOEvent, _plain, from_attributes
-from vwo_otel.export.wire import VWO_NAMESPACE, Encoder, _dumps
+from vwo_otel.export.legacy import LegacyFormat
+from vwo_otel.export.wire import VWO_NAMESPACE, _dumps
 
 TEXTS = ["", "a", "é", "\u2028", '"q\\', "\x00\x1f", "日本", "\U0001f600", "Mozilla/5.0 (X11)", "1.2.3.4"]
 REVENUES = [None, 0, 5, -3, 12.5, 1e300, -0.0, 1e-7, 0.1 + 0.2, 2**62, True, float("nan"), float("inf")]
@@ -28,7 +29,7 @@ class Kind(enum.IntEnum):
 
 
 def test_compact_json_matches_the_encoder():
-    enc = Encoder(12345)
+    enc = LegacyFormat(12345, "key")
     rnd = random.Random(7)
     for _ in range(3000):
         et = rnd.choice([1, 2, 3])
@@ -41,7 +42,7 @@ def test_compact_json_matches_the_encoder():
 
 
 def test_cached_visitor_uuid_matches_uuid5():
-    enc = Encoder(12345)
+    enc = LegacyFormat(12345, "key")
     namespace = uuid.uuid5(VWO_NAMESPACE, "12345")
     assert enc.visitor("Varun") == "C4D95C097902569F9A2D2E87CD3201C8"
     for user in ["x", "é", "日本", "\U0001f600", "a" * 300, *map(str, range(200))]:

@@ -11,15 +11,46 @@ from vwo_otel.export import http as transport
 from vwo_otel.export.retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
 
 
-@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+@pytest.mark.parametrize("status", sorted(RETRY_STATUSES))
 def test_transient_statuses_are_retried(status: int) -> None:
-    assert RetryPolicy().is_retryable(status)
+    assert RetryPolicy().is_retryable(status) and status in RetryPolicy().statuses
 
 
 @pytest.mark.parametrize("status", [200, 204, 301, 400, 401, 403, 404, 413, 422, 501, 505])
 def test_final_statuses_are_not_retried(status: int) -> None:
     assert not RetryPolicy().is_retryable(status)
-    assert status not in RETRY_STATUSES
+
+
+def test_the_statuses_are_the_policys_own() -> None:
+    """One more retryable status is one field of one policy: nothing else restates the list."""
+    policy = RetryPolicy(statuses=RETRY_STATUSES | {425})
+    assert policy.is_retryable(425) and not RetryPolicy().is_retryable(425)
+    assert RetryPolicy().pause_statuses <= RetryPolicy().statuses
+    with pytest.raises(ValueError, match="RetryPolicy.statuses"):
+        RetryPolicy(statuses={"429"})  # type: ignore[arg-type]
+
+
+def test_max_retries_and_multiplier() -> None:
+    policy = RetryPolicy(max_retries=2, initial_backoff=1.0, backoff_multiplier=3.0, max_backoff=100.0)
+    assert [policy.allows(a) for a in range(4)] == [True, True, False, False]
+    assert RetryPolicy().allows(10**6)
+    assert 0.8 * 9 <= policy.backoff(2) <= 1.2 * 9
+    for bad in ({"max_retries": -1}, {"max_retries": 1.5}, {"backoff_multiplier": 0.5}):
+        with pytest.raises((TypeError, ValueError), match=next(iter(bad))):
+            RetryPolicy(**bad)
+
+
+def test_fme_retry_config_maps_onto_the_policy() -> None:
+    """VWO FME SDKs' ``retry_config`` keys, next to vwo_otel's budget."""
+    policy = RetryPolicy.from_retry_config({"max_retries": 5, "initial_delay": 2, "backoff_multiplier": 2},
+                                           budget=30.0)
+    assert (policy.max_retries, policy.initial_backoff, policy.backoff_multiplier, policy.budget) == (5, 2, 2, 30.0)
+    assert RetryPolicy.from_retry_config({"should_retry": False}).max_retries == 0
+    assert RetryPolicy.from_retry_config({}).max_retries == 3  # FME's default
+    with pytest.raises(ValueError, match="unknown key"):
+        RetryPolicy.from_retry_config({"retries": 3})
+    with pytest.raises(TypeError, match="should_retry"):
+        RetryPolicy.from_retry_config({"should_retry": "no"})
 
 
 @pytest.mark.parametrize("error", [transport.ConnectionError, transport.ConnectTimeout, transport.ReadTimeout,

@@ -10,7 +10,8 @@ from conftest import ACCOUNT_ID, SDK_KEY
 
 from vwo_otel import VWOExporter, visitor_uuid
 from vwo_otel.event import VWOEvent
-from vwo_otel.export.wire import BODY_OVERHEAD, Encoder, batch_body, cut_by_bytes, dimension_tag
+from vwo_otel.export.legacy import LegacyFormat, dimension_tag
+from vwo_otel.export.wire import BODY_OVERHEAD, batch_body, cut_by_bytes
 
 COMMON_KEYS = {"eT", "u", "sId", "visitor_ua", "visitor_ip"}
 
@@ -29,7 +30,7 @@ BATCH = {"events_per_request": 100, "request_time_interval": 60}
 def test_visitor_uuid_published_vectors(user_id, expected):
     assert visitor_uuid(12345, user_id) == expected
     assert visitor_uuid("12345", user_id) == expected  # account id as str or int: same visitor
-    assert Encoder(12345).visitor(user_id) == expected  # the cached path the exporter uses
+    assert LegacyFormat(12345, SDK_KEY).visitor(user_id) == expected  # the cached path the exporter uses
 
 
 def test_visitor_uuid_depends_on_account_and_user():
@@ -40,7 +41,7 @@ def test_visitor_uuid_depends_on_account_and_user():
 
 
 def test_encoder_output_is_compact():
-    enc = Encoder(ACCOUNT_ID)
+    enc = LegacyFormat(ACCOUNT_ID, SDK_KEY)
     evs = [
         VWOEvent(1, "Varun", 1700000000, 1, 2),
         VWOEvent(2, "Varun", 1700000000, 1, 2, 3, 12.5),
@@ -59,7 +60,7 @@ def test_exporter_encode_is_the_wire_dicts_and_refuses_what_cannot_be_sent():
     batch body could not carry (the engine then reports that event alone)."""
     exporter = VWOExporter(ACCOUNT_ID, SDK_KEY)
     ev = VWOEvent(2, "Varun", 1700000000, 1, 2, 3, 12.5)
-    assert exporter.encode([ev]) == Encoder(ACCOUNT_ID).encode([ev])[0]
+    assert exporter.encode([ev]) == LegacyFormat(ACCOUNT_ID, SDK_KEY).encode([ev])[0]
     with pytest.raises(TypeError):
         exporter.encode([VWOEvent(2, "odd", 1, 1, 1, 1, revenue=object())])  # type: ignore[arg-type]
     exporter.shutdown()
@@ -114,7 +115,7 @@ def test_cut_by_bytes_random_respects_limit(seed):
 
 
 def test_cut_by_bytes_on_real_events():
-    enc = Encoder(ACCOUNT_ID)
+    enc = LegacyFormat(ACCOUNT_ID, SDK_KEY)
     evs = [VWOEvent(2, f"user-{i}", 1700000000 + i, 1, 2, 3, i * 0.5, visitor_ua="x" * (i % 50)) for i in range(300)]
     _, parts = enc.encode(evs)
     runs = cut_by_bytes(parts, 4096)

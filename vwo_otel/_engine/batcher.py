@@ -54,7 +54,7 @@ CALLBACK_GRACE = 0.25
 DROP_LIST_MIN = 10_000
 
 
-def _rank(etype: int) -> float:
+def _rank(etype: int | str) -> float:
     """The drop priority of an event type; a type the table does not know (only read from a
     damaged spool file) ranks below all."""
     return DROP_PRIORITY.get(etype, -math.inf)
@@ -143,7 +143,7 @@ class Batcher:
         self._size = 0  # events held: pending + ready + in flight
         self._bytes = 0  # their ``VWOEvent.nbytes``, with ``count_bytes``
         # events in pending + ready (what a full queue may evict) by event type
-        self._queued: defaultdict[int, int] = defaultdict(int)
+        self._queued: defaultdict[int | str, int] = defaultdict(int)
         self._seq = 0  # sequence number of the last cut batch
         self._inflight: dict[int, Batch] = {}  # batches taken for delivery, not yet settled, by seq
         self._closed = False
@@ -592,7 +592,7 @@ class Batcher:
         """The exporter's observer: one HTTP answer to one of this batcher's threads feeds the
         in-flight limit; a grown limit starts a thread and wakes one waiting."""
         who = threading.get_ident()
-        signal = signal_of(status, bool(getattr(error, "retryable", False)))
+        signal = signal_of(status, bool(getattr(error, "retryable", False)), self.exporter.retry)
         with self._cond:
             if who not in self._sending:  # not a request of ours (the exporter used directly)
                 return

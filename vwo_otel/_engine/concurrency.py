@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
+from ..export.retry import RetryPolicy
+
 #: Batches in flight at the start: small, so a server near by is not flooded with threads.
 INITIAL_LIMIT = 2
 #: An answer counts as fast (room to grow) if it took at most this many times the fastest
@@ -38,20 +40,22 @@ class Signal(enum.Enum):
 
     HEALTHY = "healthy"  # 2xx
     NEUTRAL = "neutral"  # an answer about the request itself (400, 413, a bad URL)
-    OVERLOADED = "overloaded"  # 5xx other than 503, 408, no answer (timeout, reset)
-    SLOW_DOWN = "slow_down"  # 429 or 503: the server asks for a pause (Retry-After)
+    OVERLOADED = "overloaded"  # a retryable status (408, 5xx...) other than a pause, or no answer
+    SLOW_DOWN = "slow_down"  # a pause status (429, 503): the server asks for a pause (Retry-After)
 
 
-def signal_of(status: int | None, retryable_error: bool) -> Signal:
+def signal_of(status: int | None, retryable_error: bool, retry: RetryPolicy) -> Signal:
     """The ``Signal`` of an answer with HTTP ``status`` (None: no answer; ``retryable_error``
-    says whether sending it again could help, i.e. the failure was the network's or the server's)."""
+    says whether sending it again could help, i.e. the failure was the network's or the server's),
+    by the statuses of ``retry``: its ``pause_statuses`` ask for a pause, its other retryable
+    statuses say the server is overloaded, any other answer is about the request itself."""
     if status is None:
         return Signal.OVERLOADED if retryable_error else Signal.NEUTRAL
     if 200 <= status < 300:
         return Signal.HEALTHY
-    if status in (429, 503):
+    if status in retry.pause_statuses:
         return Signal.SLOW_DOWN
-    if status >= 500 or status == 408:
+    if status in retry.statuses:
         return Signal.OVERLOADED
     return Signal.NEUTRAL
 

@@ -16,12 +16,13 @@ from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportRes
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from .. import checks
-from .._version import SDK_NAME, __version__
 from ..errors import HTTPStatusError, NetworkError, Outcome, PayloadTooLarge, VWODeliveryError
 from ..event import MalformedEvent, VWOEvent, from_record
+from ..event_types import TYPES
+from . import formats
 from .http import Reply, Transport, TransportError
 from .retry import RetryPolicy
-from .wire import Encoder, batch_body, cut_by_bytes
+from .wire import Format, batch_body, cut_by_bytes
 
 logger = logging.getLogger("vwo_otel")
 
@@ -42,9 +43,11 @@ _SUPPRESS = [otel_context._SUPPRESS_INSTRUMENTATION_KEY, otel_context._SUPPRESS_
 
 @dataclass
 class _Send:
-    """One ``send_batch`` call: its events, its one deadline (retries, 413 splits and 400
-    isolation all share it), its outcomes and what it learned about the server's limit."""
+    """The events of one wire format in a ``send_batch`` call: its one deadline (retries, 413
+    splits and 400 isolation all share it), its outcomes and what it learned about the server's limit."""
 
+    fmt: Format
+    url: str
     dicts: list[dict[str, Any]]
     parts: list[bytes]
     deadline: float
@@ -100,9 +103,11 @@ def _log_request(method: str, url: str, answer: int | str, events: int, nbytes: 
 
 
 class VWOExporter(SpanExporter, LogRecordExporter):
-    """Sends VWO events to ``{endpoint}/server-side/batch-events`` (batches) or VWO's
-    single-event GET endpoints (real time). Every request settles into an ``Outcome``;
-    transient failures are retried within ``retry.budget`` seconds per batch.
+    """Sends VWO events to ``endpoint`` as VWO's batch requests, or one real-time request per
+    event, in each event's wire format (``export/formats.py``: legacy events to
+    ``/server-side/batch-events``, FME events to ``/server-side/batch-events-v2``; one exporter
+    carries both). Every request settles into an ``Outcome``; transient failures are retried
+    within ``retry.budget`` seconds per batch.
 
     ``disabled=True`` is development mode (VWO SDKs' ``is_development_mode``, ``VWO_DISABLED``):
     events are still encoded and checked as for sending, cut into the requests they would go
@@ -133,10 +138,8 @@ class VWOExporter(SpanExporter, LogRecordExporter):
             raise TypeError(f"retry must be a vwo_otel.RetryPolicy, got {type(retry).__name__} {retry!r}")
         self.retry = retry or RetryPolicy()
         self.max_payload_bytes = max_payload_bytes
-        self._encoder = Encoder(account_id)
-        query = urlencode({"a": account_id, "env": sdk_key, "sdk": SDK_NAME, "sdk-v": __version__})
-        self._batch_url = f"{self.endpoint}/server-side/batch-events?{query}"
-        self._headers = {"Authorization": sdk_key, "User-Agent": SDK_NAME, "Content-Type": "application/json"}
+        self._formats = formats.bind(account_id, sdk_key)
+        self._format_of = {key: self._formats[row.format] for key, row in TYPES.items()}
         self._quiet = _quiet_context()
         self._limit = _PayloadLimit(max_payload_bytes)
         self._cutoff = math.inf  # no request or retry wait starts past this monotonic time (hurry/shutdown)
@@ -165,41 +168,64 @@ class VWOExporter(SpanExporter, LogRecordExporter):
 
     # -- what the processors call -------------------------------------------------
     def encode(self, events: Sequence[VWOEvent]) -> list[dict[str, Any]]:
-        """The wire dicts of ``events`` (what ``flush_callback`` receives); raises if an event
-        cannot be encoded, as sending it would."""
-        return self._encoder.encode(events)[0]
+        """The wire dicts of ``events``, each in its format (what ``flush_callback`` receives);
+        raises if an event cannot be encoded, as sending it would."""
+        groups = self._by_format(events) if events else []
+        if len(groups) == 1:
+            return groups[0][0].encode(events)[0]
+        format_of = self._format_of  # both formats: each event in its place
+        return [format_of[ev.etype].encode([ev])[0][0] for ev in events]
 
     def send_batch(self, events: Sequence[VWOEvent]) -> list[Outcome]:
-        """Deliver ``events`` in as few batch requests as the payload cap allows; one ``Outcome``
-        per request. A 413 splits the request in halves, a 400 too (to fail only the events it
-        refuses); all of it within one ``retry.budget`` and never past shutdown."""
+        """Deliver ``events`` in as few batch requests as the payload cap allows, the events of
+        each wire format in their own requests; one ``Outcome`` per request. A 413 splits the
+        request in halves, a 400 too (to fail only the events it refuses); all of it within one
+        ``retry.budget`` and never past shutdown."""
         if not events:
             return []
-        dicts, parts = self._encoder.encode(events)
-        limit = self.payload_limit()
-        send = _Send(dicts, parts, time.monotonic() + self.retry.budget, limit=limit)
-        for i, (lo, hi) in enumerate(cut_by_bytes(parts, limit)):
-            why = self._stopped(send.deadline) if i and not self._disabled else None  # the first always goes
-            if why:
-                send.outcomes.append(Outcome(VWODeliveryError(f"not sent: {why}"), dicts[lo:hi]))
-            else:
-                self._send_run(send, lo, hi)
-        if send.refused and send.largest_accepted:
-            # The accepted pieces show a size the server takes: cut later batches there (and
-            # probe upward from it), so they need no 413.
-            self._limit.learned(send.largest_accepted)
-        return send.outcomes
+        deadline = time.monotonic() + self.retry.budget
+        outcomes: list[Outcome] = []
+        for fmt, group in self._by_format(events):
+            dicts, parts = fmt.encode(group)
+            url = f"{self.endpoint}{fmt.batch.path}?{urlencode(fmt.batch.query)}"
+            send = _Send(fmt, url, dicts, parts, deadline, outcomes, limit=self.payload_limit())
+            for lo, hi in cut_by_bytes(parts, send.limit):
+                # the first request of a call always goes; later ones not past shutdown or the budget
+                why = self._stopped(deadline) if outcomes and not self._disabled else None
+                if why:
+                    outcomes.append(Outcome(VWODeliveryError(f"not sent: {why}"), dicts[lo:hi]))
+                else:
+                    self._send_run(send, lo, hi)
+            if send.refused and send.largest_accepted:
+                # The accepted pieces show a size the server takes: cut later batches there (and
+                # probe upward from it), so they need no 413.
+                self._limit.learned(send.largest_accepted)
+        return outcomes
+
+    def _by_format(self, events: Sequence[VWOEvent]) -> list[tuple[Format, Sequence[VWOEvent]]]:
+        """The events of each wire format, in order (one group in the usual case)."""
+        format_of = self._format_of
+        first = format_of[events[0].etype]
+        if all(format_of[ev.etype] is first for ev in events):
+            return [(first, events)]
+        groups: dict[str, list[VWOEvent]] = {}
+        for ev in events:
+            groups.setdefault(format_of[ev.etype].name, []).append(ev)
+        return [(self._formats[name], group) for name, group in groups.items()]
 
     def send_event(self, event: VWOEvent) -> Outcome:
-        """Deliver one event in real time with VWO's single-event GET."""
-        path, query, headers = self._encoder.realtime(event, self._sdk_key)
-        url = f"{self.endpoint}{path}?{urlencode(query)}"
-        headers["User-Agent"] = SDK_NAME
+        """Deliver one event in real time with its format's single-event request."""
+        fmt = self._format_of[event.etype]
+        req = fmt.realtime(event)
+        url = f"{self.endpoint}{req.path}?{urlencode(req.query)}"
+        events = [fmt.event_dict(event)]
         if self._disabled:
-            logger.debug("VWO disabled: not sent GET %s (1 event)", path)
-            return Outcome(None, [self._encoder.event_dict(event)])
-        error = self._request("GET", url, None, headers, time.monotonic() + self.retry.budget)
-        return Outcome(error, [self._encoder.event_dict(event)])
+            logger.debug("VWO disabled: not sent %s %s (1 event)", req.method, req.path)
+            return Outcome(None, events)
+        error = self._request(req.method, url, req.body, req.headers, time.monotonic() + self.retry.budget)
+        if error is None:
+            fmt.accepted(events)
+        return Outcome(error, events)
 
     def payload_limit(self) -> int:
         """Largest batch body to send now: the cap, or less after a 413 (growing back)."""
@@ -242,14 +268,15 @@ class VWOExporter(SpanExporter, LogRecordExporter):
                 f"event of {len(body)} bytes exceeds max_payload_bytes={self.max_payload_bytes}", status=None), events))
             return
         if self._disabled:
-            logger.debug("VWO disabled: not sent POST /server-side/batch-events (%d events, %d bytes)",
+            logger.debug("VWO disabled: not sent POST %s (%d events, %d bytes)", send.fmt.batch.path,
                          hi - lo, len(body))
             send.outcomes.append(Outcome(None, events))
             return
-        error = self._request("POST", self._batch_url, body, self._headers, send.deadline, events=hi - lo)
+        error = self._request("POST", send.url, body, send.fmt.batch.headers, send.deadline, events=hi - lo)
         if error is None:
             send.largest_accepted = max(send.largest_accepted, len(body))
             self._limit.accepted()
+            send.fmt.accepted(events)
             send.outcomes.append(Outcome(None, events))
         elif error.status == 413 and hi - lo > 1:
             send.refused = True
@@ -330,6 +357,9 @@ class VWOExporter(SpanExporter, LogRecordExporter):
             finally:
                 otel_context.detach(token)
             if not retryable or self._closed:
+                return error
+            if not self.retry.allows(attempt):
+                error.args = (f"{error.args[0]} (gave up after {attempt + 1} attempt(s): max_retries)",)
                 return error
             wait = self.retry.wait(attempt, retry_after)
             now = time.monotonic()

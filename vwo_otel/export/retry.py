@@ -1,40 +1,87 @@
-"""The retry policy: which failures are retried and how long to wait before the next attempt."""
+"""The retry policy: which failures are retried and how long to wait before the next attempt.
+
+``RetryPolicy.statuses`` is the one list of retryable HTTP statuses: the exporter's retries, the
+spool's decision to keep a failed batch on disk and the adaptive limit on requests in flight
+(``_engine/concurrency.py``: ``pause_statuses`` pause it, the other retryable ones halve it) all
+read it from the policy in use.
+"""
 
 from __future__ import annotations
 
 import email.utils
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .. import checks
 from .http import TransportError
 
 #: Answers worth trying again: a timeout, rate limiting, or a server-side hiccup.
 RETRY_STATUSES: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
+#: Of those, the answers by which a server asks senders to pause (they carry ``Retry-After``).
+PAUSE_STATUSES: frozenset[int] = frozenset({429, 503})
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retry transient failures (``RETRY_STATUSES`` and transport errors a resend could fix)
-    within ``budget`` seconds per batch: waits grow from ``initial_backoff`` doubling up to
-    ``max_backoff``, with +-20 % jitter; a server's ``Retry-After`` (seconds or HTTP-date)
-    is honoured: the wait is the longer of the two, so ``Retry-After: 0`` cannot cause a hot
-    retry loop."""
+    """Retry transient failures (``statuses`` and transport errors a resend could fix) within
+    ``budget`` seconds per batch, and at most ``max_retries`` times (None: as many as the budget
+    allows): waits grow from ``initial_backoff`` by ``backoff_multiplier`` up to ``max_backoff``,
+    with +-20 % jitter; a server's ``Retry-After`` (seconds or HTTP-date) is honoured: the wait is
+    the longer of the two, so ``Retry-After: 0`` cannot cause a hot retry loop."""
 
     budget: float = 60.0
     initial_backoff: float = 0.5
     max_backoff: float = 30.0
+    max_retries: int | None = None
+    backoff_multiplier: float = 2.0
+    statuses: frozenset[int] = RETRY_STATUSES
+    pause_statuses: frozenset[int] = PAUSE_STATUSES
 
     def __post_init__(self) -> None:
         for name in ("budget", "initial_backoff", "max_backoff"):
             checks.seconds(f"RetryPolicy.{name}", getattr(self, name))
+        if self.max_retries is not None:
+            checks.MAX_RETRIES.check("RetryPolicy.max_retries", self.max_retries)
+        checks.BACKOFF_MULTIPLIER.check("RetryPolicy.backoff_multiplier", self.backoff_multiplier)
+        for name in ("statuses", "pause_statuses"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not all(type(s) is int and 100 <= s <= 599 for s in value):
+                raise ValueError(f"RetryPolicy.{name} must be a set of HTTP statuses (ints 100 to 599), got {value!r}")
+            object.__setattr__(self, name, frozenset(value))
+
+    @classmethod
+    def from_retry_config(cls, retry_config: Mapping[str, Any], **kwargs: Any) -> RetryPolicy:
+        """The policy for VWO FME SDKs' ``retry_config`` (``should_retry``, ``max_retries``,
+        ``initial_delay`` seconds, ``backoff_multiplier``); ``kwargs`` set the rest (``budget``...)."""
+        known = {"should_retry", "max_retries", "initial_delay", "backoff_multiplier"}
+        if not isinstance(retry_config, Mapping):
+            raise TypeError(f"retry_config must be a dict, got {type(retry_config).__name__}")
+        unknown = sorted(set(retry_config) - known)
+        if unknown:
+            raise ValueError(f"retry_config has unknown key(s) {unknown}; allowed keys: {sorted(known)}")
+        should = retry_config.get("should_retry", True)
+        if not isinstance(should, bool):
+            raise TypeError(f"retry_config['should_retry'] must be True or False, got {should!r}")
+        values = dict(kwargs)
+        values["max_retries"] = 0 if not should else retry_config.get("max_retries", values.get("max_retries", 3))
+        if "initial_delay" in retry_config:
+            values["initial_backoff"] = retry_config["initial_delay"]
+        if "backoff_multiplier" in retry_config:
+            values["backoff_multiplier"] = retry_config["backoff_multiplier"]
+        return cls(**values)
 
     def is_retryable(self, status: int | None = None, error: TransportError | None = None) -> bool:
         """Whether a request that got HTTP ``status``, or failed with ``error``, is worth sending again."""
         if error is not None:
             return error.retryable  # False when no attempt could send this request
-        return status in RETRY_STATUSES
+        return status in self.statuses
+
+    def allows(self, attempt: int) -> bool:
+        """Whether retry number ``attempt + 1`` may be made (``max_retries``; the budget is the caller's)."""
+        return self.max_retries is None or attempt < self.max_retries
 
     def wait(self, attempt: int, retry_after: str | None = None) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 0), given the
@@ -45,7 +92,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """The jittered exponential backoff before attempt ``attempt + 1``."""
-        base: float = min(self.max_backoff, self.initial_backoff * (2 ** min(attempt, 30)))
+        base: float = min(self.max_backoff, self.initial_backoff * (self.backoff_multiplier ** min(attempt, 60)))
         return base * random.uniform(0.8, 1.2)
 
 

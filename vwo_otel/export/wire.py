@@ -1,18 +1,22 @@
-"""VWO's wire format: visitor uuid, event dicts, the batch body and real-time query strings."""
+"""The wire-format seam: what every VWO wire format provides (``Format``; the table of them is
+``formats.FORMATS``), and what the formats share: VWO's visitor uuid, compact JSON, visitor
+headers, the ``{"ev": [...]}`` batch body and cutting a batch by bytes.
+
+A format turns the events of its rows (``event_types``) into wire dicts and bytes for one
+account and sdk key, names its batch request, and builds the real-time request of one event.
+``VWOExporter`` picks each event's format from its row: one processor may carry both.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import uuid
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from hashlib import sha1
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
-from .. import attributes as A
-from .._version import SDK_NAME, __version__
 from ..event import VWOEvent
 
 VWO_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://vwo.com")
@@ -22,124 +26,99 @@ _float_repr = float.__repr__  # what _dumps uses for finite floats
 BODY_OVERHEAD = len('{"ev":[]}')
 
 
+class Request(NamedTuple):
+    """One HTTP request to VWO: ``path`` (after the endpoint), ``query`` (URL-encoded by the
+    exporter), headers and body (None for a GET)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes | None = None
+
+
+class Format(Protocol):
+    """One VWO wire format, bound to one account and sdk key."""
+
+    name: str
+    batch: Request  # the batch request without its body (path, query, headers)
+
+    def encode(self, events: Sequence[VWOEvent]) -> tuple[list[dict[str, Any]], list[bytes]]:
+        """Wire dicts and their bytes, one per event (so batches can be cut by bytes)."""
+
+    def event_dict(self, event: VWOEvent) -> dict[str, Any]:
+        """The event as it goes into the batch body (what ``flush_callback`` receives)."""
+
+    def realtime(self, event: VWOEvent) -> Request:
+        """The real-time (unbatched) request for one event."""
+
+    def accepted(self, events: Sequence[dict[str, Any]]) -> None:
+        """VWO accepted a request holding ``events`` (what a format sends only until then)."""
+
+
 def visitor_uuid(account_id: object, user_id: object) -> str:
-    """VWO's visitor id ``u``: uppercase hex of uuid5(uuid5(VWO_NS, account), user)."""
+    """VWO's visitor id ``u`` (FME: ``visId``): uppercase hex of uuid5(uuid5(VWO_NS, account), user)."""
     return uuid.uuid5(uuid.uuid5(VWO_NAMESPACE, str(account_id)), str(user_id)).hex.upper()
 
 
-def dimension_tag(key: str, value: str) -> str:
-    """The custom-dimension payload ``{"u": {key: value}}`` as a JSON string."""
-    return _dumps({"u": {key: value}})
+def visitor_hasher(account_id: int) -> Callable[[str], str]:
+    """``visitor_uuid(account_id, user_id)`` for one account, cached and about 3x faster."""
+    prefix = uuid.uuid5(VWO_NAMESPACE, str(account_id)).bytes
+
+    @lru_cache(maxsize=65536)
+    def visitor(user_id: str) -> str:
+        # uuid.uuid5(namespace, user_id).hex.upper() without building UUID objects
+        h = bytearray(sha1(prefix + user_id.encode("utf-8")).digest()[:16])
+        h[6] = (h[6] & 0x0F) | 0x50  # version 5
+        h[8] = (h[8] & 0x3F) | 0x80  # RFC 4122 variant
+        return h.hex().upper()
+
+    return visitor
 
 
-class Encoder:
-    """Turns records into wire dicts and bytes for one account (visitor uuids are cached)."""
+def visitor_of(event: VWOEvent, account_id: int, hashed: Callable[[str], str]) -> str:
+    """The event's visitor id: the one computed upstream (only into its own account's requests:
+    it is a hash of that account id), else the hash of its user id."""
+    if event.visitor_uuid is None:
+        return hashed(event.user_id)
+    if event.account_id != account_id:
+        raise ValueError(f"an event of account {event.account_id} (vwo.account_id) cannot go into a request "
+                         f"for account {account_id}: its visitor uuid belongs to its own account")
+    return event.visitor_uuid
 
-    def __init__(self, account_id: int) -> None:
-        self.account_id = account_id
-        prefix = uuid.uuid5(VWO_NAMESPACE, str(account_id)).bytes
 
-        @lru_cache(maxsize=65536)
-        def visitor(user_id: str) -> str:
-            # uuid.uuid5(namespace, user_id).hex.upper() without building UUID objects (3x faster)
-            h = bytearray(sha1(prefix + user_id.encode("utf-8")).digest()[:16])
-            h[6] = (h[6] & 0x0F) | 0x50  # version 5
-            h[8] = (h[8] & 0x3F) | 0x80  # RFC 4122 variant
-            return h.hex().upper()
-
-        self.visitor: Callable[[str], str] = visitor
-
-    def event_dict(self, ev: VWOEvent) -> dict[str, Any]:
-        """The event as it goes into ``{"ev": [...]}``."""
-        u = self._u(ev) if ev.visitor_uuid else self.visitor(ev.user_id)  # one call for the usual events
-        d: dict[str, Any] = {"u": u, "sId": ev.time, "visitor_ua": ev.visitor_ua,
-                             "visitor_ip": ev.visitor_ip, "eT": ev.etype}
-        if ev.etype == A.CUSTOM_DIMENSION:
-            d["t"] = dimension_tag(ev.key or "", ev.value or "")
+def compact(d: dict[str, Any]) -> bytes:
+    """``_dumps(d).encode()`` for a flat dict with plain keys: formatted directly when every value
+    is a str / int / finite float, byte for byte what the JSON encoder writes but without its
+    per-call cost; anything else goes to the encoder."""
+    out = []
+    for k, v in d.items():
+        t = type(v)
+        if t is str:
+            out.append(f'"{k}":{_quote(v)}')
+        elif t is int:
+            out.append(f'"{k}":{v}')
+        elif t is float and -math.inf < v < math.inf:
+            out.append(f'"{k}":{_float_repr(v)}')
         else:
-            d["e"] = ev.campaign_id
-            d["c"] = ev.variation_id
-            if ev.etype == A.GOAL:
-                d["g"] = ev.goal_id
-                if ev.revenue is not None:
-                    d["r"] = ev.revenue
-        return d
-
-    def _u(self, ev: VWOEvent) -> str:
-        """The event's visitor id: the one computed upstream (only into its own account's requests:
-        it is a hash of that account id), else the hash of its user id."""
-        if ev.visitor_uuid is None:
-            return self.visitor(ev.user_id)
-        if ev.account_id != self.account_id:
-            raise ValueError(f"an event of account {ev.account_id} (vwo.account_id) cannot go into a request "
-                             f"for account {self.account_id}: its visitor uuid belongs to its own account")
-        return ev.visitor_uuid
-
-    def encode(self, events: Sequence[VWOEvent]) -> tuple[list[dict[str, Any]], list[bytes]]:
-        """Wire dicts and their compact JSON, one per event (so batches can be cut by bytes)."""
-        dicts = [self.event_dict(ev) for ev in events]
-        return dicts, [_compact(d) for d in dicts]
-
-    def realtime(self, ev: VWOEvent, sdk_key: str) -> tuple[str, dict[str, str], dict[str, str]]:
-        """Path, query and extra headers of VWO's single-event GET for ``ev``."""
-        query = {
-            "random": repr(random.random()), "sdk": SDK_NAME, "sdk-v": __version__, "ap": "server",
-            "sId": str(ev.time), "u": self._u(ev), "account_id": str(self.account_id),
-            "env": sdk_key, "visitor_ua": ev.visitor_ua, "visitor_ip": ev.visitor_ip,
-        }
-        if ev.etype == A.CUSTOM_DIMENSION:
-            path = "/server-side/push"
-            query["tags"] = dimension_tag(ev.key or "", ev.value or "")
-        else:
-            query["experiment_id"] = str(ev.campaign_id)
-            query["combination"] = str(ev.variation_id)
-            if ev.etype == A.VISITOR:
-                path = "/server-side/track-user"
-                query["ed"] = '{"p":"server"}'
-            else:
-                path = "/server-side/track-goal"
-                query["goal_id"] = str(ev.goal_id)
-                if ev.revenue is not None:
-                    query["r"] = repr(ev.revenue)
-        # VWO reads the visitor from these headers first; a value no header can carry (non-ASCII,
-        # control characters) still reaches it in the query above, instead of failing the event.
-        headers = {}
-        if ev.visitor_ua and _header_safe(ev.visitor_ua):
-            headers["X-Device-User-Agent"] = ev.visitor_ua
-        if ev.visitor_ip and _header_safe(ev.visitor_ip):
-            headers["VWO-X-Forwarded-For"] = ev.visitor_ip
-        return path, query, headers
+            return _dumps(d).encode()
+    return ("{" + ",".join(out) + "}").encode()
 
 
-def _header_safe(value: str) -> bool:
+def header_safe(value: str) -> bool:
+    """Whether a visitor value can travel in a header (else it goes in the query or body only)."""
     return value.isascii() and value.isprintable()
 
 
-def _compact(d: dict[str, Any]) -> bytes:
-    """``_dumps(d).encode()`` for a dict made by ``Encoder.event_dict`` (keys in that order):
-    formatted directly when every value is a plain str / int / finite float, byte for byte
-    what the JSON encoder writes but without its per-call cost; anything else goes to it."""
-    u, sid, ua, ip, et = d["u"], d["sId"], d["visitor_ua"], d["visitor_ip"], d["eT"]
-    if type(u) is str and type(sid) is int and type(ua) is str and type(ip) is str and type(et) is int:
-        head = f'{{"u":{_quote(u)},"sId":{sid},"visitor_ua":{_quote(ua)},"visitor_ip":{_quote(ip)},"eT":{et}'
-        n = len(d)
-        t = d.get("t")
-        if n == 6 and type(t) is str:
-            return f'{head},"t":{_quote(t)}}}'.encode()
-        e, c = d.get("e"), d.get("c")
-        if type(e) is int and type(c) is int:
-            if n == 7:
-                return f'{head},"e":{e},"c":{c}}}'.encode()
-            g = d.get("g")
-            if type(g) is int:
-                if n == 8:
-                    return f'{head},"e":{e},"c":{c},"g":{g}}}'.encode()
-                r = d.get("r")
-                if n == 9 and type(r) is int:
-                    return f'{head},"e":{e},"c":{c},"g":{g},"r":{r}}}'.encode()
-                if n == 9 and type(r) is float and -math.inf < r < math.inf:
-                    return f'{head},"e":{e},"c":{c},"g":{g},"r":{_float_repr(r)}}}'.encode()
-    return _dumps(d).encode()
+def visitor_headers(event: VWOEvent) -> dict[str, str]:
+    """The visitor headers VWO reads first in a real-time request; a value no header can carry
+    (non-ASCII, control characters) still reaches it in the query or body instead of failing."""
+    headers = {}
+    if event.visitor_ua and header_safe(event.visitor_ua):
+        headers["X-Device-User-Agent"] = event.visitor_ua
+    if event.visitor_ip and header_safe(event.visitor_ip):
+        headers["VWO-X-Forwarded-For"] = event.visitor_ip
+    return headers
 
 
 def batch_body(parts: Sequence[bytes]) -> bytes:

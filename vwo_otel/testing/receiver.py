@@ -1,10 +1,12 @@
 """A local VWO-compatible collection endpoint on loopback, for the demo, tests and benchmarks.
 
-Standard library only. It validates requests the way VWO's collection server is
-documented to (batch ``POST /server-side/batch-events`` and the real-time GETs),
-stores every request and every accepted event in SQLite, and can inject faults
-(errors, stalls, dropped connections, "accepted but answered an error") so
-delivery guarantees can be tested against something that behaves like a server.
+It validates requests the way VWO's collection server is documented to, in both wire
+formats: the legacy ``POST /server-side/batch-events`` and its real-time GETs, and FME's
+``POST /server-side/batch-events-v2`` and ``POST /events/t`` (an optional collection prefix
+before each); the keys each event type must carry are its row in ``event_types``. It stores
+every request and every accepted event in SQLite, and can inject faults (errors, stalls,
+dropped connections, "accepted but answered an error") so delivery guarantees can be tested
+against something that behaves like a server. Bodies may be gzip or deflate encoded.
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .. import checks
+from ..event_types import TYPES, EventType, FMEWire, Key, Kind, LegacyWire, row_for
+from ..export.fme import BATCH_PATH as FME_BATCH_PATH
+from ..export.fme import EVENTS_PATH as FME_EVENTS_PATH
 from ..servers.httpd import LoopbackHTTPServer, Problem, read_body, respond
+from ..servers.otlp import DecodeError, TooLarge, UnsupportedEncoding, decompress
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "PAYLOAD_TOO_LARGE", "Receiver"]
 
@@ -40,9 +46,16 @@ logger = logging.getLogger("vwo_otel.testing.receiver")
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 PAYLOAD_TOO_LARGE = "Payload size too large"
 
-_ROUTE = re.compile(r"(?:/[^/]+)?/server-side/(batch-events|track-user|track-goal|push)")
-_ALLOWED_METHOD = {"batch-events": "POST", "track-user": "GET", "track-goal": "GET", "push": "GET"}
+LEGACY_BATCH_PATH = "/server-side/batch-events"
+#: What each path is: (route kind, its method, the row of a legacy real-time path).
+_PATHS: dict[str, tuple[str, str, EventType | None]] = {
+    LEGACY_BATCH_PATH: ("batch", "POST", None), FME_BATCH_PATH: ("fme-batch", "POST", None),
+    FME_EVENTS_PATH: ("fme-event", "POST", None),
+    **{row.wire.path: ("realtime", "GET", row) for row in TYPES.values() if isinstance(row.wire, LegacyWire)},
+}
+_ROUTE = re.compile(r"(?:/[^/]+)?(" + "|".join(re.escape(p) for p in sorted(_PATHS, key=len, reverse=True)) + ")")
 _U_MATCH = re.compile(r"[0-9A-F]{32}").fullmatch
+_VISID_MATCH = re.compile(r"[DJ]?[0-9A-F]{32}").fullmatch  # FME: an SDK's uuid, or a web visitor's
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _DRAIN_LIMIT = 256 * 1024 * 1024  # bodies above the limit but below this are read and discarded
 _encode = json.JSONEncoder(separators=(",", ":")).encode
@@ -167,8 +180,10 @@ def _is_number(value: Any) -> bool:
     return t is float and math.isfinite(value)
 
 
-def _check_tags(text: str, what: str) -> None:
+def _check_tags(text: Any, what: str) -> None:
     """Validate a custom-dimension payload: a JSON string of ``{"u": {key: "value"}}`` with one key."""
+    if type(text) is not str:
+        raise _Invalid(f"{what} must be a JSON string")
     try:
         doc = json.loads(text, parse_constant=_reject_constant)
     except ValueError:
@@ -181,13 +196,32 @@ def _check_tags(text: str, what: str) -> None:
         raise _Invalid(f"{what}: the custom dimension value must be a string")
 
 
+def _check_value(key: Key, value: Any, what: str) -> None:
+    """A wire value of ``key``'s kind (raises ``_Invalid`` naming it)."""
+    kind = key.kind
+    if kind is Kind.ID:
+        if not _is_int(value) or value < 0:
+            raise _Invalid(f"{what} must be an integer")
+    elif kind is Kind.ID_TEXT:  # VWO takes FME's variation as a number or as its text
+        if not (_is_int(value) and value >= 0) and not (type(value) is str and value.isascii() and value.isdigit()):
+            raise _Invalid(f"{what} must be an integer or its text")
+    elif kind is Kind.NUMBER:
+        if not _is_number(value):
+            raise _Invalid(f"{what} must be a number when present")
+    elif kind is Kind.TAGS:
+        _check_tags(value, what)
+    else:  # pragma: no cover - the table's wire keys are of the kinds above
+        raise AssertionError(kind)
+
+
 def _check_event(ev: Any) -> None:
-    """Validate one batch event (raises ``_Invalid`` naming the first bad field)."""
+    """Validate one legacy batch event (raises ``_Invalid`` naming the first bad field)."""
     if type(ev) is not dict:
         raise _Invalid("event must be a JSON object")
     et = ev.get("eT")
-    if type(et) is not int or not 1 <= et <= 3:
-        raise _Invalid("eT must be 1, 2 or 3")
+    row = TYPES.get(et) if type(et) is int else None
+    if row is None or not isinstance(row.wire, LegacyWire):
+        raise _Invalid(f"eT must be one of {', '.join(str(k) for k, r in TYPES.items() if not r.fme)}")
     u = ev.get("u")
     if type(u) is not str or not _U_MATCH(u):
         raise _Invalid("u must be 32 uppercase hex characters")
@@ -197,36 +231,59 @@ def _check_event(ev: Any) -> None:
         raise _Invalid("visitor_ua must be a string")
     if type(ev.get("visitor_ip")) is not str:
         raise _Invalid("visitor_ip must be a string")
-    if et == 3:
-        t = ev.get("t")
-        if type(t) is not str:
-            raise _Invalid("t must be a JSON string")
-        _check_tags(t, "t")
-        return
-    if not _is_int(ev.get("e")):
-        raise _Invalid("e must be an integer")
-    if not _is_int(ev.get("c")):
-        raise _Invalid("c must be an integer")
-    if et == 2:
-        if not _is_int(ev.get("g")):
-            raise _Invalid("g must be an integer")
-        if "r" in ev and not _is_number(ev["r"]):
-            raise _Invalid("r must be a number when present")
+    for key in row.wire.batch:
+        if key.wire in ev or not key.optional:
+            _check_value(key, ev.get(key.wire), key.wire)
+
+
+def _check_fme(item: Any, where: str) -> dict[str, Any]:
+    """Validate one FME event ``{"d": {...}}`` (raises ``_Invalid`` naming the first bad field);
+    returns its ``d``. Duplicate ``msgId`` s are accepted, as VWO does."""
+    d = item.get("d") if type(item) is dict and len(item) == 1 else None
+    if type(d) is not dict:
+        raise _Invalid(f'{where} must be {{"d": {{...}}}}')
+    if type(d.get("msgId")) is not str or not d["msgId"]:
+        raise _Invalid(f"{where}.msgId must be a non-empty string")
+    if type(d.get("visId")) is not str or not _VISID_MATCH(d["visId"]):
+        raise _Invalid(f"{where}.visId must be 32 uppercase hex characters")
+    if not _is_int(d.get("sessionId")):
+        raise _Invalid(f"{where}.sessionId must be an integer (unix seconds)")
+    for name in ("visitor_ua", "visitor_ip"):
+        if name in d and type(d[name]) is not str:
+            raise _Invalid(f"{where}.{name} must be a string")
+    event = d.get("event")
+    if type(event) is not dict or type(event.get("name")) is not str or not event["name"]:
+        raise _Invalid(f"{where}.event.name must be a non-empty string")
+    if not _is_int(event.get("time")):
+        raise _Invalid(f"{where}.event.time must be an integer (unix ms)")
+    props = event.get("props")
+    if type(props) is not dict:
+        raise _Invalid(f"{where}.event.props must be an object")
+    row = row_for(event["name"])
+    assert row is not None and isinstance(row.wire, FMEWire)
+    for key in row.wire.props:
+        if key.wire in props or not key.optional:
+            _check_value(key, props.get(key.wire), f"{where}.event.props.{key.wire}")
+    visitor = d.get("visitor")
+    if visitor is not None and (type(visitor) is not dict or type(visitor.get("props")) is not dict):
+        raise _Invalid(f"{where}.visitor must be {{\"props\": {{...}}}}")
+    if row.wire.env_prop and (visitor is None or len(visitor["props"]) < 2):
+        raise _Invalid(f"{where}.visitor.props must hold the attributes of {event['name']}")
+    return d
 
 
 def _wire_event(ev: dict[str, Any]) -> dict[str, Any]:
-    """A stored (valid) event with the fields of its type, in a fixed order: eT, u, sId, then
-    e, c (types 1, 2), g and r if sent (type 2), t (type 3), visitor_ua, visitor_ip."""
-    et = ev["eT"]
-    out: dict[str, Any] = {"eT": et, "u": ev["u"], "sId": ev["sId"]}
-    if et == 3:
-        out["t"] = ev["t"]
-    else:
-        out["e"], out["c"] = ev["e"], ev["c"]
-        if et == 2:
-            out["g"] = ev["g"]
-            if "r" in ev:
-                out["r"] = ev["r"]
+    """A stored (valid) event as returned by ``Receiver.events``: an FME event as sent
+    (``{"d": {...}}``); a legacy one with the fields of its type in a fixed order: eT, u, sId,
+    then its row's batch keys (optional ones only if sent), visitor_ua, visitor_ip."""
+    if "d" in ev:
+        return ev
+    row = TYPES[ev["eT"]]
+    assert isinstance(row.wire, LegacyWire)
+    out: dict[str, Any] = {"eT": ev["eT"], "u": ev["u"], "sId": ev["sId"]}
+    for key in row.wire.batch:
+        if key.wire in ev:
+            out[key.wire] = ev[key.wire]
     out["visitor_ua"] = ev["visitor_ua"]
     out["visitor_ip"] = ev["visitor_ip"]
     return out
@@ -681,8 +738,7 @@ class Receiver:
         route = _ROUTE.fullmatch(path)
         if route is None:
             return _Outcome(404, b"Not Found", _TEXT, 0, "unknown path")
-        kind = route.group(1)
-        allowed = _ALLOWED_METHOD[kind]
+        kind, allowed, row = _PATHS[route.group(1)]
         if method != allowed:
             return _Outcome(405, b"Method Not Allowed", _TEXT, 0, f"{method} not allowed",
                             (("Allow", allowed),))
@@ -694,14 +750,17 @@ class Receiver:
             if problem is not None:
                 raise _Invalid(f"malformed request body ({problem})")
             params = _query_params(query)
-            if kind == "batch-events":
-                assert body is not None
-                return self._batch(h, params, body)
-            ev = self._realtime(h, kind, params)
-            return _Outcome(200, b'{"status":"ok","events":1}', _JSON, 1, None,
-                            events=b'{"ev":[%s]}' % _encode(ev).encode())
+            if row is not None:
+                ev = self._realtime(h, row, params)
+                return _Outcome(200, b'{"status":"ok","events":1}', _JSON, 1, None,
+                                events=b'{"ev":[%s]}' % _encode(ev).encode())
+            assert body is not None
+            doc = self._json_body(h, body)
+            if kind == "fme-event":
+                return self._fme_event(h, params, doc)
+            return self._batch(h, params, doc, body, fme=kind == "fme-batch")
         except _Invalid as exc:
-            n = 1 if kind != "batch-events" else 0
+            n = 1 if kind in ("realtime", "fme-event") else 0
             return _Outcome(exc.status, exc.message.encode(), _TEXT, n, exc.message)
 
     def _check_account(self, value: str, name: str) -> None:
@@ -716,8 +775,27 @@ class Receiver:
         if self._sdk_key is not None and not hmac.compare_digest(env.encode(), self._sdk_key):
             raise _Invalid(f"query parameter {name} does not match the sdk key", 401)
 
-    def _batch(self, h: _Handler, params: dict[str, str], body: bytes) -> _Outcome:
-        """Validate a batch-events POST; its body is what gets stored."""
+    def _json_body(self, h: _Handler, body: bytes) -> Any:
+        """A POST's JSON document: ``application/json``, gzip/deflate undone (bounded as the gateway's)."""
+        ctype = h.headers.get("Content-Type", "")
+        if ctype.split(";", 1)[0].strip().lower() != _JSON:
+            raise _Invalid("Content-Type must be application/json")
+        try:
+            data = decompress(body, h.headers.get("Content-Encoding"), self._max_body)
+        except TooLarge:
+            raise _Invalid(PAYLOAD_TOO_LARGE, 413) from None
+        except UnsupportedEncoding as exc:
+            raise _Invalid(str(exc), 415) from None
+        except DecodeError as exc:
+            raise _Invalid(str(exc)) from None
+        try:
+            return json.loads(data, parse_constant=_reject_constant)
+        except ValueError:
+            raise _Invalid("body is not valid JSON") from None
+
+    def _batch(self, h: _Handler, params: dict[str, str], doc: Any, body: bytes, fme: bool) -> _Outcome:
+        """Validate a batch POST (legacy or FME v2); what it stores is ``{"ev": [...]}``. An FME
+        batch may be empty (the FME SDK's idle ticks send ``{"ev": []}``): accepted, nothing stored."""
         self._check_account(_param(params, "a"), "a")
         env = _param(params, "env")
         self._check_key(env, "env")
@@ -726,64 +804,69 @@ class Receiver:
             raise _Invalid("missing Authorization header", 401)
         if not hmac.compare_digest(auth.encode("utf-8", "surrogateescape"), env.encode()):
             raise _Invalid("Authorization header does not match env", 401)
-        ctype = h.headers.get("Content-Type", "")
-        if ctype.split(";", 1)[0].strip().lower() != _JSON:
-            raise _Invalid("Content-Type must be application/json")
-        encoding = h.headers.get("Content-Encoding")
-        if encoding is not None and encoding.strip().lower() != "identity":
-            raise _Invalid("Content-Encoding is not supported")
-        try:
-            doc = json.loads(body, parse_constant=_reject_constant)
-        except ValueError:
-            raise _Invalid("body is not valid JSON") from None
         evs = doc.get("ev") if type(doc) is dict else None
-        if type(evs) is not list or not evs:
+        if type(evs) is not list or not (evs or fme):
             raise _Invalid('body must be {"ev": [...]} with at least one event')
         for i, ev in enumerate(evs):
             try:
-                _check_event(ev)
+                _check_fme(ev, "d") if fme else _check_event(ev)
             except _Invalid as exc:
                 return _Outcome(400, f"ev[{i}]: {exc.message}".encode(), _TEXT, len(evs), f"ev[{i}]: {exc.message}")
-        return _Outcome(200, b'{"status":"ok","events":%d}' % len(evs), _JSON, len(evs), None, events=body)
+        stored = body if h.headers.get("Content-Encoding") in (None, "", "identity") else _encode({"ev": evs}).encode()
+        return _Outcome(200, b'{"status":"ok","events":%d}' % len(evs), _JSON, len(evs), None,
+                        events=stored if evs else None)
 
-    def _realtime(self, h: _Handler, kind: str, params: dict[str, str]) -> dict[str, Any]:
-        """Validate a real-time GET and normalise it to a batch-shaped event."""
+    def _fme_event(self, h: _Handler, params: dict[str, str], doc: Any) -> _Outcome:
+        """Validate FME's real-time ``POST /events/t``: the key in the query (no Authorization
+        header), one bare ``{"d": {...}}`` whose event name is the query's ``en``."""
+        self._check_account(_param(params, "a"), "a")
+        self._check_key(_param(params, "env"), "env")
+        for name in ("eTime", "random"):
+            _number_param(_param(params, name), name)
+        if params.get("p") != "FS":
+            raise _Invalid("query parameter p must be FS")
+        d = _check_fme(doc, "body")
+        if _param(params, "en") != d["event"]["name"]:
+            raise _Invalid("query parameter en does not match the event's name")
+        return _Outcome(200, b'{"status":"ok","events":1}', _JSON, 1, None,
+                        events=b'{"ev":[%s]}' % _encode(doc).encode())
+
+    def _realtime(self, h: _Handler, row: EventType, params: dict[str, str]) -> dict[str, Any]:
+        """Validate a legacy real-time GET and normalise it to a batch-shaped event."""
+        wire = row.wire
+        assert isinstance(wire, LegacyWire)
         self._check_account(_param(params, "account_id"), "account_id")
         self._check_key(_param(params, "env"), "env")
         u = _param(params, "u")
         if not _U_MATCH(u):
             raise _Invalid("u must be 32 uppercase hex characters")
-        sid = _int_param(params, "sId")
-        ua = h.headers.get("X-Device-User-Agent")
-        if ua is None:
-            ua = params.get("visitor_ua", "")
-        ip = h.headers.get("VWO-X-Forwarded-For")
-        if ip is None:
-            ip = params.get("visitor_ip", "")
-        ev: dict[str, Any] = {"eT": 0, "u": u, "sId": sid}
-        if kind == "push":
-            tags = _param(params, "tags")
-            _check_tags(tags, "tags")
-            ev["eT"] = 3
-            ev["t"] = tags
-        else:
-            ev["e"] = _int_param(params, "experiment_id")
-            ev["c"] = _int_param(params, "combination")
-            if kind == "track-user":
-                try:
-                    ed = json.loads(_param(params, "ed"))
-                except ValueError:
-                    raise _Invalid("query parameter ed is not valid JSON") from None
-                if type(ed) is not dict:
-                    raise _Invalid("query parameter ed must be a JSON object")
-                ev["eT"] = 1
+        ev: dict[str, Any] = {"eT": row.key, "u": u, "sId": _int_param(params, "sId")}
+        values: dict[tuple[str, ...], Any] = {}
+        for key in wire.query:
+            if key.optional and key.wire not in params:
+                continue
+            text = _param(params, key.wire)
+            if key.kind is Kind.TAGS:
+                _check_tags(text, key.wire)
+                values[key.slots] = text
+            elif key.kind is Kind.NUMBER:
+                values[key.slots] = _number_param(text, key.wire)
             else:
-                ev["eT"] = 2
-                ev["g"] = _int_param(params, "goal_id")
-                if "r" in params:
-                    ev["r"] = _number_param(params["r"], "r")
-        ev["visitor_ua"] = ua
-        ev["visitor_ip"] = ip
+                values[key.slots] = _int_param(params, key.wire)
+        for name, expected in wire.constants.items():
+            try:
+                same = json.loads(_param(params, name)) == json.loads(expected)
+            except ValueError:
+                raise _Invalid(f"query parameter {name} is not valid JSON") from None
+            if not same and type(json.loads(params[name])) is not dict:
+                raise _Invalid(f"query parameter {name} must be a JSON object")
+        for key in wire.batch:  # the batch event's keys, from the query keys of the same fields
+            if key.slots in values:
+                ev[key.wire] = values[key.slots]
+        ua = h.headers.get("X-Device-User-Agent")
+        ip = h.headers.get("VWO-X-Forwarded-For")
+        ev["visitor_ua"] = params.get("visitor_ua", "") if ua is None else ua
+        ev["visitor_ip"] = params.get("visitor_ip", "") if ip is None else ip
         return ev
 
     def _protocol_error(self, h: _Handler, code: int, text: str) -> None:

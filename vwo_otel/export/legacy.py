@@ -1,0 +1,87 @@
+"""VWO's legacy wire format (``vwo-python-sdk``): ``POST /server-side/batch-events`` with flat
+events ``{u, sId, visitor_ua, visitor_ip, eT, ...}`` and one real-time GET per event; the
+keys of each event type are its row's ``LegacyWire`` in ``event_types``."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from .._version import SDK_NAME, __version__
+from ..event import VWOEvent
+from ..event_types import LEGACY, TYPES, Key, Kind, LegacyWire
+from .wire import Request, _dumps, compact, visitor_hasher, visitor_headers, visitor_of
+
+
+def dimension_tag(key: str, value: str) -> str:
+    """The custom-dimension payload ``{"u": {key: value}}`` as a JSON string."""
+    return _dumps({"u": {key: value}})
+
+
+def _value(event: VWOEvent, key: Key) -> Any:
+    if key.kind is Kind.TAGS:
+        return dimension_tag(*(getattr(event, slot) or "" for slot in key.slots))
+    return getattr(event, key.slots[0])
+
+
+def _text(value: Any) -> str:
+    """A value in a real-time query string (floats as Python writes them, like the JSON body)."""
+    return repr(value) if type(value) is float else str(value)
+
+
+class LegacyFormat:
+    """The legacy format for one account and sdk key (visitor uuids are cached)."""
+
+    name = LEGACY
+
+    def __init__(self, account_id: int, sdk_key: str) -> None:
+        self.account_id = account_id
+        self._sdk_key = sdk_key
+        self.visitor = visitor_hasher(account_id)
+        self.batch = Request(
+            "POST", "/server-side/batch-events", {"a": str(account_id), "env": sdk_key, "sdk": SDK_NAME,
+                                                  "sdk-v": __version__},
+            {"Authorization": sdk_key, "User-Agent": SDK_NAME, "Content-Type": "application/json"})
+        self._wire: dict[int | str, LegacyWire] = {
+            k: row.wire for k, row in TYPES.items() if isinstance(row.wire, LegacyWire)}
+
+    def __repr__(self) -> str:
+        return f"LegacyFormat(account_id={self.account_id})"
+
+    def event_dict(self, event: VWOEvent) -> dict[str, Any]:
+        """The event as it goes into ``{"ev": [...]}``."""
+        u = visitor_of(event, self.account_id, self.visitor) if event.visitor_uuid else self.visitor(event.user_id)
+        d: dict[str, Any] = {"u": u, "sId": event.time, "visitor_ua": event.visitor_ua,
+                             "visitor_ip": event.visitor_ip, "eT": event.etype}
+        for key in self._wire[event.etype].batch:
+            value = _value(event, key)
+            if value is not None or not key.optional:
+                d[key.wire] = value
+        return d
+
+    def encode(self, events: Sequence[VWOEvent]) -> tuple[list[dict[str, Any]], list[bytes]]:
+        """Wire dicts and their compact JSON, one per event."""
+        dicts = [self.event_dict(ev) for ev in events]
+        return dicts, [compact(d) for d in dicts]
+
+    def realtime(self, event: VWOEvent) -> Request:
+        """VWO's single-event GET for ``event``: every field in the query string."""
+        wire = self._wire[event.etype]
+        query = {
+            "random": repr(random.random()), "sdk": SDK_NAME, "sdk-v": __version__, "ap": "server",
+            "sId": str(event.time), "u": visitor_of(event, self.account_id, self.visitor),
+            "account_id": str(self.account_id), "env": self._sdk_key, "visitor_ua": event.visitor_ua,
+            "visitor_ip": event.visitor_ip,
+        }
+        for key in wire.query:
+            value = _value(event, key)
+            if value is not None or not key.optional:
+                query[key.wire] = _text(value)
+        query.update(wire.constants)
+        headers = visitor_headers(event)
+        headers["User-Agent"] = SDK_NAME
+        return Request("GET", wire.path, query, headers)
+
+    def accepted(self, events: Sequence[dict[str, Any]]) -> None:
+        """Nothing in this format depends on what VWO has accepted."""
