@@ -62,6 +62,7 @@ from . import attributes as A
 from ._version import __version__
 from .api import Route
 from .event import MalformedEvent, from_attributes
+from .event_types import row_for
 
 logger = logging.getLogger("vwo_otel")
 
@@ -143,6 +144,12 @@ def convert(payload: Mapping[str, Any], account_id: int, sdk_key: str) -> tuple[
     if sdk_key and any(type(v) is str and sdk_key in v for v in attrs.values()):
         raise ValueError("the event carries the sdk key in a property, which must not travel as telemetry")
     return name, attrs, time_ms * _MS
+
+
+def _span_name(name: str) -> str:
+    """The span / log event name ``VWOEvents`` gives an FME event of that name (its row's)."""
+    row = row_for(name)
+    return row.span_name if row is not None else name
 
 
 def _json(value: Any) -> str:
@@ -424,13 +431,13 @@ class _FMEBridge:
             emit_log = provider.get_logger("vwo_otel", __version__).emit
 
             def log(name: str, attrs: dict[str, Any], time_ns: int) -> bool:
-                emit_log(event_name=name, attributes=attrs, timestamp=time_ns)
+                emit_log(event_name=_span_name(name), attributes=attrs, timestamp=time_ns)
                 return True
             return log
         start = provider.get_tracer("vwo_otel", __version__).start_span
 
         def span(name: str, attrs: dict[str, Any], time_ns: int) -> bool:
-            s = start(name, attributes=attrs, start_time=time_ns)
+            s = start(_span_name(name), attributes=attrs, start_time=time_ns)
             recording: bool = s.is_recording()
             s.end()
             return recording
