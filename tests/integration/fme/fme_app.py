@@ -143,12 +143,12 @@ def main(spec: dict[str, Any]) -> None:
     result(values=values, seconds=time.monotonic() - started, queued=queued(client))
     if spec.get("flush"):
         result(flush=client.flush_events())
-    if spec.get("second_wave"):  # more users after the flush
-        for i in range(int(spec["second_wave"])):
-            user_calls(client, f"second-{i}", i, spec.get("session"), calls)
     if spec.get("uninstrument") and instrumentor is not None:
         instrumentor.uninstrument()
-        result(uninstrumented=True)
+        result(restored=restored())
+    if spec.get("second_wave"):  # more users after the flush (and after uninstrument)
+        for i in range(int(spec["second_wave"])):
+            user_calls(client, f"second-{i}", i, spec.get("session"), calls)
     time.sleep(float(spec.get("sleep", 0)))
     result(threads=sorted((t.name, t.daemon, type(t).__name__) for t in threading.enumerate()
                           if t is not threading.main_thread()),
@@ -156,6 +156,38 @@ def main(spec: dict[str, Any]) -> None:
     if spec.get("hard_exit"):  # end now, whatever threads remain (and deliver nothing more)
         sys.stdout.flush()
         os._exit(0)
+
+
+#: Every SDK function through which events pass (wherever it is bound) and its flush.
+SDK_FUNCTIONS = (
+    ("wingify.services.batch_event_queue", "BatchEventQueue.enqueue"),
+    ("wingify.services.batch_event_queue", "BatchEventQueue.create_new_batch_timer"),
+    ("wingify.services.batch_event_queue", "BatchEventQueue.flush"),
+    ("wingify.utils.impression_util", "send_impression_for_variation_shown_batch"),
+    ("wingify.api.get_flag_api", "send_impression_for_variation_shown_batch"),
+    ("wingify.utils.holdout_util", "send_impression_for_variation_shown_batch"),
+    ("wingify.utils.network_util", "send_post_api_request"),
+    ("wingify.utils.network_util", "send_post_batch_request"),
+    ("wingify.utils.network_util", "send_event"),
+    ("wingify.api.track_api", "send_post_api_request"),
+    ("wingify.api.set_attribute_api", "send_post_api_request"),
+    ("wingify.utils.impression_util", "send_post_api_request"),
+    ("wingify.utils.event_util", "send_event"),
+    ("wingify.wingify_client", "WingifyClient.flush_events"),
+)
+
+
+def restored() -> bool:
+    """Whether the SDK's functions are its own again (nothing of the instrumentor left)."""
+    import importlib
+
+    for module, name in SDK_FUNCTIONS:
+        owner: Any = importlib.import_module(module)
+        for part in name.split("."):
+            owner = getattr(owner, part)
+        if hasattr(owner, "__wrapped__"):
+            return False
+    return importlib.import_module("wingify.wingify_builder").threading is threading
 
 
 def queued(client: Any) -> int | None:
