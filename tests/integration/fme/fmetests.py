@@ -1,4 +1,14 @@
-"""Helpers of the FME SDK's tests (see conftest.py): the stand-ins' settings, running fme_app.py."""
+"""The FME SDK's tests' fixtures and helpers (each test module loads them: ``pytest_plugins``).
+
+The tests run in .venv-fme (``python3 dev.py fme``, or the last step of ``python3 dev.py test``),
+where ``vwo-fme-python-sdk`` 1.65.0 is installed instead of the legacy ``vwo-python-sdk`` (both
+install a top-level ``vwo``); elsewhere each module skips itself. Each test drives ``fme_app.py``
+in a subprocess (the SDK keeps one client per process, and alone it never lets a process exit)
+against two loopback stand-ins: ``sdk_side`` serves the SDK its settings and records every event
+request the SDK sends itself; ``otel_side`` is vwo_otel's endpoint. (No conftest.py here: it
+would shadow tests/conftest.py, which the other test modules import as ``conftest``.)
+
+PYTEST_DONT_REWRITE (imported by the test modules before pytest loads it as their plugin)."""
 
 from __future__ import annotations
 
@@ -8,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +35,20 @@ SETTINGS = json.loads((REPO / "tests" / "data" / "fme_settings.json").read_text(
 ACCOUNT = SETTINGS["accountId"]
 SDK_KEY = SETTINGS["sdkKey"]
 OTHER_ACCOUNT = 67890
+
+
+@pytest.fixture
+def sdk_side() -> Iterator[FMEStandIn]:
+    """Where the SDK fetches its settings and sends whatever it sends itself."""
+    with FMEStandIn(SETTINGS) as stand_in:
+        yield stand_in
+
+
+@pytest.fixture
+def otel_side() -> Iterator[FMEStandIn]:
+    """vwo_otel's endpoint (records what vwo_otel's exporter sends)."""
+    with FMEStandIn(SETTINGS) as stand_in:
+        yield stand_in
 
 
 def fme_events_supported() -> bool:

@@ -10,6 +10,9 @@ from fmetests import ACCOUNT, needs_fme_delivery, run_app
 
 from vwo_otel import visitor_uuid
 
+pytest.importorskip("wingify", reason="needs the FME SDK: run in .venv-fme (python3 dev.py fme)")
+pytest_plugins = ("fmetests",)  # the fixtures sdk_side and otel_side
+
 #: The same check on the SDK alone (it must fail: the defect is real) and instrumented.
 MODES = [pytest.param("alone", marks=pytest.mark.xfail(strict=True, reason="the FME SDK's own batching")),
          pytest.param("instrumented", marks=needs_fme_delivery)]

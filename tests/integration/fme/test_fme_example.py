@@ -8,9 +8,13 @@ import subprocess
 import sys
 from collections import Counter
 
+import pytest
 from fmetests import ACCOUNT, REPO, SDK_KEY, needs_fme_delivery
 
 from vwo_otel.testing import Receiver
+
+pytest.importorskip("wingify", reason="needs the FME SDK: run in .venv-fme (python3 dev.py fme)")
+pytest_plugins = ("fmetests",)  # the fixtures sdk_side and otel_side
 
 
 @needs_fme_delivery

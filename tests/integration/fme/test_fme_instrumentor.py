@@ -13,6 +13,9 @@ from fmetests import ACCOUNT, OTHER_ACCOUNT, needs_fme_delivery, run_app
 
 from vwo_otel import visitor_uuid
 
+pytest.importorskip("wingify", reason="needs the FME SDK: run in .venv-fme (python3 dev.py fme)")
+pytest_plugins = ("fmetests",)  # the fixtures sdk_side and otel_side
+
 SESSION = 1_700_000_000
 SLOW = {"events_per_request": 1000, "request_time_interval": 600}
 #: (alone, instrumented) runs of the same workload: 4 users x get_flag + track_event + set_attribute.

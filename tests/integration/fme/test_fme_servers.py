@@ -17,6 +17,9 @@ from fmetests import ACCOUNT, HERE, app_env, free_port, get_json, needs_fme_deli
 
 from vwo_otel import visitor_uuid
 
+pytest.importorskip("wingify", reason="needs the FME SDK: run in .venv-fme (python3 dev.py fme)")
+pytest_plugins = ("fmetests",)  # the fixtures sdk_side and otel_side
+
 USERS = 40
 SLOW = {"events_per_request": 1000, "request_time_interval": 600}  # nothing leaves before the signal
 

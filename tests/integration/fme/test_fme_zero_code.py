@@ -12,7 +12,11 @@ from collections import Counter
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import pytest
 from fmetests import ACCOUNT, SDK_KEY, needs_fme_delivery
+
+pytest.importorskip("wingify", reason="needs the FME SDK: run in .venv-fme (python3 dev.py fme)")
+pytest_plugins = ("fmetests",)  # the fixtures sdk_side and otel_side
 
 APP = """
 import vwo
