@@ -184,7 +184,7 @@ class VWOFMEInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             logger.debug("vwo_otel: the VWO FME SDK is not importable; VWOFMEInstrumentor does nothing")
             return
         bridge = self._bridge = _FMEBridge(tracer_provider, logger_provider, bool(kwargs.get("to_gateway", False)),
-                                           modules[_SETTINGS].SettingsManager)
+                                           modules[_SETTINGS].SettingsManager, modules[_CLIENT].WingifyClient)
         for module, name, method in _HOOKS:
             wrapt.wrap_function_wrapper(module, name, getattr(bridge, method))
         builder = modules[_BUILDER]
@@ -239,11 +239,13 @@ class _DaemonTimers:
 class _FMEBridge:
     """The wrapped SDK functions and what they share: the provider, its VWO processors, warnings."""
 
-    def __init__(self, tracer_provider: Any, logger_provider: Any, to_gateway: bool, settings_manager: Any) -> None:
+    def __init__(self, tracer_provider: Any, logger_provider: Any, to_gateway: bool, settings_manager: Any,
+                 client_class: Any) -> None:
         self._log = logger_provider is not None
         self._provider = logger_provider or tracer_provider  # None: the global tracer provider, read when used
         self._to_gateway = to_gateway
         self._settings_manager = settings_manager  # the SDK's singleton: its account and sdk key
+        self._client_class = client_class  # WingifyClient: get_instance() is the client the SDK's events use
         self._emitter: Callable[[str, dict[str, Any], int], bool] | None = None
         self._routing = _routing()
         self._receivers: Any = None  # instrumentation.Receivers, once looked up
@@ -356,8 +358,7 @@ class _FMEBridge:
         self._quiet.clear()
 
     def _sdk_queue(self) -> Any:
-        client = importlib.import_module(_CLIENT).WingifyClient.get_instance()
-        return getattr(client, "batch_event_queue", None)
+        return getattr(self._client_class.get_instance(), "batch_event_queue", None)
 
     def _account(self) -> int | None:
         manager = self._settings_manager.get_instance()
