@@ -128,7 +128,7 @@ class FMEEvent(VWOEvent):
         self.visitor_props = visitor_props
         self.usage = usage
         self.msg_id = msg_id
-        self.nonce = nonce or random.getrandbits(48)
+        self.nonce = nonce or random.getrandbits(32)
 
     @classmethod
     def _all_slots(cls) -> tuple[str, ...]:
