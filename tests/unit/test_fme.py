@@ -9,7 +9,7 @@ import math
 import pytest
 from conftest import ACCOUNT_ID, SDK_KEY
 
-from vwo_otel import VWOExporter, VWOEvents, visitor_uuid
+from vwo_otel import VWOEvents, VWOExporter, visitor_uuid
 from vwo_otel import attributes as A
 from vwo_otel.event import FMEEvent, MalformedEvent, VWOEvent, from_attributes
 from vwo_otel.event_types import CUSTOM, DROP_PRIORITY, SDK_EVENT, TYPES, row_for
