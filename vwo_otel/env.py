@@ -187,7 +187,8 @@ def batch_events_from_env(batch_events: BatchEventsFromEnv = FROM_ENV, *,
 
 
 def processor_from_env(cls: type[P], batch_events: BatchEventsFromEnv = FROM_ENV, *,
-                       batch_event_data: BatchEventsFromEnv = _UNSET, exporter: VWOExporter | None = None, environ: Mapping[str, str] | None = None,
+                       batch_event_data: BatchEventsFromEnv = _UNSET, exporter: VWOExporter | None = None,
+                       environ: Mapping[str, str] | None = None,
                        max_queue_size: int | None = None, shutdown_timeout: float | None = None,
                        max_concurrent_requests: int | None = None, meter_provider: MeterProvider | None = None,
                        spool: str | os.PathLike[str] | Spool | None = None, **exporter_args: Any) -> P:
