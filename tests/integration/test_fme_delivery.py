@@ -234,3 +234,27 @@ def test_servers_deliver_fme_events_exactly_once_through_sigterm_and_fork(receiv
     assert "FAILED" not in err, err
     got = fme_events(receiver)
     assert len(got) == 60 and len({d["visId"] for d in got}) == 60, (len(got), err[-2000:])
+
+
+def test_fme_events_through_otlp_exporters_and_the_gateway(make_gateway, receiver):
+    """Fleet processes send FME events with OpenTelemetry's own OTLP exporters to a gateway: each
+    reaches VWO's v2 endpoint once."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+    gw = make_gateway(events_per_request=50, request_time_interval=1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    apps = [{"name": "fme-spans", "signal": "traces", "n": 150}, {"name": "fme-logs", "signal": "logs", "n": 150}]
+    procs = [subprocess.Popen([sys.executable, os.path.join(APPS, "otlp_emitter.py"),
+                               json.dumps({"url": gw.url, "format": "fme", "batch": 64, **app})],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for app in apps]
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and json.loads(out.splitlines()[-1])["export_failed"] == 0, err[-2000:]
+    assert receiver.wait_for_events(300, timeout=15)
+    time.sleep(0.3)  # a duplicate would arrive now
+    got = fme_events(receiver)
+    assert Counter(d["visId"] for d in got) == Counter(
+        {visitor_uuid(ACCOUNT_ID, f"{app['name']}-{i}"): 1 for app in apps for i in range(app["n"])})
+    assert Counter(d["event"]["name"] for d in got) == {A.VARIATION_SHOWN: 100, "purchase": 100,
+                                                        A.SYNC_VISITOR_PROP: 100}
+    assert {r["path"] for r in receiver.requests()} == {"/server-side/batch-events-v2"}
