@@ -194,6 +194,23 @@ def test_over_tls_a_large_body_is_sent_whole_and_an_early_413_still_returned(ben
     t.close()
 
 
+def test_a_100_continue_while_the_body_is_sent_does_not_stop_it(bent) -> None:
+    """A server may say ``100 Continue`` unasked: the body goes on, the final answer is read."""
+
+    def go_on(server: Bent, head: dict[str, str], conn: socket.socket) -> bytes | None:
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return OK
+
+    server = bent(go_on)
+    t = Transport()
+    body = json.dumps({"ev": [{"u": f"user-{i}", "pad": "x" * 1000} for i in range(1000)]}).encode()
+    reply = t.request("POST", server.url + "/server-side/batch-events", body, {}, 5)
+    assert (reply.status_code, len(server.events)) == (200, 1000)
+    assert t.request("POST", server.url + "/server-side/batch-events", body, {}, 5).status_code == 200
+    assert server.connections == 1  # both answers whole: the connection was kept
+    t.close()
+
+
 def test_batches_a_server_refuses_early_are_all_delivered_through_the_processor(bent, pipeline, callbacks) -> None:
     server = bent(early_413(16 * 1024))
     exporter = VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=server.url, timeout=3,

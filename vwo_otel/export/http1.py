@@ -252,6 +252,18 @@ _SENT_BEFORE_ANSWER = (errno.EPIPE, errno.ECONNRESET, getattr(errno, "EPROTOTYPE
 _WOULD_WAIT = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
+def _answered(buf: bytearray) -> bool:
+    """Whether ``buf`` holds the head of a final answer, not only interim ones (``100 Continue``:
+    the server wants the body) or part of a head."""
+    start = 0
+    while (end := buf.find(b"\r\n\r\n", start)) >= 0:
+        code = bytes(buf[start + 9:start + 12])  # "HTTP/1.1 100 ..."
+        if code[:1] != b"1" or code == b"101":
+            return True  # a final answer (or not HTTP: the reader says so)
+        start = end + 4
+    return len(buf) - start > MAX_HEAD_BYTES  # a head too long: the reader says so
+
+
 def send_watching(sock: Any, parts: tuple[bytes, ...], answer: bytearray) -> bool:
     """Send ``parts`` on ``sock`` (a deadline socket) while watching for the server's answer:
     True once all of it is sent; False if the server answered (or closed) first, its bytes
@@ -275,7 +287,8 @@ def send_watching(sock: Any, parts: tuple[bytes, ...], answer: bytearray) -> boo
                     pass
                 else:
                     answer += data
-                    return False
+                    if not data or _answered(answer):
+                        return False
             if ready & select.POLLOUT:
                 try:
                     view = view[sock.send_now(view[:1 << 20]):]

@@ -284,8 +284,8 @@ class Resolver:
                     raise ConnectionError(f"not resolving {host}: the interpreter is exiting") from None
         if not lookup.done.wait(max(0.0, min(left(), threading.TIMEOUT_MAX))):
             raise ConnectTimeout(f"TimeoutError: no answer resolving {host} within the request's deadline")
-        if lookup.error is not None:
-            raise lookup.error
+        if lookup.error is not None:  # each waiting request raises an error of its own
+            raise ConnectionError(f"{type(lookup.error).__name__}: {lookup.error}")
         return lookup.addresses
 
     def _resolve(self, host: str, port: int, lookup: _Lookup) -> None:
