@@ -298,14 +298,17 @@ def test_a_silent_resolver_costs_no_more_than_the_request_deadline(silent_resolv
     t.close()
 
 
-def test_a_batch_behind_a_silent_resolver_is_reported_within_its_retry_budget(silent_resolver, callbacks) -> None:
-    exporter = VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint="https://vwo.invalid", timeout=10,
+def test_a_flush_behind_a_silent_resolver_ends_with_its_retry_budget(silent_resolver, pipeline, callbacks) -> None:
+    exporter = VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint="https://vwo.invalid", timeout=2,
                            retry=RetryPolicy(budget=1.5, initial_backoff=0.05, max_backoff=0.1))
+    events, proc, _ = pipeline({"events_per_request": 10, "request_time_interval": 60}, exporter=exporter)
+    for i in range(3):
+        events.activate(1, 1, f"user-{i}")
     start = time.monotonic()
-    (outcome,) = exporter.send_batch(visits(3))
-    assert time.monotonic() - start < 2.2
-    assert isinstance(outcome.error, NetworkError) and "ConnectTimeout" in str(outcome.error)
-    exporter.shutdown()
+    assert proc.flush_events() is False
+    assert time.monotonic() - start < 2.5  # the budget (1.5 s) and the last attempt's deadline, not the resolver's
+    ((error, failed),) = callbacks.failed
+    assert isinstance(error, NetworkError) and "ConnectTimeout" in str(error) and len(failed) == 3
 
 
 # == #21 item 6: failures a resend cannot fix are final at once =================================
