@@ -157,7 +157,7 @@ class _Deadline:
             if left <= 0:
                 raise TimeoutError("timed out (the request's deadline passed)")
             now = self.gettimeout()  # type: ignore[attr-defined]
-            if now is None or abs(now - left) > TIMEOUT_SLACK:
+            if not now or abs(now - left) > TIMEOUT_SLACK:  # None or 0.0 (after ``nonblocking``): set it
                 super().settimeout(left)  # type: ignore[misc]
 
     def settimeout(self, value: float | None) -> None:
