@@ -355,8 +355,9 @@ class VWOExporter(SpanExporter, LogRecordExporter):
             try:
                 response = self._attempt(method, url, body, headers, timeout, events)
             except TransportError as exc:
-                error = NetworkError(f"{type(exc).__name__}: {checks.redact(str(exc), self._sdk_key)}")
                 retryable = self.retry.is_retryable(error=exc)
+                error = NetworkError(f"{type(exc).__name__}: {checks.redact(str(exc), self._sdk_key)}",
+                                     retryable=retryable)
             else:
                 status = response.status_code
                 if 200 <= status < 300:
@@ -365,8 +366,8 @@ class VWOExporter(SpanExporter, LogRecordExporter):
                     what = "the event" if body is None else f"{len(body)} bytes"
                     return PayloadTooLarge(f"VWO refused {what} with 413 (payload too large)", status=413)
                 text = checks.redact(response.text[:4096], self._sdk_key)[:200]  # a server may echo the URL
-                error = HTTPStatusError(f"VWO answered HTTP {status}: {text!r}", status=status)
                 retryable = self.retry.is_retryable(status)
+                error = HTTPStatusError(f"VWO answered HTTP {status}: {text!r}", status=status, retryable=retryable)
                 retry_after = response.headers.get("Retry-After")
             finally:
                 otel_context.detach(token)
