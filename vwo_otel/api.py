@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.sampling import (
 from . import attributes as A
 from . import checks
 from ._version import __version__
-from .event_types import MAX_EVENT_ATTRIBUTES, row_for
+from .event_types import MAX_EVENT_ATTRIBUTES, TYPES, row_for
 from .export.exporter import VWOExporter
 from .processor import VWOLogRecordProcessor, VWOSpanProcessor
 
@@ -248,11 +248,17 @@ class VWOEvents:
         return False
 
 
+_SPAN_NAMES = {key: row.span_name for key, row in TYPES.items()}
+
+
 def _span_name(etype: int | str) -> str:
     """The span / log event name of a type (its row's)."""
-    row = row_for(etype)
-    assert row is not None
-    return row.span_name
+    name = _SPAN_NAMES.get(etype)
+    if name is None:
+        row = row_for(etype)
+        assert row is not None
+        name = row.span_name
+    return name
 
 
 def _json_object(name: str, value: Mapping[str, Any]) -> str:

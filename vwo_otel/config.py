@@ -54,6 +54,19 @@ def _check_callback(callback: Any) -> None:
 
 
 BatchEventsLike = BatchEvents | Mapping[str, Any] | None
+#: What VWO's batching page calls ``flush_callback``.
+FLUSH_CALLBACK_ALIAS = "flushCallback"
+_UNSET: Any = object()
+
+
+def batch_events_argument(batch_events: Any, batch_event_data: Any = _UNSET, default: Any = None) -> Any:
+    """``batch_events``, or ``batch_event_data`` (what VWO's FME SDK calls it), never both
+    (``batch_events`` is not given when it is ``default``)."""
+    if batch_event_data is _UNSET:
+        return batch_events
+    if batch_events is not default:
+        raise TypeError("pass batch_events or batch_event_data (the FME SDK's name for it), not both")
+    return batch_event_data
 
 
 def parse_batch_events(value: BatchEventsLike) -> BatchEvents | None:
@@ -63,6 +76,10 @@ def parse_batch_events(value: BatchEventsLike) -> BatchEvents | None:
         return value
     if not isinstance(value, Mapping):
         raise TypeError(f"batch_events must be a dict or BatchEvents, got {type(value).__name__}")
+    if FLUSH_CALLBACK_ALIAS in value:  # VWO's batching page spells it flushCallback
+        if "flush_callback" in value:
+            raise ValueError("batch_events has both 'flush_callback' and 'flushCallback' (the same key): give one")
+        value = {("flush_callback" if k == FLUSH_CALLBACK_ALIAS else k): v for k, v in value.items()}
     unknown = sorted(set(value) - set(_KEYS))
     if unknown:
         raise ValueError(f"batch_events has unknown key(s) {unknown}; allowed keys: {list(_KEYS)}")

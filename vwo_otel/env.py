@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import checks
-from .config import BatchEvents, BatchEventsLike, parse_batch_events
+from .config import _UNSET, BatchEvents, BatchEventsLike, batch_events_argument, parse_batch_events
 from .errors import ConfigError as ConfigError  # also importable from here, as before
 from .export.exporter import VWOExporter
 from .export.retry import RetryPolicy
@@ -187,7 +187,8 @@ def batch_events_from_env(batch_events: BatchEventsFromEnv = FROM_ENV, *,
 
 
 def processor_from_env(cls: type[P], batch_events: BatchEventsFromEnv = FROM_ENV, *,
-                       exporter: VWOExporter | None = None, environ: Mapping[str, str] | None = None,
+                       batch_event_data: BatchEventsFromEnv = _UNSET, exporter: VWOExporter | None = None,
+                       environ: Mapping[str, str] | None = None,
                        max_queue_size: int | None = None, shutdown_timeout: float | None = None,
                        max_concurrent_requests: int | None = None, meter_provider: MeterProvider | None = None,
                        spool: str | os.PathLike[str] | Spool | None = None, **exporter_args: Any) -> P:
@@ -212,6 +213,7 @@ def processor_from_env(cls: type[P], batch_events: BatchEventsFromEnv = FROM_ENV
         meter_provider = metrics.get_meter_provider()
     if meter_provider is not None:
         kwargs["meter_provider"] = meter_provider
+    batch_events = batch_events_argument(batch_events, batch_event_data, default=FROM_ENV)
     return cls(exporter, batch_events_from_env(batch_events, environ=environ), **kwargs)
 
 

@@ -15,13 +15,16 @@ class ConfigError(ValueError):
 
 
 class VWODeliveryError(Exception):
-    """A batch (or single event) did not reach VWO; ``reason`` says why in one word."""
+    """A batch (or single event) did not reach VWO; ``reason`` says why in one word.
+    ``retryable``: the retry policy would have sent it again (a lost answer, 429, 5xx...) had
+    time allowed, so a later try may get through; False for failures no resend fixes."""
 
     reason = "delivery_failed"
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.retryable = retryable
 
 
 class HTTPStatusError(VWODeliveryError):

@@ -128,7 +128,7 @@ class FMEEvent(VWOEvent):
         self.visitor_props = visitor_props
         self.usage = usage
         self.msg_id = msg_id
-        self.nonce = nonce or random.getrandbits(48)
+        self.nonce = nonce or random.getrandbits(32)
 
     @classmethod
     def _all_slots(cls) -> tuple[str, ...]:
@@ -177,13 +177,19 @@ def from_record(record: Any) -> VWOEvent | None:
     return None
 
 
-def _fast_rows() -> dict[int, EventType]:
-    """Rows the inline path decodes: legacy rows of required ids and optional numbers only."""
-    return {key: row for key, row in TYPES.items() if isinstance(key, int) and all(
-        (f.kind is Kind.ID and f.required) or (f.kind is Kind.NUMBER and not f.required) for f in row.fields)}
+_POSITION = {slot: i for i, slot in enumerate(VWOEvent.__slots__)}
 
 
-_FAST = _fast_rows()
+def _fast_plans() -> dict[int, tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]]:
+    """Rows the inline path decodes (legacy rows of required ids and optional numbers only):
+    their id and number attributes, each with its position among ``VWOEvent``'s arguments."""
+    return {key: (tuple((f.attr, _POSITION[f.slot]) for f in row.fields if f.kind is Kind.ID),
+                  tuple((f.attr, _POSITION[f.slot]) for f in row.fields if f.kind is Kind.NUMBER))
+            for key, row in TYPES.items() if isinstance(key, int) and all(
+                (f.kind is Kind.ID and f.required) or (f.kind is Kind.NUMBER and not f.required) for f in row.fields)}
+
+
+_FAST = _fast_plans()
 
 
 def from_attributes(attrs: Mapping[str, Any], time_ns: int | None) -> VWOEvent:
@@ -191,25 +197,30 @@ def from_attributes(attrs: Mapping[str, Any], time_ns: int | None) -> VWOEvent:
     get: Callable[[str], Any] = attrs.get  # attribute values are checked below
     etype = get(A.EVENT_TYPE)
     user_id = get(A.USER_ID)
-    row = _FAST.get(etype) if type(etype) is int else None
-    if row is not None and type(user_id) is str and user_id and user_id.isascii():
+    plan = _FAST.get(etype) if type(etype) is int else None
+    if plan is not None and type(user_id) is str and user_id and user_id.isascii():
         # Well-formed impressions and conversions (nearly all traffic), checked inline with the
         # same rules as below; anything else, or anything wrong (non-ASCII text may hold a lone
         # surrogate), takes the full path below. ``isascii`` is O(1).
         ua, ip = get(A.VISITOR_UA), get(A.VISITOR_IP)
         if (ua is None or (type(ua) is str and ua.isascii())) and (ip is None or (type(ip) is str and ip.isascii())):
-            ev = VWOEvent(etype, user_id, int(time_ns // 1_000_000_000) if time_ns else int(time.time()),
-                          visitor_ua=ua or "", visitor_ip=ip or "")
-            for f in row.fields:
-                v = get(f.attr)
-                if f.kind is Kind.ID:
-                    if type(v) is not int or not 0 <= v < _ID_LIMIT:
-                        break
-                elif v is not None and (type(v) is not float or not -math.inf < v < math.inf):
+            args: list[Any] = [etype, user_id, int(time_ns // 1_000_000_000) if time_ns else int(time.time()),
+                               None, None, None, None, None, None, ua or "", ip or ""]
+            ids, numbers = plan
+            for attr, at in ids:
+                v = get(attr)
+                if type(v) is not int or not 0 <= v < _ID_LIMIT:
                     break
-                setattr(ev, f.slot, v)
+                args[at] = v
             else:
-                return ev
+                for attr, at in numbers:
+                    v = get(attr)
+                    if v is not None:
+                        if type(v) is not float or not -math.inf < v < math.inf:
+                            break
+                        args[at] = v
+                else:
+                    return VWOEvent(*args)
     try:
         return _checked(get, etype, time_ns)
     except (TypeError, ValueError) as exc:

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from . import checks
 from ._engine.batcher import DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, Batcher
 from ._engine.spool import Spool
-from .config import BatchEventsLike, parse_batch_events
+from .config import _UNSET, BatchEventsLike, batch_events_argument, parse_batch_events
 from .event import MalformedEvent, from_record
 from .export.exporter import VWOExporter
 from .metrics import DeliveryMetrics, Signal
@@ -42,6 +42,7 @@ class VWOProcessor:
     _signal: Signal = "span"
 
     def __init__(self, exporter: VWOExporter, batch_events: BatchEventsLike = None, *,
+                 batch_event_data: BatchEventsLike = _UNSET,
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
                  shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
                  max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
@@ -52,7 +53,7 @@ class VWOProcessor:
             raise TypeError(f"exporter must be a vwo_otel.VWOExporter, got {type(exporter).__name__}")
         if meter_provider is not None and not hasattr(meter_provider, "get_meter"):
             raise TypeError(f"meter_provider must be a MeterProvider, got {type(meter_provider).__name__}")
-        self._batcher = Batcher(exporter, parse_batch_events(batch_events),
+        self._batcher = Batcher(exporter, parse_batch_events(batch_events_argument(batch_events, batch_event_data)),
                                 max_queue_size=max_queue_size, shutdown_timeout=shutdown_timeout,
                                 max_concurrent_requests=max_concurrent_requests, block_when_full=block_when_full,
                                 spool=_open_spool(spool))
@@ -123,7 +124,8 @@ class VWOSpanProcessor(VWOProcessor, SpanProcessor):
     """Batches spans that carry ``vwo.event.type`` as VWO events; other spans cost one dict lookup.
 
     ``batch_events`` is VWO's dict ``{"events_per_request", "request_time_interval",
-    "flush_callback"}`` (or a ``BatchEvents``); ``None`` sends each event in real time.
+    "flush_callback"}`` (or a ``BatchEvents``); ``None`` sends each event in real time. The names
+    VWO's SDKs use work too: ``batch_event_data=`` (FME) and the key ``flushCallback``.
     """
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:

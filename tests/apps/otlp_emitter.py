@@ -6,7 +6,8 @@ test_gateway.py.
     python otlp_emitter.py '{"name": "app1", "n": 2000, "signal": "logs", "url": "http://127.0.0.1:4318",
                              "rate": 500}'
 
-Emits ``n`` events (activate / track / push in turn, user ids ``<name>-<i>``) with ``VWOEvents(...,
+Emits ``n`` events (activate / track / push in turn, or with ``"format": "fme"`` variation_shown /
+track_event / set_attribute; user ids ``<name>-<i>``) with ``VWOEvents(...,
 to_gateway=True)`` at about ``rate`` events/s (0: as fast as it can), plus some non-VWO noise;
 optional ``account`` (a ``vwo.account_id`` resource attribute), ``gzip`` (compressed exports) and
 ``batch`` (the batch processor's ``max_export_batch_size``);
@@ -95,7 +96,14 @@ def main(cfg: dict[str, Any]) -> None:
             time.sleep(max(0.0, start + i / rate - time.monotonic()))
         user = f"{cfg['name']}-{i}"
         kind = i % 3
-        if kind == 0:
+        if cfg.get("format") == "fme":
+            if kind == 0:
+                vwo.variation_shown(231, 2, user)
+            elif kind == 1:
+                vwo.track_event("purchase", user, {"revenue": 1.5})
+            else:
+                vwo.set_attribute({"plan": "pro"}, user)
+        elif kind == 0:
             vwo.activate(231, 2, user)
         elif kind == 1:
             vwo.track(231, 2, 7, user, revenue=1.5)

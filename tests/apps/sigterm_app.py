@@ -3,6 +3,7 @@
 
     python sigterm_app.py N                    # plain Python: emit N events, print "ready", wait
     python sigterm_app.py busy                 # emit on the main thread until stopped
+    APP_FORMAT=fme ...                         # FME impressions (variation_shown) instead of activate
     APP_HANDLER=before|after python sigterm_app.py N   # the app has a SIGTERM handler of its own,
                                                # installed before / after vwo_otel's processor
     uvicorn / hypercorn sigterm_app:asgi       # GET /?user=U&n=K emits K impressions
@@ -57,8 +58,12 @@ if os.environ.get("APP_HANDLER") == "after":
 
 
 def _emit(user: str, n: int) -> None:
+    fme = os.environ.get("APP_FORMAT") == "fme"  # FME impressions (batch-events-v2) instead of legacy ones
     for i in range(n):
-        vwo.activate(231, 1, f"{user}-{i}")
+        if fme:
+            vwo.variation_shown(231, 1, f"{user}-{i}")
+        else:
+            vwo.activate(231, 1, f"{user}-{i}")
 
 
 def _answer(query: str) -> bytes:

@@ -332,6 +332,7 @@ def test_a_missing_ca_bundle_fails_only_https(server: _Server, tmp_path, monkeyp
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "missing.pem"))
     t = Transport()
     assert t.request("GET", f"http://{server.url}/x", None, {}, 5).status_code == 200  # plain http loads no bundle
-    with pytest.raises(transport.ConnectionError, match="FileNotFoundError"):
+    with pytest.raises(transport.ConnectionError, match="FileNotFoundError") as missing:
         t.request("GET", f"https://{server.url}/x", None, {}, 5)
+    assert not missing.value.retryable  # no resend can read it
     t.close()

@@ -118,7 +118,7 @@ def test_neither_numeric_key_is_an_error(build, value):
     assert "events_per_request" in msg and "request_time_interval" in msg
 
 
-@pytest.mark.parametrize("key", ["eventsPerRequest", "flushCallback", "max_queue_size", "events_per_requests"])
+@pytest.mark.parametrize("key", ["eventsPerRequest", "flushcallback", "max_queue_size", "events_per_requests"])
 def test_unknown_key_rejected(build, key):
     with pytest.raises(ValueError) as info:
         build({"events_per_request": 5, key: 1})
@@ -273,4 +273,27 @@ def test_force_flush_timeout_is_checked(exporter, value):
     processor = VWOSpanProcessor(exporter, {"events_per_request": 10})
     with pytest.raises((TypeError, ValueError), match="timeout_millis"):
         processor.force_flush(value)
+    processor.shutdown()
+
+
+def test_the_names_vwo_sdks_use_are_aliases():
+    """``flushCallback`` (VWO's batching page) and ``batch_event_data`` (the FME SDK) mean the usual keys."""
+    from vwo_otel import VWOExporter, VWOSpanProcessor, span_processor_from_env
+    from vwo_otel.config import parse_batch_events
+
+    def cb(err, events):
+        pass
+
+    assert parse_batch_events({"events_per_request": 5, "flushCallback": cb}).flush_callback is cb
+    with pytest.raises(ValueError, match="flushCallback"):
+        parse_batch_events({"events_per_request": 5, "flushCallback": cb, "flush_callback": cb})
+    processor = VWOSpanProcessor(VWOExporter(1, "k" * 20), batch_event_data={"events_per_request": 7})
+    assert processor.batcher.events_per_request == 7
+    processor.shutdown()
+    with pytest.raises(TypeError, match="batch_event_data"):
+        VWOSpanProcessor(VWOExporter(1, "k" * 20), {"events_per_request": 7},
+                         batch_event_data={"events_per_request": 8})
+    env = {"VWO_ACCOUNT_ID": "1", "VWO_SDK_KEY": "k" * 20}
+    processor = span_processor_from_env(batch_event_data={"events_per_request": 9}, environ=env)
+    assert processor.batcher.events_per_request == 9
     processor.shutdown()

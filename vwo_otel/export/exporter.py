@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +40,6 @@ MAX_ISOLATION_REQUESTS = 32
 #: ``observer(method, events, nbytes, status, error, seconds)``: one HTTP request's size, answer
 #: (status, or the ``TransportError``) and duration.
 Observer = Callable[[str, int, int, int | None, BaseException | None, float], None]
-_inherited: list[Transport] = []  # transports inherited across fork (see after_fork)
 _SUPPRESS = [otel_context._SUPPRESS_INSTRUMENTATION_KEY, otel_context._SUPPRESS_HTTP_INSTRUMENTATION_KEY]
 
 
@@ -87,6 +89,13 @@ class _PayloadLimit:
             self.bytes, self._wins = min(self.cap, self.bytes * 2), 0
             if self.bytes == self.cap:
                 logger.info("VWO payload limit back to %d bytes", self.cap)
+
+
+def _after_fork_in_child(exporter: weakref.ref[VWOExporter]) -> None:
+    """Each exporter's own at-fork hook (it holds the exporter weakly)."""
+    alive = exporter()
+    if alive is not None:
+        alive.after_fork()
 
 
 def _quiet_context() -> otel_context.Context:
@@ -147,6 +156,9 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         self._wake = threading.Condition()
         self._closed = False
         self._transport = Transport()
+        self._pid = os.getpid()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=functools.partial(_after_fork_in_child, weakref.ref(self)))
         self._observers: tuple[Observer, ...] = ()
         self._disabled = checks.boolean("disabled", disabled)
         if disabled:
@@ -250,11 +262,13 @@ class VWOExporter(SpanExporter, LogRecordExporter):
             return False
 
     def after_fork(self) -> None:
-        """In a forked child: use a fresh HTTP transport (never share the parent's sockets).
-        The parent's one is kept referenced, never closed or garbage-collected here, so
-        the child cannot disturb the connections the parent still uses."""
-        _inherited.append(self._transport)
-        self._transport = Transport()
+        """In a forked child: the transport starts afresh (never the parent's sockets), and so
+        do the retry waits. Once per process: the engine's fork walk and this exporter's own
+        at-fork hook (for an exporter used without a processor) both call it."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._transport.after_fork()
         self._wake = threading.Condition()
         self._cutoff = self._hard_cutoff = math.inf
 
@@ -341,8 +355,9 @@ class VWOExporter(SpanExporter, LogRecordExporter):
             try:
                 response = self._attempt(method, url, body, headers, timeout, events)
             except TransportError as exc:
-                error = NetworkError(f"{type(exc).__name__}: {checks.redact(str(exc), self._sdk_key)}")
                 retryable = self.retry.is_retryable(error=exc)
+                error = NetworkError(f"{type(exc).__name__}: {checks.redact(str(exc), self._sdk_key)}",
+                                     retryable=retryable)
             else:
                 status = response.status_code
                 if 200 <= status < 300:
@@ -351,8 +366,8 @@ class VWOExporter(SpanExporter, LogRecordExporter):
                     what = "the event" if body is None else f"{len(body)} bytes"
                     return PayloadTooLarge(f"VWO refused {what} with 413 (payload too large)", status=413)
                 text = checks.redact(response.text[:4096], self._sdk_key)[:200]  # a server may echo the URL
-                error = HTTPStatusError(f"VWO answered HTTP {status}: {text!r}", status=status)
                 retryable = self.retry.is_retryable(status)
+                error = HTTPStatusError(f"VWO answered HTTP {status}: {text!r}", status=status, retryable=retryable)
                 retry_after = response.headers.get("Retry-After")
             finally:
                 otel_context.detach(token)

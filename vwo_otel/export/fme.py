@@ -4,9 +4,9 @@ What each event name writes into ``event.props`` is its row's ``FMEWire`` in ``e
 
 Differences from what the FME SDK itself sends, on purpose: ``msgId`` is unique per event (the
 SDK's ``<visId>-<ms>`` repeats within one ``get_flag``), stable across retries and spool replays;
-the SDK's usage statistics (``vwoMeta``) ride on impressions only until VWO has accepted one
-request carrying them (the SDK clears them after its first real-time 200 but never when it
-batches, so every batched impression carried about 150 bytes of them); the sdk key travels
+the SDK's usage statistics (``vwoMeta``) ride on one impression per request, and only until VWO
+has accepted a request carrying them (the SDK clears them after its first real-time 200 but
+never when it batches, so every batched impression carried about 150 bytes of them); the sdk key travels
 where VWO's format puts it (query, ``Authorization``, ``vwo_envKey``, ``vwo_fs_environment``) and
 never in a span or log record.
 """
@@ -48,8 +48,9 @@ class FMEFormat:
     def __repr__(self) -> str:
         return f"FMEFormat(account_id={self.account_id})"
 
-    def event_dict(self, event: VWOEvent) -> dict[str, Any]:
-        """``{"d": {...}}``, the event as it goes into ``{"ev": [...]}`` and into ``/events/t``."""
+    def event_dict(self, event: VWOEvent, usage: bool = True) -> dict[str, Any]:
+        """``{"d": {...}}``, the event as it goes into ``{"ev": [...]}`` and into ``/events/t``;
+        with its usage statistics if it has them, ``usage`` allows and VWO has not accepted them yet."""
         assert isinstance(event, FMEEvent)
         wire = self._wire[event.etype]
         key = self._sdk_key
@@ -62,7 +63,7 @@ class FMEFormat:
         props.update(wire.constants)
         if wire.env_prop:
             props[ENVIRONMENT] = key
-        if event.usage and not self._usage_sent:
+        if usage and event.usage and not self._usage_sent:
             props["vwoMeta"] = json.loads(event.usage)
         if wire.own_props and event.props:
             props.update(json.loads(event.props))
@@ -71,18 +72,27 @@ class FMEFormat:
             visitor_props.update(json.loads(event.visitor_props))
         if event.etype == A.VARIATION_SHOWN and event.visitor_ip:
             visitor_props["ip"] = event.visitor_ip  # as the FME SDK does for impressions
-        msg_id = event.msg_id or f"{visitor}-{event.time_ms}-{event.nonce:012x}"
-        return {"d": {
-            "msgId": msg_id, "visId": visitor,
+        d: dict[str, Any] = {
+            "msgId": event.msg_id or f"{visitor}-{event.time_ms}-{event.nonce:08x}", "visId": visitor,
             "sessionId": event.time if event.session_id is None else event.session_id,
             "event": {"props": props, "name": event.name, "time": event.time_ms},
-            "visitor_ua": event.visitor_ua, "visitor_ip": event.visitor_ip,
-            "visitor": {"props": visitor_props},
-        }}
+        }
+        if event.visitor_ua:  # as the FME SDK: only when the visitor's are known
+            d["visitor_ua"] = event.visitor_ua
+        if event.visitor_ip:
+            d["visitor_ip"] = event.visitor_ip
+        d["visitor"] = {"props": visitor_props}
+        return {"d": d}
 
     def encode(self, events: Sequence[VWOEvent]) -> tuple[list[dict[str, Any]], list[bytes]]:
-        """Wire dicts and their compact JSON, one per event."""
-        dicts = [self.event_dict(ev) for ev in events]
+        """Wire dicts and their compact JSON, one per event; the usage statistics on the first
+        event that has them only (one request needs them once)."""
+        dicts = []
+        usage = not self._usage_sent
+        for ev in events:
+            dicts.append(self.event_dict(ev, usage))
+            if usage and "vwoMeta" in dicts[-1]["d"]["event"]["props"]:
+                usage = False
         return dicts, [_dumps(d).encode() for d in dicts]
 
     def realtime(self, event: VWOEvent) -> Request:

@@ -105,6 +105,7 @@ class _Fault:
     status: int = 503
     retry_after: str | None = None
     body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
 
 
 @dataclass
@@ -585,10 +586,13 @@ class Receiver:
         """Close the connection without any response for the next n requests (after reading the body)."""
         self._schedule(_Fault("drop", self._count(n)))
 
-    def accept_then_fail_next(self, n: int, status: int = 504) -> None:
-        """Store the events of the next n valid requests but answer status: "accepted, client saw failure"."""
+    def accept_then_fail_next(self, n: int, status: int = 504, body: str | None = None,
+                              content_type: str = _TEXT) -> None:
+        """Store the events of the next n valid requests but answer ``status`` with ``body`` (default
+        its reason phrase) as ``content_type``: "accepted, client saw failure", or, with a 2xx, an
+        answer a client may misread (``200`` with ``application/json`` that is not JSON)."""
         self._schedule(_Fault("accept_fail", self._count(n), self._status(status), None,
-                              _reason(status).encode()))
+                              (_reason(status) if body is None else body).encode(), content_type))
 
     def set_max_body(self, nbytes: int) -> None:
         """Answer 413 for bodies above nbytes until clear_faults() (simulates a smaller server limit)."""
@@ -727,7 +731,7 @@ class Receiver:
         accepted = 200 <= out.status < 300
         status, reply, ctype, error = out.status, out.body, out.content_type, out.error
         if accepted and fault is not None and fault.kind == "accept_fail":
-            status, reply, ctype = fault.status, fault.body, _TEXT
+            status, reply, ctype = fault.status, fault.body, fault.content_type
             error = f"injected failure after accepting {out.n_events} events"
         self._store(received_at, method, path, query, status, nbytes, out.n_events, error, accepted, out.events)
         respond(h, status, reply, ctype, out.headers)
