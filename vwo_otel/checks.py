@@ -171,12 +171,15 @@ def user_id(value: Any) -> str:
 
 
 _VISITOR_UUID = re.compile(r"[0-9A-F]{32}").fullmatch
+_WEB_VISITOR_UUID = re.compile(r"[DJ]?[0-9A-F]{32}").fullmatch
 
 
-def visitor_uuid(value: Any, name: str = "vwo.visitor.uuid") -> str:
-    """VWO's visitor id ``u`` computed upstream: 32 uppercase hex characters (a uuid5 without dashes)."""
-    if type(value) is not str or not _VISITOR_UUID(value):
-        raise ValueError(f"{name} must be 32 uppercase hex characters (VWO's visitor uuid), got {value!r}")
+def visitor_uuid(value: Any, name: str = "vwo.visitor.uuid", web: bool = False) -> str:
+    """VWO's visitor id ``u`` computed upstream: 32 uppercase hex characters (a uuid5 without dashes);
+    with ``web`` (FME's ``visId``) also a web visitor's id, ``D`` or ``J`` and 32 hex characters."""
+    if type(value) is not str or not (_WEB_VISITOR_UUID if web else _VISITOR_UUID)(value):
+        also = " (or, for FME, D or J and 32 of them: a web visitor's id)" if web else ""
+        raise ValueError(f"{name} must be 32 uppercase hex characters{also} (VWO's visitor uuid), got {value!r}")
     return value
 
 

@@ -244,7 +244,7 @@ def _checked(get: Callable[[str], Any], etype: Any, time_ns: int | None) -> VWOE
         raise ValueError(f"{A.EVENT_TYPE} must be {describe_types()}, got {etype!r}")  # not 1.0, not True
     if row.fme:
         checks.fme_event_name(A.EVENT_TYPE, etype)
-    account, visitor = _precomputed(get)
+    account, visitor = _precomputed(get, row.fme)
     user_id = checks.user_id(get(A.USER_ID)) if visitor is None else ""
     values: dict[str, Any] = {}
     for f in row.all_fields:
@@ -263,7 +263,7 @@ def _checked(get: Callable[[str], Any], etype: Any, time_ns: int | None) -> VWOE
     return VWOEvent(row.key, user_id, ms // 1000, **common, **values)
 
 
-def _precomputed(get: Callable[[str], Any]) -> tuple[int | None, str | None]:
+def _precomputed(get: Callable[[str], Any], fme: bool) -> tuple[int | None, str | None]:
     """(account id, visitor uuid) of an event whose visitor id was computed upstream
     (``vwo.visitor.uuid``, with the ``vwo.account_id`` it belongs to); (None, None) otherwise.
     Such events (an instrumented VWO SDK's) lack ``vwo.user_id``, so they never reach the fast path."""
@@ -273,7 +273,7 @@ def _precomputed(get: Callable[[str], Any]) -> tuple[int | None, str | None]:
     account = get(A.ACCOUNT_ID)
     if account is None:
         raise ValueError(f"{A.VISITOR_UUID} needs {A.ACCOUNT_ID}, the account it was computed for")
-    return checks.account_id(account, A.ACCOUNT_ID), checks.visitor_uuid(visitor, A.VISITOR_UUID)
+    return checks.account_id(account, A.ACCOUNT_ID), checks.visitor_uuid(visitor, A.VISITOR_UUID, web=fme)
 
 
 __all__ = ["DROP_PRIORITY", "FIELDS", "FIELDS_FME", "FMEEvent", "MalformedEvent", "VWOEvent", "from_attributes",

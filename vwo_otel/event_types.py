@@ -73,12 +73,15 @@ class LegacyWire:
 class FMEWire:
     """How the FME format writes a row's ``event.props``: keys from slots, fixed values, whether the
     event's own properties are merged in last (a custom event's may overwrite the fixed ones, as
-    FME's ``track_event`` does), and whether ``vwo_fs_environment`` (the sdk key) is among them."""
+    FME's ``track_event`` does), whether ``vwo_fs_environment`` (the sdk key) is among them, and
+    which of the base payload's parts the FME SDK sends for the row."""
 
     props: tuple[Key, ...] = ()
     constants: Mapping[str, Any] = field(default_factory=dict)
     own_props: bool = True
     env_prop: bool = False
+    env_key: bool = True  # props.vwo_envKey (the sdk key; not on the SDK's usage statistics)
+    visitor: bool = True  # the visitor.props object (not on the SDK's usage statistics)
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,9 @@ FME_COMMON = (
 )
 CUSTOM = "*"
 SDK_EVENT = "vwo_*"
+SDK_INIT = "vwo_fmeSdkInit"  #: the FME SDK's init event
+USAGE_STATS = "vwo_sdkUsageStats"  #: the FME SDK's usage statistics event
+_PROPS = Field(A.EVENT_PROPERTIES, "props", Kind.JSON, required=False)
 
 TYPES: dict[int | str, EventType] = {row.key: row for row in (
     EventType(A.VISITOR, LEGACY, "vwo.visitor", (_CAMPAIGN, _VARIATION), 0,
@@ -143,10 +149,11 @@ TYPES: dict[int | str, EventType] = {row.key: row for row in (
     EventType(A.SYNC_VISITOR_PROP, FME, "vwo.sync_visitor_prop",
               (Field(A.VISITOR_PROPERTIES, "visitor_props", Kind.JSON),), 0,
               FMEWire(constants={"isCustomEvent": True}, own_props=False, env_prop=True)),
-    EventType(CUSTOM, FME, "vwo.event", (Field(A.EVENT_PROPERTIES, "props", Kind.JSON, required=False),), 1,
+    EventType(CUSTOM, FME, "vwo.event", (_PROPS,), 1,
               FMEWire(constants={"isCustomEvent": True, "variation": 1, "id": 1})),
-    EventType(SDK_EVENT, FME, "vwo.sdk_event", (Field(A.EVENT_PROPERTIES, "props", Kind.JSON, required=False),), 0,
-              FMEWire()),
+    EventType(SDK_EVENT, FME, "vwo.sdk_event", (_PROPS,), 0, FMEWire()),
+    EventType(SDK_INIT, FME, "vwo.sdk_init", (_PROPS,), 0, FMEWire(env_prop=True)),
+    EventType(USAGE_STATS, FME, "vwo.sdk_usage_stats", (_PROPS,), 0, FMEWire(env_key=False, visitor=False)),
 )}
 
 #: When the backlog is full, an event may take the place of the newest queued event of a lower

@@ -36,14 +36,14 @@ def d_of(event, fmt=None):
 
 def test_names_find_their_rows():
     assert row_for(A.VARIATION_SHOWN).key == A.VARIATION_SHOWN
-    assert row_for("purchase").key == CUSTOM and row_for("vwo_fmeSdkInit").key == SDK_EVENT
+    assert row_for("purchase").key == CUSTOM and row_for("vwo_feTrackUsage").key == SDK_EVENT
+    assert row_for("vwo_fmeSdkInit").key == "vwo_fmeSdkInit"
     assert row_for(1).key == 1 and row_for(True) is None and row_for(9) is None and row_for("") is None
     assert {DROP_PRIORITY[CUSTOM], DROP_PRIORITY[A.VARIATION_SHOWN]} == {1, 0}  # conversions outrank impressions
 
 
 def test_an_impression_decodes_and_encodes_as_fme_does():
-    ev = impression(**{A.VISITOR_UA: "UA", A.VISITOR_IP: "1.2.3.4", A.FEATURE_ID: 9,
-                       A.VISITOR_PROPERTIES: '{"plan": "pro"}'})
+    ev = impression(**{A.VISITOR_UA: "UA", A.VISITOR_IP: "1.2.3.4", A.VISITOR_PROPERTIES: '{"plan": "pro"}'})
     assert isinstance(ev, FMEEvent) and ev.etype == ev.name == A.VARIATION_SHOWN
     assert (ev.time, ev.time_ms) == (T_NS // 10**9, T_MS)
     d = d_of(ev)
@@ -51,10 +51,13 @@ def test_an_impression_decodes_and_encodes_as_fme_does():
     assert d["event"]["name"] == A.VARIATION_SHOWN and d["event"]["time"] == T_MS
     props = d["event"]["props"]
     assert props == {"vwo_sdkName": "vwo-otel-python", "vwo_sdkVersion": props["vwo_sdkVersion"],
-                     "vwo_envKey": SDK_KEY, "id": 231, "variation": "2", "fId": 9, "isFirst": 1}
+                     "vwo_envKey": SDK_KEY, "id": 231, "variation": "2", "isFirst": 1}
     assert d["visitor"]["props"] == {"vwo_fs_environment": SDK_KEY, "plan": "pro", "ip": "1.2.3.4"}
     assert (d["visitor_ua"], d["visitor_ip"]) == ("UA", "1.2.3.4")
     assert "visitor_ua" not in d_of(impression())  # absent when unknown, as the FME SDK sends it
+    holdout = d_of(impression(**{A.FEATURE_ID: 9, A.VISITOR_IP: "1.2.3.4"}))  # as the SDK's holdout payload
+    assert holdout["event"]["props"]["fId"] == 9 and holdout["event"]["props"]["variation"] == 2
+    assert "ip" not in holdout["visitor"]["props"]
 
 
 def test_a_custom_event_carries_its_properties_over_the_placeholders():
@@ -76,8 +79,21 @@ def test_visitor_attributes_go_into_visitor_props():
     assert d["visitor"]["props"] == {"vwo_fs_environment": SDK_KEY, "plan": "pro", "age": 3}
 
 
+def test_the_sdks_own_events_keep_their_shape():
+    """The init event carries vwo_fs_environment; the usage statistics neither vwo_envKey nor a
+    visitor object; a web visitor's id (D + 32 hex) is a valid FME visId."""
+    init = d_of(decode(vwo__event__type="vwo_fmeSdkInit", vwo__visitor__uuid="D" + VARUN, vwo__account_id=ACCOUNT_ID))
+    assert init["visId"] == "D" + VARUN and init["event"]["props"]["vwo_fs_environment"] == SDK_KEY
+    stats = d_of(decode(vwo__event__type="vwo_sdkUsageStats", vwo__visitor__uuid=VARUN, vwo__account_id=ACCOUNT_ID,
+                        vwo__event__properties='{"product": "fme"}'))
+    assert "vwo_envKey" not in stats["event"]["props"] and "visitor" not in stats
+    with pytest.raises(MalformedEvent, match="32 uppercase hex"):  # the legacy format's u: no web ids
+        from_attributes({A.EVENT_TYPE: 1, A.VISITOR_UUID: "D" + VARUN, A.ACCOUNT_ID: ACCOUNT_ID, A.CAMPAIGN_ID: 1,
+                         A.VARIATION_ID: 2}, T_NS)
+
+
 def test_an_sdk_event_is_carried_as_the_sdk_made_it():
-    ev = decode(vwo__event__type="vwo_fmeSdkInit", vwo__visitor__uuid=VARUN, vwo__account_id=ACCOUNT_ID,
+    ev = decode(vwo__event__type="vwo_feTrackUsage", vwo__visitor__uuid=VARUN, vwo__account_id=ACCOUNT_ID,
                 vwo__event__properties='{"product": "fme", "data": {"isSDKInitialized": true}}')
     props = d_of(ev)["event"]["props"]
     assert props["product"] == "fme" and props["data"] == {"isSDKInitialized": True}
@@ -119,6 +135,7 @@ def test_usage_stats_ride_only_until_vwo_accepted_them():
     first = fmt.encode([ev, impression(**{A.USAGE_STATS: '{"ll": 1}'})])[0]
     assert [("vwoMeta" in d["d"]["event"]["props"]) for d in first] == [True, False]  # once per request
     assert "vwoMeta" in fmt.encode([ev])[0][0]["d"]["event"]["props"]  # not accepted yet: the next request too
+    assert first[0]["d"]["event"]["props"]["vwoMeta"]["env"] == SDK_KEY  # the key: off the span, on the wire
     fmt.accepted(first[:1])
     assert "vwoMeta" not in d_of(ev, fmt)["event"]["props"]
 

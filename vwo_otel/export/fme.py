@@ -55,23 +55,28 @@ class FMEFormat:
         wire = self._wire[event.etype]
         key = self._sdk_key
         visitor = visitor_of(event, self.account_id, self.visitor)
-        props: dict[str, Any] = {"vwo_sdkName": SDK_NAME, "vwo_sdkVersion": __version__, "vwo_envKey": key}
+        props: dict[str, Any] = {"vwo_sdkName": SDK_NAME, "vwo_sdkVersion": __version__}
+        if wire.env_key:
+            props["vwo_envKey"] = key
+        holdout = event.feature_id is not None  # the SDK writes a holdout's variation (1 or 2) as a number
         for k in wire.props:
             value = getattr(event, k.slots[0])
             if value is not None or not k.optional:
-                props[k.wire] = str(value) if k.kind is Kind.ID_TEXT else value
+                props[k.wire] = str(value) if k.kind is Kind.ID_TEXT and not holdout else value
         props.update(wire.constants)
         if wire.env_prop:
             props[ENVIRONMENT] = key
         if usage and event.usage and not self._usage_sent:
-            props["vwoMeta"] = json.loads(event.usage)
+            meta = json.loads(event.usage)
+            meta.setdefault("env", key)  # the sdk key: left out of the span, put back on the wire
+            props["vwoMeta"] = meta
         if wire.own_props and event.props:
             props.update(json.loads(event.props))
         visitor_props: dict[str, Any] = {ENVIRONMENT: key}
         if event.visitor_props:
             visitor_props.update(json.loads(event.visitor_props))
-        if event.etype == A.VARIATION_SHOWN and event.visitor_ip:
-            visitor_props["ip"] = event.visitor_ip  # as the FME SDK does for impressions
+        if event.etype == A.VARIATION_SHOWN and event.visitor_ip and not holdout:
+            visitor_props["ip"] = event.visitor_ip  # as the FME SDK does for (not holdout) impressions
         d: dict[str, Any] = {
             "msgId": event.msg_id or f"{visitor}-{event.time_ms}-{event.nonce:08x}", "visId": visitor,
             "sessionId": event.time if event.session_id is None else event.session_id,
@@ -81,7 +86,8 @@ class FMEFormat:
             d["visitor_ua"] = event.visitor_ua
         if event.visitor_ip:
             d["visitor_ip"] = event.visitor_ip
-        d["visitor"] = {"props": visitor_props}
+        if wire.visitor:
+            d["visitor"] = {"props": visitor_props}
         return {"d": d}
 
     def encode(self, events: Sequence[VWOEvent]) -> tuple[list[dict[str, Any]], list[bytes]]:

@@ -268,7 +268,8 @@ def _check_fme(item: Any, where: str) -> dict[str, Any]:
     visitor = d.get("visitor")
     if visitor is not None and (type(visitor) is not dict or type(visitor.get("props")) is not dict):
         raise _Invalid(f"{where}.visitor must be {{\"props\": {{...}}}}")
-    if row.wire.env_prop and (visitor is None or len(visitor["props"]) < 2):
+    if any(f.slot == "visitor_props" and f.required for f in row.fields) and (visitor is None
+                                                                             or len(visitor["props"]) < 2):
         raise _Invalid(f"{where}.visitor.props must hold the attributes of {event['name']}")
     return d
 

@@ -32,16 +32,6 @@ def normalized(d: dict) -> str:
         props.pop(key, None)
     if d["sessionId"] != SESSION:  # the SDK's own events and holdout impressions: the time they were made
         del d["sessionId"]
-    for key in ("visitor_ua", "visitor_ip"):  # vwo_otel writes "" where the SDK leaves the key out
-        if not d.get(key):
-            d.pop(key, None)
-    # Pending on the v2 encoder (reported): a holdout impression's variation is an int in the
-    # SDK and carries no visitor.props.ip; the init event carries vwo_fs_environment.
-    if "fId" in props:
-        props["variation"] = str(props["variation"])
-        d["visitor"]["props"].pop("ip", None)
-    if d["event"]["name"] == "vwo_fmeSdkInit":
-        props.pop("vwo_fs_environment", None)
     return json.dumps(d, sort_keys=True)
 
 
