@@ -75,7 +75,7 @@ class VWOInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             for module in ("vwo.event.event_dispatcher", "vwo.vwo"):
                 importlib.import_module(module)
         except ImportError:  # opentelemetry-instrument loads every instrumentor; this app has no VWO SDK
-            logger.debug("vwo_otel: vwo-python-sdk is not importable; VWOInstrumentor does nothing")
+            logger.debug("vwo-python-sdk is not importable; VWOInstrumentor does nothing")
             return
         bridge = _Bridge(tracer_provider, logger_provider, bool(kwargs.get("to_gateway", False)))
         wrapt.wrap_function_wrapper("vwo.event.event_dispatcher", "EventDispatcher.dispatch", bridge.dispatch)
@@ -112,14 +112,14 @@ class _Bridge:
             etype, attrs, time_ns = _attributes(impression)
             from_attributes(attrs, time_ns)  # the processors' own decoder: what it refuses stays with the SDK
         except (MalformedEvent, TypeError, ValueError, KeyError) as exc:
-            self._warn(("malformed", type(exc)), "vwo_otel: an impression of the VWO SDK cannot become a VWO "
+            self._warn(("malformed", type(exc)), "an impression of the VWO SDK cannot become a VWO "
                        "event (%s); the SDK sends it itself", exc)
             return wrapped(*args, **kwargs)
         account = attrs[A.ACCOUNT_ID]
         if not self._arrives(account):
             return wrapped(*args, **kwargs)
         if not self._emit(etype, attrs, time_ns):
-            self._warn("unrecorded", "vwo_otel: a VWO event span was not recorded (use an SDK TracerProvider with "
+            self._warn("unrecorded", "a VWO event span was not recorded (use an SDK TracerProvider with "
                        "sampler=vwo_otel.VWOSampler(...)); the VWO SDK sends such events itself")
             return wrapped(*args, **kwargs)
         return True
@@ -135,7 +135,7 @@ class _Bridge:
         if found.any_account or _open(found.by_account.get(account)):
             return True
         kind = "VWOLogRecordProcessor on the LoggerProvider" if self._log else "VWOSpanProcessor on the TracerProvider"
-        self._warn(("account", account), "vwo_otel: no %s delivers VWO account %d: the VWO SDK sends that "
+        self._warn(("account", account), "no %s delivers VWO account %d: the VWO SDK sends that "
                    "account's events itself", kind, account)
         return False
 

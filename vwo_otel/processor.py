@@ -163,6 +163,6 @@ def _open_spool(spool: str | os.PathLike[str] | Spool | None) -> Spool | None:
     try:
         return Spool(spool)
     except (OSError, sqlite3.Error) as exc:
-        logger.error("vwo_otel: the spool directory %s is unusable (%s); events are kept in memory only",
+        logger.error("the spool directory %s is unusable (%s); events are kept in memory only",
                      os.fspath(spool), exc)
         return None

@@ -401,7 +401,9 @@ client.track("ab", "Varun", "purchase", revenue_value=7)
 """
 
 
-def test_opentelemetry_instrument_loads_it(tmp_path, receiver):
+@pytest.mark.parametrize("app_env", [{}, {"VWO_ENV": "staging", "VWO_DEBUG": "1"}], ids=["plain", "app-vwo-vars"])
+def test_opentelemetry_instrument_loads_it(tmp_path, receiver, app_env):
+    """With the app's own VWO_* variables too: they never hand delivery back to the SDK."""
     from importlib import metadata
 
     bin_dir = Path(sys.executable).parent
@@ -420,7 +422,7 @@ def test_opentelemetry_instrument_loads_it(tmp_path, receiver):
         "PYTHONPATH": os.pathsep.join(path + [env.get("PYTHONPATH", "")]),
         "VWO_ACCOUNT_ID": str(ACCOUNT_ID), "VWO_SDK_KEY": SDK_KEY, "VWO_ENDPOINT": receiver.url,
         "VWO_EVENTS_PER_REQUEST": "100", "VWO_REQUEST_TIME_INTERVAL": "600", "OTEL_TRACES_EXPORTER": "none",
-        "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none", "PYTHONWARNINGS": "ignore",
+        "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none", "PYTHONWARNINGS": "ignore", **app_env,
     })
     proc = subprocess.run([str(bin_dir / "opentelemetry-instrument"), sys.executable, "app.py", receiver.url,
                            "settings.json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
