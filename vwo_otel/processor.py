@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 from typing import Any, TypedDict
 
 from opentelemetry.metrics import MeterProvider
@@ -57,6 +58,8 @@ class VWOProcessor:
                                 max_concurrent_requests=max_concurrent_requests, block_when_full=block_when_full,
                                 spool=_open_spool(spool))
         self._put = self._batcher.put
+        self._count_lock = threading.Lock()
+        self._handed_to_sdk = 0  # events of the instrumented VWO SDK its own dispatch sent (see stats)
         self._account_id = exporter.account_id  # events the instrumented VWO SDK tags for another account pass by
         #: Delivery metrics (``vwo_otel.metrics``), only when a ``meter_provider`` is given.
         self.metrics = None if meter_provider is None else DeliveryMetrics(meter_provider, self._batcher, self._signal)
@@ -110,13 +113,23 @@ class VWOProcessor:
         - ``dropped[reason]``: events given up before any request, by ``EventsDropped.reason``
           (``queue_full``, ``already_shutdown``, ``shutdown_timeout``, ``shutdown_in_flight``,
           ``malformed``); a reason appears once it happened.
+        - ``events["handed_to_sdk"]``: only with ``VWOInstrumentor``, once it happened: events of
+          the official VWO SDK this processor's provider could not take (another account's, an
+          unrecorded span, ...), which the SDK then sent itself, on the calling thread.
         - ``queued``: events held now (queued, cut into a batch, or in flight).
         """
         b = self._batcher
         events = dict(b.counts)
         if b.exporter.disabled:  # an accepted Outcome of a disabled exporter made no request
             events["not_sent"], events["delivered"] = events["delivered"], 0
+        if self._handed_to_sdk:
+            events["handed_to_sdk"] = self._handed_to_sdk
         return {"events": events, "dropped": dict(b.dropped), "queued": b.queue_size()}
+
+    def count_handed_to_sdk(self, n: int = 1) -> None:
+        """``VWOInstrumentor`` handed ``n`` events of its provider back to the VWO SDK (``stats``)."""
+        with self._count_lock:
+            self._handed_to_sdk += n
 
 
 class VWOSpanProcessor(VWOProcessor, SpanProcessor):
