@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from . import checks
 from ._engine.batcher import DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, Batcher
 from ._engine.spool import Spool
+from .aio import run_blocking
 from .config import BatchEventsLike, parse_batch_events
 from .event import MalformedEvent, from_record
 from .export.exporter import VWOExporter
@@ -98,6 +99,22 @@ class VWOProcessor:
     def shutdown(self) -> None:
         """Deliver the queue (bounded by ``shutdown_timeout``), then refuse new events; idempotent."""
         self._batcher.shutdown()
+
+    # -- asyncio: the same calls, awaited without blocking the event loop (``vwo_otel.aio``) --
+    async def aflush_events(self) -> bool:
+        """``flush_events("sync")``, awaitable: the wait runs on a thread of its own while the
+        event loop goes on. Cancelling the await stops the waiting, not the flush."""
+        result = await run_blocking(self.flush_events, "sync")
+        return bool(result)
+
+    async def aforce_flush(self, timeout_millis: int = 30000) -> bool:
+        """``force_flush(timeout_millis)``, awaitable without blocking the event loop."""
+        return await run_blocking(self.force_flush, timeout_millis)
+
+    async def ashutdown(self) -> None:
+        """``shutdown()``, awaitable without blocking the event loop (bounded by ``shutdown_timeout``);
+        for FastAPI / Starlette lifespans and aiohttp's ``on_cleanup``."""
+        await run_blocking(self.shutdown)
 
     def stats(self) -> ProcessorStats:
         """Counters since the processor started (in a forked child: since the fork); cheap,
