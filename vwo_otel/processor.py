@@ -19,6 +19,7 @@ from .aio import run_blocking
 from .config import BatchEventsLike, parse_batch_events
 from .event import MalformedEvent, from_record
 from .export.exporter import VWOExporter
+from .integrations.uwsgi import check as uwsgi_check
 from .metrics import DeliveryMetrics, Signal
 
 logger = logging.getLogger("vwo_otel")
@@ -62,6 +63,7 @@ class VWOProcessor:
         self._count_lock = threading.Lock()
         self._handed_to_sdk = 0  # events of the instrumented VWO SDK its own dispatch sent (see stats)
         self._account_id = exporter.account_id  # events the instrumented VWO SDK tags for another account pass by
+        uwsgi_check()  # one WARNING if this is a uWSGI worker that runs no Python thread
         #: Delivery metrics (``vwo_otel.metrics``), only when a ``meter_provider`` is given.
         self.metrics = None if meter_provider is None else DeliveryMetrics(meter_provider, self._batcher, self._signal)
 
