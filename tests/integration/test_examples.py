@@ -138,3 +138,33 @@ def test_asyncio_app_under_uvicorn_sigterm_delivers_every_event_exactly_once(rec
     keys = [(e["eT"], e["u"]) for e in events]
     assert len(keys) == 1 + 2 * len(users) and len(set(keys)) == len(keys)  # all of them, each once
     assert sorted(e["eT"] for e in events).count(2) == len(users)
+
+
+def test_sdk_app_runs_the_official_sdk_offline_through_vwo_otel(receiver):
+    """The official SDK with the test settings file (no network), VWOInstrumentor(strict=True),
+    under uvicorn: every activate / track reaches the receiver in vwo_otel's batches, once; the
+    SDK sends nothing itself."""
+    pytest.importorskip("vwo", reason="needs vwo-python-sdk 1.68.x (and setuptools<81)")
+    from vwo_otel.export.wire import visitor_uuid
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, str(EXAMPLES / "sdk_app.py")], env=_env(receiver, PORT=str(port)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    users = [f"user-{i}" for i in range(10)]
+    try:
+        _wait_up(base + "/?user=warm-up", proc)
+        for user in users:
+            assert requests.get(base + "/", params={"user": user}, timeout=5).json()["variation"] in (
+                "Control", "Variation-1")
+            assert requests.post(base + "/buy", params={"user": user}, timeout=5).json()["tracked"] is True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode in (0, -signal.SIGTERM), err
+    assert "VWO flush at shutdown: all delivered" in err, err
+    assert {r["path"] for r in receiver.requests()} == {"/server-side/batch-events"}  # nothing from the SDK itself
+    events = [(e["eT"], e["u"]) for e in receiver.events()]
+    expected = [(1, visitor_uuid(ACCOUNT_ID, u)) for u in ["warm-up", *users]] + \
+        [(2, visitor_uuid(ACCOUNT_ID, u)) for u in users]
+    assert sorted(events) == sorted(expected)  # each once
