@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Set up ``.venv`` (once) and run the demo or the whole test suite.
 
-    python3 dev.py demo    # the demo against the embedded loopback VWO receiver
-    python3 dev.py test    # lint (ruff), types (mypy) + the whole test suite
+    python3 dev.py demo      # the demo against the embedded loopback VWO receiver
+    python3 dev.py test      # lint (ruff), types (mypy), the whole test suite, then the other Pythons
+    python3 dev.py test ARGS # pytest ARGS only (after lint and types), e.g. -x -q tests/unit
+    python3 dev.py pythons   # the unit layer + core integration subset on every other CPython (noxfile.py)
 
 Needs only Python 3.10+ with pip and venv; everything else is installed into ``.venv``.
 """
@@ -45,18 +47,24 @@ def run(*cmd: str) -> int:
 
 
 def main(argv: list) -> int:
-    if not argv or argv[0] not in ("demo", "test"):
+    if not argv or argv[0] not in ("demo", "test", "pythons"):
         print(__doc__)
         return 2
     if argv[0] == "demo":
         ensure_venv("")
         return run(PY, "-m", "vwo_otel", "demo", *argv[1:])
     ensure_venv("test")
-    for step in (
-        (PY, "-m", "ruff", "check", "vwo_otel", "tests", "benchmarks", "examples"),
+    pythons = (PY, "-m", "nox")  # noxfile.py: 3.10 / 3.12 / 3.13 (those found), unit + core integration
+    if argv[0] == "pythons":
+        return run(*pythons, *argv[1:])
+    steps = [
+        (PY, "-m", "ruff", "check", "vwo_otel", "tests", "benchmarks", "examples", "noxfile.py", "dev.py"),
         (PY, "-m", "mypy"),  # the package, settings in pyproject.toml ([tool.mypy])
         (PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", *argv[1:]),
-    ):
+    ]
+    if not argv[1:]:  # the whole run: every other Python too
+        steps.append(pythons)
+    for step in steps:
         code = run(*step)
         if code:
             return code
