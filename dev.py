@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Set up ``.venv`` (once) and run the demo or the whole test suite.
 
-    python3 dev.py demo    # the demo against the embedded loopback VWO receiver
-    python3 dev.py test    # lint (ruff), types (mypy) + the whole test suite (the FME tests included)
-    python3 dev.py fme     # the FME SDK's tests only (tests/integration/fme, in .venv-fme); pytest args follow
+    python3 dev.py demo      # the demo against the embedded loopback VWO receiver
+    python3 dev.py test      # lint (ruff), types (mypy), the whole test suite, the other Pythons, the FME SDK's tests
+    python3 dev.py test ARGS # pytest ARGS only (after lint and types), e.g. -x -q tests/unit
+    python3 dev.py pythons   # the unit layer + core integration subset on every other CPython (noxfile.py)
+    python3 dev.py fme       # the FME SDK's tests only (tests/integration/fme, in .venv-fme); pytest args follow
 
 Needs only Python 3.10+ with pip and venv; everything else is installed into ``.venv``.
 """
@@ -57,7 +59,7 @@ def fme_tests(*args: str) -> int:
 
 
 def main(argv: list) -> int:
-    if not argv or argv[0] not in ("demo", "test", "fme"):
+    if not argv or argv[0] not in ("demo", "test", "pythons", "fme"):
         print(__doc__)
         return 2
     if argv[0] == "demo":
@@ -66,11 +68,17 @@ def main(argv: list) -> int:
     if argv[0] == "fme":
         return fme_tests(*argv[1:])
     ensure_venv("test")
-    for step in (
-        (PY, "-m", "ruff", "check", "vwo_otel", "tests", "benchmarks", "examples"),
+    pythons = (PY, "-m", "nox")  # noxfile.py: 3.10 / 3.12 / 3.13 (those found), unit + core integration
+    if argv[0] == "pythons":
+        return run(*pythons, *argv[1:])
+    steps = [
+        (PY, "-m", "ruff", "check", "vwo_otel", "tests", "benchmarks", "examples", "noxfile.py", "dev.py"),
         (PY, "-m", "mypy"),  # the package, settings in pyproject.toml ([tool.mypy])
         (PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", *argv[1:]),
-    ):
+    ]
+    if not argv[1:]:  # the whole run: every other Python too
+        steps.append(pythons)
+    for step in steps:
         code = run(*step)
         if code:
             return code

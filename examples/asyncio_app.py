@@ -1,12 +1,16 @@
 """An asyncio web app (Starlette on uvicorn) that emits VWO events from async handlers.
 
     VWO_ACCOUNT_ID=123456 VWO_SDK_KEY=... python examples/asyncio_app.py   # http://127.0.0.1:8001 ($PORT)
+    VWO_ACCOUNT_ID=123456 VWO_SDK_KEY=... uvicorn asyncio_app:app          # the same, from examples/
     curl 'http://127.0.0.1:8001/?user=alice'; curl -X POST 'http://127.0.0.1:8001/signup?user=alice'
 
 Emitting a VWO event queues it and returns (a few microseconds, no network, no lock held
-across I/O), so it is safe on the event loop. Delivery happens on vwo_otel's own thread.
-Anything that may wait — ``flush_events()``, ``shutdown()`` — runs off the loop with
-``asyncio.to_thread``, or with ``flush_events(mode="async")``, which returns at once.
+across I/O), so it is safe on the event loop. Delivery happens on vwo_otel's own threads.
+What may wait for VWO is awaited without blocking the loop: ``await processor.aflush_events()``,
+``await processor.ashutdown()`` (also ``aforce_flush``), ``vwo_otel.aio.run_blocking(...)`` for
+other blocking calls; ``flush_events(mode="async")`` starts a flush and returns at once. The
+lifespan below delivers what is queued when uvicorn stops (Ctrl-C, SIGTERM). FastAPI takes the
+same ``lifespan``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import vwo_otel
+import vwo_otel.aio
 
 CAMPAIGN_ID = 88
 GOAL_SIGNUP = 3
@@ -63,11 +68,12 @@ async def flush(request: Request) -> JSONResponse:
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     yield
-    # Shutting down: deliver what is queued without blocking the event loop.
-    delivered = await asyncio.to_thread(vwo_processor.flush_events)
+    # Shutting down: deliver what is queued; the loop keeps serving while VWO answers.
+    delivered = await vwo_processor.aflush_events()
     print(f"VWO flush at shutdown: {'all delivered' if delivered else 'NOT all delivered'}",
           file=sys.stderr, flush=True)
-    await asyncio.to_thread(provider.shutdown)
+    await vwo_processor.ashutdown()  # bounded by shutdown_timeout
+    await vwo_otel.aio.run_blocking(provider.shutdown)  # the app's own trace pipeline
 
 
 app = Starlette(routes=[Route("/", home), Route("/signup", signup, methods=["POST"]),

@@ -6,7 +6,7 @@ Data path: ``VWOEvents`` (spans / log records) -> ``VWOSpanProcessor`` /
 -> ``flush_callback(err, events)``.
 """
 
-from . import attributes
+from . import _log, attributes
 from ._engine.lifecycle import shutdown_all
 from ._engine.spool import Spool
 from ._version import __version__
@@ -27,6 +27,8 @@ from .export.exporter import VWOExporter
 from .export.retry import RetryPolicy
 from .export.wire import visitor_uuid
 from .processor import VWOLogRecordProcessor, VWOSpanProcessor
+
+_log.install()  # one prefix on every log line: "vwo_otel: ..."
 
 __all__ = [
     "attributes", "BatchEvents", "ConfigError", "EventsDropped", "exporter_from_env", "HTTPStatusError",

@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.sampling import (
 
 from . import checks
 from .api import VWOSampler
-from .env import given, span_processor_from_env
+from .env import VARIABLES, given, span_processor_from_env
 from .processor import VWOSpanProcessor
 
 logger = logging.getLogger("vwo_otel")
@@ -47,11 +47,11 @@ def configure(environ: Mapping[str, str] | None = None) -> VWOSpanProcessor | No
     env = os.environ if environ is None else environ
     missing = [name for name in ("VWO_ACCOUNT_ID", "VWO_SDK_KEY") if not given(name, env)]
     if missing:
-        if any(name.startswith("VWO_") and given(name, env) for name in env):  # meant to, but a secret is missing
-            logger.warning("vwo_otel: %s not set: VWO events are not enabled (VWOEvents emits nothing, so no "
+        if any(given(name, env) for name in VARIABLES):  # meant to, but a secret is missing (an app's VWO_ENV is not)
+            logger.warning("%s not set: VWO events are not enabled (VWOEvents emits nothing, so no "
                            "user id reaches your exporters)", " and ".join(missing))
         else:
-            logger.debug("vwo_otel: VWO_ACCOUNT_ID / VWO_SDK_KEY not set; zero-code set-up skipped")
+            logger.debug("VWO_ACCOUNT_ID / VWO_SDK_KEY not set; zero-code set-up skipped")
         return None
     with _lock:
         if _installed is not None:
@@ -59,14 +59,14 @@ def configure(environ: Mapping[str, str] | None = None) -> VWOSpanProcessor | No
         try:  # (an unusable VWO_SPOOL only costs the spool: the processor logs it and goes on)
             processor = span_processor_from_env(environ=env)
         except (ValueError, TypeError, OSError) as exc:  # ConfigError is a ValueError
-            logger.error("vwo_otel: VWO events are not enabled: %s", exc)
+            logger.error("VWO events are not enabled: %s", exc)
             return None
         provider = trace.get_tracer_provider()
         if not isinstance(provider, TracerProvider):  # the launcher built no SDK provider
             trace.set_tracer_provider(TracerProvider(sampler=VWOSampler()))
             provider = trace.get_tracer_provider()
             if not isinstance(provider, TracerProvider):
-                logger.error("vwo_otel: the global TracerProvider is a %s, not the SDK's: VWO events "
+                logger.error("the global TracerProvider is a %s, not the SDK's: VWO events "
                              "are not enabled", type(provider).__name__)
                 processor.shutdown()
                 return None
@@ -76,7 +76,7 @@ def configure(environ: Mapping[str, str] | None = None) -> VWOSpanProcessor | No
             provider.sampler = VWOSampler(provider.sampler)
         provider.add_span_processor(processor)
         _installed = processor
-        logger.info("vwo_otel: %r registered on the global TracerProvider", processor)
+        logger.info("%r registered on the global TracerProvider", processor)
         return processor
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import datetime
+import errno
 import json
 import logging
 import os
@@ -25,11 +27,13 @@ from . import attributes as A
 from . import checks
 from .config import BatchEvents
 from .demo import DEMO_ACCOUNT_ID, DEMO_SDK_KEY, run_demo
-from .env import ConfigError, batch_events_from_env, exporter_from_env, read_env
+from .env import ConfigError, batch_events_from_env, describe_unknown, exporter_from_env, read_env, unknown_names
 from .errors import HTTPStatusError, NetworkError, PayloadTooLarge, VWODeliveryError
 from .event import from_attributes
 from .export.exporter import VWOExporter
+from .export.http import TransportError
 from .export.retry import RetryPolicy
+from .hints import hint, is_tls_failure
 from .servers.gateway import CONFIG_KEYS, DEFAULT_MAX_BACKLOG, DEFAULT_PORT, Gateway, config_from_mapping, parse_account
 from .testing.receiver import DEFAULT_MAX_BODY_BYTES, Receiver
 
@@ -79,6 +83,19 @@ def _fail(command: str, problem: object, err: TextIO | None = None) -> int:
     """Report a bad argument or configuration in one line, as argparse does; exit code 2."""
     (err or sys.stderr).write(f"vwo-otel {command}: error: {problem}\n")
     return 2
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> str:
+    """Why a server could not listen on ``host``:``port``, in one line naming the address."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (f"{address} is already in use (another process listens there): stop it, or choose another "
+                "--port (0: any free one)")
+    if exc.errno == errno.EACCES:
+        return f"{address}: permission denied (ports below 1024 need privileges): choose another --port"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{address}: no such address on this machine: check --host"
+    return f"cannot listen on {address}: {exc.strerror or exc}"
 
 
 @contextlib.contextmanager
@@ -170,8 +187,19 @@ def _receive_arguments(p: argparse.ArgumentParser) -> None:
                    help="SQLite file to store requests and events in (kept after exit)")
     p.add_argument("--account-id", default=None, help="only accept this account id")
     p.add_argument("--sdk-key", default=None, help="only accept this sdk key")
-    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                   help=f"answer 413 above this body size (default {DEFAULT_MAX_BODY_BYTES // 1048576} MiB)")
+    p.add_argument("--body-limit", "--max-body-bytes", dest="body_limit", type=int, metavar="BYTES",
+                   default=DEFAULT_MAX_BODY_BYTES, help="answer 413 to request bodies above this size (default "
+                   f"{DEFAULT_MAX_BODY_BYTES // 1048576} MiB, VWO's limit)")
+    bad = p.add_argument_group("VWO's bad days", "rehearse an outage: the receiver answers late, fails or refuses "
+                               "on purpose (see README, 'Rehearse an outage')")
+    bad.add_argument("--delay", type=float, default=0.0, metavar="MS",
+                     help="answer every request this many milliseconds late (default 0)")
+    bad.add_argument("--fail-rate", type=float, default=None, metavar="P",
+                     help="fail this share of requests, 0 to 1: with --status, answered that status; without, "
+                          "a random 429/500/502/503/504 or a dropped connection")
+    bad.add_argument("--status", type=int, default=None, metavar="CODE",
+                     help="the status failed requests get, 400 to 599; alone, every request is answered it "
+                          "(--fail-rate 1)")
     p.add_argument("--quiet", action="store_true", help="no line per request, only the summary at exit")
     p.add_argument("--json", action="store_true", help="print the summary (at exit, or after --list) as one "
                    "JSON object")
@@ -194,17 +222,33 @@ def receive(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | N
         if args.sdk_key is not None:
             checks.sdk_key(args.sdk_key, "--sdk-key")
         checks.number("--port", args.port, low=0, high=65535, integer=True)
-        checks.number("--max-body-bytes", args.max_body_bytes, low=1, integer=True)
+        checks.number("--body-limit", args.body_limit, low=1, integer=True)
+        delay = checks.number("--delay", args.delay, low=0, unit="milliseconds") / 1000.0
+        status = None if args.status is None else checks.number("--status", args.status, low=400, high=599,
+                                                                integer=True)
+        rate = checks.number("--fail-rate", args.fail_rate, low=0, high=1) if args.fail_rate is not None else \
+            1.0 if status is not None else 0.0
         receiver = Receiver(args.account_id, args.sdk_key, host=args.host, port=args.port, db_path=args.db,
-                            max_body_bytes=args.max_body_bytes).start()
-    except (OSError, ValueError, sqlite3.Error) as exc:
+                            max_body_bytes=args.body_limit)
+    except (OSError, ValueError, TypeError, sqlite3.Error) as exc:
         return _fail("receive", exc, err)
+    try:
+        receiver.start()
+    except OSError as exc:
+        receiver.close()
+        return _fail("receive", _cannot_listen(receiver.host, args.port, exc), err)
+    if delay:
+        receiver.stall(delay)
+    if rate:
+        receiver.random_faults(rate, statuses=(status,) if status is not None else (429, 500, 502, 503, 504),
+                               drop=status is None)
     stored = receiver.requests()
     last = stored[-1]["id"] if stored else 0  # an existing db: show only what arrives now
     try:
         with until_interrupted():
             db = "" if args.db == ":memory:" else f" (storing in {args.db})"
-            out.write(f"VWO receiver listening on {receiver.url}{db}; Ctrl-C to stop\n")
+            bad_day = _bad_day(delay, rate, status, args.body_limit)
+            out.write(f"VWO receiver listening on {receiver.url}{db}{bad_day}; Ctrl-C to stop\n")
             out.flush()
             while True:
                 time.sleep(0.2)
@@ -222,6 +266,19 @@ def receive(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | N
     out.flush()
     receiver.close()
     return 0
+
+
+def _bad_day(delay: float, rate: float, status: int | None, body_limit: int) -> str:
+    """The faults ``receive`` plays, in words for its first line ("" when none)."""
+    faults = []
+    if delay:
+        faults.append(f"answers {delay * 1000:g} ms late")
+    if rate:
+        what = f"answered {status}" if status is not None else "answered 429/500/502/503/504 or dropped"
+        faults.append(f"{rate * 100:g}% of requests {what}")
+    if body_limit != DEFAULT_MAX_BODY_BYTES:
+        faults.append(f"bodies over {body_limit} bytes answered 413")
+    return "; rehearsing: " + ", ".join(faults) if faults else ""
 
 
 def _stored(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -340,7 +397,7 @@ def check(args: argparse.Namespace, out: TextIO | None = None, environ: Mapping[
         settings = read_env(environ)
         batch = batch_events_from_env(environ=environ)
         exporter = exporter_from_env(environ=environ, account_id=args.account_id, sdk_key=args.sdk_key,
-                                     endpoint=args.endpoint, timeout=args.timeout, retry=RetryPolicy(budget=0.0))
+                                     endpoint=args.endpoint, timeout=args.timeout, retry=_SendOnce())
     except (ConfigError, ValueError, TypeError) as exc:
         message = str(exc)
         for key in ("account_id", "sdk_key", "endpoint", "timeout"):
@@ -351,19 +408,40 @@ def check(args: argparse.Namespace, out: TextIO | None = None, environ: Mapping[
     say(f"  account id  {exporter.account_id}")
     say(f"  sdk key     {checks.mask(sdk_key)}")
     say(f"  endpoint    {exporter.endpoint}")
+    realtime = batch is None if args.mode == "auto" else args.mode == "realtime"
     if batch is None:
-        say("  batching    none: real-time, one GET per event (set VWO_EVENTS_PER_REQUEST to batch)")
+        configured = "none configured (real-time)"
+        detail = ", one GET per event (set VWO_EVENTS_PER_REQUEST to batch)"
     else:
-        say(f"  batching    {batch.events_per_request} events or {batch.request_time_interval:g} s per request")
+        configured = f"{batch.events_per_request} events or {batch.request_time_interval:g} s per request"
+        detail = ""
+    if realtime == (batch is None):
+        say(f"  batching    {configured}{detail}")
+    else:  # --mode overrides what is configured: say both
+        sent = "one real-time GET" if realtime else "one batch POST"
+        say(f"  batching    {configured}; --mode {args.mode}: this check sends {sent}")
     for key in ("max_queue_size", "shutdown_timeout", "retry_budget", "max_payload_bytes"):
         if key in settings:
             say(f"  {key:<11} {settings[key]}")
-    realtime = batch is None if args.mode == "auto" else args.mode == "realtime"
+    unknown = unknown_names(environ)
+    if unknown:
+        say(f"  note        {describe_unknown(unknown)}")
     if exporter.disabled:  # development mode would "deliver" without a request: that proves nothing
         say("development mode (VWO_DISABLED): the configuration is valid; nothing was sent, so the endpoint "
             "and the key are not checked")
         return 0
     return _send_one(exporter, realtime, args.user_id, say)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SendOnce(RetryPolicy):
+    """``check`` sends once and reports what came back: no retry, and the request keeps its whole
+    ``timeout`` (the budget bounds it too, so it is far larger; a budget of 0 would cut it short)."""
+
+    budget: float = 86400.0
+
+    def is_retryable(self, status: int | None = None, error: TransportError | None = None) -> bool:
+        return False
 
 
 def _send_one(exporter: VWOExporter, realtime: bool, user_id: str, say: Callable[[str], None]) -> int:
@@ -395,18 +473,19 @@ def _send_one(exporter: VWOExporter, realtime: bool, user_id: str, say: Callable
 
 
 def _explain(error: VWODeliveryError, exporter: VWOExporter) -> str:
+    """What went wrong, for ``check``: what happened, the fix (``hints``, the words the app's
+    log uses too) and the error itself."""
     where = exporter.endpoint
     text = str(error)
+    fix = hint(error)
     if isinstance(error, PayloadTooLarge):
-        return (f"the endpoint refused one small event as too large (HTTP 413): a proxy in front of {where} "
-                f"limits request bodies; VWO accepts up to 10 MB ({text})")
+        return f"the endpoint refused one small event as too large (HTTP 413): {fix} ({text})"
     if isinstance(error, HTTPStatusError):
         status = error.status or 0
         if status in (401, 403):
-            return (f"the endpoint refused the credentials (HTTP {status}): check VWO_ACCOUNT_ID and VWO_SDK_KEY "
-                    f"(--account-id / --sdk-key) ({text})")
+            return f"the endpoint refused the credentials (HTTP {status}): {fix} ({text})"
         if status == 404:
-            return f"no VWO collection endpoint at {where} (HTTP 404): check VWO_ENDPOINT / --endpoint ({text})"
+            return f"no VWO collection endpoint at {where} (HTTP 404): {fix} ({text})"
         if status in (400, 405, 411, 415, 422):
             return f"the endpoint rejected the request (HTTP {status}): {text}"
         if status == 429 or status >= 500:
@@ -415,6 +494,11 @@ def _explain(error: VWODeliveryError, exporter: VWOExporter) -> str:
         return f"unexpected answer (HTTP {status}): {text}"
     if isinstance(error, NetworkError):
         lowered = text.lower()
+        if is_tls_failure(error):  # before "timed out": a handshake that stalls is no slow answer
+            return f"the TLS handshake with {where} failed: {fix} ({text})"
+        if "certificate" in lowered:
+            return (f"the certificate of {where} is not trusted (REQUESTS_CA_BUNDLE names the CA bundle to "
+                    f"trust) ({text})")
         if "refused" in lowered:
             return f"connection refused by {where}: nothing listens there; check VWO_ENDPOINT"
         if "timeout" in lowered or "timed out" in lowered:
@@ -490,10 +574,12 @@ def gateway(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         return _fail("gateway", exc)
     level = getattr(logging, str(args.log_level).upper(), None)
     logging.basicConfig(level=level if isinstance(level, int) else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(message)s")  # messages say "vwo_otel: ..."
     try:
         server = Gateway(config).start()
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        return _fail("gateway", _cannot_listen(config.host, config.port, exc))
+    except ValueError as exc:
         return _fail("gateway", exc)
     with until_interrupted():
         sys.stdout.write(f"vwo-otel gateway listening on {server.url} (POST /v1/traces, /v1/logs) for account(s) "

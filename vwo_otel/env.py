@@ -4,10 +4,13 @@
     processor = vwo_otel.span_processor_from_env()          # exporter + batching from the env
     processor = vwo_otel.log_processor_from_env(batch_events={"flush_callback": cb})
 
-A variable that is unset or empty counts as not given. A bad value, or a ``VWO_*`` name this
-module does not know (a typo would otherwise be ignored), raises ``ConfigError`` (a
+A variable that is unset or empty counts as not given. A bad value raises ``ConfigError`` (a
 ``ValueError``) naming the variable and the allowed range. Each variable's text is converted
 here; the range itself is checked by ``checks``, as for the matching keyword argument.
+
+A ``VWO_*`` name this module does not read never disables anything: apps have their own
+(``VWO_ENV``, ``VWO_DEBUG``, ...). The names are logged once, in one warning, with "did you
+mean" only for a close misspelling of a variable that is read (``MISSPELLING``).
 """
 
 from __future__ import annotations
@@ -81,6 +84,10 @@ VARIABLES: dict[str, Variable] = {
 
 #: The gateway's per-account sdk keys (``vwo-otel gateway --account ID``): not settings of this module.
 SDK_KEY_ENV = "VWO_SDK_KEY_{account_id}"
+#: How alike (difflib's ratio) an unknown name must be to a variable that is read to be called a
+#: misspelling of it: ``VWO_EVNETS_PER_REQUEST`` (0.95) is one; an app's own ``VWO_TIMEOUT_MS``
+#: or ``VWO_ACCOUNT`` (0.88) is not.
+MISSPELLING = 0.9
 _warned: set[str] = set()  # unknown names already warned about
 
 
@@ -92,30 +99,43 @@ def given(name: str, environ: Mapping[str, str] | None = None) -> str | None:
     return text or None
 
 
-def _check_names(env: Mapping[str, str]) -> None:
-    """A set ``VWO_*`` variable that nothing reads: ``ConfigError`` when it looks like a typo of
-    one that is read (it would otherwise silently change the set-up), else one warning."""
+def unknown_names(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """The set ``VWO_*`` variables that vwo_otel does not read (the gateway's ``VWO_SDK_KEY_<ID>``
+    keys are read), each with the variable it is a close misspelling of, or None."""
+    env = os.environ if environ is None else environ
     gateway_prefix = SDK_KEY_ENV.format(account_id="")
+    out: list[tuple[str, str | None]] = []
     for name in sorted(env):
         if not name.startswith("VWO_") or name in VARIABLES or not given(name, env):
             continue
         suffix = name[len(gateway_prefix):]
         if name.startswith(gateway_prefix) and suffix.isascii() and suffix.isdigit():
             continue
-        close = difflib.get_close_matches(name, VARIABLES, n=1)
-        if close:
-            raise ConfigError(name, f"{name} is not a vwo_otel variable; did you mean {close[0]}?")
-        if name not in _warned:
-            _warned.add(name)
-            logger.warning("%s is not a vwo_otel variable and is ignored; the variables read are %s",
-                           name, ", ".join(VARIABLES))
+        close = difflib.get_close_matches(name, VARIABLES, n=1, cutoff=MISSPELLING)
+        out.append((name, close[0] if close else None))
+    return out
+
+
+def describe_unknown(names: list[tuple[str, str | None]]) -> str:
+    """``names`` (from ``unknown_names``) in words, as the warning and ``vwo-otel check`` say them."""
+    listed = ", ".join(f"{name} (did you mean {close}?)" if close else name for name, close in names)
+    what = "not a vwo_otel variable" if len(names) == 1 else "not vwo_otel variables"
+    return f"ignoring {listed}: {what} (vwo_otel reads {', '.join(VARIABLES)})"
+
+
+def _warn_unknown(env: Mapping[str, str]) -> None:
+    """One warning for the unknown names not warned about yet; they change nothing."""
+    names = [(name, close) for name, close in unknown_names(env) if name not in _warned]
+    if names:
+        _warned.update(name for name, _ in names)
+        logger.warning("%s", describe_unknown(names))
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The ``VWO_*`` variables that are set, parsed and checked, by keyword (``account_id``,
     ``sdk_key``, ``endpoint``, ``events_per_request``, ...). Raises ``ConfigError``."""
     env = os.environ if environ is None else environ
-    _check_names(env)
+    _warn_unknown(env)
     out: dict[str, Any] = {}
     for name, var in VARIABLES.items():
         text = given(name, env)

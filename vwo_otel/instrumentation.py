@@ -13,7 +13,14 @@ processors of the client's account (``mode="async"`` starts the flush and return
 An event goes through vwo_otel only where it can arrive: the provider has a VWO processor for
 its account (or cannot be inspected, or ``to_gateway=True`` says its own exporters carry events
 to a ``vwo-otel gateway``), the record is recorded and the impression decodes. Otherwise the SDK
-dispatches it as before (logged once per reason), so no event is lost or sent twice.
+dispatches it as before, on the calling thread (logged once per reason, naming the SDK's account
+and the accounts the provider delivers), so no event is lost or sent twice; the provider's VWO
+processors count such events in ``stats()["events"]["handed_to_sdk"]``.
+
+``instrument(strict=True)`` refuses such a set-up instead (``ConfigError`` naming both
+accounts): at ``instrument()`` when the provider has no VWO processor, or none for
+``account_id=`` (the settings file's account, when the app knows it there); and at
+``vwo.launch()`` for a settings file whose account no VWO processor on the provider delivers.
 
 Accounts whose settings file enables VWO's event architecture (``isEventArchEnabled``) and that
 run without ``batch_events`` send their events to ``/events/t`` through the SDK's
@@ -39,6 +46,7 @@ from . import attributes as A
 from . import checks
 from ._version import __version__
 from .api import Route, VWOSampler, delivers_to_vwo, exporter_of
+from .errors import ConfigError
 from .event import MalformedEvent, from_attributes
 from .processor import VWOLogRecordProcessor, VWOProcessor, VWOSpanProcessor
 
@@ -75,17 +83,24 @@ class VWOInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             for module in ("vwo.event.event_dispatcher", "vwo.vwo"):
                 importlib.import_module(module)
         except ImportError:  # opentelemetry-instrument loads every instrumentor; this app has no VWO SDK
-            logger.debug("vwo_otel: vwo-python-sdk is not importable; VWOInstrumentor does nothing")
+            logger.debug("vwo-python-sdk is not importable; VWOInstrumentor does nothing")
             return
         bridge = _Bridge(tracer_provider, logger_provider, bool(kwargs.get("to_gateway", False)))
+        strict = bool(kwargs.get("strict", False))
+        if strict:  # refuse before anything is patched
+            account_id = kwargs.get("account_id")
+            bridge.refuse_unless_delivered(None if account_id is None else checks.account_id(account_id))
         wrapt.wrap_function_wrapper("vwo.event.event_dispatcher", "EventDispatcher.dispatch", bridge.dispatch)
         wrapt.wrap_function_wrapper("vwo.vwo", "VWO.flush_events", bridge.flush_events)
         wrapt.wrap_function_wrapper("vwo.vwo", "VWO.set_opt_out", bridge.set_opt_out)
+        if strict:
+            wrapt.wrap_function_wrapper("vwo.vwo", "VWO.__init__", bridge.launch)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         unwrap("vwo.event.event_dispatcher.EventDispatcher", "dispatch")
         unwrap("vwo.vwo.VWO", "flush_events")
         unwrap("vwo.vwo.VWO", "set_opt_out")
+        unwrap("vwo.vwo.VWO", "__init__")  # wrapped only with strict=True (a no-op otherwise)
 
 
 class _Bridge:
@@ -112,17 +127,25 @@ class _Bridge:
             etype, attrs, time_ns = _attributes(impression)
             from_attributes(attrs, time_ns)  # the processors' own decoder: what it refuses stays with the SDK
         except (MalformedEvent, TypeError, ValueError, KeyError) as exc:
-            self._warn(("malformed", type(exc)), "vwo_otel: an impression of the VWO SDK cannot become a VWO "
+            self._warn(("malformed", type(exc)), "an impression of the VWO SDK cannot become a VWO "
                        "event (%s); the SDK sends it itself", exc)
-            return wrapped(*args, **kwargs)
+            return self._hand_back(wrapped, args, kwargs)
         account = attrs[A.ACCOUNT_ID]
         if not self._arrives(account):
-            return wrapped(*args, **kwargs)
+            return self._hand_back(wrapped, args, kwargs)
         if not self._emit(etype, attrs, time_ns):
-            self._warn("unrecorded", "vwo_otel: a VWO event span was not recorded (use an SDK TracerProvider with "
+            self._warn("unrecorded", "a VWO event span was not recorded (use an SDK TracerProvider with "
                        "sampler=vwo_otel.VWOSampler(...)); the VWO SDK sends such events itself")
-            return wrapped(*args, **kwargs)
+            return self._hand_back(wrapped, args, kwargs)
         return True
+
+    def _hand_back(self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The SDK dispatches the event itself; the provider's VWO processors count it (looked up
+        now: a slow path, the SDK is about to send a request on this thread)."""
+        for processors in _receivers(self._current_provider(), self._log, self._to_gateway).by_account.values():
+            for processor in processors:
+                processor.count_handed_to_sdk()
+        return wrapped(*args, **kwargs)
 
     def _arrives(self, account: int) -> bool:
         """Whether events of ``account`` reach a VWO processor (looked up again while they do not:
@@ -134,10 +157,43 @@ class _Bridge:
             self._receivers = found = _receivers(self._current_provider(), self._log, self._to_gateway)
         if found.any_account or _open(found.by_account.get(account)):
             return True
-        kind = "VWOLogRecordProcessor on the LoggerProvider" if self._log else "VWOSpanProcessor on the TracerProvider"
-        self._warn(("account", account), "vwo_otel: no %s delivers VWO account %d: the VWO SDK sends that "
-                   "account's events itself", kind, account)
+        self._warn(("account", account), "%s: the SDK sends them itself, on the calling thread (counted in "
+                   "processor.stats()['events']['handed_to_sdk']; VWOInstrumentor().instrument(strict=True) "
+                   "refuses such a set-up)", self._missing(account, found))
         return False
+
+    def _missing(self, account: int | None, found: Receivers) -> str:
+        """Which processor is missing, naming the SDK's account and the ones the provider delivers."""
+        kind = "VWOLogRecordProcessor on the LoggerProvider" if self._log else "VWOSpanProcessor on the TracerProvider"
+        delivered = sorted(a for a, procs in found.by_account.items() if _open(procs))
+        there = ("it delivers " + ", ".join(f"account {a}" for a in delivered)) if delivered else \
+            "it has no open VWO processor"
+        if account is None:
+            return f"no {kind} ({there})"
+        return f"the VWO SDK's events of account {account} reach no {kind} ({there})"
+
+    # -- strict=True ---------------------------------------------------------------------------
+    def refuse_unless_delivered(self, account: int | None) -> None:
+        """``ConfigError`` unless events of ``account`` (None: of any account) reach a VWO processor."""
+        found = _receivers(self._current_provider(), self._log, self._to_gateway)
+        if found.any_account:
+            return
+        if account is None and any(_open(procs) for procs in found.by_account.values()):
+            return
+        if account is not None and _open(found.by_account.get(account)):
+            return
+        raise ConfigError("strict", f"VWOInstrumentor(strict=True): {self._missing(account, found)}; the VWO SDK "
+                                    "would send those events itself, on the calling thread")
+
+    def launch(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> Any:
+        """``VWO.__init__`` under ``strict=True``: a client whose settings file's account no VWO
+        processor delivers is refused (``vwo.launch`` raises ``ConfigError``)."""
+        result = wrapped(*args, **kwargs)
+        account = _account_of(instance)
+        if account is not None and not getattr(instance.event_dispatcher, "is_development_mode", False):
+            self.refuse_unless_delivered(account)
+        return result
 
     def _emit(self, etype: int, attrs: dict[str, Any], time_ns: int) -> bool:
         emit = self._emitter

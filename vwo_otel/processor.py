@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 from typing import Any, TypedDict
 
 from opentelemetry.metrics import MeterProvider
@@ -14,9 +15,11 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from . import checks
 from ._engine.batcher import DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, Batcher
 from ._engine.spool import Spool
+from .aio import run_blocking
 from .config import _UNSET, BatchEventsLike, batch_events_argument, parse_batch_events
 from .event import MalformedEvent, from_record
 from .export.exporter import VWOExporter
+from .integrations.uwsgi import check as uwsgi_check
 from .metrics import DeliveryMetrics, Signal
 
 logger = logging.getLogger("vwo_otel")
@@ -58,7 +61,10 @@ class VWOProcessor:
                                 max_concurrent_requests=max_concurrent_requests, block_when_full=block_when_full,
                                 spool=_open_spool(spool))
         self._put = self._batcher.put
+        self._count_lock = threading.Lock()
+        self._handed_to_sdk = 0  # events of the instrumented VWO SDK its own dispatch sent (see stats)
         self._account_id = exporter.account_id  # events the instrumented VWO SDK tags for another account pass by
+        uwsgi_check()  # one WARNING if this is a uWSGI worker that runs no Python thread
         #: Delivery metrics (``vwo_otel.metrics``), only when a ``meter_provider`` is given.
         self.metrics = None if meter_provider is None else DeliveryMetrics(meter_provider, self._batcher, self._signal)
 
@@ -97,6 +103,22 @@ class VWOProcessor:
         """Deliver the queue (bounded by ``shutdown_timeout``), then refuse new events; idempotent."""
         self._batcher.shutdown()
 
+    # -- asyncio: the same calls, awaited without blocking the event loop (``vwo_otel.aio``) --
+    async def aflush_events(self) -> bool:
+        """``flush_events("sync")``, awaitable: the wait runs on a thread of its own while the
+        event loop goes on. Cancelling the await stops the waiting, not the flush."""
+        result = await run_blocking(self.flush_events, "sync")
+        return bool(result)
+
+    async def aforce_flush(self, timeout_millis: int = 30000) -> bool:
+        """``force_flush(timeout_millis)``, awaitable without blocking the event loop."""
+        return await run_blocking(self.force_flush, timeout_millis)
+
+    async def ashutdown(self) -> None:
+        """``shutdown()``, awaitable without blocking the event loop (bounded by ``shutdown_timeout``);
+        for FastAPI / Starlette lifespans and aiohttp's ``on_cleanup``."""
+        await run_blocking(self.shutdown)
+
     def stats(self) -> ProcessorStats:
         """Counters since the processor started (in a forked child: since the fork); cheap,
         safe from any thread:
@@ -111,13 +133,23 @@ class VWOProcessor:
         - ``dropped[reason]``: events given up before any request, by ``EventsDropped.reason``
           (``queue_full``, ``already_shutdown``, ``shutdown_timeout``, ``shutdown_in_flight``,
           ``malformed``); a reason appears once it happened.
+        - ``events["handed_to_sdk"]``: only with ``VWOInstrumentor``, once it happened: events of
+          the official VWO SDK this processor's provider could not take (another account's, an
+          unrecorded span, ...), which the SDK then sent itself, on the calling thread.
         - ``queued``: events held now (queued, cut into a batch, or in flight).
         """
         b = self._batcher
         events = dict(b.counts)
         if b.exporter.disabled:  # an accepted Outcome of a disabled exporter made no request
             events["not_sent"], events["delivered"] = events["delivered"], 0
+        if self._handed_to_sdk:
+            events["handed_to_sdk"] = self._handed_to_sdk
         return {"events": events, "dropped": dict(b.dropped), "queued": b.queue_size()}
+
+    def count_handed_to_sdk(self, n: int = 1) -> None:
+        """``VWOInstrumentor`` handed ``n`` events of its provider back to the VWO SDK (``stats``)."""
+        with self._count_lock:
+            self._handed_to_sdk += n
 
 
 class VWOSpanProcessor(VWOProcessor, SpanProcessor):
@@ -165,6 +197,6 @@ def _open_spool(spool: str | os.PathLike[str] | Spool | None) -> Spool | None:
     try:
         return Spool(spool)
     except (OSError, sqlite3.Error) as exc:
-        logger.error("vwo_otel: the spool directory %s is unusable (%s); events are kept in memory only",
+        logger.error("the spool directory %s is unusable (%s); events are kept in memory only",
                      os.fspath(spool), exc)
         return None

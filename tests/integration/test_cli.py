@@ -134,7 +134,7 @@ def test_receive_refuses_a_non_loopback_host(capsys):
     (["--account-id", "0"], "--account-id must be a positive int"),
     (["--sdk-key", " padded "], "--sdk-key must be"),
     (["--port", "70000"], "--port must be an int from 0 to 65535"),
-    (["--max-body-bytes", "0"], "--max-body-bytes must be an int >= 1"),
+    (["--max-body-bytes", "0"], "--body-limit must be an int >= 1"),  # --body-limit's other name
 ])
 def test_receive_refuses_bad_options_in_one_line(capsys, argv, words):
     assert main(["receive", *argv]) == 2
@@ -210,7 +210,8 @@ def test_check_reports_bad_credentials(receiver, capsys):
     code, out = _check(capsys, "--account-id", str(ACCOUNT_ID), "--sdk-key", "wrong-key-0123456789",
                        "--endpoint", receiver.url)
     assert code == 1
-    assert "FAILED: the endpoint refused the credentials (HTTP 401): check VWO_ACCOUNT_ID and VWO_SDK_KEY" in out
+    assert "FAILED: the endpoint refused the credentials (HTTP 401): check the account id and the sdk key " \
+           "(VWO_ACCOUNT_ID and VWO_SDK_KEY" in out
     assert "wrong-key-0123456789" not in out
 
 
@@ -232,7 +233,7 @@ def test_check_reports_payload_too_large(capsys):
 def test_check_reports_wrong_path_and_server_errors(receiver, capsys):
     base = ["--account-id", str(ACCOUNT_ID), "--sdk-key", SDK_KEY, "--mode", "batch"]
     code, out = _check(capsys, *base, "--endpoint", receiver.url + "/a/b")
-    assert code == 1 and "(HTTP 404): check VWO_ENDPOINT" in out
+    assert code == 1 and "(HTTP 404): check the endpoint (VWO_ENDPOINT" in out
     receiver.fail_next(1, status=503)
     code, out = _check(capsys, *base, "--endpoint", receiver.url)
     assert code == 1 and "overloaded or failing (HTTP 503)" in out
@@ -285,6 +286,7 @@ def test_demo_runs_against_the_embedded_receiver(capsys):
     out = capsys.readouterr().out
     assert "embedded VWO-compatible receiver listening on http://127.0.0.1:" in out
     assert "delivered" in out and "failed 0" in out
+    assert "us per event, counting each request's own span and a cold start" in out  # not a warm per-event cost
 
 
 # -- the parser ------------------------------------------------------------------------

@@ -22,7 +22,7 @@ REQUEST_LINE = re.compile(r"VWO request (GET|POST) (/\S*) -> (\S+) \((\d+) event
 
 
 def _request_lines(caplog: pytest.LogCaptureFixture) -> list[re.Match[str]]:
-    return [m for r in caplog.records if (m := REQUEST_LINE.match(r.getMessage()))]
+    return [m for r in caplog.records if (m := REQUEST_LINE.search(r.getMessage()))]
 
 
 def _no_secret_logged(caplog: pytest.LogCaptureFixture) -> None:

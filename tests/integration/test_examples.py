@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -101,3 +102,69 @@ def test_asyncio_app_emits_from_async_handlers(receiver):
     assert receiver.event_count() == 62
     names = {span["name"] for span in _json_lines(out)}
     assert names == {"GET /", "POST /signup"}
+
+
+def test_asyncio_app_under_uvicorn_sigterm_delivers_every_event_exactly_once(receiver):
+    """`uvicorn asyncio_app:app`, requests from several threads, then SIGTERM at once: the
+    lifespan's awaited flush and shutdown deliver what was queued, each event once."""
+    pytest.importorskip("uvicorn")
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    receiver.stall(0.1)  # VWO 100 ms away: the flush at shutdown waits, the loop does not
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "asyncio_app:app", "--port", str(port),
+                             "--log-level", "warning"], cwd=EXAMPLES, env=_env(receiver),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_up(base + "/", proc)  # user "anonymous": 1 event
+        users = [f"user-{t}-{i}" for t in range(4) for i in range(40)]
+
+        def visit(batch: list[str]) -> None:
+            with requests.Session() as s:
+                for user in batch:
+                    assert s.get(base + "/", params={"user": user}, timeout=10).status_code == 200
+                    assert s.post(base + "/signup", params={"user": user}, timeout=10).status_code == 200
+
+        threads = [threading.Thread(target=visit, args=(users[t::4],)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode in (0, -signal.SIGTERM), err  # uvicorn raises the signal again once it stopped
+    assert "VWO flush at shutdown: all delivered" in err
+    events = receiver.events()
+    keys = [(e["eT"], e["u"]) for e in events]
+    assert len(keys) == 1 + 2 * len(users) and len(set(keys)) == len(keys)  # all of them, each once
+    assert sorted(e["eT"] for e in events).count(2) == len(users)
+
+
+def test_sdk_app_runs_the_official_sdk_offline_through_vwo_otel(receiver):
+    """The official SDK with the test settings file (no network), VWOInstrumentor(strict=True),
+    under uvicorn: every activate / track reaches the receiver in vwo_otel's batches, once; the
+    SDK sends nothing itself."""
+    pytest.importorskip("vwo", reason="needs vwo-python-sdk 1.68.x (and setuptools<81)")
+    from vwo_otel.export.wire import visitor_uuid
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, str(EXAMPLES / "sdk_app.py")], env=_env(receiver, PORT=str(port)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    users = [f"user-{i}" for i in range(10)]
+    try:
+        _wait_up(base + "/?user=warm-up", proc)
+        for user in users:
+            assert requests.get(base + "/", params={"user": user}, timeout=5).json()["variation"] in (
+                "Control", "Variation-1")
+            assert requests.post(base + "/buy", params={"user": user}, timeout=5).json()["tracked"] is True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode in (0, -signal.SIGTERM), err
+    assert "VWO flush at shutdown: all delivered" in err, err
+    assert {r["path"] for r in receiver.requests()} == {"/server-side/batch-events"}  # nothing from the SDK itself
+    events = [(e["eT"], e["u"]) for e in receiver.events()]
+    expected = [(1, visitor_uuid(ACCOUNT_ID, u)) for u in ["warm-up", *users]] + \
+        [(2, visitor_uuid(ACCOUNT_ID, u)) for u in users]
+    assert sorted(events) == sorted(expected)  # each once

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-from vwo_otel import VWOExporter, VWOLogRecordProcessor, VWOSampler, VWOSpanProcessor
+from vwo_otel import ConfigError, VWOExporter, VWOLogRecordProcessor, VWOSampler, VWOSpanProcessor
 from vwo_otel import attributes as A
 from vwo_otel._version import SDK_NAME
 from vwo_otel.event import MalformedEvent, VWOEvent, from_attributes
@@ -237,6 +237,53 @@ def test_a_processor_takes_only_its_own_accounts_events(sdk_host, instrument):
     assert proc_b.stats()["events"] == {"delivered": len(USERS), "failed": 0}
 
 
+# -- an account the provider does not deliver (issue #21 item 10) ----------------------------------------
+
+def test_another_accounts_events_are_named_counted_and_sent_by_the_sdk(sdk_host, pipeline, instrument, caplog):
+    """The settings file's account differs from the exporter's: the SDK sends those events itself
+    (on the request thread); the one warning names both accounts and stats() counts them."""
+    _, processor, provider = pipeline()
+    instrument(tracer_provider=provider)
+    client = launch(settings(OTHER_ACCOUNT, OTHER_KEY))
+    with caplog.at_level(logging.WARNING, logger="vwo_otel"):
+        workload(client, USERS[:2])
+    sent_by_sdk = sdk_requests(sdk_host)
+    assert len(sent_by_sdk) == 10  # activate, is_feature_enabled, 2 track, push; for 2 users
+    assert processor.stats()["events"] == {"delivered": 0, "failed": 0, "handed_to_sdk": 10}
+    (line,) = [r.getMessage() for r in caplog.records if str(OTHER_ACCOUNT) in r.getMessage()]
+    assert f"account {OTHER_ACCOUNT}" in line and f"account {ACCOUNT_ID}" in line, line
+    assert "handed_to_sdk" in line and "strict=True" in line, line
+
+
+def test_strict_refuses_another_account_at_launch_naming_both(sdk_host, pipeline, instrument):
+    _, processor, provider = pipeline()
+    instrument(tracer_provider=provider, strict=True)
+    with pytest.raises(ConfigError) as info:
+        launch(settings(OTHER_ACCOUNT, OTHER_KEY))
+    assert f"account {OTHER_ACCOUNT}" in str(info.value) and f"account {ACCOUNT_ID}" in str(info.value)
+    client = launch()  # the account the provider delivers: as usual
+    client.activate("ab", "a")
+    assert client.flush_events(mode="sync") is None and sdk_requests(sdk_host) == []
+    assert processor.stats()["events"] == {"delivered": 1, "failed": 0}
+
+
+def test_strict_refuses_at_instrument_time(sdk_host, make_exporter, instrument):
+    """Where instrument() can tell: a provider with no VWO processor, or account_id= given (the
+    account of the settings file the app will launch) that no processor delivers."""
+    bare = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+    with pytest.raises(ConfigError, match="no VWOSpanProcessor on the TracerProvider"):
+        instrument(tracer_provider=bare, strict=True)
+    provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+    provider.add_span_processor(VWOSpanProcessor(make_exporter(), None))
+    with pytest.raises(ConfigError) as info:
+        instrument(tracer_provider=provider, strict=True, account_id=OTHER_ACCOUNT)
+    assert f"account {OTHER_ACCOUNT}" in str(info.value) and f"account {ACCOUNT_ID}" in str(info.value)
+    assert EventDispatcher.dispatch.__name__ == "dispatch" and not hasattr(EventDispatcher.dispatch, "__wrapped__")
+    instrument(tracer_provider=provider, strict=True, account_id=ACCOUNT_ID)  # matches: instrumented
+    assert hasattr(EventDispatcher.dispatch, "__wrapped__")
+    provider.shutdown()
+
+
 # -- what stays with the SDK -------------------------------------------------------------------------------
 
 def test_event_arch_accounts_are_left_to_the_sdk(sdk_host, pipeline, instrument):
@@ -274,8 +321,10 @@ def test_without_a_vwo_processor_the_sdk_sends_itself(sdk_host, instrument, capl
         client.activate("ab", "b")
     assert [r["path"] for r in sdk_requests(sdk_host)] == ["/server-side/track-user"] * 2
     assert [r.getMessage() for r in caplog.records].count(
-        "vwo_otel: no VWOSpanProcessor on the TracerProvider delivers VWO account 12345: the VWO SDK sends "
-        "that account's events itself") == 1
+        "vwo_otel: the VWO SDK's events of account 12345 reach no VWOSpanProcessor on the TracerProvider (it has "
+        "no open VWO processor): the SDK sends them itself, on the calling thread (counted in "
+        "processor.stats()['events']['handed_to_sdk']; VWOInstrumentor().instrument(strict=True) refuses such a "
+        "set-up)") == 1
 
 
 def test_an_unrecorded_span_is_sent_by_the_sdk(sdk_host, make_exporter, instrument, caplog):
@@ -402,7 +451,9 @@ client.track("ab", "Varun", "purchase", revenue_value=7)
 """
 
 
-def test_opentelemetry_instrument_loads_it(tmp_path, receiver):
+@pytest.mark.parametrize("app_env", [{}, {"VWO_ENV": "staging", "VWO_DEBUG": "1"}], ids=["plain", "app-vwo-vars"])
+def test_opentelemetry_instrument_loads_it(tmp_path, receiver, app_env):
+    """With the app's own VWO_* variables too: they never hand delivery back to the SDK."""
     from importlib import metadata
 
     bin_dir = Path(sys.executable).parent
@@ -421,7 +472,7 @@ def test_opentelemetry_instrument_loads_it(tmp_path, receiver):
         "PYTHONPATH": os.pathsep.join(path + [env.get("PYTHONPATH", "")]),
         "VWO_ACCOUNT_ID": str(ACCOUNT_ID), "VWO_SDK_KEY": SDK_KEY, "VWO_ENDPOINT": receiver.url,
         "VWO_EVENTS_PER_REQUEST": "100", "VWO_REQUEST_TIME_INTERVAL": "600", "OTEL_TRACES_EXPORTER": "none",
-        "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none", "PYTHONWARNINGS": "ignore",
+        "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none", "PYTHONWARNINGS": "ignore", **app_env,
     })
     proc = subprocess.run([str(bin_dir / "opentelemetry-instrument"), sys.executable, "app.py", receiver.url,
                            "settings.json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)

@@ -124,6 +124,25 @@ def test_forgotten_secret_leaks_nothing_and_names_the_variable(tmp_path, receive
     assert receiver.events() == []
 
 
+#: Names an app may well use for its own settings (issue #21 item 9: 6 of these 10 switched VWO off).
+APP_VARIABLES = {"VWO_ENV": "staging", "VWO_API_KEY": "app-key-1", "VWO_ACCOUNT": "acme", "VWO_TIMEOUT_MS": "1500",
+                 "VWO_ENABLED": "true", "VWO_DEBUG": "1", "VWO_LOG_LEVEL": "debug", "VWO_CAMPAIGN_KEY": "checkout",
+                 "VWO_SETTINGS_FILE": "/etc/vwo.json", "VWO_USER_ID": "u-1"}
+
+
+@pytest.mark.parametrize("name", list(APP_VARIABLES))
+def test_an_apps_own_vwo_variable_disables_nothing(tmp_path, receiver, name):
+    """The app's own VWO_ENV=staging (or the like) next to correct credentials: every event
+    delivered, and at most one warning naming the variable, without a "did you mean"."""
+    proc = _run(tmp_path, receiver, {name: APP_VARIABLES[name]})
+    assert proc.returncode == 0, proc.stderr
+    assert receiver.wait_for_events(8, timeout=10), proc.stderr
+    assert receiver.event_count() == 8
+    lines = [line for line in proc.stderr.splitlines() if name in line]
+    assert len(lines) <= 1 and "did you mean" not in proc.stderr, proc.stderr
+    assert "not enabled" not in proc.stderr, proc.stderr
+
+
 def test_unusable_spool_does_not_stop_instrumentation(tmp_path, receiver):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the spool directory should be")
@@ -139,6 +158,16 @@ def test_configure_is_a_no_op_without_credentials(caplog):
     with caplog.at_level(logging.ERROR, logger="vwo_otel"):
         assert auto.configure({"VWO_ACCOUNT_ID": "x", "VWO_SDK_KEY": "k"}) is None
     assert "VWO_ACCOUNT_ID must be a positive int" in caplog.text
+
+
+def test_an_apps_own_variable_alone_is_no_set_up_attempt(caplog):
+    """VWO_ENV set by an app that does not use vwo_otel zero-code: no "not set" warning."""
+    with caplog.at_level(logging.DEBUG, logger="vwo_otel"):
+        assert auto.configure({"VWO_ENV": "staging"}) is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    with caplog.at_level(logging.WARNING, logger="vwo_otel"):
+        assert auto.configure({"VWO_ENDPOINT": "http://127.0.0.1:1"}) is None  # one of ours: meant to
+    assert "VWO_ACCOUNT_ID and VWO_SDK_KEY not set" in caplog.text
 
 
 @pytest.mark.parametrize("name, arg, description", [

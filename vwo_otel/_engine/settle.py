@@ -26,6 +26,7 @@ from typing import Any
 from ..config import FlushCallback
 from ..errors import EventsDropped, Outcome
 from ..event import VWOEvent
+from ..hints import hint
 
 logger = logging.getLogger("vwo_otel")
 
@@ -207,8 +208,9 @@ class Notifier:
             if o.error is not None:
                 ok = False
                 err = o.error
+                fix = hint(err)  # the same words `vwo-otel check` prints
                 self.log.warn(("failed", type(err).__name__, getattr(err, "status", None)), len(o.events),
-                              "VWO batch of %d event(s) failed: %s", len(o.events), err)
+                              "VWO batch of %d event(s) failed: %s%s", len(o.events), err, f"; {fix}" if fix else "")
         with self._cond:
             item = _Settled(seq, seq, ok, deque(outcomes))
             self._items.append(item)
