@@ -146,7 +146,7 @@ def test_usage_stats_travel_once(pipeline, receiver):
             assert processor.flush_events() is True  # VWO has accepted the first request
     assert processor.flush_events() is True
     carrying = [d for d in fme_events(receiver) if "vwoMeta" in d["event"]["props"]]
-    assert len(carrying) == 1 and carrying[0]["event"]["props"]["vwoMeta"] == {"eb": 1, "ll": 2}
+    assert len(carrying) == 1 and carrying[0]["event"]["props"]["vwoMeta"] == {"eb": 1, "ll": 2, "env": SDK_KEY}
     assert "vwoMeta" in fme_events(receiver)[0]["event"]["props"]  # one per request, until accepted
 
 
