@@ -286,19 +286,34 @@ def test_strict_refuses_at_instrument_time(sdk_host, make_exporter, instrument):
 
 # -- what stays with the SDK -------------------------------------------------------------------------------
 
-def test_event_arch_accounts_are_left_to_the_sdk(sdk_host, pipeline, instrument):
+def test_event_arch_accounts_go_as_legacy_batch_events(sdk_host, pipeline, instrument):
+    """Alone, an event-architecture account (isEventArchEnabled) without batch_events sends one
+    POST /events/t per call on the calling thread. Instrumented, its events go through vwo_otel in
+    the legacy batch format, the one the SDK's own batching sends for such accounts: the same
+    events, once each; uninstrumented, the client sends in real time again."""
     arch = settings(isEventArchEnabled=True)
+    workload(launch(arch), USERS[:2])
+    assert [(r["method"], r["path"]) for r in sdk_host.requests()] == [("POST", "/events/t")] * 10
+    sdk_host.reset()
+    batching = launch(arch, batch_events={"events_per_request": 1000, "request_time_interval": 60})
+    workload(batching, USERS[:2])
+    batching.flush_events(mode="sync")
+    expected = parsed_tags(sdk_host.events())
+    assert len(expected) == 10
+    sdk_host.reset()
+    _, processor, provider = pipeline({"events_per_request": 1000, "request_time_interval": 60})
+    instrumentor = instrument(tracer_provider=provider)
     client = launch(arch)
     workload(client, USERS[:2])
-    expected = [(r["method"], r["path"]) for r in sdk_host.requests()]
-    assert expected == [("POST", "/events/t")] * 10  # one per call: activate, is_feature_enabled, 2 track, push
+    assert client.flush_events(mode="sync") is True
+    assert sdk_requests(sdk_host) == []
+    got = parsed_tags(sdk_host.events())
+    assert sorted(map(json.dumps, got)) == sorted(map(json.dumps, expected))
+    assert processor.stats()["events"] == {"delivered": 10, "failed": 0}
     sdk_host.reset()
-    _, processor, provider = pipeline()
-    instrument(tracer_provider=provider)
-    workload(launch(arch), USERS[:2])
-    processor.flush_events("sync")
-    assert [(r["method"], r["path"]) for r in sdk_host.requests()] == expected  # once each, by the SDK
-    assert processor.stats()["events"] == {"delivered": 0, "failed": 0}
+    instrumentor.uninstrument()
+    client.activate("ab", "late")
+    assert [(r["method"], r["path"]) for r in sdk_host.requests()] == [("POST", "/events/t")]
 
 
 def test_event_arch_with_batch_events_goes_through_vwo_otel(sdk_host, pipeline, instrument):

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from vwo_otel import attributes as A
-from vwo_otel._fme_bridge import convert
+from vwo_otel.instrumentation.fme import convert
 
 KEY = "test-sdk-key-0123456789"
 ACCOUNT = 12345

@@ -101,7 +101,8 @@ def fallback(sdk_side, otel_side, **env):
 
 def test_without_a_vwo_processor_the_sdk_sends_its_events_itself(sdk_side, otel_side):
     (warning,) = fallback(sdk_side, otel_side, processor="none")
-    assert f"no VWOSpanProcessor on the TracerProvider delivers VWO account {ACCOUNT}" in warning
+    assert f"events of account {ACCOUNT} reach no VWOSpanProcessor on the TracerProvider" in warning
+    assert "handed_to_sdk" in warning and "VWOFMEInstrumentor().instrument(strict=True)" in warning
 
 
 @needs_fme_delivery
@@ -147,3 +148,19 @@ def test_uninstrument_gives_the_sdk_back(sdk_side, otel_side, sdk_batch):
     before, after = visitor_uuid(ACCOUNT, "user-0"), visitor_uuid(ACCOUNT, "second-0")
     assert {d["visId"] for d in otel_side.events() if d["event"]["name"] == "purchase"} == {before}
     assert {d["visId"] for d in sdk_side.events() if d["event"]["name"] == "purchase"} == {after}
+
+
+def test_strict_refuses_a_provider_that_delivers_no_vwo_account():
+    """instrument(strict=True): events that would stay with the SDK are refused at set-up, before
+    anything is patched (the account is known once the SDK is initialised: it falls back then)."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from vwo_otel import VWOSampler
+    from vwo_otel.errors import ConfigError
+    from vwo_otel.instrumentation import VWOFMEInstrumentor
+
+    bare = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+    instrumentor = VWOFMEInstrumentor()
+    with pytest.raises(ConfigError, match=r"VWOFMEInstrumentor\(strict=True\): no VWOSpanProcessor"):
+        instrumentor.instrument(tracer_provider=bare, strict=True)
+    assert not instrumentor.is_instrumented_by_opentelemetry

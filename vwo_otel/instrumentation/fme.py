@@ -54,15 +54,13 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import wrapt  # type: ignore[import-untyped]
-from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.utils import unwrap
 
-from . import attributes as A
-from ._version import __version__
-from .api import Route
-from .event import MalformedEvent, from_attributes
-from .event_types import row_for
+from .. import attributes as A
+from .. import checks
+from ..event import MalformedEvent, from_attributes
+from .routing import Bridge
 
 logger = logging.getLogger("vwo_otel")
 
@@ -146,12 +144,6 @@ def convert(payload: Mapping[str, Any], account_id: int, sdk_key: str) -> tuple[
     return name, attrs, time_ms * _MS
 
 
-def _span_name(name: str) -> str:
-    """The span / log event name ``VWOEvents`` gives an FME event of that name (its row's)."""
-    row = row_for(name)
-    return row.span_name if row is not None else name
-
-
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
@@ -173,18 +165,19 @@ class VWOFMEInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return (SUPPORTED["vwo-fme-python-sdk"],)
 
     def _instrument(self, **kwargs: Any) -> None:
-        tracer_provider = kwargs.get("tracer_provider")
-        logger_provider = kwargs.get("logger_provider")
-        if tracer_provider is not None and logger_provider is not None:
-            raise ValueError("pass tracer_provider or logger_provider, not both: events go one way")
         try:
             modules = {name: importlib.import_module(name)
                        for name in {m for m, _, _ in _HOOKS} | {_BUILDER, _SETTINGS, _CLIENT}}
         except ImportError:  # opentelemetry-instrument loads every instrumentor; this app has no FME SDK
             logger.debug("vwo_otel: the VWO FME SDK is not importable; VWOFMEInstrumentor does nothing")
             return
-        bridge = self._bridge = _FMEBridge(tracer_provider, logger_provider, bool(kwargs.get("to_gateway", False)),
-                                           modules[_SETTINGS].SettingsManager, modules[_CLIENT].WingifyClient)
+        bridge = _FMEBridge(kwargs.get("tracer_provider"), kwargs.get("logger_provider"),
+                            bool(kwargs.get("to_gateway", False)), modules[_SETTINGS].SettingsManager,
+                            modules[_CLIENT].WingifyClient)
+        if kwargs.get("strict"):  # refuse before anything is patched
+            account_id = kwargs.get("account_id")
+            bridge.refuse_unless_delivered(None if account_id is None else checks.account_id(account_id))
+        self._bridge = bridge
         for module, name, method in _HOOKS:
             wrapt.wrap_function_wrapper(module, name, getattr(bridge, method))
         builder = modules[_BUILDER]
@@ -212,15 +205,6 @@ def _resolve(path: str) -> Any:
         return getattr(importlib.import_module(module), cls)
 
 
-def _routing() -> Any:
-    """``VWOInstrumentor``'s module, whose rules for finding the VWO processors of an account
-    (``_receivers``, ``_open``) this bridge follows too. Looked up when first used, not imported at
-    the top: ``instrumentation.py`` imports this module to re-export ``VWOFMEInstrumentor``.
-    (Those rules belong in a module of their own that both bridges import.)"""
-    from . import instrumentation
-    return instrumentation
-
-
 class _DaemonTimers:
     """``threading`` as the SDK's builder module sees it while instrumented: its ``Timer`` (the
     settings poll, rescheduled every ``poll_interval``, 600 s by default) is a daemon thread, so
@@ -236,22 +220,17 @@ class _DaemonTimers:
         return timer
 
 
-class _FMEBridge:
-    """The wrapped SDK functions and what they share: the provider, its VWO processors, warnings."""
+class _FMEBridge(Bridge):
+    """The wrapped SDK functions (the rest is ``routing.Bridge``)."""
+
+    sdk = "the VWO FME SDK"
+    who = "VWOFMEInstrumentor"
 
     def __init__(self, tracer_provider: Any, logger_provider: Any, to_gateway: bool, settings_manager: Any,
                  client_class: Any) -> None:
-        self._log = logger_provider is not None
-        self._provider = logger_provider or tracer_provider  # None: the global tracer provider, read when used
-        self._to_gateway = to_gateway
+        super().__init__(tracer_provider, logger_provider, to_gateway)
         self._settings_manager = settings_manager  # the SDK's singleton: its account and sdk key
         self._client_class = client_class  # WingifyClient: get_instance() is the client the SDK's events use
-        self._emitter: Callable[[str, dict[str, Any], int], bool] | None = None
-        self._routing = _routing()
-        self._receivers: Any = None  # instrumentation.Receivers, once looked up
-        self._length: int | None = None  # the provider's attribute value length limit
-        self._lock = threading.Lock()
-        self._warned: set[object] = set()
         self._quiet: weakref.WeakSet[Any] = weakref.WeakSet()  # SDK batch queues without their timer
         self.builder_threading: Any = threading
 
@@ -326,19 +305,7 @@ class _FMEBridge:
         sdk_held = bool(getattr(queue, "batch_queue", None))
         if sdk_held:
             wrapped(*args, **kwargs)
-        return self.flush() and not sdk_held
-
-    def flush(self) -> bool:
-        """Flush the VWO processors of the SDK's account, or the whole provider when events leave
-        through its own exporters (a gateway, or processors we cannot see)."""
-        account = self._account()
-        found = self._routing._receivers(self._current_provider(), self._log, self._to_gateway)
-        processors = found.by_account.get(account, ()) if account is not None else ()
-        if processors:
-            return all([p.flush_events("sync") for p in processors])
-        force_flush = getattr(self._current_provider(), "force_flush", None)
-        result = force_flush() if force_flush is not None else None
-        return result is True
+        return self.flush(self._account()) and not sdk_held
 
     # -- SDK state ----------------------------------------------------------------------------------
     def quiet_timer(self, queue: Any) -> None:
@@ -377,78 +344,11 @@ class _FMEBridge:
             name, attrs, time_ns = convert(payload, account, manager.get_sdk_key())
             from_attributes(attrs, time_ns)  # the processors' own decoder: what it refuses stays with the SDK
         except (MalformedEvent, AttributeError, KeyError, TypeError, ValueError) as exc:
-            self._warn(("malformed", type(exc)), "vwo_otel: an event of the VWO FME SDK cannot become a VWO "
-                       "event (%s); the SDK sends it itself", exc)
+            self.warn(("malformed", type(exc)), "vwo_otel: an event of the VWO FME SDK cannot become a VWO "
+                      "event (%s); the SDK sends it itself", exc)
+            self.handed_back()
             return False
-        if not self._arrives(account):
-            return False
-        limit = self._length
-        if limit is not None and any(type(v) is str and len(v) > limit for v in attrs.values()):
-            self._warn("length", "vwo_otel: an event of the VWO FME SDK is longer than the provider's attribute "
-                       "value length limit (%d); the SDK sends such events itself", limit)
-            return False
-        if not self._emit(name, attrs, time_ns):
-            self._warn("unrecorded", "vwo_otel: a VWO event span was not recorded (use an SDK TracerProvider with "
-                       "sampler=vwo_otel.VWOSampler(...)); the VWO FME SDK sends such events itself")
-            return False
-        return True
-
-    def _arrives(self, account: int) -> bool:
-        """Whether events of ``account`` reach a VWO processor (looked up again while they do not:
-        processors may be added after ``instrument``)."""
-        found, routing = self._receivers, self._routing
-        if found is not None and (found.any_account or routing._open(found.by_account.get(account))):
+        if self.arrives(account) and self.fits(attrs) and self.emit(name, attrs, time_ns):
             return True
-        provider = self._current_provider()
-        with self._lock:
-            self._receivers = found = routing._receivers(provider, self._log, self._to_gateway)
-            self._length = Route.of(provider, self._log).length
-        if found.any_account or routing._open(found.by_account.get(account)):
-            return True
-        kind = "VWOLogRecordProcessor on the LoggerProvider" if self._log else "VWOSpanProcessor on the TracerProvider"
-        if account in found.by_account:
-            self._warn(("closed", account), "vwo_otel: the %s of VWO account %d is shut down: the VWO FME SDK "
-                       "sends that account's events itself", kind, account)
-        elif found.by_account:
-            others = ", ".join(str(a) for a in sorted(found.by_account))
-            self._warn(("account", account), "vwo_otel: the VWO FME SDK runs for VWO account %d, but the %s "
-                       "delivers account %s: the SDK sends account %d's events itself", account, kind, others,
-                       account)
-        else:
-            self._warn(("account", account), "vwo_otel: no %s delivers VWO account %d: the VWO FME SDK sends "
-                       "that account's events itself", kind, account)
+        self.handed_back()
         return False
-
-    def _emit(self, name: str, attrs: dict[str, Any], time_ns: int) -> bool:
-        emit = self._emitter
-        if emit is None:
-            emit = self._emitter = self._make_emitter()
-        return emit(name, attrs, time_ns)
-
-    def _make_emitter(self) -> Callable[[str, dict[str, Any], int], bool]:
-        """A function that emits one event on the provider; False if its span was not recorded."""
-        provider = self._current_provider()
-        if self._log:
-            emit_log = provider.get_logger("vwo_otel", __version__).emit
-
-            def log(name: str, attrs: dict[str, Any], time_ns: int) -> bool:
-                emit_log(event_name=_span_name(name), attributes=attrs, timestamp=time_ns)
-                return True
-            return log
-        start = provider.get_tracer("vwo_otel", __version__).start_span
-
-        def span(name: str, attrs: dict[str, Any], time_ns: int) -> bool:
-            s = start(_span_name(name), attributes=attrs, start_time=time_ns)
-            recording: bool = s.is_recording()
-            s.end()
-            return recording
-        return span
-
-    def _current_provider(self) -> Any:
-        return self._provider if self._provider is not None else trace.get_tracer_provider()
-
-    def _warn(self, key: object, message: str, *args: Any) -> None:
-        """Log ``message`` once per ``key`` (an account, a reason), never per event."""
-        if key not in self._warned:
-            self._warned.add(key)
-            logger.warning(message, *args)
