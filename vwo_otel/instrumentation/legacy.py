@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from importlib import metadata
 import logging
 import weakref
 from collections.abc import Callable, Collection
@@ -39,6 +40,7 @@ from opentelemetry.instrumentation.utils import unwrap
 from .. import attributes as A
 from .. import checks
 from ..event import MalformedEvent, from_attributes
+from .fme import SUPPORTED as FME_SUPPORTED
 from .routing import Bridge
 
 logger = logging.getLogger("vwo_otel")
@@ -59,6 +61,15 @@ class VWOInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return (SUPPORTED,)
+
+    def instrument(self, **kwargs: Any) -> Any:
+        """As ``BaseInstrumentor.instrument``; in an app that runs VWO's FME SDK instead, says to
+        use ``VWOFMEInstrumentor`` (both SDKs install a ``vwo`` package; this one finds no legacy SDK)."""
+        if not _installed("vwo-python-sdk") and any(map(_installed, FME_SUPPORTED)):
+            logger.error("vwo_otel: VWOInstrumentor instruments the deprecated vwo-python-sdk, but this app runs "
+                         "VWO's FME SDK: use vwo_otel.instrumentation.VWOFMEInstrumentor().instrument(...)")
+            return None
+        return super().instrument(**kwargs)
 
     def _instrument(self, **kwargs: Any) -> None:
         try:
@@ -207,6 +218,14 @@ def _revenue(value: Any) -> Any:
         except ValueError:
             return float(value)
     return value
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def _account_of(client: Any) -> int | None:

@@ -164,3 +164,14 @@ def test_strict_refuses_a_provider_that_delivers_no_vwo_account():
     with pytest.raises(ConfigError, match=r"VWOFMEInstrumentor\(strict=True\): no VWOSpanProcessor"):
         instrumentor.instrument(tracer_provider=bare, strict=True)
     assert not instrumentor.is_instrumented_by_opentelemetry
+
+
+def test_the_legacy_instrumentor_points_to_this_one(caplog):
+    """Tried as a new user would: VWOInstrumentor with the FME SDK installed says which to use."""
+    import logging
+
+    from vwo_otel.instrumentation import VWOInstrumentor
+
+    with caplog.at_level(logging.ERROR, logger="vwo_otel"):
+        VWOInstrumentor().instrument()
+    assert "use vwo_otel.instrumentation.VWOFMEInstrumentor" in caplog.text
