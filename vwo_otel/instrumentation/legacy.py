@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import importlib
 import json
-from importlib import metadata
 import logging
 import weakref
 from collections.abc import Callable, Collection
+from importlib import metadata
 from typing import Any
 
 import wrapt  # type: ignore[import-untyped]
