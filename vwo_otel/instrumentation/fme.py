@@ -55,7 +55,6 @@ from typing import Any
 
 import wrapt  # type: ignore[import-untyped]
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import unwrap
 
 from .. import attributes as A
 from .. import checks
@@ -81,6 +80,7 @@ _HOOKS: tuple[tuple[str, str, str], ...] = (
     ("wingify.utils.impression_util", "send_post_api_request", "one_event"),
     ("wingify.utils.event_util", "send_event", "sdk_event"),
     ("wingify.wingify_client", "WingifyClient.flush_events", "flush_events"),
+    ("wingify.services.settings_manager", "SettingsManager.is_settings_valid", "settings_valid"),
 )
 _BUILDER = "wingify.wingify_builder"  # its settings-poll timers come from its module global ``threading``
 _SETTINGS = "wingify.services.settings_manager"
@@ -179,6 +179,9 @@ class VWOFMEInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             bridge.refuse_unless_delivered(None if account_id is None else checks.account_id(account_id))
         self._bridge = bridge
         for module, name, method in _HOOKS:
+            owner, _, attr = f"{module}.{name}".rpartition(".")
+            target = _resolve(owner)
+            bridge.originals.append((target, attr, vars(target)[attr]))  # as defined: a staticmethod stays one
             wrapt.wrap_function_wrapper(module, name, getattr(bridge, method))
         builder = modules[_BUILDER]
         bridge.builder_threading = builder.threading
@@ -189,9 +192,8 @@ class VWOFMEInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         bridge, self._bridge = self._bridge, None
         if bridge is None:  # the SDK was not importable: nothing was patched
             return
-        for module, name, _ in _HOOKS:
-            owner, _, attr = f"{module}.{name}".rpartition(".")
-            unwrap(_resolve(owner), attr)
+        for target, attr, original in reversed(bridge.originals):
+            setattr(target, attr, original)
         setattr(importlib.import_module(_BUILDER), "threading", bridge.builder_threading)  # noqa: B010
         bridge.restart_timers()
 
@@ -231,6 +233,9 @@ class _FMEBridge(Bridge):
         super().__init__(tracer_provider, logger_provider, to_gateway)
         self._settings_manager = settings_manager  # the SDK's singleton: its account and sdk key
         self._client_class = client_class  # WingifyClient: get_instance() is the client the SDK's events use
+        self._valid_settings: Any = None  # the settings object the SDK last found valid (see settings_valid)
+        #: (module or class, name, the attribute as it was defined) of each wrapped function
+        self.originals: list[tuple[Any, str, Any]] = []
         self._quiet: weakref.WeakSet[Any] = weakref.WeakSet()  # SDK batch queues without their timer
         self.builder_threading: Any = threading
 
@@ -294,6 +299,20 @@ class _FMEBridge(Bridge):
         if self.deliver(payload):
             return {"success": True, "message": "Event sent successfully"}  # what send_event answers
         return wrapped(*args, **kwargs)
+
+    def settings_valid(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                       kwargs: dict[str, Any]) -> Any:
+        """``SettingsManager.is_settings_valid(settings)``: the SDK checks its whole settings file
+        against a JSON schema on every ``get_flag`` / ``track_event`` / ``set_attribute`` (about
+        0.8 ms each); the file it last found valid (that same object, the client's) is not checked
+        again. A new settings object (a settings update) is checked as before."""
+        settings = args[0] if args else kwargs.get("settings")
+        if settings is not None and settings is self._valid_settings:
+            return True
+        valid = wrapped(*args, **kwargs)
+        if valid is True and isinstance(settings, dict):
+            self._valid_settings = settings
+        return valid
 
     # -- WingifyClient.flush_events -----------------------------------------------------------------
     def flush_events(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],

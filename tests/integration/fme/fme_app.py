@@ -174,6 +174,7 @@ SDK_FUNCTIONS = (
     ("wingify.utils.impression_util", "send_post_api_request"),
     ("wingify.utils.event_util", "send_event"),
     ("wingify.wingify_client", "WingifyClient.flush_events"),
+    ("wingify.services.settings_manager", "SettingsManager.is_settings_valid"),
 )
 
 
@@ -187,6 +188,10 @@ def restored() -> bool:
             owner = getattr(owner, part)
         if hasattr(owner, "__wrapped__"):
             return False
+    from wingify.services.settings_manager import SettingsManager
+
+    if not isinstance(vars(SettingsManager)["is_settings_valid"], staticmethod):  # as the SDK defines it
+        return False
     return importlib.import_module("wingify.wingify_builder").threading is threading
 
 
