@@ -30,6 +30,7 @@ from .demo import DEMO_ACCOUNT_ID, DEMO_SDK_KEY, run_demo
 from .env import ConfigError, batch_events_from_env, describe_unknown, exporter_from_env, read_env, unknown_names
 from .errors import HTTPStatusError, NetworkError, PayloadTooLarge, VWODeliveryError
 from .event import from_attributes
+from .event_types import TYPES, LegacyWire
 from .export.exporter import VWOExporter
 from .export.http import TransportError
 from .export.retry import RetryPolicy
@@ -42,7 +43,12 @@ __all__ = ["check", "demo", "gateway", "main", "parser", "receive"]
 #: The most simulated requests ``vwo-otel demo --users`` runs.
 MAX_DEMO_USERS = 1_000_000
 EXPORT_FORMATS = ("json", "jsonl", "csv")
-_EVENT_COLUMNS = ("request_id", "eT", "u", "sId", "e", "c", "g", "r", "t", "visitor_ua", "visitor_ip")
+#: ``receive --export csv``: a legacy event's keys (every row's of ``event_types``), an FME event's
+#: ``d`` flattened (its properties as JSON text), the visitor's.
+_EVENT_COLUMNS = ("request_id", "format", "eT", "u", "sId",
+                  *dict.fromkeys(k.wire for row in TYPES.values() if isinstance(row.wire, LegacyWire)
+                                 for k in row.wire.batch),
+                  "name", "msgId", "visId", "sessionId", "time", "props", "visitor_props", "visitor_ua", "visitor_ip")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -348,6 +354,19 @@ def _summary_out(s: Mapping[str, Any], as_json: bool, prefix: str = "") -> str:
             f"{s['bytes_per_event']:.1f} bytes/event")
 
 
+def _flat(event: dict[str, Any]) -> dict[str, Any]:
+    """One stored event as a CSV row (``_EVENT_COLUMNS``)."""
+    d = event.get("d")
+    if d is None:
+        return {"format": "legacy", **{k: v for k, v in event.items() if k != "raw"}}
+    visitor = d.get("visitor")
+    return {"request_id": event.get("request_id"), "format": "fme", "name": d["event"]["name"],
+            "msgId": d["msgId"], "visId": d["visId"], "sessionId": d["sessionId"], "time": d["event"]["time"],
+            "props": json.dumps(d["event"]["props"]),
+            "visitor_props": json.dumps(visitor["props"]) if isinstance(visitor, dict) else "",
+            "visitor_ua": d.get("visitor_ua", ""), "visitor_ip": d.get("visitor_ip", "")}
+
+
 def _write_events(events: list[dict[str, Any]], fmt: str, f: TextIO) -> None:
     rows = [{k: v for k, v in ev.items() if k != "raw"} for ev in events]
     if fmt == "json":
@@ -359,7 +378,7 @@ def _write_events(events: list[dict[str, Any]], fmt: str, f: TextIO) -> None:
     else:
         writer = csv.DictWriter(f, fieldnames=_EVENT_COLUMNS)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(_flat(ev) for ev in events)
 
 
 # -- check -----------------------------------------------------------------------------------
@@ -375,6 +394,10 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
                    help="send as a batch POST or a real-time GET (default: as configured: batch when "
                         "VWO_EVENTS_PER_REQUEST or VWO_REQUEST_TIME_INTERVAL is set)")
     p.add_argument("--user-id", default="vwo-otel-check", help="user id of the test event (default vwo-otel-check)")
+    p.add_argument("--format", choices=("legacy", "fme"), default="legacy",
+                   help="the wire format of the test event: legacy (vwo-python-sdk: a custom dimension to "
+                        "/server-side/batch-events) or fme (vwo-fme-python-sdk: a visitor attribute to "
+                        "/server-side/batch-events-v2; real time: /events/t) (default legacy)")
 
 
 def check(args: argparse.Namespace, out: TextIO | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -411,14 +434,14 @@ def check(args: argparse.Namespace, out: TextIO | None = None, environ: Mapping[
     realtime = batch is None if args.mode == "auto" else args.mode == "realtime"
     if batch is None:
         configured = "none configured (real-time)"
-        detail = ", one GET per event (set VWO_EVENTS_PER_REQUEST to batch)"
+        detail = ", one request per event (set VWO_EVENTS_PER_REQUEST to batch)"
     else:
         configured = f"{batch.events_per_request} events or {batch.request_time_interval:g} s per request"
         detail = ""
     if realtime == (batch is None):
         say(f"  batching    {configured}{detail}")
     else:  # --mode overrides what is configured: say both
-        sent = "one real-time GET" if realtime else "one batch POST"
+        sent = "one real-time request" if realtime else "one batch POST"
         say(f"  batching    {configured}; --mode {args.mode}: this check sends {sent}")
     for key in ("max_queue_size", "shutdown_timeout", "retry_budget", "max_payload_bytes"):
         if key in settings:
@@ -430,7 +453,7 @@ def check(args: argparse.Namespace, out: TextIO | None = None, environ: Mapping[
         say("development mode (VWO_DISABLED): the configuration is valid; nothing was sent, so the endpoint "
             "and the key are not checked")
         return 0
-    return _send_one(exporter, realtime, args.user_id, say)
+    return _send_one(exporter, realtime, args.user_id, say, args.format == "fme")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -444,7 +467,7 @@ class _SendOnce(RetryPolicy):
         return False
 
 
-def _send_one(exporter: VWOExporter, realtime: bool, user_id: str, say: Callable[[str], None]) -> int:
+def _send_one(exporter: VWOExporter, realtime: bool, user_id: str, say: Callable[[str], None], fme: bool) -> int:
     statuses: list[int | None] = []
     seconds: list[float] = []
 
@@ -454,10 +477,17 @@ def _send_one(exporter: VWOExporter, realtime: bool, user_id: str, say: Callable
         seconds.append(took)
 
     exporter.add_observer(observe)
-    event = from_attributes({A.EVENT_TYPE: A.CUSTOM_DIMENSION, A.USER_ID: user_id,
-                             A.DIMENSION_KEY: "vwo_otel_check", A.DIMENSION_VALUE: "ok"}, time.time_ns())
-    where = "GET /server-side/push" if realtime else "POST /server-side/batch-events"
-    say(f"sending 1 custom-dimension event (vwo_otel_check=ok for user {user_id!r}) as {where}; "
+    if fme:
+        event = from_attributes({A.EVENT_TYPE: A.SYNC_VISITOR_PROP, A.USER_ID: user_id,
+                                 A.VISITOR_PROPERTIES: '{"vwo_otel_check":"ok"}'}, time.time_ns())
+        what = "FME visitor-attribute event"
+    else:
+        event = from_attributes({A.EVENT_TYPE: A.CUSTOM_DIMENSION, A.USER_ID: user_id,
+                                 A.DIMENSION_KEY: "vwo_otel_check", A.DIMENSION_VALUE: "ok"}, time.time_ns())
+        what = "custom-dimension event"
+    fmt = exporter.format_of(event)
+    request = fmt.realtime(event) if realtime else fmt.batch
+    say(f"sending 1 {what} (vwo_otel_check=ok for user {user_id!r}) as {request.method} {request.path}; "
         f"waiting up to {exporter.timeout:g} s for the answer...")
     try:
         outcome = exporter.send_event(event) if realtime else exporter.send_batch([event])[0]

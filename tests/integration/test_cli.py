@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 from conftest import ACCOUNT_ID, SDK_KEY
+from opentelemetry.sdk.trace import TracerProvider
 
-from vwo_otel import VWOExporter, VWOSpanProcessor
+from vwo_otel import VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor
 from vwo_otel.__main__ import main
 from vwo_otel.cli import parser, until_interrupted
 from vwo_otel.testing.receiver import Receiver
@@ -355,3 +356,32 @@ def test_check_in_development_mode_says_nothing_was_sent(receiver, capsys, monke
     out = capsys.readouterr().out
     assert "development mode" in out and "nothing was sent" in out and "ok:" not in out
     assert receiver.requests() == []
+
+
+def test_check_and_export_speak_fme(receiver, capsys, tmp_path):
+    """`check --format fme` sends one FME event (batch: batch-events-v2, real time: /events/t), and
+    `receive --export` writes FME events (csv: one row each, the properties as JSON)."""
+    common = ("--account-id", str(ACCOUNT_ID), "--sdk-key", SDK_KEY, "--endpoint", receiver.url, "--format", "fme")
+    code, out = _check(capsys, *common, "--mode", "batch")
+    assert code == 0 and "as POST /server-side/batch-events-v2" in out, out
+    code, out = _check(capsys, *common, "--mode", "realtime")
+    assert code == 0 and "as POST /events/t" in out, out
+    assert [r["path"] for r in receiver.requests()] == ["/server-side/batch-events-v2", "/events/t"]
+
+    db = tmp_path / "rx.sqlite"
+    with Receiver(ACCOUNT_ID, SDK_KEY, db_path=str(db)) as rx:
+        processor = VWOSpanProcessor(VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=rx.url), None)
+        provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+        provider.add_span_processor(processor)
+        events = VWOEvents(tracer_provider=provider)
+        events.track_event("purchase", "Varun", {"amount": 12.5})
+        events.activate(231, 2, "Varun")
+        assert processor.force_flush(5000)
+        provider.shutdown()
+    rx.close()
+    target = tmp_path / "events.csv"
+    assert main(["receive", "--db", str(db), "--export", "csv", "-o", str(target)]) == 0
+    rows = sorted(csv.DictReader(io.StringIO(target.read_text())), key=lambda r: r["format"])
+    assert [r["format"] for r in rows] == ["fme", "legacy"]
+    assert rows[0]["name"] == "purchase" and json.loads(rows[0]["props"])["amount"] == 12.5
+    assert rows[1]["eT"] == "1" and rows[1]["e"] == "231"

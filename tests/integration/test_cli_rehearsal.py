@@ -234,7 +234,7 @@ def test_check_mode_batch_says_it_sends_a_batch(receiver, capsys):
     code, out = _check(capsys, "--account-id", str(ACCOUNT_ID), "--sdk-key", SDK_KEY, "--endpoint", receiver.url,
                        "--mode", "batch")
     assert code == 0, out
-    assert "one GET per event" not in out, out  # no VWO_EVENTS_PER_REQUEST: configured real-time, but ...
+    assert "one request per event" not in out, out  # no VWO_EVENTS_PER_REQUEST: configured real-time, but ...
     assert "batching    none configured (real-time); --mode batch: this check sends one batch POST" in out, out
     assert [r["method"] for r in receiver.requests()] == ["POST"]
 
@@ -244,7 +244,7 @@ def test_check_mode_realtime_with_batching_configured_says_so(receiver, capsys, 
     code, out = _check(capsys, "--account-id", str(ACCOUNT_ID), "--sdk-key", SDK_KEY, "--endpoint", receiver.url,
                        "--mode", "realtime")
     assert code == 0, out
-    assert "50 events or 600 s per request; --mode realtime: this check sends one real-time GET" in out, out
+    assert "50 events or 600 s per request; --mode realtime: this check sends one real-time request" in out, out
     assert [r["method"] for r in receiver.requests()] == ["GET"]
 
 

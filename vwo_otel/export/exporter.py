@@ -214,6 +214,10 @@ class VWOExporter(SpanExporter, LogRecordExporter):
                 self._limit.learned(send.largest_accepted)
         return outcomes
 
+    def format_of(self, event: VWOEvent) -> Format:
+        """The wire format ``event`` goes in (its row's)."""
+        return self._format_of[event.etype]
+
     def _by_format(self, events: Sequence[VWOEvent]) -> list[tuple[Format, Sequence[VWOEvent]]]:
         """The events of each wire format, in order (one group in the usual case)."""
         format_of = self._format_of
