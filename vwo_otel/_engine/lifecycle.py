@@ -41,10 +41,13 @@ class Batcher(Protocol):
 
     def finish_shutdown(self, state: Any) -> bool: ...
 
-    def after_fork(self) -> None: ...
+    def after_fork(self) -> list[object]: ...
 
 
 _live: weakref.WeakSet[Batcher] = weakref.WeakSet()
+#: In a forked child: what the parent's side of the fork left (its connections), kept referenced
+#: and never used or closed, so the child cannot disturb the files and sockets the parent uses.
+_inherited: list[object] = []
 
 
 def track(batcher: Batcher) -> None:
@@ -88,9 +91,11 @@ def _at_exit() -> None:
 
 
 def _in_child() -> None:
+    """The one at-fork hook: each engine starts afresh (queue, threads, exporter and its
+    transport, backlog), in that order."""
     for batcher in list(_live):
         try:
-            batcher.after_fork()
+            _inherited.extend(batcher.after_fork())
         except Exception:  # pragma: no cover - must never break the child
             logger.exception("vwo_otel: after-fork reset of %r failed", batcher)
 
