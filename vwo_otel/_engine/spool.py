@@ -82,6 +82,11 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 RETRY_INTERVAL = 1.0
 #: Rows of a dead process's file read at a time (the disk lock is let go between pages).
 PAGE = 1000
+#: Bytes the spool leaves free on its disk: below this no new row is written (as if the disk
+#: refused), so the rows of settled events can still be deleted (a deletion needs room in the
+#: WAL) and a restart can create its file; without it a delivered event whose row could not
+#: be deleted is sent again by the next start.
+DISK_RESERVE = 64 * 1024
 
 #: A row not yet on disk: (row id, queued_at, event, its JSON once encoded).
 _Row = tuple[int, float, VWOEvent, "str | None"]
@@ -498,7 +503,7 @@ class Spool:
         settled is simply dropped). True when nothing is left unwritten or undeleted."""
         if self._closed:  # the files are let go: what is settled now stays on disk (sent again)
             return not (self._added or self._unwritten)
-        if self._failing and time.monotonic() - self._tried_at < RETRY_INTERVAL:
+        if self._failing and (time.monotonic() - self._tried_at < RETRY_INTERVAL or self._free() < 2 * DISK_RESERVE):
             inserts = False
         acked = self._undeleted
         while self._acked:  # acks first: any acked event's row is already added
@@ -535,6 +540,15 @@ class Spool:
             return False
         assert self._conn is not None
         rows = [(r, q, ev, text if text is not None else spoolfile.encode(ev)) for r, q, ev, text in rows]
+        need = 2 * sum(len(row[3] or "") for row in rows) + DISK_RESERVE  # the WAL, then the file
+        if rows and self._free() < need:
+            self._checkpoint()  # give the WAL's room back first
+        if rows and self._free() < need:
+            self._unwritten[:0] = rows  # they would eat the room deletions need: as if the disk refused
+            self._failing, self._last_error, self._tried_at = True, "the disk is nearly full", time.monotonic()
+            rows = []
+            if not acked:
+                return False
         try:
             self._conn.execute("BEGIN")
             self._conn.executemany(spoolfile.INSERT, [(r, q, text) for r, q, _, text in rows])
@@ -543,23 +557,52 @@ class Spool:
                 self._conn.execute(spoolfile.INSERT, (0, 0.0, ""))
                 self._conn.execute(spoolfile.DELETE, (0,))
             self._conn.execute("COMMIT")
-            self._failing = False
-            return True
         except sqlite3.Error as exc:
-            try:
-                self._conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            self._unwritten[:0] = rows
-            self._undeleted = acked
-            self._failing, self._last_error = True, str(exc)
-            self._tried_at = now = time.monotonic()
-            if now - self._logged_at >= 10.0:
-                self._logged_at = now
-                logger.error("vwo_otel spool %s: commit failed (%s); %d event(s) not on disk yet and %d deletion(s) "
-                             "not done; nothing spills or parks until a commit succeeds", self.path, exc,
-                             len(self._unwritten), len(acked))
+            self._refused(rows, acked, exc)
             return False
+        if self._unwritten:  # rows held back for room: the deletions went, the rows wait
+            return False
+        free = self._free()
+        if free < DISK_RESERVE:  # give the WAL's room back; still too little: write no more rows
+            self._checkpoint()
+            free = self._free()
+        self._failing = free < DISK_RESERVE
+        if self._failing:
+            self._last_error = f"the disk is nearly full ({free} bytes free)"
+            self._tried_at = time.monotonic()
+        return True
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the file and truncate it (its room goes back to the disk)."""
+        try:
+            if self._conn is not None:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+
+    def _free(self) -> float:
+        try:
+            st = os.statvfs(self.directory)
+        except OSError:
+            return math.inf
+        return float(st.f_bavail * st.f_frsize)
+
+    def _refused(self, rows: list[_Row], acked: set[int], exc: sqlite3.Error) -> None:
+        """Disk lock held: a commit failed; its rows and deletions wait for the next try."""
+        assert self._conn is not None
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        self._unwritten[:0] = rows
+        self._undeleted = acked
+        self._failing, self._last_error = True, str(exc)
+        self._tried_at = now = time.monotonic()
+        if now - self._logged_at >= 10.0:
+            self._logged_at = now
+            logger.error("vwo_otel spool %s: commit failed (%s); %d event(s) not on disk yet and %d deletion(s) "
+                         "not done; nothing spills or parks until a commit succeeds", self.path, exc,
+                         len(self._unwritten), len(acked))
 
     def _let_go_of_done_orphans(self) -> None:
         """Disk lock held: delete settled rows of adopted files; a file all of whose events
