@@ -7,8 +7,11 @@ whenever a batcher is created, so it runs before the ``atexit`` shutdown of a
 ``TracerProvider`` made earlier. A SIGTERM / SIGINT whose default action would kill
 Python without ``atexit`` runs the same delivery first (``signals``).
 
-Fork: a forked child starts with an empty queue, fresh threads and a fresh HTTP session
-(``after_fork``); the events queued before the fork are the parent's to deliver, so
+Fork: one at-fork hook (``_in_child``) walks every engine: a forked child starts with an empty
+queue, fresh threads, a fresh exporter and transport and a fresh backlog (``after_fork``, in
+that order); what the parent's side left (its connections, sockets) is returned and kept in
+one list here, never used or closed in the child. The events queued before the fork are the
+parent's to deliver, so
 none is sent twice. Events emitted in the child are delivered by the child when it exits
 through a path that runs ``atexit`` (returning from the program, ``sys.exit``) or
 through ``multiprocessing`` (its children end with ``os._exit`` after running the
@@ -88,11 +91,13 @@ def shutdown_all(timeout: float | None = None, batchers: Iterable[Batcher] | Non
 
 def _at_exit() -> None:
     shutdown_all()
+    signals.release()  # a SIGTERM a server raised again after its own handler takes its effect now
 
 
 def _in_child() -> None:
     """The one at-fork hook: each engine starts afresh (queue, threads, exporter and its
     transport, backlog), in that order."""
+    signals.release()
     for batcher in list(_live):
         try:
             _inherited.extend(batcher.after_fork())
