@@ -1151,7 +1151,8 @@ def task_soak(spec: dict) -> dict:
     on_disk = {visitor_uuid(ACCOUNT_ID, u) for u in left}
     accounted = delivered | reported | on_disk
     return {"seconds": time.monotonic() - start, "disk": f"tmpfs {spec['disk_kib']} KiB" if mounted else "temp dir",
-            "disk_full": mounted and disk.free < 2 * DISK_RESERVE, "term_exit": term_exit, "restart_exit": restart_exit,
+            "disk_full": mounted and disk.free < 2 * min(max(disk.total // 4, DISK_RESERVE[0]), DISK_RESERVE[1]),
+            "term_exit": term_exit, "restart_exit": restart_exit,
             "emitted": len(emitted), "delivered": len(delivered & emitted),
             "reported": len((reported - delivered) & emitted) + unlisted,
             "on_disk": len(on_disk - delivered - reported),

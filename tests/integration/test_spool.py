@@ -280,12 +280,14 @@ def test_two_processes_adopting_the_same_file_never_call_it_corrupt(receiver, ma
 def _dead_spool(directory, stored_events=(), user_version=None):
     """A spool file whose process is gone (no lock held on it), holding the given ``event`` column texts."""
     path = os.path.join(str(directory), f"spool-{len(os.listdir(directory)) + 900000}-0000dead.sqlite")
-    conn = spoolfile.connect(path)
+    temp = os.path.join(str(directory), f"writing-{os.path.basename(path)}")  # moved in whole: a live scan
+    conn = spoolfile.connect(temp)  # never sees it half written
     conn.executemany("INSERT INTO events (queued_at, event) VALUES (?, ?)",
                      [(1700000000.0 + i, text) for i, text in enumerate(stored_events)])
     if user_version is not None:
         conn.execute(f"PRAGMA user_version = {user_version}")
     conn.close()
+    os.rename(temp, path)
     return path
 
 
@@ -299,6 +301,7 @@ def test_rows_with_an_unknown_key_or_without_an_optional_one_replay(tmp_path):
     assert [ev for _, _, ev in rows] == [full, VWOEvent(1, "b", 1700000001, 4, 5)]
     assert [queued_at for _, queued_at, _ in rows] == [1700000000.0, 1700000001.0]
     assert orphan.bad == []
+    orphan.outstanding = len(rows)  # as its owner counts them: read, not settled
     orphan.finish()
 
 
@@ -342,9 +345,10 @@ def test_a_file_of_the_column_per_field_layout_replays(receiver, make_exporter, 
                      "'ua', 'ip')")
     conn.close()
     (orphan,) = spoolfile.adopt(str(tmp_path), own="")
-    assert orphan.read(10) == [(1, 1700000000.5, VWOEvent(2, "u", 1700000000, 1, 2, 3, 9.5, visitor_ua="ua",
-                                                          visitor_ip="ip"))]
-    orphan.finish()  # not settled: unlocked and left for a later start
+    rows = orphan.read(10)
+    assert rows == [(1, 1700000000.5, VWOEvent(2, "u", 1700000000, 1, 2, 3, 9.5, visitor_ua="ua", visitor_ip="ip"))]
+    orphan.outstanding = len(rows)  # as its owner counts them: read, not settled
+    orphan.finish()  # unlocked and left for a later start
     processor = VWOSpanProcessor(make_exporter(), {"events_per_request": 10}, spool=tmp_path)
     try:
         assert processor.flush_events() is True

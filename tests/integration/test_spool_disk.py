@@ -247,11 +247,13 @@ def test_spool_policy_errors_name_the_field(tmp_path):
 def _dead_file(directory, users):
     """A spool file of a process that is gone (no lock held on it), holding events for ``users``."""
     path = os.path.join(str(directory), f"spool-{len(os.listdir(directory)) + 900000}-0000dead.sqlite")
-    conn = spoolfile.connect(path)
+    temp = os.path.join(str(directory), f"writing-{os.path.basename(path)}")  # moved in whole: a live scan
+    conn = spoolfile.connect(temp)  # never sees it half written
     conn.executemany(spoolfile.INSERT, [(i, time.time() - 5, spoolfile.encode(VWOEvent(1, user, int(time.time()) - 5,
                                                                                       1, 1)))
                                         for i, user in enumerate(users, 1)])
     conn.close()
+    os.rename(temp, path)
     return path
 
 

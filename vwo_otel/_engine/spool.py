@@ -82,11 +82,12 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 RETRY_INTERVAL = 1.0
 #: Rows of a dead process's file read at a time (the disk lock is let go between pages).
 PAGE = 1000
-#: Bytes the spool leaves free on its disk: below this no new row is written (as if the disk
-#: refused), so the rows of settled events can still be deleted (a deletion needs room in the
-#: WAL) and a restart can create its file; without it a delivered event whose row could not
-#: be deleted is sent again by the next start.
-DISK_RESERVE = 64 * 1024
+#: Room the spool leaves free on its disk, a quarter of the file system within these bounds:
+#: below it no new row is written (as if the disk refused), so the rows of settled events can
+#: still be deleted (a deletion needs room in the WAL, a checkpoint room in the file) and a
+#: restart can create its file; without it a delivered event whose row could not be deleted
+#: is sent again by the next start (``spoolfile.WAL_PAGES`` keeps the WAL small).
+DISK_RESERVE = (64 * 1024, 1024 * 1024)
 
 #: A row not yet on disk: (row id, queued_at, event, its JSON once encoded).
 _Row = tuple[int, float, VWOEvent, "str | None"]
@@ -143,6 +144,12 @@ class Spool:
         self._conn: sqlite3.Connection | None = None  # None while the disk refuses to create the file
         self._lock_fd: int | None = None
         self._tried_at = -math.inf  # last try to create the file or commit while the disk refused
+        try:
+            st = os.statvfs(self.directory)
+            size = st.f_blocks * st.f_frsize
+        except OSError:
+            size = 0
+        self._reserve = min(max(size // 4, DISK_RESERVE[0]), DISK_RESERVE[1])
         self._db_lock = threading.Lock()  # the disk: connections and commits
         self._lock = threading.Lock()  # what waits: runs, adopted files, parked events, counters
         self._ids: dict[int, int] = {}  # id(event) -> its row in this file, for events not yet settled
@@ -340,6 +347,8 @@ class Spool:
                         if self._closed:
                             return taken  # shut down meanwhile: they stay on disk for the next start
                         rows = orphan.read(min(PAGE, n - start))
+                        with self._lock:
+                            orphan.outstanding += len(rows)
                     except sqlite3.Error as exc:
                         logger.error("vwo_otel spool file %s: could not read it (%s); what is left in it stays for a "
                                      "later start", orphan.path, exc)
@@ -478,12 +487,12 @@ class Spool:
             stuck = {i for i, row in own.items() if row in self._undeleted}
             self._undeleted -= {own[i] for i in stuck}  # never deleted by this process: the row is the event's record
             stuck |= {i for i, (orphan, row) in theirs.items() if row in orphan.undeleted}
-        with self._lock:
-            for i, (orphan, row) in theirs.items():
-                orphan.outstanding -= 1
-                if i in stuck:
-                    orphan.stuck += 1
-                    orphan.undeleted.remove(row)
+            with self._lock:
+                for i, (orphan, row) in theirs.items():
+                    orphan.outstanding -= 1
+                    if i in stuck:
+                        orphan.stuck += 1
+                        orphan.undeleted.remove(row)
         if not stuck:
             return events
         logger.error("vwo_otel spool %s: %d failed event(s) could not be removed from disk (%s); they are not "
@@ -503,7 +512,7 @@ class Spool:
         settled is simply dropped). True when nothing is left unwritten or undeleted."""
         if self._closed:  # the files are let go: what is settled now stays on disk (sent again)
             return not (self._added or self._unwritten)
-        if self._failing and (time.monotonic() - self._tried_at < RETRY_INTERVAL or self._free() < 2 * DISK_RESERVE):
+        if self._failing and (time.monotonic() - self._tried_at < RETRY_INTERVAL or self._free() < 2 * self._reserve):
             inserts = False
         acked = self._undeleted
         while self._acked:  # acks first: any acked event's row is already added
@@ -540,9 +549,10 @@ class Spool:
             return False
         assert self._conn is not None
         rows = [(r, q, ev, text if text is not None else spoolfile.encode(ev)) for r, q, ev, text in rows]
-        need = 2 * sum(len(row[3] or "") for row in rows) + DISK_RESERVE  # the WAL, then the file
+        # their pages in the WAL, then in the file (a page holds about 3,000 bytes of rows)
+        need = self._reserve + 2 * 4096 * (sum(len(row[3] or "") for row in rows) // 3000 + 4)
         if rows and self._free() < need:
-            self._checkpoint()  # give the WAL's room back first
+            self._checkpoint()
         if rows and self._free() < need:
             self._unwritten[:0] = rows  # they would eat the room deletions need: as if the disk refused
             self._failing, self._last_error, self._tried_at = True, "the disk is nearly full", time.monotonic()
@@ -563,20 +573,20 @@ class Spool:
         if self._unwritten:  # rows held back for room: the deletions went, the rows wait
             return False
         free = self._free()
-        if free < DISK_RESERVE:  # give the WAL's room back; still too little: write no more rows
+        if free < self._reserve:  # the WAL's pages into the file; still too little: write no more rows
             self._checkpoint()
             free = self._free()
-        self._failing = free < DISK_RESERVE
+        self._failing = free < self._reserve
         if self._failing:
             self._last_error = f"the disk is nearly full ({free} bytes free)"
             self._tried_at = time.monotonic()
         return True
 
     def _checkpoint(self) -> None:
-        """Copy the WAL into the file and truncate it (its room goes back to the disk)."""
+        """Copy the WAL into the file; the next transaction reuses the WAL from its start."""
         try:
             if self._conn is not None:
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error:
             pass
 
@@ -608,10 +618,12 @@ class Spool:
         """Disk lock held: delete settled rows of adopted files; a file all of whose events
         settled is removed (or set aside, if it holds bad rows)."""
         for orphan in list(self._orphans):
-            if orphan.done:
-                orphan.finish()
-                with self._lock:
+            with self._lock:
+                done = orphan.done
+                if done:
                     self._orphans.remove(orphan)
+            if done:
+                orphan.finish()
             elif orphan.acked:
                 orphan.commit()
 

@@ -44,6 +44,9 @@ SCHEMA = "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, queued_at R
 INSERT = "INSERT INTO events (id, queued_at, event) VALUES (?, ?, ?)"
 DELETE = "DELETE FROM events WHERE id = ?"
 PATTERN = "spool-*.sqlite"
+#: Pages the WAL may hold before it is copied into the file (SQLite's default, 1,000 pages,
+#: lets it take 4 MiB of a small disk before the first checkpoint).
+WAL_PAGES = 32
 _SUFFIXES = ("", "-wal", "-shm", ".lock")
 
 
@@ -53,6 +56,7 @@ def connect(path: str) -> sqlite3.Connection:
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
         conn.execute(SCHEMA)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
@@ -160,7 +164,8 @@ class Orphan:
     pages (``read``) as the queue has room, and deleted as their events settle (``acked``,
     committed by the owner's group commit). ``unread`` rows are still to be read; ``outstanding``
     events were read and are not settled; ``stuck`` failed events whose rows would not delete
-    (kept, unreported); ``bad`` ids of rows that hold no usable event."""
+    (kept, unreported); ``bad`` ids of rows that hold no usable event. The owner keeps the
+    counts (under its own lock); ``read``, ``commit`` and ``finish`` run under its disk lock."""
 
     path: str
     lock_fd: int
@@ -191,7 +196,6 @@ class Orphan:
             except Exception as exc:  # whatever a damaged row holds, it is kept, never raised
                 self.bad.append(row["id"])
                 problem = problem or f"row {row['id']}: {exc}"
-        self.outstanding += len(out)
         if problem:
             logger.error("vwo_otel spool file %s: row(s) that hold no usable event (%s) are kept on disk; the "
                          "others are replayed", self.path, problem)
@@ -232,6 +236,8 @@ class Orphan:
             return 0
         kept = 0
         try:
+            if self.done and self.conn.execute("SELECT 1 FROM events WHERE id > ? LIMIT 1", (self.cursor,)).fetchone():
+                self.unread = -1  # rows its count did not see: not done, kept for a later start
             if self.done and not self.bad:
                 self.conn.close()
                 remove(self.path)
