@@ -248,7 +248,7 @@ class _FailingDeletes:
 
 def test_a_failed_spool_commit_is_tried_again_not_forgotten(tmp_path, caplog):
     spool = Spool(tmp_path, commit_interval=0)
-    spool._conn = _FailingDeletes(spool._conn)
+    spool._file.conn = _FailingDeletes(spool._file.conn)
     a, b = VWOEvent(1, "a", 1700000000, 1, 1), VWOEvent(1, "b", 1700000000, 1, 1)
     spool.put(a)
     spool.put(b)

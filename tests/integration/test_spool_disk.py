@@ -364,7 +364,7 @@ def test_a_spool_closed_before_a_fork_closes_no_other_file_after_it(tmp_path):
     """after_fork of a spool already closed (a processor shut down earlier in the same process)
     must not close its old lock fd number: by then it may be another file's."""
     old = Spool(tmp_path / "old")
-    number = old._lock_fd
+    number = old._file.lock_fd
     old.close(time.monotonic() + 5)
     opened = []
     while not opened or opened[-1] != number:  # take the freed number (the lowest free fds come first)

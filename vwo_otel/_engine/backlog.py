@@ -15,8 +15,9 @@ keeps VWO's count and age triggers, the memory bound and the delivery threads; i
   whether events are due to be taken now (``Settled.refill``).
 - ``due()``: when parked events are next due (the delivery threads wait until then).
 - ``adopt()``: a replay thread's call: take over dead processes' files.
-- ``close(deadline)``: what stays for the next start and what was lost (to report), within
-  the deadline; ``after_fork()``: a fresh backlog in a forked child.
+- ``close(deadline, held)``: what stays for the next start and what of it (and of ``held``,
+  what the queue still holds) is lost, to be reported, within the deadline.
+- ``after_fork()``: a fresh backlog in a forked child.
 
 The backlog never calls back into the batcher. The gateway asks it for room (``refuse``) and
 for durability before it answers 200 (``commit``).
@@ -66,17 +67,12 @@ class Settled:
 
 @dataclass(frozen=True)
 class Closed:
-    """What ``close`` left: ``kept`` undelivered events on disk for the next start (``spilled``
-    of them from a full queue), ``lost`` unsettled events the disk never took (to be reported),
-    ``resent`` settled events whose rows the disk would not delete (the next start sends them
-    again), ``error`` why."""
+    """What ``close`` left: ``kept`` undelivered events on disk for the next start, ``lost``
+    unsettled events nothing keeps (to be reported), ``error`` why (empty: the usual reasons)."""
 
     kept: int = 0
     lost: list[VWOEvent] = field(default_factory=list)
-    resent: int = 0
     error: str = ""
-    spilled: int = 0
-    where: str = ""
 
 
 class Backlog(Protocol):
@@ -107,7 +103,7 @@ class Backlog(Protocol):
 
     def on_disk(self) -> int: ...
 
-    def close(self, deadline: float) -> Closed: ...
+    def close(self, deadline: float, held: list[VWOEvent]) -> Closed: ...
 
     def after_fork(self) -> list[object]: ...
 
@@ -151,8 +147,8 @@ class MemoryBacklog:
     def on_disk(self) -> int:
         return 0
 
-    def close(self, deadline: float) -> Closed:
-        return Closed()
+    def close(self, deadline: float, held: list[VWOEvent]) -> Closed:
+        return Closed(lost=held)  # nothing keeps what memory held
 
     def after_fork(self) -> list[object]:
         return []

@@ -30,12 +30,12 @@ from typing import Any
 
 from .. import checks
 from ..config import BatchEvents
-from ..errors import Outcome, VWODeliveryError
 from ..event import DROP_PRIORITY, VWOEvent
 from ..export.exporter import VWOExporter
 from . import lifecycle
 from .backlog import Backlog, MemoryBacklog, Taken
-from .concurrency import Concurrency, signal_of
+from .concurrency import Concurrency
+from .delivery import Batch, Delivery
 from .settle import FlushTicket, Notifier
 
 logger = logging.getLogger("vwo_otel")
@@ -58,19 +58,6 @@ def _rank(etype: int) -> float:
     """The drop priority of an event type; a type the table does not know (only read from a
     damaged spool file) ranks below all."""
     return DROP_PRIORITY.get(etype, -math.inf)
-
-
-@dataclass(slots=True)
-class Batch:
-    """Events cut to go out together; ``seq`` numbers batches in the order they were cut
-    (flush tickets and the notifier count by it)."""
-
-    seq: int
-    events: list[VWOEvent]
-
-
-#: What ``_next_batch`` returns when events waiting in the backlog came due (parked ones' retry).
-_REFILL = Batch(0, [])
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +85,7 @@ class QueueSnapshot:
     spilled: int = 0  # events kept only on disk (spool): spilled from a full queue, or adopted
 
 
-class Batcher:
+class Batcher(Delivery):
     """Queue + timer + delivery threads, shared by the span and log-record processors (and one
     per account in the gateway). ``clock`` is the monotonic clock of the age trigger."""
 
@@ -305,25 +292,24 @@ class Batcher:
     def _replay(self) -> None:
         """Adopt dead processes' spool files on a thread of its own (construction stays fast),
         then take their events as room allows. A batcher shutting down adopts nothing."""
-        adopted = self._adopted = threading.Event()  # a flush covers what is adopted at start
-        if not self.backlog.durable or self._closed:
-            adopted.set()
-            return
-
-        def replay() -> None:
+        self._adopted = threading.Event()  # a flush covers what is adopted at start
+        if self.backlog.durable and not self._closed:
             try:
-                n = self.backlog.adopt()
-                adopted.set()
-                if n:
-                    self._refill()
-            except Exception:
-                logger.exception("vwo_otel: replay of dead processes' spool files failed; the app goes on")
-            finally:
-                adopted.set()
+                threading.Thread(target=self._adopt, args=(self._adopted,), name="vwo_otel-replay", daemon=True).start()
+                return
+            except RuntimeError:  # interpreter exiting: left for a later start
+                pass
+        self._adopted.set()
 
+    def _adopt(self, adopted: threading.Event) -> None:
         try:
-            threading.Thread(target=replay, name="vwo_otel-replay", daemon=True).start()
-        except RuntimeError:  # interpreter exiting: left for a later start
+            found = self.backlog.adopt()
+            adopted.set()
+            if found:
+                self._refill()
+        except Exception:
+            logger.exception("vwo_otel: replay of dead processes' spool files failed; the app goes on")
+        finally:
             adopted.set()
 
     def _refill(self, wait: bool = False) -> None:
@@ -456,7 +442,6 @@ class Batcher:
         if not state.threaded:  # at exit the interpreter may refuse new threads: deliver here
             self._drain_inline(report_at)
         ok = state.ticket.wait(max(0.0, report_at - time.monotonic()))
-        durable = self.backlog.durable
         with self._cond:
             seqs = [b.seq for b in self._ready] + list(self._inflight)
             left = [ev for b in self._ready for ev in b.events] + self._pending
@@ -468,21 +453,11 @@ class Batcher:
             self._bytes = 0
             self._queued.clear()
             last = self._seq
-            if not durable:
-                for reason, n in (("shutdown_timeout", len(left)), ("shutdown_in_flight", len(inflight))):
-                    if n:
-                        self.dropped[reason] = self.dropped.get(reason, 0) + n
             self._cond.notify_all()
             workers = list(self._workers)
-        if not durable:
-            if inflight:
-                self._notifier.dropped("shutdown_in_flight", inflight,
-                                       "request unanswered at the shutdown deadline; VWO may or may not have it")
-            if left:
-                self._notifier.dropped("shutdown_timeout", left, "not sent within shutdown_timeout")
         if seqs:
             self._notifier.abandon(min(seqs), last)
-        settled = self._close_backlog(inflight, report_at)  # what the disk never took: reported now
+        settled = self._close_backlog(left, inflight, report_at)  # what nothing keeps: reported now
         for worker in workers:
             if worker is not threading.current_thread():
                 worker.join(max(0.0, report_at - time.monotonic()))
@@ -492,182 +467,21 @@ class Batcher:
         self.exporter.shutdown()
         return ok and settled and not left and not inflight
 
-    def _close_backlog(self, inflight: list[VWOEvent], deadline: float) -> bool:
-        """Close the backlog and say truthfully what it kept; report what the disk never took.
+    def _close_backlog(self, left: list[VWOEvent], inflight: list[VWOEvent], deadline: float) -> bool:
+        """Close the backlog; report what it could not keep (without a spool: all that is left).
         True if nothing was left undelivered."""
-        closed = self.backlog.close(deadline)
-        if closed.kept:
-            logger.warning("vwo_otel: %d undelivered event(s) (%d of them spilled from a full queue) stay in the "
-                           "spool file(s) in %s for the next start", closed.kept, closed.spilled, closed.where)
-        if closed.resent:
-            logger.warning("vwo_otel: %d settled event(s) could not be removed from the spool file(s) in %s (%s); "
-                           "the next start sends them again", closed.resent, closed.where, closed.error)
-        if closed.lost:
-            ids = {id(ev) for ev in inflight}
-            note = f"undelivered at shutdown and the spool could not keep them ({closed.error})"
-            for reason, group in (("shutdown_in_flight", [ev for ev in closed.lost if id(ev) in ids]),
-                                  ("shutdown_timeout", [ev for ev in closed.lost if id(ev) not in ids])):
-                if group:
+        closed = self.backlog.close(deadline, inflight + left)
+        ids = {id(ev) for ev in inflight}
+        for reason, group, note in (
+                ("shutdown_in_flight", [ev for ev in closed.lost if id(ev) in ids],
+                 "request unanswered at the shutdown deadline; VWO may or may not have it"),
+                ("shutdown_timeout", [ev for ev in closed.lost if id(ev) not in ids],
+                 "not sent within shutdown_timeout")):
+            if group:
+                with self._lock:
                     self.dropped[reason] = self.dropped.get(reason, 0) + len(group)
-                    self._notifier.dropped(reason, group, note)
+                self._notifier.dropped(reason, group, closed.error or note)
         return not closed.kept and not closed.lost
-
-    # -- the delivery thread -----------------------------------------------------------
-    def _start_worker(self) -> bool:
-        """Bring the delivery threads up to the current in-flight limit (called with the lock
-        held; threads are started as the limit grows, never stopped); False if the interpreter
-        refuses new threads (at exit) and none is running, so the caller delivers inline."""
-        workers = self._workers
-        target = self._flow.limit
-        if len(workers) >= target and all(w.is_alive() for w in workers):
-            return True
-        workers[:] = [w for w in workers if w.is_alive()]
-        while len(workers) < target:
-            try:
-                worker = threading.Thread(target=self._run, name="vwo_otel-delivery", daemon=True)
-                worker.start()
-            except RuntimeError:
-                break
-            workers.append(worker)
-        return bool(workers)
-
-    def _next_batch(self, block: bool) -> Batch | None:
-        """Wait for a batch that is due (full, old enough, flushed or closing) and for room
-        under the in-flight limit, and take it; ``_REFILL`` when events in the backlog came due
-        and the queue has room. ``block=False`` (inline, at exit) ignores the limit."""
-        backlog = self.backlog
-        with self._cond:
-            while True:
-                if self._pending and (self._closed or self._clock() >= self._deadline):
-                    self._cut()
-                if self._ready and (not block or self._flow.may_start(len(self._inflight))):
-                    break
-                if not block or (self._closed and not self._pending and not self._ready):
-                    return None
-                due = backlog.due() - time.monotonic()
-                if due <= 0 and self._size < self.max_queue_size and not self._closed:
-                    return _REFILL
-                wait = min(due, self._deadline - self._clock())
-                self._cond.wait(None if wait == math.inf else max(0.0, min(wait, threading.TIMEOUT_MAX)))
-            batch = self._ready.popleft()
-            queued = self._queued
-            for ev in batch.events:
-                queued[ev.etype] -= 1
-            self._inflight[batch.seq] = batch
-            self._sending[threading.get_ident()] = batch.seq
-            return batch
-
-    def _observe(self, method: str, events: int, nbytes: int, status: int | None,
-                 error: BaseException | None, seconds: float) -> None:
-        """The exporter's observer: one HTTP answer to one of this batcher's threads feeds the
-        in-flight limit; a grown limit starts a thread and wakes one waiting."""
-        who = threading.get_ident()
-        signal = signal_of(status, bool(getattr(error, "retryable", False)))
-        with self._cond:
-            if who not in self._sending:  # not a request of ours (the exporter used directly)
-                return
-            was_paused = self._flow.paused
-            # room to grow only if the limit is what holds batches back: all its slots in use
-            limited = bool(self._ready) and len(self._sending) >= self._flow.limit
-            grew = self._flow.answered(who, self._clock() - seconds, seconds, signal, limited)
-            if grew or (was_paused and not self._flow.paused):
-                self._wake_senders()
-
-    def _wake_senders(self) -> None:
-        """Lock held: threads for the room under the limit, and wake as many waiting ones."""
-        room = self._flow.limit - len(self._inflight)
-        if self._ready and room > 0 and not self._flow.paused:
-            self._start_worker()
-            self._cond.notify(min(room, len(self._ready)))
-
-    def _run(self) -> None:
-        while True:
-            try:
-                batch = self._next_batch(block=True)
-                if batch is None:
-                    return
-                if batch is _REFILL:
-                    self._refill(wait=True)
-                    continue
-                self._deliver(batch)
-            except Exception:  # pragma: no cover - _deliver guards itself; never let the thread die
-                self._notifier.log.warn("delivery_thread", 0, "vwo_otel delivery thread error; it keeps running",
-                                        exc_info=True)
-                time.sleep(0.05)
-
-    def _drain_inline(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            batch = self._next_batch(block=False)
-            if batch is None:
-                return
-            self._deliver(batch)
-
-    def _deliver(self, batch: Batch) -> None:
-        events = batch.events
-        try:
-            outcomes = self._send(events)
-        except Exception as exc:  # a bug or odd input must not kill the delivery thread
-            settled = self.backlog.settle(events, None)
-            settled.report = self._salvage(events, exc)
-        else:
-            settled = self.backlog.settle(events, outcomes)
-        outcomes, kept = settled.report, settled.kept
-        delivered = sum(len(o.events) for o in outcomes if o.ok)
-        with self._cond:
-            mine = self._inflight.pop(batch.seq, None) is not None
-            who = threading.get_ident()
-            self._sending.pop(who, None)
-            self._flow.done(who)
-            self._wake_senders()
-            if mine:
-                self._size -= len(events)
-                if self._count_bytes:
-                    self._bytes -= sum(ev.nbytes() for ev in events)
-                self.counts["delivered"] += delivered
-                self.counts["failed"] += len(events) - delivered - kept
-                if self._blocked:
-                    self._room.notify_all()
-        if not mine:  # already reported as shutdown_in_flight when shutdown's deadline passed
-            logger.info("vwo_otel: a request unanswered at the shutdown deadline finished late: "
-                        "%d of %d event(s) delivered", delivered, len(events))
-            return
-        if settled.refill:
-            self._refill()  # room freed: before the flushes waiting on this batch are released
-        if kept and not outcomes:
-            self._notifier.abandon(batch.seq, batch.seq)  # nothing to report; waiting flushes see it undelivered
-        else:
-            self._notifier.settled(batch.seq, outcomes, kept)
-
-    def _send(self, batch: list[VWOEvent]) -> list[Outcome]:
-        if self.realtime:
-            return [self.exporter.send_event(ev) for ev in batch]
-        return self.exporter.send_batch(batch)
-
-    def _salvage(self, batch: list[VWOEvent], exc: Exception) -> list[Outcome]:
-        """An unexpected error while sending (a bug, or an event the encoder cannot take):
-        events that cannot be encoded fail on their own, the others are sent once more."""
-        self._notifier.log.warn(("unexpected", type(exc).__name__), len(batch),
-                                "vwo_otel delivery failed unexpectedly: %r", exc, exc_info=True)
-        good: list[VWOEvent] = []
-        outcomes: list[Outcome] = []
-        for ev in batch:
-            try:
-                self.exporter.encode([ev])
-            except Exception as bad:
-                fields = ev.fields()
-                outcomes.append(Outcome(VWODeliveryError(f"event cannot be encoded: {type(bad).__name__}: {bad}"),
-                                        [fields]))
-            else:
-                good.append(ev)
-        if not good:
-            return outcomes
-        if outcomes:  # the bad ones were the problem: send the rest
-            try:
-                return outcomes + self._send(good)
-            except Exception as again:
-                exc = again
-        error = VWODeliveryError(f"unexpected {type(exc).__name__}: {exc}")
-        return outcomes + [Outcome(error, self.exporter.encode(good))]
 
     def malformed(self, record: Any, why: str) -> None:
         """A record that claims to be a VWO event but cannot become one: counted, logged

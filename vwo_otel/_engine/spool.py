@@ -52,7 +52,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import secrets
 import sqlite3
 import threading
 import time
@@ -67,30 +66,20 @@ from ..export.retry import RetryPolicy
 from . import spoolfile
 from .backlog import Closed, Settled, Taken
 from .settle import LogLimiter
-from .spoolfile import SCHEMA_VERSION, Orphan
+from .spoolfile import DISK_RESERVE, RETRY_INTERVAL, SCHEMA_VERSION, Orphan, OwnFile
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-__all__ = ["DEFAULT_MAX_AGE", "DEFAULT_MAX_BYTES", "SCHEMA_VERSION", "Spool"]
+__all__ = ["DEFAULT_MAX_AGE", "DEFAULT_MAX_BYTES", "DISK_RESERVE", "RETRY_INTERVAL", "SCHEMA_VERSION", "Spool"]
 
 logger = logging.getLogger("vwo_otel")
 
 DEFAULT_MAX_AGE = 86400.0
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-#: Seconds between tries while the disk refuses writes (creating the file, group commits).
-RETRY_INTERVAL = 1.0
 #: Rows of a dead process's file read at a time (the disk lock is let go between pages).
 PAGE = 1000
-#: Room the spool leaves free on its disk, a quarter of the file system within these bounds:
-#: below it no new row is written (as if the disk refused), so the rows of settled events can
-#: still be deleted (a deletion needs room in the WAL, a checkpoint room in the file) and a
-#: restart can create its file; without it a delivered event whose row could not be deleted
-#: is sent again by the next start (``spoolfile.WAL_PAGES`` keeps the WAL small).
-DISK_RESERVE = (64 * 1024, 1024 * 1024)
 
-#: A row not yet on disk: (row id, queued_at, event, its JSON once encoded).
-_Row = tuple[int, float, VWOEvent, "str | None"]
 
 
 @dataclass(slots=True)
@@ -133,35 +122,25 @@ class Spool:
         os.makedirs(self.directory, exist_ok=True)
         self._retry = RetryPolicy()
         self._reset()
-        self._create(at_start=True)
+        self._file.create(at_start=True)
+
+    @property
+    def path(self) -> str:
+        """This process's file."""
+        return self._file.path
 
     def __repr__(self) -> str:
         return (f"Spool({self.directory!r}, commit_interval={self.commit_interval:g}, max_age={self.max_age:g}, "
                 f"max_bytes={self.max_bytes})")
 
     def _reset(self) -> None:
-        self.path = os.path.join(self.directory, f"spool-{os.getpid()}-{secrets.token_hex(4)}.sqlite")
-        self._conn: sqlite3.Connection | None = None  # None while the disk refuses to create the file
-        self._lock_fd: int | None = None
-        self._tried_at = -math.inf  # last try to create the file or commit while the disk refused
-        try:
-            st = os.statvfs(self.directory)
-            size = st.f_blocks * st.f_frsize
-        except OSError:
-            size = 0
-        self._reserve = min(max(size // 4, DISK_RESERVE[0]), DISK_RESERVE[1])
+        self._file = OwnFile(self.directory)
+        self._add = self._file.added.append  # the hot path's one call
         self._db_lock = threading.Lock()  # the disk: connections and commits
         self._lock = threading.Lock()  # what waits: runs, adopted files, parked events, counters
         self._ids: dict[int, int] = {}  # id(event) -> its row in this file, for events not yet settled
         self._foreign: dict[int, tuple[Orphan, int]] = {}  # id(event) -> its adopted file and row
         self._next = 0
-        self._added: deque[_Row] = deque()
-        self._acked: deque[int] = deque()
-        self._unwritten: list[_Row] = []  # rows of a failed commit, tried again next time
-        self._undeleted: set[int] = set()  # deletions of a failed commit, tried again next time
-        self._failing = False  # the last commit failed: nothing spills or parks until one succeeds
-        self._last_error = ""
-        self._logged_at = -math.inf
         #: What waits to be read back, in the order it came: spilled runs and adopted files.
         self._waits: deque[_Run | Orphan] = deque()
         self.waiting = 0  # events in ``_waits`` and being read back
@@ -180,33 +159,6 @@ class Spool:
         self._closed = False
         self._kept = 0
 
-    def _create(self, at_start: bool = False) -> bool:
-        """Create this process's file. A disk that refuses it for lack of room is waited out
-        (False, tried again every ``RETRY_INTERVAL``); at start any other error raises."""
-        self._tried_at = time.monotonic()
-        fd = None
-        try:
-            fd = spoolfile.lock(self.path + ".lock")
-            assert fd is not None, "a fresh spool file cannot be locked by anyone else"
-            conn = spoolfile.connect(self.path)
-        except (OSError, sqlite3.Error) as exc:
-            if fd is not None:
-                os.close(fd)
-            try:
-                spoolfile.remove(self.path)
-            except OSError:
-                pass
-            if at_start and not spoolfile.full(exc):
-                raise
-            self._failing, self._last_error = True, str(exc)
-            if at_start:
-                logger.error("vwo_otel spool %s: the disk has no room for this process's file (%s); events are kept "
-                             "in memory only (a full queue drops) until it has, and files of processes that are "
-                             "gone are delivered from where they are", self.directory, exc)
-            return False
-        self._lock_fd, self._conn = fd, conn
-        return True
-
     def open(self, retry: RetryPolicy | None) -> None:
         """The engine's retry policy decides which failures park and the wait between rounds."""
         if retry is not None:
@@ -220,15 +172,15 @@ class Spool:
         if self._closed:
             return []
         kept: list[object] = [o.conn for o in self._orphans]
-        if self._conn is not None:
-            kept.append(self._conn)
-        for fd in [self._lock_fd, *(o.lock_fd for o in self._orphans)]:
+        if self._file.conn is not None:
+            kept.append(self._file.conn)
+        for fd in [self._file.lock_fd, *(o.lock_fd for o in self._orphans)]:
             if fd is not None:
                 os.close(fd)
         retry = self._retry
         self._reset()
         self._retry = retry
-        self._create()
+        self._file.create()
         return kept
 
     # -- the emitting thread (called with the batcher's lock held) ------------------------
@@ -237,7 +189,7 @@ class Spool:
         (or now, with ``commit_interval`` 0)."""
         self._next += 1
         self._ids[id(event)] = self._next
-        self._added.append((self._next, time.time(), event, None))
+        self._add((self._next, time.time(), event, None))
         if self.commit_interval == 0:
             self.commit()
         elif self._writer is None:
@@ -247,7 +199,7 @@ class Spool:
         """Keep a new event only on disk (the batcher drops its reference); False if the spool
         refuses: closing, its disk refusing writes, or ``max_bytes`` of spilled and parked events
         reached. Never touches the disk unless ``commit_interval`` is 0."""
-        if self._closing or self._failing:
+        if self._closing or self._file.failing:
             return False
         text = spoolfile.encode(event)
         with self._lock:
@@ -255,7 +207,7 @@ class Spool:
                 return False
             self._next += 1
             row = self._next
-            self._added.append((row, time.time(), event, text))
+            self._add((row, time.time(), event, text))
             self._spilled_bytes += len(text)
             last = self._waits[-1] if self._waits else None
             if isinstance(last, _Run) and last.last == row - 1:
@@ -319,7 +271,7 @@ class Spool:
                 if self._closed:  # shut down meanwhile: they stay on disk for the next start
                     return Taken(list(reading.parked))
                 self._write()  # rows spilled in the last commit interval reach the disk first
-                unwritten = {row[0]: row for row in self._unwritten}  # a failing disk: still in memory
+                unwritten = {row[0]: row for row in self._file.unwritten}  # a failing disk: still in memory
                 for run in reading.runs:
                     found = self._select(run)
                     for row in range(run.first, run.last + 1):
@@ -328,11 +280,11 @@ class Spool:
                             ev = mem[2] if text is None and mem else spoolfile.decode({"event": text}, SCHEMA_VERSION)
                         except Exception:  # a row that is not an event (or was never written): left on disk
                             logger.error("vwo_otel spool %s: spilled row %d holds no usable event; it is kept on disk",
-                                         self.path, row)
+                                         self._file.path, row)
                             continue
                         nbytes += len(text or (mem and mem[3]) or spoolfile.encode(ev))
                         if ev.time < oldest:
-                            self._acked.append(row)
+                            self._file.acked.append(row)
                             taken.expired.append(ev)
                         else:
                             self._ids[id(ev)] = row
@@ -373,14 +325,14 @@ class Spool:
 
     def _select(self, run: _Run) -> dict[int, str]:
         """Rows ``run`` holds on disk (caller holds the disk lock)."""
-        if self._conn is None:
+        if self._file.conn is None:
             return {}
         try:
-            return dict(self._conn.execute("SELECT id, event FROM events WHERE id BETWEEN ? AND ?",
+            return dict(self._file.conn.execute("SELECT id, event FROM events WHERE id BETWEEN ? AND ?",
                                            (run.first, run.last)).fetchall())
         except sqlite3.Error as exc:
             logger.error("vwo_otel spool %s: could not read spilled events back (%s); they stay on disk for the "
-                         "next start", self.path, exc)
+                         "next start", self._file.path, exc)
             return {}
 
     # -- the delivery thread -------------------------------------------------------------
@@ -449,7 +401,8 @@ class Spool:
         with self._lock:
             for ev in events:
                 size = len(spoolfile.encode(ev))
-                if self._closing or self._failing or ev.time < oldest or self._parked_bytes + size > self.max_bytes:
+                if (self._closing or self._file.failing or ev.time < oldest
+                        or self._parked_bytes + size > self.max_bytes):
                     refused.append(ev)
                 else:
                     self._parked.append((ev, size))
@@ -463,7 +416,7 @@ class Spool:
         for ev in events:
             row = ids.pop(id(ev), None)
             if row is not None:
-                self._acked.append(row)
+                self._file.acked.append(row)
             elif (ref := foreign.pop(id(ev), None)) is not None:
                 theirs.append(ref)
         if theirs:
@@ -480,12 +433,12 @@ class Spool:
         own = {id(ev): self._ids.pop(id(ev), None) for ev in events}
         theirs = {i: ref for i, row in own.items() if row is None and (ref := self._foreign.pop(i, None)) is not None}
         with self._db_lock:
-            self._acked.extend(row for row in own.values() if row is not None)
+            self._file.acked.extend(row for row in own.values() if row is not None)
             for orphan, row in theirs.values():
                 orphan.acked.append(row)
-            self._write(inserts=not self._failing)  # a failing disk: only the deletions are tried
-            stuck = {i for i, row in own.items() if row in self._undeleted}
-            self._undeleted -= {own[i] for i in stuck}  # never deleted by this process: the row is the event's record
+            self._write(inserts=not self._file.failing)  # a failing disk: only the deletions are tried
+            stuck = {i for i, row in own.items() if row in self._file.undeleted}
+            self._file.undeleted -= {own[i] for i in stuck}  # never deleted by this process: the row is its record
             stuck |= {i for i, (orphan, row) in theirs.items() if row in orphan.undeleted}
             with self._lock:
                 for i, (orphan, row) in theirs.items():
@@ -496,7 +449,8 @@ class Spool:
         if not stuck:
             return events
         logger.error("vwo_otel spool %s: %d failed event(s) could not be removed from disk (%s); they are not "
-                     "reported now and are tried again by the next start", self.path, len(stuck), self._last_error)
+                     "reported now and are tried again by the next start", self._file.path, len(stuck),
+                     self._file.last_error)
         return [ev for ev in events if id(ev) not in stuck]
 
     # -- the disk ------------------------------------------------------------------------
@@ -507,112 +461,12 @@ class Spool:
             return self._write()
 
     def _write(self, inserts: bool = True) -> bool:
-        """``commit`` with the disk lock held. ``inserts=False`` (and for ``RETRY_INTERVAL`` after
-        the disk refused a commit): deletions only, rows wait (a row never written and since
-        settled is simply dropped). True when nothing is left unwritten or undeleted."""
+        """``commit`` with the disk lock held (``OwnFile.write``), then the adopted files."""
         if self._closed:  # the files are let go: what is settled now stays on disk (sent again)
-            return not (self._added or self._unwritten)
-        if self._failing and (time.monotonic() - self._tried_at < RETRY_INTERVAL or self._free() < 2 * self._reserve):
-            inserts = False
-        acked = self._undeleted
-        while self._acked:  # acks first: any acked event's row is already added
-            acked.add(self._acked.popleft())
-        rows: list[_Row] = []
-        for row in self._unwritten:
-            if row[0] in acked:
-                acked.discard(row[0])
-            else:
-                rows.append(row)
-        while self._added:
-            row = self._added.popleft()
-            if row[0] in acked:
-                acked.discard(row[0])  # settled before it ever reached the disk
-            else:
-                rows.append(row)
-        self._unwritten, self._undeleted = [], set()
-        if inserts and (rows or acked or self._failing):  # failing with nothing to write: a probe
-            ok = self._write_own(rows, acked)
-        elif acked and self._conn is not None:
-            self._unwritten = rows
-            ok = self._write_own([], acked) and not rows
-        else:
-            self._unwritten = rows
-            ok = not rows
+            return not (self._file.added or self._file.unwritten)
+        ok = self._file.write(inserts)
         self._let_go_of_done_orphans()
         return ok
-
-    def _write_own(self, rows: list[_Row], acked: set[int]) -> bool:
-        """Disk lock held: one transaction in this process's file (created first if the disk
-        refused it so far); on failure the rows and deletions are kept for the next try."""
-        if self._conn is None and not self._create():
-            self._unwritten[:0] = rows
-            return False
-        assert self._conn is not None
-        rows = [(r, q, ev, text if text is not None else spoolfile.encode(ev)) for r, q, ev, text in rows]
-        # their pages in the WAL, then in the file (a page holds about 3,000 bytes of rows)
-        need = self._reserve + 2 * 4096 * (sum(len(row[3] or "") for row in rows) // 3000 + 4)
-        if rows and self._free() < need:
-            self._checkpoint()
-        if rows and self._free() < need:
-            self._unwritten[:0] = rows  # they would eat the room deletions need: as if the disk refused
-            self._failing, self._last_error, self._tried_at = True, "the disk is nearly full", time.monotonic()
-            rows = []
-            if not acked:
-                return False
-        try:
-            self._conn.execute("BEGIN")
-            self._conn.executemany(spoolfile.INSERT, [(r, q, text) for r, q, _, text in rows])
-            self._conn.executemany(spoolfile.DELETE, [(i,) for i in acked])
-            if not rows and not acked:  # a probe: does the disk take a write again?
-                self._conn.execute(spoolfile.INSERT, (0, 0.0, ""))
-                self._conn.execute(spoolfile.DELETE, (0,))
-            self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._refused(rows, acked, exc)
-            return False
-        if self._unwritten:  # rows held back for room: the deletions went, the rows wait
-            return False
-        free = self._free()
-        if free < self._reserve:  # the WAL's pages into the file; still too little: write no more rows
-            self._checkpoint()
-            free = self._free()
-        self._failing = free < self._reserve
-        if self._failing:
-            self._last_error = f"the disk is nearly full ({free} bytes free)"
-            self._tried_at = time.monotonic()
-        return True
-
-    def _checkpoint(self) -> None:
-        """Copy the WAL into the file; the next transaction reuses the WAL from its start."""
-        try:
-            if self._conn is not None:
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error:
-            pass
-
-    def _free(self) -> float:
-        try:
-            st = os.statvfs(self.directory)
-        except OSError:
-            return math.inf
-        return float(st.f_bavail * st.f_frsize)
-
-    def _refused(self, rows: list[_Row], acked: set[int], exc: sqlite3.Error) -> None:
-        """Disk lock held: a commit failed; its rows and deletions wait for the next try."""
-        assert self._conn is not None
-        try:
-            self._conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
-        self._unwritten[:0] = rows
-        self._undeleted = acked
-        self._failing, self._last_error = True, str(exc)
-        self._tried_at = now = time.monotonic()
-        if now - self._logged_at >= 10.0:
-            self._logged_at = now
-            logger.error("vwo_otel spool %s: commit failed (%s); %d event(s) not on disk yet and %d deletion(s) "
-                         "not done; nothing spills or parks until a commit succeeds", self.path, exc,
-                         len(self._unwritten), len(acked))
 
     def _let_go_of_done_orphans(self) -> None:
         """Disk lock held: delete settled rows of adopted files; a file all of whose events
@@ -637,15 +491,16 @@ class Spool:
         self._writer = writer
 
     def _run(self) -> None:
-        while not self._stop.wait(max(self.commit_interval, RETRY_INTERVAL) if self._failing else self.commit_interval):
+        while not self._stop.wait(max(self.commit_interval, RETRY_INTERVAL) if self._file.failing
+                                  else self.commit_interval):
             self.commit()
 
     def pending_rows(self) -> int:
         """Events in this process's file now (for tests and stats)."""
         with self._db_lock:
-            if self._conn is None:
+            if self._file.conn is None:
                 return 0
-            return int(self._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            return int(self._file.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
     # -- replay, the gateway, the end -----------------------------------------------------
     def adopt(self) -> int:
@@ -653,7 +508,7 @@ class Spool:
         events wait here, to be read back as the queue has room. Returns how many."""
         if self._closing:
             return 0
-        orphans = spoolfile.adopt(self.directory, self.path)
+        orphans = spoolfile.adopt(self.directory, self._file.path)
         with self._lock:
             if self._closing:  # shutting down meanwhile: left for a later start
                 for orphan in orphans:
@@ -677,7 +532,7 @@ class Spool:
         """Why the disk cannot take ``nbytes`` more bytes of events beside ``held_bytes`` held in
         memory (the gateway's admission: should VWO stop answering, all of it must fit within
         ``max_bytes``), or None. One request larger than that is taken when nothing else waits."""
-        if self._closing or self._failing or self._conn is None:
+        if self._closing or self._file.failing or self._file.conn is None:
             return "spool cannot write to disk"
         room = self.max_bytes - self._parked_bytes - self._spilled_bytes
         if room < held_bytes + nbytes and not (held_bytes == 0 and room == self.max_bytes):
@@ -688,21 +543,22 @@ class Spool:
         """Events waiting on disk for later (parked, spilled, adopted); after close, what stayed."""
         return self._kept if self._closed else len(self._parked) + self.waiting
 
-    def close(self, deadline: float) -> Closed:
+    def close(self, deadline: float, held: list[VWOEvent] | None = None) -> Closed:
         """Final commit and let go of the files, within ``deadline`` (monotonic; a commit still
         running then is interrupted): says what stays on disk for the next start and what the
-        disk never took (to be reported; with a failing disk, without trying it again). Idempotent."""
+        disk never took (to be reported; with a failing disk, without trying it again); what the
+        queue still ``held`` is on disk or among those. Logs what stays. Idempotent."""
         self._stop.set()
         with self._lock:
             self._closing = True
         if not self._db_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            lost = [row[2] for row in [*self._unwritten, *self._added] if row[0] not in self._acked]
-            logger.error("vwo_otel spool %s: the disk did not answer by the shutdown deadline", self.path)
-            return Closed(0, lost, 0, "the disk did not answer by the shutdown deadline")
+            lost = [row[2] for row in [*self._file.unwritten, *self._file.added] if row[0] not in self._file.acked]
+            logger.error("vwo_otel spool %s: the disk did not answer by the shutdown deadline", self._file.path)
+            return Closed(0, lost, "the disk did not answer by the shutdown deadline")
         try:
             if self._closed:
                 return Closed()
-            conns = [c for c in [self._conn, *(o.conn for o in self._orphans)] if c is not None]
+            conns = [c for c in [self._file.conn, *(o.conn for o in self._orphans)] if c is not None]
 
             def interrupt() -> None:
                 for conn in conns:
@@ -712,34 +568,32 @@ class Spool:
             watchdog.daemon = True
             watchdog.start()
             try:
-                self._write(inserts=not self._failing)  # failing: what the disk never took is lost now
-                lost = [row[2] for row in self._unwritten]
-                resent = len(self._undeleted)
-                rows = self._count()
+                self._write(inserts=not self._file.failing)  # failing: what the disk never took is lost now
+                lost = [row[2] for row in self._file.unwritten]
+                resent = len(self._file.undeleted)
+                rows = self._file.count()
                 kept = sum(orphan.finish() for orphan in self._orphans)
             finally:
                 watchdog.cancel()
             self._closed = True
-            if self._conn is not None:
-                self._conn.close()
+            if self._file.conn is not None:
+                self._file.conn.close()
                 if rows == 0:
-                    spoolfile.try_remove(self.path)
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
+                    spoolfile.try_remove(self._file.path)
+            if self._file.lock_fd is not None:
+                os.close(self._file.lock_fd)
         finally:
             self._db_lock.release()
-        lost_rows = {row[0] for row in self._unwritten}
+        lost_rows = {row[0] for row in self._file.unwritten}
         spilled = sum(1 for run in self._waits if isinstance(run, _Run) for r in range(run.first, run.last + 1)
                       if r not in lost_rows)
         self._kept = max(0, rows - resent) + kept
-        return Closed(self._kept, lost, resent, self._last_error if lost or resent else "", spilled,
-                      self.directory)
+        if self._kept:
+            logger.warning("vwo_otel: %d undelivered event(s) (%d of them spilled from a full queue) stay in the "
+                           "spool file(s) in %s for the next start", self._kept, spilled, self.directory)
+        if resent:
+            logger.warning("vwo_otel: %d settled event(s) could not be removed from the spool file(s) in %s (%s); "
+                           "the next start sends them again", resent, self.directory, self._file.last_error)
+        why = f"undelivered at shutdown and the spool could not keep them ({self._file.last_error})" if lost else ""
+        return Closed(self._kept, lost, why)
 
-    def _count(self) -> int:
-        """Rows in this process's file (-1: unknown, the disk did not say)."""
-        if self._conn is None:
-            return 0
-        try:
-            return int(self._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-        except sqlite3.Error:
-            return -1

@@ -23,7 +23,9 @@ import fcntl
 import glob
 import json
 import logging
+import math
 import os
+import secrets
 import sqlite3
 import stat
 import time
@@ -47,6 +49,16 @@ PATTERN = "spool-*.sqlite"
 #: Pages the WAL may hold before it is copied into the file (SQLite's default, 1,000 pages,
 #: lets it take 4 MiB of a small disk before the first checkpoint).
 WAL_PAGES = 32
+#: Seconds between tries while the disk refuses writes (creating the file, group commits).
+RETRY_INTERVAL = 1.0
+#: Room the spool leaves free on its disk, a quarter of the file system within these bounds:
+#: below it no new row is written (as if the disk refused), so the rows of settled events can
+#: still be deleted (a deletion needs room in the WAL, a checkpoint room in the file) and a
+#: restart can create its file; without it a delivered event whose row could not be deleted
+#: is sent again by the next start (``WAL_PAGES`` keeps the WAL small).
+DISK_RESERVE = (64 * 1024, 1024 * 1024)
+#: A row not yet on disk: (row id, queued_at, event, its JSON once encoded).
+Row = tuple[int, float, VWOEvent, "str | None"]
 _SUFFIXES = ("", "-wal", "-shm", ".lock")
 
 
@@ -269,6 +281,176 @@ class Orphan:
         aside = set_aside(self.path, "quarantine")
         logger.error("vwo_otel spool file %s: %d row(s) that are not usable events are kept in %s",
                      self.path, len(self.bad), aside)
+
+
+
+class OwnFile:
+    """This process's spool file. Rows added by the emitting threads (``added``) and deletions
+    of settled rows (``acked``) are written by ``write``, in one transaction; a disk that refuses
+    keeps them for the next try (``unwritten``, ``undeleted``) and sets ``failing``; below the
+    disk reserve no new row is written. Callers hold their disk lock; a full disk at start is
+    waited out (``create`` is tried again), any other error at start raises."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, f"spool-{os.getpid()}-{secrets.token_hex(4)}.sqlite")
+        self.conn: sqlite3.Connection | None = None  # None while the disk refuses to create the file
+        self.lock_fd: int | None = None
+        self.tried_at = -math.inf  # last try to create the file or commit while the disk refused
+        try:
+            st = os.statvfs(directory)
+            size = st.f_blocks * st.f_frsize
+        except OSError:
+            size = 0
+        self.reserve = min(max(size // 4, DISK_RESERVE[0]), DISK_RESERVE[1])
+        self.added: deque[Row] = deque()
+        self.acked: deque[int] = deque()
+        self.unwritten: list[Row] = []  # rows of a failed commit, tried again next time
+        self.undeleted: set[int] = set()  # deletions of a failed commit, tried again next time
+        self.failing = False  # the last commit failed: nothing spills or parks until one succeeds
+        self.last_error = ""
+        self._logged_at = -math.inf
+
+    def create(self, at_start: bool = False) -> bool:
+        """Create this process's file. A disk that refuses it for lack of room is waited out
+        (False, tried again every ``RETRY_INTERVAL``); at start any other error raises."""
+        self.tried_at = time.monotonic()
+        fd = None
+        try:
+            fd = lock(self.path + ".lock")
+            assert fd is not None, "a fresh spool file cannot be locked by anyone else"
+            conn = connect(self.path)
+        except (OSError, sqlite3.Error) as exc:
+            if fd is not None:
+                os.close(fd)
+            try:
+                remove(self.path)
+            except OSError:
+                pass
+            if at_start and not full(exc):
+                raise
+            self.failing, self.last_error = True, str(exc)
+            if at_start:
+                logger.error("vwo_otel spool %s: the disk has no room for this process's file (%s); events are kept "
+                             "in memory only (a full queue drops) until it has, and files of processes that are "
+                             "gone are delivered from where they are", self.directory, exc)
+            return False
+        self.lock_fd, self.conn = fd, conn
+        return True
+
+    def write(self, inserts: bool = True) -> bool:
+        """Write and delete what waits. ``inserts=False`` (and for ``RETRY_INTERVAL`` after
+        the disk refused a commit): deletions only, rows wait (a row never written and since
+        settled is simply dropped). True when nothing is left unwritten or undeleted."""
+        if self.failing and (time.monotonic() - self.tried_at < RETRY_INTERVAL or self.free() < 2 * self.reserve):
+            inserts = False
+        acked = self.undeleted
+        while self.acked:  # acks first: any acked event's row is already added
+            acked.add(self.acked.popleft())
+        rows: list[Row] = []
+        for row in self.unwritten:
+            if row[0] in acked:
+                acked.discard(row[0])
+            else:
+                rows.append(row)
+        while self.added:
+            row = self.added.popleft()
+            if row[0] in acked:
+                acked.discard(row[0])  # settled before it ever reached the disk
+            else:
+                rows.append(row)
+        self.unwritten, self.undeleted = [], set()
+        if inserts and (rows or acked or self.failing):  # failing with nothing to write: a probe
+            ok = self._transaction(rows, acked)
+        elif acked and self.conn is not None:
+            self.unwritten = rows
+            ok = self._transaction([], acked) and not rows
+        else:
+            self.unwritten = rows
+            ok = not rows
+        return ok
+
+    def _transaction(self, rows: list[Row], acked: set[int]) -> bool:
+        """Disk lock held: one transaction in this process's file (created first if the disk
+        refused it so far); on failure the rows and deletions are kept for the next try."""
+        if self.conn is None and not self.create():
+            self.unwritten[:0] = rows
+            return False
+        assert self.conn is not None
+        rows = [(r, q, ev, text if text is not None else encode(ev)) for r, q, ev, text in rows]
+        # their pages in the WAL, then in the file (a page holds about 3,000 bytes of rows)
+        need = self.reserve + 2 * 4096 * (sum(len(row[3] or "") for row in rows) // 3000 + 4)
+        if rows and self.free() < need:
+            self.checkpoint()
+        if rows and self.free() < need:
+            self.unwritten[:0] = rows  # they would eat the room deletions need: as if the disk refused
+            self.failing, self.last_error, self.tried_at = True, "the disk is nearly full", time.monotonic()
+            rows = []
+            if not acked:
+                return False
+        try:
+            self.conn.execute("BEGIN")
+            self.conn.executemany(INSERT, [(r, q, text) for r, q, _, text in rows])
+            self.conn.executemany(DELETE, [(i,) for i in acked])
+            if not rows and not acked:  # a probe: does the disk take a write again?
+                self.conn.execute(INSERT, (0, 0.0, ""))
+                self.conn.execute(DELETE, (0,))
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._refused(rows, acked, exc)
+            return False
+        if self.unwritten:  # rows held back for room: the deletions went, the rows wait
+            return False
+        free = self.free()
+        if free < self.reserve:  # the WAL's pages into the file; still too little: write no more rows
+            self.checkpoint()
+            free = self.free()
+        self.failing = free < self.reserve
+        if self.failing:
+            self.last_error = f"the disk is nearly full ({free} bytes free)"
+            self.tried_at = time.monotonic()
+        return True
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the file; the next transaction reuses the WAL from its start."""
+        try:
+            if self.conn is not None:
+                self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            pass
+
+    def free(self) -> float:
+        try:
+            st = os.statvfs(self.directory)
+        except OSError:
+            return math.inf
+        return float(st.f_bavail * st.f_frsize)
+
+    def _refused(self, rows: list[Row], acked: set[int], exc: sqlite3.Error) -> None:
+        """Disk lock held: a commit failed; its rows and deletions wait for the next try."""
+        assert self.conn is not None
+        try:
+            self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        self.unwritten[:0] = rows
+        self.undeleted = acked
+        self.failing, self.last_error = True, str(exc)
+        self.tried_at = now = time.monotonic()
+        if now - self._logged_at >= 10.0:
+            self._logged_at = now
+            logger.error("vwo_otel spool %s: commit failed (%s); %d event(s) not on disk yet and %d deletion(s) "
+                         "not done; nothing spills or parks until a commit succeeds", self.path, exc,
+                         len(self.unwritten), len(acked))
+
+    def count(self) -> int:
+        """Rows in this process's file (-1: unknown, the disk did not say)."""
+        if self.conn is None:
+            return 0
+        try:
+            return int(self.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        except sqlite3.Error:
+            return -1
 
 
 def adopt(directory: str, own: str) -> list[Orphan]:
