@@ -46,16 +46,17 @@ SCHEMA = "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, queued_at R
 INSERT = "INSERT INTO events (id, queued_at, event) VALUES (?, ?, ?)"
 DELETE = "DELETE FROM events WHERE id = ?"
 PATTERN = "spool-*.sqlite"
-#: Pages the WAL may hold before it is copied into the file (SQLite's default, 1,000 pages,
-#: lets it take 4 MiB of a small disk before the first checkpoint).
-WAL_PAGES = 32
+#: Near a full disk (free space under ``TIGHT`` reserves) the WAL is copied into the file every
+#: half reserve of pages, not SQLite's 1,000 pages (4 MiB, more than a small disk has); with
+#: room to spare the default stands (a checkpoint costs an fsync).
+TIGHT = 8
 #: Seconds between tries while the disk refuses writes (creating the file, group commits).
 RETRY_INTERVAL = 1.0
 #: Room the spool leaves free on its disk, a quarter of the file system within these bounds:
 #: below it no new row is written (as if the disk refused), so the rows of settled events can
 #: still be deleted (a deletion needs room in the WAL, a checkpoint room in the file) and a
 #: restart can create its file; without it a delivered event whose row could not be deleted
-#: is sent again by the next start (``WAL_PAGES`` keeps the WAL small).
+#: is sent again by the next start (near a full disk the WAL is kept small: ``TIGHT``).
 DISK_RESERVE = (64 * 1024, 1024 * 1024)
 #: A row not yet on disk: (row id, queued_at, event, its JSON once encoded).
 Row = tuple[int, float, VWOEvent, "str | None"]
@@ -68,7 +69,6 @@ def connect(path: str) -> sqlite3.Connection:
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
         conn.execute(SCHEMA)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
@@ -310,6 +310,9 @@ class OwnFile:
         self.failing = False  # the last commit failed: nothing spills or parks until one succeeds
         self.last_error = ""
         self._logged_at = -math.inf
+        self._free = math.inf  # free bytes on the disk when last looked (statvfs at most every 0.2 s
+        self._looked_at = -math.inf  # unless it is tight), less what was written since
+        self._small_wal = False
 
     def create(self, at_start: bool = False) -> bool:
         """Create this process's file. A disk that refuses it for lack of room is waited out
@@ -399,6 +402,7 @@ class OwnFile:
         except sqlite3.Error as exc:
             self._refused(rows, acked, exc)
             return False
+        self._free -= 2 * sum(len(row[3] or "") for row in rows)  # until the next look
         if self.unwritten:  # rows held back for room: the deletions went, the rows wait
             return False
         free = self.free()
@@ -420,11 +424,23 @@ class OwnFile:
             pass
 
     def free(self) -> float:
-        try:
-            st = os.statvfs(self.directory)
-        except OSError:
-            return math.inf
-        return float(st.f_bavail * st.f_frsize)
+        """Free bytes on the disk (looked up at most every 0.2 s while there is plenty); near
+        full, the WAL is kept small (see ``TIGHT``)."""
+        now = time.monotonic()
+        if now - self._looked_at >= 0.2 or self._free < 2 * TIGHT * self.reserve:
+            try:
+                st = os.statvfs(self.directory)
+                self._free = float(st.f_bavail * st.f_frsize)
+            except OSError:
+                self._free = math.inf
+            self._looked_at = now
+            if self._free < TIGHT * self.reserve and not self._small_wal and self.conn is not None:
+                self._small_wal = True
+                try:
+                    self.conn.execute(f"PRAGMA wal_autocheckpoint={max(8, self.reserve // 8192)}")
+                except sqlite3.Error:
+                    self._small_wal = False
+        return self._free
 
     def _refused(self, rows: list[Row], acked: set[int], exc: sqlite3.Error) -> None:
         """Disk lock held: a commit failed; its rows and deletions wait for the next try."""
