@@ -1674,8 +1674,8 @@ def report(raw: dict, cfg: dict) -> tuple[list[dict], dict]:
                      "5xx/429/dropped), a server answering 300 ms late, VWO down (the queue spills to a small "
                      "tmpfs until it is full), then SIGTERM (the app stops its threads; vwo_otel delivers within "
                      "shutdown_timeout, then the process dies of the signal) and a restart that replays the spool; "
-                     "delivered = unique at the receiver, reported = flush_callback errors (listed, or counted past the "
-                     "10,000 one report lists), on disk = rows left; "
+                     "delivered = unique at the receiver, reported = flush_callback errors (listed, or counted past "
+                     "the 10,000 one report lists), on disk = rows left; "
                      "duplicates = deliveries beyond the first (at-least-once across the kill)")
 
     safe(soak, "S soak", "soak")
