@@ -241,3 +241,24 @@ def test_the_gateway_stops_on_a_sigterm_another_thread_takes(receiver, tmp_path)
         raise AssertionError("the gateway did not stop within 10 s of a SIGTERM another thread took") from None
     assert proc.returncode == 0, err
     assert json.loads(out.strip().splitlines()[-1])["accepted"] == 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc")
+def test_vwo_otel_threads_leave_sigterm_and_sigint_to_the_main_thread(pipeline, receiver, tmp_path):
+    """Python runs a signal handler only on the main thread, once it next runs Python code: a
+    process-directed SIGTERM the kernel hands to another thread waits while the main thread
+    sleeps in C (an app's ``time.sleep(60)``; the test_spool_full app under the full suite did
+    not exit for 30 s). vwo_otel's own threads block both signals, so they are never that thread."""
+    vwo, processor, _ = pipeline({"events_per_request": 2, "request_time_interval": 60},
+                                 spool=str(tmp_path / "spool"))
+    for i in range(4):
+        vwo.activate(1, 1, f"t-{i}")  # delivery, callback and spool writer threads run
+    assert processor.flush_events() is True
+    engine = {"vwo_otel-delivery", "vwo_otel-callbacks", "vwo_otel-spool", "vwo_otel-replay"}
+    ours = [t for t in threading.enumerate() if t.name in engine and t.native_id]
+    assert {t.name for t in ours} >= {"vwo_otel-delivery", "vwo_otel-callbacks", "vwo_otel-spool"}
+    wanted = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1))
+    for t in ours:
+        with open(f"/proc/self/task/{t.native_id}/status") as f:
+            blocked = int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+        assert blocked & wanted == wanted, (t.name, hex(blocked))

@@ -32,7 +32,7 @@ from .. import checks
 from ..config import BatchEvents
 from ..event import DROP_PRIORITY, VWOEvent
 from ..export.exporter import VWOExporter
-from . import lifecycle
+from . import lifecycle, signals
 from .backlog import Backlog, MemoryBacklog, Taken
 from .concurrency import Concurrency
 from .delivery import Batch, Delivery
@@ -151,11 +151,11 @@ class Batcher(Delivery):
         shut down. Returns what the child must keep referenced and never touch (the parent's
         connections), for ``lifecycle`` to hold."""
         closed = self._closed
+        self._notifier.after_fork()
+        self.exporter.after_fork()  # and its transport
         kept = self.backlog.after_fork()
         self._reset()
         self._closed = closed
-        self._notifier.after_fork()
-        self.exporter.after_fork()
         self._replay()  # a worker that died (kill -9, OOM) left its file: this child may be its replacement
         return kept
 
@@ -295,7 +295,8 @@ class Batcher(Delivery):
         self._adopted = threading.Event()  # a flush covers what is adopted at start
         if self.backlog.durable and not self._closed:
             try:
-                threading.Thread(target=self._adopt, args=(self._adopted,), name="vwo_otel-replay", daemon=True).start()
+                threading.Thread(target=signals.quiet(self._adopt), args=(self._adopted,), name="vwo_otel-replay",
+                                 daemon=True).start()
                 return
             except RuntimeError:  # interpreter exiting: left for a later start
                 pass

@@ -22,6 +22,7 @@ from .backlog import Backlog
 from .concurrency import Concurrency, signal_of
 from .sending import salvage, send
 from .settle import Notifier
+from .signals import quiet
 
 logger = logging.getLogger("vwo_otel")
 
@@ -80,7 +81,7 @@ class Delivery:
         workers[:] = [w for w in workers if w.is_alive()]
         while len(workers) < target:
             try:
-                worker = threading.Thread(target=self._run, name="vwo_otel-delivery", daemon=True)
+                worker = threading.Thread(target=quiet(self._run), name="vwo_otel-delivery", daemon=True)
                 worker.start()
             except RuntimeError:
                 break

@@ -26,6 +26,7 @@ from typing import Any
 from ..config import FlushCallback
 from ..errors import EventsDropped, Outcome
 from ..event import VWOEvent
+from .signals import quiet
 
 logger = logging.getLogger("vwo_otel")
 
@@ -326,7 +327,7 @@ class Notifier:
         thread = self._thread
         if thread is None or not thread.is_alive():
             try:
-                thread = threading.Thread(target=self._run, name="vwo_otel-callbacks", daemon=True)
+                thread = threading.Thread(target=quiet(self._run), name="vwo_otel-callbacks", daemon=True)
                 thread.start()
             except RuntimeError:
                 return True

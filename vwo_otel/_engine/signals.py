@@ -66,6 +66,19 @@ def install(deliver: Callable[[], Any], timeout: Callable[[], float]) -> None:
             signal.signal(sig, _Chained(current))
 
 
+def quiet(target: Callable[..., Any]) -> Callable[..., Any]:
+    """``target`` for a vwo_otel thread that never takes SIGTERM / SIGINT (it blocks them first).
+    Python runs signal handlers only on the main thread, when it next runs Python code: a
+    signal another thread takes while the main thread sleeps in C (``time.sleep``, a lock)
+    waits until that returns. Blocked in vwo_otel's threads, it goes to the main thread."""
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        return target(*args, **kwargs)
+
+    return run
+
+
 def enabled(environ: Any = None) -> bool:
     """False when ``VWO_SIGNALS`` says so (``false``, ``0``, ``no``, ``off``)."""
     raw = (os.environ if environ is None else environ).get("VWO_SIGNALS", "")
@@ -111,13 +124,13 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         _die(signum)
         return
     try:
-        threading.Thread(target=_deliver_then_die, args=(_deliver, signum), name="vwo_otel-signal").start()
+        threading.Thread(target=quiet(_deliver_then_die), args=(_deliver, signum), name="vwo_otel-signal").start()
     except RuntimeError:  # interpreter shutting down: nothing more can be sent
         _die(signum)
 
 
 def _deliver_then_die(deliver: Callable[[], Any], signum: int) -> None:
-    worker = threading.Thread(target=_run, args=(deliver,), name="vwo_otel-signal-delivery", daemon=True)
+    worker = threading.Thread(target=quiet(_run), args=(deliver,), name="vwo_otel-signal-delivery", daemon=True)
     worker.start()
     worker.join(_timeout() + _GRACE)
     if worker.is_alive():

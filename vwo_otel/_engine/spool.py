@@ -66,6 +66,7 @@ from ..export.retry import RetryPolicy
 from . import spoolfile
 from .backlog import Closed, Settled, Taken
 from .settle import LogLimiter
+from .signals import quiet
 from .spoolfile import DISK_RESERVE, RETRY_INTERVAL, SCHEMA_VERSION, Orphan, OwnFile
 
 if TYPE_CHECKING:
@@ -483,7 +484,7 @@ class Spool:
 
     def _start_writer(self) -> None:
         try:
-            writer = threading.Thread(target=self._run, name="vwo_otel-spool", daemon=True)
+            writer = threading.Thread(target=quiet(self._run), name="vwo_otel-spool", daemon=True)
             writer.start()
         except RuntimeError:  # interpreter exiting: commit inline instead
             self.commit()
