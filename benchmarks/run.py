@@ -79,7 +79,7 @@ OFFICIAL_SETTINGS = {
 #: The soak's size per mode: seconds of the whole run, emitting threads, events per burst,
 #: pause between bursts, and the tmpfs the spool sits on.
 SOAK: dict[str, dict[str, Any]] = {
-    "quick": {"seconds": 4, "threads": 2, "burst": 200, "pause": 0.05, "disk_kib": 256},
+    "quick": {"seconds": 8, "threads": 4, "burst": 500, "pause": 0.02, "disk_kib": 256},  # loses events on 4d0a6bb
     "default": {"seconds": 20, "threads": 8, "burst": 500, "pause": 0.02, "disk_kib": 1024},
     "full": {"seconds": 40, "threads": 16, "burst": 1000, "pause": 0.02, "disk_kib": 2048},
 }
@@ -1039,7 +1039,7 @@ def emit(t):
             counts[t] = i
         stop.wait(pause)
 
-signal.signal(signal.SIGTERM, lambda *_: stop.set())
+previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
 workers = [threading.Thread(target=emit, args=(t,)) for t in range(threads)]
 for w in workers:
     w.start()
@@ -1050,7 +1050,7 @@ for w in workers:
     w.join()
 os.write(fd, "".join(f"E {phase} {t} {n}\n" for t, n in enumerate(counts)).encode())
 if phase == "term":
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # vwo_otel stands in for the default action: delivers, then dies
+    signal.signal(signal.SIGTERM, previous)  # vwo_otel's, standing in for the default action: delivers, then dies
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(60)
 processor.shutdown()
@@ -1099,6 +1099,7 @@ def task_soak(spec: dict) -> dict:
     import tempfile
 
     from vwo_otel import visitor_uuid
+    from vwo_otel._engine.spool import DISK_RESERVE  # the room the spool leaves free: "filled" up to it
     from vwo_otel.testing import Receiver
 
     base = tempfile.mkdtemp(prefix="vwo-soak-")
@@ -1154,11 +1155,13 @@ def task_soak(spec: dict) -> dict:
     on_disk = {visitor_uuid(ACCOUNT_ID, u) for u in left}
     accounted = delivered | reported | on_disk
     return {"seconds": time.monotonic() - start, "disk": f"tmpfs {spec['disk_kib']} KiB" if mounted else "temp dir",
-            "disk_full": mounted and disk.free < 64 * 1024, "term_exit": term_exit, "restart_exit": restart_exit,
+            "disk_full": mounted and disk.free < 2 * min(max(disk.total // 4, DISK_RESERVE[0]), DISK_RESERVE[1]),
+            "term_exit": term_exit, "restart_exit": restart_exit,
             "emitted": len(emitted), "delivered": len(delivered & emitted),
             "reported": len((reported - delivered) & emitted) + unlisted,
             "on_disk": len(on_disk - delivered - reported),
             "duplicates": len(received) - len(delivered), "reported_and_delivered": len(reported & delivered),
+            "unlisted": unlisted,  # reported by count only (an EventsDropped report lists at most 10,000)
             "unaccounted": len(emitted - accounted), "unknown": len(accounted - emitted)}
 
 
@@ -1681,12 +1684,13 @@ def report(raw: dict, cfg: dict) -> tuple[list[dict], dict]:
         row(f"S soak ({r['seconds']:.0f} s, spool on {r['disk']}{', filled' if r['disk_full'] else ''}): emitted "
             f"{r['emitted']:,} = delivered {r['delivered']:,} + reported {r['reported']:,} + on disk "
             f"{r['on_disk']:,}; duplicates", r["duplicates"], None, "events", "sum holds",
-            r["emitted"] == held and not r["unknown"] and not r["unaccounted"], fmt="{:,.0f}")
+            r["emitted"] == held and not r["unknown"] and r["unaccounted"] <= r.get("unlisted", 0), fmt="{:,.0f}")
         notes.append("S: a child app, 4 stages: bursts from several threads against random faults (20% of requests "
                      "5xx/429/dropped), a server answering 300 ms late, VWO down (the queue spills to a small "
                      "tmpfs until it is full), then SIGTERM (the app stops its threads; vwo_otel delivers within "
                      "shutdown_timeout, then the process dies of the signal) and a restart that replays the spool; "
-                     "delivered = unique at the receiver, reported = flush_callback errors, on disk = rows left; "
+                     "delivered = unique at the receiver, reported = flush_callback errors (listed, or counted past "
+                     "the 10,000 one report lists), on disk = rows left; "
                      "duplicates = deliveries beyond the first (at-least-once across the kill)")
 
     safe(soak, "S soak", "soak")

@@ -18,6 +18,7 @@ import os
 import signal
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import FrameType
@@ -105,18 +106,23 @@ def _cannot_listen(host: str, port: int, exc: OSError) -> str:
 
 
 @contextlib.contextmanager
-def until_interrupted() -> Iterator[None]:
+def until_interrupted() -> Iterator[threading.Event]:
     """Run the block (a foreground server's wait loop) until Ctrl-C or SIGTERM, which both end it quietly.
 
-    SIGTERM raises ``KeyboardInterrupt`` inside the block (main thread only); its previous
-    handler is restored on the way out. Enter it before announcing that the server listens,
-    so a SIGTERM sent as soon as the announcement is read is already handled."""
+    SIGTERM sets the event the block gets and raises ``KeyboardInterrupt`` inside it (main
+    thread only); its previous handler is restored on the way out. Enter it before announcing
+    that the server listens, so a SIGTERM sent as soon as the announcement is read is already
+    handled. Wait in short steps (``event.wait(0.5)``): a signal another thread took runs its
+    handler only when the main thread next runs Python code."""
+    stopped = threading.Event()
+
     def interrupt(signum: int, frame: FrameType | None) -> None:
+        stopped.set()
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        yield
+        yield stopped
     except KeyboardInterrupt:
         pass
     finally:
@@ -611,15 +617,15 @@ def gateway(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         return _fail("gateway", _cannot_listen(config.host, config.port, exc))
     except ValueError as exc:
         return _fail("gateway", exc)
-    with until_interrupted():
+    with until_interrupted() as stopped:
         sys.stdout.write(f"vwo-otel gateway listening on {server.url} (POST /v1/traces, /v1/logs) for account(s) "
                          f"{', '.join(str(a) for a in sorted(config.accounts))}; "
                          f"{'bearer tokens required' if config.auth_tokens else 'no authentication (loopback)'}"
                          f"{'; spool ' + str(config.spool) if config.spool else '; no spool (backlog in memory)'}; "
                          "Ctrl-C to stop\n")
         sys.stdout.flush()
-        while True:
-            time.sleep(3600)
+        while not stopped.wait(0.5):
+            pass
     with while_stopping("the gateway"):
         ok = server.stop()
     stats = server.stats()

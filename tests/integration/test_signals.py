@@ -7,8 +7,10 @@ installed still runs. The app (tests/apps/sigterm_app.py) queues events behind a
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -204,3 +206,59 @@ def test_server_sigterm_delivers_every_event(receiver, server):
     got = receiver.events()
     assert len(got) == 120, (len(got), pids, stderr[-3000:])
     assert len({(e["u"]) for e in got}) == 120  # each exactly once
+
+
+# -- a signal another thread takes --------------------------------------------------------------
+
+def _tgkill(pid: int, tid: int, sig: int) -> None:
+    """Send ``sig`` to one thread ``tid`` of process ``pid`` (Linux x86-64 ``tgkill``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(234, pid, tid, sig) != 0:
+        raise OSError(ctypes.get_errno(), "tgkill")
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.machine() != "x86_64", reason="needs Linux x86-64 tgkill")
+def test_the_gateway_stops_on_a_sigterm_another_thread_takes(receiver, tmp_path):
+    """The kernel hands a process's SIGTERM to any thread that does not block it (under load, a
+    thread busy in a system call can take it before the main thread wakes), and Python runs the
+    handler only when the main thread next runs Python code. A gateway whose main thread slept
+    through that ignored SIGTERM (test_rotel's restart saw one not exit in 30 s): here the
+    signal goes to a thread other than the main one on purpose."""
+    config = tmp_path / "gateway.json"
+    config.write_text(json.dumps({"accounts": {str(ACCOUNT_ID): {"sdk_key_env": "TEST_GW_KEY"}},
+                                  "default_account": ACCOUNT_ID, "shutdown_timeout": 2}))
+    proc = _spawn([sys.executable, "-m", "vwo_otel", "gateway", "--config", str(config), "--port", "0",
+                   "--endpoint", receiver.url], env={**_env(receiver), "TEST_GW_KEY": SDK_KEY}, cwd=REPO)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "listening on" in line, proc.stderr.read() if proc.poll() is not None else line
+    others = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid]
+    assert others, "the gateway runs threads besides its main one"
+    _tgkill(proc.pid, others[0], signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=10)  # shutdown_timeout 2 s, nothing queued
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the gateway did not stop within 10 s of a SIGTERM another thread took") from None
+    assert proc.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["accepted"] == 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc")
+def test_vwo_otel_threads_leave_sigterm_and_sigint_to_the_main_thread(pipeline, receiver, tmp_path):
+    """Python runs a signal handler only on the main thread, once it next runs Python code: a
+    process-directed SIGTERM the kernel hands to another thread waits while the main thread
+    sleeps in C (an app's ``time.sleep(60)``; the test_spool_full app under the full suite did
+    not exit for 30 s). vwo_otel's own threads block both signals, so they are never that thread."""
+    vwo, processor, _ = pipeline({"events_per_request": 2, "request_time_interval": 60},
+                                 spool=str(tmp_path / "spool"))
+    for i in range(4):
+        vwo.activate(1, 1, f"t-{i}")  # delivery, callback and spool writer threads run
+    assert processor.flush_events() is True
+    engine = {"vwo_otel-delivery", "vwo_otel-callbacks", "vwo_otel-spool", "vwo_otel-replay"}
+    ours = [t for t in threading.enumerate() if t.name in engine and t.native_id]
+    assert {t.name for t in ours} >= {"vwo_otel-delivery", "vwo_otel-callbacks", "vwo_otel-spool"}
+    wanted = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1))
+    for t in ours:
+        with open(f"/proc/self/task/{t.native_id}/status") as f:
+            blocked = int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+        assert blocked & wanted == wanted, (t.name, hex(blocked))

@@ -18,7 +18,7 @@ import pytest
 from conftest import ACCOUNT_ID, SDK_KEY
 
 from vwo_otel import Spool, VWOSpanProcessor, visitor_uuid
-from vwo_otel._engine import spool as spool_module
+from vwo_otel._engine import spoolfile
 from vwo_otel.event import VWOEvent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -107,6 +107,9 @@ def test_young_replayed_events_wait_for_their_deadline(receiver, make_exporter, 
     processor = VWOSpanProcessor(make_exporter(), {"events_per_request": 1000, "request_time_interval": 600},
                                  spool=tmp_path)
     try:
+        end = time.monotonic() + 10  # replay runs in the background: construction does not wait for it
+        while len(processor.batcher.snapshot().pending) < 3 and time.monotonic() < end:
+            time.sleep(0.01)
         assert len(processor.batcher.snapshot().pending) == 3
         assert not receiver.wait_for_events(1, timeout=0.3)  # not due for ~600 s
         assert processor.flush_events() is True
@@ -120,6 +123,7 @@ def test_corrupt_spool_file_is_moved_aside_and_the_app_keeps_running(receiver, m
     bad.write_bytes(b"this is not a sqlite database" * 100)
     processor = VWOSpanProcessor(make_exporter(), {"events_per_request": 10}, spool=tmp_path)
     try:
+        assert processor.flush_events() is True  # a flush covers the adoption at start
         assert not bad.exists()
         assert list(tmp_path.glob("spool-999999-deadbeef.sqlite.corrupt-*"))
         assert any("unreadable" in r.getMessage() for r in caplog.records)
@@ -165,13 +169,13 @@ def test_crash_loop_loses_nothing_and_duplicates_stay_in_the_window(receiver, ma
 def test_spool_rows_hold_what_is_queued(tmp_path):
     spool = Spool(tmp_path, commit_interval=0)
     ev = VWOEvent(2, "u", 1700000000, 1, 2, 3, 9.5, visitor_ua="ua", visitor_ip="ip")
-    spool.add(ev)
+    spool.put(ev)
     with sqlite3.connect(spool.path) as conn:
         (stored,) = conn.execute("SELECT event FROM events").fetchone()
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == spool_module.SCHEMA_VERSION
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == spoolfile.SCHEMA_VERSION
     assert json.loads(stored) == ev.fields()
-    spool.ack([ev])
-    spool.close()
+    spool.settle([ev], None)
+    spool.close(time.monotonic() + 5)
     assert not os.path.exists(spool.path)
 
 
@@ -244,30 +248,28 @@ class _FailingDeletes:
 
 def test_a_failed_spool_commit_is_tried_again_not_forgotten(tmp_path, caplog):
     spool = Spool(tmp_path, commit_interval=0)
-    spool._conn = _FailingDeletes(spool._conn)
+    spool._file.conn = _FailingDeletes(spool._file.conn)
     a, b = VWOEvent(1, "a", 1700000000, 1, 1), VWOEvent(1, "b", 1700000000, 1, 1)
-    spool.add(a)
-    spool.add(b)
+    spool.put(a)
+    spool.put(b)
     assert spool.pending_rows() == 2
-    spool.ack([a])  # this commit fails: the deletion must not be lost
+    spool.settle([a], None)  # delivered: this commit fails, the deletion must not be lost
     assert spool.pending_rows() == 2
     assert any("commit failed" in r.getMessage() for r in caplog.records)
     assert spool.commit() is True
     assert spool.pending_rows() == 1  # a's row is gone now; b stays until settled
 
 
-def test_two_processes_adopting_the_same_file_never_call_it_corrupt(tmp_path, caplog, monkeypatch):
-    dead = Spool(tmp_path, commit_interval=0)
-    dead.add(VWOEvent(1, "orphan", 1700000000, 1, 1))
-    os.close(dead._lock_fd)  # as if its process died
-    listing = spool_module.glob.glob(os.path.join(str(tmp_path), "spool-*.sqlite"))
-    first = Spool(tmp_path, commit_interval=0)
-    adopted = first.adopt()
-    assert len(adopted) == 1
-    adopted[0].release()  # the first adopter took it over and removed it
-    monkeypatch.setattr(spool_module.glob, "glob", lambda pattern: list(listing))  # a listing made before that
-    second = Spool(tmp_path, commit_interval=0)
-    assert second.adopt() == []
+def test_two_processes_adopting_the_same_file_never_call_it_corrupt(receiver, make_exporter, tmp_path, caplog,
+                                                                    monkeypatch):
+    _dead_spool(tmp_path, [json.dumps(VWOEvent(1, "orphan", 1700000000, 1, 1).fields())])
+    listing = spoolfile.glob.glob(os.path.join(str(tmp_path), spoolfile.PATTERN))
+    first = VWOSpanProcessor(make_exporter(), {"events_per_request": 10}, spool=tmp_path)
+    assert first.flush_events() is True  # the first adopter delivered it and removed the file
+    first.shutdown()
+    assert receiver.event_count() == 1 and not os.path.exists(listing[0])
+    monkeypatch.setattr(spoolfile.glob, "glob", lambda pattern: list(listing))  # a listing made before that
+    assert spoolfile.adopt(str(tmp_path), own="") == []
     assert not list(tmp_path.glob("*.corrupt-*"))
     assert not any(r.levelno >= logging.ERROR for r in caplog.records)
     assert not os.path.exists(listing[0] + ".lock")  # no stray lock file left behind
@@ -276,15 +278,17 @@ def test_two_processes_adopting_the_same_file_never_call_it_corrupt(tmp_path, ca
 # -- the row layout: versioned, one JSON object per event ------------------------------------
 
 def _dead_spool(directory, stored_events=(), user_version=None):
-    """A spool file whose process is gone, holding the given ``event`` column texts."""
-    dead = Spool(directory, commit_interval=0)
-    with sqlite3.connect(dead.path) as conn:
-        conn.executemany("INSERT INTO events (queued_at, event) VALUES (?, ?)",
-                         [(1700000000.0 + i, text) for i, text in enumerate(stored_events)])
-        if user_version is not None:
-            conn.execute(f"PRAGMA user_version = {user_version}")
-    os.close(dead._lock_fd)  # as if its process died
-    return dead.path
+    """A spool file whose process is gone (no lock held on it), holding the given ``event`` column texts."""
+    path = os.path.join(str(directory), f"spool-{len(os.listdir(directory)) + 900000}-0000dead.sqlite")
+    temp = os.path.join(str(directory), f"writing-{os.path.basename(path)}")  # moved in whole: a live scan
+    conn = spoolfile.connect(temp)  # never sees it half written
+    conn.executemany("INSERT INTO events (queued_at, event) VALUES (?, ?)",
+                     [(1700000000.0 + i, text) for i, text in enumerate(stored_events)])
+    if user_version is not None:
+        conn.execute(f"PRAGMA user_version = {user_version}")
+    conn.close()
+    os.rename(temp, path)
+    return path
 
 
 def test_rows_with_an_unknown_key_or_without_an_optional_one_replay(tmp_path):
@@ -292,10 +296,13 @@ def test_rows_with_an_unknown_key_or_without_an_optional_one_replay(tmp_path):
     lean = {k: v for k, v in VWOEvent(1, "b", 1700000001, 4, 5).fields().items()
             if k not in ("revenue", "visitor_ua", "visitor_ip")}
     _dead_spool(tmp_path, [json.dumps({**full.fields(), "added_later": [1, 2]}), json.dumps(lean)])
-    (orphan,) = Spool(tmp_path, commit_interval=0).adopt()
-    assert [item.event for item in orphan.events] == [full, VWOEvent(1, "b", 1700000001, 4, 5)]
-    assert [item.queued_at for item in orphan.events] == [1700000000.0, 1700000001.0]
-    assert orphan.bad_rows == []
+    (orphan,) = spoolfile.adopt(str(tmp_path), own="")
+    rows = orphan.read(10)
+    assert [ev for _, _, ev in rows] == [full, VWOEvent(1, "b", 1700000001, 4, 5)]
+    assert [queued_at for _, queued_at, _ in rows] == [1700000000.0, 1700000001.0]
+    assert orphan.bad == []
+    orphan.outstanding = len(rows)  # as its owner counts them: read, not settled
+    orphan.finish()
 
 
 def test_a_bad_row_is_kept_aside_and_the_others_replay(receiver, make_exporter, tmp_path, caplog):
@@ -319,16 +326,16 @@ def test_a_bad_row_is_kept_aside_and_the_others_replay(receiver, make_exporter, 
 
 def test_a_file_of_a_newer_layout_is_left_alone(tmp_path, caplog):
     path = _dead_spool(tmp_path, [json.dumps(VWOEvent(1, "u", 1700000000, 1, 1).fields())],
-                       user_version=spool_module.SCHEMA_VERSION + 1)
-    assert Spool(tmp_path, commit_interval=0).adopt() == []
+                       user_version=spoolfile.SCHEMA_VERSION + 1)
+    assert spoolfile.adopt(str(tmp_path), own="") == []
     assert os.path.exists(path) and not list(tmp_path.glob("*.corrupt-*"))
     assert any("cannot read" in r.getMessage() for r in caplog.records)
-    fd = spool_module._lock(path + ".lock")
+    fd = spoolfile.lock(path + ".lock")
     assert fd is not None, "the file is unlocked again, for a vwo_otel that can read it"
     os.close(fd)
 
 
-def test_a_file_of_the_column_per_field_layout_replays(tmp_path):
+def test_a_file_of_the_column_per_field_layout_replays(receiver, make_exporter, tmp_path):
     """Files written before the layout had a version (0) still replay after an upgrade."""
     path = str(tmp_path / "spool-1-00000000.sqlite")
     with sqlite3.connect(path) as conn:
@@ -337,8 +344,15 @@ def test_a_file_of_the_column_per_field_layout_replays(tmp_path):
         conn.execute("INSERT INTO events VALUES (1, 1700000000.5, 2, 'u', 1700000000, 1, 2, 3, 9.5, NULL, NULL, "
                      "'ua', 'ip')")
     conn.close()
-    (orphan,) = Spool(tmp_path, commit_interval=0).adopt()
-    assert orphan.events == [(VWOEvent(2, "u", 1700000000, 1, 2, 3, 9.5, visitor_ua="ua", visitor_ip="ip"),
-                              1700000000.5)]
-    orphan.release()
+    (orphan,) = spoolfile.adopt(str(tmp_path), own="")
+    rows = orphan.read(10)
+    assert rows == [(1, 1700000000.5, VWOEvent(2, "u", 1700000000, 1, 2, 3, 9.5, visitor_ua="ua", visitor_ip="ip"))]
+    orphan.outstanding = len(rows)  # as its owner counts them: read, not settled
+    orphan.finish()  # unlocked and left for a later start
+    processor = VWOSpanProcessor(make_exporter(), {"events_per_request": 10}, spool=tmp_path)
+    try:
+        assert processor.flush_events() is True
+    finally:
+        processor.shutdown()
+    assert [e["u"] for e in receiver.events()] == [visitor_uuid(ACCOUNT_ID, "u")]
     assert not os.path.exists(path)

@@ -20,6 +20,7 @@ import pytest
 from conftest import ACCOUNT_ID
 
 from vwo_otel import RetryPolicy, Spool, VWOSpanProcessor, visitor_uuid
+from vwo_otel._engine import spoolfile
 from vwo_otel.event import VWOEvent
 
 #: A retry budget shorter than the outages below.
@@ -216,7 +217,7 @@ def test_vwo_down_longer_than_the_retry_budget_then_up_delivers_everything_once(
     assert receiver.wait_for_events(50, timeout=10)
     assert processor.flush_events() is True
     spool.commit()
-    assert spool.pending_rows() == 0 and spool.parked() == 0
+    assert spool.pending_rows() == 0 and spool.on_disk() == 0
     assert not callbacks.failed
     assert Counter(e["u"] for e in receiver.events()) == Counter({u(x): 1 for x in users})
     assert processor.stats()["events"] == {"delivered": 50, "failed": 0}
@@ -232,7 +233,7 @@ def test_events_past_the_spool_max_age_are_reported_failed(receiver, make_export
     assert processor.flush_events() is False
     (err, evs), = callbacks.failed
     assert [e["u"] for e in evs] == [u("old")] and "max_age" in str(err)
-    assert spool.pending_rows() == 1 and spool.parked() == 1  # the young one waits on disk
+    assert spool.pending_rows() == 1 and spool.on_disk() == 1  # the young one waits on disk
     processor.shutdown()
 
 
@@ -244,13 +245,16 @@ def test_spool_policy_errors_name_the_field(tmp_path):
 
 
 def _dead_file(directory, users):
-    """A spool file of a process that is gone, holding events for ``users``."""
-    dead = Spool(directory, commit_interval=0)
-    for user in users:
-        dead.add(VWOEvent(1, user, int(time.time()) - 5, 1, 1))
-    dead._conn.close()
-    os.close(dead._lock_fd)  # as if its process died
-    return dead.path
+    """A spool file of a process that is gone (no lock held on it), holding events for ``users``."""
+    path = os.path.join(str(directory), f"spool-{len(os.listdir(directory)) + 900000}-0000dead.sqlite")
+    temp = os.path.join(str(directory), f"writing-{os.path.basename(path)}")  # moved in whole: a live scan
+    conn = spoolfile.connect(temp)  # never sees it half written
+    conn.executemany(spoolfile.INSERT, [(i, time.time() - 5, spoolfile.encode(VWOEvent(1, user, int(time.time()) - 5,
+                                                                                      1, 1)))
+                                        for i, user in enumerate(users, 1)])
+    conn.close()
+    os.rename(temp, path)
+    return path
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -334,7 +338,7 @@ def test_a_disk_full_before_start_costs_the_spool_not_the_app(receiver, make_exp
     fill(disk)
     with caplog.at_level(logging.ERROR, logger="vwo_otel"):
         events, proc, _ = pipeline({"events_per_request": 5, "request_time_interval": 60}, spool=disk / "spool")
-    assert any("is unusable" in r.getMessage() and "memory only" in r.getMessage() for r in caplog.records)
+    assert any("no room" in r.getMessage() and "memory only" in r.getMessage() for r in caplog.records)
     for i in range(5):
         events.activate(1, 1, f"fulldisk-{i}")
     assert proc.flush_events() is True
@@ -360,8 +364,8 @@ def test_a_spool_closed_before_a_fork_closes_no_other_file_after_it(tmp_path):
     """after_fork of a spool already closed (a processor shut down earlier in the same process)
     must not close its old lock fd number: by then it may be another file's."""
     old = Spool(tmp_path / "old")
-    number = old._lock_fd
-    old.close()
+    number = old._file.lock_fd
+    old.close(time.monotonic() + 5)
     opened = []
     while not opened or opened[-1] != number:  # take the freed number (the lowest free fds come first)
         opened.append(os.open(os.devnull, os.O_RDONLY))

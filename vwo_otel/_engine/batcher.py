@@ -30,13 +30,13 @@ from typing import Any
 
 from .. import checks
 from ..config import BatchEvents
-from ..errors import HTTPStatusError, NetworkError, Outcome, VWODeliveryError
 from ..event import DROP_PRIORITY, VWOEvent
 from ..export.exporter import VWOExporter
-from . import lifecycle
-from .concurrency import Concurrency, signal_of
+from . import lifecycle, signals
+from .backlog import Backlog, MemoryBacklog, Taken
+from .concurrency import Concurrency
+from .delivery import Batch, Delivery
 from .settle import FlushTicket, Notifier
-from .spool import Orphan, Spool, SpooledEvent
 
 logger = logging.getLogger("vwo_otel")
 
@@ -58,15 +58,6 @@ def _rank(etype: int | str) -> float:
     """The drop priority of an event type; a type the table does not know (only read from a
     damaged spool file) ranks below all."""
     return DROP_PRIORITY.get(etype, -math.inf)
-
-
-@dataclass(slots=True)
-class Batch:
-    """Events cut to go out together; ``seq`` numbers batches in the order they were cut
-    (flush tickets and the notifier count by it)."""
-
-    seq: int
-    events: list[VWOEvent]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,16 +82,16 @@ class QueueSnapshot:
     results_waiting: int  # settled events whose results still wait for flush_callback
     emitters_waiting: int = 0  # emitting threads waiting for room in a full queue (block_when_full)
     in_flight_limit: int = 0  # batches allowed in flight now (the adaptive limit)
-    spilled: int = 0  # events kept only on disk while the memory queue is full (spool)
+    spilled: int = 0  # events kept only on disk (spool): spilled from a full queue, or adopted
 
 
-class Batcher:
+class Batcher(Delivery):
     """Queue + timer + delivery threads, shared by the span and log-record processors (and one
     per account in the gateway). ``clock`` is the monotonic clock of the age trigger."""
 
     def __init__(self, exporter: VWOExporter, config: BatchEvents | None, *,
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
-                 shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, spool: Spool | None = None,
+                 shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, spool: Backlog | None = None,
                  max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
                  block_when_full: float = 0.0, count_bytes: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -115,8 +106,10 @@ class Batcher:
         self.realtime = config is None
         self.events_per_request = 1 if config is None else config.events_per_request
         self.interval = 0.0 if config is None else config.request_time_interval
-        #: The spool that keeps queued events on disk until delivered (None: memory only).
+        #: The spool given (None: memory only) and the backlog the engine uses either way.
         self.spool = spool
+        self.backlog: Backlog = spool if spool is not None else MemoryBacklog()
+        self.backlog.open(getattr(exporter, "retry", None))
         #: Keep ``queue_bytes()`` (the gateway bounds its backlog in bytes; the app's hot path skips it).
         self._count_bytes = count_bytes
         self._clock = clock
@@ -127,20 +120,19 @@ class Batcher:
         if add_observer is not None:
             add_observer(self._observe)
         lifecycle.track(self)
-        if spool is not None:
-            self._replay(spool)
+        self._replay()
 
     def _reset(self) -> None:
         self._lock = threading.Lock()  # ``put`` takes it directly: cheaper than entering the Condition
         self._cond = threading.Condition(self._lock)
         self._room = threading.Condition(self._lock)  # emitting threads waiting for room (block_when_full)
         self._blocked = 0  # how many wait on it
-        self._spilled = 0  # events kept only on disk (spool), not yet read back; > 0: new events spill too
-        self._unspilling = threading.Lock()  # one read-back at a time
+        self._refilling = threading.Lock()  # one read-back from the backlog at a time
+        self._record = self.backlog.put if self.backlog.durable else None  # a queued event's row
         self._pending: list[VWOEvent] = []
         self._deadline = math.inf  # when the oldest pending event is due
         self._ready: deque[Batch] = deque()
-        self._size = 0  # events held: pending + ready + in flight
+        self._size = 0  # events held: pending + ready + in flight (+ being read back from the backlog)
         self._bytes = 0  # their ``VWOEvent.nbytes``, with ``count_bytes``
         # events in pending + ready (what a full queue may evict) by event type
         self._queued: defaultdict[int | str, int] = defaultdict(int)
@@ -151,21 +143,21 @@ class Batcher:
         self._flow = Concurrency(self.max_concurrent_requests, self._clock)
         self._sending: dict[int, int] = {}  # thread ident -> seq of the batch it is sending
         self.counts: dict[str, int] = {"delivered": 0, "failed": 0}
-        self.kept_on_disk = 0  # undelivered events the spool kept at shutdown, for the next start
         self.dropped: dict[str, int] = {}
 
-    def after_fork(self) -> None:
-        """In a forked child: empty queue and fresh threads; the parent delivers its own events.
-        A batcher shut down before the fork stays shut down."""
+    def after_fork(self) -> list[object]:
+        """In a forked child: empty queue and fresh threads, exporter (and its transport) and
+        backlog; the parent delivers its own events. A batcher shut down before the fork stays
+        shut down. Returns what the child must keep referenced and never touch (the parent's
+        connections), for ``lifecycle`` to hold."""
         closed = self._closed
+        self._notifier.after_fork()
+        self.exporter.after_fork()  # and its transport
+        kept = self.backlog.after_fork()
         self._reset()
         self._closed = closed
-        self._notifier.after_fork()
-        self.exporter.after_fork()
-        if self.spool is not None:
-            self.spool.after_fork()
-            # A worker that died (kill -9, OOM) left its file: this child may be its replacement.
-            threading.Thread(target=self._replay, args=(self.spool,), name="vwo_otel-replay", daemon=True).start()
+        self._replay()  # a worker that died (kill -9, OOM) left its file: this child may be its replacement
+        return kept
 
     @property
     def closed(self) -> bool:
@@ -185,24 +177,28 @@ class Batcher:
         with self._lock:
             return QueueSnapshot(tuple(self._pending), self._deadline, len(self._ready), len(self._inflight),
                                  self._size, self._notifier.results_waiting, self._blocked, self._flow.limit,
-                                 spilled=self._spilled)
+                                 spilled=self.backlog.waiting)
 
     # -- the emitting thread's side (hot path) ---------------------------------------
-    def put(self, event: VWOEvent, queued_at: float | None = None) -> None:
-        """Queue one event; cuts a batch when ``events_per_request`` is reached. With a spool,
-        a full queue spills to disk (and so does every event while spilled ones wait).
-        ``queued_at`` (replay only) keeps a replayed event's original time in the spool."""
+    def put(self, event: VWOEvent) -> None:
+        """Queue one event; cuts a batch when ``events_per_request`` is reached. A full queue
+        (or one with older events waiting in the backlog) hands it to the backlog: with a
+        spool it waits on disk; else, or if the spool refuses, the queue's bound decides."""
         with self._lock:
-            if self._size < self.max_queue_size and not self._closed and not self._spilled:
-                self._append(event, queued_at)
+            if self._size < self.max_queue_size and not self._closed and not self.backlog.waiting:
+                self._append(event)
                 return
-            if self._spill(event):
+            if not self._closed and self.backlog.spill(event):
+                if self._pending and self._size >= self.max_queue_size:  # full of events not due yet: send them now
+                    self._cut()
+                    self._start_worker()
+                    self._cond.notify()
                 return
-            if self._size < self.max_queue_size and not self._closed:  # the spool refused: memory has room
-                self._append(event, queued_at)
+            if self._size < self.max_queue_size and not self._closed:  # the backlog refused: memory has room
+                self._append(event)
                 return
             if self.block_when_full and self._wait_for_room():
-                self._append(event, queued_at)
+                self._append(event)
                 return
             reason = "already_shutdown" if self._closed else "queue_full"
             self.dropped[reason] = self.dropped.get(reason, 0) + 1
@@ -210,9 +206,9 @@ class Batcher:
             if victim is None:
                 victim = event
             else:
-                self._append(event, queued_at)
-        if self.spool is not None and victim is not event:  # the refused event never reached the spool
-            self.spool.ack([victim])
+                self._append(event)
+        if victim is not event:  # the refused event never reached the backlog
+            self.backlog.settle([victim], None)
         self._notifier.dropped(reason, [victim])  # outside the lock: may run the callback inline
 
     def admit(self, events: list[VWOEvent]) -> None:
@@ -225,62 +221,6 @@ class Batcher:
                 return
         for event in events:  # shut down meanwhile: reported as already_shutdown
             self.put(event)
-
-    def _spill(self, event: VWOEvent) -> bool:
-        """Lock held, queue full or spilled events waiting: keep the event only on disk; False
-        if there is no spool or it refuses (past ``max_bytes``, failing disk, shut down)."""
-        spool = self.spool
-        if spool is None or self._closed or not spool.spill(event):
-            return False
-        self._spilled += 1
-        if self._pending and self._size >= self.max_queue_size:  # full of events not due yet: send them now
-            self._cut()
-            self._start_worker()
-            self._cond.notify()
-        return True
-
-    def _unspill(self, wait: bool = False) -> None:
-        """Spilled events back into the queue, oldest first, as room allows, and cut at once
-        (they are overdue). On a delivery thread or a waiting flush, never the emitting thread;
-        the disk is read outside the batcher's lock. ``wait``: wait for a read-back in progress."""
-        spool = self.spool
-        if spool is None or not self._unspilling.acquire(blocking=wait):
-            return
-        try:
-            while True:
-                with self._lock:
-                    room = self.max_queue_size - self._size
-                    if self._closed or not self._spilled or room <= 0:
-                        return
-                    runs = spool.take_spilled(room)
-                back = spool.read_spilled(runs)
-                with self._cond:
-                    spool.unspilled(back)
-                    self._spilled -= sum(run.last - run.first + 1 for run in runs)
-                    if not self._closed:  # closed meanwhile: their rows stay on disk for the next start
-                        self._requeue(back.events)
-                    if back.expired:
-                        self.dropped["queue_full"] = self.dropped.get("queue_full", 0) + len(back.expired)
-                if back.expired:
-                    self._notifier.dropped("queue_full", back.expired,
-                                           "spilled to disk longer than the spool's max_age")
-                if back.events:
-                    return  # their settling brings the next ones back
-        except Exception:  # pragma: no cover - a delivery thread must not die over the disk
-            logger.exception("vwo_otel: could not read spilled events back; they stay on disk")
-        finally:
-            self._unspilling.release()
-
-    def _requeue(self, events: list[VWOEvent]) -> None:
-        """Lock held: events read back from the spool (spilled or parked) into the queue, each
-        keeping its row, and sent at once (they are overdue)."""
-        for ev in events:
-            self._append(ev, 0.0)
-        if self._pending:
-            self._cut()
-        if self._ready:
-            self._start_worker()
-            self._cond.notify_all()
 
     def _wait_for_room(self) -> bool:
         """Backlog full (lock held): wait up to ``block_when_full`` seconds for room; True if
@@ -304,11 +244,11 @@ class Batcher:
             self._blocked -= 1
         return not self._closed
 
-    def _append(self, event: VWOEvent, queued_at: float | None = None) -> None:
+    def _append(self, event: VWOEvent, record: bool = True) -> None:
         pending = self._pending
         pending.append(event)
-        if self.spool is not None:
-            self.spool.add(event, queued_at)
+        if record and self._record is not None:
+            self._record(event)
         self._size += 1
         if self._count_bytes:
             self._bytes += event.nbytes()
@@ -348,79 +288,93 @@ class Batcher:
                     return victim
         raise AssertionError("queued counts out of step with the queue")  # pragma: no cover
 
-    def _replay(self, spool: Spool) -> None:
-        """Take over the events of dead processes' spool files, oldest first: into our file
-        first, then into the queue as room allows (the rest wait on disk, parked). Events
-        already ``request_time_interval`` old go out at once, younger ones when they come due.
-        A batcher shutting down adopts nothing; nothing here stops the app from starting."""
-        try:
-            with spool.replaying:
-                if not self._closed:
-                    self._take_over(spool, spool.adopt())
-        except Exception:
-            logger.exception("vwo_otel: replay of the spool files in %s failed; the app goes on", spool.directory)
-
-    def _take_over(self, spool: Spool, orphans: list[Orphan]) -> None:
-        items = sorted((item for o in orphans for item in o.events), key=lambda item: item.queued_at)
-        with self._cond:
-            if self._closed or (items and not spool.take_over(items)):
-                for orphan in orphans:
-                    orphan.unlock()  # left on disk for a later start
+    # -- events waiting in the backlog -------------------------------------------------
+    def _replay(self) -> None:
+        """Adopt dead processes' spool files on a thread of its own (construction stays fast),
+        then take their events as room allows. A batcher shutting down adopts nothing."""
+        self._adopted = threading.Event()  # a flush covers what is adopted at start
+        if self.backlog.durable and not self._closed:
+            try:
+                threading.Thread(target=signals.quiet(self._adopt), args=(self._adopted,), name="vwo_otel-replay",
+                                 daemon=True).start()
                 return
-            room = max(0, self.max_queue_size - self._size)
-            for item in items[:room]:
-                self._append(item.event, item.queued_at)
-            self._replay_deadline(items[:room])
-            rest = [item.event for item in items[room:]]
-            if rest:  # they wait on disk only, read back as room frees
-                spool.spill_rows(rest)
-                self._spilled += len(rest)
-        for orphan in orphans:
-            orphan.release()
-        if items:
-            logger.info("vwo_otel: replaying %d event(s) from %d spool file(s) in %s",
-                        len(items), len(orphans), spool.directory)
+            except RuntimeError:  # interpreter exiting: left for a later start
+                pass
+        self._adopted.set()
 
-    def _replay_deadline(self, items: list[SpooledEvent]) -> None:
-        """Lock held: pending replayed events are due ``request_time_interval`` after they were first queued."""
-        if self._pending and items:
-            waiting = {id(ev) for ev in self._pending}
-            queued = [item.queued_at for item in items if id(item.event) in waiting]
-            if queued:
-                age = time.time() - min(queued)
-                self._deadline = self._clock() + max(0.0, self.interval - age)
-                self._cond.notify()
+    def _adopt(self, adopted: threading.Event) -> None:
+        try:
+            found = self.backlog.adopt()
+            adopted.set()
+            if found:
+                self._refill()
+        except Exception:
+            logger.exception("vwo_otel: replay of dead processes' spool files failed; the app goes on")
+        finally:
+            adopted.set()
 
-    def _retry_parked_later(self) -> None:
-        """Parked events go back in the queue after the exporter's backoff for this round."""
-        if self.spool is not None and self.spool.parked():
-            self.spool.retry_later(self.exporter.retry.backoff, lambda: self._unpark(probe=True))
-
-    def _unpark(self, probe: bool) -> None:
-        """Parked events back in the queue, as room allows; ``probe``: one batch only (VWO may
-        still be down), after which an accepted request brings the rest."""
-        spool = self.spool
-        if spool is None:
+    def _refill(self, wait: bool = False) -> None:
+        """Events due in the backlog back into the queue, oldest first, as room allows. On a
+        delivery thread, the replay thread or a waiting flush, never the emitting thread: the
+        disk is read outside the lock (the room is held for them meanwhile). ``wait``: wait for
+        a read-back in progress."""
+        if not self._refilling.acquire(blocking=wait):
             return
         try:
-            with self._cond:
-                if self._closed:
-                    return
-                room = max(0, self.max_queue_size - self._size)
-                self._requeue(spool.unpark(min(room, self.events_per_request) if probe else room))
-            self._retry_parked_later()
-        except Exception:  # pragma: no cover - a timer thread must not die silently
-            logger.exception("vwo_otel: could not queue parked events again; they stay on disk")
+            while True:
+                with self._lock:
+                    room = self.max_queue_size - self._size
+                    reading = None if self._closed or room <= 0 else self.backlog.take(room, self.events_per_request)
+                    if reading is None:
+                        return
+                    self._size += reading.count  # held while the disk is read
+                try:
+                    taken = reading.read()
+                except BaseException:
+                    with self._lock:
+                        self._size -= reading.count
+                    raise
+                with self._cond:
+                    self._size -= reading.count
+                    if not self._closed:  # closed meanwhile: their rows stay on disk for the next start
+                        self._requeue(taken)
+                    if taken.expired:
+                        self.dropped["queue_full"] = self.dropped.get("queue_full", 0) + len(taken.expired)
+                if taken.expired:
+                    self._notifier.dropped("queue_full", taken.expired,
+                                           "spilled to disk longer than the spool's max_age")
+                if taken.events:
+                    return  # their settling brings the next ones back
+        except Exception:  # pragma: no cover - a delivery thread must not die over the disk
+            logger.exception("vwo_otel: could not read events back from the spool; they stay on disk")
+        finally:
+            self._refilling.release()
+
+    def _requeue(self, taken: Taken) -> None:
+        """Lock held: events read back from the backlog into the queue, each keeping its row.
+        Spilled and parked ones are overdue (sent now); a dead process's are due
+        ``request_time_interval`` after it first queued them."""
+        for ev in taken.events:
+            self._append(ev, record=False)
+        if taken.queued_at is not None and self._pending:
+            self._deadline = self._clock() + max(0.0, self.interval - (time.time() - taken.queued_at))
+        elif self._pending:
+            self._cut()
+        if self._ready or self._pending:
+            self._start_worker()
+            self._cond.notify_all()
 
     # -- flushing ----------------------------------------------------------------------
     def flush(self, timeout: float | None) -> bool:
         """Cut what is queued now and wait (up to ``timeout`` s) until it and everything
-        before it has been settled, events spilled to disk before it included; True if all
-        of it was delivered."""
+        before it has been settled, events waiting in the backlog before it included (spilled
+        or adopted); True if all of it was delivered."""
         deadline = math.inf if timeout is None else time.monotonic() + timeout
+        backlog = self.backlog
+        self._adopted.wait(None if timeout is None else timeout)
         with self._cond:
             ticket, threaded = self._cut_all()
-            mark = self.spool.spill_mark() if self.spool is not None and self._spilled else 0
+            mark = backlog.entered if backlog.waiting else 0
         ok = True
         while True:
             if not threaded:
@@ -428,10 +382,10 @@ class Batcher:
             ok = ticket.wait(None if timeout is None else max(0.0, deadline - time.monotonic())) and ok
             if not mark or not ticket.done.is_set():
                 return ok
-            self._unspill(wait=True)  # the settled batches made room
+            self._refill(wait=True)  # the settled batches made room
             with self._cond:
-                if not self.spool or not (self.spool.spilled_through(mark) or self._unspilling.locked()):
-                    mark = 0  # the last round: what was spilled before the flush is cut now
+                if backlog.left >= mark and not self._refilling.locked():
+                    mark = 0  # the last round: what waited before the flush is cut now
                 ticket, threaded = self._cut_all()
 
     def flush_async(self) -> None:
@@ -500,246 +454,35 @@ class Batcher:
             self._bytes = 0
             self._queued.clear()
             last = self._seq
-            if self.spool is None:
-                for reason, n in (("shutdown_timeout", len(left)), ("shutdown_in_flight", len(inflight))):
-                    if n:
-                        self.dropped[reason] = self.dropped.get(reason, 0) + n
             self._cond.notify_all()
             workers = list(self._workers)
-        if self.spool is None:
-            if inflight:
-                self._notifier.dropped("shutdown_in_flight", inflight,
-                                       "request unanswered at the shutdown deadline; VWO may or may not have it")
-            if left:
-                self._notifier.dropped("shutdown_timeout", left, "not sent within shutdown_timeout")
         if seqs:
             self._notifier.abandon(min(seqs), last)
+        settled = self._close_backlog(left, inflight, report_at)  # what nothing keeps: reported now
         for worker in workers:
             if worker is not threading.current_thread():
                 worker.join(max(0.0, report_at - time.monotonic()))
-        settled = True
-        if self.spool is not None:
-            settled = self._close_spool(self.spool, inflight)
         # The last reports (what could not be delivered) may reach flush_callback up to
         # CALLBACK_GRACE past the deadline; engines shut down together share that one grace.
         self._notifier.close(max(0.0, deadline + CALLBACK_GRACE - time.monotonic()))
         self.exporter.shutdown()
         return ok and settled and not left and not inflight
 
-    def _close_spool(self, spool: Spool, inflight: list[VWOEvent]) -> bool:
-        """Close the spool and say truthfully what it kept; report what the disk never took.
+    def _close_backlog(self, left: list[VWOEvent], inflight: list[VWOEvent], deadline: float) -> bool:
+        """Close the backlog; report what it could not keep (without a spool: all that is left).
         True if nothing was left undelivered."""
-        closed = spool.close()
-        self.kept_on_disk = closed.kept
-        if closed.kept:
-            logger.warning("vwo_otel: %d undelivered event(s) (%d of them spilled from a full queue) stay in the "
-                           "spool file %s for the next start", closed.kept, self._spilled, spool.path)
-        if closed.resent:
-            logger.warning("vwo_otel: %d settled event(s) could not be removed from the spool file %s (%s); the "
-                           "next start sends them again", closed.resent, spool.path, closed.error)
-        if closed.lost:
-            ids = {id(ev) for ev in inflight}
-            note = f"undelivered at shutdown and the spool could not keep them ({closed.error})"
-            for reason, group in (("shutdown_in_flight", [ev for ev in closed.lost if id(ev) in ids]),
-                                  ("shutdown_timeout", [ev for ev in closed.lost if id(ev) not in ids])):
-                if group:
+        closed = self.backlog.close(deadline, inflight + left)
+        ids = {id(ev) for ev in inflight}
+        for reason, group, note in (
+                ("shutdown_in_flight", [ev for ev in closed.lost if id(ev) in ids],
+                 "request unanswered at the shutdown deadline; VWO may or may not have it"),
+                ("shutdown_timeout", [ev for ev in closed.lost if id(ev) not in ids],
+                 "not sent within shutdown_timeout")):
+            if group:
+                with self._lock:
                     self.dropped[reason] = self.dropped.get(reason, 0) + len(group)
-                    self._notifier.dropped(reason, group, note)
+                self._notifier.dropped(reason, group, closed.error or note)
         return not closed.kept and not closed.lost
-
-    # -- the delivery thread -----------------------------------------------------------
-    def _start_worker(self) -> bool:
-        """Bring the delivery threads up to the current in-flight limit (called with the lock
-        held; threads are started as the limit grows, never stopped); False if the interpreter
-        refuses new threads (at exit) and none is running, so the caller delivers inline."""
-        workers = self._workers
-        target = self._flow.limit
-        if len(workers) >= target and all(w.is_alive() for w in workers):
-            return True
-        workers[:] = [w for w in workers if w.is_alive()]
-        while len(workers) < target:
-            try:
-                worker = threading.Thread(target=self._run, name="vwo_otel-delivery", daemon=True)
-                worker.start()
-            except RuntimeError:
-                break
-            workers.append(worker)
-        return bool(workers)
-
-    def _next_batch(self, block: bool) -> Batch | None:
-        """Wait for a batch that is due (full, old enough, flushed or closing) and for room
-        under the in-flight limit, and take it. ``block=False`` (inline, at exit) ignores the limit."""
-        with self._cond:
-            while True:
-                if self._pending and (self._closed or self._clock() >= self._deadline):
-                    self._cut()
-                if self._ready and (not block or self._flow.may_start(len(self._inflight))):
-                    break
-                if not block or (self._closed and not self._pending and not self._ready):
-                    return None
-                self._cond.wait(None if self._deadline == math.inf
-                                else min(self._deadline - self._clock(), threading.TIMEOUT_MAX))
-            batch = self._ready.popleft()
-            queued = self._queued
-            for ev in batch.events:
-                queued[ev.etype] -= 1
-            self._inflight[batch.seq] = batch
-            self._sending[threading.get_ident()] = batch.seq
-            return batch
-
-    def _observe(self, method: str, events: int, nbytes: int, status: int | None,
-                 error: BaseException | None, seconds: float) -> None:
-        """The exporter's observer: one HTTP answer to one of this batcher's threads feeds the
-        in-flight limit; a grown limit starts a thread and wakes one waiting."""
-        who = threading.get_ident()
-        signal = signal_of(status, bool(getattr(error, "retryable", False)), self.exporter.retry)
-        with self._cond:
-            if who not in self._sending:  # not a request of ours (the exporter used directly)
-                return
-            was_paused = self._flow.paused
-            # room to grow only if the limit is what holds batches back: all its slots in use
-            limited = bool(self._ready) and len(self._sending) >= self._flow.limit
-            grew = self._flow.answered(who, self._clock() - seconds, seconds, signal, limited)
-            if grew or (was_paused and not self._flow.paused):
-                self._wake_senders()
-
-    def _wake_senders(self) -> None:
-        """Lock held: threads for the room under the limit, and wake as many waiting ones."""
-        room = self._flow.limit - len(self._inflight)
-        if self._ready and room > 0 and not self._flow.paused:
-            self._start_worker()
-            self._cond.notify(min(room, len(self._ready)))
-
-    def _run(self) -> None:
-        while True:
-            try:
-                batch = self._next_batch(block=True)
-                if batch is None:
-                    return
-                self._deliver(batch)
-            except Exception:  # pragma: no cover - _deliver guards itself; never let the thread die
-                self._notifier.log.warn("delivery_thread", 0, "vwo_otel delivery thread error; it keeps running",
-                                        exc_info=True)
-                time.sleep(0.05)
-
-    def _drain_inline(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            batch = self._next_batch(block=False)
-            if batch is None:
-                return
-            self._deliver(batch)
-
-    def _deliver(self, batch: Batch) -> None:
-        events = batch.events
-        kept = 0
-        try:
-            outcomes = self._send(events)
-        except Exception as exc:  # a bug or odd input must not kill the delivery thread
-            outcomes = self._salvage(events, exc)
-            if self.spool is not None:
-                self.spool.ack(events)
-        else:
-            if self.spool is not None:
-                outcomes, kept = self._settle_on_disk(self.spool, events, outcomes)
-        delivered = sum(len(o.events) for o in outcomes if o.ok)
-        with self._cond:
-            mine = self._inflight.pop(batch.seq, None) is not None
-            who = threading.get_ident()
-            self._sending.pop(who, None)
-            self._flow.done(who)
-            self._wake_senders()
-            if mine:
-                self._size -= len(events)
-                if self._count_bytes:
-                    self._bytes -= sum(ev.nbytes() for ev in events)
-                self.counts["delivered"] += delivered
-                self.counts["failed"] += len(events) - delivered - kept
-                if self._blocked:
-                    self._room.notify_all()
-        if not mine:  # already reported as shutdown_in_flight when shutdown's deadline passed
-            logger.info("vwo_otel: a request unanswered at the shutdown deadline finished late: "
-                        "%d of %d event(s) delivered", delivered, len(events))
-            return
-        if self._spilled:
-            self._unspill()  # room freed: before the flushes waiting on this batch are released
-        if kept and not outcomes:
-            self._notifier.abandon(batch.seq, batch.seq)  # nothing to report; waiting flushes see it undelivered
-        else:
-            self._notifier.settled(batch.seq, outcomes, kept)
-
-    def _transient(self, error: VWODeliveryError) -> bool:
-        """A failure that a later try may get past (no answer, 408, 429, 5xx)."""
-        return isinstance(error, NetworkError) or (
-            isinstance(error, HTTPStatusError) and self.exporter.retry.is_retryable(error.status))
-
-    def _settle_on_disk(self, spool: Spool, events: list[VWOEvent],
-                        outcomes: list[Outcome]) -> tuple[list[Outcome], int]:
-        """With a spool: delivered events leave the disk; events that failed transiently stay
-        on disk (parked) unless the spool's policy refuses them; failed events are reported
-        only once off the disk. Returns the outcomes to report and how many events stay on disk."""
-        if sum(len(o.events) for o in outcomes) != len(events):  # pragma: no cover - outcomes cover the batch
-            spool.ack(events)
-            return outcomes, 0
-        report: list[Outcome] = []
-        kept = 0
-        i = 0
-        for o in outcomes:
-            mine = events[i:i + len(o.events)]
-            i += len(o.events)
-            if o.error is None:
-                spool.ack(mine)
-                report.append(o)
-                continue
-            failed = mine
-            if self._transient(o.error):
-                failed = spool.park(mine)
-                if len(failed) < len(mine):
-                    self._retry_parked_later()
-                    parked = len(mine) - len(failed)
-                    self._notifier.log.warn("parked", parked, "vwo_otel: VWO did not take a batch within the retry "
-                                            "budget (%s); its %d event(s) wait on disk (spool) and are sent again "
-                                            "when VWO answers", o.error, parked)
-                if failed:
-                    o.error.args = (f"{o.error.args[0]} (past the spool's max_age or max_bytes)",)
-            reportable = spool.forget_failed(failed) if failed else []
-            kept += len(mine) - len(reportable)
-            if reportable:
-                report.append(o if len(reportable) == len(mine) else Outcome(o.error, self.exporter.encode(reportable)))
-        if kept < len(events) and spool.parked() and any(o.ok for o in outcomes):
-            spool.accepted()
-            self._unpark(probe=False)  # VWO answers again: what waits on disk goes now
-        return report, kept
-
-    def _send(self, batch: list[VWOEvent]) -> list[Outcome]:
-        if self.realtime:
-            return [self.exporter.send_event(ev) for ev in batch]
-        return self.exporter.send_batch(batch)
-
-    def _salvage(self, batch: list[VWOEvent], exc: Exception) -> list[Outcome]:
-        """An unexpected error while sending (a bug, or an event the encoder cannot take):
-        events that cannot be encoded fail on their own, the others are sent once more."""
-        self._notifier.log.warn(("unexpected", type(exc).__name__), len(batch),
-                                "vwo_otel delivery failed unexpectedly: %r", exc, exc_info=True)
-        good: list[VWOEvent] = []
-        outcomes: list[Outcome] = []
-        for ev in batch:
-            try:
-                self.exporter.encode([ev])
-            except Exception as bad:
-                fields = ev.fields()
-                outcomes.append(Outcome(VWODeliveryError(f"event cannot be encoded: {type(bad).__name__}: {bad}"),
-                                        [fields]))
-            else:
-                good.append(ev)
-        if not good:
-            return outcomes
-        if outcomes:  # the bad ones were the problem: send the rest
-            try:
-                return outcomes + self._send(good)
-            except Exception as again:
-                exc = again
-        error = VWODeliveryError(f"unexpected {type(exc).__name__}: {exc}")
-        return outcomes + [Outcome(error, self.exporter.encode(good))]
 
     def malformed(self, record: Any, why: str) -> None:
         """A record that claims to be a VWO event but cannot become one: counted, logged

@@ -7,8 +7,11 @@ whenever a batcher is created, so it runs before the ``atexit`` shutdown of a
 ``TracerProvider`` made earlier. A SIGTERM / SIGINT whose default action would kill
 Python without ``atexit`` runs the same delivery first (``signals``).
 
-Fork: a forked child starts with an empty queue, fresh threads and a fresh HTTP session
-(``after_fork``); the events queued before the fork are the parent's to deliver, so
+Fork: one at-fork hook (``_in_child``) walks every engine: a forked child starts with an empty
+queue, fresh threads, a fresh exporter and transport and a fresh backlog (``after_fork``, in
+that order); what the parent's side left (its connections, sockets) is returned and kept in
+one list here, never used or closed in the child. The events queued before the fork are the
+parent's to deliver, so
 none is sent twice. Events emitted in the child are delivered by the child when it exits
 through a path that runs ``atexit`` (returning from the program, ``sys.exit``) or
 through ``multiprocessing`` (its children end with ``os._exit`` after running the
@@ -41,10 +44,13 @@ class Batcher(Protocol):
 
     def finish_shutdown(self, state: Any) -> bool: ...
 
-    def after_fork(self) -> None: ...
+    def after_fork(self) -> list[object]: ...
 
 
 _live: weakref.WeakSet[Batcher] = weakref.WeakSet()
+#: In a forked child: what the parent's side of the fork left (its connections), kept referenced
+#: and never used or closed, so the child cannot disturb the files and sockets the parent uses.
+_inherited: list[object] = []
 
 
 def track(batcher: Batcher) -> None:
@@ -85,12 +91,16 @@ def shutdown_all(timeout: float | None = None, batchers: Iterable[Batcher] | Non
 
 def _at_exit() -> None:
     shutdown_all()
+    signals.release()  # a SIGTERM a server raised again after its own handler takes its effect now
 
 
 def _in_child() -> None:
+    """The one at-fork hook: each engine starts afresh (queue, threads, exporter and its
+    transport, backlog), in that order."""
+    signals.release()
     for batcher in list(_live):
         try:
-            batcher.after_fork()
+            _inherited.extend(batcher.after_fork())
         except Exception:  # pragma: no cover - must never break the child
             logger.exception("vwo_otel: after-fork reset of %r failed", batcher)
 

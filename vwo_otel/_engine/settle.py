@@ -27,6 +27,7 @@ from ..config import FlushCallback
 from ..errors import EventsDropped, Outcome
 from ..event import VWOEvent
 from ..hints import hint
+from .signals import quiet
 
 logger = logging.getLogger("vwo_otel")
 
@@ -328,7 +329,7 @@ class Notifier:
         thread = self._thread
         if thread is None or not thread.is_alive():
             try:
-                thread = threading.Thread(target=self._run, name="vwo_otel-callbacks", daemon=True)
+                thread = threading.Thread(target=quiet(self._run), name="vwo_otel-callbacks", daemon=True)
                 thread.start()
             except RuntimeError:
                 return True

@@ -2,16 +2,23 @@
 
 A signal whose disposition is the default action (``SIG_DFL``) kills Python at once: no
 ``atexit``, so the queue would be lost. That is the case for a plain ``python app.py`` stopped
-by Kubernetes, systemd or ``docker stop``, and for uvicorn, which restores the default handler
-after its graceful shutdown and raises the signal again. Wherever the disposition of SIGTERM or
-SIGINT is ``SIG_DFL`` (now or later, whoever sets it), vwo_otel stands in for it: it delivers
-(``lifecycle.shutdown_all``, bounded by ``shutdown_timeout``), restores ``SIG_DFL`` and raises
-the signal again, so the process still ends the way the signal says.
+by Kubernetes, systemd or ``docker stop``. Where the disposition of SIGTERM or SIGINT is
+``SIG_DFL`` when an engine starts (on the main thread), vwo_otel installs its handler: it
+delivers (``lifecycle.shutdown_all``, bounded by ``shutdown_timeout``), restores ``SIG_DFL`` and
+raises the signal again, so the process still ends the way the signal says. ``signal.signal``
+and ``signal.getsignal`` are left as they are: ``getsignal`` shows vwo_otel's handler, and an
+app or server that saves the handler it replaces and restores it later restores vwo_otel's
+(uvicorn with one worker imports the app before it installs its own handlers, so it does).
 
-A handler the app or a server installed (gunicorn's, uvicorn's while it runs, the app's own,
-Python's ``KeyboardInterrupt``) is never replaced or wrapped: it decides, and a normal exit
-delivers through ``atexit``. ``SIG_IGN`` stays ignored. ``signal.getsignal`` still reports
-``SIG_DFL`` where vwo_otel stands in. Main thread only. Opt out with ``VWO_SIGNALS=false``.
+A handler already in place (the app's, a server's, Python's ``KeyboardInterrupt``) still runs
+and decides; a normal exit then delivers through ``atexit``. For SIGTERM one more thing is
+needed, read from uvicorn (``Server.capture_signals``): a server that installed its handler
+before the app was imported (uvicorn with ``--workers`` > 1 or ``--reload``) restores the
+default action when it has stopped and raises the signal again, which would kill the process
+before ``atexit``. So where SIGTERM has a handler, vwo_otel's runs it first, unchanged, and
+then holds that signal on the main thread (blocks it): a re-raise waits until the process
+exits, after ``atexit`` delivered (``release``), and then takes its effect. ``SIG_IGN`` stays
+ignored. Main thread only. Opt out with ``VWO_SIGNALS=false``.
 """
 
 from __future__ import annotations
@@ -33,31 +40,43 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: Extra seconds the handler waits for delivery beyond the engines' own shutdown deadline.
 _GRACE = 1.0
 
-_set_handler = signal.signal  # the original functions: the wrappers below call them
-_get_handler = signal.getsignal
 _deliver: Callable[[], Any] | None = None
 _timeout: Callable[[], float] = lambda: 10.0  # noqa: E731 - replaced by install()
 _lock = threading.Lock()
 _signalled: dict[int, bool] = {}  # signals whose delivery has started
+_held: set[int] = set()  # signals blocked on the main thread after an app's / server's handler ran
 
 
 def install(deliver: Callable[[], Any], timeout: Callable[[], float]) -> None:
-    """Stand in for ``SIG_DFL`` of SIGTERM/SIGINT from now on: ``deliver()`` runs (given at most
-    ``timeout()`` seconds) before the default action. Idempotent; a no-op off the main thread
-    (signals can only be set there; a later call from the main thread installs) or when
-    ``VWO_SIGNALS`` is false."""
+    """Install vwo_otel's handler where SIGTERM / SIGINT take the default action, and chain onto
+    a SIGTERM handler already in place: ``deliver()`` runs (given at most ``timeout()`` seconds)
+    before the default action. Idempotent per signal; a no-op off the main thread (signals can
+    only be set there; a later call from the main thread installs) or when ``VWO_SIGNALS`` is false."""
     global _deliver, _timeout
     if threading.current_thread() is not threading.main_thread() or not enabled():
         return
     with _lock:
-        if _deliver is not None:
-            return
         _deliver, _timeout = deliver, timeout
-        signal.signal = _signal  # type: ignore[assignment]
-        signal.getsignal = _getsignal  # type: ignore[assignment]
     for sig in SIGNALS:
-        if _get_handler(sig) is signal.SIG_DFL:
-            _set_handler(sig, _on_signal)
+        current = signal.getsignal(sig)
+        if current is signal.SIG_DFL:
+            signal.signal(sig, _on_signal)
+        elif sig == signal.SIGTERM and callable(current) and current is not _on_signal \
+                and not isinstance(current, _Chained):
+            signal.signal(sig, _Chained(current))
+
+
+def quiet(target: Callable[..., Any]) -> Callable[..., Any]:
+    """``target`` for a vwo_otel thread that never takes SIGTERM / SIGINT (it blocks them first).
+    Python runs signal handlers only on the main thread, when it next runs Python code: a
+    signal another thread takes while the main thread sleeps in C (``time.sleep``, a lock)
+    waits until that returns. Blocked in vwo_otel's threads, it goes to the main thread."""
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        return target(*args, **kwargs)
+
+    return run
 
 
 def enabled(environ: Any = None) -> bool:
@@ -66,17 +85,32 @@ def enabled(environ: Any = None) -> bool:
     return not raw.strip() or checks.flag("VWO_SIGNALS", raw)
 
 
-def _signal(signum: int, handler: Any) -> Any:
-    """``signal.signal`` that keeps standing in for ``SIG_DFL`` (and reports it as ``SIG_DFL``)."""
-    if handler is signal.SIG_DFL and signum in SIGNALS and _deliver is not None:
-        handler = _on_signal
-    previous = _set_handler(signum, handler)
-    return signal.SIG_DFL if previous is _on_signal else previous
+class _Chained:
+    """SIGTERM's handler where one was in place: runs it unchanged, then holds the signal on the
+    main thread, so a default action its owner sets up and raises later waits for ``release``."""
+
+    def __init__(self, previous: Callable[[int, FrameType | None], Any]) -> None:
+        self.previous = previous
+
+    def __call__(self, signum: int, frame: FrameType | None) -> Any:
+        try:
+            return self.previous(signum, frame)
+        finally:
+            if signum not in _held:
+                _held.add(signum)
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signum})
+
+    def __repr__(self) -> str:
+        return f"vwo_otel signals chained onto {self.previous!r}"
 
 
-def _getsignal(signum: int) -> Any:
-    handler = _get_handler(signum)
-    return signal.SIG_DFL if handler is _on_signal else handler
+def release() -> None:
+    """At exit, after delivery: a held signal takes its effect now (``lifecycle`` calls this);
+    in a forked child: the parent's hold is not the child's."""
+    if _held:
+        held = set(_held)
+        _held.clear()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -90,13 +124,13 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         _die(signum)
         return
     try:
-        threading.Thread(target=_deliver_then_die, args=(_deliver, signum), name="vwo_otel-signal").start()
+        threading.Thread(target=quiet(_deliver_then_die), args=(_deliver, signum), name="vwo_otel-signal").start()
     except RuntimeError:  # interpreter shutting down: nothing more can be sent
         _die(signum)
 
 
 def _deliver_then_die(deliver: Callable[[], Any], signum: int) -> None:
-    worker = threading.Thread(target=_run, args=(deliver,), name="vwo_otel-signal-delivery", daemon=True)
+    worker = threading.Thread(target=quiet(_run), args=(deliver,), name="vwo_otel-signal-delivery", daemon=True)
     worker.start()
     worker.join(_timeout() + _GRACE)
     if worker.is_alive():
@@ -110,7 +144,7 @@ def _deliver_then_die(deliver: Callable[[], Any], signum: int) -> None:
 
 def _die(signum: int) -> None:
     """The signal's default action, now (main thread)."""
-    _set_handler(signum, signal.SIG_DFL)
+    signal.signal(signum, signal.SIG_DFL)
     signal.raise_signal(signum)
 
 

@@ -607,8 +607,7 @@ class Gateway:
                 "backlog": batcher.queue_size(), "max_backlog": self.config.max_backlog,
                 "backlog_bytes": batcher.queue_bytes(), "max_backlog_bytes": self.config.max_backlog_bytes,
                 # waiting on disk (spool) for VWO to answer again; after stop, all left there for the next start
-                "on_disk": 0 if batcher.spool is None else batcher.kept_on_disk if batcher.closed
-                else batcher.spool.parked() + batcher.spool.spilled(),
+                "on_disk": batcher.backlog.on_disk(),
             }
         out["accounts"] = accounts
         return out
@@ -780,14 +779,7 @@ class Gateway:
             return "backlog full (events)"
         if not (held_bytes + nbytes <= c.max_backlog_bytes or (nbytes > c.max_backlog_bytes and held_bytes == 0)):
             return "backlog full (bytes)"
-        spool = batcher.spool
-        if spool is not None:
-            room = spool.room()
-            if room == 0 and not spool.parked() and not spool.spilled():
-                return "spool cannot write to disk"
-            if room < held_bytes + nbytes and not (held_bytes == 0 and room == spool.max_bytes):
-                return "spool full (VWO not answering)"
-        return None
+        return batcher.backlog.refuse(held_bytes, nbytes)
 
     def _resolve(self, raw: Any) -> int | str:
         """The configured account an item goes to, or why it cannot go anywhere."""
@@ -868,8 +860,7 @@ class Gateway:
             for account_id, events in by_account.items():
                 self._per_account[account_id]["accepted"] += len(events)
         for account_id in by_account:  # durable before the sender hears 200 (kill -9 loses nothing)
-            spool = self._batchers[account_id].spool
-            if spool is not None and not spool.commit():
+            if not self._batchers[account_id].backlog.commit():
                 # Queued in memory but not on disk: the sender must keep its copy. If this gateway
                 # delivers its own, the sender's retry makes a duplicate, never a loss.
                 raise _Refused(503, otlp.UNAVAILABLE, f"account {account_id}: the spool cannot write to disk; "

@@ -1,0 +1,196 @@
+"""The delivery threads of a ``Batcher`` (its ``Delivery`` part): started up to the adaptive
+in-flight limit (``concurrency.Concurrency``), each waits for a batch that is due (full, old
+enough, flushed or closing) and for room under the limit, sends it (``sending``), settles it
+with the backlog and hands the outcome to the notifier. When parked events in the backlog
+come due (``Backlog.due``), a waiting thread reads them back. The queue's state they share
+is the batcher's, under its lock; the names below are what this part reads and writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..event import VWOEvent
+from ..export.exporter import VWOExporter
+from .backlog import Backlog
+from .concurrency import Concurrency, signal_of
+from .sending import salvage, send
+from .settle import Notifier
+from .signals import quiet
+
+logger = logging.getLogger("vwo_otel")
+
+
+@dataclass(slots=True)
+class Batch:
+    """Events cut to go out together; ``seq`` numbers batches in the order they were cut
+    (flush tickets and the notifier count by it)."""
+
+    seq: int
+    events: list[VWOEvent]
+
+
+#: What ``_next_batch`` returns when events waiting in the backlog came due (parked ones' retry).
+_REFILL = Batch(0, [])
+
+
+class Delivery:
+    """The delivery side of ``batcher.Batcher`` (a mixin: the queue's state is the batcher's)."""
+
+    exporter: VWOExporter
+    backlog: Backlog
+    realtime: bool
+    max_queue_size: int
+    counts: dict[str, int]
+    _cond: threading.Condition
+    _room: threading.Condition
+    _clock: Callable[[], float]
+    _notifier: Notifier
+    _flow: Concurrency
+    _workers: list[threading.Thread]
+    _sending: dict[int, int]
+    _pending: list[VWOEvent]
+    _ready: deque[Batch]
+    _inflight: dict[int, Batch]
+    _queued: defaultdict[int | str, int]
+    _deadline: float
+    _closed: bool
+    _size: int
+    _bytes: int
+    _count_bytes: bool
+    _blocked: int
+
+    def _cut(self) -> None: ...
+
+    def _refill(self, wait: bool = False) -> None: ...
+
+    def _start_worker(self) -> bool:
+        """Bring the delivery threads up to the current in-flight limit (called with the lock
+        held; threads are started as the limit grows, never stopped); False if the interpreter
+        refuses new threads (at exit) and none is running, so the caller delivers inline."""
+        workers = self._workers
+        target = self._flow.limit
+        if len(workers) >= target and all(w.is_alive() for w in workers):
+            return True
+        workers[:] = [w for w in workers if w.is_alive()]
+        while len(workers) < target:
+            try:
+                worker = threading.Thread(target=quiet(self._run), name="vwo_otel-delivery", daemon=True)
+                worker.start()
+            except RuntimeError:
+                break
+            workers.append(worker)
+        return bool(workers)
+
+    def _next_batch(self, block: bool) -> Batch | None:
+        """Wait for a batch that is due (full, old enough, flushed or closing) and for room
+        under the in-flight limit, and take it; ``_REFILL`` when events in the backlog came due
+        and the queue has room. ``block=False`` (inline, at exit) ignores the limit."""
+        backlog = self.backlog
+        with self._cond:
+            while True:
+                if self._pending and (self._closed or self._clock() >= self._deadline):
+                    self._cut()
+                if self._ready and (not block or self._flow.may_start(len(self._inflight))):
+                    break
+                if not block or (self._closed and not self._pending and not self._ready):
+                    return None
+                due = backlog.due() - time.monotonic()
+                if due <= 0 and self._size < self.max_queue_size and not self._closed:
+                    return _REFILL
+                wait = min(due, self._deadline - self._clock())
+                self._cond.wait(None if wait == math.inf else max(0.0, min(wait, threading.TIMEOUT_MAX)))
+            batch = self._ready.popleft()
+            queued = self._queued
+            for ev in batch.events:
+                queued[ev.etype] -= 1
+            self._inflight[batch.seq] = batch
+            self._sending[threading.get_ident()] = batch.seq
+            return batch
+
+    def _observe(self, method: str, events: int, nbytes: int, status: int | None,
+                 error: BaseException | None, seconds: float) -> None:
+        """The exporter's observer: one HTTP answer to one of this batcher's threads feeds the
+        in-flight limit; a grown limit starts a thread and wakes one waiting."""
+        who = threading.get_ident()
+        signal = signal_of(status, bool(getattr(error, "retryable", False)), self.exporter.retry)
+        with self._cond:
+            if who not in self._sending:  # not a request of ours (the exporter used directly)
+                return
+            was_paused = self._flow.paused
+            # room to grow only if the limit is what holds batches back: all its slots in use
+            limited = bool(self._ready) and len(self._sending) >= self._flow.limit
+            grew = self._flow.answered(who, self._clock() - seconds, seconds, signal, limited)
+            if grew or (was_paused and not self._flow.paused):
+                self._wake_senders()
+
+    def _wake_senders(self) -> None:
+        """Lock held: threads for the room under the limit, and wake as many waiting ones."""
+        room = self._flow.limit - len(self._inflight)
+        if self._ready and room > 0 and not self._flow.paused:
+            self._start_worker()
+            self._cond.notify(min(room, len(self._ready)))
+
+    def _run(self) -> None:
+        while True:
+            try:
+                batch = self._next_batch(block=True)
+                if batch is None:
+                    return
+                if batch is _REFILL:
+                    self._refill(wait=True)
+                    continue
+                self._deliver(batch)
+            except Exception:  # pragma: no cover - _deliver guards itself; never let the thread die
+                self._notifier.log.warn("delivery_thread", 0, "vwo_otel delivery thread error; it keeps running",
+                                        exc_info=True)
+                time.sleep(0.05)
+
+    def _drain_inline(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            batch = self._next_batch(block=False)
+            if batch is None:
+                return
+            self._deliver(batch)
+
+    def _deliver(self, batch: Batch) -> None:
+        events = batch.events
+        try:
+            outcomes = send(self.exporter, self.realtime, events)
+        except Exception as exc:  # a bug or odd input must not kill the delivery thread
+            settled = self.backlog.settle(events, None)
+            settled.report = salvage(self.exporter, self.realtime, events, exc, self._notifier.log)
+        else:
+            settled = self.backlog.settle(events, outcomes)
+        outcomes, kept = settled.report, settled.kept
+        delivered = sum(len(o.events) for o in outcomes if o.ok)
+        with self._cond:
+            mine = self._inflight.pop(batch.seq, None) is not None
+            who = threading.get_ident()
+            self._sending.pop(who, None)
+            self._flow.done(who)
+            self._wake_senders()
+            if mine:
+                self._size -= len(events)
+                if self._count_bytes:
+                    self._bytes -= sum(ev.nbytes() for ev in events)
+                self.counts["delivered"] += delivered
+                self.counts["failed"] += len(events) - delivered - kept
+                if self._blocked:
+                    self._room.notify_all()
+        if not mine:  # already reported as shutdown_in_flight when shutdown's deadline passed
+            logger.info("vwo_otel: a request unanswered at the shutdown deadline finished late: "
+                        "%d of %d event(s) delivered", delivered, len(events))
+            return
+        if settled.refill:
+            self._refill()  # room freed: before the flushes waiting on this batch are released
+        if kept and not outcomes:
+            self._notifier.abandon(batch.seq, batch.seq)  # nothing to report; waiting flushes see it undelivered
+        else:
+            self._notifier.settled(batch.seq, outcomes, kept)
