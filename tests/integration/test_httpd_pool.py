@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -25,7 +24,7 @@ from conftest import ACCOUNT_ID, SDK_KEY
 from test_gateway import ROOT, goal, traces_json
 
 from vwo_otel.servers import httpd
-from vwo_otel.servers.httpd import LoopbackHTTPServer, respond
+from vwo_otel.servers.httpd import App, Request, Response, Server
 
 tls_files = test_gateway_auth.tls_files  # the throwaway CA and 127.0.0.1 certificate (trustme)
 
@@ -231,20 +230,15 @@ def test_a_trickled_body_is_cut_at_body_timeout_with_408(make_gateway, receiver)
     assert receiver.event_count() == 0
 
 
-class _Big(BaseHTTPRequestHandler):
+class _Big(App):
     """``GET /big``: a 16 MiB answer; anything else: ``ok``."""
 
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        respond(self, 200, b"x" * (16 << 20) if self.path == "/big" else b"ok", "application/octet-stream")
-
-    def log_message(self, *args: Any) -> None:
-        pass
+    def __call__(self, request: Request) -> Response:
+        return Response(200, b"x" * (16 << 20) if request.path == "/big" else b"ok", "application/octet-stream")
 
 
 def test_a_client_that_never_reads_its_answer_does_not_hold_the_worker() -> None:
-    server = LoopbackHTTPServer(("127.0.0.1", 0), _Big, max_workers=1, body_timeout=0.5)
+    server = Server(("127.0.0.1", 0), _Big(), max_workers=1, body_timeout=0.5)
     loop = threading.Thread(target=server.serve_forever, daemon=True)
     loop.start()
     port = server.server_port
