@@ -76,6 +76,7 @@ LINGER_BYTES = 1024 * 1024
 LINGER_SECONDS = 1.0
 
 _CHUNK = 64 * 1024  # bytes received per read
+_SMALL_READ = 4 * 1024  # ... a head's, while the body budget has less room than _CHUNK
 _NEXT_WAIT = 0.002  # seconds a worker waits for a connection's next request when no other work waits
 _STREAK = 32  # requests of one connection a worker serves in a row before it goes back in line
 _ACCEPT_BATCH = 16  # connections accepted per wake-up of the selector
@@ -306,13 +307,16 @@ class Server:
             self._dispatch(conn)
             return
         size = _CHUNK
-        if state == BODY and self._budget is not None:
+        if self._budget is not None:
             room = self._budget.room()
-            if room <= 0 and next(iter(self._bodies), None) is not conn:  # the oldest body always goes on
+            if state != BODY:  # a head's read may bring body bytes too: a small one while the budget is short
+                size = _CHUNK if room >= _CHUNK else _SMALL_READ
+            elif room <= 0 and next(iter(self._bodies), None) is not conn:  # the oldest body always goes on
                 self._paused[conn] = None
                 self._park(conn, PAUSED, min(conn.body_deadline, time.monotonic() + BODY_WAIT))
                 return
-            size = min(_CHUNK, room) if room > 0 else _CHUNK
+            elif room > 0:
+                size = min(_CHUNK, room)
         data = conn.recv(size)
         if data is None:
             return

@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, cast
 
@@ -69,7 +69,7 @@ class Gateway:
                 batcher.shutdown(0)
             raise
         self._admission = Admission(config, self._batchers, self._counters, self._log)
-        self._app = _App(self, Tokens(tokens))
+        self._app = _App(config, Tokens(tokens), self._admission, self._counters, self._log, self.stats)
 
     def _make_batcher(self, acct: Account) -> Batcher:
         c = self.config
@@ -206,10 +206,10 @@ class _App(httpd.App):
 
     server_name = "vwo-otel-gateway"
 
-    def __init__(self, gateway: Gateway, tokens: Tokens) -> None:
-        self.gateway, self.tokens = gateway, tokens
-        self.admission = gateway._admission
-        self.counters = gateway._counters
+    def __init__(self, config: GatewayConfig, tokens: Tokens, admission: Admission, counters: Counters,
+                 log: LogLimiter, stats: Callable[[], dict[str, Any]]) -> None:
+        self.config, self.tokens, self.admission, self.counters, self._log, self._stats = (
+            config, tokens, admission, counters, log, stats)
         self._decoding = threading.BoundedSemaphore(DECODE_CONCURRENCY)
         self._busy = 0
         self._idle = threading.Condition()
@@ -230,7 +230,7 @@ class _App(httpd.App):
                               (self.admission.retry_after(),))
         except Refused as refused:
             return self._refusal(request, refused)
-        return self.gateway.config.max_body_bytes
+        return self.config.max_body_bytes
 
     def overloaded(self, request: Request) -> Response:
         return self._refusal(request, Refused(503, otlp.UNAVAILABLE, "too many request bodies in progress; retry",
@@ -265,7 +265,7 @@ class _App(httpd.App):
             except Refused as refused:
                 self.counters.response(refused.status)
                 return Response(refused.status, refused.message.encode(), _TEXT, refused.headers)
-            return Response(200, json.dumps(self.gateway.stats(), separators=(",", ":")).encode(), otlp.JSON)
+            return Response(200, json.dumps(self._stats(), separators=(",", ":")).encode(), otlp.JSON)
         if path == "/healthz":
             if self.admission.stopping:
                 return Response(503, b"stopping\n", _TEXT, (self.admission.retry_after(),))
@@ -296,7 +296,7 @@ class _App(httpd.App):
         except Refused as refused:
             return self._refusal(request, refused)
         except Exception:  # a bug must never take the gateway down: answer 500, keep serving
-            self.gateway._log.warn("internal_error", 0, "vwo_otel gateway: unexpected error handling a request",
+            self._log.warn("internal_error", 0, "vwo_otel gateway: unexpected error handling a request",
                                    exc_info=True)
             failed = self._refusal(request, Refused(500, otlp.INTERNAL, "internal error"))
             return dataclasses.replace(failed, close=True)
@@ -308,7 +308,7 @@ class _App(httpd.App):
         if request.problem is None and request.body is not None:
             return request.body
         if request.problem == "too-large":
-            limit = self.gateway.config.max_body_bytes
+            limit = self.config.max_body_bytes
             size = f" of {request.nbytes} bytes" if request.headers.get("Content-Length") else ""
             raise Refused(413, otlp.INVALID_ARGUMENT, f"body{size} is larger than {limit} bytes")
         status, message = _PROBLEMS.get(request.problem or "", (400, "unreadable body"))
@@ -320,9 +320,9 @@ class _App(httpd.App):
             raise Refused(503, otlp.UNAVAILABLE, "too many requests being decoded; retry",
                           (self.admission.retry_after(),))
         try:
-            data = otlp.decompress(body, encoding, self.gateway.config.max_inflated_bytes)
+            data = otlp.decompress(body, encoding, self.config.max_inflated_bytes)
             del body
-            return otlp.decode(signal_, media, data, self.gateway.config.max_items)
+            return otlp.decode(signal_, media, data, self.config.max_items)
         except otlp.UnsupportedEncoding as exc:
             raise Refused(415, otlp.INVALID_ARGUMENT, str(exc)) from None
         except otlp.TooLarge as exc:
