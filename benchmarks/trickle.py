@@ -191,7 +191,8 @@ def run_case(root: str, receiver_url: str, *, tricklers: int, token: bool, annou
             proc.communicate()
     latencies.sort()
     ok = statuses.count(200)
-    return {"tricklers": tricklers, "token": token, "nofile": nofile, "legit": n_legit, "served": ok,
+    failed = {str(s): statuses.count(s) for s in sorted(set(statuses) - {200})}  # 0: no answer (reset, timeout)
+    return {"tricklers": tricklers, "token": token, "nofile": nofile, "legit": n_legit, "served": ok, "failed": failed,
             "p50": statistics.median(latencies), "p90": latencies[int(0.9 * (len(latencies) - 1))],
             "max": latencies[-1], "reopened": attack.reopened}
 
@@ -221,11 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         for token in kinds:
             rows.append(run_case(args.root, receiver.url, tricklers=tricklers, token=token, announce=args.announce,
                                  every=args.every, n_legit=n_legit, nofile=args.nofile))
-    print(f"{'tricklers':<20} {'served':>8} {'p50 s':>8} {'p90 s':>8} {'max s':>8} {'reopened':>9}")
+    print(f"{'tricklers':<20} {'served':>8} {'p50 s':>8} {'p90 s':>8} {'max s':>8} {'reopened':>9}  others")
     for r in rows:
         kind = f"{r['tricklers']} {'with token' if r['token'] else 'anonymous'}"
         print(f"{kind:<20} {r['served']:>4}/{r['legit']:<3} {r['p50']:>8.3f} {r['p90']:>8.3f} {r['max']:>8.3f} "
-              f"{r['reopened']:>9}")
+              f"{r['reopened']:>9}  {r['failed'] or ''}")
     return 0
 
 

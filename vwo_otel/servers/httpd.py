@@ -15,7 +15,7 @@ request), ``header_timeout`` (request line and headers, from their first byte), 
 (the body, from the end of its head; also each answer's write); a request past its deadline is
 answered 408 and closed. At most ``max_connections`` are open, never more than the process's
 file limit allows; when full, one is closed to admit a new one: a lingering close first, else the
-longest-idle, else the request in progress that started longest ago (answered 503). Bodies held
+request still arriving that started longest ago (answered 503), else the longest-idle. Bodies held
 at once are bounded by ``body_budget`` bytes (counted as they arrive; a body finding no room
 waits unread, and gets the app's ``overloaded`` answer, 503, after ``BODY_WAIT`` s; the oldest
 body in progress always goes on, so the budget can be passed by one body at most). An answer that
@@ -242,9 +242,10 @@ class Server:
             self._park(conn, HANDSHAKE, now + TLS_HANDSHAKE_TIMEOUT)
 
     def _evict(self, why: str) -> bool:
-        """Close one parked connection: a lingering one, else the longest-idle, else the request in
-        progress that started longest ago (answered 503)."""
-        for parked in (self._lingering, self._idle, self._waiting):
+        """Close one parked connection: a lingering one, else the request still arriving that
+        started longest ago (answered 503: a whole request arrives in one read, so one still
+        arriving is slow, or large), else the longest-idle (its client reconnects)."""
+        for parked in (self._lingering, self._waiting, self._idle):
             for conn in parked:
                 logger.debug("vwo_otel HTTP server: %s: closing the %s connection from %s", why, conn.state, conn.addr)
                 if conn.state in (HEAD, BODY, PAUSED):
