@@ -41,8 +41,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import h11
-
 from .bounds import Budget, Pool, connection_limit, ready
 from .connection import BODY, BUSY, HANDSHAKE, HEAD, IDLE, LINGER, PAUSED, Conn, say
 from .framing import DONE, App, BadRequest, Request, Response
@@ -491,7 +489,7 @@ class Server:
         """Answer ``response`` now (it fits the socket's buffer) and close: ``LINGER`` / ``_GONE``."""
         try:
             data, _ = conn.framer.respond(dataclasses.replace(response, close=True), self.app.server_name)
-        except h11.LocalProtocolError:
+        except ValueError:
             logger.debug("vwo_otel HTTP server: cannot answer %s", conn.addr, exc_info=True)
             data = _503
         conn.say(data)
@@ -568,7 +566,7 @@ class Server:
             return False
         try:
             data, keep = f.respond(response, self.app.server_name)
-        except h11.LocalProtocolError:
+        except ValueError:
             logger.debug("vwo_otel HTTP server: the app's answer to %s is not HTTP", conn.addr, exc_info=True)
             self._close(conn)
             return False
@@ -595,8 +593,11 @@ class Server:
             conn.started = time.monotonic()
             step = self._advance(conn)
         if step == IDLE:
-            data = conn.recv(_CHUNK)  # there already (or decrypted by TLS, invisible to a poll)?
-            if data is None and alone and ready(conn.sock, False, _NEXT_WAIT):
+            data = None
+            sock = conn.sock
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():  # decrypted already: a poll would not see it
+                data = conn.recv(_CHUNK)
+            elif alone and ready(sock, False, _NEXT_WAIT):
                 # a keep-alive client often sends its next request as soon as it has the answer
                 data = conn.recv(_CHUNK)
             if data == b"":
