@@ -582,31 +582,37 @@ class Server:
 
     def _next(self, conn: Conn, first: bool = False) -> bool:
         """After an answer (or a handshake, ``first``), with the connection kept: True to serve its
-        next request on this worker (whole already, and no other connection waits for a worker),
-        else hand it on: to the worker queue (whole), or back to the selector (idle, in part)."""
+        next request on this worker (whole, and no other connection waits for a worker), else
+        hand it on: to the worker queue (whole), or back to the selector (idle, in part). Alone,
+        the worker waits up to ``_NEXT_WAIT`` for it: a keep-alive client often sends its next
+        request as soon as it has the answer."""
         f = conn.framer
         if not first:
             f.next_cycle()
         alone = conn.streak < _STREAK and not self._pool.queued()
         step = IDLE
+        now = time.monotonic()
         if f.pending:
-            conn.started = time.monotonic()
+            conn.started = now
             step = self._advance(conn)
-        if step == IDLE:
-            data = None
-            sock = conn.sock
+        sock, until = conn.sock, now + _NEXT_WAIT
+        while step in (IDLE, HEAD, BODY):
             if isinstance(sock, ssl.SSLSocket) and sock.pending():  # decrypted already: a poll would not see it
                 data = conn.recv(_CHUNK)
-            elif alone and ready(sock, False, _NEXT_WAIT):
-                # a keep-alive client often sends its next request as soon as it has the answer
+            elif alone and ready(sock, False, until - time.monotonic()):
                 data = conn.recv(_CHUNK)
+            else:
+                break
             if data == b"":
                 self._close(conn)
                 return False
             if data:
-                conn.started = time.monotonic()
+                if step == IDLE:
+                    conn.started = time.monotonic()
                 f.feed(data)
                 step = self._advance(conn)
+            if time.monotonic() >= until:
+                break
         if step == _READY:
             if alone:
                 conn.streak += 1
