@@ -22,7 +22,11 @@ body in progress always goes on, so the budget can be passed by one body at most
 closes a connection whose client may still be sending is followed by a lingering close (its bytes
 read and dropped, up to ``LINGER_BYTES`` within ``LINGER_SECONDS``) so the client reads the
 answer rather than a reset. Optionally TLS: the handshake runs on workers, step by step, bounded
-by ``TLS_HANDSHAKE_TIMEOUT``, never on the selector thread. ``TCP_NODELAY`` on every connection."""
+by ``TLS_HANDSHAKE_TIMEOUT``, never on the selector thread. ``TCP_NODELAY`` on every connection.
+
+(About 680 lines, over the ~600 aimed at: the selector thread and the workers hand each
+connection to each other under one lock, and share its states and the parking bookkeeping; one
+connection's socket I/O is in ``connection.py``, the pool / budget / file limit in ``bounds.py``.)"""
 
 from __future__ import annotations
 
