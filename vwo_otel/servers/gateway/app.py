@@ -279,7 +279,7 @@ class _App(httpd.App):
         ctype = request.headers.get("Content-Type") or ""
         media = _media(request)
         try:
-            body = self._body(request)
+            self._check_body(request)
             if signal_ is None:
                 raise Refused(404, otlp.UNIMPLEMENTED, "unknown path: POST /v1/traces or /v1/logs")
             self.counters.request(signal_)
@@ -289,24 +289,22 @@ class _App(httpd.App):
             if media == otlp.PROTOBUF and not otlp.protobuf_available():
                 raise Refused(415, otlp.UNIMPLEMENTED, "this gateway cannot decode protobuf (install "
                               "'vwo-otel[gateway]' for opentelemetry-proto); send OTLP/JSON or install it")
-            request.body = None  # the body is ``body`` now: let it go once decoded
-            decoded = self._decode(signal_, media, body, request.headers.get("Content-Encoding"))
-            del body
+            decoded = self._decode(signal_, media, request)
             rejected, message = self.admission.accept(signal_, decoded, request.context)
         except Refused as refused:
             return self._refusal(request, refused)
         except Exception:  # a bug must never take the gateway down: answer 500, keep serving
             self._log.warn("internal_error", 0, "vwo_otel gateway: unexpected error handling a request",
-                                   exc_info=True)
+                           exc_info=True)
             failed = self._refusal(request, Refused(500, otlp.INTERNAL, "internal error"))
             return dataclasses.replace(failed, close=True)
         self.counters.response(200)
         return Response(200, otlp.encode_response(signal_, media, rejected, message), media)
 
-    def _body(self, request: Request) -> bytes:
-        """The request body (at most ``max_body_bytes``), else ``Refused``."""
+    def _check_body(self, request: Request) -> None:
+        """``Refused`` unless the request has a usable body (at most ``max_body_bytes``)."""
         if request.problem is None and request.body is not None:
-            return request.body
+            return
         if request.problem == "too-large":
             limit = self.config.max_body_bytes
             size = f" of {request.nbytes} bytes" if request.headers.get("Content-Length") else ""
@@ -314,13 +312,16 @@ class _App(httpd.App):
         status, message = _PROBLEMS.get(request.problem or "", (400, "unreadable body"))
         raise Refused(status, otlp.INVALID_ARGUMENT, message)
 
-    def _decode(self, signal_: str, media: str, body: bytes, encoding: str | None) -> otlp.Decoded:
-        """Inflate and decode (one request at a time); ``Refused`` 503 / 413 / 415 / 400."""
+    def _decode(self, signal_: str, media: str, request: Request) -> otlp.Decoded:
+        """Inflate and decode the request's body (one request at a time; the body is let go once
+        inflated); ``Refused`` 503 / 413 / 415 / 400."""
         if not self._decoding.acquire(timeout=DECODE_WAIT):
             raise Refused(503, otlp.UNAVAILABLE, "too many requests being decoded; retry",
                           (self.admission.retry_after(),))
         try:
-            data = otlp.decompress(body, encoding, self.config.max_inflated_bytes)
+            body, request.body = request.body, None
+            assert body is not None
+            data = otlp.decompress(body, request.headers.get("Content-Encoding"), self.config.max_inflated_bytes)
             del body
             return otlp.decode(signal_, media, data, self.config.max_items)
         except otlp.UnsupportedEncoding as exc:
