@@ -220,9 +220,11 @@ class _App(httpd.App):
             return self._idle.wait_for(lambda: self._busy == 0, max(0.0, timeout))
 
     def head(self, request: Request) -> Response | int | None:
-        """A POST: its token (401 without a valid one) and, while stopping, 503, before its body."""
+        """A POST: its token (401 without a valid one) and, while stopping, 503, before its body.
+        Other methods carry no body the gateway keeps (one sent is read and dropped: an anonymous
+        GET cannot fill the body budget)."""
         if request.method != "POST":
-            return None
+            return 0
         try:
             request.context = self.tokens.check(request.headers.get("Authorization"))
             if self.admission.stopping:
