@@ -96,6 +96,16 @@ BLOCK_WHEN_FULL = Range(0, unit="seconds")  # how long an emitting thread may wa
 SPOOL_COMMIT_INTERVAL = Range(0, 60, unit="seconds")
 SPOOL_MAX_AGE = Range(60, 30 * 86400, unit="seconds")
 SPOOL_MAX_BYTES = Range(64 * 1024, 2**40, integer=True)
+#: The gateway's own settings (``GatewayConfig``): the port it binds, its backlog's bytes per
+#: account, OTLP items per request, ``Retry-After``, request body and inflated sizes, its server's
+#: idle / header / body deadlines and open connections.
+PORT = Range(0, 65535, integer=True)
+MAX_BACKLOG_BYTES = Range(64 * 1024, 2**40, integer=True)
+MAX_ITEMS = Range(1, 10_000_000, integer=True)
+RETRY_AFTER = Range(0, 3600, unit="seconds")
+MAX_BODY_BYTES = Range(1024, 1024**3, integer=True)
+SERVER_TIMEOUT = Range(0, 3600, low_open=True, unit="seconds")
+MAX_CONNECTIONS = Range(1, 1_000_000, integer=True)
 
 
 #: The largest integral float accepted as an account id: above 2**53 a double no longer holds

@@ -76,19 +76,20 @@ def test_without_or_with_a_wrong_token_is_401_and_nothing_is_kept(make_gateway, 
     assert TOKEN not in repr(gw.config) + repr(gw) + json.dumps(gw.stats())
 
 
-def test_401_reads_the_refused_body_so_the_connection_stays_usable(make_gateway):
+def test_401_is_answered_before_the_body_and_the_sender_still_reads_it(make_gateway):
     gw = make_gateway(auth_tokens=[TOKEN])
     conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
-    body = json.dumps(traces_json(({}, [goal(f"k{i}") for i in range(200)]))).encode()
+    body = json.dumps(traces_json(({}, [goal(f"k{i}") for i in range(1200)]))).encode()
+    assert 300_000 < len(body) < 1_000_000  # more than the socket buffers hold: the gateway drops it unread
     conn.request("POST", "/v1/traces", body, JSON_HEADERS)
     r = conn.getresponse()
-    r.read()
-    assert r.status == 401 and not r.will_close
-    conn.request("POST", "/v1/traces", body, bearer(TOKEN))  # same connection
+    assert r.status == 401 and r.will_close and json.loads(r.read())["code"] == otlp.UNAUTHENTICATED  # no reset
+    conn.request("POST", "/v1/traces", body, bearer(TOKEN))  # http.client opens a new connection
     r = conn.getresponse()
     r.read()
     assert r.status == 200
     conn.close()
+    assert gw.stats()["responses"] == {"200": 1, "401": 1}
 
 
 def test_401_does_not_wait_for_a_big_or_slow_anonymous_body(make_gateway):

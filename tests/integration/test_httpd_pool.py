@@ -15,17 +15,16 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 import requests
 import test_gateway_auth
 from conftest import ACCOUNT_ID, SDK_KEY
-from test_gateway import ROOT, goal, traces_json
+from test_gateway import ROOT, goal, post, traces_json
 
 from vwo_otel.servers import httpd
-from vwo_otel.servers.httpd import LoopbackHTTPServer, respond
+from vwo_otel.servers.httpd import App, Request, Response, Server
 
 tls_files = test_gateway_auth.tls_files  # the throwaway CA and 127.0.0.1 certificate (trustme)
 
@@ -231,20 +230,15 @@ def test_a_trickled_body_is_cut_at_body_timeout_with_408(make_gateway, receiver)
     assert receiver.event_count() == 0
 
 
-class _Big(BaseHTTPRequestHandler):
+class _Big(App):
     """``GET /big``: a 16 MiB answer; anything else: ``ok``."""
 
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        respond(self, 200, b"x" * (16 << 20) if self.path == "/big" else b"ok", "application/octet-stream")
-
-    def log_message(self, *args: Any) -> None:
-        pass
+    def __call__(self, request: Request) -> Response:
+        return Response(200, b"x" * (16 << 20) if request.path == "/big" else b"ok", "application/octet-stream")
 
 
 def test_a_client_that_never_reads_its_answer_does_not_hold_the_worker() -> None:
-    server = LoopbackHTTPServer(("127.0.0.1", 0), _Big, max_workers=1, body_timeout=0.5)
+    server = Server(("127.0.0.1", 0), _Big(), max_workers=1, body_timeout=0.5)
     loop = threading.Thread(target=server.serve_forever, daemon=True)
     loop.start()
     port = server.server_port
@@ -317,3 +311,174 @@ def test_gateway_config_checks_the_server_limits() -> None:
                                   "body_timeout": 7, "max_connections": 100})
     assert (config.idle_timeout, config.header_timeout, config.body_timeout, config.max_connections) == (5, 2, 7, 100)
     assert os.cpu_count() is None or httpd.DEFAULT_MAX_WORKERS <= 32
+
+
+# -- slow senders hold connections, never workers -------------------------------------------------
+
+TOKEN = test_gateway_auth.TOKEN
+
+
+class _Tricklers:
+    """``n`` connections that each send ``head`` (announcing a large body), then one body byte
+    every ``every`` seconds until the server answers or closes (they are not opened again)."""
+
+    def __init__(self, port: int, n: int, head: bytes, every: float = 0.05) -> None:
+        self.socks = []
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(head)
+            s.setblocking(False)
+            self.socks.append(s)
+        self.answers: dict[socket.socket, bytes] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every: float) -> None:
+        while not self._stop.wait(every):
+            for s in self.socks:
+                if s in self.answers:
+                    continue
+                try:
+                    got = s.recv(65536)
+                    self.answers[s] = got or b"closed"
+                    continue
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    self.answers[s] = b"reset"
+                    continue
+                try:
+                    s.send(b" ")
+                except OSError:
+                    self.answers[s] = b"reset"
+
+    def wait_answers(self, n: int, timeout: float) -> bool:
+        """Wait until ``n`` of them got an answer or were closed."""
+        return _wait(lambda: len(self.answers) >= n, timeout)
+
+    def close(self) -> dict[socket.socket, bytes]:
+        self._stop.set()
+        self._thread.join(5)
+        for s in self.socks:
+            s.close()
+        return self.answers
+
+
+def _legit_latencies(gw: Any, n: int = 5) -> list[float]:
+    """``n`` one-event exports with the valid token, one after another: their latencies (each must be 200)."""
+    body = json.dumps(traces_json(({}, [goal("legit")]))).encode()
+    headers = {**test_gateway_auth.bearer(TOKEN)}
+    took = []
+    for _ in range(n):
+        t0 = time.monotonic()
+        r = requests.post(gw.url + "/v1/traces", data=body, headers=headers, timeout=15)
+        took.append(time.monotonic() - t0)
+        assert r.status_code == 200, r.text
+    return took
+
+
+@pytest.mark.parametrize("with_token", [False, True], ids=["anonymous", "with a token"])
+def test_three_times_more_trickling_senders_than_workers_do_not_delay_a_sender_with_a_token(make_gateway,
+                                                                                              with_token):
+    gw = make_gateway(auth_tokens=[TOKEN])
+    n = 3 * httpd.DEFAULT_MAX_WORKERS
+    auth = b"Authorization: Bearer %s\r\n" % TOKEN.encode() if with_token else b""
+    head = (b"POST /v1/traces HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n" + auth
+            + b"Content-Length: 1000000\r\n\r\n{")
+    attack = _Tricklers(gw.port, n, head)
+    try:
+        took = _legit_latencies(gw)
+        attack.wait_answers(0 if with_token else n, 5)
+    finally:
+        answers = attack.close()
+    print(f"\n{n} trickling senders ({'with' if with_token else 'without'} a token), "
+          f"{httpd.DEFAULT_MAX_WORKERS} workers: a sender with a token answered in "
+          f"{', '.join(f'{t * 1000:.1f}' for t in took)} ms")
+    assert max(took) < 1.0, took  # one worker per trickler would make it wait seconds
+    if with_token:
+        assert not answers  # their bodies are still being read, on the selector thread
+    else:  # refused on their heads, without reading their bodies
+        assert len(answers) == n and all(a.startswith(b"HTTP/1.1 401 ") for a in answers.values()), answers
+
+
+def test_when_connections_run_out_the_oldest_request_in_progress_makes_room(make_gateway):
+    gw = make_gateway(max_connections=20)
+    head = (b"POST /v1/traces HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000000\r\n\r\n{")
+    attack = _Tricklers(gw.port, 20, head)
+    try:
+        t0 = time.monotonic()
+        r = post(gw, "/v1/traces", traces_json(({}, [goal("room")])))
+        took = time.monotonic() - t0
+        attack.wait_answers(1, 5)
+    finally:
+        answers = attack.close()
+    assert r.status_code == 200 and took < 2.0, (r.status_code, took)
+    assert list(answers.values()) == [b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
+                                      b"Connection: close\r\n\r\n"], answers  # just one, told to retry
+    assert answers.keys() == {attack.socks[0]}  # the oldest
+
+
+class _Recorder(App):
+    """Records the heads it sees (``X-Id``) and answers every whole request 200."""
+
+    def __init__(self) -> None:
+        self.heads: list[str] = []
+        self.cond = threading.Condition()
+
+    def head(self, request: Request) -> None:
+        with self.cond:
+            self.heads.append(request.headers.get("X-Id"))
+            self.cond.notify_all()
+
+    def __call__(self, request: Request) -> Response:
+        return Response(200, b"%d" % len(request.body or b""))
+
+
+def test_bodies_beyond_the_budget_wait_unread_then_503_while_the_oldest_goes_on(monkeypatch):
+    monkeypatch.setattr(httpd, "BODY_WAIT", 0.5)
+    app = _Recorder()
+    server = Server(("127.0.0.1", 0), app, body_budget=1024 * 1024, max_body_bytes=1024 * 1024)
+    loop = threading.Thread(target=server.serve_forever, daemon=True)
+    loop.start()
+    socks = []
+    try:
+        for i in range(4):  # 4 x 390,000 bytes of bodies: more than the 1 MiB budget
+            s = socket.create_connection(("127.0.0.1", server.server_port), timeout=5)
+            s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nX-Id: %d\r\nContent-Length: 400000\r\n\r\n" % i
+                      + b"x" * 390_000)
+            socks.append(s)
+            with app.cond:
+                assert app.cond.wait_for(lambda i=i: len(app.heads) == i + 1, 5)  # in this order: 0 is the oldest
+        answers: dict[int, bytes] = {}
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not answers:  # a paused body's wait ends: 503
+            for i, s in enumerate(socks[1:], 1):
+                if select.select([s], [], [], 0.05)[0]:
+                    answers[i] = s.recv(65536)
+        assert answers and all(a.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in a
+                               for a in answers.values()), answers
+        socks[0].sendall(b"x" * 10_000)  # the oldest body ends: it was read whatever the budget
+        assert _responses(socks[0], 1) == [(200, b"400000")]
+    finally:
+        for s in socks:
+            s.close()
+        server.shutdown()
+        server.server_close()
+        server.close_connections(2)
+
+
+def test_a_server_on_an_address_in_use_raises_a_clean_oserror(make_gateway, receiver) -> None:
+    from vwo_otel.servers.gateway import Account, Gateway, GatewayConfig
+    from vwo_otel.testing import Receiver
+
+    taken = make_gateway()
+    second = Gateway(GatewayConfig(accounts={ACCOUNT_ID: Account(ACCOUNT_ID, SDK_KEY)}, port=taken.port,
+                                   endpoint=receiver.url))
+    with pytest.raises(OSError, match=f"127.0.0.1:{taken.port}.*in use"):
+        second.start()
+    assert second.stop(2)  # nothing half-made is left running
+    with pytest.raises(OSError, match=f"127.0.0.1:{receiver.port}.*in use"):
+        Receiver(port=receiver.port).start()
+    assert requests.get(taken.url + "/healthz", timeout=5).status_code == 200  # the first one still serves

@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-RUNTIME_DEPS = {"opentelemetry-api", "opentelemetry-sdk", "requests"}
+RUNTIME_DEPS = {"opentelemetry-api", "opentelemetry-sdk", "requests", "h11"}
 
 
 def _run(*cmd: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import os
 import socket
@@ -17,7 +16,6 @@ from typing import Any
 import pytest
 import requests
 
-from vwo_otel.servers.httpd import Body, read_body
 from vwo_otel.testing.receiver import PAYLOAD_TOO_LARGE, Receiver
 
 ACCOUNT = 12345
@@ -266,51 +264,6 @@ def test_constructor_body_limit(session: requests.Session) -> None:
         rx.clear_faults()  # restores the constructor limit, not 10 MB
         assert post(session, rx, [visitor()] * 5).status_code == 413
     rx.close()
-
-
-class _FakeRequest:
-    """Just what ``read_body`` reads of a request handler: headers, command, rfile, close_connection."""
-
-    def __init__(self, headers: dict[str, str], raw: bytes, command: str = "POST") -> None:
-        self.headers, self.command, self.rfile, self.close_connection = headers, command, io.BytesIO(raw), False
-
-
-def _chunked(*parts: bytes) -> bytes:
-    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
-
-
-CHUNKED = {"Transfer-Encoding": "chunked"}
-
-
-@pytest.mark.parametrize("headers, raw, limit, drain, expected, closes, rest", [
-    ({"Content-Length": "5"}, b"hello+next", 10, 20, (b"hello", 5, None), False, b"+next"),
-    ({}, b"", 10, 20, (b"", 0, "no-length"), False, b""),
-    ({"Content-Length": "-1"}, b"x", 10, 20, (None, 0, "bad-length"), True, b"x"),
-    ({"Content-Length": "ten"}, b"x", 10, 20, (None, 0, "bad-length"), True, b"x"),
-    ({"Content-Length": "15"}, b"a" * 15 + b"+next", 10, 20, (None, 15, "too-large"), False, b"+next"),
-    ({"Content-Length": "30"}, b"a" * 30, 10, 20, (None, 30, "too-large"), True, b"a" * 30),
-    ({"Content-Length": "15"}, b"a" * 12, 10, 20, (None, 12, "incomplete"), True, b""),
-    ({"Content-Length": "5"}, b"abc", 10, 20, (None, 3, "incomplete"), True, b""),
-    ({"Transfer-Encoding": "gzip"}, b"x", 10, 20, (None, 0, "bad-transfer-encoding"), True, b"x"),
-    (CHUNKED, _chunked(b"hel", b"lo") + b"+next", 10, 20, (b"hello", 5, None), False, b"+next"),
-    (CHUNKED, _chunked(b"a" * 8, b"b" * 8) + b"+next", 10, 20, (None, 16, "too-large"), False, b"+next"),
-    (CHUNKED, _chunked(b"a" * 15, b"b" * 15), 10, 20, (None, 30, "too-large"), True, b"b" * 15 + b"\r\n0\r\n\r\n"),
-    (CHUNKED, b"5\r\nabc", 10, 20, (None, 3, "incomplete"), True, b""),
-    (CHUNKED, b"5\r\nhello\r\n", 10, 20, (None, 5, "incomplete"), True, b""),
-    (CHUNKED, b"zz\r\nhello\r\n0\r\n\r\n", 10, 20, (None, 0, "bad-chunked"), True, None),
-    (CHUNKED, b"-5\r\nhello\r\n0\r\n\r\n", 10, 20, (None, 0, "bad-chunked"), True, None),
-])
-def test_read_body(headers: dict[str, str], raw: bytes, limit: int, drain: int, expected: tuple, closes: bool,
-                   rest: bytes | None) -> None:
-    h = _FakeRequest(headers, raw)
-    assert read_body(h, limit, drain) == Body(*expected)  # type: ignore[arg-type]
-    assert h.close_connection is closes
-    if rest is not None:  # what is left for the next request on a kept-alive connection
-        assert h.rfile.read() == rest
-
-
-def test_read_body_get_without_length_has_an_empty_body() -> None:
-    assert read_body(_FakeRequest({}, b"", command="GET"), 10, 20) == Body(b"", 0)  # type: ignore[arg-type]
 
 
 def test_chunked_body_over_the_limit_is_413_and_the_connection_stays_usable(rx: Receiver) -> None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import http.client
 import logging
 import socket
+import socketserver
 import ssl
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,7 +24,6 @@ from vwo_otel import VWOExporter
 from vwo_otel.event import VWOEvent
 from vwo_otel.export import http as transport
 from vwo_otel.export.http import Transport
-from vwo_otel.servers.httpd import LoopbackHTTPServer, respond
 
 PROXY_VARS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy",
               "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
@@ -34,7 +35,22 @@ def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-class _Server(LoopbackHTTPServer):
+class _Plain(ThreadingHTTPServer):
+    """The standard library's server, without its reverse-DNS lookup of the host at bind."""
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+
+def respond(h: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str) -> None:
+    """Status line, headers and body in one write."""
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Content-Type: {content_type}",
+            f"Content-Length: {len(body)}"] + (["Connection: close"] if h.close_connection else [])
+    h.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+
+
+class _Server(_Plain):
     """Records each request (request line, headers, body, client port); ``closed`` is set each
     time the server has closed a connection."""
 
@@ -223,7 +239,7 @@ def test_https_is_verified_against_the_ca_bundle_requests_would_use(tls_server, 
     t.close()
 
 
-class _Proxy(LoopbackHTTPServer):
+class _Proxy(_Plain):
     """A forward HTTP proxy on loopback: relays absolute-URI requests and records their lines."""
 
     def __init__(self) -> None:

@@ -19,11 +19,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
-from ..servers.httpd import LoopbackHTTPServer, read_body, respond
+from ..servers.framing import Request, Response
+from ..servers.httpd import App, Server
 
 logger = logging.getLogger("vwo_otel")
 
@@ -76,26 +76,17 @@ class Captured:
         return []
 
 
-class _Server(LoopbackHTTPServer):
-    def __init__(self, address: tuple[str, int], stand_in: FMEStandIn) -> None:
+class _App(App):
+    server_name = "vwo-otel-fme-stand-in"
+
+    def __init__(self, stand_in: FMEStandIn) -> None:
         self.stand_in = stand_in
-        super().__init__(address, _Handler)
 
+    def head(self, request: Request) -> int:
+        return _MAX_BODY
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "vwo-otel-fme-stand-in"
-    sys_version = ""
-    server: _Server
-
-    def do_GET(self) -> None:
-        self.server.stand_in._serve(self)
-
-    def do_POST(self) -> None:
-        self.server.stand_in._serve(self)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    def __call__(self, request: Request) -> Response | None:
+        return self.stand_in._serve(request)
 
 
 class FMEStandIn:
@@ -110,7 +101,7 @@ class FMEStandIn:
         self._captured: list[Captured] = []
         self._script: deque[Answer] = deque()
         self._reject: Callable[[dict[str, Any]], bool] | None = None
-        self._server: _Server | None = None
+        self._server: Server | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -118,12 +109,12 @@ class FMEStandIn:
     def url(self) -> str:
         """``http://127.0.0.1:PORT``: the SDK's ``proxy_url``, or vwo_otel's endpoint."""
         assert self._server is not None, "start the stand-in first"
-        host, port = self._server.server_name, self._server.server_port
+        host, port = str(self._server.server_address[0]), self._server.server_port
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def start(self) -> FMEStandIn:
         if self._server is None:
-            self._server = _Server(self._address, self)
+            self._server = Server(self._address, _App(self))
             self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                             name="vwo-otel-fme-stand-in", daemon=True)
             self._thread.start()
@@ -187,24 +178,22 @@ class FMEStandIn:
             self._script.clear()
 
     # -- serving -----------------------------------------------------------------------------------
-    def _serve(self, h: _Handler) -> None:
-        split = urlsplit(h.path)
-        path = split.path
+    def _serve(self, h: Request) -> Response:
+        path = h.path
         query = {}
-        for pair in split.query.split("&") if split.query else ():
+        for pair in h.query.split("&") if h.query else ():
             key, _, value = pair.partition("=")
             query[unquote(key)] = unquote(value)
-        body = read_body(h, _MAX_BODY, _MAX_BODY)
-        raw = bytes(body.data or b"")
-        if path.endswith(SETTINGS_PATH) and h.command == "GET":
-            self._record(Captured("GET", path, query, dict(h.headers.items()), raw, None, 200))
-            respond(h, 200, json.dumps(self.settings).encode(), _JSON)
-            return
+        raw = bytes(h.body or b"")
+        headers = dict(h.headers.items())
+        if path.endswith(SETTINGS_PATH) and h.method == "GET":
+            self._record(Captured("GET", path, query, headers, raw, None, 200))
+            return Response(200, json.dumps(self.settings).encode(), _JSON)
         try:
             parsed = json.loads(raw) if raw else None
         except ValueError:
             parsed = None
-        captured = Captured(h.command or "", path, query, dict(h.headers.items()), raw, parsed, 200)
+        captured = Captured(h.method, path, query, headers, raw, parsed, 200)
         with self._lock:
             reject = self._reject
             if reject is not None and any(reject(d) for d in captured.events):
@@ -215,7 +204,7 @@ class FMEStandIn:
         if self.delay > 0:
             time.sleep(self.delay)
         self._record(captured)
-        respond(h, answer.status, answer.body, answer.content_type)
+        return Response(answer.status, answer.body, answer.content_type)
 
     def _record(self, captured: Captured) -> None:
         with self._lock:

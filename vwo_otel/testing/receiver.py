@@ -27,16 +27,16 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from .. import checks
 from ..event_types import TYPES, EventType, FMEWire, Key, Kind, LegacyWire, row_for
 from ..export.fme import BATCH_PATH as FME_BATCH_PATH
 from ..export.fme import EVENTS_PATH as FME_EVENTS_PATH
-from ..servers.httpd import LoopbackHTTPServer, Problem, read_body, respond
+from ..servers.framing import Problem, Request, Response
+from ..servers.httpd import LOOPBACK_MAX_WORKERS, App, Server
 from ..servers.otlp import DecodeError, TooLarge, UnsupportedEncoding, decompress
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "PAYLOAD_TOO_LARGE", "Receiver"]
@@ -57,7 +57,6 @@ _ROUTE = re.compile(r"(?:/[^/]+)?(" + "|".join(re.escape(p) for p in sorted(_PAT
 _U_MATCH = re.compile(r"[0-9A-F]{32}").fullmatch
 _VISID_MATCH = re.compile(r"[DJ]?[0-9A-F]{32}").fullmatch  # FME: an SDK's uuid, or a web visitor's
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_DRAIN_LIMIT = 256 * 1024 * 1024  # bodies above the limit but below this are read and discarded
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
@@ -342,43 +341,36 @@ def _client_gone(sock: socket.socket) -> bool:
         return True
 
 
-class _Server(LoopbackHTTPServer):
+class _Server(Server):
     """The receiver's server: knows its ``Receiver`` and whether it is stopping."""
-
-    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], receiver: Receiver) -> None:
         self.receiver = receiver
         self.stopping = False
-        super().__init__(address, _Handler)
+        super().__init__(address, _App(receiver), max_workers=LOOPBACK_MAX_WORKERS, backlog=128)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """Routes GET and POST to the receiver; quiet, keep-alive, one write per response."""
+#: What the validation functions below call ``h``: the request, with ``headers.get(name)``.
+_Handler = Request
 
-    protocol_version = "HTTP/1.1"
-    server_version = "vwo-otel-receiver"
-    sys_version = ""
-    server: _Server
 
-    def do_GET(self) -> None:
-        """Serve a real-time event GET."""
-        self.server.receiver._serve(self)
+class _App(App):
+    """Routes GET and POST to the receiver (501 for other methods); the body limit in force and
+    the request's faults are decided as its head arrives, before its body is read."""
 
-    def do_POST(self) -> None:
-        """Serve a batch POST."""
-        self.server.receiver._serve(self)
+    server_name = "vwo-otel-receiver"
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Answer protocol-level errors (bad request line, unsupported method) in one write and record them."""
-        self.close_connection = True
-        text = message or _reason(int(code))
-        self.server.receiver._protocol_error(self, int(code), text)
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Send http.server's messages to the debug logger (never stderr), sdk key masked."""
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s", checks.redact(format % args))
+    def head(self, request: Request) -> int:
+        plan = request.context = self.receiver._take_fault()
+        return plan.max_body
+
+    def __call__(self, request: Request) -> Response | None:
+        if request.method not in ("GET", "POST"):
+            return self.receiver._protocol_error(request, 501, f"Unsupported method ({request.method!r})")
+        return self.receiver._serve(request)
 
 
 class Receiver:
@@ -689,53 +681,44 @@ class Receiver:
 
     # ----------------------------------------------------------------- serving
 
-    def _serve(self, h: _Handler) -> None:
-        """Handle one request: read body, apply faults, validate, store, answer in one write."""
+    def _serve(self, h: _Handler) -> Response | None:
+        """Handle one request (its body read, its plan decided by ``_App.head``): apply faults,
+        validate, store, answer (None: close the connection without an answer)."""
         received_at = time.time()
-        method = h.command or ""
-        split = urlsplit(h.path)
-        path, query = split.path, split.query
+        method = h.method
+        path, query = h.path, h.query
 
-        plan = self._take_fault()
+        plan = h.context
         fault = plan.fault
-        body = read_body(h, plan.max_body, _DRAIN_LIMIT)
-        nbytes = body.nbytes
-        if body.problem == "incomplete":
-            self._store(received_at, method, path, query, 0, nbytes, 0, "client closed before the body ended",
-                        False)
-            h.close_connection = True
-            return
+        nbytes = h.nbytes
 
         if plan.stall_seconds > 0:
             plan.release.wait(plan.stall_seconds)
             if h.server.stopping or _client_gone(h.connection):
                 self._store(received_at, method, path, query, 0, nbytes, 0,
                             "client went away during an injected stall", False)
-                h.close_connection = True
-                return
+                return None
 
         if fault is not None and fault.kind == "drop":
             self._store(received_at, method, path, query, 0, nbytes, 0, "injected dropped connection", False)
-            h.close_connection = True
             try:
                 h.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            return
+            return None
         if fault is not None and fault.kind == "fail":
             headers = (("Retry-After", fault.retry_after),) if fault.retry_after is not None else ()
             self._store(received_at, method, path, query, fault.status, nbytes, 0, "injected failure", False)
-            respond(h, fault.status, fault.body, _TEXT, headers)
-            return
+            return Response(fault.status, fault.body, _TEXT, headers)
 
-        out = self._process(h, method, path, query, body.data, body.problem)
+        out = self._process(h, method, path, query, h.body, h.problem)
         accepted = 200 <= out.status < 300
         status, reply, ctype, error = out.status, out.body, out.content_type, out.error
         if accepted and fault is not None and fault.kind == "accept_fail":
             status, reply, ctype = fault.status, fault.body, fault.content_type
             error = f"injected failure after accepting {out.n_events} events"
         self._store(received_at, method, path, query, status, nbytes, out.n_events, error, accepted, out.events)
-        respond(h, status, reply, ctype, out.headers)
+        return Response(status, reply, ctype, out.headers)
 
     def _process(self, h: _Handler, method: str, path: str, query: str, body: bytes | None,
                  problem: Problem | None) -> _Outcome:
@@ -874,15 +857,10 @@ class Receiver:
         ev["visitor_ip"] = params.get("visitor_ip", "") if ip is None else ip
         return ev
 
-    def _protocol_error(self, h: _Handler, code: int, text: str) -> None:
-        """Record and answer an error raised by http.server's own request parsing."""
-        raw_path = getattr(h, "path", "") or ""
-        split = urlsplit(raw_path)
-        self._store(time.time(), h.command or "", split.path, split.query, code, 0, 0, checks.redact(text), False)
-        try:
-            respond(h, code, text.encode("utf-8", "replace"), _TEXT)
-        except OSError:
-            logger.debug("could not send %d", code, exc_info=True)
+    def _protocol_error(self, h: _Handler, code: int, text: str) -> Response:
+        """Record and answer a request the receiver does not serve at all (an unsupported method)."""
+        self._store(time.time(), h.method, h.path, h.query, code, 0, 0, checks.redact(text), False)
+        return Response(code, text.encode("utf-8", "replace"), _TEXT, close=True)
 
     def _store(self, received_at: float, method: str, path: str, query: str, status: int, nbytes: int,
                n_events: int, error: str | None, accepted: bool, events: bytes | None = None) -> None:
