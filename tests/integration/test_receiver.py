@@ -124,10 +124,7 @@ def test_keep_alive_connection_is_reused_with_nodelay(rx: Receiver) -> None:
             assert int(resp.getheader("Content-Length", "-1")) == len(resp.read())
             socks.append(conn.sock)
         assert socks[0] is not None and socks[0] is socks[1] is socks[2]
-        server = rx._server
-        assert server is not None
-        with server._conns_cond:
-            conns = list(server._conns)
+        conns = rx.open_sockets()
         assert conns and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in conns)
     finally:
         conn.close()
@@ -348,7 +345,7 @@ def _wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
 def test_stall_limited_to_n_requests(rx: Receiver, session: requests.Session) -> None:
     rx.stall(30, n=1)
     thread, result = _post_in_thread(rx, [visitor(sid=1)])
-    assert _wait_until(lambda: rx._stall is None)  # the first request has taken the stall
+    assert _wait_until(lambda: rx.stalled() == 1)  # the first request has taken the stall
     assert post(session, rx, [visitor(sid=2)]).status_code == 200  # the second is not stalled
     assert thread.is_alive()
     rx.clear_faults()

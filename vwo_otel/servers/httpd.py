@@ -666,6 +666,11 @@ class Server:
             self._wake_r.close()
             self._wake_w.close()
 
+    def open_sockets(self) -> list[socket.socket]:
+        """The sockets of the connections open now (for tests and tools: their options, their count)."""
+        with self._conns_cond:
+            return list(self._conns)
+
     def close_connections(self, timeout: float) -> None:
         """Shut every open connection so requests in progress end, wait up to ``timeout`` seconds
         for them to be closed and, once the server is closed, for its workers to exit."""
