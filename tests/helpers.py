@@ -6,9 +6,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
-from typing import TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -19,26 +17,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def poll_until(condition: Callable[[], T], timeout: float, interval: float = 0.02, what: str = "") -> T:
-    """``condition()`` once it is truthy, checked every ``interval`` s; AssertionError after ``timeout`` s."""
+def wait_until(condition: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> bool:
+    """Whether ``condition()`` became true within ``timeout`` seconds (checked every ``interval``)."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
+    while not condition():
         if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {timeout} s: {what or condition}")
+            return False
         time.sleep(interval)
+    return True
 
 
-def wait_listening(port: int, proc: subprocess.Popen | None = None, timeout: float = 30.0,
+def wait_listening(port: int, proc: subprocess.Popen[Any] | None = None, timeout: float = 30.0,
                    host: str = "127.0.0.1") -> None:
     """Until something accepts connections on ``port``; fails at once if ``proc`` exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             out, err = proc.communicate()
-            raise AssertionError(f"server exited early ({proc.returncode}): {err or out}")
+            raise AssertionError(f"server exited early ({proc.returncode}): {(err or out or '')[-3000:]}")
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return

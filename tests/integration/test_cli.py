@@ -9,7 +9,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import ACCOUNT_ID, SDK_KEY
+from helpers import free_port
 from opentelemetry.sdk.trace import TracerProvider
 
 from vwo_otel import VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor
@@ -33,10 +33,6 @@ def _clean_env(monkeypatch):
             monkeypatch.delenv(name)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _send(url: str, n: int, *, batch: int = 10, sdk_key: str = SDK_KEY) -> None:
@@ -158,7 +154,7 @@ def test_receive_json_summary_at_exit(tmp_path):
 
 
 def test_receive_sigterm_prints_summary(tmp_path):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "vwo_otel", "receive", "--port", str(port), "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -218,7 +214,7 @@ def test_check_reports_bad_credentials(receiver, capsys):
 
 def test_check_reports_connection_refused(capsys):
     code, out = _check(capsys, "--account-id", "1", "--sdk-key", SDK_KEY,
-                       "--endpoint", f"http://127.0.0.1:{_free_port()}")
+                       "--endpoint", f"http://127.0.0.1:{free_port()}")
     assert code == 1
     assert "FAILED: connection refused by http://127.0.0.1:" in out
 

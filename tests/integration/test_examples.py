@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import ACCOUNT_ID, SDK_KEY
+from helpers import free_port
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 
@@ -26,10 +26,6 @@ def _env(receiver, **extra: str) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
@@ -59,7 +55,7 @@ def test_short_job_loses_nothing_at_exit(receiver):
 
 
 def test_flask_app_keeps_its_traces_and_adds_vwo(receiver):
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, str(EXAMPLES / "flask_app.py")], env=_env(receiver, PORT=str(port)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -82,7 +78,7 @@ def test_flask_app_keeps_its_traces_and_adds_vwo(receiver):
 
 def test_asyncio_app_emits_from_async_handlers(receiver):
     pytest.importorskip("uvicorn")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, str(EXAMPLES / "asyncio_app.py")], env=_env(receiver, PORT=str(port)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -108,7 +104,7 @@ def test_asyncio_app_under_uvicorn_sigterm_delivers_every_event_exactly_once(rec
     """`uvicorn asyncio_app:app`, requests from several threads, then SIGTERM at once: the
     lifespan's awaited flush and shutdown deliver what was queued, each event once."""
     pytest.importorskip("uvicorn")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     receiver.stall(0.1)  # VWO 100 ms away: the flush at shutdown waits, the loop does not
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "asyncio_app:app", "--port", str(port),
@@ -147,7 +143,7 @@ def test_sdk_app_runs_the_official_sdk_offline_through_vwo_otel(receiver):
     pytest.importorskip("vwo", reason="needs vwo-python-sdk 1.68.x (and setuptools<81)")
     from vwo_otel.export.wire import visitor_uuid
 
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, str(EXAMPLES / "sdk_app.py")], env=_env(receiver, PORT=str(port)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -17,6 +17,7 @@ from collections import Counter
 
 import pytest
 from conftest import ACCOUNT_ID, SDK_KEY
+from helpers import free_port
 
 from vwo_otel import visitor_uuid
 
@@ -26,10 +27,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 REQUESTS = 240
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> dict:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
+from helpers import wait_until
 
 from vwo_otel.event import VWOEvent
 from vwo_otel.export import http
@@ -45,13 +45,6 @@ def client_ports(server_port: int) -> set[int]:
     return ports
 
 
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def idle_closers() -> int:

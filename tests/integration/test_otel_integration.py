@@ -5,13 +5,13 @@ and the sdk key staying out of logs. Everything goes over real loopback HTTP to 
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from typing import Any
 
 import pytest
 import requests
 from conftest import ACCOUNT_ID, FAST_RETRY, SDK_KEY
+from helpers import free_port
 from opentelemetry import _logs as logs_api
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -587,10 +587,6 @@ def test_log_exporter_export_called_directly(receiver, recording, cleanup):
 SPECIAL_KEY = "s3cr3t/key+with=reserved&chars%20"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _key_forms(key: str) -> list[str]:
@@ -619,7 +615,7 @@ def test_sdk_key_not_in_logs_or_reprs(caplog, callbacks, key, failure):
     retry = RetryPolicy(budget=0.5, initial_backoff=0.01, max_backoff=0.02)
     batch = None if failure == "real-time-400" else BatchEvents(10, 60, callbacks)
     with Receiver(account_id=ACCOUNT_ID, sdk_key=key) as rx:
-        endpoint = f"http://127.0.0.1:{_free_port()}" if failure == "connection-refused" else rx.url
+        endpoint = f"http://127.0.0.1:{free_port()}" if failure == "connection-refused" else rx.url
         if failure in ("http-400", "real-time-400"):
             rx.fail_next(1, status=400, body="Bad Request")
         elif failure == "http-503-retried":

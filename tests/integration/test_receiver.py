@@ -9,12 +9,12 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from helpers import wait_until
 
 from vwo_otel.testing.receiver import PAYLOAD_TOO_LARGE, Receiver
 
@@ -333,19 +333,12 @@ def test_stall_ends_on_clear_faults(rx: Receiver, session: requests.Session) -> 
     assert rx.event_count() == 1
 
 
-def _wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_stall_limited_to_n_requests(rx: Receiver, session: requests.Session) -> None:
     rx.stall(30, n=1)
     thread, result = _post_in_thread(rx, [visitor(sid=1)])
-    assert _wait_until(lambda: rx.stalled() == 1)  # the first request has taken the stall
+    assert wait_until(lambda: rx.stalled() == 1)  # the first request has taken the stall
     assert post(session, rx, [visitor(sid=2)]).status_code == 200  # the second is not stalled
     assert thread.is_alive()
     rx.clear_faults()
@@ -360,7 +353,7 @@ def test_stall_with_client_timeout_stores_nothing(rx: Receiver) -> None:
     thread.join(5)
     assert isinstance(result.get("error"), requests.Timeout)
     rx.clear_faults()
-    assert _wait_until(lambda: bool(rx.requests()))
+    assert wait_until(lambda: bool(rx.requests()))
     (req,) = rx.requests()
     assert req["status"] == 0 and "stall" in req["error"]
     assert rx.event_count() == 0

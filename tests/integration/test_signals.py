@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import urllib.request
 
 import pytest
 from conftest import ACCOUNT_ID, SDK_KEY
+from helpers import free_port, wait_listening
 
 from vwo_otel import visitor_uuid
 
@@ -35,23 +35,8 @@ def _env(receiver, **extra: str) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early: {proc.communicate()[1]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("server did not start listening")
 
 
 def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.0) -> str:
@@ -195,10 +180,10 @@ def test_server_sigterm_delivers_every_event(receiver, server):
     pytest.importorskip(module)
     if server == "gunicorn-uvicorn":
         pytest.importorskip("uvicorn_worker")
-    port = _free_port()
+    port = free_port()
     proc = _spawn(SERVERS[server](port), env=_env(receiver), cwd=APPS)
     try:
-        _wait_listening(port, proc)
+        wait_listening(port, proc)
         pids = _load(port, requests=40, per_request=3)  # 120 events: most wait on the timer
     finally:
         stderr = _stop(proc)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import ACCOUNT_ID, SDK_KEY
+from helpers import free_port
 
 UWSGI = Path(sys.executable).parent / "uwsgi"
 if not UWSGI.exists():
@@ -41,15 +41,11 @@ APP = textwrap.dedent('''
 WARNING = "set enable-threads = true in the uWSGI ini (or --enable-threads, or threads = N)"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _serve(tmp_path: Path, receiver, *options: str) -> tuple[subprocess.Popen[str], str]:
     (tmp_path / "app.py").write_text(APP)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VWO_", "OTEL_"))}
     env.update({"VWO_ACCOUNT_ID": str(ACCOUNT_ID), "VWO_SDK_KEY": SDK_KEY, "VWO_ENDPOINT": receiver.url})
     proc = subprocess.Popen([str(UWSGI), "--http-socket", f"127.0.0.1:{port}", "--wsgi-file", "app.py",

@@ -120,26 +120,8 @@ def run_app(sdk_side: FMEStandIn, otel_side: FMEStandIn | None, mode: str, spec:
     return App(code, time.monotonic() - started, out, err)
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    """Until a server started as ``proc`` accepts connections on ``port``."""
-    import socket
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited early: {proc.communicate()[1][-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("the server did not start listening")
 
 
 def get_json(url: str) -> Any:

@@ -13,7 +13,8 @@ import time
 from collections import Counter
 
 import pytest
-from fmetests import ACCOUNT, HERE, app_env, free_port, get_json, needs_fme_delivery, wait_listening
+from fmetests import ACCOUNT, HERE, app_env, get_json, needs_fme_delivery
+from helpers import free_port, wait_listening
 
 from vwo_otel import visitor_uuid
 
