@@ -114,12 +114,14 @@ def test_timer_starts_with_the_first_event_and_later_events_do_not_move_it(make)
     clock = Clock()
     b = make(clock=clock)
     assert b.snapshot().deadline == math.inf  # idle: no timer
+    clock.now += 10 * 600  # however long it stays idle
+    assert b.snapshot().deadline == math.inf and b.snapshot().ready == 0
     b.put(imp("a"))
-    assert b.snapshot().deadline == 1600.0
+    assert b.snapshot().deadline == 7600.0
     clock.now += 300
     b.put(imp("b"))
     snap = b.snapshot()
-    assert snap.deadline == 1600.0 and users(snap) == ["a", "b"]
+    assert snap.deadline == 7600.0 and users(snap) == ["a", "b"]
 
 
 def test_count_trigger_and_flush_clear_the_timer_and_the_next_event_restarts_it(make):
