@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from vwo_otel import attributes as A
+from vwo_otel.event_types import LEGACY_TYPES
 from vwo_otel.testing.receiver import Receiver
 
 README = Path(__file__).resolve().parent.parent.parent / "README.md"
@@ -96,5 +98,30 @@ def test_readme_python_blocks_run(tmp_path):
             pytest.fail(f"a README python block failed (make it runnable, or put `<!-- not run: why -->` "
                         f"before it):\n{proc.stderr[-3000:]}")
         assert "README blocks done" in proc.stdout
-        # the quick start's activate / track / push reached the receiver at exit, without a flush
-        assert sorted(e["eT"] for e in rx.events()) == [1, 2, 3]
+        # the set-up's events reached the receiver at exit, without a flush: each in its format
+        got = rx.events()
+        assert sorted(e["eT"] for e in got if "eT" in e) == list(LEGACY_TYPES)
+        assert sorted(e["d"]["event"]["name"] for e in got if "d" in e) == sorted(
+            ["purchase", A.VARIATION_SHOWN, A.SYNC_VISITOR_PROP])
+
+
+def test_readme_states_the_retry_policys_statuses():
+    """The README lists the retryable statuses once; they must be the policy's (one fact, one place)."""
+    import re
+
+    from vwo_otel.export.retry import RetryPolicy
+
+    text = README.read_text()
+    (listed,) = re.findall(r"`RetryPolicy.statuses`: by default ([0-9, ]+)\)", text)
+    assert {int(s) for s in listed.split(",")} == RetryPolicy().statuses
+    (paused,) = re.findall(r"`RetryPolicy.pause_statuses`: ([0-9, ]+)\)", text.replace("\n", " "))
+    assert {int(s) for s in paused.split(",")} == RetryPolicy().pause_statuses
+
+
+def test_readme_attribute_tables_name_every_event_type_attribute():
+    """Every attribute a row of the event-type table reads is in the README's attribute tables."""
+    from vwo_otel.event_types import TYPES, VISITOR_ATTRIBUTES
+
+    text = README.read_text()
+    names = {f.attr for row in TYPES.values() for f in row.all_fields} | set(VISITOR_ATTRIBUTES)
+    assert sorted(n for n in names if f"`{n}`" not in text) == []
