@@ -19,7 +19,7 @@ from .aio import run_blocking
 from .config import _UNSET, BatchEventsLike, batch_events_argument, parse_batch_events
 from .event import MalformedEvent, from_record
 from .export.exporter import VWOExporter
-from .integrations.uwsgi import check as uwsgi_check
+from ._engine.uwsgi import check as uwsgi_check
 from .metrics import DeliveryMetrics, Signal
 
 logger = logging.getLogger("vwo_otel")

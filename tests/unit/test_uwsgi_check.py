@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from vwo_otel.integrations import uwsgi as check_module
+from vwo_otel._engine import uwsgi as check_module
 
 
 @pytest.mark.parametrize("options, disabled", [
