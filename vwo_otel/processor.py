@@ -15,11 +15,11 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from . import checks
 from ._engine.batcher import DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_QUEUE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, Batcher
 from ._engine.spool import Spool
+from ._engine.uwsgi import check as uwsgi_check
 from .aio import run_blocking
 from .config import _UNSET, BatchEventsLike, batch_events_argument, parse_batch_events
 from .event import MalformedEvent, from_record
 from .export.exporter import VWOExporter
-from ._engine.uwsgi import check as uwsgi_check
 from .metrics import DeliveryMetrics, Signal
 
 logger = logging.getLogger("vwo_otel")
