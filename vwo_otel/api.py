@@ -35,6 +35,9 @@ class VWOSampler(Sampler):
     every other span is decided by ``delegate`` (default: the SDK default, parent-based always-on)."""
 
     def __init__(self, delegate: Sampler | None = None) -> None:
+        if delegate is not None and not callable(getattr(delegate, "should_sample", None)):
+            raise TypeError(f"VWOSampler wraps a Sampler (such as ParentBased(TraceIdRatioBased(0.1))), got "
+                            f"{type(delegate).__name__} {delegate!r}")
         self._delegate = delegate or ParentBased(ALWAYS_ON)
 
     def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
@@ -267,6 +270,8 @@ def _json_object(name: str, value: Mapping[str, Any]) -> str:
         raise TypeError(f"{name} must be a dict with str keys, got {type(value).__name__} {value!r}")
     try:
         text = json.dumps(dict(value), allow_nan=False, separators=(",", ":"))
+    except RecursionError:
+        raise ValueError(f"{name} nests deeper than {checks.MAX_JSON_DEPTH} levels") from None
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must hold JSON values (str, finite numbers, bools, None, lists, dicts): "
                          f"{exc}") from None

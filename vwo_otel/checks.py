@@ -88,6 +88,7 @@ SHUTDOWN_TIMEOUT = Range(0, low_open=True, unit="seconds")
 TIMEOUT = Range(0, low_open=True, unit="seconds")  # one HTTP request
 RETRY_BUDGET = Range(0, unit="seconds")
 MAX_RETRIES = Range(0, 1000, integer=True)  # RetryPolicy.max_retries (FME retry_config's)
+RETRY_BACKOFF = Range(0.001, unit="seconds")  # RetryPolicy's backoffs: never 0, which would retry in a hot loop
 BACKOFF_MULTIPLIER = Range(1, 10)  # RetryPolicy.backoff_multiplier
 MAX_PAYLOAD_BYTES = Range(1024, 10 * 1024 * 1024, integer=True)
 BLOCK_WHEN_FULL = Range(0, unit="seconds")  # how long an emitting thread may wait for room in a full queue
@@ -174,7 +175,7 @@ def user_id(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str):
-        raise TypeError(f"user_id must be a non-empty str, got {type(value).__name__} {value!r}")
+        raise TypeError(f"user_id must be a non-empty str, got {type(value).__name__}")  # no value: a user id
     if not value:
         raise ValueError("user_id must be a non-empty string")
     return text("user_id", value)
@@ -232,8 +233,9 @@ def text(name: str, value: Any) -> str:
     if not value.isascii():
         try:
             value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"{name} must be valid Unicode text (it holds a lone surrogate), got {value!r}") from None
+        except UnicodeEncodeError as exc:  # the value is not shown: it may be a user id or a visitor's IP
+            raise ValueError(f"{name} must be valid Unicode text: it holds a lone surrogate at character "
+                             f"{exc.start} of {len(value)}") from None
     return value
 
 
@@ -263,19 +265,53 @@ def fme_event_name(name: str, value: Any) -> str:
                      "FME event name such as 'purchase'")
 
 
+#: How deep the values of FME properties may nest (objects and lists in objects ...).
+MAX_JSON_DEPTH = 32
+
+
 def _no_constant(word: str) -> Any:
     raise ValueError(f"{word} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: valid JSON text, but no JSON encoder can write it back
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _depth(doc: Any) -> int:
+    """How deep a parsed JSON value nests (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(doc, 0)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, (dict, list)):
+            level += 1
+            deepest = max(deepest, level)
+            stack.extend((v, level) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def parse_json(name: str, text: str | bytes | bytearray) -> Any:
+    """A JSON document as VWO can take it: no NaN or infinities (nor numbers that overflow to
+    them), nested at most ``MAX_JSON_DEPTH`` deep; ``ValueError`` naming ``name`` otherwise."""
+    try:
+        doc = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError(f"{name} nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:
+        raise ValueError(f"{name} is not valid JSON for VWO: {exc}") from None
+    if _depth(doc) > MAX_JSON_DEPTH:
+        raise ValueError(f"{name} nests deeper than {MAX_JSON_DEPTH} levels")
+    return doc
+
+
 def json_object(name: str, value: Any) -> str:
-    """Text holding a JSON object (FME properties): returned as given once it parses as one;
-    NaN and Infinity, which JSON does not have, are refused."""
+    """Text holding a JSON object (FME properties): returned as given once it parses as one, by
+    ``parse_json``'s rules."""
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str holding a JSON object, got {type(value).__name__}")
-    try:
-        doc = json.loads(text(name, value), parse_constant=_no_constant)
-    except ValueError as exc:
-        raise ValueError(f"{name} must hold a JSON object: {exc}") from None
+    doc = parse_json(name, text(name, value))
     if not isinstance(doc, dict):
         raise ValueError(f"{name} must hold a JSON object ({{...}}), got {type(doc).__name__}")
     return value

@@ -42,6 +42,10 @@ def _check_callback(callback: Any) -> None:
     name = "batch_events['flush_callback']"
     if not callable(callback):
         raise TypeError(f"{name} must be callable(err, events), got {type(callback).__name__}")
+    if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(type(callback).__call__):
+        raise TypeError(f"{name} must be a plain function: it runs on a thread of its own, so an async def "
+                        "would never be awaited (from it, hand the result to your loop with "
+                        "loop.call_soon_threadsafe or asyncio.run_coroutine_threadsafe)")
     try:
         signature = inspect.signature(callback)
     except (TypeError, ValueError):  # some builtins have none: nothing to check

@@ -207,6 +207,8 @@ def test_invalid_event_rejects_whole_batch(rx: Receiver, session: requests.Sessi
         ({"ctype": "text/plain"}, 400, "Content-Type must be application/json"),
         ({"ctype": None}, 400, "Content-Type must be application/json"),
         ({"body": b"{not json"}, 400, "not valid JSON"),
+        ({"body": b'{"ev": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"}, 400, "deeper than"),
+        ({"body": b'{"ev": [{"eT": 2, "r": 1e400}]}'}, 400, "not a finite number"),
         ({"body": b'{"ev": [{"eT": NaN}]}'}, 400, "not valid JSON"),
         ({"body": b"[]"}, 400, "at least one event"),
         ({"body": b'{"ev": []}'}, 400, "at least one event"),

@@ -297,3 +297,18 @@ def test_the_names_vwo_sdks_use_are_aliases():
     processor = span_processor_from_env(batch_event_data={"events_per_request": 9}, environ=env)
     assert processor.batcher.events_per_request == 9
     processor.shutdown()
+
+
+def test_an_async_flush_callback_is_refused_it_would_never_run():
+    from vwo_otel.config import parse_batch_events
+
+    async def cb(err, events):
+        pass
+
+    class AsyncCallable:
+        async def __call__(self, err, events):
+            pass
+
+    for callback in (cb, AsyncCallable()):
+        with pytest.raises(TypeError, match="async def"):
+            parse_batch_events({"events_per_request": 5, "flush_callback": callback})

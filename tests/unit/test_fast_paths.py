@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import random
 import uuid
 
@@ -37,6 +38,10 @@ def test_compact_json_matches_the_encoder():
                       rnd.randrange(100), rnd.randrange(10**9), rnd.choice(REVENUES) if et == 2 else None,
                       rnd.choice(TEXTS) if et == 3 else None, rnd.choice(TEXTS) if et == 3 else None,
                       rnd.choice(TEXTS), rnd.choice(TEXTS))
+        if type(ev.revenue) is float and not math.isfinite(ev.revenue):  # not JSON: the event fails alone
+            with pytest.raises(ValueError):
+                enc.encode([ev])
+            continue
         dicts, parts = enc.encode([ev])
         assert parts == [_dumps(dicts[0]).encode()]
 

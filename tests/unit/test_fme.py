@@ -228,3 +228,32 @@ def test_bad_fme_calls_name_the_argument(call, names):
     with pytest.raises((TypeError, ValueError), match=names):
         call(VWOEvents(tracer_provider=provider))
     assert provider.spans == []
+
+
+@pytest.mark.parametrize("text", ['{"x": 1e400}', '{"x": [1, -1e999]}', '{"x": ' + "[" * 40 + "]" * 40 + "}",
+                                  '{"x": ' + "[" * 100_000 + "]" * 100_000 + "}"])
+def test_properties_vwo_could_not_take_are_refused_at_decode(text):
+    """1e400 parses as infinity (no JSON encoder writes it back: VWO would refuse the whole batch);
+    nesting past MAX_JSON_DEPTH (or deep enough to exhaust the parser's recursion) is refused too,
+    as a malformed event, never an exception into the app's thread."""
+    with pytest.raises(MalformedEvent, match=A.EVENT_PROPERTIES.replace(".", r"\.")):
+        from_attributes({A.EVENT_TYPE: "purchase", A.USER_ID: "u", A.EVENT_PROPERTIES: text}, T_NS)
+
+
+def test_vwo_events_refuses_deep_properties_naming_them():
+    deep: dict = {}
+    inner = deep
+    for _ in range(5000):
+        inner["x"] = {}
+        inner = inner["x"]
+    with pytest.raises(ValueError, match="properties"):
+        VWOEvents(tracer_provider=_Provider()).track_event("purchase", "u", deep)
+
+
+def test_an_event_no_encoder_can_write_fails_alone():
+    """A value that is not JSON (NaN) raises in the encoder, so the engine reports that event
+    alone instead of VWO refusing its whole batch."""
+    ev = decode(vwo__event__type="purchase", vwo__user_id="u")
+    ev.props = '{"x": NaN}'  # got past the decoder some other way (a damaged spool row)
+    with pytest.raises(ValueError):
+        FMEFormat(ACCOUNT_ID, SDK_KEY).encode([ev])

@@ -77,8 +77,12 @@ def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
     assert policy.wait(10_000) <= 3.6  # no overflow for huge attempt numbers
 
 
-def test_zero_backoff_means_no_wait() -> None:
-    assert RetryPolicy(initial_backoff=0, max_backoff=0).wait(3) == 0
+@pytest.mark.parametrize("kwargs", [{"initial_backoff": 0}, {"max_backoff": 0}, {"initial_backoff": -1}])
+def test_a_zero_backoff_is_refused_it_would_retry_in_a_hot_loop(kwargs) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        RetryPolicy(**kwargs)
+    with pytest.raises(ValueError, match="initial_backoff"):
+        RetryPolicy.from_retry_config({"initial_delay": 0})
 
 
 def test_retry_after_seconds_is_a_floor() -> None:

@@ -41,8 +41,9 @@ class RetryPolicy:
     pause_statuses: frozenset[int] = PAUSE_STATUSES
 
     def __post_init__(self) -> None:
-        for name in ("budget", "initial_backoff", "max_backoff"):
-            checks.seconds(f"RetryPolicy.{name}", getattr(self, name))
+        checks.seconds("RetryPolicy.budget", self.budget)
+        for name in ("initial_backoff", "max_backoff"):  # 0 would retry in a hot loop
+            checks.RETRY_BACKOFF.check(f"RetryPolicy.{name}", getattr(self, name))
         if self.max_retries is not None:
             checks.MAX_RETRIES.check("RetryPolicy.max_retries", self.max_retries)
         checks.BACKOFF_MULTIPLIER.check("RetryPolicy.backoff_multiplier", self.backoff_multiplier)

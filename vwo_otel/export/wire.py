@@ -20,7 +20,8 @@ from typing import Any, NamedTuple, Protocol
 from ..event import VWOEvent
 
 VWO_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://vwo.com")
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
+#: Compact JSON; NaN and infinities, which are not JSON, raise (the event fails alone, never its batch).
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _quote = json.encoder.encode_basestring_ascii  # what _dumps uses for strings (ensure_ascii)
 _float_repr = float.__repr__  # what _dumps uses for finite floats
 BODY_OVERHEAD = len('{"ev":[]}')

@@ -82,6 +82,8 @@ _HOOKS: tuple[tuple[str, str, str], ...] = (
     ("wingify.wingify_client", "WingifyClient.flush_events", "flush_events"),
     ("wingify.services.settings_manager", "SettingsManager.is_settings_valid", "settings_valid"),
 )
+#: Where the SDK's ``init(options)`` is bound (``wingify.init``, and what ``vwo.init`` calls).
+_INITS = (("wingify.wingify", "init"), ("wingify", "init"), ("vwo.vwo", "_wingify_init"))
 _BUILDER = "wingify.wingify_builder"  # its settings-poll timers come from its module global ``threading``
 _SETTINGS = "wingify.services.settings_manager"
 _CLIENT = "wingify.wingify_client"
@@ -183,6 +185,14 @@ class VWOFMEInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             target = _resolve(owner)
             bridge.originals.append((target, attr, vars(target)[attr]))  # as defined: a staticmethod stays one
             wrapt.wrap_function_wrapper(module, name, getattr(bridge, method))
+        if kwargs.get("strict"):  # and when a client is made for an account no processor delivers
+            for module, name in _INITS:
+                try:
+                    target = importlib.import_module(module)
+                except ImportError:  # wingify-fme-python-sdk has no vwo facade
+                    continue
+                bridge.originals.append((target, name, vars(target)[name]))
+                wrapt.wrap_function_wrapper(module, name, bridge.init)
         builder = modules[_BUILDER]
         bridge.builder_threading = builder.threading
         setattr(builder, "threading", _DaemonTimers())  # noqa: B010 - a module global of the SDK
@@ -313,6 +323,16 @@ class _FMEBridge(Bridge):
         if valid is True and isinstance(settings, dict):
             self._valid_settings = settings
         return valid
+
+    def init(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> Any:
+        """``init(options)`` under ``strict=True``: a client for an account whose events no VWO
+        processor delivers is refused (``ConfigError`` naming both accounts), before it is made."""
+        options = args[0] if args else kwargs.get("options")
+        account = options.get("account_id") if isinstance(options, dict) else None
+        if account is not None:
+            self.refuse_unless_delivered(checks.account_id(account))
+        return wrapped(*args, **kwargs)
 
     # -- WingifyClient.flush_events -----------------------------------------------------------------
     def flush_events(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],

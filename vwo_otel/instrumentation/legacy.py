@@ -66,8 +66,10 @@ class VWOInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         """As ``BaseInstrumentor.instrument``; in an app that runs VWO's FME SDK instead, says to
         use ``VWOFMEInstrumentor`` (both SDKs install a ``vwo`` package; this one finds no legacy SDK)."""
         if not _installed("vwo-python-sdk") and any(map(_installed, FME_SUPPORTED)):
-            logger.error("vwo_otel: VWOInstrumentor instruments the deprecated vwo-python-sdk, but this app runs "
-                         "VWO's FME SDK: use vwo_otel.instrumentation.VWOFMEInstrumentor().instrument(...)")
+            # opentelemetry-instrument loads every instrumentor (skip_dep_check): vwo_fme does this app's
+            level = logging.DEBUG if kwargs.get("skip_dep_check") else logging.ERROR
+            logger.log(level, "vwo_otel: VWOInstrumentor instruments the deprecated vwo-python-sdk, but this app "
+                       "runs VWO's FME SDK: use vwo_otel.instrumentation.VWOFMEInstrumentor().instrument(...)")
             return None
         return super().instrument(**kwargs)
 

@@ -39,10 +39,12 @@ class Receivers:
 
     by_account: dict[int, tuple[VWOProcessor, ...]]
     any_account: bool = False
+    #: the provider's other processors would export VWO spans too (no ``VWOSampler``): none arrive
+    leaks: bool = False
 
     def take(self, account: int) -> bool:
         """Whether events of ``account`` arrive."""
-        return self.any_account or is_open(self.by_account.get(account))
+        return self.any_account or (not self.leaks and is_open(self.by_account.get(account)))
 
 
 def is_open(processors: tuple[VWOProcessor, ...] | None) -> bool:
@@ -67,8 +69,6 @@ def receivers(provider: Any, log: bool, to_gateway: bool) -> Receivers:
         unknown = not type(provider).__name__.startswith("NoOp")
         return Receivers({}, to_gateway or unknown)
     route = Route.of(provider, log)  # the rules VWOEvents follows: no leak into the app's own exporters
-    if route.leaks and not to_gateway:
-        return Receivers({})
     stock = log or not isinstance(getattr(provider, "sampler", None), VWOSampler)
     by_account: dict[int, tuple[VWOProcessor, ...]] = {}
     for processor, account in _vwo_accounts(processors, kind, stock):
@@ -76,7 +76,7 @@ def receivers(provider: Any, log: bool, to_gateway: bool) -> Receivers:
             by_account[account] = by_account.get(account, ()) + (processor,)
         else:
             by_account.setdefault(account, ())
-    return Receivers(by_account, to_gateway)
+    return Receivers(by_account, to_gateway, route.leaks and not to_gateway)
 
 
 def _vwo_accounts(processors: Iterable[Any], kind: type, stock: bool) -> Iterable[tuple[Any, int]]:
@@ -140,6 +140,11 @@ class Bridge:
     def missing(self, account: int | None, found: Receivers) -> str:
         """Which processor is missing, naming the SDK's account and the ones the provider delivers."""
         kind = "VWOLogRecordProcessor on the LoggerProvider" if self._log else "VWOSpanProcessor on the TracerProvider"
+        if found.leaks:
+            fix = ("use a LoggerProvider of its own for VWO" if self._log
+                   else "create the TracerProvider with sampler=vwo_otel.VWOSampler(<your sampler>)")
+            return (f"the provider's other processors would export {self.sdk}'s events too, user ids included "
+                    f"({fix})")
         if account is not None and account in found.by_account:
             return f"the {kind} of VWO account {account} is shut down"
         delivered = sorted(a for a, procs in found.by_account.items() if is_open(procs))
@@ -152,7 +157,8 @@ class Bridge:
     def refuse_unless_delivered(self, account: int | None) -> None:
         """``strict=True``: ``ConfigError`` unless events of ``account`` (None: of any) reach a VWO processor."""
         found = self.found()
-        if found.any_account or (account is None and any(is_open(p) for p in found.by_account.values())):
+        if found.any_account or (account is None and not found.leaks
+                                 and any(is_open(p) for p in found.by_account.values())):
             return
         if account is not None and found.take(account):
             return

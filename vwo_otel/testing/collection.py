@@ -15,6 +15,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
+from .. import checks
 from ..event_types import TYPES, EventType, FMEWire, Key, Kind, LegacyWire, row_for
 from ..export.fme import BATCH_PATH as FME_BATCH_PATH
 from ..export.fme import EVENTS_PATH as FME_EVENTS_PATH
@@ -308,9 +309,9 @@ class Collection:
         except DecodeError as exc:
             raise _Invalid(str(exc)) from None
         try:
-            return json.loads(data, parse_constant=_reject_constant)
-        except ValueError:
-            raise _Invalid("body is not valid JSON") from None
+            return checks.parse_json("body", data)
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
 
     def _batch(self, h: Request, params: dict[str, str], doc: Any, body: bytes, fme: bool) -> Outcome:
         """Validate a batch POST (legacy or FME v2); what it stores is ``{"ev": [...]}``. An FME

@@ -37,12 +37,21 @@ POISON = bool(os.environ.get("FME_POISON"))  # user-0's purchase carries currenc
 logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="LOG %(levelname)s %(name)s %(message)s")
 
 
+_OUT = threading.Lock()  # a line from each thread whole: print writes the text and the newline apart
+
+
+def _line(text: str) -> None:
+    with _OUT:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
 def result(**values: Any) -> None:
-    print("RESULT " + json.dumps(values), flush=True)
+    _line("RESULT " + json.dumps(values))
 
 
 def _callback(err: Any, events: list) -> None:
-    print(f"CALLBACK {err if err is None else str(err).replace(' ', '_')} {len(events)}", flush=True)
+    _line(f"CALLBACK {err if err is None else str(err).replace(' ', '_')} {len(events)}")
 
 
 provider: Any = None

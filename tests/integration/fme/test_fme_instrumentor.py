@@ -206,3 +206,31 @@ def test_the_settings_file_found_valid_is_not_checked_again_but_any_other_is():
     finally:
         instrumentor.uninstrument()
     assert isinstance(vars(SettingsManager)["is_settings_valid"], staticmethod)
+
+
+@pytest.mark.parametrize("brand", ["vwo", "wingify"])
+def test_strict_refuses_init_for_an_account_no_processor_delivers(brand):
+    """instrument(strict=True), then vwo.init / wingify.init for another account than the
+    processor's: refused (ConfigError naming both accounts) before the client is made."""
+    import importlib
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from vwo_otel import VWOExporter, VWOSampler, VWOSpanProcessor
+    from vwo_otel.errors import ConfigError
+    from vwo_otel.instrumentation import VWOFMEInstrumentor
+
+    sdk = importlib.import_module(brand)
+    provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+    processor = VWOSpanProcessor(VWOExporter(OTHER_ACCOUNT, "k" * 32), None)
+    provider.add_span_processor(processor)
+    instrumentor = VWOFMEInstrumentor()
+    instrumentor.instrument(tracer_provider=provider, strict=True)
+    try:
+        with pytest.raises(ConfigError) as info:
+            sdk.init({"account_id": ACCOUNT, "sdk_key": "k" * 32})
+        assert f"account {ACCOUNT}" in str(info.value) and f"account {OTHER_ACCOUNT}" in str(info.value)
+    finally:
+        instrumentor.uninstrument()
+        processor.shutdown()
+    assert not hasattr(importlib.import_module("wingify.wingify").init, "__wrapped__")
