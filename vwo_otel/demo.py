@@ -1,5 +1,7 @@
 """The demo: a small app emits VWO events through OpenTelemetry with batching, against the
-embedded loopback receiver (or ``--endpoint``), and shows what went over the wire."""
+embedded loopback receiver (or ``--endpoint``), and shows what went over the wire. It emits both
+kinds: the legacy SDK's (activate / track / push) and FME's (variation_shown / track_event /
+set_attribute), through one processor, each in its own wire format."""
 
 from __future__ import annotations
 
@@ -67,6 +69,16 @@ def run_demo(out: TextIO, *, endpoint: str | None = None, account_id: int = DEMO
             if i % 10 == 0:
                 vwo.push(user, {"plan": rng.choice(("free", "pro")), "country": "DE"})
                 emitted += 2
+            # the same app's FME flag (VWO's current SDK's events, in its batch-events-v2 format)
+            flag_variation = rng.choice((1, 2))
+            vwo.variation_shown(1021, flag_variation, user, visitor_ua="demo-browser/1.0")
+            emitted += 1
+            if rng.random() < 0.2:
+                vwo.track_event("purchase", user, {"amount": round(rng.uniform(5, 120), 2), "currency": "EUR"})
+                emitted += 1
+            if i % 25 == 0:
+                vwo.set_attribute({"plan": rng.choice(("free", "pro"))}, user)
+                emitted += 1
     emit_seconds = time.perf_counter() - started
     out.write(f"emitted {emitted} VWO events from {users} simulated requests in {emit_seconds * 1000:.1f} ms on "
               f"the app's thread ({emit_seconds * 1e6 / emitted:.1f} us per event, counting each request's own "
@@ -93,7 +105,14 @@ def run_demo(out: TextIO, *, endpoint: str | None = None, account_id: int = DEMO
                       f"{r['n_events']} events, {r['body_bytes']} bytes\n")
         out.write(f"requests {s['requests']}, events {s['events']}, events per request "
                   f"{s['events_per_request']:.1f}, bytes per event {s['bytes_per_event']:.1f}\n")
-        sample = receiver.events()[:3]
+        for path in sorted({r["path"] for r in receiver.requests()}):
+            mine = [r for r in receiver.requests() if r["path"] == path and r["accepted"]]
+            n = sum(r["n_events"] for r in mine)
+            if n:
+                out.write(f"  {path}: {n} events in {len(mine)} requests, "
+                          f"{sum(r['body_bytes'] for r in mine) / n:.1f} bytes per event\n")
+        stored = receiver.events()
+        sample = [e for e in stored if "eT" in e][:2] + [e for e in stored if "d" in e][:1]
         out.write("first events as stored: " + "; ".join(str(e) for e in sample) + "\n")
         receiver.stop()
     return 0 if ok and delivered == emitted else 1
