@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from vwo_otel import attributes as A
-from vwo_otel.event_types import LEGACY_TYPES
 from vwo_otel.testing.receiver import Receiver
 
 README = Path(__file__).resolve().parent.parent.parent / "README.md"
@@ -100,7 +99,7 @@ def test_readme_python_blocks_run(tmp_path):
         assert "README blocks done" in proc.stdout
         # the set-up's events reached the receiver at exit, without a flush: each in its format
         got = rx.events()
-        assert sorted(e["eT"] for e in got if "eT" in e) == list(LEGACY_TYPES)
+        assert sorted(e["eT"] for e in got if "eT" in e) == [A.VISITOR, A.GOAL, A.CUSTOM_DIMENSION]
         assert sorted(e["d"]["event"]["name"] for e in got if "d" in e) == sorted(
             ["purchase", A.VARIATION_SHOWN, A.SYNC_VISITOR_PROP])
 

@@ -216,7 +216,8 @@ def test_drop_order_comes_from_the_priority_table(make, monkeypatch):
     assert users(b.snapshot()) == ["i1", "c1", "top"]
     b.put(VWOEvent(9, "top2", 1))
     assert users(b.snapshot()) == ["i1", "top", "top2"]
-    b.put(VWOEvent(7, "unknown", 1))  # a type the table does not know ranks below all
+    unknown = max(k for k in event_module.DROP_PRIORITY if isinstance(k, int)) + 100
+    b.put(VWOEvent(unknown, "unknown", 1))  # a type the table does not know ranks below all
     assert users(b.snapshot()) == ["i1", "top", "top2"]
     assert b.dropped == {"queue_full": 3}
 
