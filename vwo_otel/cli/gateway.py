@@ -30,7 +30,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--account", action="append", default=[], metavar="ID[=SDK_KEY]",
                    help="a VWO account (repeat for several); without =SDK_KEY the key is read from the "
                         "environment variable VWO_SDK_KEY_<ID> (keeps it out of the process list)")
-    p.add_argument("--default-account", metavar="ID", help="account for events without vwo.account_id")
+    p.add_argument("--default-account", metavar="ID", help="account for events without vwo.account_id (only with "
+                   "one account: a gateway with several refuses events that do not name theirs)")
     p.add_argument("--endpoint", help=f"VWO collection host (default {checks.DEFAULT_ENDPOINT})")
     p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 to serve other hosts, which "
                    "needs --auth-token-env or auth_tokens)")

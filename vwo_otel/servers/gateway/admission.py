@@ -129,6 +129,9 @@ class Admission:
         self.config, self._batchers, self._counters, self._log = config, batchers, counters, log
         self._lock = threading.Lock()
         self.stopping = False
+        #: why an event without an account is refused (only ever without a default account)
+        self._no_account = f"no {ACCOUNT_ID} on the record or its resource " + (
+            "and no default account" if len(batchers) == 1 else "(a gateway with several accounts has no default)")
 
     def stop(self) -> None:
         """From now on every request is refused 503 + ``Retry-After``."""
@@ -189,7 +192,7 @@ class Admission:
                 if isinstance(where, str):
                     if where == "unknown_account":
                         reject("unknown_account", f"{ACCOUNT_ID} {raw} is not configured on this gateway"
-                               if raw is not None else f"no {ACCOUNT_ID} and no default account")
+                               if raw is not None else self._no_account)
                     else:
                         reject("malformed", f"{ACCOUNT_ID} must be a positive integer, got {otlp.shorten(raw)}")
                     continue

@@ -109,6 +109,12 @@ class GatewayConfig:
             default = checks.account_id(self.default_account, "default_account")
             if default not in self.accounts:
                 raise ValueError(f"default_account {default} is not one of the configured accounts")
+            if len(self.accounts) > 1:
+                raise ValueError(f"default_account {default} with {len(self.accounts)} accounts: an event without "
+                                 f"{otlp.ACCOUNT_ID} could belong to any of them (collectors drop a resource's "
+                                 "attributes when they split a batch), so a gateway with several accounts has no "
+                                 f"default; put {otlp.ACCOUNT_ID} on each record (VWOEvents(to_gateway=True) does) "
+                                 "and remove default_account")
             object.__setattr__(self, "default_account", default)
         for name, allowed in _RANGES.items():
             allowed.check(name, getattr(self, name))
