@@ -5,9 +5,9 @@ to ``POST /v1/traces`` and ``POST /v1/logs`` (protobuf or JSON, optionally gzip/
 Items that carry ``vwo.event.type`` become VWO events (the same attributes and decoding as
 ``VWOSpanProcessor``: span start time / log timestamp -> ``sId``); everything else is accepted
 and ignored. Each event goes to the VWO account named by ``vwo.account_id`` (on the item, else
-on its resource, else the default account, which only a gateway with one account has) and through that account's ``Batcher`` (count/age
-batching, retries, 413 splitting, bounded backlog, optional spool) to ``VWOExporter``. SDK keys
-live only in the gateway's configuration.
+on its resource, else the default account, which only a gateway with one account has) and
+through that account's ``Batcher`` (count/age batching, retries, 413 splitting, bounded backlog,
+optional spool) to ``VWOExporter``. SDK keys live only in the gateway's configuration.
 
 OTLP semantics: 200 with an ``Export*ServiceResponse`` in the request's encoding, whose
 ``partial_success`` counts malformed or unknown-account VWO items; 400 undecodable body;
