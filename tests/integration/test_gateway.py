@@ -452,7 +452,9 @@ def test_stopping_gateway_answers_503_with_retry_after(make_gateway):
     gw.stop_accepting()
     r = post(gw, "/v1/logs", logs_json(({}, [goal("late")])))
     assert r.status_code == 503 and r.headers["Retry-After"] == "3"
-    assert requests.get(gw.url + "/healthz", timeout=5).status_code == 503
+    assert requests.get(gw.url + "/healthz", timeout=5).status_code == 200  # liveness: it still serves
+    ready = requests.get(gw.url + "/readyz", timeout=5)
+    assert ready.status_code == 503 and ready.headers["Retry-After"] == "3" and "draining" in ready.text
     assert gw.stop(2)
     with pytest.raises(requests.ConnectionError):
         post(gw, "/v1/logs", logs_json(({}, [goal("later")])))

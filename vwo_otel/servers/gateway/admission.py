@@ -138,6 +138,17 @@ class Admission:
         with self._lock:
             self.stopping = True
 
+    def unready(self) -> str | None:
+        """Why the gateway should be sent nothing now (``/readyz`` 503), or None: it is draining,
+        or an account's backlog (or, with a spool, its disk) cannot take one more event."""
+        if self.stopping:
+            return "draining"
+        for account_id in self._batchers:
+            why = self._full(account_id, 1, 0)
+            if why is not None:
+                return why
+        return None
+
     def retry_after(self) -> tuple[str, str]:
         """The ``Retry-After`` header of a 429 / 503: ``retry_after`` in whole seconds."""
         return ("Retry-After", str(max(0, math.ceil(self.config.retry_after))))
