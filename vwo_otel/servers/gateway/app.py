@@ -147,6 +147,8 @@ class Gateway:
                                   name=f"vwo_otel-gateway:{self._port}", daemon=True)
         thread.start()
         self._server, self._thread = server, thread
+        if self._peers is not None:
+            self._peers.publish(self.stats())  # counted among the workers from the start
         if self._peers is not None or c.spool is not None:
             self._ticker = threading.Thread(target=self._tick, name=f"vwo_otel-gateway-tick:{self._port}", daemon=True)
             self._ticker.start()

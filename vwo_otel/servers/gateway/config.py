@@ -34,7 +34,7 @@ _RANGES: dict[str, checks.Range] = {
     "retry_after": checks.RETRY_AFTER, "shutdown_timeout": checks.SHUTDOWN_TIMEOUT, "timeout": checks.TIMEOUT,
     "max_body_bytes": checks.MAX_BODY_BYTES, "max_inflated_bytes": checks.MAX_BODY_BYTES,
     "idle_timeout": checks.SERVER_TIMEOUT, "header_timeout": checks.SERVER_TIMEOUT,
-    "body_timeout": checks.SERVER_TIMEOUT, "max_connections": checks.MAX_CONNECTIONS,
+    "body_timeout": checks.SERVER_TIMEOUT, "max_connections": checks.MAX_CONNECTIONS, "workers": checks.WORKERS,
 }
 
 
@@ -94,6 +94,9 @@ class GatewayConfig:
     #: Connections open at once (lowered to what the file limit allows); when full the longest-idle
     #: one is closed to admit a new one.
     max_connections: int = httpd.DEFAULT_MAX_CONNECTIONS
+    #: Processes serving the port (``vwo-otel gateway``; ``workers.py``): each with its own
+    #: backlogs and spool files, the connections spread over them; the bounds above are each one's.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         accounts = self.accounts
@@ -195,7 +198,7 @@ CONFIG_KEYS = ("accounts", "default_account", "endpoint", "host", "port", "event
                "request_time_interval", "max_backlog", "retry_after", "shutdown_timeout", "spool", "timeout",
                "retry_budget", "max_body_bytes", "max_inflated_bytes", "auth_tokens", "tls_cert", "tls_key",
                "max_backlog_bytes", "max_items", "spool_max_bytes", "spool_max_age", "idle_timeout", "header_timeout",
-               "body_timeout", "max_connections")
+               "body_timeout", "max_connections", "workers")
 
 
 def _account_entry(key: Any, value: Any, environ: Mapping[str, str]) -> Account:
