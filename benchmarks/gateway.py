@@ -398,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in memory:
         answers = ",".join(map(str, row.get("answers", []))) or "-"
         took = f"{row['seconds']:.2f} s" if "seconds" in row else "-"
-        print(f"  {row['case']:<26} peak {row['VmHWM']:>5} MB (x{row['VmHWM'] / max(row.get('start', start_hwm), 1):.1f})  "
+        x = row["VmHWM"] / max(row.get("start", start_hwm), 1)  # against its own gateway's start
+        print(f"  {row['case']:<26} peak {row['VmHWM']:>5} MB (x{x:.1f})  "
               f"rss {row['VmRSS']:>5} MB  threads {row['Threads']:>4}  answers {answers:<8} {took}")
     missing = [r for r in results if r["events"] != r["expected"]]
     if missing:

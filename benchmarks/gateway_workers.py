@@ -150,7 +150,8 @@ def run_sample(receiver: Any, workers: int, senders: int, total: int, events_per
     out, _ = gateway.communicate(timeout=120)
     stats = json.loads(out.strip().splitlines()[-1])
     return {"workers": workers, "events": total, "seconds": seconds, "events_per_s": total / seconds,
-            "cpu_seconds": cpu, "cpu_us_per_event": cpu / total * 1e6, "receiver_cpu": receiver_cpu / seconds, "delivered_during": delivered_by_then,
+            "cpu_seconds": cpu, "cpu_us_per_event": cpu / total * 1e6, "receiver_cpu": receiver_cpu / seconds,
+            "delivered_during": delivered_by_then,
             "refused": sum(d["refused"] for d in done), "accepted": stats.get("accepted"),
             "delivered": receiver.event_count(), "exit": gateway.returncode}
 
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"cores, receiver {row['receiver_cpu']:.2f} cores, {row['delivered']}/{total} delivered, "
                       f"{row['refused']} refused, exit {row['exit']}", flush=True)
     print()
-    head = f"{'workers':>7} {'events/s (median)':>18} {'samples':>30} {'CPU us/event':>13} {'events/CPU-s':>13} {'x':>6}"
+    head = (f"{'workers':>7} {'events/s (median)':>18} {'samples':>40} {'gateway cores':>14} {'CPU us/event':>13} "
+            f"{'events/CPU-s':>13} {'x':>6}")
     print(head)
     print("-" * len(head))
     base = None
@@ -195,8 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         rate = statistics.median(r["events_per_s"] for r in mine)
         cpu = statistics.median(r["cpu_us_per_event"] for r in mine)
         base = base or rate
+        cores = statistics.median(r["cpu_seconds"] / r["seconds"] for r in mine)
         samples = " ".join(f"{r['events_per_s']:,.0f}" for r in mine)
-        print(f"{workers:>7} {rate:>18,.0f} {samples:>30} {cpu:>13.1f} {1e6 / cpu:>13,.0f} {rate / base:>5.2f}x")
+        print(f"{workers:>7} {rate:>18,.0f} {samples:>40} {cores:>14.2f} {cpu:>13.1f} {1e6 / cpu:>13,.0f} "
+              f"{rate / base:>5.2f}x")
+    print("x: median events/s against the first worker count's. The gateway shares the machine with the senders "
+          "and the receiver (and whatever else runs): with N workers it can use N cores only if they are free.")
     lost = [r for r in rows if r["delivered"] != r["events"] or r["exit"] != 0]
     if lost:
         print(f"WARNING: {len(lost)} sample(s) did not deliver every event exactly: {lost}")
