@@ -23,7 +23,6 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -208,9 +207,8 @@ def _worker(config: GatewayConfig, sock: socket.socket, others: list[socket.sock
             if os.getppid() != parent:  # the parent died (kill -9): do not hold the port alone
                 logger.warning("vwo_otel gateway: worker %d: the parent process is gone; stopping", os.getpid())
                 break
-        note: Callable[[int, FrameType | None], None] = lambda signum, frame: None  # noqa: E731
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, note)  # a second signal must not cut the drain
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the drain
         ok = gateway.stop()
         stats = gateway.stats()
         lost = any(a["failed"] or any(a["dropped"].values()) for a in stats["accounts"].values())
