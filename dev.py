@@ -47,6 +47,25 @@ def ensure_venv(extra: str, venv_dir: str = VENV) -> None:
         f.write(digest)
 
 
+def ensure_haproxy() -> None:
+    """Debian's haproxy for tests/integration/test_deploy.py (the compose topology as processes):
+    installed with apt-get when missing and this is root; otherwise that test skips, saying why."""
+    import shutil
+
+    if shutil.which("haproxy") or not shutil.which("apt-get") or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    print("installing haproxy (apt-get) for tests/integration/test_deploy.py", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for step in (["apt-get", "install", "-y", "-q", "haproxy"], ["apt-get", "update", "-q"],
+                 ["apt-get", "install", "-y", "-q", "haproxy"]):
+        try:
+            subprocess.run(step, env=env, capture_output=True, timeout=300, check=False)
+        except subprocess.TimeoutExpired:
+            return
+        if shutil.which("haproxy"):
+            return
+
+
 def run(*cmd: str) -> int:
     print("+ " + " ".join(cmd), flush=True)
     return subprocess.run(cmd, cwd=ROOT).returncode
@@ -68,6 +87,7 @@ def main(argv: list) -> int:
     if argv[0] == "fme":
         return fme_tests(*argv[1:])
     ensure_venv("test")
+    ensure_haproxy()
     pythons = (PY, "-m", "nox")  # noxfile.py: 3.10 / 3.12 / 3.13 (those found), unit + core integration
     if argv[0] == "pythons":
         return run(*pythons, *argv[1:])

@@ -288,6 +288,34 @@ def run_memory(receiver: Any, idle: int = 300) -> list[dict[str, Any]]:
     return rows
 
 
+def worst_json_body() -> bytes:
+    """A gzip OTLP/JSON body at the bounds: just under ``max_inflated_bytes`` (32 MiB) inflated and
+    ``max_items`` x ``JSON_VALUES_PER_ITEM`` (1,000,000) values, spent on the objects that cost
+    ``json.loads`` the most memory (spans with a name only, no VWO event among them): about 110 KB."""
+    import gzip
+
+    span = b'{"name":"' + b"x" * 55 + b'"},'
+    return gzip.compress(b'{"resourceSpans":[{"scopeSpans":[{"spans":[' + span * 499_000 + b'{}]}]}]}', 9)
+
+
+def run_worst_json(receiver: Any) -> dict[str, Any]:
+    """A fresh gateway process's peak RSS for one ``worst_json_body`` (answered 200: it is within the bounds)."""
+    import requests
+
+    body = worst_json_body()
+    proc, url = _start_gateway(receiver.url)
+    try:
+        time.sleep(0.5)
+        start = _proc_status(proc.pid)["VmHWM"]
+        t0 = time.perf_counter()
+        status = requests.post(url + "/v1/traces", data=body, timeout=60,
+                               headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}).status_code
+        return {"case": f"worst JSON ({len(body) // 1024} KB gzip)", "answers": [status],
+                "seconds": time.perf_counter() - t0, "start": start, **_proc_status(proc.pid)}
+    finally:
+        _stop_gateway(proc)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the phases and print a table with the ratios."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -297,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, help="events/s of all apps together in the paced phase (default 200)")
     parser.add_argument("--seconds", type=float, help="length of the paced phase (default 6)")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--memory", action="store_true", help="only the last table (peak RSS and threads)")
     parser.add_argument("--sender", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.sender:
@@ -310,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     rate = args.rate or mode["rate"]
     seconds = args.seconds or mode["seconds"]
     results: list[dict[str, Any]] = []
+    if args.memory:
+        senders = []
     print(f"# vwo-otel gateway benchmark: events_per_request={EVENTS_PER_REQUEST}, "
           f"request_time_interval={REQUEST_TIME_INTERVAL:g} s, {os.cpu_count()} CPU(s), Python "
           f"{sys.version.split()[0]}", flush=True)
@@ -359,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"with {lo} sender(s), {r_hi['events_per_s_in']:,.0f} with {hi}")
     with Receiver(account_id=ACCOUNT_ID, sdk_key=SDK_KEY) as receiver:
         memory = run_memory(receiver)
+        memory.append(run_worst_json(receiver))
     print()
     print("gateway process: peak RSS (VmHWM) and threads; x = peak / peak at start "
           "(before the bounds: 1.7 GB for one JSON bomb, 2,002 threads for 2,000 idle connections)")
@@ -366,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in memory:
         answers = ",".join(map(str, row.get("answers", []))) or "-"
         took = f"{row['seconds']:.2f} s" if "seconds" in row else "-"
-        print(f"  {row['case']:<24} peak {row['VmHWM']:>5} MB (x{row['VmHWM'] / max(start_hwm, 1):.1f})  "
+        x = row["VmHWM"] / max(row.get("start", start_hwm), 1)  # against its own gateway's start
+        print(f"  {row['case']:<26} peak {row['VmHWM']:>5} MB (x{x:.1f})  "
               f"rss {row['VmRSS']:>5} MB  threads {row['Threads']:>4}  answers {answers:<8} {took}")
     missing = [r for r in results if r["events"] != r["expected"]]
     if missing:

@@ -65,12 +65,24 @@ class VWOEvents:
     receives them: elsewhere they would vanish or carry user ids into the app's own
     exporters, so they are dropped with one warning naming the fix. ``to_gateway=True``
     says the provider's own OTLP exporters carry them to a ``vwo-otel gateway`` on purpose.
+
+    With ``to_gateway=True`` every record carries its account as ``vwo.account_id`` (a string
+    of digits, which collectors route by): ``account_id=`` if given, else the provider's
+    resource attribute ``vwo.account_id`` (e.g. ``OTEL_RESOURCE_ATTRIBUTES=vwo.account_id=123456``).
+    Collectors that split a batch can send the records of one resource without its attributes,
+    so the gateway reads the record's account first. With neither, records carry no account
+    and only a gateway with a single account (and ``default_account``) takes them.
     """
 
     def __init__(self, *, tracer_provider: Any | None = None, logger_provider: Any | None = None,
-                 to_gateway: bool = False) -> None:
+                 to_gateway: bool = False, account_id: int | str | None = None) -> None:
         if tracer_provider is not None and logger_provider is not None:
             raise ValueError("pass tracer_provider or logger_provider, not both: events go one way")
+        if account_id is not None and not to_gateway:
+            raise ValueError("account_id= is for to_gateway=True (the records' account for the gateway); a VWO "
+                             "processor delivers to its own exporter's account")
+        #: the account each record names for the gateway (str: collectors route string attributes)
+        self._account: str | None = None if account_id is None else str(checks.account_id(account_id, "account_id"))
         self._warned = False
         self._provider = logger_provider or tracer_provider  # None: the global tracer provider, read when used
         self._max_length: int | None = None  # the provider's attribute value length limit, if any
@@ -205,6 +217,8 @@ class VWOEvents:
             attrs[A.VISITOR_IP] = checks.text("visitor_ip", ip)
         if not self._routed and not self._route():
             return False
+        if self._account is not None:
+            attrs[A.ACCOUNT_ID] = self._account
         limit = self._max_length
         if limit is not None:
             for key, value in attrs.items():
@@ -241,6 +255,8 @@ class VWOEvents:
                              f"limit): a VWO event needs up to {MAX_EVENT_ATTRIBUTES}, or it would lose fields; "
                              "raise the limit")
         self._max_length = route.length
+        if self._to_gateway and self._account is None:
+            self._account = _resource_account(provider)
         self._routed = True
         return True
 
@@ -249,6 +265,15 @@ class VWOEvents:
             self._warned = True
             logger.warning("VWO events are not emitted: %s.", why)
         return False
+
+
+def _resource_account(provider: Any) -> str | None:
+    """The provider's resource attribute ``vwo.account_id`` (checked), as a string; None without one."""
+    resource = getattr(provider, "resource", None)
+    value = getattr(resource, "attributes", {}).get(A.ACCOUNT_ID)
+    if value is None:
+        return None
+    return str(checks.account_id(value, f"the provider's resource attribute {A.ACCOUNT_ID}"))
 
 
 _SPAN_NAMES = {key: row.span_name for key, row in TYPES.items()}

@@ -99,7 +99,7 @@ SPOOL_MAX_AGE = Range(60, 30 * 86400, unit="seconds")
 SPOOL_MAX_BYTES = Range(64 * 1024, 2**40, integer=True)
 #: The gateway's own settings (``GatewayConfig``): the port it binds, its backlog's bytes per
 #: account, OTLP items per request, ``Retry-After``, request body and inflated sizes, its server's
-#: idle / header / body deadlines and open connections.
+#: idle / header / body deadlines and open connections, and its worker processes.
 PORT = Range(0, 65535, integer=True)
 MAX_BACKLOG_BYTES = Range(64 * 1024, 2**40, integer=True)
 MAX_ITEMS = Range(1, 10_000_000, integer=True)
@@ -107,6 +107,7 @@ RETRY_AFTER = Range(0, 3600, unit="seconds")
 MAX_BODY_BYTES = Range(1024, 1024**3, integer=True)
 SERVER_TIMEOUT = Range(0, 3600, low_open=True, unit="seconds")
 MAX_CONNECTIONS = Range(1, 1_000_000, integer=True)
+WORKERS = Range(1, 256, integer=True)
 
 
 #: The largest integral float accepted as an account id: above 2**53 a double no longer holds

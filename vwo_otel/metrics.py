@@ -55,7 +55,8 @@ DELIVERY_FAILED = "delivery_failed"
 _UNITS = {"span": "{span}", "log": "{log_record}"}
 _COMPONENT_TYPES = {"span": "vwo_span_processor", "log": "vwo_log_record_processor"}
 _SEQ = {"span": itertools.count(), "log": itertools.count()}
-_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Bucket bounds (seconds) of request durations to VWO (the gateway's /metrics histogram uses them too).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _EVENT_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 _BYTE_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 10485760)
 
@@ -109,7 +110,7 @@ class DeliveryMetrics:
             BATCH_BYTES, unit="By", explicit_bucket_boundaries_advisory=_BYTE_BUCKETS,
             description="Payload bytes per HTTP request (the body, or the query of a real-time GET).")
         self._duration = meter.create_histogram(
-            DURATION, unit="s", explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+            DURATION, unit="s", explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
             description="Duration of one HTTP request to VWO, until the answer or the error.")
         batcher.exporter.add_observer(self.on_request)
 

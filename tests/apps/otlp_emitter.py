@@ -9,8 +9,10 @@ test_gateway.py.
 Emits ``n`` events (activate / track / push in turn, or with ``"format": "fme"`` variation_shown /
 track_event / set_attribute; user ids ``<name>-<i>``) with ``VWOEvents(...,
 to_gateway=True)`` at about ``rate`` events/s (0: as fast as it can), plus some non-VWO noise;
-optional ``account`` (a ``vwo.account_id`` resource attribute), ``gzip`` (compressed exports) and
-``batch`` (the batch processor's ``max_export_batch_size``);
+optional ``account`` (a ``vwo.account_id`` resource attribute), ``gzip`` (compressed exports),
+``batch`` (the batch processor's ``max_export_batch_size``) and ``own_records`` (goals as the app's
+own spans / log records with the ``vwo.*`` attributes instead of ``VWOEvents``: the account on the
+resource only);
 then shuts the provider down and prints one JSON line: events emitted, export calls and how many
 of them failed (what the app's own hop lost: a failed export is dropped by the SDK).
 """
@@ -75,6 +77,9 @@ def main(cfg: dict[str, Any]) -> None:
         def noise() -> None:
             with tracer.start_as_current_span("GET /item", attributes={"http.route": "/item"}):
                 pass
+
+        def own(attrs: dict[str, Any]) -> None:
+            tracer.start_span("vwo.goal", attributes=attrs).end()
     else:
         from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
         from opentelemetry.sdk._logs import LoggerProvider
@@ -90,13 +95,19 @@ def main(cfg: dict[str, Any]) -> None:
         def noise() -> None:
             app_logger.emit(body="request served", attributes={"http.route": "/item"})
 
+        def own(attrs: dict[str, Any]) -> None:
+            app_logger.emit(event_name="vwo.goal", attributes=attrs, timestamp=time.time_ns())
+
     rate, start = float(cfg.get("rate", 0)), time.monotonic()
     for i in range(cfg["n"]):
         if rate and i % 10 == 0:
             time.sleep(max(0.0, start + i / rate - time.monotonic()))
         user = f"{cfg['name']}-{i}"
         kind = i % 3
-        if cfg.get("format") == "fme":
+        if cfg.get("own_records"):
+            own({"vwo.event.type": 2, "vwo.user_id": user, "vwo.campaign_id": 231, "vwo.variation_id": 2,
+                 "vwo.goal_id": 7})
+        elif cfg.get("format") == "fme":
             if kind == 0:
                 vwo.variation_shown(231, 2, user)
             elif kind == 1:

@@ -34,3 +34,16 @@ def test_gateway_benchmark_quick_smoke(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "did not deliver" not in proc.stdout and "8 bombs at once" in proc.stdout
     assert "VWO events are not emitted" not in proc.stdout + proc.stderr
+
+
+def test_gateway_workers_and_crash_benchmarks_quick_smoke():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gateway_workers.py"), "--quick"],
+                          capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "events/CPU-s" in proc.stdout
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gateway_crash.py"), "--rounds", "1"],
+                          capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "with --spool: lost 0-0" in proc.stdout  # what it acknowledged survived the kill

@@ -250,17 +250,21 @@ def test_events_go_to_the_account_they_name_each_with_its_own_key_and_endpoint(m
     other_id, other_key = 777001, "other-sdk-key-abcdef"
     with Receiver(account_id=other_id, sdk_key=other_key) as other:
         gw = make_gateway(accounts={ACCOUNT_ID: Account(ACCOUNT_ID, SDK_KEY),
-                                    other_id: Account(other_id, other_key, endpoint=other.url)})
+                                    other_id: Account(other_id, other_key, endpoint=other.url)}, default_account=None)
         doc = traces_json(
-            ({}, [goal("default-1")]),
+            ({}, [goal("home-1", **{"vwo.account_id": str(ACCOUNT_ID)})]),
             ({"vwo.account_id": other_id}, [goal("other-1"), goal("other-2")]),
             ({"vwo.account_id": str(other_id)}, [goal("back-home", **{"vwo.account_id": ACCOUNT_ID})]),
+            ({}, [goal("nobody"), goal("nobody-2")]),  # several accounts: no default, refused and said why
         )
         r = post(gw, "/v1/traces", doc)
-        assert r.status_code == 200 and r.json() == {}
+        assert r.status_code == 200
+        partial = r.json()["partialSuccess"]
+        assert int(partial["rejectedSpans"]) == 2
+        assert "2 unknown account" in partial["errorMessage"] and "several accounts" in partial["errorMessage"]
         assert gw.flush(5)
         assert sorted(ev["u"] for ev in receiver.events()) == sorted(
-            visitor_uuid(ACCOUNT_ID, u) for u in ("default-1", "back-home"))
+            visitor_uuid(ACCOUNT_ID, u) for u in ("home-1", "back-home"))
         assert sorted(ev["u"] for ev in other.events()) == sorted(
             visitor_uuid(other_id, u) for u in ("other-1", "other-2"))
         stats = gw.stats()["accounts"]
@@ -448,7 +452,9 @@ def test_stopping_gateway_answers_503_with_retry_after(make_gateway):
     gw.stop_accepting()
     r = post(gw, "/v1/logs", logs_json(({}, [goal("late")])))
     assert r.status_code == 503 and r.headers["Retry-After"] == "3"
-    assert requests.get(gw.url + "/healthz", timeout=5).status_code == 503
+    assert requests.get(gw.url + "/healthz", timeout=5).status_code == 200  # liveness: it still serves
+    ready = requests.get(gw.url + "/readyz", timeout=5)
+    assert ready.status_code == 503 and ready.headers["Retry-After"] == "3" and "draining" in ready.text
     assert gw.stop(2)
     with pytest.raises(requests.ConnectionError):
         post(gw, "/v1/logs", logs_json(({}, [goal("later")])))
@@ -478,16 +484,18 @@ def test_shutdown_delivers_what_is_queued(make_gateway, receiver):
 def test_config_from_mapping_and_validation(tmp_path):
     cfg = config_from_mapping(
         {"accounts": {"111": "key-one", "222": {"sdk_key_env": "K222", "endpoint": "http://127.0.0.1:9/p"}},
-         "default_account": "111", "events_per_request": 50, "retry_budget": 5},
+         "events_per_request": 50, "retry_budget": 5},
         environ={"K222": "key-two"}, port=0)
     assert cfg.accounts[222].sdk_key == "key-two" and cfg.accounts[222].endpoint == "http://127.0.0.1:9/p"
-    assert cfg.default_account == 111 and cfg.events_per_request == 50 and cfg.retry.budget == 5 and cfg.port == 0
+    assert cfg.default_account is None and cfg.events_per_request == 50 and cfg.retry.budget == 5 and cfg.port == 0
+    assert config_from_mapping({"accounts": {"111": "key-one"}, "default_account": "111"}).default_account == 111
     assert "key-one" not in repr(cfg) and "key-two" not in repr(cfg)
     for bad, words in [
         ({"accounts": {}}, "at least one"),
         ({"accounts": {"abc": "k"}}, "account id"),
         ({"accounts": {"1": ""}}, "sdk key"),
         ({"accounts": {"1": "k"}, "default_account": 2}, "default_account"),
+        ({"accounts": {"1": "k", "2": "k"}, "default_account": 1}, "several accounts has no default"),
         ({"accounts": {"1": "k"}, "colour": "red"}, "unknown"),
         ({"accounts": {"1": "k"}, "events_per_request": 0}, "events_per_request"),
         ({"accounts": {"1": {"sdk_key_env": "MISSING"}}}, "MISSING"),

@@ -112,16 +112,17 @@ def test_a_token_limited_to_accounts_gets_403_for_another_account_and_nothing_is
         make_gateway, receiver, other_receiver):
     gw = make_gateway(accounts={ACCOUNT_ID: Account(ACCOUNT_ID, SDK_KEY),
                                 OTHER_ID: Account(OTHER_ID, OTHER_KEY, endpoint=other_receiver.url)},
-                      auth_tokens={LIMITED: [ACCOUNT_ID], TOKEN: None})
+                      auth_tokens={LIMITED: [ACCOUNT_ID], TOKEN: None}, default_account=None)
     theirs = goal("heist", **{"vwo.revenue": 1_000_000.0, "vwo.account_id": OTHER_ID})
-    r = post(gw, "/v1/traces", traces_json(({}, [goal("mine-1"), theirs])), headers=bearer(LIMITED))
+    mine = {"vwo.account_id": ACCOUNT_ID}
+    r = post(gw, "/v1/traces", traces_json((mine, [goal("mine-1"), theirs])), headers=bearer(LIMITED))
     assert r.status_code == 403 and r.json()["code"] == otlp.PERMISSION_DENIED
     assert str(OTHER_ID) in r.json()["message"]
     r = post(gw, "/v1/traces", traces_json(({"vwo.account_id": OTHER_ID}, [goal("by-resource")])),
              headers=bearer(LIMITED))
     assert r.status_code == 403
     assert all(a["backlog"] == 0 for a in gw.stats()["accounts"].values())  # nothing of either request
-    r = post(gw, "/v1/traces", traces_json(({}, [goal("mine-2")])), headers=bearer(LIMITED))
+    r = post(gw, "/v1/traces", traces_json((mine, [goal("mine-2")])), headers=bearer(LIMITED))
     assert r.status_code == 200
     r = post(gw, "/v1/traces", traces_json(({}, [goal("any", **{"vwo.account_id": OTHER_ID})])),
              headers=bearer(TOKEN))

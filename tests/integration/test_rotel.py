@@ -11,6 +11,10 @@ every event reached VWO exactly once, except where VWO's own hop is at-least-onc
 event VWO stored whose answer the stop cut is sent again, so the duplicates must be exactly those
 events. Each records what every layer did: rotel's retry log lines, the gateway's /stats and
 log, the receiver's counts (printed; shown with ``pytest -s`` or on failure).
+
+``test_batches_rotel_splits_keep_each_events_account`` (on its own, about 15 s): two accounts
+behind a rotel that cuts its batches by size, so it splits the apps' exports; every
+``VWOEvents(to_gateway=True)`` event reaches its own account (issue #22 item 1).
 """
 
 from __future__ import annotations
@@ -384,3 +388,125 @@ def test_vwo_outage(runs, scenario):
     assert gw["accepted"] == len(record["expected"]) and set(gw["responses"]) == {"200"}
     assert record["rotel"]["retries"] == {}
     assert max(sample["backlog"] for sample in record["while_down"]) > 0
+
+
+# -- batches rotel splits ------------------------------------------------------------------------------
+
+#: rotel's batch size and timeout for the split test: each app exports 512 records at a time and
+#: rotel cuts its batches by size only, so a batch boundary falls inside an app's export and rotel
+#: sends that export in two pieces; the second piece arrives without its resource's attributes
+#: (issue #22: 7,168 of 115,200 events lost their account at rotel's default size).
+SPLIT_BATCH, SPLIT_TIMEOUT = 1000, "3s"
+OTHER_ID, OTHER_KEY = 777001, "other-sdk-key-abcdef0123"
+
+
+class SplitRun:
+    """apps -> rotel (small batches, cut by size) -> a gateway with two accounts and no default ->
+    one receiver per account."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.receivers = {ACCOUNT_ID: Receiver(account_id=ACCOUNT_ID, sdk_key=SDK_KEY).start(),
+                          OTHER_ID: Receiver(account_id=OTHER_ID, sdk_key=OTHER_KEY).start()}
+        self.gw_port, self.http_port, grpc_port = _free_port(), _free_port(), _free_port()
+        config = tmp / "gateway.json"
+        config.write_text(json.dumps({
+            "accounts": {str(ACCOUNT_ID): {"sdk_key_env": "TEST_GW_KEY"},
+                         str(OTHER_ID): {"sdk_key_env": "TEST_GW_OTHER_KEY", "endpoint": self.receivers[OTHER_ID].url}},
+            "endpoint": self.receivers[ACCOUNT_ID].url, "port": self.gw_port,
+            "events_per_request": EVENTS_PER_REQUEST, "request_time_interval": 1}))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        self.env["PYTHONPATH"] = str(ROOT) + os.pathsep + self.env.get("PYTHONPATH", "")
+        self.procs: list[subprocess.Popen] = []
+        self.expected: dict[int, set[str]] = {ACCOUNT_ID: set(), OTHER_ID: set()}
+        self.sent = 0
+        gateway = self._start([sys.executable, "-m", "vwo_otel", "gateway", "--config", str(config)], "gateway",
+                              {"TEST_GW_KEY": SDK_KEY, "TEST_GW_OTHER_KEY": OTHER_KEY})
+        _wait(lambda: gateway.poll() is not None or _accepts(self.gw_port), 30, "the gateway to listen")
+        assert gateway.poll() is None, (tmp / "gateway.err").read_text()[-2000:]
+        rot = self._start([str(ROTEL_AGENT), "start", "--otlp-http-endpoint", f"127.0.0.1:{self.http_port}",
+                           "--otlp-grpc-endpoint", f"127.0.0.1:{grpc_port}", "--exporter", "otlp",
+                           "--otlp-exporter-endpoint", f"http://127.0.0.1:{self.gw_port}",
+                           "--otlp-exporter-protocol", "http", "--batch-max-size", str(SPLIT_BATCH),
+                           "--batch-timeout", SPLIT_TIMEOUT, "--pid-file", str(tmp / "rotel.pid"),
+                           "--log-file", str(tmp / "rotel.log")], "rotel")
+        _wait(lambda: rot.poll() is not None or _accepts(self.http_port), 30, "rotel to listen")
+        assert rot.poll() is None, (tmp / "rotel.err").read_text()[-2000:]
+
+    def _start(self, cmd: list[str], name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        out, err = (self.tmp / f"{name}.out").open("w"), (self.tmp / f"{name}.err").open("w")
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**self.env, **(env or {})}, stdout=out, stderr=err)
+        self.procs.append(proc)
+        return proc
+
+    def apps(self, *apps: tuple[str, int, str, bool], n: int) -> None:
+        """Run apps (name, account, signal, own_records) of ``n`` events each to the end and wait
+        until the gateway has seen and settled all of them."""
+        running = []
+        for name, account, signal_, own in apps:
+            cfg = {"name": name, "n": n, "signal": signal_, "url": f"http://127.0.0.1:{self.http_port}",
+                   "own_records": own}
+            running.append(subprocess.Popen(
+                [sys.executable, str(EMITTER), json.dumps(cfg)], cwd=ROOT,
+                env={**self.env, "OTEL_RESOURCE_ATTRIBUTES": f"vwo.account_id={account}"},
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            self.expected[account] |= {visitor_uuid(account, f"{name}-{j}") for j in range(n)}
+        for app in running:
+            out, err = app.communicate(timeout=60)
+            assert app.returncode == 0, err[-2000:]
+            assert json.loads(out.strip().splitlines()[-1])["export_failed"] == 0  # rotel took every export
+        self.sent += n * len(apps)
+        _wait(lambda: self.stats()["vwo_items"] >= self.sent, 30, "every event at the gateway")
+        _wait(lambda: all(a["delivered"] == a["accepted"] for a in self.stats()["accounts"].values()), 30,
+              "the gateway to deliver what it accepted")
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.gw_port}/stats", timeout=5) as answer:
+            return dict(json.load(answer))
+
+    def received(self, account: int) -> Counter:
+        return Counter(ev["u"] for ev in self.receivers[account].events())
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for receiver in self.receivers.values():
+            receiver.close()
+
+
+def test_batches_rotel_splits_keep_each_events_account(tmp_path):
+    """Two accounts behind rotel cutting its batches by size. First, an app whose records carry
+    no account of their own (the resource's only, as apps emitting their own records did): rotel
+    splits its exports and the pieces without the resource's attributes are refused as "unknown
+    account" (so this rotel does split). Then apps with ``VWOEvents(to_gateway=True)``, two per
+    account: every event reaches its own account exactly once, none refused, none in the other
+    account. Before: their records did not carry the account either, and lost it the same way."""
+    run = SplitRun(tmp_path)
+    try:
+        n = 1500
+        run.apps(("control", ACCOUNT_ID, "logs", True), n=n)
+        control = run.stats()["rejected"]["unknown_account"]
+        assert 0 < control < n, control  # rotel split the control app's exports: some pieces lost the resource
+        assert len(run.received(ACCOUNT_ID)) == n - control
+        run.expected[ACCOUNT_ID] = set()
+        before = set(run.received(ACCOUNT_ID))
+        run.apps(("a0", ACCOUNT_ID, "traces", False), ("a1", ACCOUNT_ID, "logs", False),
+                 ("b0", OTHER_ID, "traces", False), ("b1", OTHER_ID, "logs", False), n=n)
+        stats = run.stats()
+        print("\n[rotel split] " + json.dumps({"control_refused": control, **{k: stats[k] for k in (
+            "requests", "responses", "rejected", "accepted")}}))
+        assert stats["rejected"] == {"malformed": 0, "unknown_account": control}  # none of VWOEvents' refused
+        for account in (ACCOUNT_ID, OTHER_ID):
+            got = run.received(account)
+            mine = set(got) - before
+            assert mine == run.expected[account], f"account {account}: {len(run.expected[account] - mine)} missing"
+            assert max(got.values()) == 1
+    finally:
+        run.close()

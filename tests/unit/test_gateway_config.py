@@ -54,3 +54,14 @@ def test_shutdown_timeout_zero_is_one_rule() -> None:
     with pytest.raises(ValueError, match="shutdown_timeout"):
         checks.SHUTDOWN_TIMEOUT.check("shutdown_timeout", 0)
     assert GatewayConfig(accounts=ACCOUNTS, shutdown_timeout=0.5).shutdown_timeout == 0.5
+
+
+def test_default_account_only_with_one_account() -> None:
+    """With several accounts an event without ``vwo.account_id`` could be anyone's (a collector
+    that splits a batch drops the resource's attributes): no default, the config says why."""
+    two = {**ACCOUNTS, 2: Account(2, "sdk-key-abcdefghij")}
+    assert GatewayConfig(accounts=ACCOUNTS, default_account=1).default_account == 1
+    assert GatewayConfig(accounts=two).default_account is None
+    with pytest.raises(ValueError, match="several accounts has no default") as err:
+        GatewayConfig(accounts=two, default_account=1)
+    assert "on each record" in str(err.value)

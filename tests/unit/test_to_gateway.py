@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -45,3 +49,49 @@ def test_an_unsampled_span_to_a_gateway_is_named_once(caplog):
     assert exporter.get_finished_spans() == ()
     (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert "not sampled" in warning.getMessage() and "to_gateway=True" in warning.getMessage()
+
+
+def _logs(resource: dict | None = None):
+    exporter = InMemoryLogRecordExporter()
+    provider = LoggerProvider(resource=Resource.create(resource or {}), shutdown_on_exit=False)
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    return provider, exporter
+
+
+def _accounts(exporter) -> list:
+    return [r.log_record.attributes.get("vwo.account_id") for r in exporter.get_finished_logs()]
+
+
+def test_each_record_to_a_gateway_carries_the_resources_account():
+    """A collector that splits a batch can send records without their resource's attributes:
+    the account the resource names travels on each record too (as a string of digits, which
+    collectors route by)."""
+    provider, exporter = _logs({"vwo.account_id": "123456"})
+    vwo = vwo_otel.VWOEvents(logger_provider=provider, to_gateway=True)
+    vwo.activate(231, 2, "u1")
+    vwo.track_event("purchase", "u2")
+    assert _accounts(exporter) == ["123456", "123456"]
+    provider = TracerProvider(resource=Resource.create({"vwo.account_id": 42}), shutdown_on_exit=False)
+    spans = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    vwo_otel.VWOEvents(tracer_provider=provider, to_gateway=True).track(231, 2, 7, "u1")
+    assert [s.attributes["vwo.account_id"] for s in spans.get_finished_spans()] == ["42"]
+
+
+def test_account_id_argument_wins_over_the_resource_and_is_checked():
+    provider, exporter = _logs({"vwo.account_id": "123456"})
+    vwo_otel.VWOEvents(logger_provider=provider, to_gateway=True, account_id=654321).activate(231, 2, "u1")
+    assert _accounts(exporter) == ["654321"]
+    with pytest.raises(ValueError, match="account_id"):
+        vwo_otel.VWOEvents(logger_provider=provider, to_gateway=True, account_id="12ab")
+    with pytest.raises(ValueError, match="to_gateway=True"):  # a VWO processor delivers to its own account
+        vwo_otel.VWOEvents(logger_provider=provider, account_id=654321)
+
+
+def test_without_an_account_records_carry_none_and_a_bad_resource_account_is_named():
+    provider, exporter = _logs()
+    vwo_otel.VWOEvents(logger_provider=provider, to_gateway=True).activate(231, 2, "u1")
+    assert _accounts(exporter) == [None]  # a gateway with one account and default_account takes it
+    provider, exporter = _logs({"vwo.account_id": "not-an-id"})
+    with pytest.raises(ValueError, match="resource attribute vwo.account_id"):
+        vwo_otel.VWOEvents(logger_provider=provider, to_gateway=True).activate(231, 2, "u1")

@@ -179,6 +179,17 @@ class Batcher(Delivery):
                                  self._size, self._notifier.results_waiting, self._blocked, self._flow.limit,
                                  spilled=self.backlog.waiting)
 
+    def oldest(self) -> float | None:
+        """The own time (epoch seconds) of the oldest event held in memory, in flight, cut or
+        pending (the first of each, in queue order); None when none is (the gateway's metrics)."""
+        with self._lock:
+            firsts = [b.events[0] for b in self._inflight.values() if b.events]
+            if self._ready and self._ready[0].events:
+                firsts.append(self._ready[0].events[0])
+            if self._pending:
+                firsts.append(self._pending[0])
+        return float(min(ev.time for ev in firsts)) if firsts else None
+
     # -- the emitting thread's side (hot path) ---------------------------------------
     def put(self, event: VWOEvent) -> None:
         """Queue one event; cuts a batch when ``events_per_request`` is reached. A full queue
@@ -312,6 +323,18 @@ class Batcher(Delivery):
             logger.exception("vwo_otel: replay of dead processes' spool files failed; the app goes on")
         finally:
             adopted.set()
+
+    def adopt(self) -> int:
+        """Take over the spool files of processes that are gone now, and queue their events as
+        room allows; how many were found. The replay thread does it once at start; a gateway
+        sharing its spool directory with others calls it periodically, so what a peer that died
+        left on disk is delivered without a restart."""
+        if self._closed:
+            return 0
+        found = self.backlog.adopt()
+        if found:
+            self._refill(wait=True)
+        return found
 
     def _refill(self, wait: bool = False) -> None:
         """Events due in the backlog back into the queue, oldest first, as room allows. On a

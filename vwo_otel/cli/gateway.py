@@ -17,9 +17,11 @@ from ..servers.gateway import (
     DEFAULT_MAX_BACKLOG,
     DEFAULT_PORT,
     Gateway,
+    GatewayConfig,
     config_from_mapping,
     parse_account,
 )
+from ..servers.gateway.workers import Fleet, WorkerFailed
 from .common import cannot_listen, fail, until_interrupted, while_stopping
 
 
@@ -30,7 +32,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--account", action="append", default=[], metavar="ID[=SDK_KEY]",
                    help="a VWO account (repeat for several); without =SDK_KEY the key is read from the "
                         "environment variable VWO_SDK_KEY_<ID> (keeps it out of the process list)")
-    p.add_argument("--default-account", metavar="ID", help="account for events without vwo.account_id")
+    p.add_argument("--default-account", metavar="ID", help="account for events without vwo.account_id (only with "
+                   "one account: a gateway with several refuses events that do not name theirs)")
     p.add_argument("--endpoint", help=f"VWO collection host (default {checks.DEFAULT_ENDPOINT})")
     p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 to serve other hosts, which "
                    "needs --auth-token-env or auth_tokens)")
@@ -47,6 +50,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-after", type=float, help="seconds in Retry-After of 429/503 answers (default 2)")
     p.add_argument("--shutdown-timeout", type=float, help="seconds to deliver backlogs at shutdown (default 10)")
     p.add_argument("--spool", help="directory for the on-disk spool (one subdirectory per account)")
+    p.add_argument("--workers", type=int, help="processes serving the port, each with its own backlogs and spool "
+                   "files (default 1; about one per core: docs/gateway.md)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
 
@@ -81,12 +86,16 @@ def gateway(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
             tls_cert=args.tls_cert, tls_key=args.tls_key, default_account=args.default_account,
             endpoint=args.endpoint, host=args.host, port=args.port, events_per_request=args.events_per_request,
             request_time_interval=args.request_time_interval, max_backlog=args.max_backlog,
-            retry_after=args.retry_after, shutdown_timeout=args.shutdown_timeout, spool=args.spool)
+            retry_after=args.retry_after, shutdown_timeout=args.shutdown_timeout, spool=args.spool,
+            workers=args.workers)
     except (OSError, ValueError, TypeError) as exc:
         return fail("gateway", exc)
     level = getattr(logging, str(args.log_level).upper(), None)
+    process = " [%(process)d]" if config.workers > 1 else ""
     logging.basicConfig(level=level if isinstance(level, int) else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s")  # messages say "vwo_otel: ..."
+                        format=f"%(asctime)s %(levelname)s{process} %(message)s")  # messages say "vwo_otel: ..."
+    if config.workers > 1:
+        return _fleet(config)
     try:
         server = Gateway(config).start()
     except OSError as exc:
@@ -94,19 +103,48 @@ def gateway(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     except ValueError as exc:
         return fail("gateway", exc)
     with until_interrupted() as stopped:
-        sys.stdout.write(f"vwo-otel gateway listening on {server.url} (POST /v1/traces, /v1/logs) for account(s) "
-                         f"{', '.join(str(a) for a in sorted(config.accounts))}; "
-                         f"{'bearer tokens required' if config.auth_tokens else 'no authentication (loopback)'}"
-                         f"{'; spool ' + str(config.spool) if config.spool else '; no spool (backlog in memory)'}; "
-                         "Ctrl-C to stop\n")
-        sys.stdout.flush()
+        _announce(server.url, config)
         while not stopped.wait(0.5):
             pass
     with while_stopping("the gateway"):
         ok = server.stop()
-    stats = server.stats()
+    return _finish(server.stats(), ok)
+
+
+def _announce(url: str, config: GatewayConfig) -> None:
+    workers = f" with {config.workers} worker processes" if config.workers > 1 else ""
+    sys.stdout.write(f"vwo-otel gateway listening on {url} (POST /v1/traces, /v1/logs){workers} for account(s) "
+                     f"{', '.join(str(a) for a in sorted(config.accounts))}; "
+                     f"{'bearer tokens required' if config.auth_tokens else 'no authentication (loopback)'}"
+                     f"{'; spool ' + str(config.spool) if config.spool else '; no spool (backlog in memory)'}; "
+                     "Ctrl-C to stop\n")
+    sys.stdout.flush()
+
+
+def _finish(stats: dict[str, Any], ok: bool) -> int:
+    """Print the stats; 0 only if every accepted event was delivered: none failed or dropped while running either."""
     sys.stdout.write(json.dumps(stats) + "\n")
     sys.stdout.flush()
-    # 0 only if every accepted event was delivered: none failed or dropped while running either
-    lost = any(a["failed"] or any(a["dropped"].values()) for a in stats["accounts"].values())
+    lost = any(a["failed"] or any(a["dropped"].values()) for a in stats.get("accounts", {}).values())
     return 0 if ok and not lost else 1
+
+
+def _fleet(config: GatewayConfig) -> int:
+    """``--workers N``: the parent of N gateway processes on one port (``servers/gateway/workers.py``)."""
+    fleet = Fleet(config)
+    try:
+        try:
+            fleet.start()
+        except OSError as exc:
+            return fail("gateway", cannot_listen(config.host, config.port, exc))
+        except WorkerFailed as exc:
+            return fail("gateway", exc)
+        with until_interrupted() as stopped:
+            _announce(fleet.url, config)
+            while not stopped.wait(0.2):
+                fleet.watch()
+        with while_stopping("the gateway"):
+            ok = fleet.stop()
+        return _finish(fleet.stats(), ok)
+    finally:
+        fleet.close()

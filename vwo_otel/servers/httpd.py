@@ -49,6 +49,7 @@ from .bounds import Budget, Pool, connection_limit, ready
 from .connection import BODY, BUSY, HANDSHAKE, HEAD, IDLE, LINGER, PAUSED, Conn, say
 from .framing import DONE, App, BadRequest, Request, Response
 from .framing import HEAD as HEAD_IN
+from .listeners import listen
 
 __all__ = ["App", "Request", "Response", "Server", "connection_limit"]
 
@@ -92,7 +93,8 @@ _503 = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1
 
 class Server:
     """An HTTP/1.1 server for ``app`` on ``address`` (IPv6 when the host has a ``:``), bound and
-    listening once built (``OSError`` naming the address if it cannot be). ``serve_forever`` runs
+    listening once built (``OSError`` naming the address if it cannot be), or on ``listener``, a
+    socket already listening (``listeners.listen_many``). ``serve_forever`` runs
     the selector loop; ``shutdown()`` / ``server_close()`` / ``close_connections()`` end it all; a
     server is not restarted. See the module's docstring for the bounds."""
 
@@ -100,7 +102,7 @@ class Server:
                  max_workers: int = LOOPBACK_MAX_WORKERS, max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
                  body_timeout: float = DEFAULT_BODY_TIMEOUT, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 body_budget: int | None = None, backlog: int = 256) -> None:
+                 body_budget: int | None = None, backlog: int = 256, listener: socket.socket | None = None) -> None:
         self.app = app
         self.ssl_context = ssl_context
         self.max_workers = max(1, int(max_workers))
@@ -132,17 +134,10 @@ class Server:
         self._seq = itertools.count()
         self._sel: selectors.BaseSelector | None = None
         self._accept_paused_until = 0.0
-        host, port = address[0], int(address[1])
-        listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((host, port))
-            listener.listen(backlog)
+        if listener is None:
+            listener = listen(address[0], int(address[1]), backlog)
+        else:  # already listening (a worker process's share of the port)
             listener.setblocking(False)
-        except OSError as exc:
-            listener.close()
-            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            raise OSError(exc.errno, f"cannot listen on {shown}: {exc.strerror or exc}") from None
         self.socket = listener
         self.server_address = listener.getsockname()
         self.server_port = int(self.server_address[1])

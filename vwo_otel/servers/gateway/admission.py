@@ -129,11 +129,25 @@ class Admission:
         self.config, self._batchers, self._counters, self._log = config, batchers, counters, log
         self._lock = threading.Lock()
         self.stopping = False
+        #: why an event without an account is refused (only ever without a default account)
+        self._no_account = f"no {ACCOUNT_ID} on the record or its resource " + (
+            "and no default account" if len(batchers) == 1 else "(a gateway with several accounts has no default)")
 
     def stop(self) -> None:
         """From now on every request is refused 503 + ``Retry-After``."""
         with self._lock:
             self.stopping = True
+
+    def unready(self) -> str | None:
+        """Why the gateway should be sent nothing now (``/readyz`` 503), or None: it is draining,
+        or an account's backlog (or, with a spool, its disk) cannot take one more event."""
+        if self.stopping:
+            return "draining"
+        for account_id in self._batchers:
+            why = self._full(account_id, 1, 0)
+            if why is not None:
+                return why
+        return None
 
     def retry_after(self) -> tuple[str, str]:
         """The ``Retry-After`` header of a 429 / 503: ``retry_after`` in whole seconds."""
@@ -189,7 +203,7 @@ class Admission:
                 if isinstance(where, str):
                     if where == "unknown_account":
                         reject("unknown_account", f"{ACCOUNT_ID} {raw} is not configured on this gateway"
-                               if raw is not None else f"no {ACCOUNT_ID} and no default account")
+                               if raw is not None else self._no_account)
                     else:
                         reject("malformed", f"{ACCOUNT_ID} must be a positive integer, got {otlp.shorten(raw)}")
                     continue

@@ -1,6 +1,7 @@
 """The gateway itself: ``Gateway`` (one ``Batcher`` + ``VWOExporter`` per account, its HTTP
-server, ``/stats``, a bounded stop) and its HTTP app (the routes; bodies are decoded here, one at
-a time). See the package's docstring for what senders get."""
+server, ``/stats`` and ``/metrics``, a draining stop, dead peers' spool files adopted while it
+runs) and its HTTP app (the routes; bodies are decoded here, one at a time). See the package's
+docstring for what senders get."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,8 +25,10 @@ from ...errors import EventsDropped
 from ...export.exporter import VWOExporter
 from .. import httpd, otlp
 from ..framing import Request, Response
+from . import prometheus
 from .admission import Admission, Counters, Refused, Tokens
 from .config import Account, GatewayConfig
+from .stats import PUBLISH_INTERVAL, Delivery, Peers
 
 logger = logging.getLogger("vwo_otel")
 
@@ -37,6 +41,12 @@ DECODE_CONCURRENCY = 1
 #: Seconds a whole request waits for its turn to be decoded before it is answered 503 +
 #: Retry-After (well inside an OTLP exporter's 10 s timeout, so the sender hears the answer).
 DECODE_WAIT = httpd.BODY_WAIT
+#: Seconds between looks for dead processes' spool files in the spool directory (a peer that
+#: died, e.g. a removed gateway sharing the directory): theirs are adopted and delivered.
+ADOPT_INTERVAL = 5.0
+#: Seconds a stop allows, after the backlogs' delivery (``shutdown_timeout``), for requests in
+#: progress to finish and the listener and connections to close.
+CLOSE_TIME = 2.0
 _ROUTES = {"/v1/traces": otlp.TRACES, "/v1/logs": otlp.LOGS}
 _TEXT = "text/plain; charset=utf-8"
 _MAX_MESSAGE = 512
@@ -46,12 +56,22 @@ _PROBLEMS = {"no-length": (411, "Content-Length required"), "bad-chunked": (400,
 
 
 class Gateway:
-    """OTLP/HTTP in, VWO batches out: one ``Batcher`` + ``VWOExporter`` per configured account."""
+    """OTLP/HTTP in, VWO batches out: one ``Batcher`` + ``VWOExporter`` per configured account.
 
-    def __init__(self, config: GatewayConfig) -> None:
+    ``listener``: a socket already listening to serve instead of binding ``host``:``port`` (a
+    worker process's share of the port, ``workers.py``); ``peers``: the directory where the
+    workers of one port share their figures, so ``/stats`` and ``/metrics`` cover all of them."""
+
+    def __init__(self, config: GatewayConfig, *, listener: socket.socket | None = None,
+                 peers: str | None = None) -> None:
         if not isinstance(config, GatewayConfig):
             raise TypeError(f"config must be a GatewayConfig, got {type(config).__name__}")
         self.config = config
+        self._listener = listener
+        self._peers = None if peers is None else Peers(peers)
+        self._ticking = threading.Event()  # set: the maintenance thread stops
+        self._ticker: threading.Thread | None = None
+        self._delivery = {a: Delivery() for a in config.accounts}
         self._counters = Counters(list(config.accounts))
         tokens = cast(Mapping[str, "frozenset[int] | None"], config.auth_tokens)  # normalised by GatewayConfig
         self._ssl = config.ssl_context()
@@ -69,7 +89,7 @@ class Gateway:
                 batcher.shutdown(0)
             raise
         self._admission = Admission(config, self._batchers, self._counters, self._log)
-        self._app = _App(config, Tokens(tokens), self._admission, self._counters, self._log, self.stats)
+        self._app = _App(config, Tokens(tokens), self._admission, self._counters, self._log, self.fleet_stats)
 
     def _make_batcher(self, acct: Account) -> Batcher:
         c = self.config
@@ -77,10 +97,13 @@ class Gateway:
                                timeout=c.timeout, retry=c.retry)
         counters = self._counters
         counts = counters.per_account[acct.account_id]
+        delivery = self._delivery[acct.account_id]
+        exporter.add_observer(delivery.observe)
 
         def settled(err: BaseException | None, events: list[Any]) -> None:
             if isinstance(err, EventsDropped):
                 return  # drops: counted by the batcher itself
+            delivery.settled(err, events)
             with counters.lock:
                 counts["requests_ok" if err is None else "requests_failed"] += 1
 
@@ -117,45 +140,76 @@ class Gateway:
         server = httpd.Server((c.host, c.port), self._app, self._ssl, max_workers=httpd.DEFAULT_MAX_WORKERS,
                               max_connections=c.max_connections, idle_timeout=c.idle_timeout,
                               header_timeout=c.header_timeout, body_timeout=c.body_timeout,
-                              max_body_bytes=c.max_body_bytes, body_budget=BODY_BUDGET_FACTOR * c.max_body_bytes)
+                              max_body_bytes=c.max_body_bytes, body_budget=BODY_BUDGET_FACTOR * c.max_body_bytes,
+                              listener=self._listener)
         self._port = int(server.server_address[1])
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                   name=f"vwo_otel-gateway:{self._port}", daemon=True)
         thread.start()
         self._server, self._thread = server, thread
+        if self._peers is not None:
+            self._peers.publish(self.stats())  # counted among the workers from the start
+        if self._peers is not None or c.spool is not None:
+            self._ticker = threading.Thread(target=self._tick, name=f"vwo_otel-gateway-tick:{self._port}", daemon=True)
+            self._ticker.start()
         logger.info("vwo_otel gateway listening on %s for accounts %s (default %s)", self.url,
                     ", ".join(str(a) for a in sorted(self._batchers)), self.config.default_account)
         return self
 
+    def _tick(self) -> None:
+        """The maintenance thread: publish this worker's figures for its peers (every
+        ``PUBLISH_INTERVAL``); with a spool, try a disk that refused writes again (a gateway not
+        ready for it gets no requests whose commits would) and adopt dead processes' spool files
+        (every ``ADOPT_INTERVAL``)."""
+        next_adopt = time.monotonic() + ADOPT_INTERVAL  # the batchers adopted at their start
+        while not self._ticking.wait(PUBLISH_INTERVAL):
+            try:
+                if self._peers is not None:
+                    self._peers.publish(self.stats())
+                if self.config.spool is None:
+                    continue
+                for batcher in self._batchers.values():
+                    if batcher.backlog.refuse(0, 0) is not None:
+                        batcher.backlog.commit()  # with nothing to write: a probe of the disk
+                if time.monotonic() >= next_adopt:
+                    next_adopt = time.monotonic() + ADOPT_INTERVAL
+                    for batcher in self._batchers.values():
+                        batcher.adopt()
+            except Exception:  # the figures and the adoption must never stop the gateway
+                self._log.warn("tick", 0, "vwo_otel gateway: maintenance failed; it goes on", exc_info=True)
+
     def stop_accepting(self) -> None:
-        """From now on, export requests are answered 503 + ``Retry-After`` (nothing is kept)."""
+        """From now on, export requests and ``/readyz`` are answered 503 + ``Retry-After``
+        (nothing is kept); the listener stays open."""
         self._admission.stop()
 
     def stop(self, timeout: float | None = None) -> bool:
-        """Stop accepting, close the listener and connections, then deliver every backlog
-        within ``timeout`` (default ``shutdown_timeout``) in parallel; True if all was
+        """Drain: stop accepting (POSTs and ``/readyz`` answered 503 + ``Retry-After`` while the
+        listener stays open, so probes and collectors hear it rather than "connection refused"),
+        deliver every backlog in parallel within ``timeout`` (default ``shutdown_timeout``), then
+        close the listener and connections (within ``CLOSE_TIME`` more). True if all was
         delivered. Idempotent."""
         if self._stopped is not None:
             return self._stopped
         budget = self.config.shutdown_timeout if timeout is None else max(0.0, float(timeout))
         deadline = time.monotonic() + budget
         self.stop_accepting()
-        server, thread = self._server, self._thread
-        closing = None
-        if server is not None and thread is not None:
-            # Requests still in progress can no longer queue anything (stop_accepting): close them
-            # while the backlogs are delivered, not before (a slow client must not eat the budget).
-            def close() -> None:
-                server.shutdown()
-                server.server_close()
-                self._app.wait_idle(min(deadline - time.monotonic(), 5.0))
-                server.close_connections(min(max(deadline - time.monotonic(), 0.0), 1.0))
-                thread.join(1.0)
-            closing = threading.Thread(target=close, name=f"vwo_otel-gateway-close:{self._port}", daemon=True)
-            closing.start()
+        self._ticking.set()
         ok = lifecycle.shutdown_all(max(0.0, deadline - time.monotonic()), self._batchers.values())
-        if closing is not None:
-            closing.join(max(0.0, deadline - time.monotonic()) + 1.0)
+        server, thread = self._server, self._thread
+        if server is not None and thread is not None:
+            # Requests still in progress can no longer queue anything (stop_accepting) and are
+            # answered 503: give them a moment, then close what is left.
+            close_by = time.monotonic() + CLOSE_TIME
+            server.shutdown()
+            server.server_close()
+            self._app.wait_idle(max(0.0, close_by - time.monotonic() - 0.5))
+            server.close_connections(max(0.0, min(close_by - time.monotonic(), 0.5)))
+            thread.join(max(0.0, close_by - time.monotonic()))
+        if self._ticker is not None:
+            self._ticker.join(1.0)
+        if self._peers is not None:
+            self._peers.publish(self.stats())
         self._log.flush()
         stats = self.stats()
         logger.info("vwo_otel gateway stopped: %d event(s) accepted, delivered %d, failed %d, dropped %s",
@@ -181,22 +235,35 @@ class Gateway:
         self.stop()
 
     def stats(self) -> dict[str, Any]:
-        """Counters: requests by signal, responses by status, items seen, VWO events accepted /
-        rejected by reason, and per account what was accepted, delivered, failed, dropped, queued
-        (events and bytes) and waiting on disk."""
+        """This process's counters: requests by signal, responses by status, items seen, VWO
+        events accepted / rejected by reason, and per account what was accepted, delivered,
+        failed (by reason: ``failed_by``), dropped, queued (events and bytes; the oldest one's
+        age), waiting on disk, and the requests to VWO (by outcome, and their durations)."""
         out = self._counters.snapshot()
         per = out.pop("per_account")
         accounts = {}
+        now = time.time()
         for account_id, batcher in sorted(self._batchers.items()):
+            oldest = batcher.oldest()
             accounts[str(account_id)] = {
                 **per.get(account_id, {}), **batcher.counts, "dropped": dict(batcher.dropped),
                 "backlog": batcher.queue_size(), "max_backlog": self.config.max_backlog,
                 "backlog_bytes": batcher.queue_bytes(), "max_backlog_bytes": self.config.max_backlog_bytes,
+                "oldest_age": 0.0 if oldest is None else round(max(0.0, now - oldest), 3),
                 # waiting on disk (spool) for VWO to answer again; after stop, all left there for the next start
                 "on_disk": batcher.backlog.on_disk(),
+                **self._delivery[account_id].snapshot(),
             }
         out["accounts"] = accounts
+        unready = self._admission.unready()
+        out.update(workers=1, ready_workers=int(unready is None), draining_workers=int(self._admission.stopping))
         return out
+
+    def fleet_stats(self) -> dict[str, Any]:
+        """``stats()`` of every worker serving this port (``peers``), merged: what ``/stats``
+        and ``/metrics`` show; a peer's figures are at most ``PUBLISH_INTERVAL`` s old."""
+        own = self.stats()
+        return own if self._peers is None else self._peers.gather(own)
 
 
 class _App(httpd.App):
@@ -259,21 +326,27 @@ class _App(httpd.App):
 
     def _get(self, request: Request) -> Response:
         path = request.path
-        if path == "/stats":
+        if path == "/stats" or path == "/metrics":
             try:
                 if self.tokens.check(request.headers.get("Authorization")) is not None:
-                    raise Refused(403, otlp.PERMISSION_DENIED, "/stats needs a token for every account\n")
+                    raise Refused(403, otlp.PERMISSION_DENIED, f"{path} needs a token for every account\n")
             except Refused as refused:
                 self.counters.response(refused.status)
                 return Response(refused.status, refused.message.encode(), _TEXT, refused.headers)
+            if path == "/metrics":
+                return Response(200, prometheus.render(self._stats()), prometheus.CONTENT_TYPE)
             return Response(200, json.dumps(self._stats(), separators=(",", ":")).encode(), otlp.JSON)
-        if path == "/healthz":
-            if self.admission.stopping:
-                return Response(503, b"stopping\n", _TEXT, (self.admission.retry_after(),))
+        if path == "/healthz":  # liveness: the process serves (draining too)
             return Response(200, b"ok\n", _TEXT)
+        if path == "/readyz":
+            unready = self.admission.unready()
+            if unready is not None:
+                return Response(503, f"not ready: {unready}\n".encode(), _TEXT, (self.admission.retry_after(),))
+            return Response(200, b"ready\n", _TEXT)
         if path in _ROUTES:
             return Response(405, b"use POST\n", _TEXT, (("Allow", "POST"),))
-        return Response(404, b"not found: POST /v1/traces or /v1/logs; GET /healthz or /stats\n", _TEXT)
+        return Response(404, b"not found: POST /v1/traces or /v1/logs; GET /healthz, /readyz, /stats or /metrics\n",
+                        _TEXT)
 
     def _post(self, request: Request) -> Response:
         signal_ = _ROUTES.get(request.path)

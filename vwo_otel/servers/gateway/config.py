@@ -34,7 +34,7 @@ _RANGES: dict[str, checks.Range] = {
     "retry_after": checks.RETRY_AFTER, "shutdown_timeout": checks.SHUTDOWN_TIMEOUT, "timeout": checks.TIMEOUT,
     "max_body_bytes": checks.MAX_BODY_BYTES, "max_inflated_bytes": checks.MAX_BODY_BYTES,
     "idle_timeout": checks.SERVER_TIMEOUT, "header_timeout": checks.SERVER_TIMEOUT,
-    "body_timeout": checks.SERVER_TIMEOUT, "max_connections": checks.MAX_CONNECTIONS,
+    "body_timeout": checks.SERVER_TIMEOUT, "max_connections": checks.MAX_CONNECTIONS, "workers": checks.WORKERS,
 }
 
 
@@ -94,6 +94,9 @@ class GatewayConfig:
     #: Connections open at once (lowered to what the file limit allows); when full the longest-idle
     #: one is closed to admit a new one.
     max_connections: int = httpd.DEFAULT_MAX_CONNECTIONS
+    #: Processes serving the port (``vwo-otel gateway``; ``workers.py``): each with its own
+    #: backlogs and spool files, the connections spread over them; the bounds above are each one's.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         accounts = self.accounts
@@ -109,6 +112,12 @@ class GatewayConfig:
             default = checks.account_id(self.default_account, "default_account")
             if default not in self.accounts:
                 raise ValueError(f"default_account {default} is not one of the configured accounts")
+            if len(self.accounts) > 1:
+                raise ValueError(f"default_account {default} with {len(self.accounts)} accounts: an event without "
+                                 f"{otlp.ACCOUNT_ID} could belong to any of them (collectors drop a resource's "
+                                 "attributes when they split a batch), so a gateway with several accounts has no "
+                                 f"default; put {otlp.ACCOUNT_ID} on each record (VWOEvents(to_gateway=True) does) "
+                                 "and remove default_account")
             object.__setattr__(self, "default_account", default)
         for name, allowed in _RANGES.items():
             allowed.check(name, getattr(self, name))
@@ -189,7 +198,7 @@ CONFIG_KEYS = ("accounts", "default_account", "endpoint", "host", "port", "event
                "request_time_interval", "max_backlog", "retry_after", "shutdown_timeout", "spool", "timeout",
                "retry_budget", "max_body_bytes", "max_inflated_bytes", "auth_tokens", "tls_cert", "tls_key",
                "max_backlog_bytes", "max_items", "spool_max_bytes", "spool_max_age", "idle_timeout", "header_timeout",
-               "body_timeout", "max_connections")
+               "body_timeout", "max_connections", "workers")
 
 
 def _account_entry(key: Any, value: Any, environ: Mapping[str, str]) -> Account:
