@@ -41,3 +41,14 @@ def wait_listening(port: int, proc: subprocess.Popen[Any] | None = None, timeout
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"nothing listening on {host}:{port} within {timeout} s")
+
+
+def fill(directory: Any) -> None:
+    """Write a ballast file into ``directory`` until its file system is full (a ``make_tmpfs`` disk)."""
+    chunk = b"\0" * 4096
+    with open(f"{directory}/ballast", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(chunk)
+        except OSError:
+            pass

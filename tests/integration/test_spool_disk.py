@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ACCOUNT_ID
+from helpers import fill
 
 from vwo_otel import RetryPolicy, Spool, VWOSpanProcessor, visitor_uuid
 from vwo_otel._engine import spoolfile
@@ -38,15 +39,6 @@ def disk(make_tmpfs):
     return make_tmpfs(512)
 
 
-def fill(directory: Path) -> None:
-    """Write a ballast file until the file system is full."""
-    chunk = b"\0" * 4096
-    with open(directory / "ballast", "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(chunk)
-        except OSError:
-            pass
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ACCOUNT_ID, SDK_KEY
+from helpers import fill
 
 from vwo_otel import RetryPolicy, Spool, visitor_uuid
 
@@ -24,15 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 SHORT = RetryPolicy(budget=0.2, initial_backoff=0.01, max_backoff=0.05)
 
 
-def fill(directory: Path) -> None:
-    """Write a ballast file until the file system is full."""
-    chunk = b"\0" * 4096
-    with open(directory / "ballast", "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(chunk)
-        except OSError:
-            pass
 
 
 def rows_on_disk(directory: Path) -> list[str]:

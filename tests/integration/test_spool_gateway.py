@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 from conftest import ACCOUNT_ID, SDK_KEY
+from helpers import fill
 
 from vwo_otel import visitor_uuid
 
@@ -61,14 +62,6 @@ def _post(url: str, users: list[str]) -> int:
                          timeout=10).status_code
 
 
-def fill(directory: Path) -> None:
-    chunk = b"\0" * 4096
-    with open(directory / "ballast", "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(chunk)
-        except OSError:
-            pass
 
 
 def test_a_gateway_restarted_on_a_full_spool_disk_starts_and_delivers_what_is_on_disk(receiver, make_tmpfs,
