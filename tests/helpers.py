@@ -52,3 +52,18 @@ def fill(directory: Any) -> None:
                 f.write(chunk)
         except OSError:
             pass
+
+
+def until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> None:
+    """Wait until ``condition()`` holds; AssertionError naming ``what`` after ``timeout`` seconds."""
+    if not wait_until(condition, timeout, interval):
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def accepts(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts a connection on ``port`` now."""
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False

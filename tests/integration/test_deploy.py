@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import accepts, free_port, until
 
 from vwo_otel import visitor_uuid
 from vwo_otel.servers.gateway import config_from_mapping
@@ -118,25 +118,10 @@ def _haproxy() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.1)
 
 
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 class Topology:
@@ -144,8 +129,8 @@ class Topology:
 
     def __init__(self, tmp: Path, haproxy: str) -> None:
         self.tmp, self.haproxy = tmp, haproxy
-        self.ports = {"haproxy": _free_port(), "vwo": _free_port(), "otlp-http": _free_port(),
-                      "otlp-grpc": _free_port(), **{name: _free_port() for name in GATEWAYS}}
+        self.ports = {"haproxy": free_port(), "vwo": free_port(), "otlp-http": free_port(),
+                      "otlp-grpc": free_port(), **{name: free_port() for name in GATEWAYS}}
         self.procs: dict[str, subprocess.Popen] = {}
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VWO_"))}
         self.env["PYTHONPATH"] = str(ROOT) + os.pathsep + self.env.get("PYTHONPATH", "")
@@ -207,7 +192,7 @@ class Topology:
         proc = subprocess.Popen(self.argv(name), cwd=ROOT, env=self.environ(name), stdout=log, stderr=subprocess.STDOUT)
         self.procs[name] = proc
         if port is not None:
-            _wait(lambda: proc.poll() is not None or _accepts(self.ports[port]), 30, f"{name} to listen")
+            until(lambda: proc.poll() is not None or accepts(self.ports[port]), 30, f"{name} to listen")
             assert proc.poll() is None, self.log(name)
         return proc
 

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -36,6 +35,7 @@ from typing import Any
 
 import pytest
 from conftest import ACCOUNT_ID, SDK_KEY
+from helpers import accepts, free_port, until
 
 from vwo_otel import checks, visitor_uuid
 from vwo_otel.servers import otlp
@@ -59,26 +59,10 @@ PACED_PROCS, PACED_EVENTS, PACED_RATE = 2, 2000, 150.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 class Pipeline:
@@ -87,7 +71,7 @@ class Pipeline:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.receiver = Receiver(account_id=ACCOUNT_ID, sdk_key=SDK_KEY).start()
-        self.gw_port, self.http_port, self.grpc_port = _free_port(), _free_port(), _free_port()
+        self.gw_port, self.http_port, self.grpc_port = free_port(), free_port(), free_port()
         self.config = tmp / "gateway.json"
         self.config.write_text(json.dumps({
             "accounts": {str(ACCOUNT_ID): {"sdk_key_env": "TEST_GW_KEY"}},  # no default account: routed by
@@ -112,7 +96,7 @@ class Pipeline:
             stdout=(self.tmp / f"gateway{n}.out").open("w"),
             stderr=(self.tmp / f"gateway{n}.err").open("w"))
         self.gateways.append(proc)
-        _wait(lambda: proc.poll() is not None or _accepts(self.gw_port), 30, "the gateway to listen")
+        until(lambda: proc.poll() is not None or accepts(self.gw_port), 30, "the gateway to listen")
         assert proc.poll() is None, (self.tmp / f"gateway{n}.err").read_text()[-2000:]
 
     def stop_gateway(self) -> dict[str, Any]:
@@ -137,7 +121,7 @@ class Pipeline:
              "--pid-file", str(self.tmp / "rotel.pid"), "--log-file", str(self.tmp / "rotel.log")],
             stdout=(self.tmp / "rotel.out").open("w"), stderr=subprocess.STDOUT)
         rot = self.rotel
-        _wait(lambda: rot.poll() is not None or _accepts(self.http_port), 30, "rotel to listen")
+        until(lambda: rot.poll() is not None or accepts(self.http_port), 30, "rotel to listen")
         assert rot.poll() is None, self.rotel_log()[-2000:]
 
     def start_apps(self, procs: int, n: int, rate: float = 0.0) -> None:
@@ -196,7 +180,7 @@ class Pipeline:
         request of it is still on its way), then the record."""
         apps = self.finish_apps()
         self.wait_for_received(len(self.expected), timeout)
-        _wait(lambda: self.gateway_stats()["accounts"][str(ACCOUNT_ID)]["backlog"] == 0, 30, "an empty backlog")
+        until(lambda: self.gateway_stats()["accounts"][str(ACCOUNT_ID)]["backlog"] == 0, 30, "an empty backlog")
         stats = self.gateway_stats()
         events = self.receiver.events()
         types = Counter({ev["u"]: ev["eT"] for ev in events}.values())  # duplicates counted once
@@ -408,7 +392,7 @@ class SplitRun:
         self.tmp = tmp
         self.receivers = {ACCOUNT_ID: Receiver(account_id=ACCOUNT_ID, sdk_key=SDK_KEY).start(),
                           OTHER_ID: Receiver(account_id=OTHER_ID, sdk_key=OTHER_KEY).start()}
-        self.gw_port, self.http_port, grpc_port = _free_port(), _free_port(), _free_port()
+        self.gw_port, self.http_port, grpc_port = free_port(), free_port(), free_port()
         config = tmp / "gateway.json"
         config.write_text(json.dumps({
             "accounts": {str(ACCOUNT_ID): {"sdk_key_env": "TEST_GW_KEY"},
@@ -422,7 +406,7 @@ class SplitRun:
         self.sent = 0
         gateway = self._start([sys.executable, "-m", "vwo_otel", "gateway", "--config", str(config)], "gateway",
                               {"TEST_GW_KEY": SDK_KEY, "TEST_GW_OTHER_KEY": OTHER_KEY})
-        _wait(lambda: gateway.poll() is not None or _accepts(self.gw_port), 30, "the gateway to listen")
+        until(lambda: gateway.poll() is not None or accepts(self.gw_port), 30, "the gateway to listen")
         assert gateway.poll() is None, (tmp / "gateway.err").read_text()[-2000:]
         rot = self._start([str(ROTEL_AGENT), "start", "--otlp-http-endpoint", f"127.0.0.1:{self.http_port}",
                            "--otlp-grpc-endpoint", f"127.0.0.1:{grpc_port}", "--exporter", "otlp",
@@ -430,7 +414,7 @@ class SplitRun:
                            "--otlp-exporter-protocol", "http", "--batch-max-size", str(SPLIT_BATCH),
                            "--batch-timeout", SPLIT_TIMEOUT, "--pid-file", str(tmp / "rotel.pid"),
                            "--log-file", str(tmp / "rotel.log")], "rotel")
-        _wait(lambda: rot.poll() is not None or _accepts(self.http_port), 30, "rotel to listen")
+        until(lambda: rot.poll() is not None or accepts(self.http_port), 30, "rotel to listen")
         assert rot.poll() is None, (tmp / "rotel.err").read_text()[-2000:]
 
     def _start(self, cmd: list[str], name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -456,8 +440,8 @@ class SplitRun:
             assert app.returncode == 0, err[-2000:]
             assert json.loads(out.strip().splitlines()[-1])["export_failed"] == 0  # rotel took every export
         self.sent += n * len(apps)
-        _wait(lambda: self.stats()["vwo_items"] >= self.sent, 30, "every event at the gateway")
-        _wait(lambda: all(a["delivered"] == a["accepted"] for a in self.stats()["accounts"].values()), 30,
+        until(lambda: self.stats()["vwo_items"] >= self.sent, 30, "every event at the gateway")
+        until(lambda: all(a["delivered"] == a["accepted"] for a in self.stats()["accounts"].values()), 30,
               "the gateway to deliver what it accepted")
 
     def stats(self) -> dict[str, Any]:
