@@ -17,14 +17,19 @@ class ConfigError(ValueError):
 class VWODeliveryError(Exception):
     """A batch (or single event) did not reach VWO; ``reason`` says why in one word.
     ``retryable``: the retry policy would have sent it again (a lost answer, 429, 5xx...) had
-    time allowed, so a later try may get through; False for failures no resend fixes."""
+    time allowed, so a later try may get through; False for failures no resend fixes.
+    ``retry_after``: seconds the server asked senders to wait (a 429 or 503 with ``Retry-After``,
+    capped at ``RetryPolicy.max_retry_after``) when that wait ended the retries; the engine then
+    starts no request for that long and keeps the events for a later try. None otherwise."""
 
     reason = "delivery_failed"
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 class HTTPStatusError(VWODeliveryError):

@@ -92,6 +92,37 @@ def test_429_or_503_holds_every_new_batch_until_that_request_is_answered_again()
     assert flow.may_start(0)
 
 
+def test_a_servers_long_wait_holds_every_batch_then_one_probe_goes_first():
+    clock = Clock()
+    flow = Concurrency(64, clock)
+    grow(flow, clock, 20)
+    flow.hold(clock.now + 3600)
+    assert flow.paused and not flow.may_start(0) and flow.resumes() == clock.now + 3600
+    flow.hold(clock.now + 10)  # a shorter wait never shortens a longer one
+    assert flow.resumes() == clock.now + 3600
+    clock.now += 3600
+    assert not flow.paused and flow.resumes() == float("-inf")
+    assert flow.may_start(0) and not flow.may_start(1)  # one probe batch
+    grow(flow, clock, 1)
+    assert flow.limit == 2  # its answer: growth as at the start (slow start)
+
+
+def test_parking_probes_one_batch_and_a_servers_wait_puts_the_next_off():
+    from vwo_otel._engine.backlog import Parking
+    from vwo_otel.event import VWOEvent
+
+    parking = Parking()
+    parking.retry = RetryPolicy(initial_backoff=1.0, max_backoff=1.0)
+    for i in range(25):
+        parking.add(VWOEvent(1, f"u{i}", 1, 1, 1), 10)
+    parking.settled(False, 25, 600.0, now=0.0)  # parked; the server asked for 10 minutes
+    assert parking.due() == 600.0 and parking.take(100, 10, now=599.0) == []
+    assert len(parking.take(100, 10, now=600.0)) == 10 and parking.nbytes == 150  # a probe
+    assert 600.8 <= parking.due() <= 601.2  # the next after another backoff
+    parking.settled(True, 0, 0.0, now=601.0)  # the probe went through: everything is due now
+    assert len(parking.take(100, 10, now=601.0)) == 15 and parking.due() == float("inf")
+
+
 POLICY = RetryPolicy()
 
 

@@ -6,7 +6,8 @@ thread's timer). The timer starts with the first event into an empty queue and i
 cleared when the queue is cut. Emitting never blocks on the network and never raises.
 
 Batches in flight: an adaptive limit (``concurrency.Concurrency``) that grows while batches
-wait and answers stay fast, halves on 429/5xx/no answer and pauses on 429/503, up to
+wait and answers stay fast, halves on 429/5xx/no answer and pauses on 429/503 (for as long as
+the server's ``Retry-After`` asks, up to ``RetryPolicy.max_retry_after``), up to
 ``max_concurrent_requests``; so a server far away (tens of ms per answer) does not cap
 throughput at a few batches per round trip. Batches may then arrive, and their callbacks
 run, in another order than they were cut.
@@ -139,6 +140,8 @@ class Batcher(Delivery):
         self._seq = 0  # sequence number of the last cut batch
         self._inflight: dict[int, Batch] = {}  # batches taken for delivery, not yet settled, by seq
         self._closed = False
+        self._stop_at = math.inf  # the shutdown deadline (time.monotonic), once shutdown began
+        self._released = 0  # the last batch whose flushes a server's long wait released
         self._workers: list[threading.Thread] = []
         self._flow = Concurrency(self.max_concurrent_requests, self._clock)
         self._sending: dict[int, int] = {}  # thread ident -> seq of the batch it is sending
@@ -375,7 +378,11 @@ class Batcher(Delivery):
         with self._cond:
             ticket, threaded = self._cut_all()
             mark = backlog.entered if backlog.waiting else 0
-        ok = True
+            held = self._held_back()
+            # a server's wait holds events longer than a flush waits: False, they stay queued
+            ok = not (self._held_long() and (self._ready or backlog.due() < math.inf))
+        for seq in held:
+            self._notifier.abandon(seq, seq)
         while True:
             if not threaded:
                 self._drain_inline(deadline)
@@ -409,7 +416,8 @@ class Batcher(Delivery):
         ``shutdown_timeout``) and report what could not be delivered; idempotent.
 
         Bounded: retry waits are cut short at the deadline (a ``Retry-After`` longer than
-        what is left ends the batch at once). At the deadline, queued events are reported
+        what is left ends the batch at once), and a server's wait that outlasts the deadline
+        is not waited for (nothing may be sent before it ends). At the deadline, queued events are reported
         as ``EventsDropped("shutdown_timeout")`` and a request still unanswered as
         ``EventsDropped("shutdown_in_flight")`` (VWO may or may not have it); a late answer
         to that request is then only logged, never reported twice."""
@@ -421,14 +429,18 @@ class Batcher(Delivery):
         the delivery thread and cap retry waits at the deadline. None if already shut down.
         ``lifecycle`` begins every batcher's shutdown before finishing any, so at exit they
         all drain in parallel within one ``shutdown_timeout``."""
+        timeout = self.shutdown_timeout if timeout is None else max(0.0, timeout)
+        deadline = time.monotonic() + timeout
         with self._cond:
             if self._closed:
                 return None
             self._closed = True
+            self._stop_at = deadline
             self._room.notify_all()  # emitting threads waiting for room stop waiting: their events are refused
             ticket, threaded = self._cut_all()
-        timeout = self.shutdown_timeout if timeout is None else max(0.0, timeout)
-        deadline = time.monotonic() + timeout
+            held = self._held_back()
+        for seq in held:  # a server's wait outlasts the shutdown: what it holds is reported at the deadline
+            self._notifier.abandon(seq, seq)
         # No request or retry wait starts after the report of what is left is made (a little before
         # the deadline, so it reaches flush_callback in time); one already waiting for its answer
         # may until the deadline, and what is still in flight then is reported shutdown_in_flight.

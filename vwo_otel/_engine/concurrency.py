@@ -8,6 +8,9 @@ and grows by one per ``limit`` healthy answers after that (congestion avoidance)
 passes ``maximum`` (``max_concurrent_requests``). A 429 or 503 also holds every new batch
 back until the request that got it has been tried again (the exporter waits its backoff and
 ``Retry-After`` first), so the whole engine honours the server's wait, not just one request.
+A wait longer than the retry budget ends that request's retries; ``hold`` then keeps every
+new batch back until it is over, and the limit starts again at one batch (a probe) and grows
+from there (slow start).
 
 Not thread-safe: the batcher calls it under its lock. ``clock`` is monotonic seconds.
 """
@@ -74,6 +77,7 @@ class Concurrency:
     _fastest: float = field(default=math.inf, init=False)  # fastest recent answer, seconds
     _fastest_at: float = field(default=-math.inf, init=False)
     _held: set[Hashable] = field(default_factory=set, init=False)  # requests waiting out a 429/503
+    _until: float = field(default=-math.inf, init=False)  # no batch starts before this (a server's long wait)
 
     def __post_init__(self) -> None:
         self.limit = min(INITIAL_LIMIT, self.maximum)
@@ -81,11 +85,24 @@ class Concurrency:
     @property
     def paused(self) -> bool:
         """Whether a 429/503 holds new batches back."""
-        return bool(self._held)
+        return bool(self._held) or self.clock() < self._until
 
     def may_start(self, in_flight: int) -> bool:
         """Whether one more batch may go out now, with ``in_flight`` already out."""
-        return in_flight < self.limit and not self._held
+        return in_flight < self.limit and not self._held and self.clock() >= self._until
+
+    def hold(self, until: float) -> None:
+        """The server asked for a wait until ``until`` (on the clock) that outlasted a request's
+        retries: no batch starts before then, and the first after it goes alone (a probe)."""
+        self._until = max(self._until, until)
+        self.limit = 1
+        self.slow_start = True
+        self._credit = 0
+        self._cut_at = self.clock()  # answers to requests sent before the hold say nothing new
+
+    def resumes(self) -> float:
+        """When a server's wait (``hold``) ends; -inf if none holds batches back."""
+        return self._until if self.clock() < self._until else -math.inf
 
     def answered(self, who: Hashable, started: float, seconds: float, signal: Signal, backlog: bool) -> bool:
         """Record one answer to the request ``who`` is making (started at ``started`` on the
