@@ -89,3 +89,23 @@ def test_failures_no_resend_fixes_are_reported_not_parked(pipeline, receiver, ma
     ((err, evs),) = callbacks.failed
     assert isinstance(err, VWODeliveryError) and err.status == 403 and len(evs) == 5
     assert proc.batcher.backlog.on_disk() == 0 and len(receiver.requests()) == 1
+
+
+def test_a_batch_of_both_wire_formats_parks_exactly_what_failed(pipeline, receiver, make_exporter, callbacks,
+                                                                 tmp_path):
+    """One request per wire format: the failed one's events park, the accepted one's leave the
+    disk (the backlog once paired a batch's events with the outcomes in the wrong order: the
+    accepted FME event was sent twice and a legacy one lost)."""
+    policy = RetryPolicy(budget=5, initial_backoff=0.01, max_backoff=0.05, max_retries=0)
+    events, proc, _ = pipeline({"events_per_request": 3, "request_time_interval": 60},
+                               exporter=make_exporter(retry=policy), spool=str(tmp_path / "spool"))
+    receiver.fail_next(1, status=502)  # the first request: the legacy events'
+    events.activate(1, 1, "legacy-0")
+    events.track_event("purchase", "fme-0")
+    events.activate(1, 1, "legacy-1")
+    assert wait_until(lambda: receiver.event_count() == 3, timeout=10)
+    time.sleep(0.3)
+    reqs = receiver.requests()
+    assert [r["status"] for r in reqs].count(502) == 1 and receiver.event_count() == 3
+    assert sorted(r["n_events"] for r in reqs if r["status"] == 200) == [1, 2]  # FME once, both legacy ones
+    assert callbacks.failed == []
