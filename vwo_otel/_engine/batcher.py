@@ -33,7 +33,7 @@ from .. import checks
 from ..config import BatchEvents
 from ..event import DROP_PRIORITY, VWOEvent
 from ..export.exporter import VWOExporter
-from . import lifecycle, signals
+from . import lifecycle, signals, summary
 from .backlog import Backlog, MemoryBacklog, Taken
 from .concurrency import Concurrency
 from .delivery import Batch, Delivery
@@ -146,6 +146,7 @@ class Batcher(Delivery):
         self._flow = Concurrency(self.max_concurrent_requests, self._clock)
         self._sending: dict[int, int] = {}  # thread ident -> seq of the batch it is sending
         self.counts: dict[str, int] = {"delivered": 0, "failed": 0}
+        self._last_failure = ""  # the last answer that was not a success, in words (for the shutdown notice)
         self.dropped: dict[str, int] = {}
 
     def after_fork(self) -> list[object]:
@@ -454,7 +455,10 @@ class Batcher(Delivery):
         report_at = deadline - min(0.25, max(0.0, deadline - time.monotonic()) / 10)
         if not state.threaded:  # at exit the interpreter may refuse new threads: deliver here
             self._drain_inline(report_at)
-        ok = state.ticket.wait(max(0.0, report_at - time.monotonic()))
+        ok = state.ticket.wait(max(0.0, min(report_at, time.monotonic() + summary.NOTICE_AFTER) - time.monotonic()))
+        if not state.ticket.done.is_set() and report_at - time.monotonic() > 0.1:  # still delivering: say why
+            summary.notice(self._size, self._last_failure, deadline - time.monotonic())
+            ok = state.ticket.wait(max(0.0, report_at - time.monotonic()))
         with self._cond:
             seqs = [b.seq for b in self._ready] + list(self._inflight)
             left = [ev for b in self._ready for ev in b.events] + self._pending
@@ -478,6 +482,7 @@ class Batcher(Delivery):
         # CALLBACK_GRACE past the deadline; engines shut down together share that one grace.
         self._notifier.close(max(0.0, deadline + CALLBACK_GRACE - time.monotonic()))
         self.exporter.shutdown()
+        summary.summary(self.counts, self.dropped, self.backlog.on_disk(), bool(getattr(self.exporter, "disabled", 0)))
         return ok and settled and not left and not inflight
 
     def _close_backlog(self, left: list[VWOEvent], inflight: list[VWOEvent], deadline: float) -> bool:

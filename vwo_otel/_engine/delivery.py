@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 from ..event import VWOEvent
 from ..export.exporter import VWOExporter
+from . import summary
 from .backlog import Backlog, server_wait
-from .concurrency import Concurrency, signal_of
+from .concurrency import Concurrency, Signal, signal_of
 from .sending import in_send_order, salvage, send
 from .settle import Notifier
 from .signals import quiet
@@ -68,6 +69,7 @@ class Delivery:
     _queued: defaultdict[int | str, int]
     _deadline: float
     _closed: bool
+    _last_failure: str
     _stop_at: float
     _released: int
     _size: int
@@ -135,6 +137,8 @@ class Delivery:
         with self._cond:
             if who not in self._sending:  # not a request of ours (the exporter used directly)
                 return
+            if signal is not Signal.HEALTHY:
+                self._last_failure = summary.failure(status, error)
             was_paused = self._flow.paused
             # room to grow only if the limit is what holds batches back: all its slots in use
             limited = bool(self._ready) and len(self._sending) >= self._flow.limit
