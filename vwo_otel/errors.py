@@ -55,9 +55,10 @@ class EventsDropped(VWODeliveryError):
     impressions and custom dimensions go before conversions), ``already_shutdown`` (emitted
     after shutdown), ``shutdown_timeout`` (still queued when ``shutdown_timeout`` ran out),
     ``shutdown_in_flight`` (a request still unanswered at that deadline: VWO may or may not
-    have them) or ``malformed`` (a record claiming to be a VWO event that cannot be one; the
-    callback gets its attributes). ``count`` is how many were dropped; the callback's events
-    list at most max(``max_queue_size``, 10000) of them per report."""
+    have them), ``invocation_deadline`` (not delivered by the deadline of
+    ``vwo_otel.serverless.deliver_before_return``) or ``malformed`` (a record claiming to be a
+    VWO event that cannot be one; the callback gets its attributes). ``count`` is how many were
+    dropped; the callback's events list at most max(``max_queue_size``, 10000) of them per report."""
 
     def __init__(self, message: str, *, reason: str, count: int | None = None) -> None:
         super().__init__(message)

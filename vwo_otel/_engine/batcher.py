@@ -94,7 +94,7 @@ class Batcher(Delivery):
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
                  shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, spool: Backlog | None = None,
                  max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
-                 block_when_full: float = 0.0, count_bytes: bool = False,
+                 block_when_full: float = 0.0, count_bytes: bool = False, background: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.max_queue_size = checks.MAX_QUEUE_SIZE.check("max_queue_size", max_queue_size)
         #: Seconds an emitting thread may wait for room in a full backlog (0: drop at once).
@@ -114,8 +114,11 @@ class Batcher(Delivery):
         #: Keep ``queue_bytes()`` (the gateway bounds its backlog in bytes; the app's hot path skips it).
         self._count_bytes = count_bytes
         self._clock = clock
+        #: False: no thread ever starts (serverless): batches wait for a flush or the shutdown,
+        #: which deliver them, and run the callbacks, on the calling thread.
+        self.background = background
         self._notifier = Notifier(config.flush_callback if config else None, exporter.encode,
-                                  max(max_queue_size, DROP_LIST_MIN))
+                                  max(max_queue_size, DROP_LIST_MIN), inline=not background)
         self._reset()
         add_observer = getattr(exporter, "add_observer", None)  # a stand-in exporter may have none
         if add_observer is not None:
@@ -230,8 +233,8 @@ class Batcher(Delivery):
         """Backlog full (lock held): wait up to ``block_when_full`` seconds for room; True if
         there is room. Not on the engine's own threads (they make the room) nor after shutdown."""
         me = threading.current_thread()
-        if self._closed or me in self._workers or self._notifier.runs_callbacks(me):
-            return False
+        if self._closed or not self.background or me in self._workers or self._notifier.runs_callbacks(me):
+            return False  # (without background threads nothing would make room meanwhile)
         if self._pending:  # nothing may be due yet: send what waits for the count or age trigger now
             self._cut()
             self._start_worker()
@@ -387,6 +390,9 @@ class Batcher(Delivery):
         while True:
             if not threaded:
                 self._drain_inline(deadline)
+            if not self.background:  # nothing else delivers: what could go went, its callbacks run here
+                self._notifier.drain()
+                return ticket.wait(0) and ok
             ok = ticket.wait(None if timeout is None else max(0.0, deadline - time.monotonic())) and ok
             if not mark or not ticket.done.is_set():
                 return ok
@@ -395,6 +401,35 @@ class Batcher(Delivery):
                 if backlog.left >= mark and not self._refilling.locked():
                     mark = 0  # the last round: what waited before the flush is cut now
                 ticket, threaded = self._cut_all()
+
+    def deliver_now(self, timeout: float) -> bool:
+        """The end of a serverless invocation: deliver what is queued within ``timeout`` seconds
+        (on this thread when no background thread runs) and report what could not go in time as
+        ``EventsDropped("invocation_deadline")``, so nothing stays queued for a process that may
+        be frozen next; without background threads the callbacks have run when it returns. True
+        if everything was delivered."""
+        ok = self.flush(timeout)
+        with self._cond:
+            seqs = [b.seq for b in self._ready]
+            left = [ev for b in self._ready for ev in b.events] + self._pending
+            self._ready.clear()
+            self._pending = []
+            self._deadline = math.inf
+            self._size -= len(left)
+            if self._count_bytes:
+                self._bytes -= sum(ev.nbytes() for ev in left)
+            for ev in left:
+                self._queued[ev.etype] -= 1
+            if left:
+                self.dropped["invocation_deadline"] = self.dropped.get("invocation_deadline", 0) + len(left)
+        for seq in seqs:
+            self._notifier.abandon(seq, seq)
+        if left:
+            self.backlog.settle(left, None)
+            self._notifier.dropped("invocation_deadline", left, f"not delivered within the {timeout:g} s deadline")
+        if not self.background:
+            self._notifier.drain()
+        return ok and not left
 
     def flush_async(self) -> None:
         """Cut what is queued now and wake the delivery threads; returns at once. Nobody hears
@@ -453,10 +488,11 @@ class Batcher(Delivery):
         is left, close the callback thread and the HTTP session."""
         deadline = state.deadline
         report_at = deadline - min(0.25, max(0.0, deadline - time.monotonic()) / 10)
-        if not state.threaded:  # at exit the interpreter may refuse new threads: deliver here
+        if not state.threaded:  # no background thread, or the interpreter refuses new ones (at exit): deliver here
             self._drain_inline(report_at)
-        ok = state.ticket.wait(max(0.0, min(report_at, time.monotonic() + summary.NOTICE_AFTER) - time.monotonic()))
-        if not state.ticket.done.is_set() and report_at - time.monotonic() > 0.1:  # still delivering: say why
+        ok = state.ticket.wait(0 if not self.background else
+                               max(0.0, min(report_at, time.monotonic() + summary.NOTICE_AFTER) - time.monotonic()))
+        if not state.ticket.done.is_set() and self.background and report_at - time.monotonic() > 0.1:
             summary.notice(self._size, self._last_failure, deadline - time.monotonic())
             ok = state.ticket.wait(max(0.0, report_at - time.monotonic()))
         with self._cond:

@@ -54,6 +54,7 @@ class Delivery:
     exporter: VWOExporter
     backlog: Backlog
     realtime: bool
+    background: bool
     max_queue_size: int
     counts: dict[str, int]
     _cond: threading.Condition
@@ -85,6 +86,8 @@ class Delivery:
         """Bring the delivery threads up to the current in-flight limit (called with the lock
         held; threads are started as the limit grows, never stopped); False if the interpreter
         refuses new threads (at exit) and none is running, so the caller delivers inline."""
+        if not self.background:
+            return False
         workers = self._workers
         target = self._flow.limit
         if len(workers) >= target and all(w.is_alive() for w in workers):
@@ -184,14 +187,19 @@ class Delivery:
                                         exc_info=True)
                 time.sleep(0.05)
 
-    def _drain_inline(self, deadline: float, bounded: bool = False) -> None:
-        """Deliver due batches on this thread until ``deadline`` (``bounded``: no request or
-        retry of them past it either)."""
+    def _drain_inline(self, deadline: float) -> None:
+        """Deliver due batches on this thread, one at a time, by ``deadline`` (no request or
+        retry past it); a server's wait that ends before it is waited out."""
         while time.monotonic() < deadline:
             batch = self._next_batch(block=False)
-            if batch is None:
-                return
-            self._deliver(batch, deadline if bounded else None)
+            if batch is not None:
+                self._deliver(batch, None if deadline == math.inf else deadline)
+                continue
+            with self._cond:
+                left = self._flow.resumes() - self._clock()
+                if not self._ready or left <= 0 or time.monotonic() + left > deadline:
+                    return
+                self._cond.wait(left)
 
     def _deliver(self, batch: Batch, deadline: float | None = None) -> None:
         events = batch.events

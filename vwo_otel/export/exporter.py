@@ -180,6 +180,12 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         """Development mode: no request is ever made (fixed at construction)."""
         return self._disabled
 
+    def without_threads(self) -> None:
+        """Start no thread of the exporter's own from now on (serverless: nothing may run after
+        the handler returns): a kept-alive connection unused for ``IDLE_TIMEOUT`` is closed when
+        next used instead of by a thread."""
+        self._transport.reap = False
+
     def add_observer(self, observer: Observer) -> None:
         """Call ``observer(method, events, nbytes, status, error, seconds)`` on the delivery thread
         after each HTTP request (each retry too); it must not raise. Without observers this costs nothing."""
