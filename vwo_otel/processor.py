@@ -19,6 +19,7 @@ from .aio import run_blocking
 from .config import _UNSET, BatchEventsLike, batch_events_argument, parse_batch_events
 from .event import MalformedEvent, from_record
 from .export.exporter import VWOExporter
+from .handoff import HANDED
 from .integrations.uwsgi import check as uwsgi_check
 from .metrics import DeliveryMetrics, Signal
 
@@ -176,6 +177,10 @@ class VWOSpanProcessor(VWOProcessor, SpanProcessor):
         pass
 
     def on_end(self, span: ReadableSpan) -> None:
+        handed = HANDED  # VWOEvents' own span on this thread: the event it built (``handoff``)
+        if handed.key is getattr(span, "_context", False) and handed.event is not None:
+            self._put(handed.event)
+            return
         try:
             event = from_record(span)
         except MalformedEvent as exc:
@@ -192,6 +197,11 @@ class VWOLogRecordProcessor(VWOProcessor, LogRecordProcessor):
     _signal: Signal = "log"
 
     def on_emit(self, log_record: Any) -> None:
+        handed = HANDED  # VWOEvents' own record on this thread: the event it built (``handoff``)
+        if handed.key is getattr(getattr(log_record, "log_record", log_record), "timestamp", False) \
+                and handed.event is not None:
+            self._put(handed.event)
+            return
         try:
             event = from_record(log_record)
         except MalformedEvent as exc:

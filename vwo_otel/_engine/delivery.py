@@ -144,7 +144,7 @@ class Delivery:
                 self._last_failure = summary.failure(status, error)
             was_paused = self._flow.paused
             # room to grow only if the limit is what holds batches back: all its slots in use
-            limited = bool(self._ready) and len(self._sending) >= self._flow.limit
+            limited = len(self._ready) if len(self._sending) >= self._flow.limit else 0
             grew = self._flow.answered(who, self._clock() - seconds, seconds, signal, limited)
             if grew or (was_paused and not self._flow.paused):
                 self._wake_senders()
@@ -204,6 +204,7 @@ class Delivery:
     def _deliver(self, batch: Batch, deadline: float | None = None) -> None:
         events = batch.events
         wait = 0.0
+        cpu = time.thread_time()
         try:
             events = in_send_order(self.exporter, self.realtime, events)
             outcomes = send(self.exporter, self.realtime, events, deadline)
@@ -215,7 +216,9 @@ class Delivery:
             settled = self.backlog.settle(events, outcomes)
         outcomes, kept = settled.report, settled.kept
         delivered = sum(len(o.events) for o in outcomes if o.ok)
+        cpu = time.thread_time() - cpu
         with self._cond:
+            self._flow.spent(cpu)
             mine = self._inflight.pop(batch.seq, None) is not None
             who = threading.get_ident()
             self._sending.pop(who, None)
