@@ -133,3 +133,27 @@ def test_a_spool_needs_background_threads(make_exporter, tmp_path):
     with pytest.raises(ValueError, match="background"):
         VWOSpanProcessor(make_exporter(), {"events_per_request": 5, "request_time_interval": 60},
                          spool=str(tmp_path), background=False)
+
+
+def test_a_servers_long_wait_sends_nothing_and_leaves_nothing_queued(receiver, make_exporter, callbacks):
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from vwo_otel import VWOEvents, VWOSampler
+
+    processor = VWOSpanProcessor(make_exporter(), {"events_per_request": 5, "request_time_interval": 600,
+                                                   "flush_callback": callbacks}, background=False)
+    provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    vwo = VWOEvents(tracer_provider=provider)
+    receiver.fail_next(10, status=429, retry_after=3600)
+    for invocation in range(2):
+        with deliver_before_return(processor, deadline=1.0) as done:
+            for i in range(10):
+                vwo.activate(1, 1, f"held-{invocation}-{i}")
+        assert done.ok is False and processor.stats()["queued"] == 0
+    assert len(receiver.requests()) == 1  # the 429; then nothing until the wait is over
+    reported = Counter()
+    for err, evs in callbacks.calls:
+        reported[getattr(err, "reason", None)] += len(evs)
+    assert reported == {"invocation_deadline": 20}, reported
+    provider.shutdown()
