@@ -878,6 +878,7 @@ def task_burst(spec: dict) -> dict:
 
 
 DELAYS_MS = (0, 20, 50, 100)  # the "latency" section's answer delays
+BURST_DELAYS_MS = (0, 50, 100)  # the "burst" section's, against the official SDK (issue #21 item 11)
 
 
 def task_delay(spec: dict) -> dict:
@@ -1367,9 +1368,19 @@ def collect(orch: Orchestrator, only: set[str]) -> dict:
                     raw["http"][f"{client}_{round(latency * 1000)}ms"].append(
                         orch.one({"task": "http", "client": client, "n": n, "latency": latency}))
     if "burst" in only:
-        log("burst on defaults (20,000 events: 1 thread, 16 threads)...", flush=True)
+        log("burst on defaults (20,000 events: 1 thread, 16 threads; vs the official SDK at 0/50/100 ms)...",
+            flush=True)
         n = 2000 if orch.mode == "quick" else 20_000
         raw["burst"] = [orch.one({"task": "burst", "n": n, "threads": t}) for t in (1, 16)]
+        # the same burst against the official SDK, answers 0/50/100 ms late: each repeat runs ours and
+        # then the official SDK back to back (paired), as the latency section does
+        repeats = 1 if orch.mode == "quick" else max(5, cfg["latency_repeats"])
+        raw["burst_vs"] = {f"{impl}_{ms}ms": [] for ms in BURST_DELAYS_MS for impl in ("ours", "official")}
+        for _ in range(repeats):
+            for ms in BURST_DELAYS_MS:
+                for impl in ("ours", "official"):
+                    raw["burst_vs"][f"{impl}_{ms}ms"].append(orch.one({
+                        "task": "latency", "impl": impl, "n": n, "latency": ms / 1000}))
     if "latency" in only:
         from vwo_otel.export.http import IDLE_TIMEOUT
 
@@ -1675,6 +1686,21 @@ def report(raw: dict, cfg: dict) -> tuple[list[dict], dict]:
             row(f"B burst on defaults, {r['n']:,} events from {r['threads']} thread(s), server "
                 f"{BURST_LATENCY * 1000:.0f} ms away: lost", r["lost"], None,
                 "events", "0", r["lost"] == 0, fmt="{:,.0f}")
+        runs = {k: [_check(r, f"burst {k}") for r in v] for k, v in raw.get("burst_vs", {}).items()}
+        for ms in BURST_DELAYS_MS if runs else ():
+            ours, off = runs[f"ours_{ms}ms"], runs[f"official_{ms}ms"]
+            lost = max(r["lost"] + sum(r["dropped"].values()) for r in ours)
+            paired = median([a["events_per_s"] / b["events_per_s"] for a, b in zip(ours, off, strict=False)])
+            row(f"B{ms:<3} the burst ({ours[0]['n']:,} events, one thread, defaults) vs the official SDK, answers "
+                f"{ms} ms late: delivered events/s (lost {lost})", median([r["events_per_s"] for r in ours]),
+                median([r["events_per_s"] for r in off]), "events/s", ">= 3x, 0 lost", paired >= 3 and lost == 0,
+                ratio=paired, fmt="{:,.0f}",
+                note=f"ratio: median of paired runs; emitting thread's CPU per event: ours "
+                     f"{median([r['emit_cpu_us_per_event'] for r in ours]):.1f} µs, official "
+                     f"{median([r['emit_cpu_us_per_event'] for r in off]):.1f} µs; most in flight "
+                     f"{median([r['in_flight_max'] for r in ours]):.0f}; runs: " + " / ".join(
+                         f"{a['events_per_s']:,.0f} vs {b['events_per_s']:,.0f}"
+                         for a, b in zip(ours, off, strict=False)))
 
     safe(burst, "B burst", "burst")
 

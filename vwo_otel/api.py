@@ -24,6 +24,7 @@ from . import checks
 from ._version import __version__
 from .event_types import MAX_EVENT_ATTRIBUTES, TYPES, row_for
 from .export.exporter import VWOExporter
+from .handoff import HANDED, event_of
 from .processor import VWOLogRecordProcessor, VWOSpanProcessor
 
 logger = logging.getLogger("vwo_otel")
@@ -187,9 +188,10 @@ class VWOEvents:
         self._emit(attrs[A.EVENT_TYPE], attrs, ua, ip)
 
     def _emit_span(self, etype: int | str, attrs: dict[str, Any], ua: str | None, ip: str | None) -> None:
-        if not self._ready(attrs, ua, ip):
+        if (ua is not None or ip is not None or not self._routed or self._max_length is not None) \
+                and not self._ready(attrs, ua, ip):
             return
-        span = self._tracer.start_span(_span_name(etype), attributes=attrs)
+        span = self._tracer.start_span(_SPAN_NAMES.get(etype) or _span_name(etype), attributes=attrs)
         if self._to_gateway:
             if not span.get_span_context().trace_flags.sampled and not self._warned:
                 self._warned = True  # the provider's exporters see sampled spans only
@@ -197,6 +199,10 @@ class VWOEvents:
                                "never sends it: emit VWO events to a gateway as log records "
                                "(VWOEvents(logger_provider=..., to_gateway=True)), or give this TracerProvider a "
                                "sampler that samples every span (not VWOSampler, not a ratio)")
+        elif (start := getattr(span, "_start_time", None)) is not None:  # an SDK span, recording
+            handed = HANDED  # the processor on this thread takes the event built here (``handoff``)
+            handed.event = event_of(attrs, start)
+            handed.key = getattr(span, "_context", None)
         elif not span.is_recording() and not self._warned:
             self._warned = True
             logger.warning("a VWO event span was not recorded, so it cannot reach VWO: use an SDK "
@@ -204,8 +210,16 @@ class VWOEvents:
         span.end()
 
     def _emit_log(self, etype: int | str, attrs: dict[str, Any], ua: str | None, ip: str | None) -> None:
-        if self._ready(attrs, ua, ip):
-            self._logger.emit(event_name=_span_name(etype), attributes=attrs, timestamp=time.time_ns())
+        if (ua is not None or ip is not None or not self._routed or self._max_length is not None) \
+                and not self._ready(attrs, ua, ip):
+            return
+        timestamp = time.time_ns()
+        if not self._to_gateway:  # the processor on this thread takes the event built here (``handoff``)
+            handed = HANDED
+            handed.event = event_of(attrs, timestamp)
+            handed.key = timestamp
+        self._logger.emit(event_name=_SPAN_NAMES.get(etype) or _span_name(etype), attributes=attrs,
+                          timestamp=timestamp)
 
     def _ready(self, attrs: dict[str, Any], ua: str | None, ip: str | None) -> bool:
         """Complete ``attrs`` and say whether the event may be emitted: only where a VWO processor

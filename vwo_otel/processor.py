@@ -20,6 +20,7 @@ from .aio import run_blocking
 from .config import _UNSET, BatchEventsLike, batch_events_argument, parse_batch_events
 from .event import MalformedEvent, from_record
 from .export.exporter import VWOExporter
+from .handoff import HANDED
 from .metrics import DeliveryMetrics, Signal
 
 logger = logging.getLogger("vwo_otel")
@@ -40,6 +41,12 @@ class VWOProcessor:
     about 25 MB). ``block_when_full`` (seconds, default 0) lets an emitting thread wait that
     long for room when the queue is full before the event is dropped: for backfills and
     batch jobs that emit faster than VWO takes events.
+
+    ``background=False`` (serverless: AWS Lambda, Cloud Run, short invocations) starts no thread
+    at all: events wait in the queue until ``flush_events`` / ``force_flush`` / ``shutdown``
+    delivers them on the calling thread (``request_time_interval`` never fires on its own, a
+    full ``events_per_request`` batch waits too); ``vwo_otel.serverless.deliver_before_return``
+    does that as each invocation ends. No ``spool`` then (it writes from a thread).
     """
 
     _signal: Signal = "span"
@@ -51,15 +58,21 @@ class VWOProcessor:
                  max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
                  block_when_full: float = 0.0,
                  spool: str | os.PathLike[str] | Spool | None = None,
-                 meter_provider: MeterProvider | None = None) -> None:
+                 meter_provider: MeterProvider | None = None, background: bool = True) -> None:
         if not isinstance(exporter, VWOExporter):
             raise TypeError(f"exporter must be a vwo_otel.VWOExporter, got {type(exporter).__name__}")
         if meter_provider is not None and not hasattr(meter_provider, "get_meter"):
             raise TypeError(f"meter_provider must be a MeterProvider, got {type(meter_provider).__name__}")
+        background = checks.boolean("background", background)
+        if not background:
+            if spool is not None:
+                raise ValueError("spool= needs background threads (it commits and replays on threads of its own); "
+                                 "with background=False each invocation delivers before it returns")
+            exporter.without_threads()
         self._batcher = Batcher(exporter, parse_batch_events(batch_events_argument(batch_events, batch_event_data)),
                                 max_queue_size=max_queue_size, shutdown_timeout=shutdown_timeout,
                                 max_concurrent_requests=max_concurrent_requests, block_when_full=block_when_full,
-                                spool=_open_spool(spool))
+                                spool=_open_spool(spool), background=background)
         self._put = self._batcher.put
         self._count_lock = threading.Lock()
         self._handed_to_sdk = 0  # events of the instrumented VWO SDK its own dispatch sent (see stats)
@@ -132,7 +145,7 @@ class VWOProcessor:
           (``delivered`` then stays 0).
         - ``dropped[reason]``: events given up before any request, by ``EventsDropped.reason``
           (``queue_full``, ``already_shutdown``, ``shutdown_timeout``, ``shutdown_in_flight``,
-          ``malformed``); a reason appears once it happened.
+          ``malformed``, ``invocation_deadline``); a reason appears once it happened.
         - ``events["handed_to_sdk"]``: only with ``VWOInstrumentor``, once it happened: events of
           the official VWO SDK this processor's provider could not take (another account's, an
           unrecorded span, ...), which the SDK then sent itself, on the calling thread.
@@ -164,6 +177,10 @@ class VWOSpanProcessor(VWOProcessor, SpanProcessor):
         pass
 
     def on_end(self, span: ReadableSpan) -> None:
+        handed = HANDED  # VWOEvents' own span on this thread: the event it built (``handoff``)
+        if handed.key is getattr(span, "_context", False) and handed.event is not None:
+            self._put(handed.event)
+            return
         try:
             event = from_record(span)
         except MalformedEvent as exc:
@@ -180,6 +197,11 @@ class VWOLogRecordProcessor(VWOProcessor, LogRecordProcessor):
     _signal: Signal = "log"
 
     def on_emit(self, log_record: Any) -> None:
+        handed = HANDED  # VWOEvents' own record on this thread: the event it built (``handoff``)
+        if handed.key is getattr(getattr(log_record, "log_record", log_record), "timestamp", False) \
+                and handed.event is not None:
+            self._put(handed.event)
+            return
         try:
             event = from_record(log_record)
         except MalformedEvent as exc:

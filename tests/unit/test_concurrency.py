@@ -92,6 +92,86 @@ def test_429_or_503_holds_every_new_batch_until_that_request_is_answered_again()
     assert flow.may_start(0)
 
 
+def test_a_servers_long_wait_holds_every_batch_then_one_probe_goes_first():
+    clock = Clock()
+    flow = Concurrency(64, clock)
+    grow(flow, clock, 20)
+    flow.hold(clock.now + 3600)
+    assert flow.paused and not flow.may_start(0) and flow.resumes() == clock.now + 3600
+    flow.hold(clock.now + 10)  # a shorter wait never shortens a longer one
+    assert flow.resumes() == clock.now + 3600
+    clock.now += 3600
+    assert not flow.paused and flow.resumes() == float("-inf")
+    assert flow.may_start(0) and not flow.may_start(1)  # one probe batch
+    grow(flow, clock, 1)
+    assert flow.limit == 2  # its answer: growth as at the start (slow start)
+
+
+def test_parking_probes_one_batch_and_a_servers_wait_puts_the_next_off():
+    from vwo_otel._engine.backlog import Parking
+    from vwo_otel.event import VWOEvent
+
+    parking = Parking()
+    parking.retry = RetryPolicy(initial_backoff=1.0, max_backoff=1.0)
+    for i in range(25):
+        parking.add(VWOEvent(1, f"u{i}", 1, 1, 1), 10)
+    parking.settled(False, 25, 600.0, now=0.0)  # parked; the server asked for 10 minutes
+    assert parking.due() == 600.0 and parking.take(100, 10, now=599.0) == []
+    assert len(parking.take(100, 10, now=600.0)) == 10 and parking.nbytes == 150  # a probe
+    assert 600.8 <= parking.due() <= 601.2  # the next after another backoff
+    parking.settled(True, 0, 0.0, now=601.0)  # the probe went through: everything is due now
+    assert len(parking.take(100, 10, now=601.0)) == 15 and parking.due() == float("inf")
+
+
+def test_a_burst_to_a_far_server_jumps_to_what_the_answer_time_allows():
+    """100 ms answers, 0.5 ms of CPU per request, 40 batches waiting: one round trip to about
+    40 in flight (slow start alone: 2, 4, 8, 16, 32, 64, five round trips)."""
+    clock = Clock()
+    flow = Concurrency(64, clock)
+    flow.spent(0.0005)
+    clock.now += 0.1
+    assert flow.answered("a", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=40)
+    assert flow.limit == 42  # the 2 in flight and the 40 waiting
+    flow.answered("b", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=200)
+    assert flow.limit == 64  # never past the maximum
+
+
+def test_on_loopback_the_limit_stays_small():
+    """Answers about as long as sending costs: a jump adds nothing, growth stays one by one."""
+    clock = Clock()
+    flow = Concurrency(64, clock)
+    for _ in range(20):
+        flow.spent(0.0004)
+        clock.now += 0.001
+        flow.answered("a", clock.now - 0.0009, 0.0009, Signal.HEALTHY, backlog=100)
+    assert flow.useful() == 3 and flow.limit <= INITIAL_LIMIT + 20  # one per answer at most, as before
+
+
+def test_a_server_that_got_slower_is_measured_anew_within_a_round():
+    clock = Clock()
+    flow = Concurrency(64, clock)
+    flow.spent(0.0005)
+    flow.answered("a", clock.now - 0.001, 0.001, Signal.HEALTHY, backlog=0)  # 1 ms, nothing waits
+    for _ in range(3):  # 20 ms now, with no more in flight: not yet a round
+        clock.now += 0.02
+        assert not flow.answered("a", clock.now - 0.02, 0.02, Signal.HEALTHY, backlog=30)
+    clock.now += 0.02
+    assert flow.answered("a", clock.now - 0.02, 0.02, Signal.HEALTHY, backlog=30)  # a round: it grows now
+    assert flow.limit == 32  # the 2 in flight and the 30 waiting, within 20 ms / 0.5 ms
+
+
+def test_after_a_halving_growth_is_additive_even_with_a_backlog():
+    clock = Clock()
+    flow = Concurrency(64, clock)
+    flow.spent(0.0005)
+    grow(flow, clock, 1, seconds=0.1)
+    clock.now += 0.2
+    flow.answered("a", clock.now - 0.1, 0.1, Signal.OVERLOADED, backlog=100)
+    halved = flow.limit
+    grow(flow, clock, halved, seconds=0.1)
+    assert flow.limit == halved + 1  # one per `limit` answers, no jump
+
+
 POLICY = RetryPolicy()
 
 

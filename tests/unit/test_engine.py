@@ -54,6 +54,9 @@ class FakeExporter:
     def send_event(self, ev):
         return self.send_batch([ev])[0]
 
+    def send_order(self, events):
+        return events
+
     def hurry(self, deadline: float, requests_until: float | None = None) -> None:
         self.hurried = deadline
         self.requests_until = requests_until

@@ -104,3 +104,70 @@ def test_plain_reads_bounded_attributes(attrs):
     bounded = BoundedAttributes(attributes=attrs)
     assert _plain(bounded) == attrs and type(_plain(bounded)) is dict
     assert _plain(attrs) is attrs and _plain(None) is None
+
+
+def test_the_event_vwoevents_hands_over_is_the_one_decoding_gives():
+    """``handoff.event_of`` (VWOEvents builds the event from the attributes it checked) gives
+    what decoding the record gives, for every legacy method and argument they accept."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from vwo_otel import VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor
+    from vwo_otel.handoff import event_of
+
+    processor = VWOSpanProcessor(VWOExporter(12345, "key", disabled=True),  # no request is made
+                                 {"events_per_request": 5000, "request_time_interval": 600}, background=False)
+    provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    spans = []
+
+    class Keep(VWOSpanProcessor):
+        def on_end(self, span):
+            spans.append(span)
+
+    provider.add_span_processor(Keep(VWOExporter(12345, "key", disabled=True), None, background=False))
+    vwo = VWOEvents(tracer_provider=provider)
+    rnd = random.Random(3)
+    users = ["u1", 7, "é", "日本", "\U0001f600", "a b"]
+    for _ in range(300):
+        kw = {k: rnd.choice([None, "", "ua", "ü", "1.2.3.4"]) for k in ("visitor_ua", "visitor_ip")}
+        call = rnd.choice(["activate", "track", "push"])
+        if call == "activate":
+            vwo.activate(rnd.randrange(2**63), rnd.randrange(9), rnd.choice(users), **kw)
+        elif call == "track":
+            vwo.track(5, 2, rnd.randrange(99), rnd.choice(users), revenue=rnd.choice([None, 0, 5, 12.5, -0.0, 2**62]),
+                      **kw)
+        else:
+            vwo.push(rnd.choice(users), {rnd.choice(["k", "ü"]): rnd.choice(["v", 3, 2.5, ""])}, **kw)
+    queued = processor.batcher.snapshot().pending
+    assert len(queued) == len(spans) == 300
+    for event, span in zip(queued, spans, strict=True):
+        decoded = from_attributes(_plain(span._attributes), span.start_time)
+        assert event == decoded
+        assert event_of(_plain(span._attributes), span.start_time) == decoded
+    processor.shutdown()
+
+
+def test_log_records_hand_over_the_event_decoding_gives():
+    from opentelemetry.sdk._logs import LoggerProvider
+
+    from vwo_otel import VWOEvents, VWOExporter, VWOLogRecordProcessor
+    from vwo_otel.event import from_record
+
+    processor = VWOLogRecordProcessor(VWOExporter(12345, "key", disabled=True),
+                                      {"events_per_request": 5000, "request_time_interval": 600}, background=False)
+    records = []
+
+    class Keep(VWOLogRecordProcessor):
+        def on_emit(self, log_record):
+            records.append(log_record)
+
+    provider = LoggerProvider(shutdown_on_exit=False)
+    provider.add_log_record_processor(processor)
+    provider.add_log_record_processor(Keep(VWOExporter(12345, "key", disabled=True), None, background=False))
+    vwo = VWOEvents(logger_provider=provider)
+    for i in range(20):
+        vwo.activate(1, 2, f"u{i}", visitor_ua="ua" if i % 2 else None)
+        vwo.track(1, 2, 3, f"u{i}", revenue=i / 2 if i % 3 else None)
+        vwo.push(f"u{i}", {"plan": "pro"})
+    queued = processor.batcher.snapshot().pending
+    assert list(queued) == [from_record(r) for r in records] and len(queued) == 60

@@ -6,7 +6,8 @@ thread's timer). The timer starts with the first event into an empty queue and i
 cleared when the queue is cut. Emitting never blocks on the network and never raises.
 
 Batches in flight: an adaptive limit (``concurrency.Concurrency``) that grows while batches
-wait and answers stay fast, halves on 429/5xx/no answer and pauses on 429/503, up to
+wait and answers stay fast, halves on 429/5xx/no answer and pauses on 429/503 (for as long as
+the server's ``Retry-After`` asks, up to ``RetryPolicy.max_retry_after``), up to
 ``max_concurrent_requests``; so a server far away (tens of ms per answer) does not cap
 throughput at a few batches per round trip. Batches may then arrive, and their callbacks
 run, in another order than they were cut.
@@ -32,7 +33,7 @@ from .. import checks
 from ..config import BatchEvents
 from ..event import DROP_PRIORITY, VWOEvent
 from ..export.exporter import VWOExporter
-from . import lifecycle, signals
+from . import lifecycle, signals, summary
 from .backlog import Backlog, MemoryBacklog, Taken
 from .concurrency import Concurrency
 from .delivery import Batch, Delivery
@@ -93,7 +94,7 @@ class Batcher(Delivery):
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
                  shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, spool: Backlog | None = None,
                  max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
-                 block_when_full: float = 0.0, count_bytes: bool = False,
+                 block_when_full: float = 0.0, count_bytes: bool = False, background: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.max_queue_size = checks.MAX_QUEUE_SIZE.check("max_queue_size", max_queue_size)
         #: Seconds an emitting thread may wait for room in a full backlog (0: drop at once).
@@ -113,8 +114,11 @@ class Batcher(Delivery):
         #: Keep ``queue_bytes()`` (the gateway bounds its backlog in bytes; the app's hot path skips it).
         self._count_bytes = count_bytes
         self._clock = clock
+        #: False: no thread ever starts (serverless): batches wait for a flush or the shutdown,
+        #: which deliver them, and run the callbacks, on the calling thread.
+        self.background = background
         self._notifier = Notifier(config.flush_callback if config else None, exporter.encode,
-                                  max(max_queue_size, DROP_LIST_MIN))
+                                  max(max_queue_size, DROP_LIST_MIN), inline=not background)
         self._reset()
         add_observer = getattr(exporter, "add_observer", None)  # a stand-in exporter may have none
         if add_observer is not None:
@@ -139,10 +143,13 @@ class Batcher(Delivery):
         self._seq = 0  # sequence number of the last cut batch
         self._inflight: dict[int, Batch] = {}  # batches taken for delivery, not yet settled, by seq
         self._closed = False
+        self._stop_at = math.inf  # the shutdown deadline (time.monotonic), once shutdown began
+        self._released = 0  # the last batch whose flushes a server's long wait released
         self._workers: list[threading.Thread] = []
         self._flow = Concurrency(self.max_concurrent_requests, self._clock)
         self._sending: dict[int, int] = {}  # thread ident -> seq of the batch it is sending
         self.counts: dict[str, int] = {"delivered": 0, "failed": 0}
+        self._last_failure = ""  # the last answer that was not a success, in words (for the shutdown notice)
         self.dropped: dict[str, int] = {}
 
     def after_fork(self) -> list[object]:
@@ -237,8 +244,8 @@ class Batcher(Delivery):
         """Backlog full (lock held): wait up to ``block_when_full`` seconds for room; True if
         there is room. Not on the engine's own threads (they make the room) nor after shutdown."""
         me = threading.current_thread()
-        if self._closed or me in self._workers or self._notifier.runs_callbacks(me):
-            return False
+        if self._closed or not self.background or me in self._workers or self._notifier.runs_callbacks(me):
+            return False  # (without background threads nothing would make room meanwhile)
         if self._pending:  # nothing may be due yet: send what waits for the count or age trigger now
             self._cut()
             self._start_worker()
@@ -398,10 +405,17 @@ class Batcher(Delivery):
         with self._cond:
             ticket, threaded = self._cut_all()
             mark = backlog.entered if backlog.waiting else 0
-        ok = True
+            held = self._held_back()
+            # a server's wait holds events longer than a flush waits: False, they stay queued
+            ok = not (self._held_long() and (self._ready or backlog.due() < math.inf))
+        for seq in held:
+            self._notifier.abandon(seq, seq)
         while True:
             if not threaded:
                 self._drain_inline(deadline)
+            if not self.background:  # nothing else delivers: what could go went, its callbacks run here
+                self._notifier.drain()
+                return ticket.wait(0) and ok
             ok = ticket.wait(None if timeout is None else max(0.0, deadline - time.monotonic())) and ok
             if not mark or not ticket.done.is_set():
                 return ok
@@ -410,6 +424,35 @@ class Batcher(Delivery):
                 if backlog.left >= mark and not self._refilling.locked():
                     mark = 0  # the last round: what waited before the flush is cut now
                 ticket, threaded = self._cut_all()
+
+    def deliver_now(self, timeout: float) -> bool:
+        """The end of a serverless invocation: deliver what is queued within ``timeout`` seconds
+        (on this thread when no background thread runs) and report what could not go in time as
+        ``EventsDropped("invocation_deadline")``, so nothing stays queued for a process that may
+        be frozen next; without background threads the callbacks have run when it returns. True
+        if everything was delivered."""
+        ok = self.flush(timeout)
+        with self._cond:
+            seqs = [b.seq for b in self._ready]
+            left = [ev for b in self._ready for ev in b.events] + self._pending
+            self._ready.clear()
+            self._pending = []
+            self._deadline = math.inf
+            self._size -= len(left)
+            if self._count_bytes:
+                self._bytes -= sum(ev.nbytes() for ev in left)
+            for ev in left:
+                self._queued[ev.etype] -= 1
+            if left:
+                self.dropped["invocation_deadline"] = self.dropped.get("invocation_deadline", 0) + len(left)
+        for seq in seqs:
+            self._notifier.abandon(seq, seq)
+        if left:
+            self.backlog.settle(left, None)
+            self._notifier.dropped("invocation_deadline", left, f"not delivered within the {timeout:g} s deadline")
+        if not self.background:
+            self._notifier.drain()
+        return ok and not left
 
     def flush_async(self) -> None:
         """Cut what is queued now and wake the delivery threads; returns at once. Nobody hears
@@ -432,7 +475,8 @@ class Batcher(Delivery):
         ``shutdown_timeout``) and report what could not be delivered; idempotent.
 
         Bounded: retry waits are cut short at the deadline (a ``Retry-After`` longer than
-        what is left ends the batch at once). At the deadline, queued events are reported
+        what is left ends the batch at once), and a server's wait that outlasts the deadline
+        is not waited for (nothing may be sent before it ends). At the deadline, queued events are reported
         as ``EventsDropped("shutdown_timeout")`` and a request still unanswered as
         ``EventsDropped("shutdown_in_flight")`` (VWO may or may not have it); a late answer
         to that request is then only logged, never reported twice."""
@@ -444,14 +488,18 @@ class Batcher(Delivery):
         the delivery thread and cap retry waits at the deadline. None if already shut down.
         ``lifecycle`` begins every batcher's shutdown before finishing any, so at exit they
         all drain in parallel within one ``shutdown_timeout``."""
+        timeout = self.shutdown_timeout if timeout is None else max(0.0, timeout)
+        deadline = time.monotonic() + timeout
         with self._cond:
             if self._closed:
                 return None
             self._closed = True
+            self._stop_at = deadline
             self._room.notify_all()  # emitting threads waiting for room stop waiting: their events are refused
             ticket, threaded = self._cut_all()
-        timeout = self.shutdown_timeout if timeout is None else max(0.0, timeout)
-        deadline = time.monotonic() + timeout
+            held = self._held_back()
+        for seq in held:  # a server's wait outlasts the shutdown: what it holds is reported at the deadline
+            self._notifier.abandon(seq, seq)
         # No request or retry wait starts after the report of what is left is made (a little before
         # the deadline, so it reaches flush_callback in time); one already waiting for its answer
         # may until the deadline, and what is still in flight then is reported shutdown_in_flight.
@@ -463,9 +511,13 @@ class Batcher(Delivery):
         is left, close the callback thread and the HTTP session."""
         deadline = state.deadline
         report_at = deadline - min(0.25, max(0.0, deadline - time.monotonic()) / 10)
-        if not state.threaded:  # at exit the interpreter may refuse new threads: deliver here
+        if not state.threaded:  # no background thread, or the interpreter refuses new ones (at exit): deliver here
             self._drain_inline(report_at)
-        ok = state.ticket.wait(max(0.0, report_at - time.monotonic()))
+        ok = state.ticket.wait(0 if not self.background else
+                               max(0.0, min(report_at, time.monotonic() + summary.NOTICE_AFTER) - time.monotonic()))
+        if not state.ticket.done.is_set() and self.background and report_at - time.monotonic() > 0.1:
+            summary.notice(self._size, self._last_failure, deadline - time.monotonic())
+            ok = state.ticket.wait(max(0.0, report_at - time.monotonic()))
         with self._cond:
             seqs = [b.seq for b in self._ready] + list(self._inflight)
             left = [ev for b in self._ready for ev in b.events] + self._pending
@@ -489,6 +541,7 @@ class Batcher(Delivery):
         # CALLBACK_GRACE past the deadline; engines shut down together share that one grace.
         self._notifier.close(max(0.0, deadline + CALLBACK_GRACE - time.monotonic()))
         self.exporter.shutdown()
+        summary.summary(self.counts, self.dropped, self.backlog.on_disk(), bool(getattr(self.exporter, "disabled", 0)))
         return ok and settled and not left and not inflight
 
     def _close_backlog(self, left: list[VWOEvent], inflight: list[VWOEvent], deadline: float) -> bool:

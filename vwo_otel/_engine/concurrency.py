@@ -2,12 +2,20 @@
 
 The limit starts at ``INITIAL_LIMIT`` and grows by one per healthy answer while batches wait
 with every slot of the limit in use (the limit is what holds them back, as RFC 7661 validates
-TCP's window) and the answer came about as fast as the fastest recent one (slow start); it
-halves on a sign of overload (429, 5xx, no answer), at most once per round trip,
+TCP's window) and the answer came about as fast as the fastest recent one (slow start). In
+slow start it may also jump at once to the requests that can usefully be in flight: the
+fastest recent answer divided by what one request costs the delivery thread in CPU (``spent``),
+as many as the waiting batches need. A server 100 ms away is kept busy from the second round
+trip of a burst instead of the sixth, while on loopback, where an answer takes about what
+sending it costs, that is one or two and extra threads would only contend for the
+interpreter lock. It halves on a sign of overload (429, 5xx, no answer), at most once per round trip,
 and grows by one per ``limit`` healthy answers after that (congestion avoidance). It never
 passes ``maximum`` (``max_concurrent_requests``). A 429 or 503 also holds every new batch
 back until the request that got it has been tried again (the exporter waits its backoff and
 ``Retry-After`` first), so the whole engine honours the server's wait, not just one request.
+A wait longer than the retry budget ends that request's retries; ``hold`` then keeps every
+new batch back until it is over, and the limit starts again at one batch (a probe) and grows
+from there (slow start).
 
 Not thread-safe: the batcher calls it under its lock. ``clock`` is monotonic seconds.
 """
@@ -31,8 +39,15 @@ GROW_RTT_FACTOR = 2.0
 #: Plus this much slack, so sub-millisecond jitter on loopback still counts as fast.
 GROW_RTT_SLACK = 0.002
 #: The fastest answer is remembered this long, so a server that got slower for good (VWO from
-#: 1 ms to 100 ms away, or slowing down) is measured anew: growth waits at most this long.
+#: 1 ms to 100 ms away, or slowing down) is measured anew: growth waits at most this long
+#: (a round of slower answers with no more in flight forgets it sooner: ``SLOW_ROUND``).
 RTT_WINDOW = 2.0
+#: Answers in a row (at least; a whole limit's worth) slower than the fastest, with no more in
+#: flight than it had, that make the fastest forgotten at once: the server got slower (VWO from
+#: 1 ms to 20 ms away), not the limit's own doing, so growth need not wait out ``RTT_WINDOW``.
+SLOW_ROUND = 4
+#: Weight of the newest request in the running CPU cost of a request (``spent``).
+COST_WEIGHT = 0.25
 
 
 class Signal(enum.Enum):
@@ -73,7 +88,13 @@ class Concurrency:
     _cut_at: float = field(default=-math.inf, init=False)  # when the limit last halved
     _fastest: float = field(default=math.inf, init=False)  # fastest recent answer, seconds
     _fastest_at: float = field(default=-math.inf, init=False)
+    _fastest_limit: int = field(default=0, init=False)  # the limit when the fastest answer came
+    _slow: int = field(default=0, init=False)  # answers in a row slower than that, with no more in flight
+    _slow_fastest: float = field(default=math.inf, init=False)  # the fastest of them
+    _cost: float = field(default=0.0, init=False)  # CPU seconds a request costs its delivery thread (running mean)
+    _ceiling: float = field(default=math.inf, init=False)  # slow start ends here (after a server's long wait)
     _held: set[Hashable] = field(default_factory=set, init=False)  # requests waiting out a 429/503
+    _until: float = field(default=-math.inf, init=False)  # no batch starts before this (a server's long wait)
 
     def __post_init__(self) -> None:
         self.limit = min(INITIAL_LIMIT, self.maximum)
@@ -81,16 +102,31 @@ class Concurrency:
     @property
     def paused(self) -> bool:
         """Whether a 429/503 holds new batches back."""
-        return bool(self._held)
+        return bool(self._held) or self.clock() < self._until
 
     def may_start(self, in_flight: int) -> bool:
         """Whether one more batch may go out now, with ``in_flight`` already out."""
-        return in_flight < self.limit and not self._held
+        return in_flight < self.limit and not self._held and self.clock() >= self._until
 
-    def answered(self, who: Hashable, started: float, seconds: float, signal: Signal, backlog: bool) -> bool:
+    def hold(self, until: float) -> None:
+        """The server asked for a wait until ``until`` (on the clock) that outlasted a request's
+        retries: no batch starts before then, and the first after it goes alone (a probe)."""
+        self._until = max(self._until, until)
+        self._ceiling = max(INITIAL_LIMIT, self.limit // 2)  # slow start again, up to half the old limit
+        self.limit = 1
+        self.slow_start = True
+        self._credit = 0
+        self._cut_at = self.clock()  # answers to requests sent before the hold say nothing new
+
+    def resumes(self) -> float:
+        """When a server's wait (``hold``) ends; -inf if none holds batches back."""
+        return self._until if self.clock() < self._until else -math.inf
+
+    def answered(self, who: Hashable, started: float, seconds: float, signal: Signal, backlog: int) -> bool:
         """Record one answer to the request ``who`` is making (started at ``started`` on the
-        clock, answered in ``seconds``); ``backlog``: batches wait for a delivery thread.
-        Returns True if the limit grew (the caller may start one more thread)."""
+        clock, answered in ``seconds``); ``backlog``: how many batches wait for a delivery
+        thread that the limit holds back (0: none). Returns True if the limit grew (the caller
+        may start more threads)."""
         self._held.discard(who)  # its retry was answered: the server's wait is over
         if signal is Signal.HEALTHY:
             return self._healthy(seconds, backlog)
@@ -104,11 +140,30 @@ class Concurrency:
         """``who``'s batch settled (delivered, failed or given up): it holds nothing back."""
         self._held.discard(who)
 
-    def _healthy(self, seconds: float, backlog: bool) -> bool:
+    def spent(self, cpu: float) -> None:
+        """Sending one batch cost its delivery thread ``cpu`` seconds of CPU."""
+        self._cost = cpu if not self._cost else self._cost + COST_WEIGHT * (cpu - self._cost)
+
+    def useful(self) -> int:
+        """Requests in flight that keep the delivery threads busy rather than waiting: the
+        fastest recent answer over what one request costs in CPU (0 before both are known)."""
+        if not self._cost or self._fastest == math.inf:
+            return 0
+        return math.ceil(self._fastest / self._cost)
+
+    def _healthy(self, seconds: float, backlog: int) -> bool:
         now = self.clock()
         if seconds <= self._fastest or now - self._fastest_at > RTT_WINDOW:
-            self._fastest, self._fastest_at = seconds, now
+            self._fastest, self._fastest_at, self._fastest_limit = seconds, now, self.limit
         fast = seconds <= self._fastest * GROW_RTT_FACTOR + GROW_RTT_SLACK
+        if fast or self.limit > self._fastest_limit:
+            self._slow, self._slow_fastest = 0, math.inf
+        else:  # slower with no more in flight than the fastest answer had: the server, not us
+            self._slow += 1
+            self._slow_fastest = min(self._slow_fastest, seconds)
+            if self._slow >= max(self.limit, SLOW_ROUND):  # a whole round: it got slower for good
+                self._fastest, self._fastest_at, self._fastest_limit = self._slow_fastest, now, self.limit
+                self._slow, self._slow_fastest, fast = 0, math.inf, True
         if not backlog or not fast or self.limit >= self.maximum:
             return False
         if not self.slow_start:
@@ -116,7 +171,12 @@ class Concurrency:
             if self._credit < self.limit:
                 return False
             self._credit = 0
-        self.limit += 1
+            self.limit += 1
+            return True
+        jump = min(self.useful(), self.limit + backlog, self._ceiling)
+        self.limit = min(self.maximum, max(self.limit + 1, int(jump)))
+        if self.limit >= self._ceiling:
+            self.slow_start = False
         return True
 
     def _overloaded(self, started: float) -> None:

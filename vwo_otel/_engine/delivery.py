@@ -2,7 +2,14 @@
 in-flight limit (``concurrency.Concurrency``), each waits for a batch that is due (full, old
 enough, flushed or closing) and for room under the limit, sends it (``sending``), settles it
 with the backlog and hands the outcome to the notifier. When parked events in the backlog
-come due (``Backlog.due``), a waiting thread reads them back. The queue's state they share
+come due (``Backlog.due``), a waiting thread reads them back.
+
+A server's wait that outlasted a request's retries (``VWODeliveryError.retry_after``: a 429 or
+503 whose ``Retry-After`` was longer than the retry budget) holds every batch back that long
+(``Concurrency.hold``); the batch that got it goes back to the front of the queue (no spool:
+``Settled.back``) or parks in the spool, and nothing is reported. Flushes and shutdown do not wait for a hold longer than they
+may (the retry budget; the shutdown deadline): the batches it holds stay queued, their flushes
+are released as not delivered. The queue's state they share
 is the batcher's, under its lock; the names below are what this part reads and writes.
 """
 
@@ -18,9 +25,10 @@ from dataclasses import dataclass
 
 from ..event import VWOEvent
 from ..export.exporter import VWOExporter
-from .backlog import Backlog
-from .concurrency import Concurrency, signal_of
-from .sending import salvage, send
+from . import summary
+from .backlog import Backlog, server_wait
+from .concurrency import Concurrency, Signal, signal_of
+from .sending import in_send_order, salvage, send
 from .settle import Notifier
 from .signals import quiet
 
@@ -46,6 +54,7 @@ class Delivery:
     exporter: VWOExporter
     backlog: Backlog
     realtime: bool
+    background: bool
     max_queue_size: int
     counts: dict[str, int]
     _cond: threading.Condition
@@ -61,6 +70,9 @@ class Delivery:
     _queued: defaultdict[int | str, int]
     _deadline: float
     _closed: bool
+    _last_failure: str
+    _stop_at: float
+    _released: int
     _size: int
     _bytes: int
     _count_bytes: bool
@@ -74,6 +86,8 @@ class Delivery:
         """Bring the delivery threads up to the current in-flight limit (called with the lock
         held; threads are started as the limit grows, never stopped); False if the interpreter
         refuses new threads (at exit) and none is running, so the caller delivers inline."""
+        if not self.background:
+            return False
         workers = self._workers
         target = self._flow.limit
         if len(workers) >= target and all(w.is_alive() for w in workers):
@@ -97,7 +111,8 @@ class Delivery:
             while True:
                 if self._pending and (self._closed or self._clock() >= self._deadline):
                     self._cut()
-                if self._ready and (not block or self._flow.may_start(len(self._inflight))):
+                flow = self._flow
+                if self._ready and (flow.may_start(len(self._inflight)) if block else flow.resumes() == -math.inf):
                     break
                 if not block or (self._closed and not self._pending and not self._ready):
                     return None
@@ -105,6 +120,8 @@ class Delivery:
                 if due <= 0 and self._size < self.max_queue_size and not self._closed:
                     return _REFILL
                 wait = min(due, self._deadline - self._clock())
+                if self._ready and flow.resumes() != -math.inf:  # a server's wait: until it is over
+                    wait = min(wait, flow.resumes() - self._clock())
                 self._cond.wait(None if wait == math.inf else max(0.0, min(wait, threading.TIMEOUT_MAX)))
             batch = self._ready.popleft()
             queued = self._queued
@@ -123,12 +140,30 @@ class Delivery:
         with self._cond:
             if who not in self._sending:  # not a request of ours (the exporter used directly)
                 return
+            if signal is not Signal.HEALTHY:
+                self._last_failure = summary.failure(status, error)
             was_paused = self._flow.paused
             # room to grow only if the limit is what holds batches back: all its slots in use
-            limited = bool(self._ready) and len(self._sending) >= self._flow.limit
+            limited = len(self._ready) if len(self._sending) >= self._flow.limit else 0
             grew = self._flow.answered(who, self._clock() - seconds, seconds, signal, limited)
             if grew or (was_paused and not self._flow.paused):
                 self._wake_senders()
+
+    def _held_long(self) -> bool:
+        """Lock held: a server's wait holds batches back longer than a flush may wait (the retry
+        budget, or until the shutdown deadline)."""
+        left = self._flow.resumes() - self._clock()
+        return left > 0 and left > min(self.exporter.retry.budget, self._stop_at - time.monotonic())
+
+    def _held_back(self) -> list[int]:
+        """Lock held: while ``_held_long``, the ready batches whose flushes are not yet released
+        (they are released as not delivered; the batches stay queued)."""
+        if not self._ready or not self._held_long():
+            return []
+        seqs = [b.seq for b in self._ready if b.seq > self._released]
+        if seqs:
+            self._released = seqs[-1]
+        return seqs
 
     def _wake_senders(self) -> None:
         """Lock held: threads for the room under the limit, and wake as many waiting ones."""
@@ -153,33 +188,54 @@ class Delivery:
                 time.sleep(0.05)
 
     def _drain_inline(self, deadline: float) -> None:
+        """Deliver due batches on this thread, one at a time, by ``deadline`` (no request or
+        retry past it); a server's wait that ends before it is waited out."""
         while time.monotonic() < deadline:
             batch = self._next_batch(block=False)
-            if batch is None:
-                return
-            self._deliver(batch)
+            if batch is not None:
+                self._deliver(batch, None if deadline == math.inf else deadline)
+                continue
+            with self._cond:
+                left = self._flow.resumes() - self._clock()
+                if not self._ready or left <= 0 or time.monotonic() + left > deadline:
+                    return
+                self._cond.wait(left)
 
-    def _deliver(self, batch: Batch) -> None:
+    def _deliver(self, batch: Batch, deadline: float | None = None) -> None:
         events = batch.events
+        wait = 0.0
+        cpu = time.thread_time()
         try:
-            outcomes = send(self.exporter, self.realtime, events)
+            events = in_send_order(self.exporter, self.realtime, events)
+            outcomes = send(self.exporter, self.realtime, events, deadline)
         except Exception as exc:  # a bug or odd input must not kill the delivery thread
             settled = self.backlog.settle(events, None)
             settled.report = salvage(self.exporter, self.realtime, events, exc, self._notifier.log)
         else:
+            wait = server_wait(outcomes)
             settled = self.backlog.settle(events, outcomes)
         outcomes, kept = settled.report, settled.kept
         delivered = sum(len(o.events) for o in outcomes if o.ok)
+        cpu = time.thread_time() - cpu
         with self._cond:
+            self._flow.spent(cpu)
             mine = self._inflight.pop(batch.seq, None) is not None
             who = threading.get_ident()
             self._sending.pop(who, None)
             self._flow.done(who)
+            if wait:
+                self._flow.hold(self._clock() + wait)
+            back = settled.back if mine else []
+            if back:  # a server's wait holds them and no backlog keeps them: first in the queue again
+                self._ready.appendleft(Batch(batch.seq, back))
+                for ev in back:
+                    self._queued[ev.etype] += 1
+            held = self._held_back()
             self._wake_senders()
             if mine:
-                self._size -= len(events)
+                self._size -= len(events) - len(back)
                 if self._count_bytes:
-                    self._bytes -= sum(ev.nbytes() for ev in events)
+                    self._bytes -= sum(ev.nbytes() for ev in events) - sum(ev.nbytes() for ev in back)
                 self.counts["delivered"] += delivered
                 self.counts["failed"] += len(events) - delivered - kept
                 if self._blocked:
@@ -188,6 +244,12 @@ class Delivery:
             logger.info("vwo_otel: a request unanswered at the shutdown deadline finished late: "
                         "%d of %d event(s) delivered", delivered, len(events))
             return
+        if wait:
+            self._notifier.log.warn("server_wait", kept, "vwo_otel: VWO asked for a pause of %.0f s (Retry-After, "
+                                    "capped at RetryPolicy.max_retry_after); no request goes out until then and "
+                                    "the events wait (%d of this batch)", wait, kept)
+        for seq in held:
+            self._notifier.abandon(seq, seq)
         if settled.refill:
             self._refill()  # room freed: before the flushes waiting on this batch are released
         if kept and not outcomes:

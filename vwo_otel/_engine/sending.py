@@ -9,11 +9,26 @@ from ..export.exporter import VWOExporter
 from .settle import LogLimiter
 
 
-def send(exporter: VWOExporter, realtime: bool, batch: list[VWOEvent]) -> list[Outcome]:
-    """The batch's outcomes (may raise on a bug: see ``salvage``)."""
+def send(exporter: VWOExporter, realtime: bool, batch: list[VWOEvent],
+         deadline: float | None = None) -> list[Outcome]:
+    """The batch's outcomes, by ``deadline`` (monotonic) if given, else within the retry
+    budget (may raise on a bug: see ``salvage``). Their events follow the batch's order: put
+    it in ``in_send_order`` first."""
     if realtime:
-        return [exporter.send_event(ev) for ev in batch]
-    return exporter.send_batch(batch)
+        if deadline is None:
+            return [exporter.send_event(ev) for ev in batch]
+        return [exporter.send_event(ev, deadline) for ev in batch]
+    if deadline is None:
+        return exporter.send_batch(batch)
+    return exporter.send_batch(batch, deadline)
+
+
+def in_send_order(exporter: VWOExporter, realtime: bool, batch: list[VWOEvent]) -> list[VWOEvent]:
+    """The batch in the order its outcomes list its events (one request per wire format), so a
+    backlog settles each event with its own outcome; the batch itself when that is its order."""
+    if realtime or len(batch) < 2:
+        return batch
+    return exporter.send_order(batch)
 
 
 def salvage(exporter: VWOExporter, realtime: bool, batch: list[VWOEvent], exc: Exception,

@@ -160,13 +160,16 @@ class _Drops:
 
 
 class Notifier:
-    """Delivers results to the user's callback in the order batches settled."""
+    """Delivers results to the user's callback in the order batches settled. ``inline``: no
+    thread of its own; results run on the thread that settles them, drops wait for ``drain``
+    (a flush, the close) so a full queue does not call back once per dropped event."""
 
     def __init__(self, callback: FlushCallback | None, encode: Callable[[Sequence[VWOEvent]], list[dict]],
-                 drop_report_limit: int) -> None:
+                 drop_report_limit: int, inline: bool = False) -> None:
         self._callback = callback
         self._encode = encode
         self._drop_limit = drop_report_limit
+        self._inline = inline
         self.after_fork()
 
     def after_fork(self) -> None:
@@ -263,7 +266,9 @@ class Notifier:
                 entry.unlisted += n - room
             if note:
                 entry.note = note
-            if self._drops_due == math.inf:  # first drop since the last report: schedule one
+            if self._inline and not self._closed:
+                inline = False  # reported by the next drain (a flush, the close)
+            elif self._drops_due == math.inf:  # first drop since the last report: schedule one
                 self._drops_due = time.monotonic() + DROP_REPORT_DELAY
                 inline = self._wake()
             else:
@@ -326,6 +331,8 @@ class Notifier:
         """Start the callback thread if none is running (also after close, or after a callback
         killed it) and wake it (lock held); True when the caller must run callbacks inline
         because the interpreter refuses new threads (at exit)."""
+        if self._inline:
+            return True
         thread = self._thread
         if thread is None or not thread.is_alive():
             try:
@@ -365,6 +372,10 @@ class Notifier:
                 self._drain()
             except Exception:  # pragma: no cover - _drain guards the callback; this is a last resort
                 logger.exception("vwo_otel callback thread error; it keeps running")
+
+    def drain(self) -> None:
+        """Run what is waiting (results, drops) on this thread, in order: an ``inline`` notifier's flush."""
+        self._drain()
 
     def _drain(self) -> None:
         """Run what is waiting, in order; one drainer at a time (others return at once)."""

@@ -64,7 +64,7 @@ from ..errors import Outcome, VWODeliveryError
 from ..event import VWOEvent
 from ..export.retry import RetryPolicy
 from . import spoolfile
-from .backlog import Closed, Settled, Taken
+from .backlog import Closed, Parking, Settled, Taken, server_wait
 from .settle import LogLimiter
 from .signals import quiet
 from .spoolfile import DISK_RESERVE, RETRY_INTERVAL, SCHEMA_VERSION, Orphan, OwnFile
@@ -121,7 +121,6 @@ class Spool:
             raise TypeError(f"spool must be a directory path, got {type(directory).__name__}")
         self.directory = os.fspath(directory)
         os.makedirs(self.directory, exist_ok=True)
-        self._retry = RetryPolicy()
         self._reset()
         self._file.create(at_start=True)
 
@@ -149,10 +148,7 @@ class Spool:
         self.left = 0
         self._spilled_bytes = 0
         self._orphans: list[Orphan] = []
-        self._parked: deque[tuple[VWOEvent, int]] = deque()  # (event, its row's bytes), oldest first
-        self._parked_bytes = 0
-        self._rounds = 0  # retry rounds of parked events since a request was last accepted
-        self._retry_at = math.inf  # monotonic time parked events are due (0: VWO answers again, now)
+        self._parked = Parking()  # events whose retries ran out, with their rows' bytes
         self._log = LogLimiter()
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
@@ -163,7 +159,7 @@ class Spool:
     def open(self, retry: RetryPolicy | None) -> None:
         """The engine's retry policy decides which failures park and the wait between rounds."""
         if retry is not None:
-            self._retry = retry
+            self._parked.retry = retry
 
     def after_fork(self) -> list[object]:
         """In a forked child: a file of its own. The parent's connections are returned to be
@@ -178,9 +174,9 @@ class Spool:
         for fd in [self._file.lock_fd, *(o.lock_fd for o in self._orphans)]:
             if fd is not None:
                 os.close(fd)
-        retry = self._retry
+        retry = self._parked.retry
         self._reset()
-        self._retry = retry
+        self._parked.retry = retry
         self._file.create()
         return kept
 
@@ -204,7 +200,7 @@ class Spool:
             return False
         text = spoolfile.encode(event)
         with self._lock:
-            if self._spilled_bytes + self._parked_bytes + len(text) > self.max_bytes:
+            if self._spilled_bytes + self._parked.nbytes + len(text) > self.max_bytes:
                 return False
             self._next += 1
             row = self._next
@@ -229,17 +225,8 @@ class Spool:
         batcher's lock; no disk access): parked ones when their retry is due (``batch`` of them
         as a probe, all once VWO accepted a request again), then what waits, oldest first."""
         with self._lock:
-            parked: list[VWOEvent] = []
-            now = time.monotonic()
-            if self._parked and now >= self._retry_at:
-                n = min(limit, len(self._parked) if self._retry_at == 0.0 else batch)
-                for _ in range(n):
-                    ev, size = self._parked.popleft()
-                    self._parked_bytes -= size
-                    parked.append(ev)
-                limit -= n
-                if self._retry_at != 0.0:  # a probe: the next one after another backoff
-                    self._retry_at = now + self._retry.backoff(self._rounds) if self._parked else math.inf
+            parked = self._parked.take(limit, batch, time.monotonic())
+            limit -= len(parked)
             runs: list[_Run] = []
             orphans: list[tuple[Orphan, int]] = []
             while limit > 0 and self._waits:
@@ -371,25 +358,19 @@ class Spool:
             elif reportable:
                 ids = {id(ev) for ev in reportable}
                 report.append(Outcome(o.error, [d for ev, d in zip(mine, o.events, strict=True) if id(ev) in ids]))
-        with self._lock:
-            if accepted and self._parked:
-                self._rounds, self._retry_at = 0, 0.0  # VWO answers again: what waits on disk goes now
-            elif parked:
-                self._rounds += 1
-                if self._retry_at == math.inf:
-                    self._retry_at = time.monotonic() + self._retry.backoff(self._rounds)
+        with self._lock:  # VWO answers again: what waits on disk goes now; a server's wait puts it off
+            self._parked.settled(accepted, parked, server_wait(outcomes), time.monotonic())
         if parked:
             self._log.warn("parked", parked, "vwo_otel: VWO did not take a batch within the retry budget (%s); its %d "
                            "event(s) wait on disk (spool) and are sent again when VWO answers", why, parked)
         return Settled(report, kept, self._due_now())
 
     def _due_now(self) -> bool:
-        return bool(self.waiting) or (bool(self._parked) and time.monotonic() >= self._retry_at)
+        return bool(self.waiting) or time.monotonic() >= self._parked.due()
 
     def due(self) -> float:
         """When parked events are next due to be taken (monotonic; inf: none wait for a retry)."""
-        return self._retry_at if self._parked else math.inf
-
+        return self._parked.due()
 
     def _park(self, events: list[VWOEvent]) -> list[VWOEvent]:
         """Keep events whose retries ran out on disk, to be sent again; returns those refused."""
@@ -399,11 +380,10 @@ class Spool:
             for ev in events:
                 size = len(spoolfile.encode(ev))
                 if (self._closing or self._file.failing or ev.time < oldest
-                        or self._parked_bytes + size > self.max_bytes):
+                        or self._parked.nbytes + size > self.max_bytes):
                     refused.append(ev)
                 else:
-                    self._parked.append((ev, size))
-                    self._parked_bytes += size
+                    self._parked.add(ev, size)
         return refused
 
     def _release(self, events: Iterable[VWOEvent]) -> None:
@@ -531,7 +511,7 @@ class Spool:
         ``max_bytes``), or None. One request larger than that is taken when nothing else waits."""
         if self._closing or self._file.failing or self._file.conn is None:
             return "spool cannot write to disk"
-        room = self.max_bytes - self._parked_bytes - self._spilled_bytes
+        room = self.max_bytes - self._parked.nbytes - self._spilled_bytes
         if room < held_bytes + nbytes and not (held_bytes == 0 and room == self.max_bytes):
             return "spool full (VWO not answering)"
         return None

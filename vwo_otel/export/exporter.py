@@ -58,6 +58,13 @@ class _Send:
     refused: bool = False  # whether a 413 was seen
     limit: int = 0  # cut what is left of this batch below the smallest body refused with 413
     isolation_left: int = MAX_ISOLATION_REQUESTS
+    held: list[VWODeliveryError] = field(default_factory=list)  # an answer that asked for a long wait
+
+
+def _not_sent(why: str, held: list[VWODeliveryError]) -> VWODeliveryError:
+    """The error of events a call did not send: a later try may get them through (and after
+    the server's wait, if it asked for one)."""
+    return VWODeliveryError(f"not sent: {why}", retryable=True, retry_after=held[0].retry_after if held else None)
 
 
 class _PayloadLimit:
@@ -173,6 +180,12 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         """Development mode: no request is ever made (fixed at construction)."""
         return self._disabled
 
+    def without_threads(self) -> None:
+        """Start no thread of the exporter's own from now on (serverless: nothing may run after
+        the handler returns): a kept-alive connection unused for ``IDLE_TIMEOUT`` is closed when
+        next used instead of by a thread."""
+        self._transport.reap = False
+
     def add_observer(self, observer: Observer) -> None:
         """Call ``observer(method, events, nbytes, status, error, seconds)`` on the delivery thread
         after each HTTP request (each retry too); it must not raise. Without observers this costs nothing."""
@@ -188,24 +201,27 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         format_of = self._format_of  # both formats: each event in its place
         return [format_of[ev.etype].encode([ev])[0][0] for ev in events]
 
-    def send_batch(self, events: Sequence[VWOEvent]) -> list[Outcome]:
+    def send_batch(self, events: Sequence[VWOEvent], deadline: float | None = None) -> list[Outcome]:
         """Deliver ``events`` in as few batch requests as the payload cap allows, the events of
         each wire format in their own requests; one ``Outcome`` per request. A 413 splits the
         request in halves, a 400 too (to fail only the events it refuses); all of it within one
-        ``retry.budget`` and never past shutdown."""
+        ``retry.budget`` (or by ``deadline``, monotonic, if sooner) and never past shutdown. Once
+        the server asks for a wait longer than that, no further request of the call is sent."""
         if not events:
             return []
-        deadline = time.monotonic() + self.retry.budget
+        deadline = self._deadline(deadline)
         outcomes: list[Outcome] = []
+        held: list[VWODeliveryError] = []  # the answer that asked for a wait, once one did
         for fmt, group in self._by_format(events):
             dicts, parts = fmt.encode(group)
             url = f"{self.endpoint}{fmt.batch.path}?{urlencode(fmt.batch.query)}"
-            send = _Send(fmt, url, dicts, parts, deadline, outcomes, limit=self.payload_limit())
+            send = _Send(fmt, url, dicts, parts, deadline, outcomes, limit=self.payload_limit(), held=held)
             for lo, hi in cut_by_bytes(parts, send.limit):
-                # the first request of a call always goes; later ones not past shutdown or the budget
-                why = self._stopped(deadline) if outcomes and not self._disabled else None
+                # the first request of a call always goes; later ones not past shutdown, the budget
+                # or a server's wait
+                why = self._stopped(send) if outcomes and not self._disabled else None
                 if why:
-                    outcomes.append(Outcome(VWODeliveryError(f"not sent: {why}"), dicts[lo:hi]))
+                    outcomes.append(Outcome(_not_sent(why, held), dicts[lo:hi]))
                 else:
                     self._send_run(send, lo, hi)
             if send.refused and send.largest_accepted:
@@ -213,6 +229,12 @@ class VWOExporter(SpanExporter, LogRecordExporter):
                 # probe upward from it), so they need no 413.
                 self._limit.learned(send.largest_accepted)
         return outcomes
+
+    def send_order(self, events: list[VWOEvent]) -> list[VWOEvent]:
+        """``events`` in the order ``send_batch``'s outcomes list them: grouped by wire format
+        (``events`` itself when they share one)."""
+        groups = self._by_format(events)
+        return events if len(groups) == 1 else [ev for _, group in groups for ev in group]
 
     def format_of(self, event: VWOEvent) -> Format:
         """The wire format ``event`` goes in (its row's)."""
@@ -229,8 +251,9 @@ class VWOExporter(SpanExporter, LogRecordExporter):
             groups.setdefault(format_of[ev.etype].name, []).append(ev)
         return [(self._formats[name], group) for name, group in groups.items()]
 
-    def send_event(self, event: VWOEvent) -> Outcome:
-        """Deliver one event in real time with its format's single-event request."""
+    def send_event(self, event: VWOEvent, deadline: float | None = None) -> Outcome:
+        """Deliver one event in real time with its format's single-event request (within
+        ``retry.budget``, or by ``deadline`` if sooner)."""
         fmt = self._format_of[event.etype]
         req = fmt.realtime(event)
         url = f"{self.endpoint}{req.path}?{urlencode(req.query)}"
@@ -238,10 +261,15 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         if self._disabled:
             logger.debug("VWO disabled: not sent %s %s (1 event)", req.method, req.path)
             return Outcome(None, events)
-        error = self._request(req.method, url, req.body, req.headers, time.monotonic() + self.retry.budget)
+        error = self._request(req.method, url, req.body, req.headers, self._deadline(deadline))
         if error is None:
             fmt.accepted(events)
         return Outcome(error, events)
+
+    def _deadline(self, deadline: float | None) -> float:
+        """When a call's retries end: the budget from now, or ``deadline`` if sooner."""
+        budget = time.monotonic() + self.retry.budget
+        return budget if deadline is None else min(budget, deadline)
 
     def payload_limit(self) -> int:
         """Largest batch body to send now: the cap, or less after a 413 (growing back)."""
@@ -312,6 +340,8 @@ class VWOExporter(SpanExporter, LogRecordExporter):
             send.isolation_left -= 2
             self._split(send, lo, hi, error)
         else:
+            if error.retry_after:
+                send.held.append(error)
             send.outcomes.append(Outcome(error, events))
 
     def _split(self, send: _Send, lo: int, hi: int, error: VWODeliveryError) -> None:
@@ -321,18 +351,22 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         pieces = [(a + x, a + y) for a, b in ((lo, mid), (mid, hi))
                   for x, y in cut_by_bytes(send.parts[a:b], send.limit)]
         for a, b in pieces:
-            why = self._stopped(send.deadline)
+            why = self._stopped(send)
             if why:
                 send.outcomes.append(Outcome(VWODeliveryError(
-                    f"{error.args[0]}; not split further: {why}", status=error.status), send.dicts[a:b]))
+                    f"{error.args[0]}; not split further: {why}", status=error.status, retryable=True,
+                    retry_after=send.held[0].retry_after if send.held else None), send.dicts[a:b]))
             else:
                 self._send_run(send, a, b)
 
-    def _stopped(self, deadline: float) -> str | None:
-        """Why no further request may start now (shutdown, or ``deadline`` passed), else None."""
+    def _stopped(self, send: _Send) -> str | None:
+        """Why no further request of ``send`` may start now (shutdown, its deadline passed, or
+        the server asked for a wait), else None."""
         if self._closed or time.monotonic() >= self._cutoff:
             return "shutting down"
-        if time.monotonic() >= deadline:
+        if send.held:
+            return f"the server asked to wait {send.held[0].retry_after:.0f} s"
+        if time.monotonic() >= send.deadline:
             return "the retry budget ran out"
         return None
 
@@ -377,13 +411,18 @@ class VWOExporter(SpanExporter, LogRecordExporter):
                 otel_context.detach(token)
             if not retryable or self._closed:
                 return error
+            # a server's wait (429/503 Retry-After) that ends the retries holds the engine that long
+            asked = self.retry.server_wait(retry_after) if error.status in self.retry.pause_statuses else None
             if not self.retry.allows(attempt):
                 error.args = (f"{error.args[0]} (gave up after {attempt + 1} attempt(s): max_retries)",)
+                error.retry_after = asked or None
                 return error
             wait = self.retry.wait(attempt, retry_after)
             now = time.monotonic()
             if now + wait > min(deadline, self._cutoff):
                 error.args = (f"{error.args[0]} (gave up after {attempt + 1} attempt(s) in {now - started:.1f} s)",)
+                if now + wait < self._cutoff:  # the budget ended it, not shutdown: the server's wait holds
+                    error.retry_after = asked or None
                 return error
             logger.debug("VWO request failed (%s); retry %d in %.2f s", error, attempt + 1, wait)
             if not self._sleep(now + wait):

@@ -128,6 +128,9 @@ class Transport:
         self._proxied: dict[Route, list[float]] = {}  # [requests in flight, last used] per proxy manager
         self._era = 0  # bumped by close(): connections of an earlier era close when their request ends
         self._reaper: threading.Thread | None = None
+        #: False: no thread closes idle connections (serverless: nothing may run after the
+        #: handler returns); one unused for ``IDLE_TIMEOUT`` is closed when next taken instead.
+        self.reap = True
         self._wake = threading.Condition(self._lock)
         self._resolver = Resolver()
         self._inherited: list[Any] = []  # a forked child's copies of its parent's connections
@@ -192,7 +195,7 @@ class Transport:
                 if not idle:
                     return None
                 link = idle.pop()
-            if not http1.dropped(link.sock):
+            if time.monotonic() - link.idle_since < IDLE_TIMEOUT and not http1.dropped(link.sock):
                 return link
             link.close()
 
@@ -276,6 +279,8 @@ class Transport:
     def _watch(self) -> bool:
         """Lock held, something goes idle: make sure the reaper runs. False if no thread can start
         (the interpreter is exiting): the connection is closed rather than kept unwatched."""
+        if not self.reap:
+            return True
         if self._reaper is None or not self._reaper.is_alive():
             reaper = threading.Thread(target=self._reap, name="vwo_otel-idle", daemon=True)
             try:

@@ -30,9 +30,15 @@ class RetryPolicy:
     ``budget`` seconds per batch, and at most ``max_retries`` times (None: as many as the budget
     allows): waits grow from ``initial_backoff`` by ``backoff_multiplier`` up to ``max_backoff``,
     with +-20 % jitter; a server's ``Retry-After`` (seconds or HTTP-date) is honoured: the wait is
-    the longer of the two, so ``Retry-After: 0`` cannot cause a hot retry loop."""
+    the longer of the two, so ``Retry-After: 0`` cannot cause a hot retry loop.
+
+    ``max_retry_after`` caps how long a server's ``Retry-After`` is honoured (default an hour:
+    a typo or an HTTP-date in 2099 cannot stop delivery for good). A wait longer than what is left
+    of the budget ends the batch's retries, but not the wait: the engine then sends nothing for
+    that long and keeps the batch (in memory, or parked in the spool) for a probe afterwards."""
 
     budget: float = 60.0
+    max_retry_after: float = 3600.0
     initial_backoff: float = 0.5
     max_backoff: float = 30.0
     max_retries: int | None = None
@@ -41,7 +47,8 @@ class RetryPolicy:
     pause_statuses: frozenset[int] = PAUSE_STATUSES
 
     def __post_init__(self) -> None:
-        checks.seconds("RetryPolicy.budget", self.budget)
+        for name in ("budget", "max_retry_after"):
+            checks.seconds(f"RetryPolicy.{name}", getattr(self, name))
         for name in ("initial_backoff", "max_backoff"):  # 0 would retry in a hot loop
             checks.RETRY_BACKOFF.check(f"RetryPolicy.{name}", getattr(self, name))
         if self.max_retries is not None:
@@ -88,8 +95,13 @@ class RetryPolicy:
         """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 0), given the
         answer's ``Retry-After`` header: never sooner than the server asked, never less than the backoff."""
         wait = self.backoff(attempt)
-        asked = parse_retry_after(retry_after)
+        asked = self.server_wait(retry_after)
         return wait if asked is None else max(wait, asked)
+
+    def server_wait(self, retry_after: str | None) -> float | None:
+        """The seconds a ``Retry-After`` header asks for, capped at ``max_retry_after``; None if absent or bad."""
+        asked = parse_retry_after(retry_after)
+        return None if asked is None else min(asked, self.max_retry_after)
 
     def backoff(self, attempt: int) -> float:
         """The jittered exponential backoff before attempt ``attempt + 1``."""
