@@ -88,6 +88,7 @@ class VWOEvents:
         self._provider = logger_provider or tracer_provider  # None: the global tracer provider, read when used
         self._max_length: int | None = None  # the provider's attribute value length limit, if any
         self._routed = False  # the provider was checked: a VWO processor receives the events
+        self._plain = False  # routed, with no length limit to check and no account to add: emit as given
         self._to_gateway = bool(to_gateway)  # the provider's own OTLP exporters carry them to a gateway
         if logger_provider is not None:
             self._logger = logger_provider.get_logger("vwo_otel", __version__)
@@ -188,8 +189,7 @@ class VWOEvents:
         self._emit(attrs[A.EVENT_TYPE], attrs, ua, ip)
 
     def _emit_span(self, etype: int | str, attrs: dict[str, Any], ua: str | None, ip: str | None) -> None:
-        if (ua is not None or ip is not None or not self._routed or self._max_length is not None) \
-                and not self._ready(attrs, ua, ip):
+        if (ua is not None or ip is not None or not self._plain) and not self._ready(attrs, ua, ip):
             return
         span = self._tracer.start_span(_SPAN_NAMES.get(etype) or _span_name(etype), attributes=attrs)
         if self._to_gateway:
@@ -210,8 +210,7 @@ class VWOEvents:
         span.end()
 
     def _emit_log(self, etype: int | str, attrs: dict[str, Any], ua: str | None, ip: str | None) -> None:
-        if (ua is not None or ip is not None or not self._routed or self._max_length is not None) \
-                and not self._ready(attrs, ua, ip):
+        if (ua is not None or ip is not None or not self._plain) and not self._ready(attrs, ua, ip):
             return
         timestamp = time.time_ns()
         if not self._to_gateway:  # the processor on this thread takes the event built here (``handoff``)
@@ -272,6 +271,7 @@ class VWOEvents:
         if self._to_gateway and self._account is None:
             self._account = _resource_account(provider)
         self._routed = True
+        self._plain = self._max_length is None and self._account is None  # nothing for _ready to add or check
         return True
 
     def _refuse(self, why: str) -> bool:

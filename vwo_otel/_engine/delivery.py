@@ -7,9 +7,9 @@ come due (``Backlog.due``), a waiting thread reads them back.
 A server's wait that outlasted a request's retries (``VWODeliveryError.retry_after``: a 429 or
 503 whose ``Retry-After`` was longer than the retry budget) holds every batch back that long
 (``Concurrency.hold``); the batch that got it goes back to the front of the queue (no spool:
-``Settled.back``) or parks in the spool, and nothing is reported. Flushes and shutdown do not wait for a hold longer than they
-may (the retry budget; the shutdown deadline): the batches it holds stay queued, their flushes
-are released as not delivered. The queue's state they share
+``Settled.back``) or parks in the spool, and nothing is reported. Flushes and shutdown do not
+wait for a hold longer than they may (the retry budget; the shutdown deadline): the batches it
+holds stay queued, their flushes are released as not delivered. The queue's state they share
 is the batcher's, under its lock; the names below are what this part reads and writes.
 """
 
