@@ -37,6 +37,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -1308,7 +1309,8 @@ def machine() -> dict:
             "versions": versions}
 
 
-SECTIONS = ("hot", "e2e", "wire", "memory", "timer", "stall", "scale", "spool", "http", "burst", "latency", "soak")
+SECTIONS = ("hot", "e2e", "wire", "memory", "timer", "stall", "scale", "spool", "http", "burst", "latency", "fme",
+            "soak")
 
 
 def collect(orch: Orchestrator, only: set[str]) -> dict:
@@ -1405,11 +1407,32 @@ def collect(orch: Orchestrator, only: set[str]) -> dict:
         rt_n = {"ours": 200, "official": 20} if orch.mode == "quick" else {"ours": 2000, "official": 300}
         raw["latency_realtime"] = {impl: orch.one({"task": "latency", "impl": impl, "n": rt_n[impl], "latency": 0.05,
                                                    "realtime": True}) for impl in ("ours", "official")}
+    if "fme" in only:
+        log("VWO's FME SDK: its own batching vs instrumented vs VWOEvents (benchmarks/fme.py in .venv-fme)...",
+            flush=True)
+        raw["fme"] = run_fme(orch.mode)
     if "soak" in only:
         log("soak: bursts, faults, a slow server, VWO down, a full disk, SIGTERM mid-run, a restart...", flush=True)
         raw["soak"] = orch.one({"task": "soak", **SOAK[orch.mode]})
     orch.flush_batched()
     return resolve(raw)
+
+
+def run_fme(mode: str) -> dict:
+    """``benchmarks/fme.py`` in the FME SDK's environment (``.venv-fme``, which installs a ``vwo``
+    package of its own beside the legacy SDK's): its rows, or why it did not run."""
+    python = os.path.join(os.path.dirname(HERE), ".venv-fme", "bin", "python")
+    if not os.path.exists(python):
+        return {"skipped": "no .venv-fme: run `python3 dev.py fme` once to create it"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "fme.json")
+        extra = ["--quick", "--repeat", "1"] if mode == "quick" else ["--repeat", "5"] if mode == "full" else []
+        done = subprocess.run([python, os.path.join(HERE, "fme.py"), "--json", out, *extra],
+                              capture_output=True, text=True, timeout=1800)
+        if done.returncode or not os.path.exists(out):
+            raise RuntimeError(f"benchmarks/fme.py failed: {done.stderr.strip()[-500:]}")
+        with open(out) as f:
+            return {"rows": json.load(f), "users": 200 if mode == "quick" else 1000}
 
 
 def resolve(obj: Any) -> Any:
@@ -1703,6 +1726,31 @@ def report(raw: dict, cfg: dict) -> tuple[list[dict], dict]:
                          for a, b in zip(ours, off, strict=False)))
 
     safe(burst, "B burst", "burst")
+
+    def fme() -> None:
+        if "skipped" in raw["fme"]:
+            notes.append(f"F: not run ({raw['fme']['skipped']})")
+            return
+        for r in raw["fme"]["rows"]:
+            ms = f"{r['delay'] * 1000:.0f} ms"
+            clean = r["lost"] == 0 and r["duplicated"] == 0
+            tail = f"(lost {r['lost']}, duplicated {r['duplicated']})"
+            if r["variant"] == "instrumented":
+                row(f"F{ms:<7} FME SDK instrumented vs the SDK's own batching: events/s {tail}", r["events_per_s"],
+                    r["events_per_s"] / r["speed_vs_sdk"], "events/s", ">= 1.0x, 0 lost, 0 dup",
+                    r["speed_vs_sdk"] >= 1.0 and clean, ratio=r["speed_vs_sdk"], fmt="{:,.0f}")
+                row(f"F{ms:<7} FME SDK instrumented vs the SDK's own batching: bytes per event", r["bytes_per_event"],
+                    r["bytes_per_event"] / r["bytes_vs_sdk"], "B/event", "<= 0.75x", r["bytes_vs_sdk"] <= 0.75,
+                    ratio=r["bytes_vs_sdk"], fmt="{:,.0f}")
+            elif r["variant"] == "direct":
+                row(f"F{ms:<7} FME events through VWOEvents vs the SDK's own batching: events/s {tail}",
+                    r["events_per_s"], r["events_per_s"] / r["speed_vs_sdk"], "events/s", ">= 3x, 0 lost, 0 dup",
+                    r["speed_vs_sdk"] >= 3.0 and clean, ratio=r["speed_vs_sdk"], fmt="{:,.0f}")
+        notes.append("F: benchmarks/fme.py (the FME SDK 1.65 in .venv-fme, the loopback FMEStandIn answering 0 and "
+                     f"50 ms late; {raw['fme']['users']:,} users x get_flag + track_event + set_attribute from 4 "
+                     "threads, defaults); the anchor is the SDK batching its own events; medians of interleaved runs")
+
+    safe(fme, "F FME SDK", "fme")
 
     def soak() -> None:
         r = _check(raw["soak"], "soak")
