@@ -67,3 +67,19 @@ def accepts(port: int, host: str = "127.0.0.1") -> bool:
         return True
     except OSError:
         return False
+
+
+def varint(n: int) -> bytes:
+    """A protobuf varint, written here rather than taken from the decoder under test."""
+    out = bytearray()
+    n &= (1 << 64) - 1
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def ld(field: int, payload: bytes) -> bytes:
+    """A protobuf length-delimited field (``field`` number, wire type 2)."""
+    return varint(field << 3 | 2) + varint(len(payload)) + payload

@@ -16,6 +16,7 @@ import pytest
 import requests
 import trustme
 from conftest import ACCOUNT_ID, SDK_KEY
+from helpers import ld
 from test_gateway import JSON_HEADERS, ROOT, _env, goal, needs_exporter, needs_proto, post, traces_json
 
 from vwo_otel import visitor_uuid
@@ -329,20 +330,16 @@ def test_a_huge_start_time_is_400_not_a_poisoned_vwo_batch(make_gateway, receive
     assert gw.flush(5) and receiver.event_count() == 0 and receiver.requests() == []
 
 
-def _ld(field: int, payload: bytes) -> bytes:
-    """A protobuf length-delimited field."""
-    return otlp._varint(field << 3 | 2) + otlp._varint(len(payload)) + payload
-
 
 @needs_proto
 def test_deeply_nested_protobuf_is_400_not_500(make_gateway):
     gw = make_gateway()
-    value = _ld(1, b"leaf")  # AnyValue.string_value
+    value = ld(1, b"leaf")  # AnyValue.string_value
     for _ in range(10_000):
-        value = _ld(5, _ld(1, value))  # AnyValue.array_value -> ArrayValue.values
+        value = ld(5, ld(1, value))  # AnyValue.array_value -> ArrayValue.values
     # Span.attributes: KeyValue{key, value}; a VWO span (only those are decoded)
-    span = _ld(9, _ld(1, b"vwo.event.type") + _ld(2, _ld(1, b"goal"))) + _ld(9, _ld(1, b"vwo.nested") + _ld(2, value))
-    body = _ld(1, _ld(2, _ld(2, span)))  # ExportTraceServiceRequest.resource_spans.scope_spans.spans
+    span = ld(9, ld(1, b"vwo.event.type") + ld(2, ld(1, b"goal"))) + ld(9, ld(1, b"vwo.nested") + ld(2, value))
+    body = ld(1, ld(2, ld(2, span)))  # ExportTraceServiceRequest.resource_spans.scope_spans.spans
     r = requests.post(gw.url + "/v1/traces", data=body, headers={"Content-Type": "application/x-protobuf"},
                       timeout=10)
     assert r.status_code == 400

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import requests
 from conftest import ACCOUNT_ID, SDK_KEY
+from helpers import ld
 from test_gateway import JSON_HEADERS, goal, traces_json
 
 from vwo_otel import visitor_uuid
@@ -96,9 +97,6 @@ def gateway_process(tmp_path, receiver):
         if gw.proc is not None and gw.proc.poll() is None:
             gw.kill()
 
-
-def _pb(field: int, payload: bytes) -> bytes:
-    return otlp._varint(field << 3 | 2) + otlp._varint(len(payload)) + payload
 
 
 def _many_in_parallel(calls: list) -> list:
@@ -248,24 +246,24 @@ def test_the_cli_exits_1_when_events_failed_while_it_ran(gateway_process, receiv
 def _span_with(attrs: bytes) -> bytes:
     """A VWO goal span (protobuf) with extra raw ``attrs`` (KeyValue fields), stamped now."""
     def kv(key: str, value: bytes) -> bytes:
-        return _pb(9, _pb(1, key.encode()) + _pb(2, value))
+        return ld(9, ld(1, key.encode()) + ld(2, value))
 
     now = time.time_ns()
     fields = (b"\x39" + now.to_bytes(8, "little")  # start_time_unix_nano (fixed64, field 7)
-              + kv("vwo.event.type", b"\x18\x02") + kv("vwo.user_id", _pb(1, b"nested"))
+              + kv("vwo.event.type", b"\x18\x02") + kv("vwo.user_id", ld(1, b"nested"))
               + kv("vwo.campaign_id", b"\x18\x01") + kv("vwo.variation_id", b"\x18\x01")
               + kv("vwo.goal_id", b"\x18\x07"))
-    return _pb(2, fields + attrs)  # ScopeSpans.spans
+    return ld(2, fields + attrs)  # ScopeSpans.spans
 
 
 @needs_proto
 def test_nested_values_inside_vwo_items_cost_no_memory(gateway_process, receiver):
     gw = gateway_process()
     base = gw.peak_rss_mb()
-    empty_kvlists = _pb(5, b"\x0a\x02\x32\x00" * 100_000)  # AnyValue.array_value of 100k empty kvlist values
-    spans = b"".join(_span_with(_pb(9, _pb(1, key) + _pb(2, empty_kvlists)))
+    empty_kvlists = ld(5, b"\x0a\x02\x32\x00" * 100_000)  # AnyValue.array_value of 100k empty kvlist values
+    spans = b"".join(_span_with(ld(9, ld(1, key) + ld(2, empty_kvlists)))
                      for key in (b"vwo.extra", b"http.payload") for _ in range(10))
-    body = _pb(1, _pb(2, spans))  # ExportTraceServiceRequest.resource_spans.scope_spans
+    body = ld(1, ld(2, spans))  # ExportTraceServiceRequest.resource_spans.scope_spans
     started = time.monotonic()
     answers = _many_in_parallel([lambda: gw.post("/v1/traces", body, PB_HEADERS) for _ in range(3)])
     took = time.monotonic() - started

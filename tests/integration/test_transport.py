@@ -323,7 +323,7 @@ def test_the_environment_is_read_as_requests_reads_it(env: dict[str, str], monke
         monkeypatch.setenv(name, value)
     url = "https://dev.visualwebsiteoptimizer.com/server-side/batch-events?a=1"
     theirs = requests.Session().merge_environment_settings(url, {}, None, None, None)
-    route = transport._route_from_env(url)
+    route = transport.route_from_env(url)
     assert (route.proxy, route.verify) == (requests.utils.select_proxy(url, theirs["proxies"]), theirs["verify"])
 
 

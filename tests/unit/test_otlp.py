@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from helpers import varint
 
 from vwo_otel.servers import otlp
 
@@ -132,13 +133,13 @@ def test_an_oversized_vwo_item_is_counted_not_decoded_and_bad_wire_is_a_decode_e
             otlp.decode(otlp.LOGS, otlp.PROTOBUF, bad)
     # a malformed VWO record is a decode error; a malformed record of someone else's is ignored
     record = b"\x32\x20" + b"\x0a\x0evwo.event.type"  # attributes: a KeyValue cut short
-    scope = b"\x12" + otlp._varint(len(record)) + record
-    body = b"\x0a" + otlp._varint(len(scope) + 2) + b"\x12" + otlp._varint(len(scope)) + scope
+    scope = b"\x12" + varint(len(record)) + record
+    body = b"\x0a" + varint(len(scope) + 2) + b"\x12" + varint(len(scope)) + scope
     with pytest.raises(otlp.DecodeError):
         otlp.decode(otlp.LOGS, otlp.PROTOBUF, body)
     other = b"\x32\x20" + b"\x0a\x0ehttp.route.xyz"
-    scope = b"\x12" + otlp._varint(len(other)) + other
-    body = b"\x0a" + otlp._varint(len(scope) + 2) + b"\x12" + otlp._varint(len(scope)) + scope
+    scope = b"\x12" + varint(len(other)) + other
+    body = b"\x0a" + varint(len(scope) + 2) + b"\x12" + varint(len(scope)) + scope
     assert otlp.decode(otlp.LOGS, otlp.PROTOBUF, body).vwo_items == 0
 
 

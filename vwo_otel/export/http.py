@@ -78,7 +78,7 @@ class _CachedRoute:
     expires: float
 
 
-def _route_from_env(url: str) -> Route:
+def route_from_env(url: str) -> Route:
     """``url``'s route, read from the environment as requests reads it (HTTP(S)_PROXY, ALL_PROXY,
     NO_PROXY, the CA bundle variables)."""
     through = select_proxy(url, get_environ_proxies(url))  # type: ignore[no-untyped-call]
@@ -261,7 +261,7 @@ class Transport:
         now = time.monotonic()
         cached = self._routes.get(key)
         if cached is None or now >= cached.expires:
-            cached = _CachedRoute(_route_from_env(url), now + ENV_TTL)
+            cached = _CachedRoute(route_from_env(url), now + ENV_TTL)
             self._routes[key] = cached
         return cached.route
 
