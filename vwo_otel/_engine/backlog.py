@@ -135,10 +135,11 @@ class Parking:
         self.nbytes += size
 
     def take(self, limit: int, batch: int, now: float) -> list[VWOEvent]:
-        """Up to ``limit`` events due now: ``batch`` of them as a probe, or all once VWO answers again."""
+        """Up to ``limit`` events due now: ``batch`` of them as a probe (fewer if fewer wait), or all
+        once VWO answers again."""
         if not self.items or now < self.retry_at:
             return []
-        n = min(limit, len(self.items) if self.retry_at == 0.0 else batch)
+        n = min(limit, len(self.items)) if self.retry_at == 0.0 else min(limit, len(self.items), batch)
         taken = []
         for _ in range(n):
             ev, size = self.items.popleft()
