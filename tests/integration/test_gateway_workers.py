@@ -191,32 +191,31 @@ def test_a_killed_worker_is_replaced_and_what_it_held_is_delivered(tmp_path, rec
 
 
 def test_a_live_gateway_delivers_what_a_dead_peer_left_in_the_shared_spool(tmp_path, receiver):
-    """Two gateways on one spool directory; B cannot reach VWO (its endpoint fails), takes events
-    (on disk before each 200) and is killed with SIGKILL. A, running all along, adopts B's file
-    within ``ADOPT_INTERVAL`` and delivers it: no restart. Before: A adopted only at its start."""
-    from vwo_otel.testing.receiver import Receiver
-
+    """Two gateways of one account on one spool directory; VWO is down while B takes events (on
+    disk before each 200), and B is killed with SIGKILL. VWO comes back; A, running all along,
+    adopts B's file within ``ADOPT_INTERVAL`` and delivers it: no restart. Before: A adopted only
+    at its start."""
     spool = tmp_path / "spool"
-    with Receiver(account_id=ACCOUNT_ID, sdk_key=SDK_KEY) as down:
-        down.fail_next(10**6, status=503)
-        a = Gateway(tmp_path, "a", receiver.url, "--port", "0", spool=spool)
-        b = Gateway(tmp_path, "b", down.url, "--port", "0", spool=spool)
-        try:
-            users = [f"p{i}" for i in range(150)]
-            for i in range(0, len(users), 50):
-                assert _post(b.url, users[i:i + 50]) == 200
-            assert b.stats()["accounts"][str(ACCOUNT_ID)]["delivered"] == 0
-            b.proc.kill()
-            b.proc.wait(5)
-            killed = time.monotonic()
-            _wait(lambda: receiver.event_count() >= len(users), ADOPT_INTERVAL + 15, "A to deliver B's events")
-            took = time.monotonic() - killed
-            seen = Counter(ev["u"] for ev in receiver.events())
-            assert set(seen) == {visitor_uuid(ACCOUNT_ID, u) for u in users} and max(seen.values()) == 1
-            assert a.proc.poll() is None  # no restart
-            print(f"\n[adoption] {len(users)} events of a killed peer delivered {took:.1f} s after the kill")
-            code, _ = a.stop()
-            assert code == 0
-        finally:
-            a.close()
-            b.close()
+    receiver.fail_next(10**6, status=503)
+    a = Gateway(tmp_path, "a", receiver.url, "--port", "0", spool=spool)
+    b = Gateway(tmp_path, "b", receiver.url, "--port", "0", spool=spool)
+    try:
+        users = [f"p{i}" for i in range(150)]
+        for i in range(0, len(users), 50):
+            assert _post(b.url, users[i:i + 50]) == 200
+        assert b.stats()["accounts"][str(ACCOUNT_ID)]["delivered"] == 0
+        b.proc.kill()
+        b.proc.wait(5)
+        receiver.clear_faults()
+        killed = time.monotonic()
+        _wait(lambda: receiver.event_count() >= len(users), ADOPT_INTERVAL + 15, "A to deliver B's events")
+        took = time.monotonic() - killed
+        seen = Counter(ev["u"] for ev in receiver.events())
+        assert set(seen) == {visitor_uuid(ACCOUNT_ID, u) for u in users} and max(seen.values()) == 1
+        assert a.proc.poll() is None  # no restart
+        print(f"\n[adoption] {len(users)} events of a killed peer delivered {took:.1f} s after the kill")
+        code, _ = a.stop()
+        assert code == 0
+    finally:
+        a.close()
+        b.close()

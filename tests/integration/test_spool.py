@@ -17,8 +17,8 @@ from collections import Counter
 import pytest
 from conftest import ACCOUNT_ID, SDK_KEY
 
-from vwo_otel import Spool, VWOSpanProcessor, visitor_uuid
-from vwo_otel._engine import spoolfile
+from vwo_otel import Spool, VWOExporter, VWOSpanProcessor, visitor_uuid
+from vwo_otel._engine import spoolfile, spoolowner
 from vwo_otel.event import VWOEvent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -262,14 +262,15 @@ def test_a_failed_spool_commit_is_tried_again_not_forgotten(tmp_path, caplog):
 
 def test_two_processes_adopting_the_same_file_never_call_it_corrupt(receiver, make_exporter, tmp_path, caplog,
                                                                     monkeypatch):
-    _dead_spool(tmp_path, [json.dumps(VWOEvent(1, "orphan", 1700000000, 1, 1).fields())])
+    owner = spoolowner.of(make_exporter())
+    _dead_spool(tmp_path, [json.dumps(VWOEvent(1, "orphan", 1700000000, 1, 1).fields())], owner)
     listing = spoolfile.glob.glob(os.path.join(str(tmp_path), spoolfile.PATTERN))
     first = VWOSpanProcessor(make_exporter(), {"events_per_request": 10}, spool=tmp_path)
     assert first.flush_events() is True  # the first adopter delivered it and removed the file
     first.shutdown()
     assert receiver.event_count() == 1 and not os.path.exists(listing[0])
     monkeypatch.setattr(spoolfile.glob, "glob", lambda pattern: list(listing))  # a listing made before that
-    assert spoolfile.adopt(str(tmp_path), own="") == []
+    assert spoolfile.adopt(str(tmp_path), "", owner) == ([], Counter())
     assert not list(tmp_path.glob("*.corrupt-*"))
     assert not any(r.levelno >= logging.ERROR for r in caplog.records)
     assert not os.path.exists(listing[0] + ".lock")  # no stray lock file left behind
@@ -277,11 +278,16 @@ def test_two_processes_adopting_the_same_file_never_call_it_corrupt(receiver, ma
 
 # -- the row layout: versioned, one JSON object per event ------------------------------------
 
-def _dead_spool(directory, stored_events=(), user_version=None):
-    """A spool file whose process is gone (no lock held on it), holding the given ``event`` column texts."""
+#: The owner of the files below whose process is gone (an exporter's, never contacted).
+OWNER = spoolowner.of(VWOExporter(ACCOUNT_ID, SDK_KEY))
+
+
+def _dead_spool(directory, stored_events=(), owner=OWNER, user_version=None):
+    """A spool file of ``owner``'s whose process is gone (no lock held on it), holding the given
+    ``event`` column texts."""
     path = os.path.join(str(directory), f"spool-{len(os.listdir(directory)) + 900000}-0000dead.sqlite")
     temp = os.path.join(str(directory), f"writing-{os.path.basename(path)}")  # moved in whole: a live scan
-    conn = spoolfile.connect(temp)  # never sees it half written
+    conn = spoolfile.connect(temp, owner)  # never sees it half written
     conn.executemany("INSERT INTO events (queued_at, event) VALUES (?, ?)",
                      [(1700000000.0 + i, text) for i, text in enumerate(stored_events)])
     if user_version is not None:
@@ -296,7 +302,7 @@ def test_rows_with_an_unknown_key_or_without_an_optional_one_replay(tmp_path):
     lean = {k: v for k, v in VWOEvent(1, "b", 1700000001, 4, 5).fields().items()
             if k not in ("revenue", "visitor_ua", "visitor_ip")}
     _dead_spool(tmp_path, [json.dumps({**full.fields(), "added_later": [1, 2]}), json.dumps(lean)])
-    (orphan,) = spoolfile.adopt(str(tmp_path), own="")
+    (orphan,), _ = spoolfile.adopt(str(tmp_path), "", OWNER)
     rows = orphan.read(10)
     assert [ev for _, _, ev in rows] == [full, VWOEvent(1, "b", 1700000001, 4, 5)]
     assert [queued_at for _, queued_at, _ in rows] == [1700000000.0, 1700000001.0]
@@ -309,7 +315,7 @@ def test_a_bad_row_is_kept_aside_and_the_others_replay(receiver, make_exporter, 
     good = [json.dumps(VWOEvent(1, f"g{i}", 1700000000, 1, 1).fields()) for i in range(2)]
     bad = ["not json", "[1, 2]", json.dumps({"etype": 1, "time": 1700000000}),  # no user_id
            json.dumps({**VWOEvent(1, "x", 1700000000, 1, 1).fields(), "etype": 99})]
-    path = _dead_spool(tmp_path, [good[0], *bad, good[1]])
+    path = _dead_spool(tmp_path, [good[0], *bad, good[1]], spoolowner.of(make_exporter()))
     processor = VWOSpanProcessor(make_exporter(), {"events_per_request": 100, "request_time_interval": 1},
                                  spool=tmp_path)  # never raises for what a file holds
     try:
@@ -327,7 +333,7 @@ def test_a_bad_row_is_kept_aside_and_the_others_replay(receiver, make_exporter, 
 def test_a_file_of_a_newer_layout_is_left_alone(tmp_path, caplog):
     path = _dead_spool(tmp_path, [json.dumps(VWOEvent(1, "u", 1700000000, 1, 1).fields())],
                        user_version=spoolfile.SCHEMA_VERSION + 1)
-    assert spoolfile.adopt(str(tmp_path), own="") == []
+    assert spoolfile.adopt(str(tmp_path), "", OWNER) == ([], Counter())
     assert os.path.exists(path) and not list(tmp_path.glob("*.corrupt-*"))
     assert any("cannot read" in r.getMessage() for r in caplog.records)
     fd = spoolfile.lock(path + ".lock")
@@ -335,24 +341,33 @@ def test_a_file_of_a_newer_layout_is_left_alone(tmp_path, caplog):
     os.close(fd)
 
 
-def test_a_file_of_the_column_per_field_layout_replays(receiver, make_exporter, tmp_path):
-    """Files written before the layout had a version (0) still replay after an upgrade."""
+@pytest.mark.parametrize("version", [0, 1])
+def test_a_file_of_an_older_layout_without_an_owner_is_left_alone(receiver, make_exporter, tmp_path, caplog,
+                                                                  version):
+    """Layouts 0 (a column per field) and 1 (JSON rows) record no owner: nothing says whose
+    events they hold (another account's, a development-mode process's), so none is sent; one
+    WARNING says so. (vwo_otel was never released with them.)"""
     path = str(tmp_path / "spool-1-00000000.sqlite")
     with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, queued_at REAL NOT NULL, etype, user_id, time, "
-                     "campaign_id, variation_id, goal_id, revenue, key, value, visitor_ua, visitor_ip)")
-        conn.execute("INSERT INTO events VALUES (1, 1700000000.5, 2, 'u', 1700000000, 1, 2, 3, 9.5, NULL, NULL, "
-                     "'ua', 'ip')")
+        if version:
+            conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, queued_at REAL NOT NULL, event TEXT NOT NULL)")
+            conn.execute("INSERT INTO events VALUES (1, 1700000000.5, ?)",
+                         (json.dumps(VWOEvent(1, "u", 1700000000, 1, 1).fields()),))
+            conn.execute("PRAGMA user_version = 1")
+        else:
+            conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, queued_at REAL NOT NULL, etype, user_id, time, "
+                         "campaign_id, variation_id, goal_id, revenue, key, value, visitor_ua, visitor_ip)")
+            conn.execute("INSERT INTO events VALUES (1, 1700000000.5, 2, 'u', 1700000000, 1, 2, 3, 9.5, NULL, NULL, "
+                         "'ua', 'ip')")
     conn.close()
-    (orphan,) = spoolfile.adopt(str(tmp_path), own="")
-    rows = orphan.read(10)
-    assert rows == [(1, 1700000000.5, VWOEvent(2, "u", 1700000000, 1, 2, 3, 9.5, visitor_ua="ua", visitor_ip="ip"))]
-    orphan.outstanding = len(rows)  # as its owner counts them: read, not settled
-    orphan.finish()  # unlocked and left for a later start
     processor = VWOSpanProcessor(make_exporter(), {"events_per_request": 10}, spool=tmp_path)
     try:
         assert processor.flush_events() is True
     finally:
         processor.shutdown()
-    assert [e["u"] for e in receiver.events()] == [visitor_uuid(ACCOUNT_ID, "u")]
-    assert not os.path.exists(path)
+    assert receiver.event_count() == 0 and os.path.exists(path)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("1 file(s) without an owner record" in m for m in warnings), warnings
+    fd = spoolfile.lock(path + ".lock")
+    assert fd is not None, "the file is unlocked again"
+    os.close(fd)

@@ -21,7 +21,7 @@ from conftest import ACCOUNT_ID
 from helpers import fill
 
 from vwo_otel import RetryPolicy, Spool, VWOSpanProcessor, visitor_uuid
-from vwo_otel._engine import spoolfile
+from vwo_otel._engine import spoolfile, spoolowner
 from vwo_otel.event import VWOEvent
 
 #: A retry budget shorter than the outages below.
@@ -236,11 +236,12 @@ def test_spool_policy_errors_name_the_field(tmp_path):
         Spool(tmp_path, max_bytes=10)
 
 
-def _dead_file(directory, users):
-    """A spool file of a process that is gone (no lock held on it), holding events for ``users``."""
+def _dead_file(directory, users, exporter):
+    """A spool file of a process of ``exporter``'s owner that is gone (no lock held on it),
+    holding events for ``users``."""
     path = os.path.join(str(directory), f"spool-{len(os.listdir(directory)) + 900000}-0000dead.sqlite")
     temp = os.path.join(str(directory), f"writing-{os.path.basename(path)}")  # moved in whole: a live scan
-    conn = spoolfile.connect(temp)  # never sees it half written
+    conn = spoolfile.connect(temp, spoolowner.of(exporter))  # never sees it half written
     conn.executemany(spoolfile.INSERT, [(i, time.time() - 5, spoolfile.encode(VWOEvent(1, user, int(time.time()) - 5,
                                                                                       1, 1)))
                                         for i, user in enumerate(users, 1)])
@@ -254,7 +255,7 @@ def test_short_lived_forked_children_never_drop_adopted_events(receiver, make_ex
     processor = VWOSpanProcessor(make_exporter(), HELD, spool=tmp_path)
     users = [f"s-{k}-{i}" for k in range(4) for i in range(100)]
     for k in range(4):
-        _dead_file(tmp_path, users[k * 100:(k + 1) * 100])  # siblings that died after the parent started
+        _dead_file(tmp_path, users[k * 100:(k + 1) * 100], make_exporter())  # siblings that died meanwhile
     drops = tmp_path / "drops"
     for k in range(8):
         with warnings.catch_warnings():
@@ -289,7 +290,7 @@ def test_short_lived_forked_children_never_drop_adopted_events(receiver, make_ex
 def test_a_child_shutting_down_adopts_nothing(make_exporter, tmp_path):
     processor = VWOSpanProcessor(make_exporter(), HELD, spool=tmp_path)
     processor.shutdown()
-    path = _dead_file(tmp_path, ["late"])
+    path = _dead_file(tmp_path, ["late"], make_exporter())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
@@ -301,14 +302,16 @@ def test_a_child_shutting_down_adopts_nothing(make_exporter, tmp_path):
 
 
 def test_a_damaged_spool_directory_never_stops_the_processor(receiver, make_exporter, tmp_path, caplog):
-    good = _dead_file(tmp_path, ["g0", "g1"])
+    good = _dead_file(tmp_path, ["g0", "g1"], make_exporter())
     (tmp_path / "spool-7-0000aaaa.sqlite").write_bytes(b"x")
     (tmp_path / "spool-7-0000aaaa.sqlite.lock").mkdir()  # locking it raises IsADirectoryError
-    odd = tmp_path / "spool-8-0000bbbb.sqlite"  # the right version, the wrong columns and values
+    odd = tmp_path / "spool-8-0000bbbb.sqlite"  # the right version and owner, the wrong columns and values
     with sqlite3.connect(odd) as conn:
         conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, queued_at, payload TEXT)")
         conn.execute("INSERT INTO events VALUES (1, 'yesterday', '{}')")
-        conn.execute("PRAGMA user_version = 1")
+        conn.execute(spoolowner.TABLE)
+        conn.execute(spoolowner.WRITE, (spoolowner.text(spoolowner.of(make_exporter())),))
+        conn.execute(f"PRAGMA user_version = {spoolfile.SCHEMA_VERSION}")
     conn.close()
     with caplog.at_level(logging.ERROR, logger="vwo_otel"):
         processor = VWOSpanProcessor(make_exporter(), {**HELD, "request_time_interval": 1}, spool=tmp_path)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -16,20 +15,18 @@ from pathlib import Path
 
 from conftest import ACCOUNT_ID, SDK_KEY
 
-from vwo_otel import VWOSpanProcessor, visitor_uuid
+from vwo_otel import VWOExporter, VWOSpanProcessor, visitor_uuid
+from vwo_otel._engine import spoolfile, spoolowner
 from vwo_otel.event import VWOEvent
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-def dead_file(directory: Path, users: list[str], name: str = "spool-900001-0000dead.sqlite") -> Path:
-    """A spool file of a process that is gone (the documented layout: one JSON object per row,
-    ``user_version`` 1), holding events for ``users`` in that order."""
+def dead_file(directory: Path, users: list[str], url: str, name: str = "spool-900001-0000dead.sqlite") -> Path:
+    """A spool file a process sending to ``url`` with the tests' account and key left when it
+    died (one JSON object per row, its owner recorded), holding events for ``users`` in order."""
     path = directory / name
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, queued_at REAL NOT NULL, event TEXT NOT NULL)")
-    conn.execute("PRAGMA user_version = 1")
+    conn = spoolfile.connect(str(path), spoolowner.of(VWOExporter(ACCOUNT_ID, SDK_KEY, endpoint=url)))
     now = time.time()
     conn.execute("BEGIN")
     conn.executemany("INSERT INTO events VALUES (?, ?, ?)",
@@ -66,7 +63,7 @@ BUILD = """
 def test_a_fifo_named_like_a_spool_file_is_set_aside_and_never_blocks(receiver, tmp_path):
     fifo = tmp_path / "spool-900002-0000f1f0.sqlite"
     os.mkfifo(fifo)
-    good = dead_file(tmp_path, ["g0", "g1"])
+    good = dead_file(tmp_path, ["g0", "g1"], receiver.url)
     try:
         out = run_child(BUILD, receiver.url, str(tmp_path), timeout=30)  # before: hung on open(), > 60 s
     except subprocess.TimeoutExpired:
@@ -110,7 +107,7 @@ def test_a_big_orphan_replays_in_pages_without_slowing_construction(receiver, tm
     """100,000 rows (the issue measured 300,000: 5.5 s and 267 MiB in the constructor): built
     at once, held within max_queue_size while it replays, memory bounded by the queue."""
     receiver.stall(0.05)  # VWO 50 ms away: the replay cannot outrun the queue's bound
-    dead_file(tmp_path, [f"big-{i}" for i in range(100_000)])
+    dead_file(tmp_path, [f"big-{i}" for i in range(100_000)], receiver.url)
     out = run_child(BIG, receiver.url, str(tmp_path))
     receiver.clear_faults()
     assert out["built"] < 0.5, out  # before: every row read and copied in the constructor
@@ -120,7 +117,7 @@ def test_a_big_orphan_replays_in_pages_without_slowing_construction(receiver, tm
 
 def test_an_orphan_bigger_than_the_queue_is_delivered_once_in_order(receiver, make_exporter, tmp_path):
     users = [f"o-{i}" for i in range(3000)]
-    path = dead_file(tmp_path, users)
+    path = dead_file(tmp_path, users, receiver.url)
     processor = VWOSpanProcessor(make_exporter(), {"events_per_request": 100, "request_time_interval": 1},
                                  spool=tmp_path, max_queue_size=500, max_concurrent_requests=1)
     try:

@@ -7,6 +7,8 @@ queued event has a row; a full queue spills to disk; batches that ran out of ret
 in a ``Parking``; dead processes' files are adopted). The batcher
 keeps VWO's count and age triggers, the memory bound and the delivery threads; it calls:
 
+- ``open(exporter)``: once, with the engine's exporter (the spool reads its retry policy and
+  whose events it holds: ``spoolowner``).
 - ``put(event)``: a new event entered the memory queue (the spool records its row);
   ``spill(event)``: the memory queue is full (or older events wait here): keep it here only.
 - ``take(limit, batch)`` (under the batcher's lock, memory only) and ``Reading.read()``
@@ -89,7 +91,7 @@ class Backlog(Protocol):
     entered: int  # events that entered the wait so far (spilled, adopted) ...
     left: int  # ... and left it (read back, expired): a flush waits for ``left`` to pass a mark
 
-    def open(self, retry: RetryPolicy | None) -> None: ...
+    def open(self, exporter: object) -> None: ...
 
     def put(self, event: VWOEvent) -> None: ...
 
@@ -135,10 +137,11 @@ class Parking:
         self.nbytes += size
 
     def take(self, limit: int, batch: int, now: float) -> list[VWOEvent]:
-        """Up to ``limit`` events due now: ``batch`` of them as a probe, or all once VWO answers again."""
+        """Up to ``limit`` events due now: ``batch`` of them as a probe (fewer if fewer wait), or all
+        once VWO answers again."""
         if not self.items or now < self.retry_at:
             return []
-        n = min(limit, len(self.items) if self.retry_at == 0.0 else batch)
+        n = min(limit, len(self.items)) if self.retry_at == 0.0 else min(limit, len(self.items), batch)
         taken = []
         for _ in range(n):
             ev, size = self.items.popleft()
@@ -182,7 +185,7 @@ class MemoryBacklog:
     entered = 0
     left = 0
 
-    def open(self, retry: RetryPolicy | None) -> None:
+    def open(self, exporter: object) -> None:
         pass
 
     def put(self, event: VWOEvent) -> None:

@@ -110,7 +110,7 @@ class Batcher(Delivery):
         #: The spool given (None: memory only) and the backlog the engine uses either way.
         self.spool = spool
         self.backlog: Backlog = spool if spool is not None else MemoryBacklog()
-        self.backlog.open(getattr(exporter, "retry", None))
+        self.backlog.open(exporter)
         #: Keep ``queue_bytes()`` (the gateway bounds its backlog in bytes; the app's hot path skips it).
         self._count_bytes = count_bytes
         self._clock = clock

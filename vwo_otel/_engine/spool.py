@@ -44,7 +44,8 @@ Each event ends as exactly one of: delivered, reported failed, or still on disk.
 Replay: files of processes that are gone (see ``spoolfile``) are adopted by a background
 thread and delivered in place, file by file, each oldest first, read in pages as the queue
 has room (never whole into memory); their rows are deleted as their events settle and the
-file is removed once all have.
+file is removed once all have. Only this process's own are adopted (``spoolowner``: the same
+OS user, account, endpoint, sdk key and sending mode); the others are left alone and said.
 """
 
 from __future__ import annotations
@@ -62,8 +63,7 @@ from typing import TYPE_CHECKING
 from .. import checks
 from ..errors import Outcome, VWODeliveryError
 from ..event import VWOEvent
-from ..export.retry import RetryPolicy
-from . import spoolfile
+from . import spoolfile, spoolowner
 from .backlog import Closed, Parking, Settled, Taken, server_wait
 from .settle import LogLimiter
 from .signals import quiet
@@ -121,6 +121,9 @@ class Spool:
             raise TypeError(f"spool must be a directory path, got {type(directory).__name__}")
         self.directory = os.fspath(directory)
         os.makedirs(self.directory, exist_ok=True)
+        spoolowner.check_directory(self.directory)
+        self._owner: spoolowner.Owner | None = None  # whose events these are: ``open`` says
+        self._left = spoolowner.LeftAlone(self.directory)
         self._reset()
         self._file.create(at_start=True)
 
@@ -134,7 +137,7 @@ class Spool:
                 f"max_bytes={self.max_bytes})")
 
     def _reset(self) -> None:
-        self._file = OwnFile(self.directory)
+        self._file = OwnFile(self.directory, self._owner)
         self._add = self._file.added.append  # the hot path's one call
         self._db_lock = threading.Lock()  # the disk: connections and commits
         self._lock = threading.Lock()  # what waits: runs, adopted files, parked events, counters
@@ -156,10 +159,14 @@ class Spool:
         self._closed = False
         self._kept = 0
 
-    def open(self, retry: RetryPolicy | None) -> None:
-        """The engine's retry policy decides which failures park and the wait between rounds."""
+    def open(self, exporter: object) -> None:
+        """The engine's exporter: its retry policy decides which failures park and the wait
+        between rounds; its ``destination`` is the owner this file records and the only one
+        whose dead processes' files this process adopts (none without one)."""
+        retry = getattr(exporter, "retry", None)
         if retry is not None:
             self._parked.retry = retry
+        self._owner = self._file.owner = spoolowner.of(exporter)
 
     def after_fork(self) -> list[object]:
         """In a forked child: a file of its own. The parent's connections are returned to be
@@ -265,7 +272,7 @@ class Spool:
                     for row in range(run.first, run.last + 1):
                         text, mem = found.get(row), unwritten.get(row)
                         try:
-                            ev = mem[2] if text is None and mem else spoolfile.decode({"event": text}, SCHEMA_VERSION)
+                            ev = mem[2] if text is None and mem else spoolfile.decode(text)
                         except Exception:  # a row that is not an event (or was never written): left on disk
                             logger.error("vwo_otel spool %s: spilled row %d holds no usable event; it is kept on disk",
                                          self._file.path, row)
@@ -483,9 +490,10 @@ class Spool:
     def adopt(self) -> int:
         """Take over the files of processes that are gone (a replay thread's call): their
         events wait here, to be read back as the queue has room. Returns how many."""
-        if self._closing:
+        if self._closing or self._owner is None:
             return 0
-        orphans = spoolfile.adopt(self.directory, self._file.path)
+        orphans, left = spoolfile.adopt(self.directory, self._file.path, self._owner)
+        self._left.saw(left, self._owner)
         with self._lock:
             if self._closing:  # shutting down meanwhile: left for a later start
                 for orphan in orphans:

@@ -1,16 +1,19 @@
 """Spool files on disk: the SQLite layout, the lock that marks a live owner, and the files
 of dead processes, adopted in place and read in pages.
 
-A file is ``spool-<pid>-<token>.sqlite`` (WAL) with ``<file>.lock``, on which its process holds
-an exclusive ``flock`` for its lifetime; a file is adopted only by a process that can take that
-lock, so live processes never read or send each other's events.
+A file is ``spool-<pid>-<token>.sqlite`` (WAL, readable by its OS user only) with
+``<file>.lock``, on which its process holds an exclusive ``flock`` for its lifetime; a file is
+adopted only by a process that can take that lock, so live processes never read or send each
+other's events, and only if it is that process's own (``spoolowner``: the same OS user, account,
+endpoint, sdk key and sending mode).
 
 A row holds one event as the JSON object ``VWOEvent.fields()`` (read back with
 ``VWOEvent.from_fields``, which ignores keys it does not know), so adding a field needs no new
-layout; ``PRAGMA user_version`` is the layout's version (0: the older column-per-field layout,
-still read). A file of a version this code cannot read is left alone; a row that is not a
-usable event is kept on disk (once the others are settled, its file is set aside as
-``<file>.quarantine-<time>``, holding only such rows); any other error sets the file aside
+layout; ``PRAGMA user_version`` is the layout's version (2: events and the ``meta`` table that
+records the owner; files of layout 0 and 1 record none and are left alone). A file of a version
+this code cannot read is left alone; a row that is not a usable event is kept on disk (once
+the others are settled, its file is set aside as ``<file>.quarantine-<time>``, holding only
+such rows); any other error sets the file aside
 (``<file>.unadoptable-<time>``, ``<file>.corrupt-<time>``, and a name that is not a regular
 file: ``<file>.not-a-file-<time>``). Adoption never raises and never blocks on what a
 directory holds.
@@ -29,19 +32,20 @@ import secrets
 import sqlite3
 import stat
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.request import pathname2url
 
 from ..event import DROP_PRIORITY, VWOEvent
+from . import spoolowner
 
 logger = logging.getLogger("vwo_otel")
 
-#: The layout ``PRAGMA user_version`` names: 1 = one JSON object per event. 0 is the layout
-#: before versions, one column per field, still read so an upgrade replays older files.
-SCHEMA_VERSION = 1
+#: The layout ``PRAGMA user_version`` names: 2 = one JSON object per event and the owner record
+#: (``spoolowner``). 1 (the same rows, no owner) and 0 (a column per field) are never adopted.
+SCHEMA_VERSION = 2
 SCHEMA = "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, queued_at REAL NOT NULL, event TEXT NOT NULL)"
 INSERT = "INSERT INTO events (id, queued_at, event) VALUES (?, ?, ?)"
 DELETE = "DELETE FROM events WHERE id = ?"
@@ -63,14 +67,19 @@ Row = tuple[int, float, VWOEvent, "str | None"]
 _SUFFIXES = ("", "-wal", "-shm", ".lock")
 
 
-def connect(path: str) -> sqlite3.Connection:
-    """This process's own file, created (WAL, ``synchronous=NORMAL``, the current layout)."""
+def connect(path: str, owner: spoolowner.Owner | None = None) -> sqlite3.Connection:
+    """This process's own file, created (readable by this OS user only: SQLite gives its WAL the
+    file's mode; WAL, ``synchronous=NORMAL``, the current layout), recording ``owner`` if given."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(SCHEMA)
+        conn.execute(spoolowner.TABLE)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if owner is not None:
+            conn.execute(spoolowner.WRITE, (spoolowner.text(owner),))
     except BaseException:
         conn.close()
         raise
@@ -81,11 +90,11 @@ def encode(event: VWOEvent) -> str:
     return json.dumps(event.fields(), separators=(",", ":"))
 
 
-def decode(row: Mapping[str, Any], version: int) -> VWOEvent:
-    """The event a row holds; ``ValueError`` / ``TypeError`` / ``KeyError`` if it holds none."""
-    fields = json.loads(row["event"]) if version else row
+def decode(text: Any) -> VWOEvent:
+    """The event a row's JSON text holds; ``ValueError`` / ``TypeError`` if it holds none."""
+    fields = json.loads(text)
     if not isinstance(fields, Mapping):
-        raise ValueError(f"not a JSON object: {row['event']!r}")
+        raise ValueError(f"not a JSON object: {text!r}")
     event = VWOEvent.from_fields(fields)  # TypeError when a required field is missing
     if event.etype not in DROP_PRIORITY or type(event.user_id) is not str or type(event.time) is not int:
         raise ValueError(f"not a VWO event: {fields!r}")
@@ -182,7 +191,6 @@ class Orphan:
     path: str
     lock_fd: int
     conn: sqlite3.Connection
-    version: int
     unread: int
     cursor: int = -(2 ** 63)  # the last row id read
     claimed: int = 0  # unread rows set aside for a read in progress (the owner's bookkeeping)
@@ -204,7 +212,7 @@ class Orphan:
         for row in rows:
             self.cursor = row["id"]
             try:
-                out.append((row["id"], float(row["queued_at"]), decode(row, self.version)))
+                out.append((row["id"], float(row["queued_at"]), decode(row["event"])))
             except Exception as exc:  # whatever a damaged row holds, it is kept, never raised
                 self.bad.append(row["id"])
                 problem = problem or f"row {row['id']}: {exc}"
@@ -289,10 +297,13 @@ class OwnFile:
     of settled rows (``acked``) are written by ``write``, in one transaction; a disk that refuses
     keeps them for the next try (``unwritten``, ``undeleted``) and sets ``failing``; below the
     disk reserve no new row is written. Callers hold their disk lock; a full disk at start is
-    waited out (``create`` is tried again), any other error at start raises."""
+    waited out (``create`` is tried again), any other error at start raises. ``owner`` (once
+    known) is recorded by the first transaction, with or before the first rows."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, owner: spoolowner.Owner | None = None) -> None:
         self.directory = directory
+        self.owner = owner
+        self.owner_written = False
         self.path = os.path.join(directory, f"spool-{os.getpid()}-{secrets.token_hex(4)}.sqlite")
         self.conn: sqlite3.Connection | None = None  # None while the disk refuses to create the file
         self.lock_fd: int | None = None
@@ -338,7 +349,7 @@ class OwnFile:
                              "in memory only (a full queue drops) until it has, and files of processes that are "
                              "gone are delivered from where they are", self.directory, exc)
             return False
-        self.lock_fd, self.conn = fd, conn
+        self.lock_fd, self.conn, self.owner_written = fd, conn, False
         return True
 
     def write(self, inserts: bool = True) -> bool:
@@ -391,8 +402,11 @@ class OwnFile:
             rows = []
             if not acked:
                 return False
+        owner = None if self.owner_written else self.owner
         try:
             self.conn.execute("BEGIN")
+            if owner is not None:
+                self.conn.execute(spoolowner.WRITE, (spoolowner.text(owner),))
             self.conn.executemany(INSERT, [(r, q, text) for r, q, _, text in rows])
             self.conn.executemany(DELETE, [(i,) for i in acked])
             if not rows and not acked:  # a probe: does the disk take a write again?
@@ -402,6 +416,7 @@ class OwnFile:
         except sqlite3.Error as exc:
             self._refused(rows, acked, exc)
             return False
+        self.owner_written = self.owner_written or owner is not None
         self._free -= 2 * sum(len(row[3] or "") for row in rows)  # until the next look
         if self.unwritten:  # rows held back for room: the deletions went, the rows wait
             return False
@@ -469,25 +484,32 @@ class OwnFile:
             return -1
 
 
-def adopt(directory: str, own: str) -> list[Orphan]:
-    """Lock the spool files of processes that are gone and open them, oldest name first. Never
+def adopt(directory: str, own: str, owner: spoolowner.Owner) -> tuple[list[Orphan], Counter[str]]:
+    """Lock the spool files of processes that are gone whose owner is ``owner`` and open them,
+    oldest name first; and how many files were left alone, by reason (``spoolowner``). Never
     raises and never blocks on what the directory holds (see the module docstring)."""
     orphans = []
+    left: Counter[str] = Counter()
     for path in sorted(glob.glob(os.path.join(directory, PATTERN))):
         if path == own:
             continue
         try:
-            orphan = _adopt_one(path)
+            orphan = _adopt_one(path, owner)
         except Exception as exc:
             _give_up_on(path, exc, "unadoptable")
             continue
-        if orphan is not None:
+        if isinstance(orphan, Orphan):
             orphans.append(orphan)
-    return orphans
+        elif orphan is not None:
+            left[orphan] += 1
+    return orphans, left
 
 
-def _adopt_one(path: str) -> Orphan | None:
-    """One file, locked and opened; None if a live process owns it or it cannot be adopted."""
+def _adopt_one(path: str, owner: spoolowner.Owner) -> Orphan | str | None:
+    """One file, locked and opened; why it is not this process's to adopt (``spoolowner``); or
+    None if a live process owns it or it cannot be adopted."""
+    if spoolowner.foreign(path):  # before anything is created or moved in another user's name
+        return spoolowner.USER
     if not _regular(path):
         _give_up_on(path, OSError("not a regular file"), "not-a-file")
         return None
@@ -499,29 +521,31 @@ def _adopt_one(path: str) -> Orphan | None:
             remove(path)  # only our fresh .lock is left
             os.close(fd)
             return None
-        orphan = _open(path, fd)
+        orphan = _open(path, fd, owner)
     except BaseException:
         os.close(fd)
         raise
-    if orphan is None:
+    if not isinstance(orphan, Orphan):
         os.close(fd)
     return orphan
 
 
-def _open(path: str, lock_fd: int) -> Orphan | None:
-    """A dead process's file as an ``Orphan``; None (with a log line) if it cannot be adopted."""
+def _open(path: str, lock_fd: int, owner: spoolowner.Owner) -> Orphan | str | None:
+    """A dead process's file as an ``Orphan``; why it is not ours; None (with a log line) if it
+    cannot be adopted."""
     conn = None
     try:
         conn = sqlite3.connect(f"file:{pathname2url(path)}?mode=rw", uri=True, isolation_level=None,
                                check_same_thread=False)
-        conn.row_factory = _as_dict
-        version = int(conn.execute("PRAGMA user_version").fetchone()["user_version"])
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if not 0 <= version <= SCHEMA_VERSION:
             conn.close()
             logger.error("vwo_otel spool file %s has layout version %d, which this vwo_otel (version %d) cannot "
                          "read; left as it is for a vwo_otel that can", path, version, SCHEMA_VERSION)
             return None
-        rows = int(conn.execute("SELECT COUNT(*) AS n FROM events").fetchone()["n"])
+        rows = int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        found = spoolowner.recorded(conn) if version == SCHEMA_VERSION else None
+        conn.row_factory = _as_dict
     except sqlite3.Error as exc:
         if conn is not None:
             conn.close()
@@ -534,7 +558,12 @@ def _open(path: str, lock_fd: int) -> Orphan | None:
         conn.close()
         remove(path)
         return None
-    return Orphan(path, lock_fd, conn, version, rows)
+    # again now that SQLite opened its WAL: one another user put there meanwhile is not read from
+    why = spoolowner.USER if spoolowner.foreign(path) else spoolowner.refusal(found, owner)
+    if why is not None:
+        conn.close()
+        return why
+    return Orphan(path, lock_fd, conn, rows)
 
 
 def _give_up_on(path: str, exc: BaseException, why: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import os
@@ -179,6 +180,15 @@ class VWOExporter(SpanExporter, LogRecordExporter):
     def disabled(self) -> bool:
         """Development mode: no request is ever made (fixed at construction)."""
         return self._disabled
+
+    @property
+    def destination(self) -> dict[str, Any]:
+        """Whom this exporter's events belong to, without the key: the account id, the endpoint,
+        the sdk key's SHA-256 (hex, of a fixed prefix and the key) and ``disabled``. A spool file
+        records it; only a process whose exporter has the same destination replays the file."""
+        digest = hashlib.sha256(b"vwo_otel sdk key\0" + self._sdk_key.encode()).hexdigest()
+        return {"account_id": self.account_id, "endpoint": self.endpoint, "sdk_key_sha256": digest,
+                "disabled": self._disabled}
 
     def without_threads(self) -> None:
         """Start no thread of the exporter's own from now on (serverless: nothing may run after
