@@ -264,7 +264,7 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         fmt = self._format_of[event.etype]
         req = fmt.realtime(event)
         url = f"{self.endpoint}{req.path}?{urlencode(req.query)}"
-        events = [fmt.event_dict(event)]
+        events = fmt.encode([event])[0]  # as reports show it (no sdk key); the request has its own body
         if self._disabled:
             logger.debug("VWO disabled: not sent %s %s (1 event)", req.method, req.path)
             return Outcome(None, events)
