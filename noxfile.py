@@ -24,7 +24,8 @@ VERSIONS = ("3.10", "3.11", "3.12", "3.13")
 #: The core integration subset (the whole suite stays on one version).
 CORE = ["tests/unit", "tests/integration/test_events_delivery.py", "tests/integration/test_signals.py",
         "tests/integration/test_fork.py", "tests/integration/test_instrumentation.py",
-        "tests/integration/test_asyncio.py"]
+        "tests/integration/test_asyncio.py", "tests/integration/test_backlog.py",
+        "tests/integration/test_retryable.py", "tests/integration/test_fme_delivery.py"]
 #: Exit: the tests named *exit* of these modules (delivery at interpreter exit, bounded).
 EXIT = ["tests/integration/test_batching.py", "tests/integration/test_reliability.py"]
 

@@ -10,6 +10,7 @@ import time
 
 import pytest
 from conftest import ACCOUNT_ID
+from helpers import wait_until
 
 from vwo_otel import EventsDropped, VWOSpanProcessor, visitor_uuid
 from vwo_otel._engine.batcher import DEFAULT_MAX_QUEUE_SIZE
@@ -107,14 +108,6 @@ def test_block_when_full_sends_a_partial_batch_instead_of_waiting_for_the_timer(
     assert proc.stats()["dropped"] == {} and receiver.event_count() == 50
 
 
-def wait_until(predicate, timeout: float = 3.0) -> bool:
-    """Poll ``predicate`` (a cheap read of the engine's state) until true or ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def test_shutdown_releases_a_blocked_emitter_and_later_emits_never_block(pipeline, receiver, callbacks):

@@ -47,3 +47,12 @@ def test_gateway_workers_and_crash_benchmarks_quick_smoke():
                           capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "with --spool: lost 0-0" in proc.stdout  # what it acknowledged survived the kill
+
+
+def test_send_batch_benchmark_quick_smoke():
+    """Against this checkout itself as the baseline: it runs and prints both rows."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "send_batch.py"), "--baseline", str(ROOT),
+                           "--quick"], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "encode" in proc.stdout and "send_batch" in proc.stdout

@@ -1,7 +1,8 @@
 """What a flush promises and what flush_callback is owed, over real loopback HTTP:
-a flush is True only if every event emitted before it was delivered (a drop makes it
-False); no result is ever skipped for a slow callback (delivery waits instead); a callback
-raising KeyboardInterrupt does not stall later flushes."""
+a flush is True only if every event emitted before it was delivered (a drop or a failed
+delivery makes it False until a flush has returned False for it); no result is ever
+skipped for a slow callback (delivery waits instead); a callback raising KeyboardInterrupt
+does not stall later flushes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from vwo_otel import EventsDropped
+from vwo_otel import EventsDropped, RetryPolicy
 from vwo_otel._engine import settle
 
 SMALL = {"events_per_request": 10, "request_time_interval": 60}
@@ -93,6 +94,83 @@ def test_every_waiting_flush_reports_a_drop_before_it(pipeline, receiver):
     assert results == [False, False]
     receiver.clear_faults()
     assert proc.flush_events() is True
+
+
+# == a flush answers for failed deliveries before it ========================================
+
+#: A retry budget that runs out fast: VWO answering 503 throughout fails a batch within it.
+SHORT_BUDGET = RetryPolicy(budget=0.3, initial_backoff=0.05, max_backoff=0.1)
+
+
+@pytest.mark.parametrize("fme", [False, True], ids=["legacy", "fme"])
+def test_a_batch_that_failed_before_a_flush_makes_it_false(pipeline, make_exporter, receiver, callbacks, fme):
+    """No spool: VWO answers 503 past the retry budget and the batch is reported failed before
+    anyone flushes; the next flush answers False for it, the one after True."""
+    receiver.fail_next(10_000, status=503)
+    events, proc, _ = pipeline({"events_per_request": 4, "request_time_interval": 60},
+                               exporter=make_exporter(retry=SHORT_BUDGET))
+    for i in range(4):
+        if fme:
+            events.track_event("purchase", f"f3-{i}")
+        else:
+            events.activate(1, 1, f"f3-{i}")
+    assert callbacks.wait_for(lambda calls: len(callbacks.failed) == 1)  # settled and reported: failed
+    assert proc.stats()["events"] == {"delivered": 0, "failed": 4}
+    receiver.clear_faults()
+    assert proc.flush_events() is False
+    assert proc.flush_events() is True  # the flush before answered for that failure
+    assert proc.force_flush(5000) is True
+
+
+def test_force_flush_is_false_after_a_failed_batch_too(pipeline, make_exporter, receiver, callbacks):
+    receiver.fail_next(1, status=403)  # final at once
+    events, proc, _ = pipeline({"events_per_request": 2, "request_time_interval": 60})
+    events.activate(1, 1, "a")
+    events.activate(1, 1, "b")
+    assert callbacks.wait_for(lambda calls: len(callbacks.failed) == 1)
+    assert proc.force_flush(5000) is False
+    assert proc.force_flush(5000) is True
+
+
+def test_a_mixed_batch_whose_fme_half_failed_makes_the_next_flush_false(pipeline, receiver, callbacks):
+    """One batch, both formats: VWO refuses the FME request (sent first: its event came first)
+    and takes the legacy one. The failed half alone makes the next flush False."""
+    receiver.fail_next(1, status=403)
+    events, proc, _ = pipeline({"events_per_request": 4, "request_time_interval": 60})
+    events.track_event("purchase", "F1")
+    events.activate(1, 1, "L1")
+    events.track_event("purchase", "F2")
+    events.activate(1, 1, "L2")
+    assert callbacks.wait_for(lambda calls: len(calls) == 2)
+    assert [len(evs) for err, evs in callbacks.failed] == [2] and len(callbacks.ok_events) == 2
+    assert all("d" in e for err, evs in callbacks.failed for e in evs)  # the FME events failed
+    assert receiver.event_count() == 2
+    assert proc.flush_events() is False
+    assert proc.flush_events() is True
+
+
+def test_a_failure_a_waiting_flush_answered_for_is_not_answered_again(pipeline, receiver, callbacks):
+    """The batch fails while the flush waits for it: that flush is False, the next one True."""
+    receiver.stall(0.3, n=1)
+    receiver.fail_next(1, status=403)
+    events, proc, _ = pipeline(SMALL)
+    events.activate(1, 1, "late-fail")
+    assert proc.flush_events() is False
+    assert len(callbacks.failed) == 1
+    assert proc.flush_events() is True
+
+
+def test_a_failure_after_a_flush_was_called_is_the_next_flushs(pipeline, receiver, callbacks):
+    """Two batches: the first fails while a flush covering only it waits, the second (emitted
+    after that flush was called) fails later; each flush answers False for its own."""
+    receiver.fail_next(2, status=403)
+    events, proc, _ = pipeline(SMALL, max_concurrent_requests=1)
+    events.activate(1, 1, "first")
+    assert proc.flush_events() is False
+    events.activate(1, 1, "second")
+    assert proc.flush_events() is False
+    assert proc.flush_events() is True
+    assert len(callbacks.failed) == 2
 
 
 # == no result is skipped for a slow callback ============================================

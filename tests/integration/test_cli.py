@@ -381,3 +381,10 @@ def test_check_and_export_speak_fme(receiver, capsys, tmp_path):
     assert [r["format"] for r in rows] == ["fme", "legacy"]
     assert rows[0]["name"] == "purchase" and json.loads(rows[0]["props"])["amount"] == 12.5
     assert rows[1]["eT"] == "1" and rows[1]["e"] == "231"
+    # the sdk key VWO's FME format carries is *** in every export (users share these files)
+    assert SDK_KEY not in target.read_text() and json.loads(rows[0]["props"])["vwo_envKey"] == "***"
+    assert json.loads(rows[0]["visitor_props"])["vwo_fs_environment"] == "***"
+    for fmt in ("json", "jsonl"):
+        assert main(["receive", "--db", str(db), "--export", fmt]) == 0
+        out = capsys.readouterr().out
+        assert SDK_KEY not in out and '"vwo_envKey": "***"' in out.replace('":"', '": "'), out

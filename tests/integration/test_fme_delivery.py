@@ -9,6 +9,7 @@ exit the queued batch is lost. Each test below shows vwo_otel's behaviour on tha
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from helpers import free_port, wait_listening
 
 from vwo_otel import VWOSpanProcessor, visitor_uuid
 from vwo_otel import attributes as A
+from vwo_otel.event import from_attributes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 APPS = os.path.join(REPO, "tests", "apps")
@@ -148,6 +150,95 @@ def test_usage_stats_travel_once(pipeline, receiver):
     carrying = [d for d in fme_events(receiver) if "vwoMeta" in d["event"]["props"]]
     assert len(carrying) == 1 and carrying[0]["event"]["props"]["vwoMeta"] == {"eb": 1, "ll": 2, "env": SDK_KEY}
     assert "vwoMeta" in fme_events(receiver)[0]["event"]["props"]  # one per request, until accepted
+
+
+# == the sdk key: on the wire, never in reports ============================================
+
+#: Where VWO's FME format carries the sdk key (event properties, visitor properties, usage statistics).
+KEY_PLACES = (("event", "props", "vwo_envKey"), ("event", "props", "vwo_fs_environment"),
+              ("event", "props", "vwoMeta", "env"), ("visitor", "props", "vwo_fs_environment"))
+
+
+def key_places(d: dict) -> dict:
+    """The values at ``KEY_PLACES`` that ``d`` (an FME event's ``d``) has."""
+    found = {}
+    for path in KEY_PLACES:
+        node = d
+        for step in path:
+            node = node.get(step) if isinstance(node, dict) else None
+        if node is not None:
+            found[".".join(path)] = node
+    return found
+
+
+def emit_every_kind(events, provider, n: int = 1) -> None:
+    """FME events of each shape that carries the sdk key: an impression with usage statistics,
+    a custom event, visitor attributes."""
+    tracer = provider.get_tracer("test")
+    for i in range(n):
+        tracer.start_span("x", attributes={A.EVENT_TYPE: A.VARIATION_SHOWN, A.USER_ID: f"key-{i}",
+                                           A.CAMPAIGN_ID: 1, A.VARIATION_ID: 2,
+                                           A.USAGE_STATS: '{"eb": 1}'}).end()
+        events.track_event("purchase", f"key-{i}", {"amount": i})
+        events.set_attribute({"plan": "pro"}, f"key-{i}")
+
+
+def assert_reported_without_the_key(calls, n: int) -> None:
+    reported = [e for _, evs in calls for e in evs]
+    assert len(reported) == n
+    assert SDK_KEY not in json.dumps(reported)
+    places = [v for e in reported for v in key_places(e["d"]).values()]
+    assert places and set(places) == {"***"}  # each place the key goes shows *** in its stead
+    assert any("vwoMeta" in e["d"]["event"]["props"] for e in reported)
+
+
+@pytest.mark.parametrize("fault", ["none", "400", "413"])
+def test_reports_show_the_sdk_key_as_stars_while_vwo_gets_it(pipeline, receiver, callbacks, caplog, fault):
+    """``flush_callback``'s events, the log (at DEBUG) and ``stats()`` never hold the sdk key;
+    every request VWO stored carries it in each place of its format, the halves a 400 or a 413
+    made resent included."""
+    caplog.set_level(logging.DEBUG, logger="vwo_otel")
+    events, processor, provider = pipeline(BATCH)
+    if fault == "400":
+        receiver.fail_next(1, status=400)  # the batch is halved to find what VWO refuses: all of it goes
+    elif fault == "413":
+        receiver.set_max_body(1500)
+    emit_every_kind(events, provider, n=3)
+    assert processor.flush_events() is True
+    assert_reported_without_the_key(callbacks.calls, 9)
+    stored = fme_events(receiver)
+    assert len(stored) == 9
+    assert all(set(key_places(d).values()) == {SDK_KEY} for d in stored)
+    assert sum("vwoMeta" in d["event"]["props"] for d in stored) >= 1
+    if fault in ("400", "413"):
+        assert len(receiver.requests()) > 2  # sent, refused, resent in pieces
+    assert SDK_KEY not in caplog.text and SDK_KEY not in json.dumps(processor.stats())
+
+
+def test_a_realtime_outcome_shows_the_sdk_key_as_stars_while_vwo_gets_it(make_exporter, receiver):
+    exporter = make_exporter()
+    event = from_attributes({A.EVENT_TYPE: A.VARIATION_SHOWN, A.USER_ID: "rt", A.CAMPAIGN_ID: 1, A.VARIATION_ID: 2,
+                             A.USAGE_STATS: '{"eb": 1}'}, time.time_ns())
+    outcome = exporter.send_event(event)
+    exporter.shutdown()
+    assert outcome.ok
+    assert_reported_without_the_key([(None, outcome.events)], 1)
+    (stored,) = fme_events(receiver)
+    assert set(key_places(stored).values()) == {SDK_KEY} and len(key_places(stored)) == 3
+
+
+def test_failed_and_dropped_fme_events_are_reported_without_the_sdk_key(pipeline, receiver, callbacks):
+    receiver.stall(10)  # the first batch waits; the queue (6) fills and the rest are dropped
+    events, processor, provider = pipeline({"events_per_request": 3, "request_time_interval": 60},
+                                           max_queue_size=6, max_concurrent_requests=1)
+    emit_every_kind(events, provider, n=4)
+    receiver.clear_faults()
+    receiver.fail_next(10_000, status=403)  # what is left fails at once
+    assert processor.flush_events() is False
+    assert processor.stats()["dropped"] == {"queue_full": 6}
+    assert callbacks.wait_for(lambda calls: sum(len(evs) for _, evs in calls) == 12)
+    assert {type(err).__name__ for err, _ in callbacks.calls} >= {"EventsDropped"}
+    assert_reported_without_the_key(callbacks.calls, 12)
 
 
 EMITTER = """

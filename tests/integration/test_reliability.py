@@ -40,6 +40,7 @@ from vwo_otel import (
     attributes,
     visitor_uuid,
 )
+from vwo_otel.env import exporter_from_env
 from vwo_otel.export.retry import RETRY_STATUSES
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -166,6 +167,52 @@ def test_retries_stop_at_the_budget_and_the_batch_is_reported(pipeline, receiver
     assert [e["u"] for e in evs] == [u("never-a"), u("never-b")]
     assert 3 <= len(receiver.requests()) < 20
     assert proc.stats()["events"] == {"delivered": 0, "failed": 2}
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_the_first_attempt_gets_the_whole_timeout_whatever_the_budget(receiver, make_exporter, how):
+    """A budget of 0 means no retry, not a first attempt cut short: VWO answering in 300 ms
+    with ``timeout=10`` is delivered once (a cut attempt would be reported failed although VWO
+    stored it, and a later resend would store it twice)."""
+    receiver.stall(0.3)
+    if how == "argument":
+        exporter = make_exporter(retry=RetryPolicy(budget=0), timeout=10)
+    else:
+        exporter = exporter_from_env(environ={"VWO_ACCOUNT_ID": str(ACCOUNT_ID), "VWO_SDK_KEY": SDK_KEY,
+                                              "VWO_ENDPOINT": receiver.url, "VWO_RETRY_BUDGET": "0",
+                                              "VWO_TIMEOUT": "10"})
+    try:
+        (outcome,) = exporter.send_batch([VWOEvent(1, "slow-vwo", int(time.time()), 1, 1)])
+        assert outcome.error is None
+        assert received(receiver) == Counter([u("slow-vwo")])
+    finally:
+        exporter.shutdown()
+
+
+def test_a_budget_of_0_still_sends_each_format_of_a_mixed_batch(pipeline, receiver, make_exporter, callbacks):
+    """Both wire formats in one batch are two requests, each a first attempt: the budget (no
+    retry) does not keep the second from going."""
+    events, proc, _ = pipeline({"events_per_request": 2, "request_time_interval": 60},
+                               exporter=make_exporter(retry=RetryPolicy(budget=0), timeout=10))
+    events.activate(1, 1, "mixed-legacy")
+    events.track_event("purchase", "mixed-fme")
+    assert proc.flush_events() is True
+    assert receiver.event_count() == 2 and callbacks.failed == []
+
+
+def test_a_retry_gets_only_what_is_left_of_the_budget(receiver, make_exporter):
+    """Every answer 0.6 s late, the first a 503, a 1 s budget: the retry may wait 0.4 s, not
+    the whole ``timeout``, so it times out (had it waited, it would have been delivered)."""
+    receiver.stall(0.6)
+    receiver.fail_next(1, status=503)
+    exporter = make_exporter(retry=RetryPolicy(budget=1.0, initial_backoff=0.01, max_backoff=0.02), timeout=10)
+    start = time.monotonic()
+    (outcome,) = exporter.send_batch([VWOEvent(1, "retried", int(time.time()), 1, 1)])
+    took = time.monotonic() - start
+    assert isinstance(outcome.error, NetworkError) and "timed out" in str(outcome.error), outcome.error
+    assert 1.0 - 0.05 <= took < 1.0 + 0.5, took  # ends at the budget (thread wake-up slack)
+    exporter.shutdown()
+    assert receiver.event_count() == 0  # the abandoned retry stored nothing
 
 
 def test_retry_after_beyond_the_budget_ends_the_retries_but_keeps_the_batch(pipeline, receiver, callbacks):

@@ -8,17 +8,9 @@ import time
 from collections import Counter
 
 from conftest import ACCOUNT_ID
+from helpers import wait_until
 
 from vwo_otel import HTTPStatusError, RetryPolicy, VWODeliveryError, visitor_uuid
-
-
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def users(prefix: str, n: int) -> Counter:

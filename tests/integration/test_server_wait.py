@@ -11,6 +11,7 @@ from collections import Counter
 
 import pytest
 from conftest import FAST_RETRY
+from helpers import wait_until
 
 from vwo_otel import EventsDropped, RetryPolicy, visitor_uuid
 
@@ -19,13 +20,6 @@ DATE_2099 = email.utils.format_datetime(email.utils.parsedate_to_datetime("Thu, 
                                         usegmt=True)
 
 
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 @pytest.mark.parametrize("retry_after", [3600, DATE_2099], ids=["3600s", "http-date-2099"])

@@ -13,7 +13,7 @@ from vwo_otel import VWOEvents, VWOExporter, visitor_uuid
 from vwo_otel import attributes as A
 from vwo_otel.event import FMEEvent, MalformedEvent, VWOEvent, from_attributes
 from vwo_otel.event_types import CUSTOM, DROP_PRIORITY, SDK_EVENT, TYPES, row_for
-from vwo_otel.export.fme import FMEFormat
+from vwo_otel.export.fme import FMEFormat, masked
 from vwo_otel.export.wire import batch_body
 
 T_NS = 1_795_663_948_123_456_789
@@ -132,10 +132,11 @@ def test_message_ids_are_unique_and_stable_across_retries_and_the_spool():
 def test_usage_stats_ride_only_until_vwo_accepted_them():
     fmt = FMEFormat(ACCOUNT_ID, SDK_KEY)
     ev = impression(**{A.USAGE_STATS: '{"ll": 1, "eb": 1}'})
-    first = fmt.encode([ev, impression(**{A.USAGE_STATS: '{"ll": 1}'})])[0]
+    first, parts = fmt.encode([ev, impression(**{A.USAGE_STATS: '{"ll": 1}'})])
     assert [("vwoMeta" in d["d"]["event"]["props"]) for d in first] == [True, False]  # once per request
     assert "vwoMeta" in fmt.encode([ev])[0][0]["d"]["event"]["props"]  # not accepted yet: the next request too
-    assert first[0]["d"]["event"]["props"]["vwoMeta"]["env"] == SDK_KEY  # the key: off the span, on the wire
+    assert json.loads(parts[0])["d"]["event"]["props"]["vwoMeta"]["env"] == SDK_KEY  # off the span, on the wire
+    assert first[0]["d"]["event"]["props"]["vwoMeta"]["env"] == "***"  # and not in reports
     fmt.accepted(first[:1])
     assert "vwoMeta" not in d_of(ev, fmt)["event"]["props"]
 
@@ -145,12 +146,36 @@ def test_batch_and_realtime_requests():
     assert fmt.batch.path == "/server-side/batch-events-v2"
     assert fmt.batch.query["a"] == str(ACCOUNT_ID) and fmt.batch.query["env"] == SDK_KEY
     assert set(fmt.batch.query) == {"a", "env", "sn", "sv"} and fmt.batch.headers["Authorization"] == SDK_KEY
-    dicts, parts = fmt.encode([impression(), decode(vwo__event__type="purchase", vwo__user_id="u")])
-    assert json.loads(batch_body(parts)) == {"ev": dicts} and b" " not in batch_body(parts)
+    events = [impression(), decode(vwo__event__type="purchase", vwo__user_id="u")]
+    dicts, parts = fmt.encode(events)
+    assert json.loads(batch_body(parts)) == {"ev": [fmt.event_dict(ev) for ev in events]}
+    assert b" " not in batch_body(parts)
+    assert [masked(json.loads(p)) for p in parts] == dicts  # reports: the same events, the key as ***
     req = fmt.realtime(impression(**{A.VISITOR_UA: "UA"}))
     assert (req.method, req.path) == ("POST", "/events/t") and "Authorization" not in req.headers
     assert req.query["en"] == A.VARIATION_SHOWN and req.query["p"] == "FS" and req.query["eTime"] == str(T_MS)
     assert req.headers["X-Device-User-Agent"] == "UA" and json.loads(req.body)["d"]["visId"] == VARUN
+
+
+def test_reports_show_stars_wherever_the_sdk_key_is_and_the_bytes_keep_it():
+    """Each place the format writes the key, and any other string holding it (an app's own
+    property), reads ``***`` in the dicts reports get; the bytes sent are untouched."""
+    fmt = FMEFormat(ACCOUNT_ID, SDK_KEY)
+    events = [impression(**{A.USAGE_STATS: '{"ll": 1}'}),
+              decode(vwo__event__type="purchase", vwo__user_id="u",
+                     vwo__event__properties=json.dumps({"note": f"key={SDK_KEY}!", "list": [SDK_KEY], SDK_KEY: 1})),
+              decode(vwo__event__type=A.SYNC_VISITOR_PROP, vwo__user_id="u", vwo__visitor__properties='{"a": 1}'),
+              decode(vwo__event__type="vwo_sdkUsageStats", vwo__visitor__uuid=VARUN, vwo__account_id=ACCOUNT_ID,
+                     vwo__event__properties='{"product": "fme"}')]
+    dicts, parts = fmt.encode(events)
+    assert all(SDK_KEY not in json.dumps(d) for d in dicts)
+    assert [p.count(SDK_KEY.encode()) for p in parts] == [3, 5, 3, 0]
+    impression_props = dicts[0]["d"]["event"]["props"]
+    assert (impression_props["vwo_envKey"], impression_props["vwoMeta"]["env"]) == ("***", "***")
+    assert dicts[0]["d"]["visitor"]["props"]["vwo_fs_environment"] == "***"
+    custom = dicts[1]["d"]["event"]["props"]
+    assert (custom["vwo_envKey"], custom["note"], custom["list"], custom["***"]) == ("***", "key=***!", ["***"], 1)
+    assert dicts[3]["d"]["event"]["props"] == json.loads(parts[3])["d"]["event"]["props"]  # no key: as sent
 
 
 def test_one_exporter_encodes_each_event_in_its_format():

@@ -91,24 +91,33 @@ class LogLimiter:
 class FlushTicket:
     """One waiting flush: done once every batch up to ``target`` has been settled (its
     callbacks ran), or only delivered when the flush was asked for from inside a callback.
-    ``ok`` is already False at the start when events were dropped that no earlier flush
-    has answered False for (``drops``: the drop count it covers)."""
+    ``ok`` is already False at the start when events were dropped, or batches failed, that no
+    earlier flush has answered False for. ``drops`` and ``failures`` count the dropped and the
+    failed events it answers for: all of them up to its start, and the failures of the batches
+    it covers that settle while it waits."""
 
-    __slots__ = ("start", "target", "ok", "done", "delivery_only", "drops", "_told")
+    __slots__ = ("start", "target", "ok", "done", "delivery_only", "drops", "failures", "_told")
 
-    def __init__(self, start: int, target: int, drops: int, told: Callable[[int], None]) -> None:
+    def __init__(self, start: int, target: int, drops: int, failures: int,
+                 told: Callable[[int, int], None]) -> None:
         self.start, self.target, self.ok = start, target, True
         self.done = threading.Event()
         self.delivery_only = False
         self.drops = drops
+        self.failures = failures
         self._told = told
+
+    def covers(self, seq: int) -> bool:
+        """Batch ``seq`` is one this flush waits for."""
+        return self.start < seq <= self.target
 
     def wait(self, timeout: float | None) -> bool:
         """True when everything it covered was delivered within ``timeout`` seconds (and
-        nothing emitted before it was dropped)."""
+        nothing emitted before it was dropped or failed)."""
         done = self.done.wait(None if timeout is None else min(timeout, threading.TIMEOUT_MAX))
         if done and not self.ok:
-            self._told(self.drops)  # its caller now knows of these drops: later flushes need not repeat them
+            # its caller now knows of these drops and failures: later flushes need not repeat them
+            self._told(self.drops, self.failures)
         return done and self.ok
 
 
@@ -183,6 +192,8 @@ class Notifier:
         self._drops_due = math.inf  # when the gathered drops are reported
         self._dropped_total = 0  # events dropped so far (any reason)
         self._dropped_told = 0  # of those, how many a finished flush has answered False for
+        self._failed_total = 0  # events reported failed so far
+        self._failed_told = 0  # of those, how many a finished flush has answered False for
         self._tickets: list[FlushTicket] = []
         self._settled = Watermark()  # batches whose callbacks have run
         self._thread: threading.Thread | None = None
@@ -207,15 +218,21 @@ class Notifier:
         """Batch ``seq`` is done; its callbacks run next, then waiting flushes are released.
         ``kept`` events of it wait on disk for a later try: not delivered, so flushes see it
         as not ok. Failures are logged here, on the delivery thread (rate-limited)."""
-        ok = not kept
+        failed = 0
         for o in outcomes:
             if o.error is not None:
-                ok = False
+                failed += len(o.events)
                 err = o.error
                 fix = hint(err)  # the same words `vwo-otel check` prints
                 self.log.warn(("failed", type(err).__name__, getattr(err, "status", None)), len(o.events),
                               "VWO batch of %d event(s) failed: %s%s", len(o.events), err, f"; {fix}" if fix else "")
+        ok = not kept and not failed
         with self._cond:
+            if failed:  # the next flush answers False for them, unless one waiting now does
+                self._failed_total += failed
+                for t in self._tickets:
+                    if t.covers(seq):
+                        t.failures += failed
             item = _Settled(seq, seq, ok, deque(outcomes))
             self._items.append(item)
             self._held += item.events()
@@ -286,10 +303,12 @@ class Notifier:
             # it waits for delivery only.
             inside = self._drainer is threading.current_thread()
             watermark = self._delivered if inside else self._settled
-            t = FlushTicket(watermark.mark, target, self._dropped_total, self._told)
+            t = FlushTicket(watermark.mark, target, self._dropped_total, self._failed_total, self._told)
             t.delivery_only = inside
-            # batches that settled early (out of order) failed, or events dropped that no flush answered for
-            t.ok = watermark.all_ok(target) and self._dropped_total == self._dropped_told
+            # batches that settled early (out of order) failed, or events dropped or failed that
+            # no flush answered for
+            t.ok = (watermark.all_ok(target) and self._dropped_total == self._dropped_told
+                    and self._failed_total == self._failed_told)
             if target <= watermark.mark:
                 t.done.set()
             else:
@@ -298,10 +317,13 @@ class Notifier:
                     self._room.notify_all()  # delivery threads must not wait for this callback now
             return t
 
-    def _told(self, drops: int) -> None:
-        """A flush returned False to its caller covering the first ``drops`` dropped events."""
+    def _told(self, drops: int, failures: int) -> None:
+        """A flush returned False to its caller covering the first ``drops`` dropped events and
+        ``failures`` failed ones (all failures before it and those of its batches: a later flush
+        still answers for a failure it did not cover, the count being less than the total)."""
         with self._cond:
             self._dropped_told = max(self._dropped_told, drops)
+            self._failed_told = max(self._failed_told, failures)
 
     def close(self, timeout: float) -> bool:
         """Run what is still waiting (bounded by ``timeout``) and stop the thread. If the

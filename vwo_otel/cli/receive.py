@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from .. import checks
 from ..event_types import TYPES, LegacyWire
+from ..export.fme import masked
 from ..testing.receiver import DEFAULT_MAX_BODY_BYTES, Receiver
 from .common import cannot_listen, fail, until_interrupted
 
@@ -147,7 +148,9 @@ def _stored(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     out.write(_request_line(r) + "\n")
                 out.write(_summary_out(receiver.summary(), False) + "\n")
                 return 0
-            events = receiver.events(with_raw=True)
+            # the sdk key FME events carry is *** in what is written (files get shared)
+            events = [masked({k: v for k, v in ev.items() if k != "raw"}, args.sdk_key)
+                      for ev in receiver.events(with_raw=True)]
             if args.output == "-":
                 _write_events(events, args.export, out)
             else:
@@ -201,7 +204,7 @@ def _flat(event: dict[str, Any]) -> dict[str, Any]:
     """One stored event as a CSV row (``_EVENT_COLUMNS``)."""
     d = event.get("d")
     if d is None:
-        return {"format": "legacy", **{k: v for k, v in event.items() if k != "raw"}}
+        return {"format": "legacy", **event}
     visitor = d.get("visitor")
     return {"request_id": event.get("request_id"), "format": "fme", "name": d["event"]["name"],
             "msgId": d["msgId"], "visId": d["visId"], "sessionId": d["sessionId"], "time": d["event"]["time"],
@@ -211,7 +214,7 @@ def _flat(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_events(events: list[dict[str, Any]], fmt: str, f: TextIO) -> None:
-    rows = [{k: v for k, v in ev.items() if k != "raw"} for ev in events]
+    rows = events
     if fmt == "json":
         json.dump(rows, f, indent=1)
         f.write("\n")

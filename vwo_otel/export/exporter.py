@@ -47,13 +47,16 @@ _SUPPRESS = [otel_context._SUPPRESS_INSTRUMENTATION_KEY, otel_context._SUPPRESS_
 @dataclass
 class _Send:
     """The events of one wire format in a ``send_batch`` call: its one deadline (retries, 413
-    splits and 400 isolation all share it), its outcomes and what it learned about the server's limit."""
+    splits and 400 isolation all share it; the budget from the call's start, or the caller's
+    deadline if sooner), the caller's deadline (``hard``: no request of the call, a first
+    attempt included, waits past it), its outcomes and what it learned about the server's limit."""
 
     fmt: Format
     url: str
     dicts: list[dict[str, Any]]
     parts: list[bytes]
     deadline: float
+    hard: float
     outcomes: list[Outcome] = field(default_factory=list)
     largest_accepted: int = 0  # bytes of the largest body accepted
     refused: bool = False  # whether a 413 was seen
@@ -214,22 +217,26 @@ class VWOExporter(SpanExporter, LogRecordExporter):
     def send_batch(self, events: Sequence[VWOEvent], deadline: float | None = None) -> list[Outcome]:
         """Deliver ``events`` in as few batch requests as the payload cap allows, the events of
         each wire format in their own requests; one ``Outcome`` per request. A 413 splits the
-        request in halves, a 400 too (to fail only the events it refuses); all of it within one
-        ``retry.budget`` (or by ``deadline``, monotonic, if sooner) and never past shutdown. Once
-        the server asks for a wait longer than that, no further request of the call is sent."""
+        request in halves, a 400 too (to fail only the events it refuses); retries, splits and
+        isolation within one ``retry.budget`` (or by ``deadline``, monotonic, if sooner), never
+        past shutdown. Each request's first attempt gets the whole ``timeout`` (the budget bounds
+        retrying), cut only by ``deadline`` or shutdown; the call's later requests (the other
+        format's, the next cut by bytes) go as long as no request of it failed, else within the
+        budget. Once the server asks for a wait longer than that, no further request of the call is sent."""
         if not events:
             return []
+        hard = math.inf if deadline is None else deadline
         deadline = self._deadline(deadline)
         outcomes: list[Outcome] = []
         held: list[VWODeliveryError] = []  # the answer that asked for a wait, once one did
         for fmt, group in self._by_format(events):
             dicts, parts = fmt.encode(group)
             url = f"{self.endpoint}{fmt.batch.path}?{urlencode(fmt.batch.query)}"
-            send = _Send(fmt, url, dicts, parts, deadline, outcomes, limit=self.payload_limit(), held=held)
+            send = _Send(fmt, url, dicts, parts, deadline, hard, outcomes, limit=self.payload_limit(), held=held)
             for lo, hi in cut_by_bytes(parts, send.limit):
-                # the first request of a call always goes; later ones not past shutdown, the budget
-                # or a server's wait
-                why = self._stopped(send) if outcomes and not self._disabled else None
+                # the first request of a call always goes; later ones not past shutdown, the
+                # caller's deadline, a server's wait, or (once one failed) the budget
+                why = self._stopped(send, first=True) if outcomes and not self._disabled else None
                 if why:
                     outcomes.append(Outcome(_not_sent(why, held), dicts[lo:hi]))
                 else:
@@ -267,11 +274,12 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         fmt = self._format_of[event.etype]
         req = fmt.realtime(event)
         url = f"{self.endpoint}{req.path}?{urlencode(req.query)}"
-        events = [fmt.event_dict(event)]
+        events = fmt.encode([event])[0]  # as reports show it (no sdk key); the request has its own body
         if self._disabled:
             logger.debug("VWO disabled: not sent %s %s (1 event)", req.method, req.path)
             return Outcome(None, events)
-        error = self._request(req.method, url, req.body, req.headers, self._deadline(deadline))
+        error = self._request(req.method, url, req.body, req.headers, self._deadline(deadline),
+                              math.inf if deadline is None else deadline)
         if error is None:
             fmt.accepted(events)
         return Outcome(error, events)
@@ -315,8 +323,10 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         self._cutoff = self._hard_cutoff = math.inf
 
     # -- requests -------------------------------------------------------------------
-    def _send_run(self, send: _Send, lo: int, hi: int, retried: bool = False) -> None:
-        """Send events ``[lo, hi)`` as one request; split it on a 413 or a 400."""
+    def _send_run(self, send: _Send, lo: int, hi: int, retried: bool = False, resend: bool = False) -> None:
+        """Send events ``[lo, hi)`` as one request; split it on a 413 or a 400. ``resend``: they
+        were sent before (a split's half, a 413's second try): even its first attempt is a
+        retry, within the budget."""
         events = send.dicts[lo:hi]
         body = batch_body(send.parts[lo:hi])
         if hi - lo == 1 and len(body) > self.max_payload_bytes:
@@ -328,7 +338,9 @@ class VWOExporter(SpanExporter, LogRecordExporter):
                          hi - lo, len(body))
             send.outcomes.append(Outcome(None, events))
             return
-        error = self._request("POST", send.url, body, send.fmt.batch.headers, send.deadline, events=hi - lo)
+        first_until = send.deadline if resend or retried else send.hard
+        error = self._request("POST", send.url, body, send.fmt.batch.headers, send.deadline, first_until,
+                              events=hi - lo)
         if error is None:
             send.largest_accepted = max(send.largest_accepted, len(body))
             self._limit.accepted()
@@ -367,16 +379,21 @@ class VWOExporter(SpanExporter, LogRecordExporter):
                     f"{error.args[0]}; not split further: {why}", status=error.status, retryable=True,
                     retry_after=send.held[0].retry_after if send.held else None), send.dicts[a:b]))
             else:
-                self._send_run(send, a, b)
+                self._send_run(send, a, b, resend=True)
 
-    def _stopped(self, send: _Send) -> str | None:
-        """Why no further request of ``send`` may start now (shutdown, its deadline passed, or
-        the server asked for a wait), else None."""
-        if self._closed or time.monotonic() >= self._cutoff:
+    def _stopped(self, send: _Send, first: bool = False) -> str | None:
+        """Why no further request of ``send`` may start now (shutdown, the server asked for a
+        wait, the caller's deadline or the budget passed), else None. A ``first`` send (events
+        not sent before) is held back by the budget only once a request of the call failed:
+        the budget bounds retrying, and a healthy call's requests are not retries."""
+        now = time.monotonic()
+        if self._closed or now >= self._cutoff:
             return "shutting down"
         if send.held:
             return f"the server asked to wait {send.held[0].retry_after:.0f} s"
-        if time.monotonic() >= send.deadline:
+        if now >= send.hard:
+            return "its deadline passed"
+        if now >= send.deadline and (not first or any(o.error is not None for o in send.outcomes)):
             return "the retry budget ran out"
         return None
 
@@ -388,14 +405,16 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         return now + wait <= min(deadline, self._cutoff) and self._sleep(now + wait)
 
     def _request(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
-                 deadline: float, events: int = 1) -> VWODeliveryError | None:
+                 deadline: float, first_until: float, events: int = 1) -> VWODeliveryError | None:
         """One request with retries; None on 2xx, else the final error (``PayloadTooLarge`` with
-        status 413 at once: the caller splits the batch)."""
+        status 413 at once: the caller splits the batch). The first attempt waits for its answer
+        up to ``timeout``, or until ``first_until`` if sooner (a caller's deadline); each retry
+        up to ``timeout`` or until ``deadline`` (the budget's end), if sooner; shutdown cuts both."""
         attempt = 0
         started = time.monotonic()
         while True:
             now = time.monotonic()
-            limit = min(deadline, self._hard_cutoff)
+            limit = min(deadline if attempt else first_until, self._hard_cutoff)
             timeout = min(self.timeout, max(limit - now, 0.1))
             error: VWODeliveryError
             retry_after: str | None = None

@@ -7,8 +7,10 @@ SDK's ``<visId>-<ms>`` repeats within one ``get_flag``), stable across retries a
 the SDK's usage statistics (``vwoMeta``) ride on one impression per request, and only until VWO
 has accepted a request carrying them (the SDK clears them after its first real-time 200 but
 never when it batches, so every batched impression carried about 150 bytes of them); the sdk key travels
-where VWO's format puts it (query, ``Authorization``, ``vwo_envKey``, ``vwo_fs_environment``) and
-never in a span or log record.
+where VWO's format puts it (query, ``Authorization``, ``vwo_envKey``, ``vwo_fs_environment``,
+``vwoMeta.env``) and never in a span or log record. Reports (``flush_callback``'s events) show
+``***`` in its place (``masked``): ``encode`` masks each dict once its bytes are made, and every
+request, resent halves included, is built from those bytes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,64 @@ from .wire import Request, _dumps, visitor_hasher, visitor_headers, visitor_of
 BATCH_PATH = "/server-side/batch-events-v2"
 EVENTS_PATH = "/events/t"
 ENVIRONMENT = "vwo_fs_environment"
+ENV_KEY = "vwo_envKey"
+#: What reports show in place of the sdk key.
+MASK = "***"
+
+
+def masked(event: dict[str, Any], sdk_key: str | None = None, copies: int = -1) -> dict[str, Any]:
+    """``event`` (``{"d": {...}}``) with ``***`` in place of the sdk key, in place: at each place
+    the format writes it (``event.props``' ``vwo_envKey`` and ``vwo_fs_environment``,
+    ``vwoMeta.env``, ``visitor.props``' ``vwo_fs_environment``), whatever it holds there. Given
+    ``sdk_key``, also in any other string holding it: ``copies`` says how often the key occurs in
+    the event (its JSON counted; -1: unknown), so the walk over every value is made only when
+    copies remain beyond those places."""
+    d = event.get("d")
+    if not isinstance(d, dict):
+        return event
+    inner = d.get("event")
+    props = inner.get("props") if isinstance(inner, dict) else None
+    visitor = d.get("visitor")
+    vprops = visitor.get("props") if isinstance(visitor, dict) else None
+    found = _mask_places(props if isinstance(props, dict) else {}, vprops if isinstance(vprops, dict) else None,
+                         sdk_key)
+    if sdk_key and (copies < 0 or copies > found):
+        _mask_everywhere(event, sdk_key)
+    return event
+
+
+def _mask_places(props: dict[str, Any], visitor_props: dict[str, Any] | None, sdk_key: str | None) -> int:
+    """``***`` at the places the format writes the sdk key, in an event's ``event.props`` and
+    ``visitor.props``; how many of them held ``sdk_key``."""
+    found = 0
+    if ENV_KEY in props:
+        found += props[ENV_KEY] == sdk_key
+        props[ENV_KEY] = MASK
+    if ENVIRONMENT in props:
+        found += props[ENVIRONMENT] == sdk_key
+        props[ENVIRONMENT] = MASK
+    meta = props.get("vwoMeta")
+    if meta.__class__ is dict and "env" in meta:
+        found += meta["env"] == sdk_key
+        meta["env"] = MASK
+    if visitor_props is not None and ENVIRONMENT in visitor_props:
+        found += visitor_props[ENVIRONMENT] == sdk_key
+        visitor_props[ENVIRONMENT] = MASK
+    return found
+
+
+def _mask_everywhere(node: Any, sdk_key: str) -> None:
+    """Every string under ``node`` (dicts' keys and values, lists) with ``***`` in place of ``sdk_key``."""
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for k, v in list(items):
+        if isinstance(v, str):
+            if sdk_key in v:
+                node[k] = v = v.replace(sdk_key, MASK)
+        elif isinstance(v, (dict, list)):
+            _mask_everywhere(v, sdk_key)
+        if isinstance(k, str) and sdk_key in k:
+            del node[k]
+            node[k.replace(sdk_key, MASK)] = v
 
 
 class FMEFormat:
@@ -44,20 +104,26 @@ class FMEFormat:
         self._wire: dict[int | str, FMEWire] = {
             k: row.wire for k, row in TYPES.items() if isinstance(row.wire, FMEWire)}
         self._usage_sent = False  # VWO accepted a request carrying the usage statistics
+        self._key_json = _dumps(sdk_key)[1:-1].encode()  # the key as it reads in an event's JSON
 
     def __repr__(self) -> str:
         return f"FMEFormat(account_id={self.account_id})"
 
     def event_dict(self, event: VWOEvent, usage: bool = True) -> dict[str, Any]:
-        """``{"d": {...}}``, the event as it goes into ``{"ev": [...]}`` and into ``/events/t``;
-        with its usage statistics if it has them, ``usage`` allows and VWO has not accepted them yet."""
+        """``{"d": {...}}``, the event as it goes into ``{"ev": [...]}`` and into ``/events/t``
+        (the sdk key in it: reports take ``encode``'s dicts); with its usage statistics if it
+        has them, ``usage`` allows and VWO has not accepted them yet."""
+        return self._build(event, usage)[0]
+
+    def _build(self, event: VWOEvent, usage: bool) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+        """``event_dict``, with its ``event.props`` and its ``visitor.props`` (None: it has none)."""
         assert isinstance(event, FMEEvent)
         wire = self._wire[event.etype]
         key = self._sdk_key
         visitor = visitor_of(event, self.account_id, self.visitor)
         props: dict[str, Any] = {"vwo_sdkName": SDK_NAME, "vwo_sdkVersion": __version__}
         if wire.env_key:
-            props["vwo_envKey"] = key
+            props[ENV_KEY] = key
         holdout = event.feature_id is not None  # the SDK writes a holdout's variation (1 or 2) as a number
         for k in wire.props:
             value = getattr(event, k.slots[0])
@@ -86,20 +152,32 @@ class FMEFormat:
             d["visitor_ua"] = event.visitor_ua
         if event.visitor_ip:
             d["visitor_ip"] = event.visitor_ip
-        if wire.visitor:
-            d["visitor"] = {"props": visitor_props}
-        return {"d": d}
+        if not wire.visitor:
+            return {"d": d}, props, None
+        d["visitor"] = {"props": visitor_props}
+        return {"d": d}, props, visitor_props
 
     def encode(self, events: Sequence[VWOEvent]) -> tuple[list[dict[str, Any]], list[bytes]]:
-        """Wire dicts and their compact JSON, one per event; the usage statistics on the first
-        event that has them only (one request needs them once)."""
-        dicts = []
-        usage = not self._usage_sent
-        for ev in events:
-            dicts.append(self.event_dict(ev, usage))
-            if usage and "vwoMeta" in dicts[-1]["d"]["event"]["props"]:
-                usage = False
-        return dicts, [_dumps(d).encode() for d in dicts]
+        """The compact JSON sent, and the dicts reports show (the sdk key as ``***``: each is
+        masked once its bytes are made), one per event; the usage statistics on the first event
+        that has them only (one request needs them once)."""
+        build = self._build
+        if self._usage_sent:
+            built = [build(ev, False) for ev in events]
+        else:
+            built = []
+            usage = True
+            for ev in events:
+                built.append(build(ev, usage))
+                if usage and "vwoMeta" in built[-1][1]:
+                    usage = False
+        parts = [_dumps(b[0]).encode() for b in built]
+        key, key_json = self._sdk_key, self._key_json
+        for (d, props, visitor_props), part in zip(built, parts, strict=True):
+            copies = part.count(key_json)  # an app's own string may hold it too: then every value is looked at
+            if copies and _mask_places(props, visitor_props, key) < copies:
+                _mask_everywhere(d, key)
+        return [b[0] for b in built], parts
 
     def realtime(self, event: VWOEvent) -> Request:
         """FME's single-event ``POST /events/t`` (no Authorization header: the key is in the query)."""

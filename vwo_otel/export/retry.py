@@ -28,9 +28,14 @@ PAUSE_STATUSES: frozenset[int] = frozenset({429, 503})
 class RetryPolicy:
     """Retry transient failures (``statuses`` and transport errors a resend could fix) within
     ``budget`` seconds per batch, and at most ``max_retries`` times (None: as many as the budget
-    allows): waits grow from ``initial_backoff`` by ``backoff_multiplier`` up to ``max_backoff``,
-    with +-20 % jitter; a server's ``Retry-After`` (seconds or HTTP-date) is honoured: the wait is
-    the longer of the two, so ``Retry-After: 0`` cannot cause a hot retry loop.
+    allows). The budget is one deadline from the batch's start and bounds retrying only: a
+    request's first attempt always gets the exporter's whole ``timeout`` (shutdown, or a
+    caller's deadline, may still cut it), so ``budget=0`` means no retry, never a first attempt
+    cut short; each retry starts only if its wait ends within the budget and gets ``timeout`` or
+    what is left of the budget, whichever is less. Waits grow from ``initial_backoff`` by
+    ``backoff_multiplier`` up to ``max_backoff``, with +-20 % jitter; a server's ``Retry-After``
+    (seconds or HTTP-date) is honoured: the wait is the longer of the two, so ``Retry-After: 0``
+    cannot cause a hot retry loop.
 
     ``max_retry_after`` caps how long a server's ``Retry-After`` is honoured (default an hour:
     a typo or an HTTP-date in 2099 cannot stop delivery for good). A wait longer than what is left

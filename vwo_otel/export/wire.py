@@ -45,10 +45,11 @@ class Format(Protocol):
     batch: Request  # the batch request without its body (path, query, headers)
 
     def encode(self, events: Sequence[VWOEvent]) -> tuple[list[dict[str, Any]], list[bytes]]:
-        """Wire dicts and their bytes, one per event (so batches can be cut by bytes)."""
+        """Wire dicts as reports show them (``flush_callback``: no sdk key in them) and the bytes
+        sent, one per event (so batches can be cut, split and resent by bytes)."""
 
     def event_dict(self, event: VWOEvent) -> dict[str, Any]:
-        """The event as it goes into the batch body (what ``flush_callback`` receives)."""
+        """The event as it goes into the batch body (with the sdk key where the format carries it)."""
 
     def realtime(self, event: VWOEvent) -> Request:
         """The real-time (unbatched) request for one event."""
