@@ -226,34 +226,22 @@ def test_a_dead_parents_spool_is_adoptable_while_its_forked_child_lives(receiver
                                                              for i in range(3))
 
 
-class _FailingDeletes:
-    """A connection stand-in whose first DELETE fails, like a full disk would."""
-
-    def __init__(self, conn):
-        self.conn, self.failed = conn, False
-
-    def execute(self, *args):
-        return self.conn.execute(*args)
-
-    def executemany(self, sql, rows):
-        rows = list(rows)
-        if sql.startswith("DELETE") and rows and not self.failed:
-            self.failed = True
-            raise sqlite3.OperationalError("database or disk is full")
-        return self.conn.executemany(sql, rows)
-
-    def close(self):
-        self.conn.close()
-
-
 def test_a_failed_spool_commit_is_tried_again_not_forgotten(tmp_path, caplog):
+    """Another writer holding the file's lock past SQLite's busy timeout (5 s) fails the commit
+    that deletes a delivered row, as a full disk would."""
     spool = Spool(tmp_path, commit_interval=0)
-    spool._file.conn = _FailingDeletes(spool._file.conn)
     a, b = VWOEvent(1, "a", 1700000000, 1, 1), VWOEvent(1, "b", 1700000000, 1, 1)
     spool.put(a)
     spool.put(b)
     assert spool.pending_rows() == 2
-    spool.settle([a], None)  # delivered: this commit fails, the deletion must not be lost
+    (path,) = tmp_path.glob("spool-*.sqlite")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # holds the write lock
+    try:
+        spool.settle([a], None)  # delivered: this commit fails, the deletion must not be lost
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
     assert spool.pending_rows() == 2
     assert any("commit failed" in r.getMessage() for r in caplog.records)
     assert spool.commit() is True

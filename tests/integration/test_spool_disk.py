@@ -355,11 +355,24 @@ def test_a_file_its_process_died_creating_is_removed_quietly(receiver, make_expo
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+def lock_fds(directory) -> list[int]:
+    """This process's open fds on a ``.lock`` file in ``directory`` (read from ``/proc/self/fd``)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith(str(directory) + os.sep) and target.endswith(".lock"):
+            found.append(int(name))
+    return found
+
+
 def test_a_spool_closed_before_a_fork_closes_no_other_file_after_it(tmp_path):
     """after_fork of a spool already closed (a processor shut down earlier in the same process)
     must not close its old lock fd number: by then it may be another file's."""
     old = Spool(tmp_path / "old")
-    number = old._file.lock_fd
+    (number,) = lock_fds(tmp_path / "old")  # the fd its process holds the .lock flock on
     old.close(time.monotonic() + 5)
     opened = []
     while not opened or opened[-1] != number:  # take the freed number (the lowest free fds come first)
