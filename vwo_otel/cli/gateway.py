@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .. import checks
@@ -102,13 +102,20 @@ def gateway(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         return fail("gateway", cannot_listen(config.host, config.port, exc))
     except ValueError as exc:
         return fail("gateway", exc)
+    return _serve(server.url, config, 0.5, lambda: None, server.stop, server.stats)
+
+
+def _serve(url: str, config: GatewayConfig, every: float, tick: Callable[[], None], stop: Callable[[], bool],
+           stats: Callable[[], dict[str, Any]]) -> int:
+    """Say where it listens, ``tick()`` every ``every`` s until SIGTERM / Ctrl-C, then ``stop()``
+    and print ``stats()``: one gateway process or the parent of several."""
     with until_interrupted() as stopped:
-        _announce(server.url, config)
-        while not stopped.wait(0.5):
-            pass
+        _announce(url, config)
+        while not stopped.wait(every):
+            tick()
     with while_stopping("the gateway"):
-        ok = server.stop()
-    return _finish(server.stats(), ok)
+        ok = stop()
+    return _finish(stats(), ok)
 
 
 def _announce(url: str, config: GatewayConfig) -> None:
@@ -139,12 +146,6 @@ def _fleet(config: GatewayConfig) -> int:
             return fail("gateway", cannot_listen(config.host, config.port, exc))
         except WorkerFailed as exc:
             return fail("gateway", exc)
-        with until_interrupted() as stopped:
-            _announce(fleet.url, config)
-            while not stopped.wait(0.2):
-                fleet.watch()
-        with while_stopping("the gateway"):
-            ok = fleet.stop()
-        return _finish(fleet.stats(), ok)
+        return _serve(fleet.url, config, 0.2, fleet.watch, fleet.stop, fleet.stats)
     finally:
         fleet.close()
