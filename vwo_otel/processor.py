@@ -26,12 +26,16 @@ from .metrics import DeliveryMetrics, Signal
 logger = logging.getLogger("vwo_otel")
 
 
-class ProcessorStats(TypedDict):
-    """What ``stats()`` returns (see ``VWOProcessor.stats``)."""
-
+class _Stats(TypedDict):
     events: dict[str, int]  # events whose delivery settled: "delivered", "failed" ("not_sent" when disabled)
     dropped: dict[str, int]  # events dropped before any request, by reason (as in ``EventsDropped.reason``)
     queued: int  # events held now: queued, batched or in flight
+
+
+class ProcessorStats(_Stats, total=False):
+    """What ``stats()`` returns (see ``VWOProcessor.stats``)."""
+
+    on_disk: int  # with a spool: events waiting on disk (parked, spilled, a dead process's)
 
 
 class VWOProcessor:
@@ -150,6 +154,8 @@ class VWOProcessor:
           the official VWO SDK this processor's provider could not take (another account's, an
           unrecorded span, ...), which the SDK then sent itself, on the calling thread.
         - ``queued``: events held now (queued, cut into a batch, or in flight).
+        - ``on_disk``: only with a spool: events waiting on disk, not in memory (parked after
+          their retry budget ran out, spilled from a full queue, or a dead process's).
         """
         b = self._batcher
         events = dict(b.counts)
@@ -157,7 +163,10 @@ class VWOProcessor:
             events["not_sent"], events["delivered"] = events["delivered"], 0
         if self._handed_to_sdk:
             events["handed_to_sdk"] = self._handed_to_sdk
-        return {"events": events, "dropped": dict(b.dropped), "queued": b.queue_size()}
+        stats: ProcessorStats = {"events": events, "dropped": dict(b.dropped), "queued": b.queue_size()}
+        if b.backlog.durable:
+            stats["on_disk"] = b.backlog.on_disk()
+        return stats
 
     def count_handed_to_sdk(self, n: int = 1) -> None:
         """``VWOInstrumentor`` handed ``n`` events of its provider back to the VWO SDK (``stats``)."""

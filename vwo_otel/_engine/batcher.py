@@ -398,7 +398,13 @@ class Batcher(Delivery):
     def flush(self, timeout: float | None) -> bool:
         """Cut what is queued now and wait (up to ``timeout`` s) until it and everything
         before it has been settled, events waiting in the backlog before it included (spilled
-        or adopted); True if all of it was delivered."""
+        or adopted); True if all of it was delivered. Events parked in the spool past the retry
+        budget are not waited for (they wait for VWO); while some parked before the flush still
+        wait when it ends, it is False."""
+        parked = self.backlog.due() < math.inf  # the backlog's parked events wait (for their next try)
+        return self._flush(timeout) and not (parked and self.backlog.due() < math.inf)
+
+    def _flush(self, timeout: float | None) -> bool:
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         backlog = self.backlog
         self._adopted.wait(None if timeout is None else timeout)
