@@ -370,17 +370,19 @@ def test_check_and_export_speak_fme(receiver, capsys, tmp_path):
         provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
         provider.add_span_processor(processor)
         events = VWOEvents(tracer_provider=provider)
-        events.track_event("purchase", "Varun", {"amount": 12.5})
+        events.track_event("purchase", "Varun", {"amount": 12.5, "note": f"debug env={SDK_KEY}"})
         events.activate(231, 2, "Varun")
+        events.push("Varun", {"where": SDK_KEY})  # a legacy value holding the key: masked too
         assert processor.force_flush(5000)
         provider.shutdown()
     rx.close()
     target = tmp_path / "events.csv"
     assert main(["receive", "--db", str(db), "--export", "csv", "-o", str(target)]) == 0
     rows = sorted(csv.DictReader(io.StringIO(target.read_text())), key=lambda r: r["format"])
-    assert [r["format"] for r in rows] == ["fme", "legacy"]
+    assert [r["format"] for r in rows] == ["fme", "legacy", "legacy"]
     assert rows[0]["name"] == "purchase" and json.loads(rows[0]["props"])["amount"] == 12.5
-    assert rows[1]["eT"] == "1" and rows[1]["e"] == "231"
+    assert json.loads(rows[0]["props"])["note"] == "debug env=***"  # no --sdk-key: read off the events
+    assert sorted((r["eT"], r["e"]) for r in rows[1:]) == [("1", "231"), ("3", "")]
     # the sdk key VWO's FME format carries is *** in every export (users share these files)
     assert SDK_KEY not in target.read_text() and json.loads(rows[0]["props"])["vwo_envKey"] == "***"
     assert json.loads(rows[0]["visitor_props"])["vwo_fs_environment"] == "***"

@@ -282,3 +282,19 @@ def test_an_event_no_encoder_can_write_fails_alone():
     ev.props = '{"x": NaN}'  # got past the decoder some other way (a damaged spool row)
     with pytest.raises(ValueError):
         FMEFormat(ACCOUNT_ID, SDK_KEY).encode([ev])
+
+
+@pytest.mark.parametrize("key", ["props", "event", "d", "name"])
+def test_a_key_that_is_also_a_word_of_the_format_leaves_the_reports_shape(key):
+    """Masking renames keys only among the app's properties: with an sdk key such as ``props``
+    the reports keep the format's structure (``accepted`` read them and raised KeyError)."""
+    fmt = FMEFormat(ACCOUNT_ID, key)
+    ev = decode(vwo__event__type="purchase", vwo__user_id="u",
+                vwo__event__properties=json.dumps({"amount": 1, f"my_{key}": f"x{key}x"}))
+    (report,), _ = fmt.encode([impression(**{A.USAGE_STATS: '{"ll": 1}'})])
+    (custom,), _ = fmt.encode([ev])
+    fmt.accepted([report, custom])  # reads d.event.props: no KeyError
+    for d in (report["d"], custom["d"]):
+        assert {"msgId", "visId", "sessionId", "event"} <= set(d) and {"props", "name", "time"} <= set(d["event"])
+        assert d["event"]["props"]["vwo_envKey"] == "***"
+    assert custom["d"]["event"]["props"]["my_***"] == "x***x"  # the app's own names and values: masked

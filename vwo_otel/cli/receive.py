@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from .. import checks
 from ..event_types import TYPES, LegacyWire
-from ..export.fme import masked
+from ..export.fme import masked, sdk_keys_in
 from ..testing.receiver import DEFAULT_MAX_BODY_BYTES, Receiver
 from .common import cannot_listen, fail, until_interrupted
 
@@ -148,9 +148,11 @@ def _stored(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     out.write(_request_line(r) + "\n")
                 out.write(_summary_out(receiver.summary(), False) + "\n")
                 return 0
-            # the sdk key FME events carry is *** in what is written (files get shared)
-            events = [masked({k: v for k, v in ev.items() if k != "raw"}, args.sdk_key)
-                      for ev in receiver.events(with_raw=True)]
+            # the sdk key is *** in what is written (files get shared): where FME events carry it,
+            # and wherever else it or a key they carry occurs (legacy events' values included)
+            events = [{k: v for k, v in ev.items() if k != "raw"} for ev in receiver.events(with_raw=True)]
+            keys = sdk_keys_in(events) | ({args.sdk_key} if args.sdk_key else set())
+            events = [masked(ev, keys) for ev in events]
             if args.output == "-":
                 _write_events(events, args.export, out)
             else:

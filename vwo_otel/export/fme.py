@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .. import attributes as A
@@ -34,25 +34,35 @@ ENV_KEY = "vwo_envKey"
 MASK = "***"
 
 
-def masked(event: dict[str, Any], sdk_key: str | None = None, copies: int = -1) -> dict[str, Any]:
-    """``event`` (``{"d": {...}}``) with ``***`` in place of the sdk key, in place: at each place
-    the format writes it (``event.props``' ``vwo_envKey`` and ``vwo_fs_environment``,
-    ``vwoMeta.env``, ``visitor.props``' ``vwo_fs_environment``), whatever it holds there. Given
-    ``sdk_key``, also in any other string holding it: ``copies`` says how often the key occurs in
-    the event (its JSON counted; -1: unknown), so the walk over every value is made only when
-    copies remain beyond those places."""
+def masked(event: dict[str, Any], sdk_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """A stored event with ``***`` in place of the sdk key, in place: an FME event
+    (``{"d": {...}}``) at each place the format writes it (``event.props``' ``vwo_envKey`` and
+    ``vwo_fs_environment``, ``vwoMeta.env``, ``visitor.props``' ``vwo_fs_environment``), whatever
+    it holds there; any event, legacy ones too, in every other string holding one of
+    ``sdk_keys``."""
     d = event.get("d")
-    if not isinstance(d, dict):
-        return event
-    inner = d.get("event")
-    props = inner.get("props") if isinstance(inner, dict) else None
-    visitor = d.get("visitor")
-    vprops = visitor.get("props") if isinstance(visitor, dict) else None
-    found = _mask_places(props if isinstance(props, dict) else {}, vprops if isinstance(vprops, dict) else None,
-                         sdk_key)
-    if sdk_key and (copies < 0 or copies > found):
-        _mask_everywhere(event, sdk_key)
+    if isinstance(d, dict):
+        inner = d.get("event")
+        props = inner.get("props") if isinstance(inner, dict) else None
+        visitor = d.get("visitor")
+        vprops = visitor.get("props") if isinstance(visitor, dict) else None
+        _mask_places(props if isinstance(props, dict) else {}, vprops if isinstance(vprops, dict) else None, None)
+    for key in sdk_keys:
+        _mask_everywhere(event, key)
     return event
+
+
+def sdk_keys_in(events: Iterable[dict[str, Any]]) -> set[str]:
+    """The sdk keys FME events carry where the format writes them (``vwo_envKey``)."""
+    keys = set()
+    for event in events:
+        d = event.get("d")
+        inner = d.get("event") if isinstance(d, dict) else None
+        props = inner.get("props") if isinstance(inner, dict) else None
+        key = props.get(ENV_KEY) if isinstance(props, dict) else None
+        if isinstance(key, str) and key and key != MASK:
+            keys.add(key)
+    return keys
 
 
 def _mask_places(props: dict[str, Any], visitor_props: dict[str, Any] | None, sdk_key: str | None) -> int:
@@ -75,18 +85,28 @@ def _mask_places(props: dict[str, Any], visitor_props: dict[str, Any] | None, sd
     return found
 
 
-def _mask_everywhere(node: Any, sdk_key: str) -> None:
-    """Every string under ``node`` (dicts' keys and values, lists) with ``***`` in place of ``sdk_key``."""
+def _mask_everywhere(node: Any, sdk_key: str, own: frozenset[str] | None = None) -> None:
+    """Every string value under ``node`` (dicts, lists) with ``***`` in place of ``sdk_key``; a
+    dict's keys too, but only in the app's properties (``own``: the format's own keys there,
+    kept; None: the format's structure, whose keys are never renamed, so a key that is also a
+    word such as ``props`` leaves the report's shape intact)."""
     items = node.items() if isinstance(node, dict) else enumerate(node)
     for k, v in list(items):
         if isinstance(v, str):
             if sdk_key in v:
                 node[k] = v = v.replace(sdk_key, MASK)
         elif isinstance(v, (dict, list)):
-            _mask_everywhere(v, sdk_key)
-        if isinstance(k, str) and sdk_key in k:
+            inner = (_OWN_PROPS if k == "props" else None) if own is None else frozenset()
+            _mask_everywhere(v, sdk_key, inner)
+        if own is not None and isinstance(k, str) and sdk_key in k and k not in own:
             del node[k]
             node[k.replace(sdk_key, MASK)] = v
+
+
+#: The keys the format itself writes into ``props`` (never renamed in reports).
+_OWN_PROPS = frozenset({ENV_KEY, ENVIRONMENT, "vwoMeta", "vwo_sdkName", "vwo_sdkVersion"}
+                       | {k for row in TYPES.values() if isinstance(row.wire, FMEWire)
+                          for k in (*(key.wire for key in row.wire.props), *row.wire.constants)})
 
 
 class FMEFormat:
