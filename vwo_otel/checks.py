@@ -323,11 +323,12 @@ _ENV_PARAM = re.compile(r"((?:^|[?&])env=)[^&\s\"']+")
 
 
 def redact(message: str, secret: str | None = None) -> str:
-    """``message`` with ``secret`` (as is and URL-encoded) and any ``env=<key>`` query value
-    replaced by ``***``."""
+    """``message`` with ``secret`` (as is, URL-encoded, JSON-escaped, in any letter case: as a
+    server may echo it) and any ``env=<key>`` query value replaced by ``***``."""
     if secret:
-        for form in (secret, quote_plus(secret), quote(secret, safe="")):
-            message = message.replace(form, "***")
+        for form in {secret, quote_plus(secret), quote(secret, safe=""), json.dumps(secret)[1:-1],
+                     json.dumps(json.dumps(secret)[1:-1])[1:-1]}:
+            message = re.sub(re.escape(form), "***", message, flags=re.IGNORECASE)
     return _ENV_PARAM.sub(r"\1***", message) if "env=" in message else message
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from urllib.parse import quote
 
 import pytest
 
@@ -78,3 +79,13 @@ def test_the_filelog_example_keeps_ints_and_names_the_account_as_a_string():
         receiver["resource"]["vwo.account_id"], str)  # a string routes the same on every Collector release
     for pipeline in cfg["service"]["pipelines"].values():
         assert all(name in cfg[kind] for kind in ("receivers", "processors", "exporters") for name in pipeline[kind])
+
+
+@pytest.mark.parametrize("echo", [
+    "bad key {k}", "bad key {K}", '{{"error": "bad key {j}"}}', "bad key {u}", "env={k}&a=1",
+])
+def test_redact_takes_the_key_out_of_what_a_server_echoes(echo):
+    key = 'ab"cd\\ef-0123456789abcdef'
+    forms = {"k": key, "K": key.upper(), "j": json.dumps(key)[1:-1], "u": quote(key, safe="")}
+    out = checks.redact(echo.format(**forms), key)
+    assert "***" in out and not any(form.lower() in out.lower() for form in forms.values()), out
