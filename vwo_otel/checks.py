@@ -139,7 +139,8 @@ def sdk_key(value: Any, name: str = "sdk_key") -> str:
 
 def endpoint(value: Any, name: str = "endpoint") -> str:
     """VWO's collection host as an http(s) URL, optionally with a path prefix (data residency),
-    without the ``/server-side/...`` path, a query or a fragment; returned without a trailing /."""
+    without the ``/server-side/...`` path, a query or a fragment; returned in one spelling (scheme
+    and host in lower case, without a default port or a trailing /): a spool file names it."""
     try:
         parts = urlsplit(value) if isinstance(value, str) else None
         port = parts.port if parts is not None else None  # raises for a port out of range
@@ -155,7 +156,12 @@ def endpoint(value: Any, name: str = "endpoint") -> str:
         problem = "must be the host (and an optional path prefix) without VWO's /server-side/ path"
     if problem:
         raise ValueError(f"{name} {problem}, such as {DEFAULT_ENDPOINT!r}, got {value!r}")
-    return str(value).rstrip("/")
+    assert parts is not None
+    user, at, host = parts.netloc.rpartition("@")
+    host = host.lower()
+    if port == {"http": 80, "https": 443}[parts.scheme]:
+        host = host[:host.rfind(":")]
+    return f"{parts.scheme}://{user}{at}{host}{parts.path}".rstrip("/")
 
 
 def event_id(name: str, value: Any) -> int:

@@ -89,3 +89,10 @@ def test_redact_takes_the_key_out_of_what_a_server_echoes(echo):
     forms = {"k": key, "K": key.upper(), "j": json.dumps(key)[1:-1], "u": quote(key, safe="")}
     out = checks.redact(echo.format(**forms), key)
     assert "***" in out and not any(form.lower() in out.lower() for form in forms.values()), out
+
+
+@pytest.mark.parametrize("spelling", ["HTTP://127.0.0.1", "http://127.0.0.1:80", "http://127.0.0.1/", "Http://127.0.0.1:80/"])
+def test_one_endpoint_has_one_spelling(spelling):
+    """A spool file records its endpoint: a process writing the same one another way adopts it."""
+    assert checks.endpoint(spelling) == "http://127.0.0.1"
+    assert checks.endpoint("https://DEV.example.com:443/eu01/") == "https://dev.example.com/eu01"
