@@ -1,7 +1,7 @@
 """The official VWO SDK (vwo-python-sdk 1.68, its FullStack API) in a Starlette app, its events
 delivered by vwo_otel through VWOInstrumentor; runs locally, against the loopback receiver.
 
-    python3 dev.py demo                    # once, to create .venv; then, in two terminals:
+    python3 -m venv .venv && .venv/bin/pip install -e '.[vwo-sdk]' starlette uvicorn   # once; then, in two terminals:
     .venv/bin/vwo-otel receive --port 8000 --account-id 12345 --sdk-key test-sdk-key-0123456789
     VWO_ENDPOINT=http://127.0.0.1:8000 .venv/bin/python examples/sdk_app.py   # http://127.0.0.1:8002 ($PORT)
     curl 'http://127.0.0.1:8002/?user=alice'; curl -X POST 'http://127.0.0.1:8002/buy?user=alice'
@@ -11,7 +11,7 @@ which needs the network); here it is the test suite's (``tests/data/vwo_settings
 path in ``$SETTINGS_FILE``), so the example runs offline. The account id and sdk key are the
 settings file's own. ``strict=True`` refuses a set-up where the SDK would send events itself
 (``vwo.launch`` raises naming both accounts), so a local run never reaches VWO.
-Needs ``pip install '.[vwo-sdk]' starlette uvicorn`` (all in the test extra).
+(``python3 dev.py test`` makes a .venv that has all of them too.)
 """
 
 from __future__ import annotations

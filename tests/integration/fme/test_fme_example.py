@@ -22,7 +22,7 @@ def test_fme_example_app_delivers_everything_at_exit(sdk_side):
     with Receiver(account_id=ACCOUNT, sdk_key=SDK_KEY) as receiver:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VWO_"))}
         env.update(VWO_ACCOUNT_ID=str(ACCOUNT), VWO_SDK_KEY=SDK_KEY, VWO_ENDPOINT=receiver.url,
-                   VWO_FME_PROXY_URL=sdk_side.url)
+                   FME_PROXY_URL=sdk_side.url)
         proc = subprocess.run([sys.executable, str(REPO / "examples" / "fme_app.py"), "50"], env=env,
                               capture_output=True, text=True, timeout=30)
         assert proc.returncode == 0, proc.stderr
@@ -33,3 +33,15 @@ def test_fme_example_app_delivers_everything_at_exit(sdk_side):
     assert names["purchase"] == 25 and names["vwo_syncVisitorProp"] == 50 and names["vwo_fmeSdkInit"] == 1
     assert names["vwo_variationShown"] >= 50
     assert sdk_side.event_requests() == []  # the SDK sent nothing itself
+
+
+@needs_fme_delivery
+def test_fme_example_runs_offline_with_local():
+    """``--local``, as its docstring says to run it: both VWO hosts on loopback, nothing else set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VWO_"))}
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "fme_app.py"), "--local", "10"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("the loopback receiver stored") and last.endswith("the SDK sent 0 itself"), proc.stdout
+    assert "purchase" in last and "vwo_variationShown" in last
