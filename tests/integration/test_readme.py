@@ -97,11 +97,12 @@ def test_readme_python_blocks_run(tmp_path):
             pytest.fail(f"a README python block failed (make it runnable, or put `<!-- not run: why -->` "
                         f"before it):\n{proc.stderr[-3000:]}")
         assert "README blocks done" in proc.stdout
-        # the set-up's events reached the receiver at exit, without a flush: each in its format
+        # the quick start's two events (flushed), and the set-up's, at exit without a flush: each in its format
         got = rx.events()
-        assert sorted(e["eT"] for e in got if "eT" in e) == [A.VISITOR, A.GOAL, A.CUSTOM_DIMENSION]
+        assert sorted(e["eT"] for e in got if "eT" in e) == [A.VISITOR, A.VISITOR, A.GOAL, A.CUSTOM_DIMENSION]
         assert sorted(e["d"]["event"]["name"] for e in got if "d" in e) == sorted(
-            ["purchase", A.VARIATION_SHOWN, A.SYNC_VISITOR_PROP])
+            ["purchase", "purchase", A.VARIATION_SHOWN, A.SYNC_VISITOR_PROP])
+        assert proc.stdout.count("delivered 1") == 2  # the quick start's flush_callback: a request per format
 
 
 def test_readme_states_the_retry_policys_statuses():
