@@ -254,10 +254,13 @@ class VWOEvents:
                                 "VWOSampler")
         if route.found is False and not self._to_gateway:
             kind = "VWOLogRecordProcessor on this LoggerProvider" if log else "VWOSpanProcessor on this TracerProvider"
+            stock = ("; a VWOExporter behind OpenTelemetry's own BatchSpanProcessor does not count under "
+                     "VWOSampler, whose VWO spans are record-only: no stock processor sees them"
+                     if not log and isinstance(getattr(provider, "sampler", None), VWOSampler) else "")
             return self._refuse(f"there is no vwo_otel.{kind}, so they would be lost or reach the app's own "
                                 "exporters with user ids. Add one (or, under opentelemetry-instrument, set "
                                 "VWO_ACCOUNT_ID and VWO_SDK_KEY; or, if this provider's OTLP exporter sends them to "
-                                "a vwo-otel gateway on purpose, pass to_gateway=True)")
+                                f"a vwo-otel gateway on purpose, pass to_gateway=True){stock}")
         if route.leaks and not self._to_gateway:
             fix = ("use a LoggerProvider of its own for VWO" if log
                    else "create the TracerProvider with sampler=vwo_otel.VWOSampler(<your sampler>)")

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from .api import VWOEvents, VWOSampler
 from .export.exporter import VWOExporter
+from .export.fme import masked
 from .processor import VWOSpanProcessor
 from .testing.receiver import Receiver
 
@@ -112,7 +113,7 @@ def run_demo(out: TextIO, *, endpoint: str | None = None, account_id: int = DEMO
                 out.write(f"  {path}: {n} events in {len(mine)} requests, "
                           f"{sum(r['body_bytes'] for r in mine) / n:.1f} bytes per event\n")
         stored = receiver.events()
-        sample = [e for e in stored if "eT" in e][:2] + [e for e in stored if "d" in e][:1]
+        sample = [e for e in stored if "eT" in e][:2] + [masked(e) for e in stored if "d" in e][:1]  # key: ***
         out.write("first events as stored: " + "; ".join(str(e) for e in sample) + "\n")
         receiver.stop()
     return 0 if ok and delivered == emitted else 1

@@ -7,7 +7,8 @@ from .errors import HTTPStatusError, NetworkError, PayloadTooLarge, VWODeliveryE
 
 #: VWO refused the account id / sdk key pair (401, 403).
 CREDENTIALS = ("check the account id and the sdk key (VWO_ACCOUNT_ID and VWO_SDK_KEY, or account_id= and "
-               "sdk_key=): they are the two values given to vwo.get_settings_file; `vwo-otel check` tests them")
+               "sdk_key=): they are the two values given to vwo.init (FME) or vwo.get_settings_file (the legacy "
+               "SDK); `vwo-otel check` tests them")
 #: Nothing collects VWO events at that path (404).
 ENDPOINT = ("check the endpoint (VWO_ENDPOINT or endpoint=): VWO's host, with a data-residency prefix only "
             "when the settings file has a collectionPrefix")

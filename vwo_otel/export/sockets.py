@@ -116,8 +116,8 @@ def failure(exc: BaseException, connecting: bool) -> TransportError:
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, TimeoutError):
         return ConnectTimeout(text) if connecting else ReadTimeout(text)
-    if isinstance(exc, (ssl.SSLError, ssl.CertificateError)):
-        return SSLError(text, retryable=not final(exc))
+    if isinstance(exc, (ssl.SSLError, ssl.CertificateError)):  # (not "SSLError: SSLError: ..." when shown)
+        return SSLError(str(exc) if type(exc) is ssl.SSLError else text, retryable=not final(exc))
     return ConnectionError(text)
 
 
