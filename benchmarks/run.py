@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Benchmarks: vwo_otel against its anchors, measured side by side in one run.
 
-    python benchmarks/run.py            # default run (about 10 minutes on 2 shared cores)
-    python benchmarks/run.py --quick    # tiny CI smoke (a few seconds; numbers are not meaningful)
-    python benchmarks/run.py --full     # more repeats, more timer cycles (several minutes)
+    python benchmarks/run.py            # default run (about 8 minutes on 2 shared cores)
+    python benchmarks/run.py --quick    # tiny CI smoke (about 30 s; numbers are not meaningful)
+    python benchmarks/run.py --full     # more repeats, more timer cycles (longer than the default)
     python benchmarks/run.py --only e2e,wire    # some sections only
 
 Prints a table (metric | vwo_otel | anchor | ratio | target | met?) and writes the same,
