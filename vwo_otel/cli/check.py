@@ -12,7 +12,15 @@ from typing import TextIO
 
 from .. import attributes as A
 from .. import checks
-from ..env import ConfigError, batch_events_from_env, describe_unknown, exporter_from_env, read_env, unknown_names
+from ..env import (
+    ConfigError,
+    batch_events_from_env,
+    describe_unknown,
+    exporter_from_env,
+    given,
+    read_env,
+    unknown_names,
+)
 from ..errors import HTTPStatusError, NetworkError, PayloadTooLarge, VWODeliveryError
 from ..event import from_attributes
 from ..export.exporter import VWOExporter
@@ -87,6 +95,11 @@ def check(args: argparse.Namespace, out: TextIO | None = None, environ: Mapping[
     unknown = unknown_names(environ)
     if unknown:
         say(f"  note        {describe_unknown(unknown)}")
+    misspelt = [(name, close) for name, close in unknown if close and given(close, environ) is None]
+    if misspelt:  # the app only warns (an app's own VWO_ names never change anything); a check says no
+        say("config error: " + "; ".join(f"{name} looks like a misspelling of {close}, which is not set, so "
+                                         "its value is not used" for name, close in misspelt))
+        return 2
     if exporter.disabled:  # development mode would "deliver" without a request: that proves nothing
         say("development mode (VWO_DISABLED): the configuration is valid; nothing was sent, so the endpoint "
             "and the key are not checked")
