@@ -259,7 +259,8 @@ class VWOEvents:
                      if not log and isinstance(getattr(provider, "sampler", None), VWOSampler) else "")
             return self._refuse(f"there is no vwo_otel.{kind}, so they would be lost or reach the app's own "
                                 "exporters with user ids. Add one (or, under opentelemetry-instrument, set "
-                                "VWO_ACCOUNT_ID and VWO_SDK_KEY; or, if this provider's OTLP exporter sends them to "
+                                "VWO_ACCOUNT_ID and VWO_SDK_KEY, with every VWO_* value valid: an error at start "
+                                "names a bad one; or, if this provider's OTLP exporter sends them to "
                                 f"a vwo-otel gateway on purpose, pass to_gateway=True){stock}")
         if route.leaks and not self._to_gateway:
             fix = ("use a LoggerProvider of its own for VWO" if log

@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.sampling import (
 
 from . import checks
 from .api import VWOSampler
-from .env import VARIABLES, given, span_processor_from_env
+from .env import VARIABLES, given, span_processor_from_env, unknown_names
 from .processor import VWOSpanProcessor
 
 logger = logging.getLogger("vwo_otel")
@@ -47,9 +47,11 @@ def configure(environ: Mapping[str, str] | None = None) -> VWOSpanProcessor | No
     env = os.environ if environ is None else environ
     missing = [name for name in ("VWO_ACCOUNT_ID", "VWO_SDK_KEY") if not given(name, env)]
     if missing:
-        if any(given(name, env) for name in VARIABLES):  # meant to, but a secret is missing (an app's VWO_ENV is not)
-            logger.warning("%s not set: VWO events are not enabled (VWOEvents emits nothing, so no "
-                           "user id reaches your exporters)", " and ".join(missing))
+        typos = [f"{name} is set: a misspelling of {close}?" for name, close in unknown_names(env) if close in missing]
+        if typos or any(given(name, env) for name in VARIABLES):  # meant to (an app's own VWO_ENV is no sign)
+            logger.warning("%s not set%s: VWO events are not enabled (VWOEvents emits nothing, so no "
+                           "user id reaches your exporters)", " and ".join(missing),
+                           f" ({'; '.join(typos)})" if typos else "")
         else:
             logger.debug("VWO_ACCOUNT_ID / VWO_SDK_KEY not set; zero-code set-up skipped")
         return None

@@ -170,6 +170,12 @@ def test_an_apps_own_variable_alone_is_no_set_up_attempt(caplog):
     assert "VWO_ACCOUNT_ID and VWO_SDK_KEY not set" in caplog.text
 
 
+def test_a_misspelt_secret_is_named_in_the_not_set_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="vwo_otel"):
+        assert auto.configure({"VWO_ACCOUNT_ID": "123456", "VWO_SKD_KEY": "key"}) is None
+    assert "VWO_SDK_KEY not set (VWO_SKD_KEY is set: a misspelling of VWO_SDK_KEY?)" in caplog.text
+
+
 @pytest.mark.parametrize("name, arg, description", [
     ("vwo", None, "VWOSampler{ParentBased{root:AlwaysOnSampler"),
     ("vwo_always_on", None, "VWOSampler{AlwaysOnSampler}"),
