@@ -183,3 +183,21 @@ def test_a_file_another_local_user_planted_in_a_shared_directory_is_never_sent(r
         shutil.rmtree(shared)
     deliver(make_exporter(), genuine)  # the genuine file, where its own process left it, is delivered
     assert Counter(e["u"] for e in receiver.events()) == uids(ACCOUNT_ID, "planted")
+
+
+def test_a_lock_file_made_a_link_leaves_our_dead_file_alone_not_set_aside(receiver, make_exporter, tmp_path,
+                                                                          caplog):
+    """Someone replaced a dead file's ``.lock`` with a link: the file is left where it is (it was
+    renamed ``*.unadoptable-*`` for good), and delivered once the link is gone."""
+    killed_app(tmp_path, ACCOUNT_ID, SDK_KEY, receiver.url, "linked")
+    (db,) = tmp_path.glob("spool-*.sqlite")
+    lock = tmp_path / (db.name + ".lock")
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(tmp_path / "elsewhere")
+    with caplog.at_level(logging.WARNING, logger="vwo_otel"):
+        deliver(make_exporter(), tmp_path)
+    assert receiver.event_count() == 0 and db.exists() and not list(tmp_path.glob("*.unadoptable-*"))
+    assert any("lock file cannot be locked" in r.getMessage() for r in caplog.records), caplog.text
+    lock.unlink()
+    deliver(make_exporter(), tmp_path)
+    assert Counter(e["u"] for e in receiver.events()) == uids(ACCOUNT_ID, "linked")

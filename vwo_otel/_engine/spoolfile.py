@@ -513,7 +513,12 @@ def _adopt_one(path: str, owner: spoolowner.Owner) -> Orphan | str | None:
     if not _regular(path):
         _give_up_on(path, OSError("not a regular file"), "not-a-file")
         return None
-    fd = lock(path + ".lock")
+    try:
+        fd = lock(path + ".lock")
+    except OSError as exc:  # its .lock is a link or no file: whoever put it there, the events stay as they are
+        logger.warning("vwo_otel spool file %s left alone: its lock file cannot be locked (%s); remove %s.lock "
+                       "to let a process deliver it", path, exc, path)
+        return None
     if fd is None:
         return None  # a live process owns it
     try:
