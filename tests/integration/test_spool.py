@@ -355,7 +355,7 @@ def test_a_file_of_an_older_layout_without_an_owner_is_left_alone(receiver, make
         processor.shutdown()
     assert receiver.event_count() == 0 and os.path.exists(path)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("1 file(s) without an owner record" in m for m in warnings), warnings
+    assert any("1 file(s) without a readable owner record" in m for m in warnings), warnings
     fd = spoolfile.lock(path + ".lock")
     assert fd is not None, "the file is unlocked again"
     os.close(fd)

@@ -89,7 +89,8 @@ def test_an_app_of_another_account_and_key_leaves_a_dead_apps_file_alone(receive
             deliver(make_exporter(), tmp_path)  # production: ACCOUNT_ID, SDK_KEY
         assert receiver.event_count() == 0 and spool_rows(tmp_path) == 3
         left = [m for r in caplog.records if r.levelno == logging.WARNING and "left alone" in (m := r.getMessage())]
-        assert len(left) == 1 and "1 file" in left[0], left
+        assert len(left) == 1, left
+        assert "1 file(s) of another account, endpoint or sdk key holding 3 event(s)" in left[0], left
         text = "\n".join(r.getMessage() for r in caplog.records)
         assert staging_key not in text and SDK_KEY not in text
         # the staging app started again delivers them, under its own account and key

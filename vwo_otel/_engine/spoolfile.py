@@ -486,8 +486,9 @@ class OwnFile:
 
 def adopt(directory: str, own: str, owner: spoolowner.Owner) -> tuple[list[Orphan], Counter[str]]:
     """Lock the spool files of processes that are gone whose owner is ``owner`` and open them,
-    oldest name first; and how many files were left alone, by reason (``spoolowner``). Never
-    raises and never blocks on what the directory holds (see the module docstring)."""
+    oldest name first; and what was left alone, by reason (``spoolowner``): files, and under
+    ``reason + spoolowner.EVENTS`` the events in them (another OS user's files are not opened).
+    Never raises and never blocks on what the directory holds (see the module docstring)."""
     orphans = []
     left: Counter[str] = Counter()
     for path in sorted(glob.glob(os.path.join(directory, PATTERN))):
@@ -501,15 +502,17 @@ def adopt(directory: str, own: str, owner: spoolowner.Owner) -> tuple[list[Orpha
         if isinstance(orphan, Orphan):
             orphans.append(orphan)
         elif orphan is not None:
-            left[orphan] += 1
-    return orphans, left
+            why, rows = orphan
+            left[why] += 1
+            left[why + spoolowner.EVENTS] += rows
+    return orphans, +left
 
 
-def _adopt_one(path: str, owner: spoolowner.Owner) -> Orphan | str | None:
-    """One file, locked and opened; why it is not this process's to adopt (``spoolowner``); or
-    None if a live process owns it or it cannot be adopted."""
+def _adopt_one(path: str, owner: spoolowner.Owner) -> Orphan | tuple[str, int] | None:
+    """One file, locked and opened; why it is not this process's to adopt (``spoolowner``) and
+    its events; or None if a live process owns it or it cannot be adopted."""
     if spoolowner.foreign(path):  # before anything is created or moved in another user's name
-        return spoolowner.USER
+        return spoolowner.USER, 0
     if not _regular(path):
         _give_up_on(path, OSError("not a regular file"), "not-a-file")
         return None
@@ -535,9 +538,9 @@ def _adopt_one(path: str, owner: spoolowner.Owner) -> Orphan | str | None:
     return orphan
 
 
-def _open(path: str, lock_fd: int, owner: spoolowner.Owner) -> Orphan | str | None:
-    """A dead process's file as an ``Orphan``; why it is not ours; None (with a log line) if it
-    cannot be adopted."""
+def _open(path: str, lock_fd: int, owner: spoolowner.Owner) -> Orphan | tuple[str, int] | None:
+    """A dead process's file as an ``Orphan``; why it is not ours and its events; None (with a
+    log line) if it cannot be adopted."""
     conn = None
     try:
         conn = sqlite3.connect(f"file:{pathname2url(path)}?mode=rw", uri=True, isolation_level=None,
@@ -567,7 +570,7 @@ def _open(path: str, lock_fd: int, owner: spoolowner.Owner) -> Orphan | str | No
     why = spoolowner.USER if spoolowner.foreign(path) else spoolowner.refusal(found, owner)
     if why is not None:
         conn.close()
-        return why
+        return why, 0 if why == spoolowner.USER else rows
     return Orphan(path, lock_fd, conn, rows)
 
 

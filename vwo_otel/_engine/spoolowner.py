@@ -36,6 +36,8 @@ WRITE = "INSERT OR REPLACE INTO meta (key, value) VALUES ('owner', ?)"
 #: Why a file was left alone: another account, endpoint or key; the same destination in the
 #: other mode (sending / development); no owner record; another OS user's file.
 OTHER, MODE, UNOWNED, USER = "other", "mode", "unowned", "user"
+#: Appended to a reason: the events in the files left alone for it.
+EVENTS = " events"
 
 Owner = dict[str, Any]
 
@@ -123,10 +125,12 @@ class LeftAlone:
             OTHER: "of another account, endpoint or sdk key",
             MODE: ("of a process that sends (this one is in development mode: disabled)" if mine.get("disabled")
                    else "of a process in development mode (disabled), never to be sent"),
-            UNOWNED: "without an owner record (written by an older vwo_otel)",
+            UNOWNED: "without a readable owner record (written by an older vwo_otel, or damaged)",
             USER: "of another OS user",
         }
-        parts = [f"{left[why]} file(s) {words[why]}" for why in (OTHER, MODE, UNOWNED, USER) if left[why]]
+        parts = [f"{left[why]} file(s) {words[why]}"
+                 + (f" holding {left[why + EVENTS]} event(s)" if why != USER else "")
+                 for why in (OTHER, MODE, UNOWNED, USER) if left[why]]
         logger.warning("vwo_otel spool %s: left alone %s; a dead process's spool file is delivered only by a "
                        "process of the same OS user sending to the same account, endpoint and sdk key",
                        self.directory, ", ".join(parts))
