@@ -396,10 +396,10 @@ def test_check_refuses_a_misspelt_variable_whose_right_name_is_unset(receiver, c
     """A typo in a batching variable would make the app send one request per event: `check` says so
     and exits 2 (the app itself only warns); with the right name set too, it is only a note."""
     for name, value in (("VWO_ACCOUNT_ID", str(ACCOUNT_ID)), ("VWO_SDK_KEY", SDK_KEY),
-                        ("VWO_ENDPOINT", receiver.url), ("VWO_EVNETS_PER_REQUEST", "100")):
+                        ("VWO_ENDPOINT", receiver.url), ("VWO_EVENTS_PER_REQEUST", "100")):
         monkeypatch.setenv(name, value)
     code, out = _check(capsys)
-    assert code == 2 and "VWO_EVNETS_PER_REQUEST looks like a misspelling of VWO_EVENTS_PER_REQUEST" in out, out
+    assert code == 2 and "VWO_EVENTS_PER_REQEUST looks like a misspelling of VWO_EVENTS_PER_REQUEST" in out, out
     assert receiver.requests() == []
     monkeypatch.setenv("VWO_EVENTS_PER_REQUEST", "100")
     code, out = _check(capsys)
