@@ -4,9 +4,10 @@ attribute from ``OTEL_RESOURCE_ATTRIBUTES``) -> ``rotel-agent`` (a Rust collecto
 it re-batches and sends protobuf + gzip) -> ``vwo-otel gateway`` (a real subprocess with
 ``--spool``) -> the loopback VWO receiver.
 
-Scenarios, each on its own ports, run concurrently (the 90 s VWO outage is the long pole):
+Scenarios, each on its own ports, run concurrently (the 25 s VWO outage is the long pole):
 (a) 5 processes x 2,000 events; (b) the gateway stopped with SIGTERM for 10 s and restarted on
-the same port mid-stream; (c) VWO stopped for 15 s and for 90 s mid-stream. Each asserts that
+the same port mid-stream; (c) VWO stopped for 15 s (within the retry budget) and for 25 s past
+a gateway `retry_budget` of 10 s (events park on disk) mid-stream. Each asserts that
 every event reached VWO exactly once, except where VWO's own hop is at-least-once (README): an
 event VWO stored whose answer the stop cut is sent again, so the duplicates must be exactly those
 events. Each records what every layer did: rotel's retry log lines, the gateway's /stats and
@@ -48,7 +49,7 @@ if not ROTEL_AGENT.is_file() or not os.access(ROTEL_AGENT, os.X_OK):  # pragma: 
 if not otlp.protobuf_available():  # pragma: no cover - the test extra installs it
     pytest.skip("the gateway needs opentelemetry-proto for rotel's protobuf", allow_module_level=True)
 
-#: The scenarios start together in the first test's set-up; the last one waits for the 90 s outage.
+#: The scenarios start together in the first test's set-up; the last one waits for the 25 s outage.
 pytestmark = pytest.mark.timeout(240)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +69,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 class Pipeline:
     """apps -> rotel -> gateway (subprocess, spool) -> receiver, on ports of its own, in ``tmp``."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, retry_budget: float | None = None) -> None:
         self.tmp = tmp
         self.receiver = Receiver(account_id=ACCOUNT_ID, sdk_key=SDK_KEY).start()
         self.gw_port, self.http_port, self.grpc_port = free_port(), free_port(), free_port()
@@ -76,7 +77,8 @@ class Pipeline:
         self.config.write_text(json.dumps({
             "accounts": {str(ACCOUNT_ID): {"sdk_key_env": "TEST_GW_KEY"}},  # no default account: routed by
             "endpoint": self.receiver.url, "port": self.gw_port,            # the apps' string resource attribute
-            "events_per_request": EVENTS_PER_REQUEST, "request_time_interval": 1, "spool": str(tmp / "spool")}))
+            "events_per_request": EVENTS_PER_REQUEST, "request_time_interval": 1, "spool": str(tmp / "spool"),
+            **({"retry_budget": retry_budget} if retry_budget is not None else {})}))
         self.gateways: list[subprocess.Popen] = []
         self.apps: list[subprocess.Popen] = []
         self.rotel: subprocess.Popen | None = None
@@ -252,8 +254,10 @@ def _vwo_outage(seconds: float) -> Callable[[Pipeline], dict[str, Any]]:
     return scenario
 
 
+#: A gateway retry_budget per scenario (default: the gateway's, 60 s).
+BUDGETS = {"vwo_down_past_budget": 10.0}
 SCENARIOS: dict[str, Callable[[Pipeline], dict[str, Any]]] = {
-    "vwo_down_90s": _vwo_outage(90.0),  # the long pole first
+    "vwo_down_past_budget": _vwo_outage(25.0),  # the long pole first (a gateway retry_budget of 10 s)
     "exactly_once": scenario_exactly_once,
     "gateway_restart": scenario_gateway_restart,
     "vwo_down_15s": _vwo_outage(15.0),
@@ -271,7 +275,7 @@ class Run(threading.Thread):
         self.started_at = time.monotonic()
 
     def run(self) -> None:
-        pipe = Pipeline(self.tmp)
+        pipe = Pipeline(self.tmp, BUDGETS.get(self.name.removeprefix("rotel-")))
         try:
             pipe.start_gateway()
             pipe.start_rotel()
@@ -359,7 +363,7 @@ def test_gateway_restart(runs):
     assert all("error" in sample for sample in record["while_down"])
 
 
-@pytest.mark.parametrize("scenario", ["vwo_down_15s", "vwo_down_90s"])
+@pytest.mark.parametrize("scenario", ["vwo_down_15s", "vwo_down_past_budget"])
 def test_vwo_outage(runs, scenario):
     record = runs[scenario].result()
     unconfirmed = _unconfirmed(record)
@@ -372,6 +376,8 @@ def test_vwo_outage(runs, scenario):
     assert gw["accepted"] == len(record["expected"]) and set(gw["responses"]) == {"200"}
     assert record["rotel"]["retries"] == {}
     assert max(sample["backlog"] for sample in record["while_down"]) > 0
+    if scenario == "vwo_down_past_budget":  # batches whose budget ran out wait on disk, parked
+        assert max(sample["on_disk"] or 0 for sample in record["while_down"]) > 0
 
 
 # -- batches rotel splits ------------------------------------------------------------------------------
@@ -388,7 +394,7 @@ class SplitRun:
     """apps -> rotel (small batches, cut by size) -> a gateway with two accounts and no default ->
     one receiver per account."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, retry_budget: float | None = None) -> None:
         self.tmp = tmp
         self.receivers = {ACCOUNT_ID: Receiver(account_id=ACCOUNT_ID, sdk_key=SDK_KEY).start(),
                           OTHER_ID: Receiver(account_id=OTHER_ID, sdk_key=OTHER_KEY).start()}
