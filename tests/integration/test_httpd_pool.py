@@ -21,7 +21,7 @@ import pytest
 import requests
 import test_gateway_auth
 from conftest import ACCOUNT_ID, SDK_KEY
-from test_gateway import ROOT, goal, post, traces_json
+from test_gateway import ROOT, goal, traces_json
 
 from vwo_otel.servers import httpd
 from vwo_otel.servers.httpd import App, Request, Response, Server
@@ -402,19 +402,31 @@ def test_three_times_more_trickling_senders_than_workers_do_not_delay_a_sender_w
         assert len(answers) == n and all(a.startswith(b"HTTP/1.1 401 ") for a in answers.values()), answers
 
 
-def test_when_connections_run_out_the_oldest_request_in_progress_makes_room(make_gateway):
-    gw = make_gateway(max_connections=20)
-    head = (b"POST /v1/traces HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 1000000\r\n\r\n{")
-    attack = _Tricklers(gw.port, 20, head)
+def test_when_connections_run_out_the_oldest_request_in_progress_makes_room():
+    """Twenty requests whose bodies trickle hold every connection; the 21st client gets in, the
+    oldest of them is answered 503 (told to retry) and closed. The test waits until the server has
+    read all twenty heads (the app's ``head`` hook saw them): before that a connection is still
+    idle to the server, and the longest-idle one is what the rule closes (a flaky failure)."""
+    app = _Recorder()
+    server = Server(("127.0.0.1", 0), app, max_connections=20)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    attack = None
     try:
+        attack = _Tricklers(server.server_port, 20, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n{")
+        with app.cond:
+            assert app.cond.wait_for(lambda: len(app.heads) == 20, 5), app.heads
         t0 = time.monotonic()
-        r = post(gw, "/v1/traces", traces_json(({}, [goal("room")])))
+        with socket.create_connection(("127.0.0.1", server.server_port), timeout=5) as s:
+            s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nX-Id: new\r\nContent-Length: 2\r\n\r\n{}")
+            assert _responses(s, 1) == [(200, b"2")]
         took = time.monotonic() - t0
-        attack.wait_answers(1, 5)
+        assert attack.wait_answers(1, 5)
     finally:
-        answers = attack.close()
-    assert r.status_code == 200 and took < 2.0, (r.status_code, took)
+        answers = attack.close() if attack is not None else {}
+        server.shutdown()
+        server.server_close()
+        server.close_connections(2)
+    assert took < 2.0, took
     assert list(answers.values()) == [b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
                                       b"Connection: close\r\n\r\n"], answers  # just one, told to retry
     assert answers.keys() == {attack.socks[0]}  # the oldest
