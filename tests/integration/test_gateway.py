@@ -79,14 +79,15 @@ def visit(user: str, **extra: Any) -> dict:
     return {"vwo.event.type": 1, "vwo.user_id": user, "vwo.campaign_id": 231, "vwo.variation_id": 1, **extra}
 
 
-def traces_json(*resources: tuple[dict, list[dict]]) -> dict:
-    """resources: (resource attributes, [span attributes, ...])."""
+def traces_json(*resources: tuple[dict, list[dict]], start_ns: int = T0) -> dict:
+    """resources: (resource attributes, [span attributes, ...]); span i starts ``start_ns`` + i s
+    (give ``time.time_ns()`` where the events' age matters: a spool's ``max_age``)."""
     return {"resourceSpans": [
         {"resource": {"attributes": _kvs(res)},
          "scopeSpans": [{"scope": {"name": "t"}, "spans": [
              {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "s",
-              "kind": 1, "startTimeUnixNano": str(T0 + i * 1_000_000_000),
-              "endTimeUnixNano": str(T0 + i * 1_000_000_000 + 5), "attributes": _kvs(attrs)}
+              "kind": 1, "startTimeUnixNano": str(start_ns + i * 1_000_000_000),
+              "endTimeUnixNano": str(start_ns + i * 1_000_000_000 + 5), "attributes": _kvs(attrs)}
              for i, attrs in enumerate(spans)]}]}
         for res, spans in resources]}
 

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import requests
 from conftest import ACCOUNT_ID, SDK_KEY
+from test_gateway import traces_json, visit
 
 from vwo_otel import visitor_uuid
 from vwo_otel.servers import listeners
@@ -33,15 +34,8 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="--workers forks
 
 
 def _traces(users: list[str]) -> bytes:
-    now = str(time.time_ns())
-    spans = [{"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "s", "kind": 1,
-              "startTimeUnixNano": now, "endTimeUnixNano": now,
-              "attributes": [{"key": "vwo.event.type", "value": {"intValue": "1"}},
-                             {"key": "vwo.user_id", "value": {"stringValue": u}},
-                             {"key": "vwo.campaign_id", "value": {"intValue": "231"}},
-                             {"key": "vwo.variation_id", "value": {"intValue": "1"}}]} for u in users]
-    return json.dumps({"resourceSpans": [{"resource": {"attributes": []},
-                                          "scopeSpans": [{"scope": {"name": "t"}, "spans": spans}]}]}).encode()
+    """One visit per user, timed now (a spool's max_age reports old events failed)."""
+    return json.dumps(traces_json(({}, [visit(u) for u in users]), start_ns=time.time_ns())).encode()
 
 
 def _post(url: str, users: list[str]) -> int:

@@ -11,34 +11,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import requests
 from conftest import ACCOUNT_ID, SDK_KEY
 from helpers import fill
+from test_gateway import traces_json, visit
 
 from vwo_otel import visitor_uuid
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-def _kvs(attrs: dict[str, Any]) -> list[dict[str, Any]]:
-    def value(v: Any) -> dict[str, Any]:
-        if isinstance(v, int):
-            return {"intValue": str(v)}
-        return {"stringValue": str(v)}
-
-    return [{"key": k, "value": value(v)} for k, v in attrs.items()]
-
-
 def _traces(users: list[str]) -> bytes:
-    now = time.time_ns()
-    spans = [{"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "s", "kind": 1,
-              "startTimeUnixNano": str(now), "endTimeUnixNano": str(now + 5),
-              "attributes": _kvs({"vwo.event.type": 1, "vwo.user_id": u, "vwo.campaign_id": 231,
-                                  "vwo.variation_id": 1})} for u in users]
-    return json.dumps({"resourceSpans": [{"resource": {"attributes": []},
-                                          "scopeSpans": [{"scope": {"name": "t"}, "spans": spans}]}]}).encode()
+    """One visit per user, timed now (a spool's max_age reports old events failed)."""
+    return json.dumps(traces_json(({}, [visit(u) for u in users]), start_ns=time.time_ns())).encode()
 
 
 def _gateway(tmp_path: Path, name: str, spool: Path, endpoint: str, interval: int) -> tuple[subprocess.Popen, str]:
