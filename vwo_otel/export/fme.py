@@ -40,13 +40,8 @@ def masked(event: dict[str, Any], sdk_keys: Iterable[str] = ()) -> dict[str, Any
     ``vwo_fs_environment``, ``vwoMeta.env``, ``visitor.props``' ``vwo_fs_environment``), whatever
     it holds there; any event, legacy ones too, in every other string holding one of
     ``sdk_keys``."""
-    d = event.get("d")
-    if isinstance(d, dict):
-        inner = d.get("event")
-        props = inner.get("props") if isinstance(inner, dict) else None
-        visitor = d.get("visitor")
-        vprops = visitor.get("props") if isinstance(visitor, dict) else None
-        _mask_places(props if isinstance(props, dict) else {}, vprops if isinstance(vprops, dict) else None, None)
+    props, visitor_props = _props_of(event)
+    _mask_places(props, visitor_props, None)
     for key in sdk_keys:
         _mask_everywhere(event, key)
     return event
@@ -54,15 +49,18 @@ def masked(event: dict[str, Any], sdk_keys: Iterable[str] = ()) -> dict[str, Any
 
 def sdk_keys_in(events: Iterable[dict[str, Any]]) -> set[str]:
     """The sdk keys FME events carry where the format writes them (``vwo_envKey``)."""
-    keys = set()
-    for event in events:
-        d = event.get("d")
-        inner = d.get("event") if isinstance(d, dict) else None
-        props = inner.get("props") if isinstance(inner, dict) else None
-        key = props.get(ENV_KEY) if isinstance(props, dict) else None
-        if isinstance(key, str) and key and key != MASK:
-            keys.add(key)
-    return keys
+    keys = {_props_of(event)[0].get(ENV_KEY) for event in events}
+    return {key for key in keys if isinstance(key, str) and key and key != MASK}
+
+
+def _props_of(event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A stored event's ``event.props`` ({} for none: a legacy event) and ``visitor.props``."""
+    d = event.get("d")
+    d = d if isinstance(d, dict) else {}
+    inner, visitor = d.get("event"), d.get("visitor")
+    props = inner.get("props") if isinstance(inner, dict) else None
+    visitor_props = visitor.get("props") if isinstance(visitor, dict) else None
+    return (props if isinstance(props, dict) else {}), (visitor_props if isinstance(visitor_props, dict) else None)
 
 
 def _mask_places(props: dict[str, Any], visitor_props: dict[str, Any] | None, sdk_key: str | None) -> int:
