@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks: vwo_otel against its anchors, measured side by side in one run.
 
-    python benchmarks/run.py            # default run (about 8 minutes on 2 shared cores)
+    python benchmarks/run.py            # default run (6 to 8 minutes on 2 shared cores)
     python benchmarks/run.py --quick    # tiny CI smoke (about 30 s; numbers are not meaningful)
     python benchmarks/run.py --full     # more repeats, more timer cycles (longer than the default)
     python benchmarks/run.py --only e2e,wire    # some sections only
