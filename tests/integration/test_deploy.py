@@ -15,14 +15,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 from helpers import accepts, free_port, until
+from test_gateway import logs_json, visit
 
 from vwo_otel import visitor_uuid
 from vwo_otel.servers.gateway import config_from_mapping
@@ -82,11 +85,12 @@ def test_compose_and_kubernetes_files_parse_and_run_the_image_s_own_command():
             "VWO_SDK_KEY_123456": "sdk-key-0123456789"})
         assert grace > config.shutdown_timeout + CLOSE_TIME
     assert SERVICES["collector"]["entrypoint"] == ["rotel-agent"] and SERVICES["vwo"]["command"][0] == "receive"
+    assert set(GATEWAYS) <= set(SERVICES["collector"]["depends_on"])  # `compose stop`: the collector drains first
     haproxy = (DEPLOY / "haproxy.cfg").read_text()
     for name in GATEWAYS:
         port = SERVICES[name]["command"][SERVICES[name]["command"].index("--port") + 1]
         assert f"server {name} 127.0.0.1:{port} check" in haproxy
-    assert "option httpchk GET /readyz" in haproxy
+    assert "option httpchk GET /readyz" in haproxy and "option http-buffer-request" in haproxy
     # kubernetes: a StatefulSet with a spool volume per replica, the probes, a PDB, a grace period
     sts = _k8s("StatefulSet")
     pod = sts["spec"]["template"]["spec"]
@@ -246,6 +250,11 @@ def test_the_compose_topology_as_processes_delivers_once_through_a_gateway_resta
             assert top.procs[name].wait(60) == 0, top.log(name)
             line = top.log(name).strip().splitlines()[-1]
             assert json.loads(line)["export_failed"] == 0  # the app -> collector hop lost nothing
+        # compose's stop order (the collector depends on the gateways): the collector first, so a batch
+        # it holds for a retry is sent while the gateways still take it (a run that stopped the
+        # gateways first lost a 10-event batch rotel was retrying), then the gateways
+        assert top.stop("collector") == 0, top.log("collector")
+        assert "dropping data" not in top.log("collector"), top.log("collector")
         results = {}
         for name in GATEWAYS:  # each drains what it holds (request_time_interval 5 s) and says what it did
             assert top.stop(name) == 0, top.log(name)
@@ -259,6 +268,62 @@ def test_the_compose_topology_as_processes_delivers_once_through_a_gateway_resta
         assert set(seen) == expected and max(seen.values()) == 1, f"{len(expected - set(seen))} missing"
         assert all(r["accepted"] > 0 for r in results.values())  # haproxy spread the requests
     finally:
+        top.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_gateway_stopped_under_traffic_costs_the_senders_no_error(tmp_path):
+    """Between a gateway's SIGTERM and haproxy's next /readyz check the gateway answers 503; haproxy
+    must send those requests to another gateway, not back to the sender (without
+    ``option http-buffer-request`` it kept no body to resend: 6 senders' 503s in 3 stops), and
+    what was answered 200 reaches VWO once."""
+    top = Topology(tmp_path, _haproxy())
+    url = f"http://127.0.0.1:{top.ports['haproxy']}/v1/logs"
+    answers: Counter[str] = Counter()
+    taken: list[str] = []
+    done = threading.Event()
+
+    def sender(k: int) -> None:
+        with requests.Session() as session:  # keep-alive, like a collector
+            for i in range(100_000):
+                if done.is_set():
+                    return
+                body = logs_json(({"vwo.account_id": ACCOUNT}, [visit(f"s{k}-{i}")]))
+                try:
+                    status = session.post(url, json=body, timeout=10).status_code
+                    answers[str(status)] += 1
+                    if status == 200:
+                        taken.append(visitor_uuid(ACCOUNT, f"s{k}-{i}"))
+                except requests.RequestException as exc:
+                    answers[type(exc).__name__] += 1
+                time.sleep(0.002)
+
+    try:
+        top.start("vwo", "vwo")
+        for name in GATEWAYS:
+            top.start(name, name)
+        top.start("haproxy", "haproxy")
+        until(lambda: requests.post(url, json={}, timeout=5).status_code == 200, 10, "haproxy to route")
+        threads = [threading.Thread(target=sender, args=(k,)) for k in range(4)]
+        for thread in threads:
+            thread.start()
+        for name in GATEWAYS:  # each one stopped under traffic, then back in rotation
+            time.sleep(1.0)
+            assert top.stop(name) == 0, top.log(name)
+            time.sleep(1.0)
+            top.start(name, name)
+        time.sleep(2.5)
+        done.set()
+        for thread in threads:
+            thread.join(15)
+        assert answers["200"] > 1000 and set(answers) == {"200"}, dict(answers)
+        for name in GATEWAYS:
+            assert top.stop(name) == 0, top.log(name)
+        assert top.stop("vwo", 10) == 0
+        seen = Counter(ev["u"] for ev in Receiver(db_path=str(top.db)).events())
+        assert seen == Counter(taken), "what the senders were answered 200 for reaches VWO once"
+    finally:
+        done.set()
         top.close()
 
 
