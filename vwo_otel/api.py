@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.sampling import (
 from . import attributes as A
 from . import checks
 from ._version import __version__
+from .event import VWOEvent
 from .event_types import MAX_EVENT_ATTRIBUTES, TYPES, row_for
 from .export.exporter import VWOExporter
 from .handoff import HANDED, event_of
@@ -44,6 +45,8 @@ class VWOSampler(Sampler):
     def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
                       attributes: Any = None, links: Sequence[Any] | None = None,
                       trace_state: Any = None) -> SamplingResult:
+        if not attributes and name in _BARE_NAMES:
+            return _BARE_RESULT  # ``VWOEvents``' bare span: ended at once, never current, it carries no trace state
         if attributes and A.EVENT_TYPE in attributes:
             parent = trace.get_current_span(parent_context).get_span_context()
             return SamplingResult(Decision.RECORD_ONLY, attributes, parent.trace_state if parent.is_valid else None)
@@ -89,6 +92,9 @@ class VWOEvents:
         self._max_length: int | None = None  # the provider's attribute value length limit, if any
         self._routed = False  # the provider was checked: a VWO processor receives the events
         self._plain = False  # routed, with no length limit to check and no account to add: emit as given
+        #: routed where only VWO processors on the emitting thread receive the events: a legacy
+        #: event is handed to them whole (``handoff``) and its record carries its type only
+        self._bare = False
         self._to_gateway = bool(to_gateway)  # the provider's own OTLP exporters carry them to a gateway
         if logger_provider is not None:
             self._logger = logger_provider.get_logger("vwo_otel", __version__)
@@ -191,7 +197,12 @@ class VWOEvents:
     def _emit_span(self, etype: int | str, attrs: dict[str, Any], ua: str | None, ip: str | None) -> None:
         if (ua is not None or ip is not None or not self._plain) and not self._ready(attrs, ua, ip):
             return
-        span = self._tracer.start_span(_SPAN_NAMES.get(etype) or _span_name(etype), attributes=attrs)
+        name = _SPAN_NAMES.get(etype) or _span_name(etype)
+        event = event_of(attrs, now := time.time_ns()) if self._bare else None
+        if event is not None:  # only VWO processors, on this thread, receive it: a bare span, named for it
+            span = self._tracer.start_span(name, start_time=now)
+        else:
+            span = self._tracer.start_span(name, attributes=attrs)
         if self._to_gateway:
             if not span.get_span_context().trace_flags.sampled and not self._warned:
                 self._warned = True  # the provider's exporters see sampled spans only
@@ -200,9 +211,9 @@ class VWOEvents:
                                "(VWOEvents(logger_provider=..., to_gateway=True)), or give this TracerProvider a "
                                "sampler that samples every span (not VWOSampler, not a ratio)")
         elif (start := getattr(span, "_start_time", None)) is not None:  # an SDK span, recording
-            handed = HANDED  # the processor on this thread takes the event built here (``handoff``)
-            handed.event = event_of(attrs, start)
-            handed.key = getattr(span, "_context", None)
+            self._handing(event if event is not None else event_of(attrs, start), getattr(span, "_context", None),
+                          span.end)
+            return
         elif not span.is_recording() and not self._warned:
             self._warned = True
             logger.warning("a VWO event span was not recorded, so it cannot reach VWO: use an SDK "
@@ -213,12 +224,27 @@ class VWOEvents:
         if (ua is not None or ip is not None or not self._plain) and not self._ready(attrs, ua, ip):
             return
         timestamp = time.time_ns()
-        if not self._to_gateway:  # the processor on this thread takes the event built here (``handoff``)
-            handed = HANDED
-            handed.event = event_of(attrs, timestamp)
-            handed.key = timestamp
-        self._logger.emit(event_name=_SPAN_NAMES.get(etype) or _span_name(etype), attributes=attrs,
-                          timestamp=timestamp)
+        name = _SPAN_NAMES.get(etype) or _span_name(etype)
+        if self._to_gateway:
+            self._logger.emit(event_name=name, attributes=attrs, timestamp=timestamp)
+            return
+        event = event_of(attrs, timestamp)
+        bare = event is not None and self._bare  # only VWO processors, on this thread, receive it
+        self._handing(event, timestamp, lambda: self._logger.emit(
+            event_name=name, attributes=None if bare else attrs, timestamp=timestamp))
+
+    @staticmethod
+    def _handing(event: VWOEvent | None, key: object, emit: Callable[[], None]) -> None:
+        """``emit()`` with ``event`` handed to the processors on this thread for the record keyed
+        ``key`` (``handoff``); an event emitted inside it (an inline ``flush_callback``) hands its
+        own and then gives this one back, for the processors after it."""
+        handed = HANDED
+        before = handed.event, handed.key
+        handed.event, handed.key = event, key
+        try:
+            emit()
+        finally:
+            handed.event, handed.key = before
 
     def _ready(self, attrs: dict[str, Any], ua: str | None, ip: str | None) -> bool:
         """Complete ``attrs`` and say whether the event may be emitted: only where a VWO processor
@@ -275,6 +301,7 @@ class VWOEvents:
         if self._to_gateway and self._account is None:
             self._account = _resource_account(provider)
         self._routed = True
+        self._bare = route.handoff and not self._to_gateway
         self._plain = self._max_length is None and self._account is None  # nothing for _ready to add or check
         return True
 
@@ -295,6 +322,9 @@ def _resource_account(provider: Any) -> str | None:
 
 
 _SPAN_NAMES = {key: row.span_name for key, row in TYPES.items()}
+#: the names of the events ``VWOEvents`` may emit bare (no attributes: the event is handed over)
+_BARE_NAMES = frozenset(name for key, name in _SPAN_NAMES.items() if isinstance(key, int))
+_BARE_RESULT = SamplingResult(Decision.RECORD_ONLY)
 
 
 def _span_name(etype: int | str) -> str:
@@ -331,6 +361,9 @@ class Route:
     leaks: bool = False
     count: int | None = None
     length: int | None = None
+    #: every receiver that delivers to VWO is a VWO processor run on the emitting thread (not a
+    #: ``VWOExporter`` behind a stock processor, not a thread pool): it takes the handed event
+    handoff: bool = False
 
     @classmethod
     def of(cls, provider: Any, log: bool) -> Route:
@@ -358,7 +391,9 @@ class Route:
             return cls(found, False, count, length)
         stock = log or private  # under VWOSampler the stock processors skip VWO spans (never sampled)
         vwo = [delivers_to_vwo(p, kind, stock) for p in processors]
-        return cls(any(vwo), private and not all(vwo), count, length)
+        handoff = type(multi).__name__.startswith("SynchronousMulti") and all(
+            isinstance(p, kind) for p, delivers in zip(processors, vwo, strict=True) if delivers)
+        return cls(any(vwo), private and not all(vwo), count, length, handoff)
 
 
 def delivers_to_vwo(processor: Any, kind: type, stock: bool = True) -> bool:

@@ -106,27 +106,9 @@ def test_plain_reads_bounded_attributes(attrs):
     assert _plain(attrs) is attrs and _plain(None) is None
 
 
-def test_the_event_vwoevents_hands_over_is_the_one_decoding_gives():
-    """``handoff.event_of`` (VWOEvents builds the event from the attributes it checked) gives
-    what decoding the record gives, for every legacy method and argument they accept."""
-    from opentelemetry.sdk.trace import TracerProvider
-
-    from vwo_otel import VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor
-    from vwo_otel.handoff import event_of
-
-    processor = VWOSpanProcessor(VWOExporter(12345, "key", disabled=True),  # no request is made
-                                 {"events_per_request": 5000, "request_time_interval": 600}, background=False)
-    provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
-    provider.add_span_processor(processor)
-    spans = []
-
-    class Keep(VWOSpanProcessor):
-        def on_end(self, span):
-            spans.append(span)
-
-    provider.add_span_processor(Keep(VWOExporter(12345, "key", disabled=True), None, background=False))
-    vwo = VWOEvents(tracer_provider=provider)
-    rnd = random.Random(3)
+def _legacy_calls(vwo, seed: int = 3) -> None:
+    """300 random legacy calls, every argument kind they accept."""
+    rnd = random.Random(seed)
     users = ["u1", 7, "é", "日本", "\U0001f600", "a b"]
     for _ in range(300):
         kw = {k: rnd.choice([None, "", "ua", "ü", "1.2.3.4"]) for k in ("visitor_ua", "visitor_ip")}
@@ -138,6 +120,37 @@ def test_the_event_vwoevents_hands_over_is_the_one_decoding_gives():
                       **kw)
         else:
             vwo.push(rnd.choice(users), {rnd.choice(["k", "ü"]): rnd.choice(["v", 3, 2.5, ""])}, **kw)
+
+
+def _timeless(events) -> list[tuple]:
+    return [tuple(getattr(e, slot) for slot in VWOEvent.__slots__ if slot != "time") for e in events]
+
+
+def test_the_event_vwoevents_hands_over_is_the_one_decoding_gives():
+    """``handoff.event_of`` (VWOEvents builds the event from the attributes it checked) gives
+    what decoding the record gives, for every legacy method and argument they accept; where only
+    VWO processors receive the spans (the usual set-up), a span carries its name alone
+    and the processor queues the same events."""
+    NAMES = {1: "visitor", 2: "goal", 3: "custom_dimension"}
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+
+    from vwo_otel import VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor
+    from vwo_otel.handoff import event_of
+
+    batch = {"events_per_request": 5000, "request_time_interval": 600}
+    spans: list = []
+
+    class Seen(VWOExporter):  # behind a stock processor: it needs the spans' attributes, so they carry them all
+        def export(self, batch):
+            spans.extend(batch)
+            return SpanExportResult.SUCCESS
+
+    processor = VWOSpanProcessor(VWOExporter(12345, "key", disabled=True), batch, background=False)
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    provider.add_span_processor(SimpleSpanProcessor(Seen(12345, "key", disabled=True)))
+    _legacy_calls(VWOEvents(tracer_provider=provider))
     queued = processor.batcher.snapshot().pending
     assert len(queued) == len(spans) == 300
     for event, span in zip(queued, spans, strict=True):
@@ -146,28 +159,81 @@ def test_the_event_vwoevents_hands_over_is_the_one_decoding_gives():
         assert event_of(_plain(span._attributes), span.start_time) == decoded
     processor.shutdown()
 
+    class Keep(SpanProcessor):  # the app's own processor: it sees no user id
+        def on_end(self, span):
+            bare.append(span)
+
+    bare: list = []
+    only = VWOSpanProcessor(VWOExporter(12345, "key", disabled=True), batch, background=False)
+    provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+    provider.add_span_processor(only)
+    provider.add_span_processor(Keep())
+    _legacy_calls(VWOEvents(tracer_provider=provider))
+    assert _timeless(only.batcher.snapshot().pending) == _timeless(queued)
+    assert [(s.name, dict(s.attributes)) for s in bare] == [(f"vwo.{NAMES[e.etype]}", {}) for e in queued]
+    assert [s.start_time // 10**9 for s in bare] == [e.time for e in only.batcher.snapshot().pending]
+    only.shutdown()
+
 
 def test_log_records_hand_over_the_event_decoding_gives():
     from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import LogRecordExportResult, SimpleLogRecordProcessor
 
     from vwo_otel import VWOEvents, VWOExporter, VWOLogRecordProcessor
     from vwo_otel.event import from_record
 
-    processor = VWOLogRecordProcessor(VWOExporter(12345, "key", disabled=True),
-                                      {"events_per_request": 5000, "request_time_interval": 600}, background=False)
-    records = []
+    batch = {"events_per_request": 5000, "request_time_interval": 600}
+    records: list = []
+
+    class Seen(VWOExporter):  # behind a stock processor: the records carry every attribute
+        def export(self, batch):
+            records.extend(batch)
+            return LogRecordExportResult.SUCCESS
+
+    def emit(vwo) -> None:
+        for i in range(20):
+            vwo.activate(1, 2, f"u{i}", visitor_ua="ua" if i % 2 else None)
+            vwo.track(1, 2, 3, f"u{i}", revenue=i / 2 if i % 3 else None)
+            vwo.push(f"u{i}", {"plan": "pro"})
+
+    processor = VWOLogRecordProcessor(VWOExporter(12345, "key", disabled=True), batch, background=False)
+    provider = LoggerProvider(shutdown_on_exit=False)
+    provider.add_log_record_processor(processor)
+    provider.add_log_record_processor(SimpleLogRecordProcessor(Seen(12345, "key", disabled=True)))
+    emit(VWOEvents(logger_provider=provider))
+    queued = processor.batcher.snapshot().pending
+    assert list(queued) == [from_record(r) for r in records] and len(queued) == 60
+    # only VWO processors: the handed event, each record carrying its type alone
+    bare: list = []
 
     class Keep(VWOLogRecordProcessor):
         def on_emit(self, log_record):
-            records.append(log_record)
+            bare.append(dict(log_record.log_record.attributes or {}))
 
+    only = VWOLogRecordProcessor(VWOExporter(12345, "key", disabled=True), batch, background=False)
     provider = LoggerProvider(shutdown_on_exit=False)
-    provider.add_log_record_processor(processor)
+    provider.add_log_record_processor(only)
     provider.add_log_record_processor(Keep(VWOExporter(12345, "key", disabled=True), None, background=False))
-    vwo = VWOEvents(logger_provider=provider)
-    for i in range(20):
-        vwo.activate(1, 2, f"u{i}", visitor_ua="ua" if i % 2 else None)
-        vwo.track(1, 2, 3, f"u{i}", revenue=i / 2 if i % 3 else None)
-        vwo.push(f"u{i}", {"plan": "pro"})
-    queued = processor.batcher.snapshot().pending
-    assert list(queued) == [from_record(r) for r in records] and len(queued) == 60
+    emit(VWOEvents(logger_provider=provider))
+    assert _timeless(only.batcher.snapshot().pending) == _timeless(queued)
+    assert bare == [{}] * len(queued)
+
+
+def test_processors_on_a_thread_pool_get_every_attribute_and_the_same_events():
+    """A provider whose processors run on a thread pool cannot take the handed event (another
+    thread): its spans carry every attribute and are decoded, to the same events."""
+    from opentelemetry.sdk.trace import ConcurrentMultiSpanProcessor, TracerProvider
+
+    from vwo_otel import VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor
+
+    batch = {"events_per_request": 5000, "request_time_interval": 600}
+    queued = []
+    for pool in (False, True):
+        processor = VWOSpanProcessor(VWOExporter(12345, "key", disabled=True), batch, background=False)
+        provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False,
+                                  active_span_processor=ConcurrentMultiSpanProcessor(2) if pool else None)
+        provider.add_span_processor(processor)
+        _legacy_calls(VWOEvents(tracer_provider=provider))
+        queued.append(_timeless(processor.batcher.snapshot().pending))
+        provider.shutdown()
+    assert len(queued[1]) == 300 and queued[1] == queued[0]
