@@ -45,9 +45,7 @@ class VWOSampler(Sampler):
     def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
                       attributes: Any = None, links: Sequence[Any] | None = None,
                       trace_state: Any = None) -> SamplingResult:
-        if not attributes and name in _BARE_NAMES:
-            return _BARE_RESULT  # ``VWOEvents``' bare span: ended at once, never current, it carries no trace state
-        if attributes and A.EVENT_TYPE in attributes:
+        if (A.EVENT_TYPE in attributes) if attributes else name in _BARE_NAMES:  # bare: ``VWOEvents``' own
             parent = trace.get_current_span(parent_context).get_span_context()
             return SamplingResult(Decision.RECORD_ONLY, attributes, parent.trace_state if parent.is_valid else None)
         return self._delegate.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
@@ -324,7 +322,6 @@ def _resource_account(provider: Any) -> str | None:
 _SPAN_NAMES = {key: row.span_name for key, row in TYPES.items()}
 #: the names of the events ``VWOEvents`` may emit bare (no attributes: the event is handed over)
 _BARE_NAMES = frozenset(name for key, name in _SPAN_NAMES.items() if isinstance(key, int))
-_BARE_RESULT = SamplingResult(Decision.RECORD_ONLY)
 
 
 def _span_name(etype: int | str) -> str:
