@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, SimpleLogRecordProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_ON,
     Decision,
@@ -25,7 +27,7 @@ from ._version import __version__
 from .event import VWOEvent
 from .event_types import MAX_EVENT_ATTRIBUTES, TYPES, row_for
 from .export.exporter import VWOExporter
-from .handoff import HANDED, event_of
+from .handoff import HANDED, STARTING, event_of
 from .processor import VWOLogRecordProcessor, VWOSpanProcessor
 
 logger = logging.getLogger("vwo_otel")
@@ -45,7 +47,7 @@ class VWOSampler(Sampler):
     def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
                       attributes: Any = None, links: Sequence[Any] | None = None,
                       trace_state: Any = None) -> SamplingResult:
-        if (A.EVENT_TYPE in attributes) if attributes else name in _BARE_NAMES:  # bare: ``VWOEvents``' own
+        if (A.EVENT_TYPE in attributes) if attributes else HANDED.key is STARTING:  # STARTING: a bare one
             parent = trace.get_current_span(parent_context).get_span_context()
             return SamplingResult(Decision.RECORD_ONLY, attributes, parent.trace_state if parent.is_valid else None)
         return self._delegate.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
@@ -89,6 +91,7 @@ class VWOEvents:
         self._provider = logger_provider or tracer_provider  # None: the global tracer provider, read when used
         self._max_length: int | None = None  # the provider's attribute value length limit, if any
         self._routed = False  # the provider was checked: a VWO processor receives the events
+        self._taken = Route(None)  # the route last taken: looked at again once a processor is added
         self._plain = False  # routed, with no length limit to check and no account to add: emit as given
         #: routed where only VWO processors on the emitting thread receive the events: a legacy
         #: event is handed to them whole (``handoff``) and its record carries its type only
@@ -193,14 +196,15 @@ class VWOEvents:
         self._emit(attrs[A.EVENT_TYPE], attrs, ua, ip)
 
     def _emit_span(self, etype: int | str, attrs: dict[str, Any], ua: str | None, ip: str | None) -> None:
-        if (ua is not None or ip is not None or not self._plain) and not self._ready(attrs, ua, ip):
+        if (ua is not None or ip is not None or not self._plain or self._taken.changed()) \
+                and not self._ready(attrs, ua, ip):
             return
         name = _SPAN_NAMES.get(etype) or _span_name(etype)
-        event = event_of(attrs, now := time.time_ns()) if self._bare else None
-        if event is not None:  # only VWO processors, on this thread, receive it: a bare span, named for it
-            span = self._tracer.start_span(name, start_time=now)
-        else:
-            span = self._tracer.start_span(name, attributes=attrs)
+        if self._bare and (event := event_of(attrs, now := time.time_ns())) is not None:
+            # only VWO processors, on this thread, deliver it: they take the event; the span is bare
+            self._handing(event, lambda: self._bare_span(name, now))
+            return
+        span = self._tracer.start_span(name, attributes=attrs)
         if self._to_gateway:
             if not span.get_span_context().trace_flags.sampled and not self._warned:
                 self._warned = True  # the provider's exporters see sampled spans only
@@ -209,17 +213,21 @@ class VWOEvents:
                                "(VWOEvents(logger_provider=..., to_gateway=True)), or give this TracerProvider a "
                                "sampler that samples every span (not VWOSampler, not a ratio)")
         elif (start := getattr(span, "_start_time", None)) is not None:  # an SDK span, recording
-            self._handing(event if event is not None else event_of(attrs, start), getattr(span, "_context", None),
-                          span.end)
+            self._handing(event_of(attrs, start), span.end, getattr(span, "_context", None))
             return
-        elif not span.is_recording() and not self._warned:
+        elif not span.is_recording():
+            self._unrecorded()
+        span.end()
+
+    def _unrecorded(self) -> None:
+        if not self._warned:
             self._warned = True
             logger.warning("a VWO event span was not recorded, so it cannot reach VWO: use an SDK "
                            "TracerProvider with sampler=vwo_otel.VWOSampler(<your sampler>)")
-        span.end()
 
     def _emit_log(self, etype: int | str, attrs: dict[str, Any], ua: str | None, ip: str | None) -> None:
-        if (ua is not None or ip is not None or not self._plain) and not self._ready(attrs, ua, ip):
+        if (ua is not None or ip is not None or not self._plain or self._taken.changed()) \
+                and not self._ready(attrs, ua, ip):
             return
         timestamp = time.time_ns()
         name = _SPAN_NAMES.get(etype) or _span_name(etype)
@@ -227,12 +235,20 @@ class VWOEvents:
             self._logger.emit(event_name=name, attributes=attrs, timestamp=timestamp)
             return
         event = event_of(attrs, timestamp)
-        bare = event is not None and self._bare  # only VWO processors, on this thread, receive it
-        self._handing(event, timestamp, lambda: self._logger.emit(
-            event_name=name, attributes=None if bare else attrs, timestamp=timestamp))
+        bare = event is not None and self._bare  # only VWO processors, on this thread, deliver it
+        self._handing(event, lambda: self._logger.emit(
+            event_name=name, attributes=None if bare else attrs, timestamp=timestamp), timestamp)
+
+    def _bare_span(self, name: str, start: int) -> None:
+        """Start (``VWOSampler`` knows it by ``STARTING``) and end a span without attributes."""
+        span = self._tracer.start_span(name, start_time=start)
+        HANDED.key = getattr(span, "_context", None)
+        if getattr(span, "_start_time", None) is None:
+            self._unrecorded()
+        span.end()
 
     @staticmethod
-    def _handing(event: VWOEvent | None, key: object, emit: Callable[[], None]) -> None:
+    def _handing(event: VWOEvent | None, emit: Callable[[], None], key: object = STARTING) -> None:
         """``emit()`` with ``event`` handed to the processors on this thread for the record keyed
         ``key`` (``handoff``); an event emitted inside it (an inline ``flush_callback``) hands its
         own and then gives this one back, for the processors after it."""
@@ -252,7 +268,7 @@ class VWOEvents:
             attrs[A.VISITOR_UA] = checks.text("visitor_ua", ua)
         if ip is not None:
             attrs[A.VISITOR_IP] = checks.text("visitor_ip", ip)
-        if not self._routed and not self._route():
+        if (not self._routed or self._taken.changed()) and not self._route():
             return False
         if self._account is not None:
             attrs[A.ACCOUNT_ID] = self._account
@@ -269,7 +285,8 @@ class VWOEvents:
         """Look at the provider (until it can take VWO events) and read its limits."""
         log = self._emit == self._emit_log
         provider = self._provider or trace.get_tracer_provider()
-        route = Route.of(provider, log)
+        route = self._taken = Route.of(provider, log)
+        self._routed = self._plain = self._bare = False
         if (self._to_gateway and not log and not route.found
                 and isinstance(getattr(provider, "sampler", None), VWOSampler)):
             return self._refuse("to_gateway=True needs the provider's OTLP exporter to see VWO spans, but "
@@ -320,8 +337,6 @@ def _resource_account(provider: Any) -> str | None:
 
 
 _SPAN_NAMES = {key: row.span_name for key, row in TYPES.items()}
-#: the names of the events ``VWOEvents`` may emit bare (no attributes: the event is handed over)
-_BARE_NAMES = frozenset(name for key, name in _SPAN_NAMES.items() if isinstance(key, int))
 
 
 def _span_name(etype: int | str) -> str:
@@ -358,15 +373,22 @@ class Route:
     leaks: bool = False
     count: int | None = None
     length: int | None = None
-    #: every receiver that delivers to VWO is a VWO processor run on the emitting thread (not a
-    #: ``VWOExporter`` behind a stock processor, not a thread pool): it takes the handed event
+    #: only VWO processors (their own ``on_end`` / ``on_emit``) and OpenTelemetry's stock ones for
+    #: the app's exporters, called on the emitting thread: a legacy event may go bare (``handoff``)
     handoff: bool = False
+    #: the provider's processor list (the SDK replaces the tuple when one is added), and where it is
+    seen: tuple[Any, str, Any] | None = None
+
+    def changed(self) -> bool:
+        """A processor was added to the provider since this route was taken."""
+        return self.seen is not None and getattr(self.seen[0], self.seen[1], None) is not self.seen[2]
 
     @classmethod
     def of(cls, provider: Any, log: bool) -> Route:
         if log:
             multi = getattr(provider, "_multi_log_record_processor", None)
-            processors = getattr(multi, "_log_record_processors", None)
+            field = "_log_record_processors"
+            processors = getattr(multi, field, None)
             limits = getattr(provider, "_log_record_limits", None)
             count = getattr(limits, "max_log_record_attributes", None)
             length = getattr(limits, "max_log_record_attribute_length", None)
@@ -376,7 +398,8 @@ class Route:
             if isinstance(provider, trace.ProxyTracerProvider):
                 return cls(False)  # no provider set yet: events would go nowhere
             multi = getattr(provider, "_active_span_processor", None)
-            processors = getattr(multi, "_span_processors", None)
+            field = "_span_processors"
+            processors = getattr(multi, field, None)
             limits = getattr(provider, "_span_limits", None)
             count = getattr(limits, "max_span_attributes", None)
             length = getattr(limits, "max_span_attribute_length", None)
@@ -389,8 +412,8 @@ class Route:
         stock = log or private  # under VWOSampler the stock processors skip VWO spans (never sampled)
         vwo = [delivers_to_vwo(p, kind, stock) for p in processors]
         handoff = type(multi).__name__.startswith("SynchronousMulti") and all(
-            isinstance(p, kind) for p, delivers in zip(processors, vwo, strict=True) if delivers)
-        return cls(any(vwo), private and not all(vwo), count, length, handoff)
+            _takes_handed(p, kind) for p in processors)
+        return cls(any(vwo), private and not all(vwo), count, length, handoff, (multi, field, processors))
 
 
 def delivers_to_vwo(processor: Any, kind: type, stock: bool = True) -> bool:
@@ -399,6 +422,19 @@ def delivers_to_vwo(processor: Any, kind: type, stock: bool = True) -> bool:
     if isinstance(processor, kind):
         return True
     return stock and isinstance(exporter_of(processor), VWOExporter)
+
+
+def _takes_handed(processor: Any, kind: type) -> bool:
+    """A VWO processor that takes the handed event itself (``on_end`` / ``on_emit`` not
+    overridden: one that passes records to another thread would get bare ones), or one of
+    OpenTelemetry's stock processors with an exporter of the app's (which never reads VWO's)."""
+    hook = "on_emit" if kind is VWOLogRecordProcessor else "on_end"
+    if isinstance(processor, kind):
+        return getattr(type(processor), hook) is getattr(kind, hook)
+    return type(processor) in _STOCK and not isinstance(exporter_of(processor), VWOExporter)
+
+
+_STOCK = (SimpleSpanProcessor, BatchSpanProcessor, SimpleLogRecordProcessor, BatchLogRecordProcessor)
 
 
 def exporter_of(processor: Any) -> Any:

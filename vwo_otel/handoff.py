@@ -20,7 +20,7 @@ from . import attributes as A
 from .event import VWOEvent
 from .event_types import TYPES
 
-__all__ = ["HANDED", "event_of"]
+__all__ = ["HANDED", "STARTING", "event_of"]
 
 #: ``VWOEvent``'s arguments after (etype, user_id, time) and before (visitor_ua, visitor_ip) ...
 _MIDDLE = VWOEvent.__slots__[3:9]
@@ -39,6 +39,9 @@ class Handed(threading.local):
 
 
 HANDED = Handed()
+#: ``HANDED.key`` while ``VWOEvents`` starts a bare span (no attributes: its event is handed over):
+#: ``VWOSampler`` knows that span by it, not by its name, which an app's own span may share
+STARTING = object()
 
 
 def event_of(attrs: Mapping[str, Any], time_ns: int) -> VWOEvent | None:

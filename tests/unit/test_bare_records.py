@@ -1,0 +1,168 @@
+"""Bare records: where only VWO processors (and OpenTelemetry's stock ones for the app's
+exporters) receive them, ``VWOEvents`` emits a legacy event as a span / log record with its name
+and no attributes and hands the event to the VWO processor on the same thread (``handoff``).
+Every set-up where something else would need the attributes gets them, and a bare record that
+still reaches a processor without its event is reported, never silently skipped (the attack
+review of the change found both: a ``VWOExporter`` added after the first event, and a processor
+subclass that passes spans to another thread, lost events without a word)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import LogRecordExportResult, SimpleLogRecordProcessor
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+
+from vwo_otel import VWOEvents, VWOExporter, VWOLogRecordProcessor, VWOSampler, VWOSpanProcessor
+from vwo_otel import attributes as A
+
+BATCH = {"events_per_request": 5000, "request_time_interval": 600}
+
+
+def _processor(cls=VWOSpanProcessor, **kw):
+    return cls(VWOExporter(12345, "key", disabled=True), BATCH, background=False, **kw)
+
+
+class Seen(VWOExporter):
+    """A VWOExporter that keeps what it is given (its records need every attribute)."""
+
+    def __init__(self) -> None:
+        super().__init__(12345, "key", disabled=True)
+        self.records: list = []
+
+    def export(self, batch):
+        self.records.extend(batch)
+        return SpanExportResult.SUCCESS if batch and hasattr(batch[0], "name") else LogRecordExportResult.SUCCESS
+
+
+def _attributes(record) -> dict:
+    return dict(getattr(record, "attributes", None) or getattr(record, "log_record", record).attributes or {})
+
+
+def test_a_vwo_exporter_added_after_the_first_event_gets_every_attribute():
+    processor = _processor()
+    provider = TracerProvider(shutdown_on_exit=False)  # no VWOSampler: stock processors see VWO spans
+    provider.add_span_processor(processor)
+    vwo = VWOEvents(tracer_provider=provider)
+    vwo.activate(1, 2, "first")
+    seen = Seen()
+    provider.add_span_processor(SimpleSpanProcessor(seen))
+    vwo.activate(1, 2, "second")
+    assert [(_attributes(r)[A.USER_ID]) for r in seen.records] == ["second"]
+    assert processor.stats()["queued"] == 2 and processor.stats()["dropped"] == {}
+
+
+def test_log_records_too():
+    processor = _processor(VWOLogRecordProcessor)
+    provider = LoggerProvider(shutdown_on_exit=False)
+    provider.add_log_record_processor(processor)
+    vwo = VWOEvents(logger_provider=provider)
+    vwo.track(1, 2, 3, "first")
+    seen = Seen()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(seen))
+    vwo.track(1, 2, 3, "second")
+    assert [_attributes(r)[A.USER_ID] for r in seen.records] == ["second"]
+    assert processor.stats()["queued"] == 2
+
+
+def test_an_app_exporter_added_after_the_first_event_stops_the_events_instead_of_leaking_them(caplog):
+    processor = _processor()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    vwo = VWOEvents(tracer_provider=provider)
+    vwo.activate(1, 2, "first")
+    app = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(app))
+    vwo.activate(1, 2, "second")
+    assert app.get_finished_spans() == () and processor.stats()["queued"] == 1
+    assert "would export them, user ids included" in caplog.text
+
+
+def test_a_processor_that_passes_spans_to_another_thread_gets_every_attribute():
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+
+    class Deferred(VWOSpanProcessor):
+        def on_end(self, span):
+            pool.submit(super().on_end, span).result()
+
+    processor = _processor(Deferred)
+    provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    vwo = VWOEvents(tracer_provider=provider)
+    for i in range(10):
+        vwo.activate(1, 2, f"u{i}")
+    pool.shutdown()
+    assert processor.stats()["queued"] == 10 and processor.stats()["dropped"] == {}
+
+
+class Started(VWOSampler):
+    """VWOSampler, keeping the name and attributes of each span started (what the span carries)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list = []
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
+                      trace_state=None):
+        self.started.append((name, dict(attributes or {})))
+        return super().should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+
+def test_beside_stock_processors_vwo_spans_are_bare_and_beside_an_unknown_one_they_are_whole():
+    ended: list = []
+
+    class Mine(SpanProcessor):  # could hold another account's VWO processor, or a thread pool
+        def on_end(self, span):
+            ended.append(span)
+
+    for extra, whole in ((SimpleSpanProcessor(InMemorySpanExporter()), False), (Mine(), True)):
+        sampler = Started()
+        provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
+        processor = _processor()
+        provider.add_span_processor(processor)
+        provider.add_span_processor(extra)
+        VWOEvents(tracer_provider=provider).push("u", {"k": "v"})
+        (name, attrs), = sampler.started
+        assert name == "vwo.custom_dimension" and (attrs.get(A.USER_ID) == "u" if whole else attrs == {})
+        assert processor.stats()["queued"] == 1
+    assert [dict(s.attributes)[A.USER_ID] for s in ended] == ["u"]
+
+
+def test_a_bare_span_that_reaches_a_processor_without_its_event_is_reported_malformed():
+    spans: list = []
+
+    class Keep(SpanProcessor):
+        def on_end(self, span):
+            spans.append(span)
+
+    elsewhere = TracerProvider(shutdown_on_exit=False)
+    elsewhere.add_span_processor(Keep())
+    elsewhere.get_tracer("vwo_otel").start_span("vwo.goal").end()  # what VWOEvents emits bare
+    elsewhere.get_tracer("my.app").start_span("vwo.goal").end()  # an app's span of that name: not VWO's
+    reports: list = []
+    processor = VWOSpanProcessor(VWOExporter(12345, "key", disabled=True),
+                                 {**BATCH, "flush_callback": lambda err, events: reports.append(err)},
+                                 background=False)
+    for span in spans:
+        processor.on_end(span)
+    assert processor.stats()["dropped"] == {"malformed": 1}
+    processor.force_flush()
+    assert len(reports) == 1 and "bare vwo.goal record of VWOEvents" in str(reports[0])
+
+
+def test_an_app_span_named_like_a_vwo_event_is_sampled_as_the_app_s_sampler_says():
+    app = InMemorySpanExporter()
+    provider = TracerProvider(sampler=VWOSampler(ParentBased(ALWAYS_ON)), shutdown_on_exit=False)
+    provider.add_span_processor(_processor())
+    provider.add_span_processor(SimpleSpanProcessor(app))
+    tracer = provider.get_tracer("my.app")
+    vwo = VWOEvents(tracer_provider=provider)
+    with tracer.start_as_current_span("checkout"):
+        with tracer.start_as_current_span("vwo.goal"):  # no attributes, a VWO event's name
+            vwo.track(1, 2, 3, "u")
+            tracer.start_span("db.query").end()
+    assert sorted(s.name for s in app.get_finished_spans()) == ["checkout", "db.query", "vwo.goal"]
