@@ -303,3 +303,31 @@ def test_shutdown_all_reports_what_could_not_be_delivered(make):
 def test_settings_checked(kwargs, message):
     with pytest.raises((TypeError, ValueError), match=message):
         Batcher(FakeExporter(), None, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_flush_callback_that_emits_on_every_report_does_not_hang_the_exit():
+    """An attack review's find: a callback that emits an event each time it runs kept the process
+    from exiting (each already_shutdown report called it again: 380,000 reports in 10 s). What it
+    emits after shutdown is counted and logged, not reported back to it."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from vwo_otel import VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor
+
+    calls = []
+
+    def callback(err, events):
+        calls.append(err)
+        vwo.activate(9, 9, f"from-callback-{len(calls)}")
+
+    processor = VWOSpanProcessor(VWOExporter(12345, "key", disabled=True),
+                                 {"events_per_request": 1, "request_time_interval": 600, "flush_callback": callback},
+                                 background=False)
+    provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    vwo = VWOEvents(tracer_provider=provider)
+    vwo.activate(1, 2, "u")
+    closing = threading.Thread(target=provider.shutdown, daemon=True)
+    closing.start()
+    closing.join(10)
+    assert not closing.is_alive(), "shutdown still running after 10 s"
+    assert processor.stats()["dropped"].get("already_shutdown", 0) >= 1 and len(calls) < 100
