@@ -47,7 +47,11 @@ class VWOSampler(Sampler):
     def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
                       attributes: Any = None, links: Sequence[Any] | None = None,
                       trace_state: Any = None) -> SamplingResult:
-        if (A.EVENT_TYPE in attributes) if attributes else HANDED.key is STARTING:  # STARTING: a bare one
+        if attributes:
+            vwo = A.EVENT_TYPE in attributes
+        elif vwo := HANDED.key is STARTING:  # VWOEvents' bare span: the mark is used up (spans started
+            HANDED.key = None  # inside its start, by a processor's on_start, are the app's)
+        if vwo:
             parent = trace.get_current_span(parent_context).get_span_context()
             return SamplingResult(Decision.RECORD_ONLY, attributes, parent.trace_state if parent.is_valid else None)
         return self._delegate.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
@@ -87,7 +91,7 @@ class VWOEvents:
                              "processor delivers to its own exporter's account")
         #: the account each record names for the gateway (str: collectors route string attributes)
         self._account: str | None = None if account_id is None else str(checks.account_id(account_id, "account_id"))
-        self._warned = False
+        self._warned: set[str] = set()  # the warnings given (each once: a route taken again may warn anew)
         self._provider = logger_provider or tracer_provider  # None: the global tracer provider, read when used
         self._max_length: int | None = None  # the provider's attribute value length limit, if any
         self._routed = False  # the provider was checked: a VWO processor receives the events
@@ -206,12 +210,11 @@ class VWOEvents:
             return
         span = self._tracer.start_span(name, attributes=attrs)
         if self._to_gateway:
-            if not span.get_span_context().trace_flags.sampled and not self._warned:
-                self._warned = True  # the provider's exporters see sampled spans only
-                logger.warning("a VWO event span for the gateway was not sampled, so the provider's OTLP exporter "
-                               "never sends it: emit VWO events to a gateway as log records "
-                               "(VWOEvents(logger_provider=..., to_gateway=True)), or give this TracerProvider a "
-                               "sampler that samples every span (not VWOSampler, not a ratio)")
+            if not span.get_span_context().trace_flags.sampled:  # the provider's exporters see sampled spans only
+                self._warn("a VWO event span for the gateway was not sampled, so the provider's OTLP exporter "
+                           "never sends it: emit VWO events to a gateway as log records "
+                           "(VWOEvents(logger_provider=..., to_gateway=True)), or give this TracerProvider a "
+                           "sampler that samples every span (not VWOSampler, not a ratio)")
         elif (start := getattr(span, "_start_time", None)) is not None:  # an SDK span, recording
             self._handing(event_of(attrs, start), span.end, getattr(span, "_context", None))
             return
@@ -220,10 +223,13 @@ class VWOEvents:
         span.end()
 
     def _unrecorded(self) -> None:
-        if not self._warned:
-            self._warned = True
-            logger.warning("a VWO event span was not recorded, so it cannot reach VWO: use an SDK "
-                           "TracerProvider with sampler=vwo_otel.VWOSampler(<your sampler>)")
+        self._warn("a VWO event span was not recorded, so it cannot reach VWO: use an SDK "
+                   "TracerProvider with sampler=vwo_otel.VWOSampler(<your sampler>)")
+
+    def _warn(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            logger.warning(message)
 
     def _emit_log(self, etype: int | str, attrs: dict[str, Any], ua: str | None, ip: str | None) -> None:
         if (ua is not None or ip is not None or not self._plain or self._taken.changed()) \
@@ -321,9 +327,7 @@ class VWOEvents:
         return True
 
     def _refuse(self, why: str) -> bool:
-        if not self._warned:
-            self._warned = True
-            logger.warning("VWO events are not emitted: %s.", why)
+        self._warn(f"VWO events are not emitted: {why}.")
         return False
 
 
@@ -411,7 +415,9 @@ class Route:
             return cls(found, False, count, length)
         stock = log or private  # under VWOSampler the stock processors skip VWO spans (never sampled)
         vwo = [delivers_to_vwo(p, kind, stock) for p in processors]
-        handoff = type(multi).__name__.startswith("SynchronousMulti") and all(
+        # bare: under VWOSampler (another sampler may decide by the attributes), beside processors
+        # that take the handed event or never read VWO's records, called on this thread
+        handoff = (log or not private) and type(multi).__name__.startswith("SynchronousMulti") and all(
             _takes_handed(p, kind) for p in processors)
         return cls(any(vwo), private and not all(vwo), count, length, handoff, (multi, field, processors))
 
@@ -429,8 +435,8 @@ def _takes_handed(processor: Any, kind: type) -> bool:
     overridden: one that passes records to another thread would get bare ones), or one of
     OpenTelemetry's stock processors with an exporter of the app's (which never reads VWO's)."""
     hook = "on_emit" if kind is VWOLogRecordProcessor else "on_end"
-    if isinstance(processor, kind):
-        return getattr(type(processor), hook) is getattr(kind, hook)
+    if isinstance(processor, kind):  # its hook, as called (one set on the instance counts too)
+        return getattr(getattr(processor, hook, None), "__func__", None) is getattr(kind, hook)
     return type(processor) in _STOCK and not isinstance(exporter_of(processor), VWOExporter)
 
 

@@ -166,3 +166,71 @@ def test_an_app_span_named_like_a_vwo_event_is_sampled_as_the_app_s_sampler_says
             vwo.track(1, 2, 3, "u")
             tracer.start_span("db.query").end()
     assert sorted(s.name for s in app.get_finished_spans()) == ["checkout", "db.query", "vwo.goal"]
+
+
+# -- the second attack review's finds --------------------------------------------------------
+
+def test_a_route_refused_after_an_earlier_warning_says_so_again(caplog):
+    provider = TracerProvider(sampler=None, shutdown_on_exit=False)
+    vwo = VWOEvents(tracer_provider=provider)
+    vwo.activate(1, 2, "nowhere")  # no VWO processor yet: refused, warned
+    processor = _processor()
+    provider.add_span_processor(processor)
+    vwo.activate(1, 2, "queued")
+    caplog.clear()
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))  # an app exporter, no VWOSampler
+    vwo.activate(1, 2, "refused")
+    assert processor.stats()["queued"] == 1
+    assert "would export them, user ids included" in caplog.text
+
+
+def test_under_a_sampler_that_is_not_vwosampler_spans_carry_every_attribute():
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+
+    class ByAttribute(Sampler):  # records what carries vwo.event.type, drops the rest
+        def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
+                          trace_state=None):
+            keep = bool(attributes) and A.EVENT_TYPE in attributes
+            return SamplingResult(Decision.RECORD_ONLY if keep else Decision.DROP, attributes)
+
+        def get_description(self) -> str:
+            return "ByAttribute"
+
+    processor = _processor()
+    provider = TracerProvider(sampler=ByAttribute(), shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    vwo = VWOEvents(tracer_provider=provider)
+    for i in range(3):
+        vwo.activate(1, 2, f"u{i}")
+    assert processor.stats()["queued"] == 3
+
+
+def test_a_hook_replaced_on_the_instance_gets_every_attribute():
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    processor = _processor()
+    direct = processor.on_end
+    processor.on_end = lambda span: pool.submit(direct, span).result()
+    provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    vwo = VWOEvents(tracer_provider=provider)
+    for i in range(5):
+        vwo.track(1, 2, 3, f"u{i}")
+    pool.shutdown()
+    assert processor.stats()["queued"] == 5 and processor.stats()["dropped"] == {}
+
+
+def test_an_app_span_started_inside_a_vwo_span_s_start_is_the_app_s():
+    app = InMemorySpanExporter()
+
+    class Starting(VWOSpanProcessor):  # on_end untouched: the provider still takes bare spans
+        def on_start(self, span, parent_context=None):
+            if span.name.startswith("vwo."):
+                tracer.start_span("app.audit").end()
+
+    provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+    processor = _processor(Starting)
+    provider.add_span_processor(processor)
+    provider.add_span_processor(SimpleSpanProcessor(app))
+    tracer = provider.get_tracer("my.app")
+    VWOEvents(tracer_provider=provider).activate(1, 2, "u")
+    assert [s.name for s in app.get_finished_spans()] == ["app.audit"] and processor.stats()["queued"] == 1
