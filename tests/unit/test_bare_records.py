@@ -43,12 +43,18 @@ def _attributes(record) -> dict:
     return dict(getattr(record, "attributes", None) or getattr(record, "log_record", record).attributes or {})
 
 
-def test_a_vwo_exporter_added_after_the_first_event_gets_every_attribute():
+def _after_a_first_event(sampler=None):
+    """A VWO processor alone on a provider, one event emitted: the route is taken."""
     processor = _processor()
-    provider = TracerProvider(shutdown_on_exit=False)  # no VWOSampler: stock processors see VWO spans
+    provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
     provider.add_span_processor(processor)
     vwo = VWOEvents(tracer_provider=provider)
     vwo.activate(1, 2, "first")
+    return processor, provider, vwo
+
+
+def test_a_vwo_exporter_added_after_the_first_event_gets_every_attribute():
+    processor, provider, vwo = _after_a_first_event()  # no VWOSampler: stock processors see VWO spans
     seen = Seen()
     provider.add_span_processor(SimpleSpanProcessor(seen))
     vwo.activate(1, 2, "second")
@@ -70,11 +76,7 @@ def test_log_records_too():
 
 
 def test_an_app_exporter_added_after_the_first_event_stops_the_events_instead_of_leaking_them(caplog):
-    processor = _processor()
-    provider = TracerProvider(shutdown_on_exit=False)
-    provider.add_span_processor(processor)
-    vwo = VWOEvents(tracer_provider=provider)
-    vwo.activate(1, 2, "first")
+    processor, provider, vwo = _after_a_first_event()
     app = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(app))
     vwo.activate(1, 2, "second")
