@@ -97,16 +97,16 @@ class VWOEvents:
         self._routed = False  # the provider was checked: a VWO processor receives the events
         self._taken = Route(None)  # the route last taken: looked at again once a processor is added
         self._plain = False  # routed, with no length limit to check and no account to add: emit as given
-        #: routed where only VWO processors on the emitting thread receive the events: a legacy
-        #: event is handed to them whole (``handoff``) and its record carries its type only
+        #: routed where a legacy event may go bare (``Route.handoff``): handed to the VWO processors
+        #: whole, its record carrying its name only
         self._bare = False
         self._to_gateway = bool(to_gateway)  # the provider's own OTLP exporters carry them to a gateway
         if logger_provider is not None:
-            self._logger = logger_provider.get_logger("vwo_otel", __version__)
+            self._logger = logger_provider.get_logger(A.SCOPE, __version__)
             self._emit = self._emit_log
         else:
             provider = tracer_provider or trace.get_tracer_provider()
-            self._tracer = provider.get_tracer("vwo_otel", __version__)
+            self._tracer = provider.get_tracer(A.SCOPE, __version__)
             self._emit = self._emit_span
 
     def activate(self, campaign_id: int, variation_id: int, user_id: str, *,
@@ -206,7 +206,7 @@ class VWOEvents:
         name = _SPAN_NAMES.get(etype) or _span_name(etype)
         if self._bare and (event := event_of(attrs, now := time.time_ns())) is not None:
             # only VWO processors, on this thread, deliver it: they take the event; the span is bare
-            self._handing(event, lambda: self._bare_span(name, now))
+            self._handing(event, STARTING, self._bare_span, name, now)
             return
         span = self._tracer.start_span(name, attributes=attrs)
         if self._to_gateway:
@@ -216,7 +216,7 @@ class VWOEvents:
                            "(VWOEvents(logger_provider=..., to_gateway=True)), or give this TracerProvider a "
                            "sampler that samples every span (not VWOSampler, not a ratio)")
         elif (start := getattr(span, "_start_time", None)) is not None:  # an SDK span, recording
-            self._handing(event_of(attrs, start), span.end, getattr(span, "_context", None))
+            self._handing(event_of(attrs, start), getattr(span, "_context", None), span.end)
             return
         elif not span.is_recording():
             self._unrecorded()
@@ -242,8 +242,8 @@ class VWOEvents:
             return
         event = event_of(attrs, timestamp)
         bare = event is not None and self._bare  # only VWO processors, on this thread, deliver it
-        self._handing(event, lambda: self._logger.emit(
-            event_name=name, attributes=None if bare else attrs, timestamp=timestamp), timestamp)
+        self._handing(event, timestamp, self._logger.emit, event_name=name, attributes=None if bare else attrs,
+                      timestamp=timestamp)
 
     def _bare_span(self, name: str, start: int) -> None:
         """Start (``VWOSampler`` knows it by ``STARTING``) and end a span without attributes."""
@@ -254,15 +254,16 @@ class VWOEvents:
         span.end()
 
     @staticmethod
-    def _handing(event: VWOEvent | None, emit: Callable[[], None], key: object = STARTING) -> None:
-        """``emit()`` with ``event`` handed to the processors on this thread for the record keyed
-        ``key`` (``handoff``); an event emitted inside it (an inline ``flush_callback``) hands its
-        own and then gives this one back, for the processors after it."""
+    def _handing(event: VWOEvent | None, key: object, emit: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """``emit(*args, **kwargs)`` with ``event`` handed to the processors on this thread for the
+        record keyed ``key`` (``handoff``; ``STARTING`` for a bare span not started yet); an event
+        emitted inside it (an inline ``flush_callback``) hands its own and then gives this one back,
+        for the processors after it."""
         handed = HANDED
         before = handed.event, handed.key
         handed.event, handed.key = event, key
         try:
-            emit()
+            emit(*args, **kwargs)
         finally:
             handed.event, handed.key = before
 

@@ -11,6 +11,9 @@ Two VWO formats share the contract. An int type is an event of the legacy format
 needs is the event-type table in ``vwo_otel.event_types``.
 """
 
+#: the instrumentation scope of the tracer / logger / meter vwo_otel emits with
+SCOPE = "vwo_otel"
+
 #: int (legacy: 1 visitor / impression, 2 goal / conversion, 3 custom dimension) or str (an FME event name)
 EVENT_TYPE = "vwo.event.type"
 USER_ID = "vwo.user_id"  #: str: the application's user id (hashed into VWO's visitor uuid on the wire)

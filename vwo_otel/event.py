@@ -188,7 +188,7 @@ _BARE_NAMES = frozenset(row.span_name for key, row in TYPES.items() if isinstanc
 def _not_bare(record: Any, name: Any) -> None:
     """Raise ``MalformedEvent`` for ``VWOEvents``' own bare record: its event was handed to the VWO
     processors on the emitting thread, so one that reaches anything else is reported, not dropped."""
-    if name in _BARE_NAMES and getattr(getattr(record, "instrumentation_scope", None), "name", None) == "vwo_otel":
+    if name in _BARE_NAMES and getattr(getattr(record, "instrumentation_scope", None), "name", None) == A.SCOPE:
         raise MalformedEvent(f"a bare {name} record of VWOEvents without its event: it reached a processor that "
                              "was not given the event on the emitting thread (one added to the provider from "
                              "another thread while emitting, or one that passes records on)")

@@ -8,7 +8,12 @@ attributes (``event_of``: the table's slots, no check repeated) and leaves it he
 record's key (the span's context, or the log record's timestamp object) in ``HANDED``, and the
 processor takes it if the record it is given carries that key. A record from anywhere else
 (the app's own tracer, another thread, a processor running on a thread pool) is decoded as
-before. The event is the same either way (``tests/unit/test_fast_paths.py``)."""
+before. The event is the same either way (``tests/unit/test_fast_paths.py``).
+
+Where only processors that take the handed event (or never read VWO's records) are on the
+provider, under ``VWOSampler``, a legacy event's record is bare: its name, no attributes
+(``api.Route.handoff``). ``STARTING`` marks the bare span being started, so ``VWOSampler`` knows
+it; ``event.from_record`` reports a bare record that arrives without its event."""
 
 from __future__ import annotations
 

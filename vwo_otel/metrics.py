@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
+from . import attributes as A
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class DeliveryMetrics:
             COMPONENT_TYPE: component, COMPONENT_NAME: f"{component}/{next(_SEQ[signal])}"}
         self._batcher = weakref.ref(batcher)  # metrics must not keep a dropped processor alive
         unit = _UNITS[signal]
-        meter = meter_provider.get_meter("vwo_otel", __version__)
+        meter = meter_provider.get_meter(A.SCOPE, __version__)
         meter.create_observable_counter(
             PROCESSED.format(signal=signal), callbacks=[self._observe_processed], unit=unit,
             description="VWO events whose processing finished: handed to delivery (no error.type) "

@@ -227,11 +227,6 @@ class Batcher(Delivery):
                 self._append(event)
         if victim is not event:  # the refused event never reached the backlog
             self.backlog.settle([victim], None)
-        if self._closed and self._notifier.runs_callbacks(threading.current_thread()):
-            # flush_callback itself emitted after shutdown: reporting that to it would call it again, forever
-            self._notifier.log.warn(("dropped", reason), 1, "vwo_otel dropped %d VWO event(s) flush_callback emitted "
-                                    "after shutdown (counted in stats, not reported to it)", 1)
-            return
         self._notifier.dropped(reason, [victim])  # outside the lock: may run the callback inline
 
     def admit(self, events: list[VWOEvent]) -> None:

@@ -267,6 +267,11 @@ class Notifier:
         callback as ``EventsDropped`` (gathered for ``DROP_REPORT_DELAY``). ``events`` are
         ``VWOEvent``s or, for records that could not become one, plain dicts."""
         n = len(events)
+        if reason == "already_shutdown" and self.runs_callbacks(threading.current_thread()):
+            # flush_callback itself emitted after shutdown: reporting that to it would call it again, forever
+            self.log.warn(("dropped", reason), n, "vwo_otel dropped %d VWO event(s) flush_callback emitted after "
+                          "shutdown: %s (counted in stats, not reported to it)", n, reason)
+            return
         self.log.warn(("dropped", reason), n, "vwo_otel dropped %d VWO event(s): %s%s", n, reason,
                       f" ({note})" if note else "")
         with self._cond:

@@ -20,6 +20,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from .. import attributes as A
 from .._version import __version__
 from ..api import Route, VWOSampler, delivers_to_vwo, exporter_of
 from ..errors import ConfigError
@@ -188,13 +189,13 @@ class Bridge:
     def _make_emitter(self) -> Emit:
         provider = self.provider()
         if self._log:
-            emit_log = provider.get_logger("vwo_otel", __version__).emit
+            emit_log = provider.get_logger(A.SCOPE, __version__).emit
 
             def log(etype: Any, attrs: dict[str, Any], time_ns: int) -> bool:
                 emit_log(event_name=span_name(etype), attributes=attrs, timestamp=time_ns)
                 return True
             return log
-        start = provider.get_tracer("vwo_otel", __version__).start_span
+        start = provider.get_tracer(A.SCOPE, __version__).start_span
 
         def span(etype: Any, attrs: dict[str, Any], time_ns: int) -> bool:
             s = start(span_name(etype), attributes=attrs, start_time=time_ns)
