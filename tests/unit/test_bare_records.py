@@ -198,13 +198,10 @@ def test_under_a_sampler_that_is_not_vwosampler_spans_carry_every_attribute():
         def get_description(self) -> str:
             return "ByAttribute"
 
-    processor = _processor()
-    provider = TracerProvider(sampler=ByAttribute(), shutdown_on_exit=False)
-    provider.add_span_processor(processor)
-    vwo = VWOEvents(tracer_provider=provider)
+    processor, _, vwo = _after_a_first_event(ByAttribute())
     for i in range(3):
         vwo.activate(1, 2, f"u{i}")
-    assert processor.stats()["queued"] == 3
+    assert processor.stats()["queued"] == 4
 
 
 def test_a_hook_replaced_on_the_instance_gets_every_attribute():
