@@ -44,6 +44,29 @@ def test_in_flight_grows_past_the_old_fixed_four_when_the_server_is_50ms_away(pi
     assert took < 3.0, took
 
 
+def test_a_burst_after_a_quiet_spell_does_not_wait_a_round_trip_at_the_initial_limit(pipeline, receiver):
+    """The server answered lately (300 ms away) with nothing waiting; a burst's batches go out as
+    they are cut, more than the initial limit in flight before any answer of the burst is back."""
+    from vwo_otel._engine.concurrency import INITIAL_LIMIT
+
+    events, proc, _ = pipeline({"events_per_request": 10, "request_time_interval": 60})
+    receiver.stall(0.3)
+    events.activate(231, 1, "quiet")
+    assert proc.force_flush(10_000)  # one answer: the server's time and a request's cost are known
+    assert proc.batcher.snapshot().in_flight_limit == INITIAL_LIMIT
+    sampler = InFlight(proc.batcher)
+    start = time.monotonic()
+    for i in range(200):  # 20 batches, cut within milliseconds
+        events.activate(231, 1, f"user-{i}")
+    while time.monotonic() - start < 0.25 and sampler.most < 20:
+        time.sleep(0.005)
+    before_an_answer = sampler.most
+    assert proc.force_flush(10_000)
+    sampler.stop()
+    assert receiver.event_count() == 201
+    assert before_an_answer > INITIAL_LIMIT * 4, before_an_answer  # about 20; 2 while waiting for an answer before
+
+
 def test_the_limit_never_passes_max_concurrent_requests(pipeline, receiver):
     events, proc, _ = pipeline({"events_per_request": 5, "request_time_interval": 60}, max_concurrent_requests=6)
     receiver.stall(0.03)

@@ -136,6 +136,41 @@ def test_a_burst_to_a_far_server_jumps_to_what_the_answer_time_allows():
     assert flow.limit == 64  # never past the maximum
 
 
+def test_a_burst_after_a_quiet_spell_jumps_as_its_batches_are_cut():
+    """A far server answered lately (100 ms) with nothing waiting: when a burst's batches wait
+    behind the limit, it takes the jump at once, one waiting batch at a time, up to what the
+    answer time allows; the first answer of the burst would have made the same jump a round trip later."""
+    clock = Clock()
+    flow = Concurrency(64, clock)
+    flow.spent(0.002)
+    assert not flow.answered("a", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=0)
+    assert flow.limit == INITIAL_LIMIT
+    clock.now += 0.5
+    assert flow.demand(1) and flow.limit == INITIAL_LIMIT + 1  # the batch that waits, no more
+    assert flow.demand(30) and flow.limit == INITIAL_LIMIT + 31
+    assert flow.demand(100) and flow.limit == 50  # 100 ms / 2 ms of CPU per request
+    assert not flow.demand(100)
+
+
+@pytest.mark.parametrize("case", ["no answer yet", "answer too old", "after a halving", "paused", "loopback"])
+def test_demand_never_jumps_without_a_recent_healthy_answer_to_go_by(case):
+    clock = Clock()
+    flow = Concurrency(64, clock)
+    flow.spent(0.0005)
+    if case != "no answer yet":
+        seconds = 0.0009 if case == "loopback" else 0.1
+        flow.answered("a", clock.now - seconds, seconds, Signal.HEALTHY, backlog=0)
+    if case == "answer too old":
+        clock.now += RTT_WINDOW + 0.1
+    if case == "after a halving":
+        flow.answered("b", clock.now - 0.1, 0.1, Signal.OVERLOADED, backlog=0)
+    if case == "paused":
+        flow.answered("b", clock.now - 0.1, 0.1, Signal.SLOW_DOWN, backlog=0)
+    limit = flow.limit
+    assert not flow.demand(40)
+    assert flow.limit == limit
+
+
 def test_on_loopback_the_limit_stays_small():
     """Answers about as long as sending costs: a jump adds nothing, growth stays one by one."""
     clock = Clock()

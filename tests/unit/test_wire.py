@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -11,7 +12,7 @@ from conftest import ACCOUNT_ID, SDK_KEY
 from vwo_otel import VWOExporter, visitor_uuid
 from vwo_otel.event import VWOEvent
 from vwo_otel.export.legacy import LegacyFormat, dimension_tag
-from vwo_otel.export.wire import BODY_OVERHEAD, batch_body, cut_by_bytes
+from vwo_otel.export.wire import BODY_OVERHEAD, batch_body, compact, cut_by_bytes
 
 COMMON_KEYS = {"eT", "u", "sId", "visitor_ua", "visitor_ip"}
 
@@ -40,6 +41,15 @@ def test_visitor_uuid_depends_on_account_and_user():
     assert len(u) == 32 and u == u.upper() and "-" not in u
 
 
+def test_the_visitor_cache_bound_starts_afresh_and_stays_right(monkeypatch):
+    from vwo_otel.export import wire
+
+    monkeypatch.setattr(wire, "VISITOR_CACHE", 3)
+    visitor = wire.visitor_hasher(ACCOUNT_ID)
+    users = [f"user-{i}" for i in range(10)] * 2
+    assert [visitor(u) for u in users] == [visitor_uuid(ACCOUNT_ID, u) for u in users]
+
+
 def test_encoder_output_is_compact():
     enc = LegacyFormat(ACCOUNT_ID, SDK_KEY)
     evs = [
@@ -53,6 +63,21 @@ def test_encoder_output_is_compact():
     assert body == json.dumps({"ev": dicts}, separators=(",", ":")).encode()
     assert b" " not in body
     assert dimension_tag("plan", "pro") == '{"u":{"plan":"pro"}}'
+
+
+@pytest.mark.parametrize("d", [
+    {"u": "A1", "sId": 1700000000, "visitor_ua": None, "visitor_ip": None, "eT": 1, "experiment_id": 1},
+    {"u": "é\u2028\x00\"\\", "r": 12.5, "big": 2**70, "neg": -0.0, "tiny": 1e-300, "ok": True, "no": False},
+    {"t": '{"u":{"plan":"pro"}}', "nested": {"a": [1, None, "x"]}, 7: "int key"},
+])
+def test_compact_is_the_json_encoders_output_byte_for_byte(d):
+    assert compact(d) == json.dumps(d, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, object()])
+def test_compact_refuses_what_json_cannot_carry(bad):
+    with pytest.raises((ValueError, TypeError)):
+        compact({"r": bad})
 
 
 def test_exporter_encode_is_the_wire_dicts_and_refuses_what_cannot_be_sent():

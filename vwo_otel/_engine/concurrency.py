@@ -6,7 +6,9 @@ TCP's window) and the answer came about as fast as the fastest recent one (slow 
 slow start it may also jump at once to the requests that can usefully be in flight: the
 fastest recent answer divided by what one request costs the delivery thread in CPU (``spent``),
 as many as the waiting batches need. A server 100 ms away is kept busy from the second round
-trip of a burst instead of the sixth, while on loopback, where an answer takes about what
+trip of a burst instead of the sixth; one that answered within ``RTT_WINDOW`` from the first
+(``demand``: the jump is taken as batches are cut, not a round trip later, so a burst after a
+quiet spell builds no backlog at the initial limit). On loopback, where an answer takes about what
 sending it costs, that is one or two and extra threads would only contend for the
 interpreter lock. It halves on a sign of overload (429, 5xx, no answer), at most once per round trip,
 and grows by one per ``limit`` healthy answers after that (congestion avoidance). It never
@@ -135,6 +137,22 @@ class Concurrency:
             if signal is Signal.SLOW_DOWN:
                 self._held.add(who)
         return False
+
+    def demand(self, backlog: int) -> bool:
+        """``backlog`` batches wait that the limit holds back, between answers. In slow start,
+        with a healthy answer seen within ``RTT_WINDOW``, the limit takes now the jump the next
+        answer would make (``useful``): a burst after a quiet spell does not spend a round trip
+        at the initial limit. True if it grew."""
+        if (not self.slow_start or not backlog or self.limit >= self.maximum or self.paused
+                or self.clock() - self._fastest_at > RTT_WINDOW):
+            return False
+        jump = min(self.useful(), self.limit + backlog, self._ceiling, self.maximum)
+        if jump <= self.limit:
+            return False
+        self.limit = int(jump)
+        if self.limit >= self._ceiling:
+            self.slow_start = False
+        return True
 
     def done(self, who: Hashable) -> None:
         """``who``'s batch settled (delivered, failed or given up): it holds nothing back."""

@@ -5,7 +5,8 @@ keys of each event type are its row's ``LegacyWire`` in ``event_types``."""
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any
 
 from .._version import SDK_NAME, __version__
@@ -19,10 +20,25 @@ def dimension_tag(key: str, value: str) -> str:
     return _dumps({"u": {key: value}})
 
 
-def _value(event: VWOEvent, key: Key) -> Any:
-    if key.kind is Kind.TAGS:
-        return dimension_tag(*(getattr(event, slot) or "" for slot in key.slots))
-    return getattr(event, key.slots[0])
+#: A key's value read from an event, and the key (``optional``: left out when None).
+_Plan = tuple[tuple[Key, Callable[[VWOEvent], Any]], ...]
+
+
+def _tags(slots: Callable[[VWOEvent], Any]) -> Callable[[VWOEvent], str]:
+    """The reader of a ``TAGS`` key: the dimension tag of the event's key and value slots."""
+    return lambda ev: dimension_tag(*(v or "" for v in slots(ev)))
+
+
+def _plan(keys: tuple[Key, ...]) -> _Plan:
+    """Each key with the reader of its value from an event, made once per row (the batch
+    encoder runs it for every event)."""
+    plan: list[tuple[Key, Callable[[VWOEvent], Any]]] = []
+    for key in keys:
+        if key.kind is Kind.TAGS:
+            plan.append((key, _tags(attrgetter(*key.slots))))
+        else:
+            plan.append((key, attrgetter(key.slots[0])))
+    return tuple(plan)
 
 
 def _text(value: Any) -> str:
@@ -45,6 +61,8 @@ class LegacyFormat:
             {"Authorization": sdk_key, "User-Agent": SDK_NAME, "Content-Type": "application/json"})
         self._wire: dict[int | str, LegacyWire] = {
             k: row.wire for k, row in TYPES.items() if isinstance(row.wire, LegacyWire)}
+        self._batch = {k: _plan(wire.batch) for k, wire in self._wire.items()}
+        self._query = {k: _plan(wire.query) for k, wire in self._wire.items()}
 
     def __repr__(self) -> str:
         return f"LegacyFormat(account_id={self.account_id})"
@@ -54,8 +72,8 @@ class LegacyFormat:
         u = visitor_of(event, self.account_id, self.visitor) if event.visitor_uuid else self.visitor(event.user_id)
         d: dict[str, Any] = {"u": u, "sId": event.time, "visitor_ua": event.visitor_ua,
                              "visitor_ip": event.visitor_ip, "eT": event.etype}
-        for key in self._wire[event.etype].batch:
-            value = _value(event, key)
+        for key, read in self._batch[event.etype]:
+            value = read(event)
             if value is not None or not key.optional:
                 d[key.wire] = value
         return d
@@ -74,8 +92,8 @@ class LegacyFormat:
             "account_id": str(self.account_id), "env": self._sdk_key, "visitor_ua": event.visitor_ua,
             "visitor_ip": event.visitor_ip,
         }
-        for key in wire.query:
-            value = _value(event, key)
+        for key, read in self._query[event.etype]:
+            value = read(event)
             if value is not None or not key.optional:
                 query[key.wire] = _text(value)
         query.update(wire.constants)
