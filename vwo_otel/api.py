@@ -300,6 +300,11 @@ class VWOEvents:
                                 "VWOSampler keeps them unsampled so exporters never do: emit them as log records "
                                 "(VWOEvents(logger_provider=..., to_gateway=True)), or use a TracerProvider without "
                                 "VWOSampler")
+        scope_on = getattr(self._logger if log else self._tracer, "_is_enabled", None)  # the SDK's, 1.39+
+        if callable(scope_on) and not scope_on():
+            return self._refuse(f"the provider's {'logger' if log else 'tracer'} configurator disables the "
+                                f"instrumentation scope {A.SCOPE!r}, so its records reach no processor: enable "
+                                "that scope")
         if route.found is False and not self._to_gateway:
             kind = "VWOLogRecordProcessor on this LoggerProvider" if log else "VWOSpanProcessor on this TracerProvider"
             stock = ("; a VWOExporter behind OpenTelemetry's own BatchSpanProcessor does not count under "

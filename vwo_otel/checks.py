@@ -330,11 +330,14 @@ _ENV_PARAM = re.compile(r"((?:^|[?&])env=)[^&\s\"']+")
 
 def redact(message: str, secret: str | None = None) -> str:
     """``message`` with ``secret`` (as is, URL-encoded, JSON-escaped, in any letter case: as a
-    server may echo it) and any ``env=<key>`` query value replaced by ``***``."""
+    server may echo it) and any ``env=<key>`` query value replaced by ``***``. The secret is
+    replaced where it stands as a token (no letter or digit next to it), so a short key (a test
+    key such as "k") does not mask the letters of other words."""
     if secret:
-        for form in {secret, quote_plus(secret), quote(secret, safe=""), json.dumps(secret)[1:-1],
-                     json.dumps(json.dumps(secret)[1:-1])[1:-1]}:
-            message = re.sub(re.escape(form), "***", message, flags=re.IGNORECASE)
+        forms = {secret, quote_plus(secret), quote(secret, safe=""), json.dumps(secret)[1:-1],
+                 json.dumps(json.dumps(secret)[1:-1])[1:-1]}
+        alternatives = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
+        message = re.sub(f"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])", "***", message, flags=re.IGNORECASE)
     return _ENV_PARAM.sub(r"\1***", message) if "env=" in message else message
 
 

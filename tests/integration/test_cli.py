@@ -404,3 +404,13 @@ def test_check_refuses_a_misspelt_variable_whose_right_name_is_unset(receiver, c
     monkeypatch.setenv("VWO_EVENTS_PER_REQUEST", "100")
     code, out = _check(capsys)
     assert code == 0 and "did you mean VWO_EVENTS_PER_REQUEST" in out, out
+
+
+def test_check_says_an_ignored_variable_once(receiver):
+    """An app's own VWO_ variable is named once, in the check's list, not again as the library's warning."""
+    env = {**os.environ, "VWO_ACCOUNT_ID": str(ACCOUNT_ID), "VWO_SDK_KEY": SDK_KEY, "VWO_ENDPOINT": receiver.url,
+           "VWO_APP_STAGE": "staging"}
+    done = subprocess.run([sys.executable, "-m", "vwo_otel", "check"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0 and said.count("VWO_APP_STAGE") == 1, said

@@ -233,3 +233,31 @@ def test_an_app_span_started_inside_a_vwo_span_s_start_is_the_app_s():
     tracer = provider.get_tracer("my.app")
     VWOEvents(tracer_provider=provider).activate(1, 2, "u")
     assert [s.name for s in app.get_finished_spans()] == ["app.audit"] and processor.stats()["queued"] == 1
+
+
+def test_a_provider_that_disables_vwo_otels_scope_is_named_not_silent(caplog):
+    """The SDK's (experimental) tracer / logger configurator can disable an instrumentation scope:
+    its records then reach no processor. Emitting refuses with a warning naming the scope."""
+    from opentelemetry.sdk._logs._internal import _LoggerConfig
+    from opentelemetry.sdk.trace import _TracerConfig
+
+    def off(config):
+        return lambda scope: config(is_enabled=scope.name != A.SCOPE)
+
+    for log in (False, True):
+        caplog.clear()
+        if log:
+            provider = LoggerProvider(_logger_configurator=off(_LoggerConfig))
+            processor = _processor(VWOLogRecordProcessor)
+            provider.add_log_record_processor(processor)
+            events = VWOEvents(logger_provider=provider)
+        else:
+            provider = TracerProvider(sampler=VWOSampler(), _tracer_configurator=off(_TracerConfig))
+            processor = _processor()
+            provider.add_span_processor(processor)
+            events = VWOEvents(tracer_provider=provider)
+        events.activate(1, 2, "u")
+        events.activate(1, 2, "v")
+        warnings = [r.getMessage() for r in caplog.records if "scope" in r.getMessage()]
+        assert len(warnings) == 1 and "'vwo_otel'" in warnings[0] and "configurator" in warnings[0], warnings
+        assert processor.batcher.snapshot().pending == ()

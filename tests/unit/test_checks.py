@@ -91,6 +91,16 @@ def test_redact_takes_the_key_out_of_what_a_server_echoes(echo):
     assert "***" in out and not any(form.lower() in out.lower() for form in forms.values()), out
 
 
+@pytest.mark.parametrize(("message", "key", "expected"), [
+    ("bad key k in a keyword", "k", "bad key *** in a keyword"),
+    ("Authorization: abc123 refused; abc1234 is another token", "abc123",
+     "Authorization: *** refused; abc1234 is another token"),
+    ('{"sdk_key":"ABC123","env":"x"}', "abc123", '{"sdk_key":"***","env":"x"}'),
+])
+def test_redact_masks_the_key_as_a_token_not_the_letters_of_other_words(message, key, expected):
+    assert checks.redact(message, key) == expected
+
+
 @pytest.mark.parametrize("spelling", ["HTTP://127.0.0.1", "http://127.0.0.1:80", "http://127.0.0.1/", "Http://127.0.0.1:80/"])
 def test_one_endpoint_has_one_spelling(spelling):
     """A spool file records its endpoint: a process writing the same one another way adopts it."""

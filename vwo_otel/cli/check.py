@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -56,6 +57,10 @@ def check(args: argparse.Namespace, out: TextIO | None = None, environ: Mapping[
         stream.flush()
 
     say("checking the configuration (arguments, then VWO_* variables)...")
+    unknown = unknown_names(environ)
+    if unknown:  # said once, in the list below: the settings are read without them (they set nothing)
+        ignored = {name for name, _ in unknown}
+        environ = {k: v for k, v in (os.environ if environ is None else environ).items() if k not in ignored}
     try:
         if args.account_id is not None:
             checks.account_id(args.account_id, "--account-id")
@@ -92,7 +97,6 @@ def check(args: argparse.Namespace, out: TextIO | None = None, environ: Mapping[
     for key in ("max_queue_size", "shutdown_timeout", "retry_budget", "max_payload_bytes"):
         if key in settings:
             say(f"  {key:<11} {settings[key]}")
-    unknown = unknown_names(environ)
     if unknown:
         say(f"  note        {describe_unknown(unknown)}")
     misspelt = [(name, close) for name, close in unknown if close and given(close, environ) is None]
