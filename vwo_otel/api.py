@@ -33,6 +33,11 @@ from .processor import VWOLogRecordProcessor, VWOSpanProcessor
 logger = logging.getLogger("vwo_otel")
 
 
+#: A bare span's decision: recorded, unsampled, no trace state (only processors that take its
+#: handed event and stock ones that skip unsampled spans see it: nobody reads the parent's).
+_BARE = SamplingResult(Decision.RECORD_ONLY)
+
+
 class VWOSampler(Sampler):
     """Wraps the app's sampler: VWO event spans are always recorded (so VWO processors get
     them) but never sampled (so the app's exporters, which only see sampled spans, don't);
@@ -49,8 +54,11 @@ class VWOSampler(Sampler):
                       trace_state: Any = None) -> SamplingResult:
         if attributes:
             vwo = A.EVENT_TYPE in attributes
-        elif vwo := HANDED.key is STARTING:  # VWOEvents' bare span: the mark is used up (spans started
+        elif HANDED.key is STARTING:  # VWOEvents' bare span: the mark is used up (spans started
             HANDED.key = None  # inside its start, by a processor's on_start, are the app's)
+            return _BARE
+        else:
+            vwo = False
         if vwo:
             parent = trace.get_current_span(parent_context).get_span_context()
             return SamplingResult(Decision.RECORD_ONLY, attributes, parent.trace_state if parent.is_valid else None)
