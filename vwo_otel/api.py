@@ -109,6 +109,11 @@ class VWOEvents:
         #: whole, its record carrying its name only
         self._bare = False
         self._to_gateway = bool(to_gateway)  # the provider's own OTLP exporters carry them to a gateway
+        for mine, given, method, kind in (("tracer_provider", tracer_provider, "get_tracer", "TracerProvider"),
+                                          ("logger_provider", logger_provider, "get_logger", "LoggerProvider")):
+            if given is not None and not callable(getattr(given, method, None)):  # e.g. the other signal's
+                raise TypeError(f"{mine}= must be an OpenTelemetry {kind}, got {type(given).__name__} (a "
+                                "TracerProvider goes as tracer_provider=, a LoggerProvider as logger_provider=)")
         if logger_provider is not None:
             self._logger = logger_provider.get_logger(A.SCOPE, __version__)
             self._emit = self._emit_log

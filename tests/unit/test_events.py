@@ -38,3 +38,15 @@ def test_vwo_events_refuses_both_providers():
                   logger_provider=LoggerProvider(shutdown_on_exit=False))
 
 
+
+
+def test_a_provider_of_the_other_signal_is_named_not_an_attribute_error():
+    """A LoggerProvider passed as tracer_provider= (or the other way round) raises a TypeError
+    naming the keyword to use, not "'LoggerProvider' object has no attribute 'get_tracer'"."""
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk.trace import TracerProvider
+
+    with pytest.raises(TypeError, match=r"tracer_provider= .*LoggerProvider.*logger_provider="):
+        VWOEvents(tracer_provider=LoggerProvider(shutdown_on_exit=False))
+    with pytest.raises(TypeError, match=r"logger_provider= .*TracerProvider.*tracer_provider="):
+        VWOEvents(logger_provider=TracerProvider(shutdown_on_exit=False))
