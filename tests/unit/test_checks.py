@@ -101,6 +101,15 @@ def test_redact_masks_the_key_as_a_token_not_the_letters_of_other_words(message,
     assert checks.redact(message, key) == expected
 
 
+@pytest.mark.parametrize("echo", ["x{k}y", "Authorization: {k}0", "token={k}abc", "{K}_1"])
+def test_redact_masks_a_full_length_key_wherever_it_stands(echo):
+    """Only a short key (a test key) is masked as a token: a real key's 32 characters match no
+    word by chance, so it is masked even glued to letters or digits (a server's echo)."""
+    key = "abcdef0123456789abcdef0123456789"
+    out = checks.redact(echo.format(k=key, K=key.upper()), key)
+    assert key not in out.lower() and "***" in out, out
+
+
 @pytest.mark.parametrize("spelling", ["HTTP://127.0.0.1", "http://127.0.0.1:80", "http://127.0.0.1/", "Http://127.0.0.1:80/"])
 def test_one_endpoint_has_one_spelling(spelling):
     """A spool file records its endpoint: a process writing the same one another way adopts it."""
