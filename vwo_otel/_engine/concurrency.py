@@ -6,9 +6,9 @@ TCP's window) and the answer came about as fast as the fastest recent one (slow 
 slow start it may also jump at once to the requests that can usefully be in flight: the
 fastest recent answer divided by what one request costs the delivery thread in CPU (``spent``),
 as many as the waiting batches need. A server 100 ms away is kept busy from the second round
-trip of a burst instead of the sixth; one that answered within ``RTT_WINDOW`` from the first
-(``demand``: the jump is taken as batches are cut, not a round trip later, so a burst after a
-quiet spell builds no backlog at the initial limit). On loopback, where an answer takes about what
+trip of a burst instead of the sixth, and from the first when it answered within ``RTT_WINDOW``
+before the burst (``demand``: the jump is taken as batches are cut, not a round trip later;
+after a longer quiet spell the burst's first answer makes it). On loopback, where an answer takes about what
 sending it costs, that is one or two and extra threads would only contend for the
 interpreter lock. It halves on a sign of overload (429, 5xx, no answer), at most once per round trip,
 and grows by one per ``limit`` healthy answers after that (congestion avoidance). It never
@@ -141,8 +141,8 @@ class Concurrency:
     def demand(self, backlog: int) -> bool:
         """``backlog`` batches wait that the limit holds back, between answers. In slow start,
         with a healthy answer seen within ``RTT_WINDOW``, the limit takes now the jump the next
-        answer would make (``useful``): a burst after a quiet spell does not spend a round trip
-        at the initial limit. True if it grew."""
+        answer would make (``useful``): a burst that follows an answer by less than ``RTT_WINDOW``
+        does not spend a round trip at the initial limit. True if it grew."""
         if (not self.slow_start or not backlog or self.limit >= self.maximum or self.paused
                 or self.clock() - self._fastest_at > RTT_WINDOW):
             return False
