@@ -61,7 +61,8 @@ VARIABLES: dict[str, Variable] = {
     "VWO_ACCOUNT_ID": Variable("account_id", lambda name, text: checks.account_id(text, name),
                                "a positive int (your VWO account id)"),
     "VWO_SDK_KEY": Variable("sdk_key", lambda name, text: checks.sdk_key(text, name),
-                            "non-empty printable text (your VWO SDK key)", secret=True),
+                            "non-empty printable ASCII text (your VWO SDK key; it is sent as a header)",
+                            secret=True),
     "VWO_ENDPOINT": Variable("endpoint", lambda name, text: checks.endpoint(text, name),
                              "an http(s) URL of VWO's host, optionally with a path prefix, without a query, "
                              f"a fragment or VWO's /server-side/ path (default {checks.DEFAULT_ENDPOINT})"),

@@ -54,6 +54,15 @@ def test_bad_value_names_variable_and_range(name, bad, allowed):
     assert isinstance(info.value, ValueError)
 
 
+@pytest.mark.parametrize("bad", ["clé-0123456789", "key\twith-a-tab"])
+def test_a_bad_sdk_key_is_told_what_it_must_be_never_shown(bad):
+    """``checks.sdk_key`` takes printable ASCII only (the key is a header): the variable's error
+    says so ("printable text" was not what refused an accented key), without the key."""
+    with pytest.raises(ConfigError) as info:
+        read_env({**BASE, "VWO_SDK_KEY": bad})
+    assert "printable ASCII" in str(info.value) and bad not in str(info.value), str(info.value)
+
+
 @pytest.mark.parametrize("name, allowed", [
     ("VWO_EVENTS_PER_REQUEST", checks.EVENTS_PER_REQUEST), ("VWO_REQUEST_TIME_INTERVAL", checks.REQUEST_TIME_INTERVAL),
     ("VWO_MAX_PAYLOAD_BYTES", checks.MAX_PAYLOAD_BYTES), ("VWO_TIMEOUT", checks.TIMEOUT),
