@@ -236,8 +236,19 @@ class VWOEvents:
         span.end()
 
     def _unrecorded(self) -> None:
-        self._warn("a VWO event span was not recorded, so it cannot reach VWO: use an SDK "
+        off = self._scope_off(log=False)  # the configurator changed since the route was taken
+        self._warn(f"a VWO event span was not recorded, so it cannot reach VWO: {off}" if off else
+                   "a VWO event span was not recorded, so it cannot reach VWO: use an SDK "
                    "TracerProvider with sampler=vwo_otel.VWOSampler(<your sampler>)")
+
+    def _scope_off(self, log: bool) -> str | None:
+        """Why the provider's records of vwo_otel's scope reach no processor, if its (experimental,
+        SDK 1.39+) tracer / logger configurator disables that scope; else None."""
+        scope_on = getattr(self._logger if log else self._tracer, "_is_enabled", None)
+        if callable(scope_on) and not scope_on():
+            return (f"the provider's {'logger' if log else 'tracer'} configurator disables the instrumentation "
+                    f"scope {A.SCOPE!r}, so its records reach no processor: enable that scope")
+        return None
 
     def _warn(self, message: str) -> None:
         if message not in self._warned:
@@ -313,11 +324,8 @@ class VWOEvents:
                                 "VWOSampler keeps them unsampled so exporters never do: emit them as log records "
                                 "(VWOEvents(logger_provider=..., to_gateway=True)), or use a TracerProvider without "
                                 "VWOSampler")
-        scope_on = getattr(self._logger if log else self._tracer, "_is_enabled", None)  # the SDK's, 1.39+
-        if callable(scope_on) and not scope_on():
-            return self._refuse(f"the provider's {'logger' if log else 'tracer'} configurator disables the "
-                                f"instrumentation scope {A.SCOPE!r}, so its records reach no processor: enable "
-                                "that scope")
+        if off := self._scope_off(log):
+            return self._refuse(off)
         if route.found is False and not self._to_gateway:
             kind = "VWOLogRecordProcessor on this LoggerProvider" if log else "VWOSpanProcessor on this TracerProvider"
             stock = ("; a VWOExporter behind OpenTelemetry's own BatchSpanProcessor does not count under "

@@ -261,3 +261,19 @@ def test_a_provider_that_disables_vwo_otels_scope_is_named_not_silent(caplog):
         warnings = [r.getMessage() for r in caplog.records if "scope" in r.getMessage()]
         assert len(warnings) == 1 and "'vwo_otel'" in warnings[0] and "configurator" in warnings[0], warnings
         assert processor.batcher.snapshot().pending == ()
+
+
+def test_a_scope_disabled_after_the_first_event_is_named_not_the_sampler(caplog):
+    """The configurator may change after the route was taken (``_set_tracer_configurator``): the
+    unrecorded span's warning names the scope, not VWOSampler, which the provider has."""
+    from opentelemetry.sdk.trace import _TracerConfig
+
+    processor, provider, vwo = _after_a_first_event(VWOSampler())
+    provider._set_tracer_configurator(
+        tracer_configurator=lambda scope: _TracerConfig(is_enabled=scope.name != A.SCOPE))
+    caplog.clear()
+    vwo.activate(1, 2, "second")
+    vwo.track_event("purchase", "second")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "'vwo_otel'" in warnings[0] and "configurator" in warnings[0], warnings
+    assert "VWOSampler" not in warnings[0], warnings
