@@ -332,19 +332,25 @@ _ENV_PARAM = re.compile(r"((?:^|[?&])env=)[^&\s\"']+")
 WORD_SAFE_SECRET = 12
 
 
+def mask_secret(text: str, secret: str) -> str:
+    """``text`` with ``secret`` (as is, URL-encoded, JSON-escaped, in any letter case: as a
+    server may echo it) replaced by ``***``. A secret shorter than ``WORD_SAFE_SECRET`` (a test
+    key such as "k") is replaced only where it stands as a token (no letter or digit next to
+    it), so it does not mask the letters of other words; a longer one (a real key) wherever it
+    stands, glued to other letters or digits too."""
+    forms = {secret, quote_plus(secret), quote(secret, safe=""), json.dumps(secret)[1:-1],
+             json.dumps(json.dumps(secret)[1:-1])[1:-1]}
+    pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
+    if len(secret) < WORD_SAFE_SECRET:
+        pattern = f"(?<![A-Za-z0-9])(?:{pattern})(?![A-Za-z0-9])"
+    return re.sub(pattern, "***", text, flags=re.IGNORECASE)
+
+
 def redact(message: str, secret: str | None = None) -> str:
-    """``message`` with ``secret`` (as is, URL-encoded, JSON-escaped, in any letter case: as a
-    server may echo it) and any ``env=<key>`` query value replaced by ``***``. A secret shorter
-    than ``WORD_SAFE_SECRET`` (a test key such as "k") is replaced only where it stands as a
-    token (no letter or digit next to it), so it does not mask the letters of other words; a
-    longer one (a real key) wherever it stands, glued to other letters or digits too."""
+    """``message`` with ``secret`` masked (``mask_secret``) and any ``env=<key>`` query value
+    replaced by ``***``."""
     if secret:
-        forms = {secret, quote_plus(secret), quote(secret, safe=""), json.dumps(secret)[1:-1],
-                 json.dumps(json.dumps(secret)[1:-1])[1:-1]}
-        pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
-        if len(secret) < WORD_SAFE_SECRET:
-            pattern = f"(?<![A-Za-z0-9])(?:{pattern})(?![A-Za-z0-9])"
-        message = re.sub(pattern, "***", message, flags=re.IGNORECASE)
+        message = mask_secret(message, secret)
     return _ENV_PARAM.sub(r"\1***", message) if "env=" in message else message
 
 

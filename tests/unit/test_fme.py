@@ -290,11 +290,22 @@ def test_a_key_that_is_also_a_word_of_the_format_leaves_the_reports_shape(key):
     the reports keep the format's structure (``accepted`` read them and raised KeyError)."""
     fmt = FMEFormat(ACCOUNT_ID, key)
     ev = decode(vwo__event__type="purchase", vwo__user_id="u",
-                vwo__event__properties=json.dumps({"amount": 1, f"my_{key}": f"x{key}x"}))
+                vwo__event__properties=json.dumps({"amount": 1, f"my_{key}": f"x-{key}-x"}))
     (report,), _ = fmt.encode([impression(**{A.USAGE_STATS: '{"ll": 1}'})])
     (custom,), _ = fmt.encode([ev])
     fmt.accepted([report, custom])  # reads d.event.props: no KeyError
     for d in (report["d"], custom["d"]):
         assert {"msgId", "visId", "sessionId", "event"} <= set(d) and {"props", "name", "time"} <= set(d["event"])
         assert d["event"]["props"]["vwo_envKey"] == "***"
-    assert custom["d"]["event"]["props"]["my_***"] == "x***x"  # the app's own names and values: masked
+    assert custom["d"]["event"]["props"]["my_***"] == "x-***-x"  # the app's own names and values: masked
+
+
+def test_a_short_test_key_masks_itself_not_the_letters_of_other_words():
+    """With a one-letter test key, reports keep the app's words readable (``checks.mask_secret``)."""
+    fmt = FMEFormat(ACCOUNT_ID, "k")
+    ev = decode(vwo__event__type="checkout_click", vwo__user_id="u",
+                vwo__event__properties=json.dumps({"link": "bookmark", "key": "k"}))
+    (report,), _ = fmt.encode([ev])
+    props = report["d"]["event"]["props"]
+    assert report["d"]["event"]["name"] == "checkout_click"
+    assert props["link"] == "bookmark" and props["key"] == "***" and props["vwo_envKey"] == "***"

@@ -22,6 +22,7 @@ from typing import Any
 
 from .. import attributes as A
 from .._version import SDK_NAME, __version__
+from ..checks import mask_secret
 from ..event import FMEEvent, VWOEvent
 from ..event_types import FME, TYPES, FMEWire, Kind
 from .wire import Request, _dumps, visitor_hasher, visitor_headers, visitor_of
@@ -84,7 +85,8 @@ def _mask_places(props: dict[str, Any], visitor_props: dict[str, Any] | None, sd
 
 
 def _mask_everywhere(node: Any, sdk_key: str, own: frozenset[str] | None = None) -> None:
-    """Every string value under ``node`` (dicts, lists) with ``***`` in place of ``sdk_key``; a
+    """Every string value under ``node`` (dicts, lists) with ``***`` in place of ``sdk_key``
+    (``checks.mask_secret``: a short test key only where it stands as a token); a
     dict's keys too, but only in the app's properties (``own``: the format's own keys there,
     kept; None: the format's structure, whose keys are never renamed, so a key that is also a
     word such as ``props`` leaves the report's shape intact)."""
@@ -92,13 +94,15 @@ def _mask_everywhere(node: Any, sdk_key: str, own: frozenset[str] | None = None)
     for k, v in list(items):
         if isinstance(v, str):
             if sdk_key in v:
-                node[k] = v = v.replace(sdk_key, MASK)
+                node[k] = v = mask_secret(v, sdk_key)
         elif isinstance(v, (dict, list)):
             inner = (_OWN_PROPS if k == "props" else None) if own is None else frozenset()
             _mask_everywhere(v, sdk_key, inner)
-        if own is not None and isinstance(k, str) and sdk_key in k and k not in own:
-            del node[k]
-            node[k.replace(sdk_key, MASK)] = v
+        if own is not None and isinstance(k, str) and k not in own and sdk_key in k:
+            masked = mask_secret(k, sdk_key)
+            if masked != k:
+                del node[k]
+                node[masked] = v
 
 
 #: The keys the format itself writes into ``props`` (never renamed in reports).
