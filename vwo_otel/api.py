@@ -116,6 +116,9 @@ class VWOEvents:
                                 "TracerProvider goes as tracer_provider=, a LoggerProvider as logger_provider=)")
         if logger_provider is not None:
             self._logger = logger_provider.get_logger(A.SCOPE, __version__)
+            #: whether the provider's logger configurator lets vwo_otel's records through (an SDK
+            #: logger's emit drops them silently otherwise; looked at per record: it may change)
+            self._logger_on: Callable[[], bool] = getattr(self._logger, "_is_enabled", None) or _always
             self._emit = self._emit_log
         else:
             provider = tracer_provider or trace.get_tracer_provider()
@@ -259,6 +262,9 @@ class VWOEvents:
         if (ua is not None or ip is not None or not self._plain or self._taken.changed()) \
                 and not self._ready(attrs, ua, ip):
             return
+        if not self._logger_on():  # the configurator changed since the route was taken: a record reaches nothing
+            self._warn(f"VWO events are not emitted: {self._scope_off(log=True)}.")
+            return
         timestamp = time.time_ns()
         name = _SPAN_NAMES.get(etype) or _span_name(etype)
         if self._to_gateway:
@@ -356,6 +362,10 @@ class VWOEvents:
     def _refuse(self, why: str) -> bool:
         self._warn(f"VWO events are not emitted: {why}.")
         return False
+
+
+def _always() -> bool:
+    return True
 
 
 def _resource_account(provider: Any) -> str | None:

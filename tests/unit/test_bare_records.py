@@ -277,3 +277,25 @@ def test_a_scope_disabled_after_the_first_event_is_named_not_the_sampler(caplog)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "'vwo_otel'" in warnings[0] and "configurator" in warnings[0], warnings
     assert "VWOSampler" not in warnings[0], warnings
+
+
+def test_a_logger_scope_disabled_after_the_first_event_is_named_not_silent(caplog):
+    """A logger configurator changed after the first event: the SDK logger's emit would drop the
+    records without a word; each record is refused with one warning naming the scope, and taken
+    again once the scope is back on."""
+    from opentelemetry.sdk._logs._internal import _LoggerConfig
+
+    provider = LoggerProvider()
+    processor = _processor(VWOLogRecordProcessor)
+    provider.add_log_record_processor(processor)
+    vwo = VWOEvents(logger_provider=provider)
+    vwo.activate(1, 2, "first")
+    provider._set_logger_configurator(logger_configurator=lambda scope: _LoggerConfig(is_enabled=scope.name != A.SCOPE))
+    caplog.clear()
+    vwo.activate(1, 2, "second")
+    vwo.track_event("purchase", "second")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "'vwo_otel'" in warnings[0] and "configurator" in warnings[0], warnings
+    provider._set_logger_configurator(logger_configurator=lambda scope: _LoggerConfig(is_enabled=True))
+    vwo.activate(1, 2, "third")
+    assert [ev.user_id for ev in processor.batcher.snapshot().pending] == ["first", "third"]
