@@ -328,8 +328,11 @@ def json_object(name: str, value: Any) -> str:
 _ENV_PARAM = re.compile(r"((?:^|[?&])env=)[^&\s\"']+")
 
 
-#: A secret this long matches no word by chance: it is masked wherever it stands (``redact``).
-WORD_SAFE_SECRET = 12
+#: A secret this long is masked wherever it appears, glued to letters or digits too: after a
+#: percent-escape (``%3D<key>``, a URL echoed as a query value), a JSON escape (``\n<key>``), or
+#: itself (``<key><key>``). A shorter one is a test stand-in ("k") more likely than a key: it is
+#: masked only where it stands as a token, not in the letters of other words.
+WORD_SAFE_SECRET = 8
 
 
 def mask_secret(text: str, secret: str) -> str:

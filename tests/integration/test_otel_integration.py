@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -608,8 +609,8 @@ def _assert_no_key(caplog, key: str, *texts: str) -> None:
 
 
 @pytest.mark.parametrize("key", [SDK_KEY, SPECIAL_KEY], ids=["plain-key", "url-reserved-chars"])
-@pytest.mark.parametrize("failure", ["http-400", "http-503-retried", "echoed-url", "connection-refused",
-                                     "real-time-400"])
+@pytest.mark.parametrize("failure", ["http-400", "http-503-retried", "echoed-url", "echoed-encoded-url",
+                                     "connection-refused", "real-time-400"])
 def test_sdk_key_not_in_logs_or_reprs(caplog, callbacks, key, failure):
     caplog.set_level(logging.DEBUG)
     retry = RetryPolicy(budget=0.5, initial_backoff=0.01, max_backoff=0.02)
@@ -622,6 +623,9 @@ def test_sdk_key_not_in_logs_or_reprs(caplog, callbacks, key, failure):
             rx.fail_next(1000, status=503, body="Service Unavailable")
         elif failure == "echoed-url":
             rx.fail_next(1, status=400, body=f"bad request: /server-side/batch-events?a={ACCOUNT_ID}&env={key}")
+        elif failure == "echoed-encoded-url":  # the URL as a query value: the key follows %3D ('=')
+            url = f"/server-side/batch-events?a={ACCOUNT_ID}&env={key}"
+            rx.fail_next(1, status=400, body=f"bad redirect_uri={quote(url, safe='')}")
         exporter = VWOExporter(ACCOUNT_ID, key, endpoint=endpoint, retry=retry, timeout=2.0)
         processor = VWOSpanProcessor(exporter, batch)
         provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)

@@ -110,6 +110,20 @@ def test_redact_masks_a_full_length_key_wherever_it_stands(echo):
     assert key not in out.lower() and "***" in out, out
 
 
+@pytest.mark.parametrize("echo", [
+    lambda k: "redirect_uri=" + quote(f"/server-side/track-user?a=1&env={k}", safe=""),  # after %3D
+    lambda k: quote(f'{{"sdk_key":"{k}"}}', safe=""),  # URL-encoded JSON: after %22
+    lambda k: f'{{"log":"headers:\\n{k}"}}',  # after a JSON escape
+    lambda k: k + k, lambda k: "Bearer" + k.upper(), lambda k: k + "00ff",
+], ids=["url-as-query-value", "url-encoded-json", "json-escape", "twice", "glued-upper", "hex-after"])
+def test_redact_masks_a_real_length_key_glued_to_letters_or_digits(echo):
+    """A key of VWO's length is masked wherever it appears: next to a percent-escape's or a JSON
+    escape's letter it still stands as a token, and a coincidence is no likelier than the key."""
+    key = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
+    out = checks.redact(echo(key), key)
+    assert key not in out.lower() and "***" in out, out
+
+
 @pytest.mark.parametrize("spelling", ["HTTP://127.0.0.1", "http://127.0.0.1:80", "http://127.0.0.1/", "Http://127.0.0.1:80/"])
 def test_one_endpoint_has_one_spelling(spelling):
     """A spool file records its endpoint: a process writing the same one another way adopts it."""
