@@ -6,6 +6,9 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+from helpers import wait_until
+
 
 # -- the engine against a server tens of milliseconds away -----------------------------------
 class InFlight:
@@ -123,3 +126,44 @@ def test_a_server_that_slows_from_20_to_500ms_keeps_memory_bounded_and_drops_imp
     assert {e["eT"] for e in drops(callbacks.calls)} == {1}  # impressions go first, conversions kept
     receiver.clear_faults()
     proc.force_flush(10_000)
+
+
+@pytest.mark.parametrize("others", [False, True], ids=["refused-alone", "others-in-flight"])
+def test_after_a_server_s_wait_a_burst_does_not_jump_past_the_probe(pipeline, receiver, make_exporter, others):
+    """A far server answered fast a moment ago, then asked for a wait longer than the retry
+    budget (429, Retry-After): when it is over, the first batch goes alone (a probe), even with
+    batches cut meanwhile (``demand``) or requests sent before the wait answered during it; the
+    next start after the probe's answer, not in the same round trip."""
+    from vwo_otel import RetryPolicy
+
+    policy = RetryPolicy(budget=0.5, initial_backoff=0.01, max_backoff=0.05, max_retry_after=1.0)
+    events, proc, _ = pipeline({"events_per_request": 10, "request_time_interval": 60},
+                               exporter=make_exporter(retry=policy))
+    receiver.stall(0.1)
+    for i in range(200):  # the limit grows, and the server's time is known
+        events.activate(231, 1, f"warm-{i}")
+    assert proc.force_flush(10_000)
+    assert proc.batcher.snapshot().in_flight_limit > 4
+    receiver.fail_next(1, status=429, retry_after=3600)  # capped at 1 s: longer than the budget
+    for i in range(10):  # one batch: it gets the 429
+        events.activate(231, 1, f"refused-{i}")
+    if not others:  # else the batches below are cut while it is in flight
+        assert wait_until(lambda: proc.batcher.snapshot().in_flight_limit == 1)  # the wait holds every batch
+    start = time.monotonic()
+    i = 0
+    while time.monotonic() - start < 1.5:  # a batch every 50 ms, through the wait and past its end
+        for _ in range(10):
+            events.activate(231, 1, f"user-{i}")
+            i += 1
+        time.sleep(0.05)
+    assert proc.force_flush(10_000)
+    assert receiver.event_count() == 210 + i
+    reqs = receiver.requests()
+    refused = next(r["received_at"] for r in reqs if r["status"] == 429)
+    after = sorted((r for r in reqs if r["received_at"] > refused + 0.5), key=lambda r: r["received_at"])
+    probe, *rest = after
+    assert probe["status"] == 200 and rest
+    # the probe's answer leaves the server 0.1 s after it arrived: nothing else may start before
+    early = [round(r["received_at"] - probe["received_at"], 3) for r in rest
+             if r["received_at"] < probe["received_at"] + 0.09]
+    assert not early, early

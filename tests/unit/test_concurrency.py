@@ -107,6 +107,37 @@ def test_a_servers_long_wait_holds_every_batch_then_one_probe_goes_first():
     assert flow.limit == 2  # its answer: growth as at the start (slow start)
 
 
+def _held_after_fast_answers() -> tuple[Concurrency, Clock]:
+    """A far server answered fast a moment ago (the limit grew), then asked for a 1 s wait."""
+    clock = Clock()
+    flow = Concurrency(64, clock)
+    flow.spent(0.002)
+    grow(flow, clock, 20, seconds=0.1)
+    assert flow.limit > 4
+    flow.hold(clock.now + 1.0)
+    return flow, clock
+
+
+def test_after_a_servers_wait_batches_cut_behind_the_probe_wait_for_its_answer():
+    """When the wait is over, the fast answers before it are not ``RTT_WINDOW`` old, yet
+    batches cut behind the probe (``demand``) do not grow the limit: the probe's answer does."""
+    flow, clock = _held_after_fast_answers()
+    clock.now += 1.0
+    assert flow.may_start(0) and not flow.may_start(1)
+    assert not flow.demand(10) and flow.limit == 1  # the probe goes alone
+    assert flow.answered("probe", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=10)
+    assert flow.limit > 1  # its answer: the jump of slow start (up to half the limit before the wait)
+
+
+def test_an_answer_to_a_request_sent_before_the_wait_does_not_grow_the_limit():
+    """It says nothing new about the server (as for a halving): the probe still goes alone."""
+    flow, clock = _held_after_fast_answers()
+    clock.now += 0.2
+    assert not flow.answered("before", clock.now - 0.25, 0.1, Signal.HEALTHY, backlog=10)
+    clock.now += 0.8
+    assert flow.limit == 1 and flow.may_start(0) and not flow.may_start(1)
+
+
 def test_parking_probes_one_batch_and_a_servers_wait_puts_the_next_off():
     from vwo_otel._engine.backlog import Parking
     from vwo_otel.event import VWOEvent

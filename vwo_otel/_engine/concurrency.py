@@ -17,7 +17,8 @@ back until the request that got it has been tried again (the exporter waits its 
 ``Retry-After`` first), so the whole engine honours the server's wait, not just one request.
 A wait longer than the retry budget ends that request's retries; ``hold`` then keeps every
 new batch back until it is over, and the limit starts again at one batch (a probe) and grows
-from there (slow start).
+from there (slow start) once a request sent since is answered: neither answers to requests sent
+before the wait nor batches cut behind the probe (``demand``) grow it.
 
 Not thread-safe: the batcher calls it under its lock. ``clock`` is monotonic seconds.
 """
@@ -97,6 +98,7 @@ class Concurrency:
     _ceiling: float = field(default=math.inf, init=False)  # slow start ends here (after a server's long wait)
     _held: set[Hashable] = field(default_factory=set, init=False)  # requests waiting out a 429/503
     _until: float = field(default=-math.inf, init=False)  # no batch starts before this (a server's long wait)
+    _probing: bool = field(default=False, init=False)  # after a hold, until a request sent since is answered 2xx
 
     def __post_init__(self) -> None:
         self.limit = min(INITIAL_LIMIT, self.maximum)
@@ -119,6 +121,7 @@ class Concurrency:
         self.slow_start = True
         self._credit = 0
         self._cut_at = self.clock()  # answers to requests sent before the hold say nothing new
+        self._probing = True  # nothing grows the limit until the probe (or a later request) is answered
 
     def resumes(self) -> float:
         """When a server's wait (``hold``) ends; -inf if none holds batches back."""
@@ -131,7 +134,9 @@ class Concurrency:
         may start more threads)."""
         self._held.discard(who)  # its retry was answered: the server's wait is over
         if signal is Signal.HEALTHY:
-            return self._healthy(seconds, backlog)
+            if started >= self._cut_at:
+                self._probing = False
+            return self._healthy(seconds, 0 if self._probing else backlog)
         if signal is not Signal.NEUTRAL:
             self._overloaded(started)
             if signal is Signal.SLOW_DOWN:
@@ -143,7 +148,7 @@ class Concurrency:
         with a healthy answer seen within ``RTT_WINDOW``, the limit takes now the jump the next
         answer would make (``useful``): a burst that follows an answer by less than ``RTT_WINDOW``
         does not spend a round trip at the initial limit. True if it grew."""
-        if (not self.slow_start or not backlog or self.limit >= self.maximum or self.paused
+        if (not self.slow_start or not backlog or self.limit >= self.maximum or self.paused or self._probing
                 or self.clock() - self._fastest_at > RTT_WINDOW):
             return False
         jump = min(self.useful(), self.limit + backlog, self._ceiling, self.maximum)
