@@ -70,6 +70,35 @@ def test_a_burst_after_a_quiet_spell_does_not_wait_a_round_trip_at_the_initial_l
     assert before_an_answer > INITIAL_LIMIT * 4, before_an_answer  # about 20; 2 while waiting for an answer before
 
 
+def test_batches_cut_while_a_server_that_answered_fast_has_slowed_down_wait_for_its_answers(
+        pipeline, receiver, make_exporter):
+    """The server answered in 100 ms a moment ago, then slows to 3 s an answer (overloaded:
+    late before it answers 503). A batch every 100 ms: the requests out longer than a fast answer
+    say so, and the limit does not take the jump of a fast server (it held 12 at once)."""
+    from vwo_otel._engine.concurrency import INITIAL_LIMIT
+
+    events, proc, _ = pipeline({"events_per_request": 10, "request_time_interval": 60},
+                               exporter=make_exporter(timeout=10.0))
+    receiver.stall(0.1)
+    events.activate(231, 1, "quiet")
+    assert proc.force_flush(10_000)
+    receiver.stall(3.0)
+    most, i = 0, 0
+    start = time.monotonic()
+    while time.monotonic() - start < 1.2:  # 12 batches, well within RTT_WINDOW of the fast answer
+        for _ in range(10):
+            events.activate(231, 1, f"user-{i}")
+            i += 1
+        deadline = time.monotonic() + 0.1
+        while time.monotonic() < deadline:
+            most = max(most, receiver.stalled())
+            time.sleep(0.005)
+    held = proc.batcher.snapshot().in_flight_limit
+    receiver.clear_faults()
+    assert proc.force_flush(10_000) and receiver.event_count() == 1 + i
+    assert most <= INITIAL_LIMIT + 1 and held <= INITIAL_LIMIT + 1, (most, held)
+
+
 def test_the_limit_never_passes_max_concurrent_requests(pipeline, receiver):
     events, proc, _ = pipeline({"events_per_request": 5, "request_time_interval": 60}, max_concurrent_requests=6)
     receiver.stall(0.03)

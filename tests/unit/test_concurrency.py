@@ -183,6 +183,23 @@ def test_a_burst_after_a_quiet_spell_jumps_as_its_batches_are_cut():
     assert not flow.demand(100)
 
 
+def test_demand_does_not_jump_while_a_request_is_out_longer_than_a_fast_answer():
+    """A far server answered in 100 ms a moment ago; a request out for 300 ms now says it got
+    slower (an overloaded server answers late before it answers 503): batches cut behind it do
+    not grow the limit, as its late answer would not. Once it is settled, demand may again."""
+    clock = Clock()
+    flow = Concurrency(64, clock)
+    flow.spent(0.002)
+    flow.answered("a", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=0)
+    flow.started("b")
+    clock.now += 0.1
+    assert flow.demand(1) and flow.limit == INITIAL_LIMIT + 1  # out 100 ms: as fast as the fastest
+    clock.now += 0.2
+    assert not flow.demand(10) and flow.limit == INITIAL_LIMIT + 1  # out 300 ms: slower than twice that
+    flow.done("b")
+    assert flow.demand(10) and flow.limit == INITIAL_LIMIT + 11
+
+
 @pytest.mark.parametrize("case", ["no answer yet", "answer too old", "after a halving", "paused", "loopback"])
 def test_demand_never_jumps_without_a_recent_healthy_answer_to_go_by(case):
     clock = Clock()

@@ -99,6 +99,7 @@ class Concurrency:
     _held: set[Hashable] = field(default_factory=set, init=False)  # requests waiting out a 429/503
     _until: float = field(default=-math.inf, init=False)  # no batch starts before this (a server's long wait)
     _probing: bool = field(default=False, init=False)  # after a hold, until a request sent since is answered 2xx
+    _out: dict[Hashable, float] = field(default_factory=dict, init=False)  # requests in flight: when each started
 
     def __post_init__(self) -> None:
         self.limit = min(INITIAL_LIMIT, self.maximum)
@@ -147,9 +148,13 @@ class Concurrency:
         """``backlog`` batches wait that the limit holds back, between answers. In slow start,
         with a healthy answer seen within ``RTT_WINDOW``, the limit takes now the jump the next
         answer would make (``useful``): a burst that follows an answer by less than ``RTT_WINDOW``
-        does not spend a round trip at the initial limit. True if it grew."""
+        does not spend a round trip at the initial limit. Not while a request has been out longer
+        than a fast answer takes: the server got slower (an overloaded one answers late before it
+        answers 503), and that answer will not make the jump either. True if it grew."""
+        now = self.clock()
         if (not self.slow_start or not backlog or self.limit >= self.maximum or self.paused or self._probing
-                or self.clock() - self._fastest_at > RTT_WINDOW):
+                or now - self._fastest_at > RTT_WINDOW
+                or now - min(self._out.values(), default=now) > self._fastest * GROW_RTT_FACTOR + GROW_RTT_SLACK):
             return False
         jump = min(self.useful(), self.limit + backlog, self._ceiling, self.maximum)
         if jump <= self.limit:
@@ -159,9 +164,14 @@ class Concurrency:
             self.slow_start = False
         return True
 
+    def started(self, who: Hashable) -> None:
+        """``who`` took a batch to send (``demand`` watches how long it is out)."""
+        self._out[who] = self.clock()
+
     def done(self, who: Hashable) -> None:
         """``who``'s batch settled (delivered, failed or given up): it holds nothing back."""
         self._held.discard(who)
+        self._out.pop(who, None)
 
     def spent(self, cpu: float) -> None:
         """Sending one batch cost its delivery thread ``cpu`` seconds of CPU."""
