@@ -50,6 +50,29 @@ def test_the_visitor_cache_bound_starts_afresh_and_stays_right(monkeypatch):
     assert [visitor(u) for u in users] == [visitor_uuid(ACCOUNT_ID, u) for u in users]
 
 
+def test_the_visitor_cache_does_not_keep_long_user_ids():
+    """Its bound is in entries: 65,536 user ids of 64 KiB would hold 4 GiB after their events
+    are gone (a gateway's sender chooses them). A long id is hashed, right, and not kept."""
+    import gc
+    import tracemalloc
+
+    from vwo_otel.export import wire
+
+    visitor = wire.visitor_hasher(ACCOUNT_ID)
+    long_id = "x" * 65536
+    assert visitor(long_id) == visitor_uuid(ACCOUNT_ID, long_id)
+    tracemalloc.start()  # traces what is allocated from here on: the ids below
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(100):
+            visitor(f"{i:04d}{long_id}")  # each id is gone once hashed, unless the cache keeps it
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 2**20, kept  # the cache kept 6.5 MB of them before
+
+
 def test_encoder_output_is_compact():
     enc = LegacyFormat(ACCOUNT_ID, SDK_KEY)
     evs = [

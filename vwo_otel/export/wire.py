@@ -65,6 +65,9 @@ def visitor_uuid(account_id: object, user_id: object) -> str:
 #: Visitor uuids each account's hasher keeps (a bound, not an LRU: when full it starts afresh;
 #: a miss costs a little less than under ``lru_cache``, a hit about the same).
 VISITOR_CACHE = 65536
+#: Longer user ids are hashed each time, never kept: the bound above counts entries, and 65,536
+#: ids of 64 KiB would hold 4 GiB (a lookup hashes the id too, so a long one saves little).
+VISITOR_CACHE_ID_CHARS = 256
 
 
 def visitor_hasher(account_id: int) -> Callable[[str], str]:
@@ -81,9 +84,10 @@ def visitor_hasher(account_id: int) -> Callable[[str], str]:
             h[6] = (h[6] & 0x0F) | 0x50  # version 5
             h[8] = (h[8] & 0x3F) | 0x80  # RFC 4122 variant
             u = h.hex().upper()
-            if len(cache) >= VISITOR_CACHE:
-                cache.clear()
-            cache[user_id] = u
+            if len(user_id) <= VISITOR_CACHE_ID_CHARS:
+                if len(cache) >= VISITOR_CACHE:
+                    cache.clear()
+                cache[user_id] = u
         return u
 
     return visitor
