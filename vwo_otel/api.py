@@ -247,7 +247,10 @@ class VWOEvents:
     def _scope_off(self, log: bool) -> str | None:
         """Why the provider's records of vwo_otel's scope reach no processor, if its (experimental,
         SDK 1.39+) tracer / logger configurator disables that scope; else None."""
-        scope_on = getattr(self._logger if log else self._tracer, "_is_enabled", None)
+        source = self._logger if log else self._tracer
+        if isinstance(source, trace.ProxyTracer):  # got before the app set its provider: the provider's now
+            source = source._tracer
+        scope_on = getattr(source, "_is_enabled", None)
         if callable(scope_on) and not scope_on():
             return (f"the provider's {'logger' if log else 'tracer'} configurator disables the instrumentation "
                     f"scope {A.SCOPE!r}, so its records reach no processor: enable that scope")

@@ -5,6 +5,7 @@ attribute limits that would cut a user id (another visitor on the wire) or evict
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 from conftest import ACCOUNT_ID, SDK_KEY
@@ -132,3 +133,30 @@ def test_log_record_limits_are_checked_too():
     with pytest.raises(ValueError, match="length limit of 8"):
         VWOEvents(logger_provider=provider).activate(1, 2, "a-long-user-id")
     processor.shutdown()
+
+
+def test_a_disabled_scope_is_named_for_events_made_before_the_app_set_its_provider():
+    """``VWOEvents()`` made at import time holds OpenTelemetry's proxy tracer; once the app sets a
+    provider whose tracer configurator disables the ``vwo_otel`` scope, the warning names the
+    scope (it told the app to use an SDK provider with VWOSampler, which it did)."""
+    import subprocess
+    import sys
+
+    script = """if True:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider, _TracerConfig
+        from vwo_otel import VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor
+        events = VWOEvents()  # before the app's provider: a proxy tracer
+        provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False, _tracer_configurator=lambda s:
+                                  _TracerConfig(is_enabled=s.name != "vwo_otel"))
+        processor = VWOSpanProcessor(VWOExporter(1, "k" * 32, endpoint="http://127.0.0.1:9"),
+                                     {"events_per_request": 10, "request_time_interval": 60})
+        provider.add_span_processor(processor)
+        trace.set_tracer_provider(provider)
+        events.activate(1, 2, "u")
+        assert processor.stats()["queued"] == 0
+    """
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "VWO_SIGNALS": "false"})
+    assert done.returncode == 0, done.stderr
+    assert "configurator disables the instrumentation scope 'vwo_otel'" in done.stderr, done.stderr
