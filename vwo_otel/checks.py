@@ -341,9 +341,7 @@ def mask_secret(text: str, secret: str) -> str:
     key such as "k") is replaced only where it stands as a token (no letter or digit next to
     it), so it does not mask the letters of other words; a longer one (a real key) wherever it
     stands, glued to other letters or digits too."""
-    forms = {secret, quote_plus(secret), quote(secret, safe=""), json.dumps(secret)[1:-1],
-             json.dumps(json.dumps(secret)[1:-1])[1:-1]}
-    pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
+    pattern = "|".join(re.escape(form) for form in _forms(secret))
     if len(secret) < WORD_SAFE_SECRET:
         pattern = f"(?<![A-Za-z0-9])(?:{pattern})(?![A-Za-z0-9])"
     return re.sub(pattern, "***", text, flags=re.IGNORECASE)
@@ -355,6 +353,24 @@ def redact(message: str, secret: str | None = None) -> str:
     if secret:
         message = mask_secret(message, secret)
     return _ENV_PARAM.sub(r"\1***", message) if "env=" in message else message
+
+
+def _forms(secret: str) -> list[str]:
+    """``secret`` as a server may echo it (``redact``), longest first."""
+    forms = {secret, quote_plus(secret), quote(secret, safe=""), json.dumps(secret)[1:-1],
+             json.dumps(json.dumps(secret)[1:-1])[1:-1]}
+    return sorted(forms, key=len, reverse=True)
+
+
+def excerpt(text: str, secret: str | None, length: int = 200, read: int = 4096) -> str:
+    """The start of ``text`` (a server's answer) to quote in an error: its first ``read``
+    characters redacted (``redact``; a huge answer costs no more), then ``length`` of them.
+    Where ``read`` cut a form of the secret short, the end that may hold its start is left out
+    (redacting what comes before may bring it into the quote)."""
+    shown = redact(text[:read], secret)
+    if secret and len(text) > read:
+        shown = shown[:max(0, len(shown) - len(_forms(secret)[0]) + 1)]
+    return shown[:length]
 
 
 def mask(secret: str) -> str:

@@ -643,3 +643,27 @@ def test_sdk_key_not_in_logs_or_reprs(caplog, callbacks, key, failure):
     if batch is not None:
         assert errors, "the failure reached flush_callback"
     _assert_no_key(caplog, key, *reprs, *(str(e) for e in errors), *(repr(e) for e in errors))
+
+
+@pytest.mark.parametrize("key", [SDK_KEY, SPECIAL_KEY], ids=["plain-key", "url-reserved-chars"])
+def test_a_key_cut_short_where_the_answer_is_no_longer_read_is_not_shown(caplog, callbacks, key):
+    """Only the start of a server's answer is read (4096 characters) and 200 of it quoted: a
+    long ``env=`` value redacted to ``***`` brought the key cut short at the end of what is read
+    into the quote, all but its last character."""
+    caplog.set_level(logging.DEBUG)
+    with Receiver(account_id=ACCOUNT_ID, sdk_key=key) as rx:
+        # what is read ends one character before the key's end
+        rx.fail_next(1, status=400, body="env=" + "y" * (4096 - 5 - (len(key) - 1)) + "&" + key)
+        exporter = VWOExporter(ACCOUNT_ID, key, endpoint=rx.url, retry=RetryPolicy(budget=0), timeout=2.0)
+        processor = VWOSpanProcessor(exporter, BatchEvents(1, 60, callbacks))
+        provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+        provider.add_span_processor(processor)
+        try:
+            VWOEvents(tracer_provider=provider).activate(1, 1, "a")
+            assert processor.force_flush(10_000) is False
+        finally:
+            provider.shutdown()
+    errors = [str(err) for err, _ in callbacks.failed]
+    assert len(errors) == 1 and "HTTP 400" in errors[0], errors
+    said = errors + [r.getMessage() for r in caplog.records]
+    assert not [text for text in said if key[:-1] in text], said

@@ -124,6 +124,15 @@ def test_redact_masks_a_real_length_key_glued_to_letters_or_digits(echo):
     assert key not in out.lower() and "***" in out, out
 
 
+def test_excerpt_quotes_the_start_of_an_answer_redacted_and_leaves_out_a_key_cut_short():
+    key = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
+    assert checks.excerpt(f"bad key {key}!", key) == "bad key ***!"  # read whole: nothing left out
+    assert checks.excerpt("x" * 5000, key) == "x" * 200
+    cut = "env=" + "y" * (4096 - 5 - 31) + "&" + key  # what is read ends one character before the key's end
+    assert checks.excerpt(cut, key) == "env=***&"
+    assert checks.excerpt(cut, key, length=5) == "env=*"
+
+
 @pytest.mark.parametrize("spelling", ["HTTP://127.0.0.1", "http://127.0.0.1:80", "http://127.0.0.1/", "Http://127.0.0.1:80/"])
 def test_one_endpoint_has_one_spelling(spelling):
     """A spool file records its endpoint: a process writing the same one another way adopts it."""

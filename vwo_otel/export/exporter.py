@@ -432,7 +432,7 @@ class VWOExporter(SpanExporter, LogRecordExporter):
                 if status == 413:
                     what = "the event" if body is None else f"{len(body)} bytes"
                     return PayloadTooLarge(f"VWO refused {what} with 413 (payload too large)", status=413)
-                text = checks.redact(response.text[:4096], self._sdk_key)[:200]  # a server may echo the URL
+                text = checks.excerpt(response.text, self._sdk_key)  # a server may echo the URL
                 retryable = self.retry.is_retryable(status)
                 error = HTTPStatusError(f"VWO answered HTTP {status}: {text!r}", status=status, retryable=retryable)
                 retry_after = response.headers.get("Retry-After")
