@@ -99,6 +99,26 @@ def test_batches_cut_while_a_server_that_answered_fast_has_slowed_down_wait_for_
     assert most <= INITIAL_LIMIT + 1 and held <= INITIAL_LIMIT + 1, (most, held)
 
 
+def test_a_server_slower_than_its_last_answers_still_gets_more_in_flight(pipeline, receiver):
+    """Answered at once, then 20 ms late (benchmarks' 2c row): the slower answers make the limit
+    grow. A jump taken before them on the old, instant answers (``demand`` toward a near server)
+    hid the slowdown and kept about 3 in flight for ``RTT_WINDOW`` (2.5x slower delivery)."""
+    from vwo_otel._engine.concurrency import INITIAL_LIMIT
+
+    events, proc, _ = pipeline({"events_per_request": 100, "request_time_interval": 60})
+    for i in range(200):
+        events.activate(231, 1, f"warm-{i}")
+    assert proc.force_flush(10_000)  # instant answers: the fastest is about a millisecond
+    receiver.stall(0.02)
+    sampler = InFlight(proc.batcher)
+    for i in range(4000):  # 40 batches
+        events.activate(231, 1, f"user-{i}")
+    assert proc.force_flush(10_000)
+    sampler.stop()
+    assert receiver.event_count() == 4200
+    assert sampler.most > 2 * INITIAL_LIMIT, sampler.most
+
+
 def test_the_limit_never_passes_max_concurrent_requests(pipeline, receiver):
     events, proc, _ = pipeline({"events_per_request": 5, "request_time_interval": 60}, max_concurrent_requests=6)
     receiver.stall(0.03)

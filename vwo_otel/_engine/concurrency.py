@@ -160,6 +160,9 @@ class Concurrency:
         if jump <= self.limit:
             return False
         self.limit = int(jump)
+        # the jump stands for the fastest answer at this limit: answers slower at it count toward
+        # ``_healthy``'s round (the server got slower), not as the limit's own doing
+        self._fastest_limit = self.limit
         if self.limit >= self._ceiling:
             self.slow_start = False
         return True
