@@ -219,6 +219,20 @@ def test_demand_never_jumps_without_a_recent_healthy_answer_to_go_by(case):
     assert flow.limit == limit
 
 
+def test_answers_slower_after_a_jump_by_demand_are_the_servers_and_make_it_grow():
+    """``demand`` jumped on instant answers; the server now answers 20 ms late: a round of those
+    answers re-measures the fastest, and the limit grows on it (not held for ``RTT_WINDOW``)."""
+    clock = Clock()
+    flow = Concurrency(64, clock)
+    flow.spent(0.0002)
+    flow.answered("a", clock.now - 0.001, 0.001, Signal.HEALTHY, backlog=0)  # instant, nothing waits
+    assert flow.demand(3) and flow.limit == 5  # 1 ms / 0.2 ms of CPU per request
+    for _ in range(5):  # a round: as many answers as the limit
+        clock.now += 0.02
+        flow.answered("a", clock.now - 0.02, 0.02, Signal.HEALTHY, backlog=30)
+    assert flow.limit > 5
+
+
 def test_on_loopback_the_limit_stays_small():
     """Answers about as long as sending costs: a jump adds nothing, growth stays one by one."""
     clock = Clock()
