@@ -200,6 +200,23 @@ def test_demand_does_not_jump_while_a_request_is_out_longer_than_a_fast_answer()
     assert flow.demand(10) and flow.limit == INITIAL_LIMIT + 11
 
 
+def test_demand_does_not_jump_when_the_last_answer_was_slower_than_a_fast_one():
+    """A server answered in 10 ms alone, then in 60 ms with the 6 in flight ``demand`` let out
+    (an overloaded one): a request sent just now is not out long yet, but that last answer says
+    the fastest no longer tells how many requests are useful (the jump went to 20)."""
+    clock = Clock()
+    flow = Concurrency(64, clock)
+    flow.spent(0.0005)
+    flow.answered("a", clock.now - 0.01, 0.01, Signal.HEALTHY, backlog=0)
+    flow.started("b")
+    assert flow.demand(4) and flow.limit == 6
+    clock.now += 0.06
+    flow.answered("b", clock.now - 0.06, 0.06, Signal.HEALTHY, backlog=0)
+    flow.done("b")
+    flow.started("c")
+    assert not flow.demand(30) and flow.limit == 6
+
+
 @pytest.mark.parametrize("case", ["no answer yet", "answer too old", "after a halving", "paused", "loopback"])
 def test_demand_never_jumps_without_a_recent_healthy_answer_to_go_by(case):
     clock = Clock()

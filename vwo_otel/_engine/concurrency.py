@@ -100,6 +100,7 @@ class Concurrency:
     _until: float = field(default=-math.inf, init=False)  # no batch starts before this (a server's long wait)
     _probing: bool = field(default=False, init=False)  # after a hold, until a request sent since is answered 2xx
     _out: dict[Hashable, float] = field(default_factory=dict, init=False)  # requests in flight: when each started
+    _last: float = field(default=0.0, init=False)  # seconds the latest healthy answer took
 
     def __post_init__(self) -> None:
         self.limit = min(INITIAL_LIMIT, self.maximum)
@@ -148,13 +149,15 @@ class Concurrency:
         """``backlog`` batches wait that the limit holds back, between answers. In slow start,
         with a healthy answer seen within ``RTT_WINDOW``, the limit takes now the jump the next
         answer would make (``useful``): a burst that follows an answer by less than ``RTT_WINDOW``
-        does not spend a round trip at the initial limit. Not while a request has been out longer
-        than a fast answer takes: the server got slower (an overloaded one answers late before it
-        answers 503), and that answer will not make the jump either. True if it grew."""
+        does not spend a round trip at the initial limit. Not while a request has been out, nor
+        once the latest answer took, longer than a fast answer takes: the server got slower (an
+        overloaded one answers late before it answers 503, and later with more in flight), and
+        that answer will not make the jump either. True if it grew."""
         now = self.clock()
+        late = max(now - min(self._out.values(), default=now), self._last)
         if (not self.slow_start or not backlog or self.limit >= self.maximum or self.paused or self._probing
                 or now - self._fastest_at > RTT_WINDOW
-                or now - min(self._out.values(), default=now) > self._fastest * GROW_RTT_FACTOR + GROW_RTT_SLACK):
+                or late > self._fastest * GROW_RTT_FACTOR + GROW_RTT_SLACK):
             return False
         jump = min(self.useful(), self.limit + backlog, self._ceiling, self.maximum)
         if jump <= self.limit:
@@ -189,6 +192,7 @@ class Concurrency:
 
     def _healthy(self, seconds: float, backlog: int) -> bool:
         now = self.clock()
+        self._last = seconds
         if seconds <= self._fastest or now - self._fastest_at > RTT_WINDOW:
             self._fastest, self._fastest_at, self._fastest_limit = seconds, now, self.limit
         fast = seconds <= self._fastest * GROW_RTT_FACTOR + GROW_RTT_SLACK
