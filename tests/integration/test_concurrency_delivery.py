@@ -119,6 +119,53 @@ def test_a_server_slower_than_its_last_answers_still_gets_more_in_flight(pipelin
     assert sampler.most > 2 * INITIAL_LIMIT, sampler.most
 
 
+class Overloaded:
+    """Makes the receiver answer like an overloaded server: 10 ms plus 10 ms for each request
+    it already holds (a thread of its own sets the stall)."""
+
+    def __init__(self, receiver) -> None:
+        self.receiver = receiver
+        self._stop = threading.Event()
+        receiver.stall(0.01)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.001):
+            self.receiver.stall(0.01 + 0.01 * self.receiver.stalled())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.receiver.clear_faults()
+
+
+def test_answers_slowed_by_the_requests_in_flight_do_not_make_the_limit_climb(pipeline, receiver, callbacks):
+    """A server whose answers take longer the more requests it holds, from the first batch of a
+    burst: the answers slowed by a jump of the limit (on the burst's first answer, then by
+    ``demand`` as batches are cut) are the limit's doing, not a slower server, and no base for
+    another jump (it went to 20-40 in flight within 0.5 s, the server then taking 0.2-0.4 s
+    an answer, for no more delivered; it stays where the first answers put it until RTT_WINDOW)."""
+    events, proc, _ = pipeline({"events_per_request": 10, "request_time_interval": 60})
+    server = Overloaded(receiver)
+    try:
+        start = time.monotonic()
+        early, later = [], []
+        i = 0
+        while time.monotonic() - start < 1.5:  # a batch every 5 ms, more than the server takes
+            for _ in range(10):
+                events.activate(231, 1, f"user-{i}")
+                i += 1
+            # until 3 batches are answered, at least one of them slowly (with others in the
+            # server): nothing may make the limit grow after that
+            (early if len(callbacks.calls) < 3 else later).append(proc.batcher.snapshot().in_flight_limit)
+            time.sleep(0.005)
+    finally:
+        server.stop()
+    assert proc.force_flush(30_000) and receiver.event_count() == i
+    assert early and later and max(later) == early[-1], (early[-1], max(later))
+
+
 def test_the_limit_never_passes_max_concurrent_requests(pipeline, receiver):
     events, proc, _ = pipeline({"events_per_request": 5, "request_time_interval": 60}, max_concurrent_requests=6)
     receiver.stall(0.03)

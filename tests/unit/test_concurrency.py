@@ -284,6 +284,22 @@ def test_answers_no_slower_than_the_limits_requests_one_after_another_are_its_ow
     assert flow.limit == 7
 
 
+def test_answers_slower_after_a_jump_by_demand_on_an_answer_under_load_are_the_jumps_doing():
+    """The fastest answer (20 ms) came with batches waiting, in the burst: it measured the
+    server under load. ``demand`` then jumps on it as batches are cut; answers 3.5 times slower
+    at the new limit are the jump's doing (a server slower the more it holds), not a new speed
+    to jump from again (that took an overloaded server to 20-64 in flight within 0.5 s)."""
+    clock = Clock()
+    flow = Concurrency(64, clock)
+    flow.spent(0.0005)
+    assert flow.answered("a", clock.now - 0.02, 0.02, Signal.HEALTHY, backlog=1) and flow.limit == 3
+    assert flow.demand(3) and flow.limit == 6
+    for _ in range(18):  # three rounds at 6 in flight
+        clock.now += 0.07 / 6
+        assert not flow.answered("a", clock.now - 0.07, 0.07, Signal.HEALTHY, backlog=30)
+    assert flow.limit == 6
+
+
 def test_on_loopback_the_limit_stays_small():
     """Answers about as long as sending costs: a jump adds nothing, growth stays one by one."""
     clock = Clock()

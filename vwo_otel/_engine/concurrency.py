@@ -102,6 +102,7 @@ class Concurrency:
     _probing: bool = field(default=False, init=False)  # after a hold, until a request sent since is answered 2xx
     _out: dict[Hashable, float] = field(default_factory=dict, init=False)  # requests in flight: when each started
     _last: float = field(default=0.0, init=False)  # seconds the latest healthy answer took
+    _fastest_idle: bool = field(default=False, init=False)  # the fastest came with no batch held back
 
     def __post_init__(self) -> None:
         self.limit = min(INITIAL_LIMIT, self.maximum)
@@ -164,9 +165,12 @@ class Concurrency:
         if jump <= self.limit:
             return False
         self.limit = int(jump)
-        # the jump stands for the fastest answer at this limit: answers slower at it count toward
-        # ``_healthy``'s round (the server got slower), not as the limit's own doing
-        self._fastest_limit = self.limit
+        if self._fastest_idle:
+            # a jump on an answer from before the batches waited (a quiet spell) stands for the
+            # fastest answer at this limit: answers slower at it count toward ``_healthy``'s round
+            # (the server got slower since). One on an answer under load does not: answers slower
+            # after it are the jump's doing (a server slower the more it holds), not a new speed.
+            self._fastest_limit = self.limit
         if self.limit >= self._ceiling:
             self.slow_start = False
         return True
@@ -196,6 +200,7 @@ class Concurrency:
         self._last = seconds
         if seconds <= self._fastest or now - self._fastest_at > RTT_WINDOW:
             self._fastest, self._fastest_at, self._fastest_limit = seconds, now, self.limit
+            self._fastest_idle = not backlog
         fast = seconds <= self._fastest * GROW_RTT_FACTOR + GROW_RTT_SLACK
         # more in flight than the fastest answer had may make answers slower (loopback's lock, a
         # server that queues them), but at most as if the limit's requests went one after another
@@ -208,6 +213,7 @@ class Concurrency:
             self._slow_fastest = min(self._slow_fastest, seconds)
             if self._slow >= max(self.limit, SLOW_ROUND):  # a whole round: it got slower for good
                 self._fastest, self._fastest_at, self._fastest_limit = self._slow_fastest, now, self.limit
+                self._fastest_idle = False
                 self._slow, self._slow_fastest, fast = 0, math.inf, True
         if not backlog or not fast or self.limit >= self.maximum:
             return False
