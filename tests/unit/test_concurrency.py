@@ -118,13 +118,11 @@ def _held_after_fast_answers() -> tuple[Concurrency, Clock]:
     return flow, clock
 
 
-def test_after_a_servers_wait_batches_cut_behind_the_probe_wait_for_its_answer():
-    """When the wait is over, the fast answers before it are not ``RTT_WINDOW`` old, yet
-    batches cut behind the probe (``demand``) do not grow the limit: the probe's answer does."""
+def test_after_a_servers_wait_the_probe_goes_alone_until_its_answer():
+    """When the wait is over the probe goes alone; its answer grows the limit."""
     flow, clock = _held_after_fast_answers()
     clock.now += 1.0
-    assert flow.may_start(0) and not flow.may_start(1)
-    assert not flow.demand(10) and flow.limit == 1  # the probe goes alone
+    assert flow.may_start(0) and not flow.may_start(1) and flow.limit == 1  # the probe goes alone
     assert flow.answered("probe", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=10)
     assert flow.limit > 1  # its answer: the jump of slow start (up to half the limit before the wait)
 
@@ -167,89 +165,6 @@ def test_a_burst_to_a_far_server_jumps_to_what_the_answer_time_allows():
     assert flow.limit == 64  # never past the maximum
 
 
-def test_a_burst_after_a_quiet_spell_jumps_as_its_batches_are_cut():
-    """A far server answered lately (100 ms) with nothing waiting: when a burst's batches wait
-    behind the limit, it takes the jump at once, one waiting batch at a time, up to what the
-    answer time allows; the first answer of the burst would have made the same jump a round trip later."""
-    clock = Clock()
-    flow = Concurrency(64, clock)
-    flow.spent(0.002)
-    assert not flow.answered("a", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=0)
-    assert flow.limit == INITIAL_LIMIT
-    clock.now += 0.5
-    assert flow.demand(1) and flow.limit == INITIAL_LIMIT + 1  # the batch that waits, no more
-    assert flow.demand(30) and flow.limit == INITIAL_LIMIT + 31
-    assert flow.demand(100) and flow.limit == 50  # 100 ms / 2 ms of CPU per request
-    assert not flow.demand(100)
-
-
-def test_demand_does_not_jump_while_a_request_is_out_longer_than_a_fast_answer():
-    """A far server answered in 100 ms a moment ago; a request out for 300 ms now says it got
-    slower (an overloaded server answers late before it answers 503): batches cut behind it do
-    not grow the limit, as its late answer would not. Once it is settled, demand may again."""
-    clock = Clock()
-    flow = Concurrency(64, clock)
-    flow.spent(0.002)
-    flow.answered("a", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=0)
-    flow.started("b")
-    clock.now += 0.1
-    assert flow.demand(1) and flow.limit == INITIAL_LIMIT + 1  # out 100 ms: as fast as the fastest
-    clock.now += 0.2
-    assert not flow.demand(10) and flow.limit == INITIAL_LIMIT + 1  # out 300 ms: slower than twice that
-    flow.done("b")
-    assert flow.demand(10) and flow.limit == INITIAL_LIMIT + 11
-
-
-def test_demand_does_not_jump_when_the_last_answer_was_slower_than_a_fast_one():
-    """A server answered in 10 ms alone, then in 60 ms with the 6 in flight ``demand`` let out
-    (an overloaded one): a request sent just now is not out long yet, but that last answer says
-    the fastest no longer tells how many requests are useful (the jump went to 20)."""
-    clock = Clock()
-    flow = Concurrency(64, clock)
-    flow.spent(0.0005)
-    flow.answered("a", clock.now - 0.01, 0.01, Signal.HEALTHY, backlog=0)
-    flow.started("b")
-    assert flow.demand(4) and flow.limit == 6
-    clock.now += 0.06
-    flow.answered("b", clock.now - 0.06, 0.06, Signal.HEALTHY, backlog=0)
-    flow.done("b")
-    flow.started("c")
-    assert not flow.demand(30) and flow.limit == 6
-
-
-@pytest.mark.parametrize("case", ["no answer yet", "answer too old", "after a halving", "paused", "loopback"])
-def test_demand_never_jumps_without_a_recent_healthy_answer_to_go_by(case):
-    clock = Clock()
-    flow = Concurrency(64, clock)
-    flow.spent(0.0005)
-    if case != "no answer yet":
-        seconds = 0.0009 if case == "loopback" else 0.1
-        flow.answered("a", clock.now - seconds, seconds, Signal.HEALTHY, backlog=0)
-    if case == "answer too old":
-        clock.now += RTT_WINDOW + 0.1
-    if case == "after a halving":
-        flow.answered("b", clock.now - 0.1, 0.1, Signal.OVERLOADED, backlog=0)
-    if case == "paused":
-        flow.answered("b", clock.now - 0.1, 0.1, Signal.SLOW_DOWN, backlog=0)
-    limit = flow.limit
-    assert not flow.demand(40)
-    assert flow.limit == limit
-
-
-def test_answers_slower_after_a_jump_by_demand_are_the_servers_and_make_it_grow():
-    """``demand`` jumped on instant answers; the server now answers 20 ms late: a round of those
-    answers re-measures the fastest, and the limit grows on it (not held for ``RTT_WINDOW``)."""
-    clock = Clock()
-    flow = Concurrency(64, clock)
-    flow.spent(0.0002)
-    flow.answered("a", clock.now - 0.001, 0.001, Signal.HEALTHY, backlog=0)  # instant, nothing waits
-    assert flow.demand(3) and flow.limit == 5  # 1 ms / 0.2 ms of CPU per request
-    for _ in range(5):  # a round: as many answers as the limit
-        clock.now += 0.02
-        flow.answered("a", clock.now - 0.02, 0.02, Signal.HEALTHY, backlog=30)
-    assert flow.limit > 5
-
-
 def test_a_server_that_slows_after_slow_start_grew_the_limit_is_measured_anew_within_a_round():
     """Instant answers while a warm-up waits grow the limit past the one the fastest came at;
     the server then answers 100 ms late, far slower than the requests in flight could make it
@@ -282,22 +197,6 @@ def test_answers_no_slower_than_the_limits_requests_one_after_another_are_its_ow
         clock.now += 0.01
         assert not flow.answered("a", clock.now - 0.07, 0.07, Signal.HEALTHY, backlog=30)
     assert flow.limit == 7
-
-
-def test_answers_slower_after_a_jump_by_demand_on_an_answer_under_load_are_the_jumps_doing():
-    """The fastest answer (20 ms) came with batches waiting, in the burst: it measured the
-    server under load. ``demand`` then jumps on it as batches are cut; answers 3.5 times slower
-    at the new limit are the jump's doing (a server slower the more it holds), not a new speed
-    to jump from again (that took an overloaded server to 20-64 in flight within 0.5 s)."""
-    clock = Clock()
-    flow = Concurrency(64, clock)
-    flow.spent(0.0005)
-    assert flow.answered("a", clock.now - 0.02, 0.02, Signal.HEALTHY, backlog=1) and flow.limit == 3
-    assert flow.demand(3) and flow.limit == 6
-    for _ in range(18):  # three rounds at 6 in flight
-        clock.now += 0.07 / 6
-        assert not flow.answered("a", clock.now - 0.07, 0.07, Signal.HEALTHY, backlog=30)
-    assert flow.limit == 6
 
 
 def test_on_loopback_the_limit_stays_small():

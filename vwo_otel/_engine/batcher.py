@@ -277,9 +277,6 @@ class Batcher(Delivery):
             self._deadline = self._clock() + self.interval
         else:
             return
-        waiting = len(self._ready) + len(self._inflight) - self._flow.limit
-        if waiting > 0:  # batches the limit holds back: a server answering lately may take them now
-            self._flow.demand(waiting)
         self._start_worker()  # once per batch, not per event; restarts threads that died
         self._cond.notify()
 

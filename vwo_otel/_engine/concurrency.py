@@ -6,9 +6,7 @@ TCP's window) and the answer came about as fast as the fastest recent one (slow 
 slow start it may also jump at once to the requests that can usefully be in flight: the
 fastest recent answer divided by what one request costs the delivery thread in CPU (``spent``),
 as many as the waiting batches need. A server 100 ms away is kept busy from the second round
-trip of a burst instead of the sixth, and from the first when it answered within ``RTT_WINDOW``
-before the burst (``demand``: the jump is taken as batches are cut, not a round trip later;
-after a longer quiet spell the burst's first answer makes it). On loopback, where an answer takes about what
+trip of a burst instead of the sixth, while on loopback, where an answer takes about what
 sending it costs, that is one or two and extra threads would only contend for the
 interpreter lock. It halves on a sign of overload (429, 5xx, no answer), at most once per round trip,
 and grows by one per ``limit`` healthy answers after that (congestion avoidance). It never
@@ -17,8 +15,8 @@ back until the request that got it has been tried again (the exporter waits its 
 ``Retry-After`` first), so the whole engine honours the server's wait, not just one request.
 A wait longer than the retry budget ends that request's retries; ``hold`` then keeps every
 new batch back until it is over, and the limit starts again at one batch (a probe) and grows
-from there (slow start) once a request sent since is answered: neither answers to requests sent
-before the wait nor batches cut behind the probe (``demand``) grow it.
+from there (slow start) once a request sent since is answered: answers to requests sent before
+the wait do not grow it.
 
 Not thread-safe: the batcher calls it under its lock. ``clock`` is monotonic seconds.
 """
@@ -100,9 +98,6 @@ class Concurrency:
     _held: set[Hashable] = field(default_factory=set, init=False)  # requests waiting out a 429/503
     _until: float = field(default=-math.inf, init=False)  # no batch starts before this (a server's long wait)
     _probing: bool = field(default=False, init=False)  # after a hold, until a request sent since is answered 2xx
-    _out: dict[Hashable, float] = field(default_factory=dict, init=False)  # requests in flight: when each started
-    _last: float = field(default=0.0, init=False)  # seconds the latest healthy answer took
-    _fastest_idle: bool = field(default=False, init=False)  # the fastest came with no batch held back
 
     def __post_init__(self) -> None:
         self.limit = min(INITIAL_LIMIT, self.maximum)
@@ -147,42 +142,9 @@ class Concurrency:
                 self._held.add(who)
         return False
 
-    def demand(self, backlog: int) -> bool:
-        """``backlog`` batches wait that the limit holds back, between answers. In slow start,
-        with a healthy answer seen within ``RTT_WINDOW``, the limit takes now the jump the next
-        answer would make (``useful``): a burst that follows an answer by less than ``RTT_WINDOW``
-        does not spend a round trip at the initial limit. Not while a request has been out, nor
-        once the latest answer took, longer than a fast answer takes: the server got slower (an
-        overloaded one answers late before it answers 503, and later with more in flight), and
-        that answer will not make the jump either. True if it grew."""
-        now = self.clock()
-        late = max(now - min(self._out.values(), default=now), self._last)
-        if (not self.slow_start or not backlog or self.limit >= self.maximum or self.paused or self._probing
-                or now - self._fastest_at > RTT_WINDOW
-                or late > self._fastest * GROW_RTT_FACTOR + GROW_RTT_SLACK):
-            return False
-        jump = min(self.useful(), self.limit + backlog, self._ceiling, self.maximum)
-        if jump <= self.limit:
-            return False
-        self.limit = int(jump)
-        if self._fastest_idle:
-            # a jump on an answer from before the batches waited (a quiet spell) stands for the
-            # fastest answer at this limit: answers slower at it count toward ``_healthy``'s round
-            # (the server got slower since). One on an answer under load does not: answers slower
-            # after it are the jump's doing (a server slower the more it holds), not a new speed.
-            self._fastest_limit = self.limit
-        if self.limit >= self._ceiling:
-            self.slow_start = False
-        return True
-
-    def started(self, who: Hashable) -> None:
-        """``who`` took a batch to send (``demand`` watches how long it is out)."""
-        self._out[who] = self.clock()
-
     def done(self, who: Hashable) -> None:
         """``who``'s batch settled (delivered, failed or given up): it holds nothing back."""
         self._held.discard(who)
-        self._out.pop(who, None)
 
     def spent(self, cpu: float) -> None:
         """Sending one batch cost its delivery thread ``cpu`` seconds of CPU."""
@@ -197,10 +159,8 @@ class Concurrency:
 
     def _healthy(self, seconds: float, backlog: int) -> bool:
         now = self.clock()
-        self._last = seconds
         if seconds <= self._fastest or now - self._fastest_at > RTT_WINDOW:
             self._fastest, self._fastest_at, self._fastest_limit = seconds, now, self.limit
-            self._fastest_idle = not backlog
         fast = seconds <= self._fastest * GROW_RTT_FACTOR + GROW_RTT_SLACK
         # more in flight than the fastest answer had may make answers slower (loopback's lock, a
         # server that queues them), but at most as if the limit's requests went one after another
@@ -213,7 +173,6 @@ class Concurrency:
             self._slow_fastest = min(self._slow_fastest, seconds)
             if self._slow >= max(self.limit, SLOW_ROUND):  # a whole round: it got slower for good
                 self._fastest, self._fastest_at, self._fastest_limit = self._slow_fastest, now, self.limit
-                self._fastest_idle = False
                 self._slow, self._slow_fastest, fast = 0, math.inf, True
         if not backlog or not fast or self.limit >= self.maximum:
             return False

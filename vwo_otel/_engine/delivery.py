@@ -129,7 +129,6 @@ class Delivery:
                 queued[ev.etype] -= 1
             self._inflight[batch.seq] = batch
             self._sending[threading.get_ident()] = batch.seq
-            self._flow.started(threading.get_ident())
             return batch
 
     def _observe(self, method: str, events: int, nbytes: int, status: int | None,
