@@ -140,7 +140,9 @@ def test_answers_slowed_by_the_requests_in_flight_do_not_make_the_limit_climb(pi
     finally:
         server.stop()
     assert proc.force_flush(30_000) and receiver.event_count() == i
-    assert early and later and max(later) == early[-1], (early[-1], max(later))
+    # slow start's step of one per fast answer may still come (an answer that found the server
+    # nearly empty); a jump (20-40 in flight before) may not
+    assert early and later and max(later) <= early[-1] + 3, (early[-1], max(later))
 
 
 def test_the_limit_never_passes_max_concurrent_requests(pipeline, receiver):

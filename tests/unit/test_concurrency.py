@@ -165,24 +165,6 @@ def test_a_burst_to_a_far_server_jumps_to_what_the_answer_time_allows():
     assert flow.limit == 64  # never past the maximum
 
 
-def test_a_server_that_slows_after_slow_start_grew_the_limit_is_measured_anew_within_a_round():
-    """Instant answers while a warm-up waits grow the limit past the one the fastest came at;
-    the server then answers 100 ms late, far slower than the requests in flight could make it
-    even one after another: a round of those answers re-measures it (the limit was held until
-    RTT_WINDOW: a burst of 150 batches took 2.1 s instead of 0.6 s over loopback)."""
-    clock = Clock()
-    flow = Concurrency(64, clock)
-    flow.spent(0.0004)
-    for seconds in (0.001, 0.0012, 0.0011):
-        clock.now += 0.002
-        flow.answered("w", clock.now - seconds, seconds, Signal.HEALTHY, backlog=10)
-    assert flow.limit == 5
-    for _ in range(5):  # a round, well within RTT_WINDOW of the fastest
-        clock.now += 0.02
-        flow.answered("a", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=30)
-    assert flow.limit > 5
-
-
 def test_answers_no_slower_than_the_limits_requests_one_after_another_are_its_own_doing():
     """A server that serves requests one after another (10 ms each): with 7 in flight against
     the 2 of the fastest answer, answers of 70 ms are the limit's doing, not a slower server."""

@@ -44,9 +44,8 @@ GROW_RTT_SLACK = 0.002
 #: (a round of slower answers with no more in flight forgets it sooner: ``SLOW_ROUND``).
 RTT_WINDOW = 2.0
 #: Answers in a row (at least; a whole limit's worth) slower than the fastest, with no more in
-#: flight than it had, or slower than the limit's requests would take sent one after another at
-#: its speed (twice), that make the fastest forgotten at once: the server got slower (VWO from
-#: 1 ms to 20 ms or 100 ms away), not the limit's own doing, so growth need not wait out ``RTT_WINDOW``.
+#: flight than it had, that make the fastest forgotten at once: the server got slower (VWO from
+#: 1 ms to 20 ms away), not the limit's own doing, so growth need not wait out ``RTT_WINDOW``.
 SLOW_ROUND = 4
 #: Weight of the newest request in the running CPU cost of a request (``spent``).
 COST_WEIGHT = 0.25
@@ -162,13 +161,9 @@ class Concurrency:
         if seconds <= self._fastest or now - self._fastest_at > RTT_WINDOW:
             self._fastest, self._fastest_at, self._fastest_limit = seconds, now, self.limit
         fast = seconds <= self._fastest * GROW_RTT_FACTOR + GROW_RTT_SLACK
-        # more in flight than the fastest answer had may make answers slower (loopback's lock, a
-        # server that queues them), but at most as if the limit's requests went one after another
-        ours = (self.limit > self._fastest_limit
-                and seconds <= self._fastest * GROW_RTT_FACTOR * self.limit + GROW_RTT_SLACK)
-        if fast or ours:
+        if fast or self.limit > self._fastest_limit:
             self._slow, self._slow_fastest = 0, math.inf
-        else:  # slower than the requests in flight could make it: the server, not us
+        else:  # slower with no more in flight than the fastest answer had: the server, not us
             self._slow += 1
             self._slow_fastest = min(self._slow_fastest, seconds)
             if self._slow >= max(self.limit, SLOW_ROUND):  # a whole round: it got slower for good
