@@ -52,14 +52,11 @@ class VWOSampler(Sampler):
     def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
                       attributes: Any = None, links: Sequence[Any] | None = None,
                       trace_state: Any = None) -> SamplingResult:
-        if attributes:
-            vwo = A.EVENT_TYPE in attributes
-        elif HANDED.key is STARTING:  # VWOEvents' bare span: the mark is used up (spans started
-            HANDED.key = None  # inside its start, by a processor's on_start, are the app's)
-            return _BARE
-        else:
-            vwo = False
-        if vwo:
+        if not attributes:
+            if HANDED.key is STARTING:  # VWOEvents' bare span: the mark is used up (spans started
+                HANDED.key = None  # inside its start, by a processor's on_start, are the app's)
+                return _BARE
+        elif A.EVENT_TYPE in attributes:
             parent = trace.get_current_span(parent_context).get_span_context()
             return SamplingResult(Decision.RECORD_ONLY, attributes, parent.trace_state if parent.is_valid else None)
         return self._delegate.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
@@ -247,11 +244,14 @@ class VWOEvents:
     def _scope_off(self, log: bool) -> str | None:
         """Why the provider's records of vwo_otel's scope reach no processor, if its (experimental,
         SDK 1.39+) tracer / logger configurator disables that scope; else None."""
-        source = self._logger if log else self._tracer
-        if isinstance(source, trace.ProxyTracer):  # got before the app set its provider: the provider's now
-            source = source._tracer
-        scope_on = getattr(source, "_is_enabled", None)
-        if callable(scope_on) and not scope_on():
+        if log:
+            scope_on = self._logger_on
+        else:
+            tracer = self._tracer
+            if isinstance(tracer, trace.ProxyTracer):  # got before the app set its provider: the provider's now
+                tracer = tracer._tracer
+            scope_on = getattr(tracer, "_is_enabled", None) or _always
+        if not scope_on():
             return (f"the provider's {'logger' if log else 'tracer'} configurator disables the instrumentation "
                     f"scope {A.SCOPE!r}, so its records reach no processor: enable that scope")
         return None
