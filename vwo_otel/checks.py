@@ -83,7 +83,7 @@ class Range:
 EVENTS_PER_REQUEST = Range(1, 5000, integer=True)
 REQUEST_TIME_INTERVAL = Range(1, unit="seconds")
 MAX_QUEUE_SIZE = Range(1, integer=True)
-MAX_CONCURRENT_REQUESTS = Range(1, 64, integer=True)
+MAX_CONCURRENT_REQUESTS = Range(1, 256, integer=True)
 SHUTDOWN_TIMEOUT = Range(0, low_open=True, unit="seconds")
 TIMEOUT = Range(0, low_open=True, unit="seconds")  # one HTTP request
 RETRY_BUDGET = Range(0, unit="seconds")

@@ -726,7 +726,7 @@ def test_batches_are_in_flight_concurrently_so_latency_does_not_cap_throughput(p
     """Four batches against a server that answers 0.5 s late: with four requests in flight
     they all land in about one answer time; one at a time would need 2 s."""
     events, proc, _ = pipeline(batch_events={"events_per_request": 5, "request_time_interval": 60})
-    assert proc.batcher.max_concurrent_requests == 64  # the default maximum of the adaptive limit
+    assert proc.batcher.max_concurrent_requests == 128  # the default maximum of the adaptive limit
     receiver.stall(0.5, n=4)
     start = time.monotonic()
     for i in range(20):
@@ -772,7 +772,7 @@ def test_max_concurrent_requests_is_validated():
     from vwo_otel import VWOExporter, VWOSpanProcessor
 
     exporter = VWOExporter(1, "k", endpoint="http://127.0.0.1:9")
-    for bad in (0, 65, 2.0, True):
+    for bad in (0, 257, 2.0, True):
         with pytest.raises((TypeError, ValueError), match="max_concurrent_requests"):
             VWOSpanProcessor(exporter, HELD, max_concurrent_requests=bad)
 

@@ -145,6 +145,22 @@ def test_answers_slowed_by_the_requests_in_flight_do_not_make_the_limit_climb(pi
     assert early and later and max(later) <= early[-1] + 3, (early[-1], max(later))
 
 
+def test_a_burst_against_a_server_far_away_gets_more_than_64_batches_in_flight_on_defaults(pipeline, receiver):
+    """#21 item 11: a 20,000-event burst with VWO 100 ms away ended with ~110 batches still
+    queued behind the old maximum of 64 in flight (two more round trips after the last event).
+    Here 150 batches wait for a server 0.4 s away: on defaults the limit passes 64 and they all
+    land in about two answer times."""
+    events, proc, _ = pipeline({"events_per_request": 5, "request_time_interval": 60})
+    receiver.stall(0.4)
+    sampler = InFlight(proc.batcher)
+    for i in range(750):
+        events.activate(231, 1, f"far-{i}")
+    assert proc.force_flush(10_000)
+    sampler.stop()
+    assert receiver.event_count() == 750
+    assert 64 < sampler.most <= proc.batcher.max_concurrent_requests, sampler.most
+
+
 def test_the_limit_never_passes_max_concurrent_requests(pipeline, receiver):
     events, proc, _ = pipeline({"events_per_request": 5, "request_time_interval": 60}, max_concurrent_requests=6)
     receiver.stall(0.03)

@@ -79,8 +79,8 @@ def test_max_concurrent_requests_from_env():
     p = span_processor_from_env(environ=env)
     assert p.batcher.max_concurrent_requests == 2
     p.shutdown()
-    with pytest.raises(ConfigError, match="VWO_MAX_CONCURRENT_REQUESTS must be an int from 1 to 64"):
-        span_processor_from_env(environ={**env, "VWO_MAX_CONCURRENT_REQUESTS": "65"})
+    with pytest.raises(ConfigError, match="VWO_MAX_CONCURRENT_REQUESTS must be an int from 1 to 256"):
+        span_processor_from_env(environ={**env, "VWO_MAX_CONCURRENT_REQUESTS": "257"})
 
 
 def test_spool_from_env(tmp_path):

@@ -297,7 +297,7 @@ def test_shutdown_all_reports_what_could_not_be_delivered(make):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"max_queue_size": 0}, "max_queue_size must be an int >= 1"),
-    ({"max_concurrent_requests": 65}, "max_concurrent_requests must be an int from 1 to 64"),
+    ({"max_concurrent_requests": 257}, "max_concurrent_requests must be an int from 1 to 256"),
     ({"shutdown_timeout": 0}, "shutdown_timeout must be a number of seconds > 0"),
 ])
 def test_settings_checked(kwargs, message):

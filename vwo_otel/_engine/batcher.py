@@ -48,7 +48,7 @@ DEFAULT_MAX_QUEUE_SIZE = 100_000
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 #: The most batches in flight; the adaptive limit starts at 2 and reaches this only while
 #: a backlog waits and VWO answers as fast as before (3x the official SDK needs about 43 at 100 ms).
-DEFAULT_MAX_CONCURRENT_REQUESTS = 64
+DEFAULT_MAX_CONCURRENT_REQUESTS = 128
 #: Seconds the final reports may still take after ``shutdown_timeout`` (shutdown's only overshoot).
 CALLBACK_GRACE = 0.25
 #: An ``EventsDropped`` report lists up to max(max_queue_size, this) events; beyond, it counts.

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import urllib3
 from requests.utils import get_environ_proxies, prepend_scheme_if_needed, select_proxy
 
+from .. import checks
 from . import http1, proxy
 from .http1 import Target, chunk_size  # chunk_size: servers/httpd.py reads chunked bodies with it
 from .proxy import Route
@@ -61,8 +62,9 @@ __all__ = ["Transport", "Reply", "Headers", "TransportError", "ConnectionError",
 
 logger = logging.getLogger("vwo_otel")
 
-#: Connections kept per host (more than the delivery threads ever use at once).
-MAX_IDLE = 64
+#: Connections kept per host: as many as one processor's delivery threads can use at once, so a
+#: burst's connections are all reused until ``IDLE_TIMEOUT`` (a new one costs VWO's round trip).
+MAX_IDLE = checks.MAX_CONCURRENT_REQUESTS.high
 #: Seconds a kept-alive connection may stay unused before it is closed. Servers and load
 #: balancers drop idle connections after a minute or so, and a request sent on one they are
 #: dropping fails; a burst's extra connections are closed this long after it ends.
