@@ -1,6 +1,7 @@
 """The performance fast paths give exactly what the general code gives (benchmarks/run.py).
 
-- ``wire.compact`` (formatted JSON) == the JSON encoder, byte for byte;
+- ``wire.compact`` (formatted JSON) == the JSON encoder, byte for byte, and so is the legacy
+  format's row writer (one format string for an impression or a conversion without revenue);
 - the cached visitor id == ``uuid.uuid5(...).hex.upper()``;
 - ``events.from_attributes``' inline path == its checked path (same event, same errors);
 - ``event._plain`` reads the SDK's attribute dict without changing what is decoded.
@@ -44,6 +45,23 @@ def test_compact_json_matches_the_encoder():
             continue
         dicts, parts = enc.encode([ev])
         assert parts == [_dumps(dicts[0]).encode()]
+
+
+ODD_IDS = [0, 7, 2**63 - 1, 2**70, -1, True, False, 3.0, "5", None, Kind.GOAL]
+
+
+def test_the_row_writer_matches_the_encoder_for_values_no_check_let_through():
+    """``VWOEvent`` is public and checks nothing: an id that is a bool, a float, a str or an
+    IntEnum (or a visitor text that is not a str) must come out as the JSON encoder writes it."""
+    enc = LegacyFormat(12345, "key")
+    rnd = random.Random(11)
+    for _ in range(3000):
+        et = rnd.choice([1, 2, Kind.VISITOR])
+        ev = VWOEvent(et, rnd.choice(TEXTS) + "u", rnd.choice([1795668949, 2.5, True, 2**64]), rnd.choice(ODD_IDS),
+                      rnd.choice(ODD_IDS), rnd.choice(ODD_IDS), rnd.choice([None, None, 4, 1.5]),
+                      visitor_ua=rnd.choice([*TEXTS, None, 5]), visitor_ip=rnd.choice([*TEXTS, None]))
+        dicts, parts = enc.encode([ev])
+        assert parts == [_dumps(dicts[0]).encode()], dicts[0]
 
 
 def test_cached_visitor_uuid_matches_uuid5():

@@ -12,7 +12,7 @@ from typing import Any
 from .._version import SDK_NAME, __version__
 from ..event import VWOEvent
 from ..event_types import LEGACY, TYPES, Key, Kind, LegacyWire
-from .wire import Request, _dumps, compact, visitor_hasher, visitor_headers, visitor_of
+from .wire import Request, _dumps, _quote, compact, visitor_hasher, visitor_headers, visitor_of
 
 
 def dimension_tag(key: str, value: str) -> str:
@@ -41,6 +41,36 @@ def _plan(keys: tuple[Key, ...]) -> _Plan:
     return tuple(plan)
 
 
+#: The keys every legacy batch event starts with, in this order (``LegacyFormat.event_dict``).
+_HEAD = ("u", "sId", "visitor_ua", "visitor_ip", "eT")
+
+
+def _writer(etype: int, keys: tuple[Key, ...]) -> Callable[[dict[str, Any]], bytes | None]:
+    """The bytes ``compact`` writes for a wire dict of the row ``etype`` whose keys are ids only
+    (an impression; a conversion without revenue), from one format string at about a third of
+    its cost (the batch encoder runs it for every event); None for any other dict (a revenue, a
+    tag, a value that is not a plain int), which ``compact`` then writes."""
+    ids = tuple(k for k in keys if not k.optional)
+    if any(k.kind is not Kind.ID for k in ids):
+        return lambda d: None
+    size = len(_HEAD) + len(ids)
+    template = ('{"u":%s,"sId":%d,"visitor_ua":%s,"visitor_ip":%s,"eT":' + str(etype)
+                + "".join(f',"{k.wire}":%d' for k in ids) + "}")
+
+    def write(d: dict[str, Any]) -> bytes | None:
+        if len(d) != size:
+            return None
+        u, sid, ua, ip, et, *values = d.values()
+        if type(sid) is not int or et != etype or type(u) is not str or type(ua) is not str or type(ip) is not str:
+            return None
+        for v in values:
+            if type(v) is not int:
+                return None
+        return (template % (_quote(u), sid, _quote(ua), _quote(ip), *values)).encode()
+
+    return write
+
+
 def _text(value: Any) -> str:
     """A value in a real-time query string (floats as Python writes them, like the JSON body)."""
     return repr(value) if type(value) is float else str(value)
@@ -63,6 +93,7 @@ class LegacyFormat:
             k: row.wire for k, row in TYPES.items() if isinstance(row.wire, LegacyWire)}
         self._batch = {k: _plan(wire.batch) for k, wire in self._wire.items()}
         self._query = {k: _plan(wire.query) for k, wire in self._wire.items()}
+        self._write = {k: _writer(k, wire.batch) for k, wire in self._wire.items() if isinstance(k, int)}
 
     def __repr__(self) -> str:
         return f"LegacyFormat(account_id={self.account_id})"
@@ -81,7 +112,8 @@ class LegacyFormat:
     def encode(self, events: Sequence[VWOEvent]) -> tuple[list[dict[str, Any]], list[bytes]]:
         """Wire dicts and their compact JSON, one per event."""
         dicts = [self.event_dict(ev) for ev in events]
-        return dicts, [compact(d) for d in dicts]
+        write = self._write
+        return dicts, [write[d["eT"]](d) or compact(d) for d in dicts]
 
     def realtime(self, event: VWOEvent) -> Request:
         """VWO's single-event GET for ``event``: every field in the query string."""
