@@ -47,7 +47,9 @@ logger = logging.getLogger("vwo_otel")
 DEFAULT_MAX_QUEUE_SIZE = 100_000
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 #: The most batches in flight; the adaptive limit starts at 2 and reaches this only while
-#: a backlog waits and VWO answers as fast as before (3x the official SDK needs about 43 at 100 ms).
+#: a backlog waits and VWO answers as fast as before. A 20,000-event burst from one thread with
+#: VWO 100 ms away reaches about 120; at 64 it ended with ~110 batches still queued, two round
+#: trips after the last event (``benchmarks/run.py --only burst``, B100 row).
 DEFAULT_MAX_CONCURRENT_REQUESTS = 128
 #: Seconds the final reports may still take after ``shutdown_timeout`` (shutdown's only overshoot).
 CALLBACK_GRACE = 0.25
