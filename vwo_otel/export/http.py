@@ -64,7 +64,7 @@ logger = logging.getLogger("vwo_otel")
 
 #: Connections kept per host: as many as one processor's delivery threads can use at once, so a
 #: burst's connections are all reused until ``IDLE_TIMEOUT`` (a new one costs VWO's round trip).
-MAX_IDLE = checks.MAX_CONCURRENT_REQUESTS.high
+MAX_IDLE = int(checks.MAX_CONCURRENT_REQUESTS.high)
 #: Seconds a kept-alive connection may stay unused before it is closed. Servers and load
 #: balancers drop idle connections after a minute or so, and a request sent on one they are
 #: dropping fails; a burst's extra connections are closed this long after it ends.
