@@ -64,6 +64,16 @@ def test_the_row_writer_matches_the_encoder_for_values_no_check_let_through():
         assert parts == [_dumps(dicts[0]).encode()], dicts[0]
 
 
+@pytest.mark.parametrize("etype", [True, 1.0, 2.0])
+def test_the_row_writer_matches_the_encoder_for_an_event_type_equal_to_a_row_but_not_an_int(etype):
+    """``True == 1`` and ``2.0 == 2`` find a legacy row (dict lookup by equality), but the JSON
+    encoder writes ``"eT":true`` / ``"eT":2.0``: the row writer must not write the row's int."""
+    enc = LegacyFormat(12345, "key")
+    ev = VWOEvent(etype, "u", 1795668949, 7, 2, 3)
+    dicts, parts = enc.encode([ev])
+    assert parts == [_dumps(dicts[0]).encode()], (parts, dicts[0])
+
+
 def test_cached_visitor_uuid_matches_uuid5():
     enc = LegacyFormat(12345, "key")
     namespace = uuid.uuid5(VWO_NAMESPACE, "12345")

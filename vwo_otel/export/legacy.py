@@ -61,7 +61,10 @@ def _writer(etype: int, keys: tuple[Key, ...]) -> Callable[[dict[str, Any]], byt
         if len(d) != size:
             return None
         u, sid, ua, ip, et, *values = d.values()
-        if type(sid) is not int or et != etype or type(u) is not str or type(ua) is not str or type(ip) is not str:
+        # ``type(et) is int``: True and 2.0 find a row too (dict lookup by equality) but are
+        # written "true" / "2.0"
+        if (type(sid) is not int or type(et) is not int or et != etype or type(u) is not str
+                or type(ua) is not str or type(ip) is not str):
             return None
         for v in values:
             if type(v) is not int:
