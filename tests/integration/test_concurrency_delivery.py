@@ -97,19 +97,20 @@ def test_a_server_slower_than_its_last_answers_still_gets_more_in_flight(pipelin
 
 
 class Overloaded:
-    """Makes the receiver answer like an overloaded server: 10 ms plus 10 ms for each request
-    it already holds (a thread of its own sets the stall)."""
+    """Makes the receiver answer like an overloaded server: ``base`` s plus 10 ms for each
+    request it already holds (a thread of its own sets the stall)."""
 
-    def __init__(self, receiver) -> None:
+    def __init__(self, receiver, base: float = 0.01) -> None:
         self.receiver = receiver
+        self.base = base
         self._stop = threading.Event()
-        receiver.stall(0.01)
+        receiver.stall(base)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(0.001):
-            self.receiver.stall(0.01 + 0.01 * self.receiver.stalled())
+            self.receiver.stall(self.base + 0.01 * self.receiver.stalled())
 
     def stop(self) -> None:
         self._stop.set()
@@ -159,6 +160,29 @@ def test_a_burst_against_a_server_far_away_gets_more_than_64_batches_in_flight_o
     sampler.stop()
     assert receiver.event_count() == 750
     assert 64 < sampler.most <= proc.batcher.max_concurrent_requests, sampler.most
+
+
+def test_a_burst_against_an_overloaded_server_far_away_does_not_get_the_whole_maximum_at_once(
+        pipeline, receiver):
+    """A server 50 ms away and 10 ms slower for each request it holds, a burst of 150 batches:
+    the first answers (70 ms) looked like distance and the limit jumped to the maximum, 128 at
+    once (the server then took 1.3 s an answer; one doing 10 a second timed answers out and got
+    them again). The jump stops at ``JUMP_LIMIT``; answers slowed at that load add nothing."""
+    from vwo_otel._engine.concurrency import JUMP_LIMIT
+
+    events, proc, _ = pipeline({"events_per_request": 10, "request_time_interval": 60})
+    server = Overloaded(receiver, base=0.05)
+    sampler = InFlight(proc.batcher)
+    try:
+        for i in range(1500):
+            events.activate(231, 1, f"user-{i}")
+        assert proc.force_flush(30_000)
+    finally:
+        sampler.stop()
+        server.stop()
+    assert receiver.event_count() == 1500
+    # the answers that found the server nearly empty (the first of the jump's) may add one each
+    assert sampler.most_limit <= JUMP_LIMIT + 16, sampler.most_limit
 
 
 def test_the_limit_never_passes_max_concurrent_requests(pipeline, receiver):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vwo_otel._engine.concurrency import INITIAL_LIMIT, RTT_WINDOW, Concurrency, Signal, signal_of
+from vwo_otel._engine.concurrency import INITIAL_LIMIT, JUMP_LIMIT, RTT_WINDOW, Concurrency, Signal, signal_of
 from vwo_otel.export.retry import RetryPolicy
 
 
@@ -163,6 +163,22 @@ def test_a_burst_to_a_far_server_jumps_to_what_the_answer_time_allows():
     assert flow.limit == 42  # the 2 in flight and the 40 waiting
     flow.answered("b", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=200)
     assert flow.limit == 64  # never past the maximum
+
+
+def test_the_jump_from_the_answer_time_stops_at_jump_limit_then_fast_answers_grow_it_one_each():
+    """An answer slowed by the server's own load looks like distance: the jump goes at most to
+    ``JUMP_LIMIT`` (with a maximum of 128 it went to 128 at once and an overloaded server, 10
+    answers a second, then timed answers out); past it each fast answer adds one (slow start)."""
+    clock = Clock()
+    flow = Concurrency(256, clock)
+    flow.spent(0.0005)
+    clock.now += 0.1
+    assert flow.answered("a", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=500)
+    assert flow.limit == JUMP_LIMIT
+    grow(flow, clock, 10, seconds=0.1)
+    assert flow.limit == JUMP_LIMIT + 10
+    grow(flow, clock, 10, seconds=0.5)  # slow answers at that load: no more growth
+    assert flow.limit == JUMP_LIMIT + 10
 
 
 def test_answers_no_slower_than_the_limits_requests_one_after_another_are_its_own_doing():

@@ -47,6 +47,10 @@ RTT_WINDOW = 2.0
 #: flight than it had, that make the fastest forgotten at once: the server got slower (VWO from
 #: 1 ms to 20 ms away), not the limit's own doing, so growth need not wait out ``RTT_WINDOW``.
 SLOW_ROUND = 4
+#: The most the jump reaches: an answer slowed by the server's own load looks like distance, so
+#: an overloaded server gets at most this many at once (the maximum before it was raised to 128);
+#: past it, slow start's one per fast answer: answers that stay fast at that load.
+JUMP_LIMIT = 64
 #: Weight of the newest request in the running CPU cost of a request (``spent``).
 COST_WEIGHT = 0.25
 
@@ -178,7 +182,7 @@ class Concurrency:
             self._credit = 0
             self.limit += 1
             return True
-        jump = min(self.useful(), self.limit + backlog, self._ceiling)
+        jump = min(self.useful(), self.limit + backlog, self._ceiling, JUMP_LIMIT)
         self.limit = min(self.maximum, max(self.limit + 1, int(jump)))
         if self.limit >= self._ceiling:
             self.slow_start = False
