@@ -68,7 +68,8 @@ DEFAULT_MAX_CONNECTIONS = 1024
 #: Worker threads of a server exposed to other processes (the gateway): apps that do not wait.
 DEFAULT_MAX_WORKERS = min(32, 2 * (os.cpu_count() or 1) + 8)
 #: Worker threads unless told otherwise: the loopback receiver's app sleeps through injected
-#: answer delays, so it needs a worker per concurrent request.
+#: answer delays on a worker, so it answers at most this many requests at once (a processor may
+#: have up to ``checks.MAX_CONCURRENT_REQUESTS.high`` in flight: the rest wait for a worker).
 LOOPBACK_MAX_WORKERS = 128
 #: Body bytes a request may bring when the app's ``head`` names no limit.
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
