@@ -240,10 +240,12 @@ def processor_from_env(cls: type[P], batch_events: BatchEventsFromEnv = FROM_ENV
 
 def span_processor_from_env(batch_events: BatchEventsFromEnv = FROM_ENV, **kwargs: Any) -> VWOSpanProcessor:
     """A ``VWOSpanProcessor`` (and its exporter) from the ``VWO_*`` variables; keyword
-    arguments (``account_id``, ``sdk_key``, ``endpoint``, ``max_queue_size``, ...) win."""
+    arguments (``account_id``, ``sdk_key``, ``endpoint``, ``max_queue_size``, ...) win, but every
+    variable set is still checked: a bad one raises ``ConfigError`` even where an argument wins."""
     return processor_from_env(VWOSpanProcessor, batch_events, **kwargs)
 
 
 def log_processor_from_env(batch_events: BatchEventsFromEnv = FROM_ENV, **kwargs: Any) -> VWOLogRecordProcessor:
-    """A ``VWOLogRecordProcessor`` (and its exporter) from the ``VWO_*`` variables; arguments win."""
+    """A ``VWOLogRecordProcessor`` (and its exporter) from the ``VWO_*`` variables; arguments win
+    (every variable set is still checked, as for ``span_processor_from_env``)."""
     return processor_from_env(VWOLogRecordProcessor, batch_events, **kwargs)
