@@ -185,6 +185,47 @@ def test_a_burst_against_an_overloaded_server_far_away_does_not_get_the_whole_ma
     assert sampler.most_limit <= JUMP_LIMIT + 16, sampler.most_limit
 
 
+FEW_FILES = r"""
+import resource, sys, threading
+from opentelemetry.sdk.trace import TracerProvider
+from vwo_otel import VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+proc = VWOSpanProcessor(VWOExporter(int(sys.argv[2]), sys.argv[3], endpoint=sys.argv[1]),
+                        {"events_per_request": 5, "request_time_interval": 60})
+provider = TracerProvider(sampler=VWOSampler())
+provider.add_span_processor(proc)
+events = VWOEvents(tracer_provider=provider)
+most, stop = [0], threading.Event()
+def sample():
+    while not stop.wait(0.001):
+        most[0] = max(most[0], proc.batcher.snapshot().in_flight)
+threading.Thread(target=sample, daemon=True).start()
+for i in range(750):
+    events.activate(231, 1, f"few-{i}")
+ok = proc.force_flush(20_000)
+stop.set()
+print(ok, most[0], proc.stats()["events"]["delivered"])
+"""
+
+
+def test_a_process_with_few_files_keeps_three_quarters_of_them_for_itself(receiver):
+    """An app whose file limit is 128 (macOS's default is 256): a burst to a server 0.4 s away
+    held a socket per request in flight, up to the maximum (128: the app's own open() then
+    failed, and so did requests, with EMFILE). One processor takes at most a quarter."""
+    import subprocess
+    import sys
+
+    from conftest import ACCOUNT_ID, SDK_KEY
+
+    receiver.stall(0.4)
+    out = subprocess.run([sys.executable, "-c", FEW_FILES, receiver.url, str(ACCOUNT_ID), SDK_KEY],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    ok, most, delivered = out.stdout.split()
+    assert ok == "True" and int(delivered) == 750 and receiver.event_count() == 750
+    assert 2 < int(most) <= 128 // 4, most
+
+
 def test_the_limit_never_passes_max_concurrent_requests(pipeline, receiver):
     events, proc, _ = pipeline({"events_per_request": 5, "request_time_interval": 60}, max_concurrent_requests=6)
     receiver.stall(0.03)

@@ -35,7 +35,7 @@ from ..event import DROP_PRIORITY, VWOEvent
 from ..export.exporter import VWOExporter
 from . import lifecycle, signals, summary
 from .backlog import Backlog, MemoryBacklog, Taken
-from .concurrency import Concurrency
+from .concurrency import Concurrency, file_bound
 from .delivery import Batch, Delivery
 from .settle import FlushTicket, Notifier
 
@@ -149,7 +149,12 @@ class Batcher(Delivery):
         self._stop_at = math.inf  # the shutdown deadline (time.monotonic), once shutdown began
         self._released = 0  # the last batch whose flushes a server's long wait released
         self._workers: list[threading.Thread] = []
-        self._flow = Concurrency(self.max_concurrent_requests, self._clock)
+        most = file_bound(self.max_concurrent_requests)
+        if most < self.max_concurrent_requests:
+            logger.info("vwo_otel: at most %d requests in flight, not max_concurrent_requests=%d: a quarter of the "
+                        "process's file limit (RLIMIT_NOFILE; a request holds a socket)", most,
+                        self.max_concurrent_requests)
+        self._flow = Concurrency(most, self._clock)
         self._sending: dict[int, int] = {}  # thread ident -> seq of the batch it is sending
         self.counts: dict[str, int] = {"delivered": 0, "failed": 0}
         self._last_failure = ""  # the last answer that was not a success, in words (for the shutdown notice)

@@ -51,8 +51,24 @@ SLOW_ROUND = 4
 #: an overloaded server gets at most this many at once (the maximum before it was raised to 128);
 #: past it, slow start's one per fast answer: answers that stay fast at that load.
 JUMP_LIMIT = 64
+#: One processor's requests in flight hold at most this share of the process's soft file limit
+#: (a socket each): a burst never leaves the app without files (macOS's default 256 allows 64).
+FILE_SHARE = 0.25
 #: Weight of the newest request in the running CPU cost of a request (``spent``).
 COST_WEIGHT = 0.25
+
+
+def file_bound(maximum: int) -> int:
+    """``maximum`` requests in flight, or fewer if more would hold over ``FILE_SHARE`` of the
+    process's soft ``RLIMIT_NOFILE`` (read once, when a processor starts)."""
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
+        return maximum
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return maximum
+    return max(1, min(maximum, int(soft * FILE_SHARE)))
 
 
 class Signal(enum.Enum):

@@ -17,7 +17,6 @@ from typing import Any, TextIO
 from .. import checks
 from ..event_types import TYPES, LegacyWire
 from ..export.fme import masked, sdk_keys_in
-from ..servers.httpd import LOOPBACK_MAX_WORKERS
 from ..testing.receiver import DEFAULT_MAX_BODY_BYTES, Receiver
 from .common import cannot_listen, fail, until_interrupted
 
@@ -44,8 +43,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     bad = p.add_argument_group("VWO's bad days", "rehearse an outage: the receiver answers late, fails or refuses "
                                "on purpose (see README, 'Rehearse an outage')")
     bad.add_argument("--delay", type=float, default=0.0, metavar="MS",
-                     help="answer every request this many milliseconds late (default 0; at most "
-                          f"{LOOPBACK_MAX_WORKERS} requests are answered at once, more wait for a turn)")
+                     help="answer every request this many milliseconds late (default 0)")
     bad.add_argument("--fail-rate", type=float, default=None, metavar="P",
                      help="fail this share of requests, 0 to 1: with --status, answered that status; without, "
                           "a random 429/500/502/503/504 or a dropped connection")

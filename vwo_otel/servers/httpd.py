@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .. import checks
 from .bounds import Budget, Pool, connection_limit, ready
 from .connection import BODY, BUSY, HANDSHAKE, HEAD, IDLE, LINGER, PAUSED, Conn, say
 from .framing import DONE, App, BadRequest, Request, Response
@@ -68,9 +69,9 @@ DEFAULT_MAX_CONNECTIONS = 1024
 #: Worker threads of a server exposed to other processes (the gateway): apps that do not wait.
 DEFAULT_MAX_WORKERS = min(32, 2 * (os.cpu_count() or 1) + 8)
 #: Worker threads unless told otherwise: the loopback receiver's app sleeps through injected
-#: answer delays on a worker, so it answers at most this many requests at once (a processor may
-#: have up to ``checks.MAX_CONCURRENT_REQUESTS.high`` in flight: the rest wait for a worker).
-LOOPBACK_MAX_WORKERS = 128
+#: answer delays on a worker, so it needs one per request a processor may have in flight
+#: (started as needed): fewer, and a ``--delay`` rehearsal measures the receiver.
+LOOPBACK_MAX_WORKERS = int(checks.MAX_CONCURRENT_REQUESTS.high)
 #: Body bytes a request may bring when the app's ``head`` names no limit.
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 #: Seconds a body may wait, unread, for room in the body budget before it is answered 503.
