@@ -32,6 +32,18 @@ class InFlight:
         self._thread.join()
 
 
+def sampled_burst(events, proc, n: int) -> InFlight:
+    """``n`` impressions at once and a flush, with the in-flight count sampled (stopped after)."""
+    sampler = InFlight(proc.batcher)
+    try:
+        for i in range(n):
+            events.activate(231, 1, f"user-{i}")
+        assert proc.force_flush(10_000)
+    finally:
+        sampler.stop()
+    return sampler
+
+
 def test_in_flight_grows_past_the_old_fixed_four_when_the_server_is_50ms_away(pipeline, receiver, callbacks):
     events, proc, _ = pipeline({"events_per_request": 10, "request_time_interval": 60})
     receiver.stall(0.05)
@@ -153,11 +165,7 @@ def test_a_burst_against_a_server_far_away_gets_more_than_64_batches_in_flight_o
     land in about two answer times."""
     events, proc, _ = pipeline({"events_per_request": 5, "request_time_interval": 60})
     receiver.stall(0.4)
-    sampler = InFlight(proc.batcher)
-    for i in range(750):
-        events.activate(231, 1, f"far-{i}")
-    assert proc.force_flush(10_000)
-    sampler.stop()
+    sampler = sampled_burst(events, proc, 750)
     assert receiver.event_count() == 750
     assert 64 < sampler.most <= proc.batcher.max_concurrent_requests, sampler.most
 
@@ -229,11 +237,7 @@ def test_a_process_with_few_files_keeps_three_quarters_of_them_for_itself(receiv
 def test_the_limit_never_passes_max_concurrent_requests(pipeline, receiver):
     events, proc, _ = pipeline({"events_per_request": 5, "request_time_interval": 60}, max_concurrent_requests=6)
     receiver.stall(0.03)
-    sampler = InFlight(proc.batcher)
-    for i in range(1000):
-        events.activate(231, 1, f"user-{i}")
-    assert proc.force_flush(10_000)
-    sampler.stop()
+    sampler = sampled_burst(events, proc, 1000)
     assert sampler.most <= 6 and sampler.most_limit == 6
 
 
