@@ -327,3 +327,20 @@ def test_after_a_server_s_wait_a_burst_does_not_jump_past_the_probe(pipeline, re
     early = [round(r["received_at"] - probe["received_at"], 3) for r in rest
              if r["received_at"] < probe["received_at"] + 0.09]
     assert not early, early
+
+
+def test_a_burst_long_after_one_failed_answer_still_gets_more_than_64_in_flight(pipeline, receiver):
+    """One 500 (retried and delivered) ended slow start for the life of the processor: a burst
+    later grew one per round trip from the halved limit (150 batches to a server 0.4 s away: at
+    most about 10 in flight, several seconds, instead of all of them within two answer times)."""
+    from vwo_otel._engine.concurrency import RTT_WINDOW
+
+    events, proc, _ = pipeline({"events_per_request": 5, "request_time_interval": 60})
+    receiver.fail_next(1, 500)
+    events.activate(231, 1, "unlucky")
+    assert proc.force_flush(10_000) and receiver.event_count() == 1
+    time.sleep(RTT_WINDOW + 0.2)  # the quiet spell itself is the condition: nothing in flight
+    receiver.stall(0.4)
+    sampler = sampled_burst(events, proc, 750)
+    assert receiver.event_count() == 751
+    assert 64 < sampler.most <= proc.batcher.max_concurrent_requests, sampler.most

@@ -250,3 +250,41 @@ def test_the_limit_reads_the_policys_statuses():
     extra = next(s for s in range(400, 600) if s not in POLICY.statuses)
     policy = RetryPolicy(statuses=POLICY.statuses | {extra})
     assert signal_of(extra, False, policy) is Signal.OVERLOADED and signal_of(extra, False, POLICY) is Signal.NEUTRAL
+
+
+def test_a_burst_long_after_an_overload_gets_slow_start_again():
+    """One 500 (or a dropped connection) ended slow start for the life of the process: a burst
+    minutes later to a server 100 ms away grew one per round trip from the halved limit (a
+    200-batch burst took 2.0 s with at most 19 in flight, against 0.4 s fresh). Once nothing
+    has been in flight for ``RTT_WINDOW``, the engine starts as fresh: the jump and slow start."""
+    clock = Clock()
+    flow = Concurrency(128, clock)
+    flow.spent(0.001)
+    grow(flow, clock, 1, seconds=0.1)
+    clock.now += 0.1
+    flow.answered("a", clock.now - 0.1, 0.1, Signal.OVERLOADED, backlog=0)
+    flow.done("a")
+    assert not flow.slow_start
+    halved = flow.limit
+    clock.now += 600  # ten quiet minutes, nothing in flight
+    assert flow.may_start(0)
+    clock.now += 0.1
+    assert flow.answered("b", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=200)
+    assert flow.limit == JUMP_LIMIT > halved + 1
+
+
+def test_overload_while_batches_keep_going_still_grows_additively():
+    """The restart is for an engine that was idle: answers keep coming (no idle gap) and
+    growth after a halving stays one per ``limit`` answers."""
+    clock = Clock()
+    flow = Concurrency(128, clock)
+    flow.spent(0.001)
+    grow(flow, clock, 1, seconds=0.1)
+    clock.now += 0.2
+    flow.answered("a", clock.now - 0.1, 0.1, Signal.OVERLOADED, backlog=100)
+    halved = flow.limit
+    for _ in range(40):  # four seconds of answers, never idle
+        assert flow.may_start(halved - 1)
+        grow(flow, clock, 1, seconds=0.1)
+        clock.now += 0.1
+    assert not flow.slow_start and flow.limit <= halved + 40 // halved + 1

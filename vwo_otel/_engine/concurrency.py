@@ -16,7 +16,9 @@ back until the request that got it has been tried again (the exporter waits its 
 A wait longer than the retry budget ends that request's retries; ``hold`` then keeps every
 new batch back until it is over, and the limit starts again at one batch (a probe) and grows
 from there (slow start) once a request sent since is answered: answers to requests sent before
-the wait do not grow it.
+the wait do not grow it. An engine with nothing in flight for ``RTT_WINDOW`` starts the next
+burst as a fresh one (slow start, the jump): an overload long past says nothing about the
+server now (TCP restarts slow start after idle as well, RFC 5681 4.1).
 
 Not thread-safe: the batcher calls it under its lock. ``clock`` is monotonic seconds.
 """
@@ -117,6 +119,7 @@ class Concurrency:
     _held: set[Hashable] = field(default_factory=set, init=False)  # requests waiting out a 429/503
     _until: float = field(default=-math.inf, init=False)  # no batch starts before this (a server's long wait)
     _probing: bool = field(default=False, init=False)  # after a hold, until a request sent since is answered 2xx
+    _last: float = field(default=-math.inf, init=False)  # when a request was last answered or settled
 
     def __post_init__(self) -> None:
         self.limit = min(INITIAL_LIMIT, self.maximum)
@@ -127,7 +130,11 @@ class Concurrency:
         return bool(self._held) or self.clock() < self._until
 
     def may_start(self, in_flight: int) -> bool:
-        """Whether one more batch may go out now, with ``in_flight`` already out."""
+        """Whether one more batch may go out now, with ``in_flight`` already out; after
+        ``RTT_WINDOW`` with nothing in flight, slow start again (an overload long past, a
+        halving's additive growth, would else hold a burst to one more per round trip)."""
+        if not in_flight and not self.slow_start and not self._probing and self.clock() - self._last > RTT_WINDOW:
+            self.slow_start, self._ceiling, self._credit = True, math.inf, 0
         return in_flight < self.limit and not self._held and self.clock() >= self._until
 
     def hold(self, until: float) -> None:
@@ -151,6 +158,7 @@ class Concurrency:
         thread that the limit holds back (0: none). Returns True if the limit grew (the caller
         may start more threads)."""
         self._held.discard(who)  # its retry was answered: the server's wait is over
+        self._last = self.clock()
         if signal is Signal.HEALTHY:
             if started >= self._cut_at:
                 self._probing = False
@@ -164,6 +172,7 @@ class Concurrency:
     def done(self, who: Hashable) -> None:
         """``who``'s batch settled (delivered, failed or given up): it holds nothing back."""
         self._held.discard(who)
+        self._last = self.clock()
 
     def spent(self, cpu: float) -> None:
         """Sending one batch cost its delivery thread ``cpu`` seconds of CPU."""
