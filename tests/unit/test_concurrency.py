@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from vwo_otel._engine.concurrency import INITIAL_LIMIT, JUMP_LIMIT, RTT_WINDOW, Concurrency, Signal, signal_of
+from vwo_otel._engine.concurrency import (
+    INITIAL_LIMIT,
+    JUMP_LIMIT,
+    RTT_WINDOW,
+    SLOW_ROUND,
+    Concurrency,
+    Signal,
+    signal_of,
+)
 from vwo_otel.export.retry import RetryPolicy
 
 
@@ -177,8 +185,32 @@ def test_the_jump_from_the_answer_time_stops_at_jump_limit_then_fast_answers_gro
     assert flow.limit == JUMP_LIMIT
     grow(flow, clock, 10, seconds=0.1)
     assert flow.limit == JUMP_LIMIT + 10
-    grow(flow, clock, 10, seconds=0.5)  # slow answers at that load: no more growth
+    grow(flow, clock, SLOW_ROUND - 1, seconds=0.5)  # slow answers at that load: no more growth
     assert flow.limit == JUMP_LIMIT + 10
+
+
+def test_past_jump_limit_a_round_of_slow_answers_takes_the_limit_back_to_it():
+    """A server that answers in 100 ms up to 64 in flight and in 1 s past them (attack review:
+    the limit reached 128 within a round trip and stayed, 128 answers a second against 640 at
+    64): ``SLOW_ROUND`` slow answers in a row above ``JUMP_LIMIT`` take it back there; answers
+    to requests sent before that do not take it down again, and growth is additive after."""
+    clock = Clock()
+    flow = Concurrency(256, clock)
+    flow.spent(0.0005)
+    clock.now += 0.1
+    flow.answered("a", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=500)
+    grow(flow, clock, 64, seconds=0.1)
+    assert flow.limit == 2 * JUMP_LIMIT
+    before = clock.now
+    for _ in range(SLOW_ROUND):
+        clock.now += 0.001
+        flow.answered("b", clock.now - 1.0, 1.0, Signal.HEALTHY, backlog=500)
+    assert flow.limit == JUMP_LIMIT and not flow.slow_start
+    grow(flow, clock, JUMP_LIMIT - 1, seconds=0.1)  # additive: one step per limit's worth of answers
+    assert flow.limit == JUMP_LIMIT
+    for _ in range(SLOW_ROUND):  # slow answers to requests sent before the step back
+        flow.answered("c", before - 1.0, 1.0, Signal.HEALTHY, backlog=500)
+    assert flow.limit == JUMP_LIMIT
 
 
 def test_answers_no_slower_than_the_limits_requests_one_after_another_are_its_own_doing():

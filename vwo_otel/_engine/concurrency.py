@@ -51,7 +51,8 @@ RTT_WINDOW = 2.0
 SLOW_ROUND = 4
 #: The most the jump reaches: an answer slowed by the server's own load looks like distance, so
 #: an overloaded server gets at most this many at once (the maximum before it was raised to 128);
-#: past it, slow start's one per fast answer: answers that stay fast at that load.
+#: past it, slow start's one per fast answer: answers that stay fast at that load. Above it,
+#: ``SLOW_ROUND`` slow answers in a row take the limit back to it (a server with a knee there).
 JUMP_LIMIT = 64
 #: One processor's requests in flight hold at most this share of the process's soft file limit
 #: (a socket each): a burst never leaves the app without files (macOS's default 256 allows 64).
@@ -120,6 +121,7 @@ class Concurrency:
     _until: float = field(default=-math.inf, init=False)  # no batch starts before this (a server's long wait)
     _probing: bool = field(default=False, init=False)  # after a hold, until a request sent since is answered 2xx
     _last: float = field(default=-math.inf, init=False)  # when a request was last answered or settled
+    _over: int = field(default=0, init=False)  # slow answers in a row with the limit above JUMP_LIMIT
 
     def __post_init__(self) -> None:
         self.limit = min(INITIAL_LIMIT, self.maximum)
@@ -162,7 +164,7 @@ class Concurrency:
         if signal is Signal.HEALTHY:
             if started >= self._cut_at:
                 self._probing = False
-            return self._healthy(seconds, 0 if self._probing else backlog)
+            return self._healthy(started, seconds, 0 if self._probing else backlog)
         if signal is not Signal.NEUTRAL:
             self._overloaded(started)
             if signal is Signal.SLOW_DOWN:
@@ -185,7 +187,7 @@ class Concurrency:
             return 0
         return math.ceil(self._fastest / self._cost)
 
-    def _healthy(self, seconds: float, backlog: int) -> bool:
+    def _healthy(self, started: float, seconds: float, backlog: int) -> bool:
         now = self.clock()
         if seconds <= self._fastest or now - self._fastest_at > RTT_WINDOW:
             self._fastest, self._fastest_at, self._fastest_limit = seconds, now, self.limit
@@ -198,6 +200,8 @@ class Concurrency:
             if self._slow >= max(self.limit, SLOW_ROUND):  # a whole round: it got slower for good
                 self._fastest, self._fastest_at, self._fastest_limit = self._slow_fastest, now, self.limit
                 self._slow, self._slow_fastest, fast = 0, math.inf, True
+        if self._past_knee(started, fast, now):
+            return False
         if not backlog or not fast or self.limit >= self.maximum:
             return False
         if not self.slow_start:
@@ -211,6 +215,19 @@ class Concurrency:
         self.limit = min(self.maximum, max(self.limit + 1, int(jump)))
         if self.limit >= self._ceiling:
             self.slow_start = False
+        return True
+
+    def _past_knee(self, started: float, fast: bool, now: float) -> bool:
+        """Above ``JUMP_LIMIT``, whether a round of slow answers (``SLOW_ROUND`` in a row) just
+        took the limit back to it, growth additive from there (once per round trip, as a cut):
+        the server slowed at the load the limit's growth put on it."""
+        if fast or self.limit <= JUMP_LIMIT:
+            self._over = 0
+            return False
+        self._over += 1
+        if self._over < SLOW_ROUND or started < self._cut_at:
+            return False
+        self.limit, self.slow_start, self._credit, self._cut_at, self._over = JUMP_LIMIT, False, 0, now, 0
         return True
 
     def _overloaded(self, started: float) -> None:
