@@ -253,14 +253,19 @@ def test_a_server_that_got_slower_is_measured_anew_within_a_round():
     assert flow.limit == 32  # the 2 in flight and the 30 waiting, within 20 ms / 0.5 ms
 
 
-def test_after_a_halving_growth_is_additive_even_with_a_backlog():
+def after_a_halving(maximum: int, cost: float) -> tuple[Clock, Concurrency, int]:
+    """A limit that grew on one fast answer (100 ms) and then halved on an overloaded one."""
     clock = Clock()
-    flow = Concurrency(64, clock)
-    flow.spent(0.0005)
+    flow = Concurrency(maximum, clock)
+    flow.spent(cost)
     grow(flow, clock, 1, seconds=0.1)
     clock.now += 0.2
     flow.answered("a", clock.now - 0.1, 0.1, Signal.OVERLOADED, backlog=100)
-    halved = flow.limit
+    return clock, flow, flow.limit
+
+
+def test_after_a_halving_growth_is_additive_even_with_a_backlog():
+    clock, flow, halved = after_a_halving(64, 0.0005)
     grow(flow, clock, halved, seconds=0.1)
     assert flow.limit == halved + 1  # one per `limit` answers, no jump
 
@@ -308,13 +313,7 @@ def test_a_burst_long_after_an_overload_gets_slow_start_again():
 def test_overload_while_batches_keep_going_still_grows_additively():
     """The restart is for an engine that was idle: answers keep coming (no idle gap) and
     growth after a halving stays one per ``limit`` answers."""
-    clock = Clock()
-    flow = Concurrency(128, clock)
-    flow.spent(0.001)
-    grow(flow, clock, 1, seconds=0.1)
-    clock.now += 0.2
-    flow.answered("a", clock.now - 0.1, 0.1, Signal.OVERLOADED, backlog=100)
-    halved = flow.limit
+    clock, flow, halved = after_a_halving(128, 0.001)
     for _ in range(40):  # four seconds of answers, never idle
         assert flow.may_start(halved - 1)
         grow(flow, clock, 1, seconds=0.1)
