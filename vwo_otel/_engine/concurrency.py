@@ -61,17 +61,22 @@ FILE_SHARE = 0.25
 COST_WEIGHT = 0.25
 
 
-def file_bound(maximum: int) -> int:
-    """``maximum`` requests in flight, or fewer if more would hold over ``FILE_SHARE`` of the
-    process's soft ``RLIMIT_NOFILE`` (read once, when a processor starts)."""
+def soft_file_limit() -> int | None:
+    """The process's soft ``RLIMIT_NOFILE`` (how many files it may hold open); None if unlimited
+    or unknown (not POSIX). The servers' connection bound reads it too."""
     try:
         import resource
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
-        return maximum
-    if soft == resource.RLIM_INFINITY or soft <= 0:
-        return maximum
-    return max(1, min(maximum, int(soft * FILE_SHARE)))
+        return None
+    return None if soft == resource.RLIM_INFINITY or soft <= 0 else soft
+
+
+def file_bound(maximum: int) -> int:
+    """``maximum`` requests in flight, or fewer if more would hold over ``FILE_SHARE`` of the
+    process's soft file limit (read once, when a processor starts)."""
+    soft = soft_file_limit()
+    return maximum if soft is None else max(1, min(maximum, int(soft * FILE_SHARE)))
 
 
 class Signal(enum.Enum):
@@ -227,15 +232,16 @@ class Concurrency:
         self._over += 1
         if self._over < SLOW_ROUND or started < self._cut_at:
             return False
-        self.limit, self.slow_start, self._credit, self._cut_at, self._over = JUMP_LIMIT, False, 0, now, 0
+        self._over = 0
+        self._cut(JUMP_LIMIT)
         return True
 
     def _overloaded(self, started: float) -> None:
         """Halve the limit, once per round trip: answers to requests sent before the last
         decrease say nothing about the new limit."""
-        if started < self._cut_at:
-            return
-        self.limit = max(1, self.limit // 2)
-        self._cut_at = self.clock()
-        self.slow_start = False
-        self._credit = 0
+        if started >= self._cut_at:
+            self._cut(max(1, self.limit // 2))
+
+    def _cut(self, limit: int) -> None:
+        """Lower the limit to ``limit`` now; growth is additive from there (congestion avoidance)."""
+        self.limit, self.slow_start, self._credit, self._cut_at = limit, False, 0, self.clock()

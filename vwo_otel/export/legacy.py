@@ -54,8 +54,9 @@ def _writer(etype: int, keys: tuple[Key, ...]) -> Callable[[dict[str, Any]], byt
     if any(k.kind is not Kind.ID for k in ids):
         return lambda d: None
     size = len(_HEAD) + len(ids)
-    template = ('{"u":%s,"sId":%d,"visitor_ua":%s,"visitor_ip":%s,"eT":' + str(etype)
-                + "".join(f',"{k.wire}":%d' for k in ids) + "}")
+    names = _HEAD + tuple(k.wire for k in ids)
+    formats = ("%s", "%d", "%s", "%s", str(etype)) + ("%d",) * len(ids)  # u, sId, ua, ip, eT, the ids
+    template = "{" + ",".join(f'"{k}":{f}' for k, f in zip(names, formats, strict=True)) + "}"
 
     def write(d: dict[str, Any]) -> bytes | None:
         if len(d) != size:

@@ -13,10 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-try:
-    import resource
-except ImportError:  # pragma: no cover - not POSIX
-    resource = None  # type: ignore[assignment]
+from .._engine.concurrency import soft_file_limit
 
 _T = TypeVar("_T")
 
@@ -55,15 +52,8 @@ def ready(sock: socket.socket, for_write: bool, timeout: float) -> bool:
 def connection_limit(requested: int) -> int:
     """``requested``, lowered so that many connections plus ``FD_RESERVE`` (at least a quarter of
     the limit) other files fit the process's soft RLIMIT_NOFILE."""
-    if resource is None:  # pragma: no cover - not POSIX
-        return requested
-    try:
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (OSError, ValueError):  # pragma: no cover - no such limit
-        return requested
-    if soft == resource.RLIM_INFINITY or soft <= 0:
-        return requested
-    return max(1, min(requested, soft - max(FD_RESERVE, soft // 4)))
+    soft = soft_file_limit()
+    return requested if soft is None else max(1, min(requested, soft - max(FD_RESERVE, soft // 4)))
 
 
 class Pool(Generic[_T]):
