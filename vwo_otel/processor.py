@@ -49,7 +49,7 @@ class VWOProcessor:
     ``max_concurrent_requests`` is the most batches in flight at once (an int, range
     ``checks.MAX_CONCURRENT_REQUESTS``): the adaptive limit starts at 2 and grows toward it only
     while batches wait and VWO answers as fast as before; each batch in flight has a delivery
-    thread of its own, kept until shutdown. ``1`` sends strictly one batch at a time.
+    thread of its own; the threads above 2 end after a quiet spell. ``1`` sends strictly one batch at a time.
 
     ``background=False`` (serverless: AWS Lambda, Cloud Run, short invocations) starts no thread
     at all: events wait in the queue until ``flush_events`` / ``force_flush`` / ``shutdown``

@@ -344,3 +344,23 @@ def test_a_burst_long_after_one_failed_answer_still_gets_more_than_64_in_flight(
     sampler = sampled_burst(events, proc, 750)
     assert receiver.event_count() == 751
     assert 64 < sampler.most <= proc.batcher.max_concurrent_requests, sampler.most
+
+
+def test_the_threads_a_burst_started_go_when_the_engine_is_quiet_and_come_back_for_the_next(
+        pipeline, receiver):
+    """A burst to a server far away started a delivery thread per request in flight (over 64),
+    and all of them stayed parked for the processor's life (about 3 MiB per 64, in every worker
+    process). A quiet engine lets them go, down to the limit it starts a burst with; the next
+    burst grows them again."""
+    from vwo_otel._engine.concurrency import INITIAL_LIMIT, RTT_WINDOW
+    from vwo_otel._engine.delivery import THREAD_IDLE
+
+    events, proc, _ = pipeline({"events_per_request": 5, "request_time_interval": 60})
+    receiver.stall(0.4)
+    first = sampled_burst(events, proc, 750)
+    assert first.most > 64 and proc.batcher.snapshot().threads > 64
+    assert wait_until(lambda: proc.batcher.snapshot().threads <= INITIAL_LIMIT,
+                      timeout=RTT_WINDOW + THREAD_IDLE + 5), proc.batcher.snapshot().threads
+    second = sampled_burst(events, proc, 750)
+    assert receiver.event_count() == 1500
+    assert second.most > 64, second.most

@@ -310,6 +310,27 @@ def test_a_burst_long_after_an_overload_gets_slow_start_again():
     assert flow.limit == JUMP_LIMIT > halved + 1
 
 
+def test_a_quiet_spell_takes_a_grown_limit_back_to_where_a_burst_starts():
+    """A burst's grown limit outlived it: the next burst, minutes later, met the server with
+    every request at once (it may be busy now), and each of those requests kept a delivery
+    thread. After ``RTT_WINDOW`` with nothing in flight the limit is ``INITIAL_LIMIT`` again,
+    and slow start's jump takes it up from there on the first answer."""
+    clock = Clock()
+    flow = Concurrency(128, clock)
+    flow.spent(0.001)
+    clock.now += 0.1
+    assert flow.answered("a", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=200)
+    assert flow.limit == JUMP_LIMIT
+    clock.now += RTT_WINDOW / 2  # quiet, not long enough
+    assert flow.rest(0) == JUMP_LIMIT and flow.may_start(JUMP_LIMIT - 1)
+    clock.now += RTT_WINDOW
+    assert flow.rest(1) == JUMP_LIMIT  # something in flight: not quiet
+    assert flow.rest(0) == INITIAL_LIMIT and not flow.may_start(INITIAL_LIMIT)
+    clock.now += 0.1
+    assert flow.answered("b", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=200)
+    assert flow.limit == JUMP_LIMIT
+
+
 def test_overload_while_batches_keep_going_still_grows_additively():
     """The restart is for an engine that was idle: answers keep coming (no idle gap) and
     growth after a halving stays one per ``limit`` answers."""

@@ -48,7 +48,7 @@ DEFAULT_MAX_QUEUE_SIZE = 100_000
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 #: The most batches in flight (its range: ``checks.MAX_CONCURRENT_REQUESTS``); the adaptive limit
 #: starts at 2 and reaches this only while a backlog waits and VWO answers as fast as before. Each
-#: batch in flight is a delivery thread, started as the limit grows and kept until shutdown.
+#: batch in flight is a delivery thread, started as the limit grows (they end when quiet: ``delivery.THREAD_IDLE``).
 #: Above 64 so a burst with VWO 100 ms away is not left queued behind the limit (#21 item 11:
 #: at 64 one of 20,000 events ended with ~110 batches queued, two round trips after the last event).
 DEFAULT_MAX_CONCURRENT_REQUESTS = 128
@@ -87,6 +87,7 @@ class QueueSnapshot:
     emitters_waiting: int = 0  # emitting threads waiting for room in a full queue (block_when_full)
     in_flight_limit: int = 0  # batches allowed in flight now (the adaptive limit)
     spilled: int = 0  # events kept only on disk (spool): spilled from a full queue, or adopted
+    threads: int = 0  # delivery threads running (started as the limit grows, gone when quiet)
 
 
 class Batcher(Delivery):
@@ -192,7 +193,8 @@ class Batcher(Delivery):
         with self._lock:
             return QueueSnapshot(tuple(self._pending), self._deadline, len(self._ready), len(self._inflight),
                                  self._size, self._notifier.results_waiting, self._blocked, self._flow.limit,
-                                 spilled=self.backlog.waiting)
+                                 spilled=self.backlog.waiting,
+                                 threads=sum(w.is_alive() for w in self._workers))
 
     def oldest(self) -> float | None:
         """The own time (epoch seconds) of the oldest event held in memory, in flight, cut or

@@ -17,8 +17,9 @@ A wait longer than the retry budget ends that request's retries; ``hold`` then k
 new batch back until it is over, and the limit starts again at one batch (a probe) and grows
 from there (slow start) once a request sent since is answered: answers to requests sent before
 the wait do not grow it. An engine with nothing in flight for ``RTT_WINDOW`` starts the next
-burst as a fresh one (slow start, the jump): an overload long past says nothing about the
-server now (TCP restarts slow start after idle as well, RFC 5681 4.1).
+burst as a fresh one, from ``INITIAL_LIMIT`` (slow start, the jump): an overload, or a burst's
+grown limit, long past says nothing about the server now (TCP restarts slow start after idle
+as well, RFC 5681 4.1).
 
 Not thread-safe: the batcher calls it under its lock. ``clock`` is monotonic seconds.
 """
@@ -137,12 +138,20 @@ class Concurrency:
         return bool(self._held) or self.clock() < self._until
 
     def may_start(self, in_flight: int) -> bool:
-        """Whether one more batch may go out now, with ``in_flight`` already out; after
-        ``RTT_WINDOW`` with nothing in flight, slow start again (an overload long past, a
-        halving's additive growth, would else hold a burst to one more per round trip)."""
-        if not in_flight and not self.slow_start and not self._probing and self.clock() - self._last > RTT_WINDOW:
+        """Whether one more batch may go out now, with ``in_flight`` already out (after a quiet
+        spell, from the limit ``rest`` gives)."""
+        return in_flight < self.rest(in_flight) and not self._held and self.clock() >= self._until
+
+    def rest(self, in_flight: int) -> int:
+        """The limit now, ``in_flight`` out: after ``RTT_WINDOW`` with nothing in flight, the next
+        burst starts as a fresh one, from at most ``INITIAL_LIMIT`` in slow start (TCP's restart
+        window after idle, RFC 5681 4.1): an overload long past would else hold a burst to one
+        more per round trip, and a burst's grown limit would meet a server that may be busy now
+        with every request at once (the delivery threads above it end: ``delivery.THREAD_IDLE``)."""
+        if not in_flight and not self._probing and self.clock() - self._last > RTT_WINDOW:
+            self.limit = min(self.limit, INITIAL_LIMIT)
             self.slow_start, self._ceiling, self._credit = True, math.inf, 0
-        return in_flight < self.limit and not self._held and self.clock() >= self._until
+        return self.limit
 
     def hold(self, until: float) -> None:
         """The server asked for a wait until ``until`` (on the clock) that outlasted a request's

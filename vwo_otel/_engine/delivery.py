@@ -27,7 +27,7 @@ from ..event import VWOEvent
 from ..export.exporter import VWOExporter
 from . import summary
 from .backlog import Backlog, server_wait
-from .concurrency import Concurrency, Signal, signal_of
+from .concurrency import INITIAL_LIMIT, Concurrency, Signal, signal_of
 from .sending import in_send_order, salvage, send
 from .settle import Notifier
 from .signals import quiet
@@ -43,6 +43,11 @@ class Batch:
     seq: int
     events: list[VWOEvent]
 
+
+#: Seconds a delivery thread waits with nothing to do before it ends, if more threads run than
+#: the limit a quiet engine starts a burst with (``Concurrency.rest``): a burst's threads go,
+#: the next burst starts them again (a thread costs about 0.1 ms to start).
+THREAD_IDLE = 5.0
 
 #: What ``_next_batch`` returns when events waiting in the backlog came due (parked ones' retry).
 _REFILL = Batch(0, [])
@@ -84,7 +89,7 @@ class Delivery:
 
     def _start_worker(self) -> bool:
         """Bring the delivery threads up to the current in-flight limit (called with the lock
-        held; threads are started as the limit grows, never stopped); False if the interpreter
+        held; threads are started as the limit grows and end when quiet: ``THREAD_IDLE``); False if the interpreter
         refuses new threads (at exit) and none is running, so the caller delivers inline."""
         if not self.background:
             return False
@@ -107,6 +112,7 @@ class Delivery:
         under the in-flight limit, and take it; ``_REFILL`` when events in the backlog came due
         and the queue has room. ``block=False`` (inline, at exit) ignores the limit."""
         backlog = self.backlog
+        idle_since = None  # since when this thread has had nothing to do
         with self._cond:
             while True:
                 if self._pending and (self._closed or self._clock() >= self._deadline):
@@ -122,6 +128,19 @@ class Delivery:
                 wait = min(due, self._deadline - self._clock())
                 if self._ready and flow.resumes() != -math.inf:  # a server's wait: until it is over
                     wait = min(wait, flow.resumes() - self._clock())
+                if not self._ready and not self._pending and len(self._workers) > min(flow.limit, INITIAL_LIMIT):
+                    now = time.monotonic()  # a thread more than a quiet engine starts with may end
+                    if idle_since is not None and now - idle_since >= THREAD_IDLE:
+                        if len(self._workers) > flow.rest(len(self._inflight)):
+                            me = threading.current_thread()
+                            self._workers[:] = [w for w in self._workers if w is not me]
+                            return None
+                        idle_since = None
+                    if idle_since is None:
+                        idle_since = now
+                    wait = min(wait, idle_since + THREAD_IDLE - now)
+                else:
+                    idle_since = None
                 self._cond.wait(None if wait == math.inf else max(0.0, min(wait, threading.TIMEOUT_MAX)))
             batch = self._ready.popleft()
             queued = self._queued
