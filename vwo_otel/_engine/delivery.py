@@ -128,8 +128,9 @@ class Delivery:
                 wait = min(due, self._deadline - self._clock())
                 if self._ready and flow.resumes() != -math.inf:  # a server's wait: until it is over
                     wait = min(wait, flow.resumes() - self._clock())
-                if not self._ready and not self._pending and len(self._workers) > min(flow.limit, INITIAL_LIMIT):
+                if not self._ready and len(self._workers) > min(flow.limit, INITIAL_LIMIT):
                     now = time.monotonic()  # a thread more than a quiet engine starts with may end
+                    # (events waiting for the age trigger need one thread: the ones that stay wait for it)
                     if idle_since is not None and now - idle_since >= THREAD_IDLE:
                         if len(self._workers) > flow.rest(len(self._inflight)):
                             me = threading.current_thread()
