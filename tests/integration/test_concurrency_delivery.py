@@ -110,23 +110,14 @@ def test_a_server_slower_than_its_last_answers_still_gets_more_in_flight(pipelin
 
 class Overloaded:
     """Makes the receiver answer like an overloaded server: ``base`` s plus 10 ms for each
-    request it already holds (a thread of its own sets the stall)."""
+    request it already holds as one arrives (counted by the receiver itself: a thread polling
+    it lagged on a busy machine, and requests arriving together all got the empty server's time)."""
 
     def __init__(self, receiver, base: float = 0.01) -> None:
         self.receiver = receiver
-        self.base = base
-        self._stop = threading.Event()
-        receiver.stall(base)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.001):
-            self.receiver.stall(self.base + 0.01 * self.receiver.stalled())
+        receiver.stall(base, per_held=0.01)
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
         self.receiver.clear_faults()
 
 

@@ -349,6 +349,23 @@ def test_stall_limited_to_n_requests(rx: Receiver, session: requests.Session) ->
     assert [e["sId"] for e in rx.events()] == [2, 1]
 
 
+def test_a_stall_per_request_held_slows_each_arrival_by_what_the_server_already_holds(rx: Receiver) -> None:
+    """An overloaded server: 0.2 s, plus 0.4 s for each request held in a stall as one arrives
+    (counted on arrival, so requests arriving together are not all answered as by an empty server)."""
+    rx.stall(0.2, per_held=0.4)
+    first, r1 = _post_in_thread(rx, [visitor(sid=1)], timeout=10)
+    assert wait_until(lambda: rx.stalled() == 1)
+    second, r2 = _post_in_thread(rx, [visitor(sid=2)], timeout=10)
+    first.join(5)
+    second.join(5)
+    assert r1["status"] == r2["status"] == 200
+    assert 0.2 <= r1["elapsed"] < 0.5 and 0.6 <= r2["elapsed"] < 1.5, (r1["elapsed"], r2["elapsed"])
+    rx.clear_faults()
+    start = time.monotonic()
+    assert post(requests.Session(), rx, [visitor(sid=3)]).status_code == 200
+    assert time.monotonic() - start < 0.2  # cleared: no stall
+
+
 def test_stall_with_client_timeout_stores_nothing(rx: Receiver) -> None:
     rx.stall(30, n=1)
     thread, result = _post_in_thread(rx, [visitor()], timeout=0.3)

@@ -30,10 +30,12 @@ class _Fault:
 
 @dataclass
 class _Stall:
-    """A response delay applied to the next ``remaining`` requests (None: until cleared)."""
+    """A response delay applied to the next ``remaining`` requests (None: until cleared), plus
+    ``per_held`` for each request already held in a stall when one arrives (a loaded server)."""
 
     seconds: float
     remaining: int | None
+    per_held: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class _Plan:
     stall_seconds: float
     release: threading.Event
     max_body: int
+    stall_per_held: float = 0.0  # plus this for each request held in a stall as it arrives
 
 
 class Faults:
@@ -90,11 +93,14 @@ class Faults:
         with self._fault_lock:
             self._max_body = nbytes
 
-    def stall(self, seconds: float, n: int | None = None) -> None:
-        """Delay the next n requests (None: all, until cleared) by seconds; stop()/clear_faults() end it."""
+    def stall(self, seconds: float, n: int | None = None, *, per_held: float = 0.0) -> None:
+        """Delay the next n requests (None: all, until cleared) by seconds, plus ``per_held`` for
+        each request already held in a stall when one arrives (an overloaded server); stop() /
+        clear_faults() end it."""
         seconds = checks.seconds("seconds", seconds)
+        per_held = checks.seconds("per_held", per_held)
         with self._fault_lock:
-            self._stall = _Stall(seconds, None if n is None else self._count(n))
+            self._stall = _Stall(seconds, None if n is None else self._count(n), per_held)
 
     def random_faults(self, rate: float, *, seed: int | None = None,
                       statuses: Sequence[int] = (429, 500, 502, 503, 504), drop: bool = True) -> None:
@@ -148,16 +154,16 @@ class Faults:
     def take(self) -> _Plan:
         """Decide how to treat this request: its fault, stall and body limit."""
         with self._fault_lock:
-            seconds = 0.0
+            seconds = per_held = 0.0
             stall = self._stall
             if stall is not None:
-                seconds = stall.seconds
+                seconds, per_held = stall.seconds, stall.per_held
                 if stall.remaining is not None:
                     stall.remaining -= 1
                     if stall.remaining <= 0:
                         self._stall = None
                     if stall.remaining < 0:
-                        seconds = 0.0
+                        seconds = per_held = 0.0
             fault: _Fault | None = None
             if self._faults:
                 fault = self._faults[0]
@@ -174,4 +180,4 @@ class Faults:
                     status = self._random_statuses[pick]
                     retry = "0" if status in (429, 503) and rng.random() < 0.5 else None
                     fault = _Fault("fail", 1, status, retry, reason(status).encode())
-            return _Plan(fault, seconds, self._release, self._max_body)
+            return _Plan(fault, seconds, self._release, self._max_body, per_held)

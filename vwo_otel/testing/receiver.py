@@ -329,9 +329,11 @@ class Receiver:
         """Answer 413 for bodies above nbytes until clear_faults() (simulates a smaller server limit)."""
         self._faults.set_max_body(nbytes)
 
-    def stall(self, seconds: float, n: int | None = None) -> None:
-        """Delay the next n requests (None: all, until cleared) by seconds; stop()/clear_faults() end it."""
-        self._faults.stall(seconds, n)
+    def stall(self, seconds: float, n: int | None = None, *, per_held: float = 0.0) -> None:
+        """Delay the next n requests (None: all, until cleared) by seconds, plus ``per_held`` for
+        each request already held in a stall when one arrives (an overloaded server, exactly:
+        counted as the request arrives); stop()/clear_faults() end it."""
+        self._faults.stall(seconds, n, per_held=per_held)
 
     def random_faults(self, rate: float, *, seed: int | None = None,
                       statuses: Sequence[int] = (429, 500, 502, 503, 504), drop: bool = True) -> None:
@@ -355,11 +357,12 @@ class Receiver:
         fault = plan.fault
         nbytes = h.nbytes
 
-        if plan.stall_seconds > 0:
+        if plan.stall_seconds > 0 or plan.stall_per_held > 0:
             with self._stall_lock:
+                wait = plan.stall_seconds + plan.stall_per_held * self._stalled
                 self._stalled += 1
             try:
-                plan.release.wait(plan.stall_seconds)
+                plan.release.wait(wait)
             finally:
                 with self._stall_lock:
                     self._stalled -= 1
