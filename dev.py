@@ -77,6 +77,21 @@ def fme_tests(*args: str) -> int:
     return run(FME_PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(args or (FME_TESTS,)))
 
 
+def beside(log, *cmds: tuple[str, ...]) -> int:
+    """Run ``cmds`` one after another with their output into ``log``, pytest's temporary folders
+    in a root of their own; the first non-zero exit code (0 if none)."""
+    import tempfile
+
+    env = {**os.environ, "PYTEST_DEBUG_TEMPROOT": tempfile.mkdtemp(prefix="vwo-otel-beside-")}
+    for cmd in cmds:
+        log.write("+ " + " ".join(cmd) + "\n")
+        log.flush()
+        code = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        if code:
+            return code
+    return 0
+
+
 def main(argv: list) -> int:
     if not argv or argv[0] not in ("demo", "test", "pythons", "fme"):
         print(__doc__)
@@ -91,19 +106,34 @@ def main(argv: list) -> int:
     pythons = (PY, "-m", "nox")  # noxfile.py: 3.10 / 3.12 / 3.13 (those found), unit + core integration
     if argv[0] == "pythons":
         return run(*pythons, *argv[1:])
-    steps = [
-        (PY, "-m", "ruff", "check", "vwo_otel", "tests", "benchmarks", "examples", "noxfile.py", "dev.py"),
-        (PY, "-m", "mypy"),  # the package, settings in pyproject.toml ([tool.mypy])
-        (PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", *argv[1:]),
-    ]
-    if not argv[1:]:  # the whole run: every other Python too
-        steps.append(pythons)
-    for step in steps:
+    for step in ((PY, "-m", "ruff", "check", "vwo_otel", "tests", "benchmarks", "examples", "noxfile.py", "dev.py"),
+                 (PY, "-m", "mypy")):  # the package, settings in pyproject.toml ([tool.mypy])
         code = run(*step)
         if code:
             return code
-    # the whole suite: the FME tests too (tests/integration/fme is skipped in .venv, without the FME SDK)
-    return 0 if argv[1:] else fme_tests()
+    suite = (PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", *argv[1:])
+    if argv[1:]:
+        return run(*suite)
+    # The whole run: the other Pythons and the FME SDK's tests (tests/integration/fme is skipped
+    # in .venv, without the FME SDK) run beside the whole suite, which mostly waits on sockets,
+    # servers and timers (about half a core of 2): the run takes the suite's time, not the sum.
+    import tempfile
+    import threading
+
+    ensure_venv("fme-test", FME_VENV)
+    codes: list[int] = []
+    with tempfile.TemporaryFile("w+") as log:
+        other = threading.Thread(target=lambda: codes.append(beside(
+            log, pythons, (FME_PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", FME_TESTS))))
+        other.start()
+        print("the other Pythons (nox) and the FME SDK's tests run beside the suite; their output follows it",
+              flush=True)
+        code = run(*suite)
+        other.join()
+        log.seek(0)
+        sys.stdout.write(log.read())
+        sys.stdout.flush()
+    return code or (codes[0] if codes else 1)
 
 
 if __name__ == "__main__":
