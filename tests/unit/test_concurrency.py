@@ -173,16 +173,22 @@ def test_a_burst_to_a_far_server_jumps_to_what_the_answer_time_allows():
     assert flow.limit == 64  # never past the maximum
 
 
+def jumped(maximum: int, cost: float) -> tuple[Clock, Concurrency]:
+    """A limit that took slow start's jump on a first answer of 0.1 s with a big backlog."""
+    clock = Clock()
+    flow = Concurrency(maximum, clock)
+    flow.spent(cost)
+    clock.now += 0.1
+    assert flow.answered("a", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=500)
+    assert flow.limit == JUMP_LIMIT
+    return clock, flow
+
+
 def test_the_jump_from_the_answer_time_stops_at_jump_limit_then_fast_answers_grow_it_one_each():
     """An answer slowed by the server's own load looks like distance: the jump goes at most to
     ``JUMP_LIMIT`` (with a maximum of 128 it went to 128 at once and an overloaded server, 10
     answers a second, then timed answers out); past it each fast answer adds one (slow start)."""
-    clock = Clock()
-    flow = Concurrency(256, clock)
-    flow.spent(0.0005)
-    clock.now += 0.1
-    assert flow.answered("a", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=500)
-    assert flow.limit == JUMP_LIMIT
+    clock, flow = jumped(256, 0.0005)
     grow(flow, clock, 10, seconds=0.1)
     assert flow.limit == JUMP_LIMIT + 10
     grow(flow, clock, SLOW_ROUND - 1, seconds=0.5)  # slow answers at that load: no more growth
@@ -315,12 +321,7 @@ def test_a_quiet_spell_takes_a_grown_limit_back_to_where_a_burst_starts():
     every request at once (it may be busy now), and each of those requests kept a delivery
     thread. After ``RTT_WINDOW`` with nothing in flight the limit is ``INITIAL_LIMIT`` again,
     and slow start's jump takes it up from there on the first answer."""
-    clock = Clock()
-    flow = Concurrency(128, clock)
-    flow.spent(0.001)
-    clock.now += 0.1
-    assert flow.answered("a", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=200)
-    assert flow.limit == JUMP_LIMIT
+    clock, flow = jumped(128, 0.001)
     clock.now += RTT_WINDOW / 2  # quiet, not long enough
     assert flow.rest(0) == JUMP_LIMIT and flow.may_start(JUMP_LIMIT - 1)
     clock.now += RTT_WINDOW
