@@ -131,13 +131,13 @@ class Delivery:
                 if not self._ready and len(self._workers) > min(flow.limit, INITIAL_LIMIT):
                     now = time.monotonic()  # a thread more than a quiet engine starts with may end
                     # (events waiting for the age trigger need one thread: the ones that stay wait for it)
-                    if idle_since is not None and now - idle_since >= THREAD_IDLE:
+                    if idle_since is None:
+                        idle_since = now
+                    elif now - idle_since >= THREAD_IDLE:
                         if len(self._workers) > flow.rest(len(self._inflight)):
                             me = threading.current_thread()
                             self._workers[:] = [w for w in self._workers if w is not me]
                             return None
-                        idle_since = None
-                    if idle_since is None:
                         idle_since = now
                     wait = min(wait, idle_since + THREAD_IDLE - now)
                 else:
