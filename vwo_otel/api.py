@@ -347,7 +347,9 @@ class VWOEvents:
                                 f"a vwo-otel gateway on purpose, pass to_gateway=True){stock}")
         if route.leaks and not self._to_gateway:
             fix = ("use a LoggerProvider of its own for VWO" if log
-                   else "create the TracerProvider with sampler=vwo_otel.VWOSampler(<your sampler>)")
+                   else "create the TracerProvider with sampler=vwo_otel.VWOSampler(<your sampler>) (where "
+                        "opentelemetry-instrument creates it: OTEL_TRACES_SAMPLER=vwo, or vwo_<your sampler's "
+                        "name> such as vwo_parentbased_traceidratio)")
             return self._refuse("the provider's other processors would export them, user ids included: " + fix)
         if route.count is not None and route.count < MAX_EVENT_ATTRIBUTES:
             raise ValueError(f"the provider keeps at most {route.count} attributes per "
