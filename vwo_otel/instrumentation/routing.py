@@ -22,7 +22,7 @@ from opentelemetry import trace
 
 from .. import attributes as A
 from .._version import __version__
-from ..api import Route, VWOSampler, delivers_to_vwo, exporter_of
+from ..api import Route, VWOSampler, account_of, delivers_to_vwo
 from ..errors import ConfigError
 from ..event_types import row_for
 from ..processor import VWOLogRecordProcessor, VWOProcessor, VWOSpanProcessor
@@ -84,10 +84,8 @@ def _vwo_accounts(processors: Iterable[Any], kind: type, stock: bool) -> Iterabl
     """(processor, account) for each VWO processor, or (if ``stock``: the sampler lets it see
     VWO spans) stock processor exporting with a ``VWOExporter``."""
     for processor in processors:
-        if isinstance(processor, VWOProcessor) and isinstance(processor, kind):
-            yield processor, processor.batcher.exporter.account_id
-        elif delivers_to_vwo(processor, kind, stock):
-            yield processor, exporter_of(processor).account_id
+        if delivers_to_vwo(processor, kind, stock):
+            yield processor, account_of(processor)
 
 
 def span_name(etype: Any) -> str:
