@@ -136,6 +136,18 @@ class Bridge:
                   "set-up)", self.missing(account, found), self.who)
         return False
 
+    def batching_ignored(self, account: int | None, setting: str) -> None:
+        """The SDK was given ``setting`` (its own batch settings) but the processors of ``account``
+        send in real time: one warning, since those settings no longer apply."""
+        if ("batching", account) in self._warned:
+            return
+        processors = self._found.by_account.get(account) if account is not None else None
+        if processors and all(p.batcher.realtime for p in processors):
+            self.warn(("batching", account), "vwo_otel: %s was given %s, but vwo_otel's processor of account %s "
+                      "sends each event on its own (real time): the SDK's batch settings no longer apply; give "
+                      "the processor batch_events (under opentelemetry-instrument: VWO_EVENTS_PER_REQUEST or "
+                      "VWO_REQUEST_TIME_INTERVAL)", self.sdk, setting, account)
+
     def missing(self, account: int | None, found: Receivers) -> str:
         """Which processor is missing, naming the SDK's account and the ones the provider delivers."""
         kind = "VWOLogRecordProcessor on the LoggerProvider" if self._log else "VWOSpanProcessor on the TracerProvider"
