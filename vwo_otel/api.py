@@ -347,7 +347,9 @@ class VWOEvents:
                                 f"a vwo-otel gateway on purpose, pass to_gateway=True){stock}")
         if route.leaks and not self._to_gateway:
             fix = ("use a LoggerProvider of its own for VWO" if log
-                   else "create the TracerProvider with sampler=vwo_otel.VWOSampler(<your sampler>)")
+                   else "create the TracerProvider with sampler=vwo_otel.VWOSampler(<your sampler>) (where "
+                        "opentelemetry-instrument creates it: OTEL_TRACES_SAMPLER=vwo, or vwo_<your sampler's "
+                        "name> such as vwo_parentbased_traceidratio)")
             return self._refuse("the provider's other processors would export them, user ids included: " + fix)
         if route.count is not None and route.count < MAX_EVENT_ATTRIBUTES:
             raise ValueError(f"the provider keeps at most {route.count} attributes per "
@@ -357,6 +359,10 @@ class VWOEvents:
         self._max_length = route.length
         if self._to_gateway and self._account is None:
             self._account = _resource_account(provider)
+        if len(route.accounts) > 1 and not self._to_gateway:
+            self._warn(f"VWO events reach VWO processors of accounts {', '.join(map(str, sorted(route.accounts)))} "
+                       "on one provider: each event is delivered to every one of them (VWOEvents' events carry "
+                       "no account); give each account a provider of its own")
         self._routed = True
         self._bare = route.handoff and not self._to_gateway
         self._plain = self._max_length is None and self._account is None  # nothing for _ready to add or check
@@ -422,6 +428,8 @@ class Route:
     handoff: bool = False
     #: the provider's processor list (the SDK replaces the tuple when one is added), and where it is
     seen: tuple[Any, str, Any] | None = None
+    #: the VWO accounts its VWO processors deliver (VWOEvents' events, which carry none, reach each)
+    accounts: frozenset[int] = frozenset()
 
     def changed(self) -> bool:
         """A processor was added to the provider since this route was taken."""
@@ -459,7 +467,9 @@ class Route:
         # that take the handed event or never read VWO's records, called on this thread
         handoff = (log or not private) and type(multi).__name__.startswith("SynchronousMulti") and all(
             _takes_handed(p, kind) for p in processors)
-        return cls(any(vwo), private and not all(vwo), count, length, handoff, (multi, field, processors))
+        accounts = frozenset(account_of(p) for p, is_vwo in zip(processors, vwo, strict=True) if is_vwo)
+        return cls(any(vwo), private and not all(vwo), count, length, handoff, (multi, field, processors),
+                   accounts)
 
 
 def delivers_to_vwo(processor: Any, kind: type, stock: bool = True) -> bool:
@@ -481,6 +491,15 @@ def _takes_handed(processor: Any, kind: type) -> bool:
 
 
 _STOCK = (SimpleSpanProcessor, BatchSpanProcessor, SimpleLogRecordProcessor, BatchLogRecordProcessor)
+
+
+def account_of(processor: Any) -> int:
+    """The account a processor ``delivers_to_vwo`` delivers: a VWO processor's exporter's, or
+    that of the ``VWOExporter`` behind a stock processor."""
+    if isinstance(processor, (VWOSpanProcessor, VWOLogRecordProcessor)):
+        return processor.batcher.exporter.account_id
+    account: int = exporter_of(processor).account_id
+    return account
 
 
 def exporter_of(processor: Any) -> Any:

@@ -212,10 +212,12 @@ def processor_from_env(cls: type[P], batch_events: BatchEventsFromEnv = FROM_ENV
                        environ: Mapping[str, str] | None = None,
                        max_queue_size: int | None = None, shutdown_timeout: float | None = None,
                        max_concurrent_requests: int | None = None, meter_provider: MeterProvider | None = None,
-                       spool: str | os.PathLike[str] | Spool | None = None, **exporter_args: Any) -> P:
+                       spool: str | os.PathLike[str] | Spool | None = None, block_when_full: float | None = None,
+                       background: bool | None = None, **exporter_args: Any) -> P:
     """``cls`` (``VWOSpanProcessor`` or ``VWOLogRecordProcessor``) configured from the environment;
     ``exporter_args`` (``account_id``, ``sdk_key``, ``endpoint``, ...) go to ``exporter_from_env``.
-    ``VWO_METRICS=true`` reports metrics to the global meter provider unless one is passed."""
+    ``VWO_METRICS=true`` reports metrics to the global meter provider unless one is passed.
+    ``block_when_full`` and ``background`` have no variable: given, they go to ``cls`` as they are."""
     settings = read_env(environ)
     if exporter is None:
         exporter = exporter_from_env(environ=environ, **exporter_args)
@@ -234,6 +236,9 @@ def processor_from_env(cls: type[P], batch_events: BatchEventsFromEnv = FROM_ENV
         meter_provider = metrics.get_meter_provider()
     if meter_provider is not None:
         kwargs["meter_provider"] = meter_provider
+    for key, value in (("block_when_full", block_when_full), ("background", background)):
+        if value is not None:
+            kwargs[key] = value
     batch_events = batch_events_argument(batch_events, batch_event_data, default=FROM_ENV)
     return cls(exporter, batch_events_from_env(batch_events, environ=environ), **kwargs)
 

@@ -495,3 +495,26 @@ def test_opentelemetry_instrument_loads_it(tmp_path, receiver, app_env):
     assert receiver.wait_for_events(2, timeout=10), proc.stderr
     assert [(e["eT"], e["u"]) for e in receiver.events()] == [(1, U), (2, U)]
     assert sdk_requests(receiver) == [] and len(receiver.requests()) == 1  # one batch, from vwo_otel
+
+
+@pytest.mark.parametrize("processor_batch, named", [(None, True), ({"events_per_request": 1000}, False)],
+                         ids=["processor-real-time", "processor-batches"])
+def test_the_sdks_batch_events_before_a_real_time_processor_are_named(sdk_host, pipeline, instrument, caplog,
+                                                                     processor_batch, named):
+    """The SDK launched with batch_events, its events go through a processor that sends each one on
+    its own (under opentelemetry-instrument: no VWO_EVENTS_PER_REQUEST): one warning says the SDK's
+    batch settings do not apply; every event still goes through vwo_otel."""
+    caplog.set_level(logging.WARNING, logger="vwo_otel")
+    _, processor, provider = pipeline(processor_batch)
+    instrument(tracer_provider=provider)
+    client = launch(batch_events={"events_per_request": 1000, "request_time_interval": 60})
+    workload(client)
+    assert processor.flush_events() is True
+    assert sdk_requests(sdk_host) == [] and processor.stats()["events"]["delivered"] == 5 * len(USERS)
+    warnings = [r.getMessage() for r in caplog.records if "was given batch_events" in r.getMessage()]
+    if named:
+        (warning,) = warnings
+        assert f"account {ACCOUNT_ID}" in warning and "sends each event on its own" in warning
+        assert "VWO_EVENTS_PER_REQUEST" in warning
+    else:
+        assert warnings == []

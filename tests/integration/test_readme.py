@@ -125,3 +125,12 @@ def test_readme_attribute_tables_name_every_event_type_attribute():
     text = README.read_text()
     names = {f.attr for row in TYPES.values() for f in row.all_fields} | set(VISITOR_ATTRIBUTES)
     assert sorted(n for n in names if f"`{n}`" not in text) == []
+
+
+def test_readme_states_the_attribute_count_a_vwo_event_needs():
+    """The README's attribute-count floor is the one VWOEvents checks (event_types.MAX_EVENT_ATTRIBUTES)."""
+    from vwo_otel.event_types import MAX_EVENT_ATTRIBUTES
+
+    text = " ".join(README.read_text().split())
+    (stated,) = re.findall(r"fewer than (\d+) attributes per span / log record", text)
+    assert int(stated) == MAX_EVENT_ATTRIBUTES

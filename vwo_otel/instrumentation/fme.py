@@ -256,6 +256,7 @@ class _FMEBridge(Bridge):
         timer then runs, as without the instrumentor)."""
         payload = args[0] if args else kwargs.get("event_data")
         if self.deliver(payload):
+            self.batching_ignored(self._account(), "batch_event_data")
             return None
         result = wrapped(*args, **kwargs)
         timer = getattr(instance, "timer", None)

@@ -126,6 +126,8 @@ class _Bridge(Bridge):
             return self._hand_back(wrapped, args, kwargs)
         if not self.arrives(attrs[A.ACCOUNT_ID]) or not self.fits(attrs) or not self.emit(etype, attrs, time_ns):
             return self._hand_back(wrapped, args, kwargs)
+        if getattr(instance, "event_batching", False):  # the SDK was launched with batch_events
+            self.batching_ignored(attrs[A.ACCOUNT_ID], "batch_events")
         return True
 
     def _hand_back(self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -22,7 +22,7 @@ from opentelemetry import trace
 
 from .. import attributes as A
 from .._version import __version__
-from ..api import Route, VWOSampler, delivers_to_vwo, exporter_of
+from ..api import Route, VWOSampler, account_of, delivers_to_vwo
 from ..errors import ConfigError
 from ..event_types import row_for
 from ..processor import VWOLogRecordProcessor, VWOProcessor, VWOSpanProcessor
@@ -84,10 +84,8 @@ def _vwo_accounts(processors: Iterable[Any], kind: type, stock: bool) -> Iterabl
     """(processor, account) for each VWO processor, or (if ``stock``: the sampler lets it see
     VWO spans) stock processor exporting with a ``VWOExporter``."""
     for processor in processors:
-        if isinstance(processor, VWOProcessor) and isinstance(processor, kind):
-            yield processor, processor.batcher.exporter.account_id
-        elif delivers_to_vwo(processor, kind, stock):
-            yield processor, exporter_of(processor).account_id
+        if delivers_to_vwo(processor, kind, stock):
+            yield processor, account_of(processor)
 
 
 def span_name(etype: Any) -> str:
@@ -137,6 +135,18 @@ class Bridge:
                   "in processor.stats()['events']['handed_to_sdk']; %s().instrument(strict=True) refuses such a "
                   "set-up)", self.missing(account, found), self.who)
         return False
+
+    def batching_ignored(self, account: int | None, setting: str) -> None:
+        """The SDK was given ``setting`` (its own batch settings) but the processors of ``account``
+        send in real time: one warning, since those settings no longer apply."""
+        if ("batching", account) in self._warned:
+            return
+        processors = self._found.by_account.get(account) if account is not None else None
+        if processors and all(p.batcher.realtime for p in processors):
+            self.warn(("batching", account), "vwo_otel: %s was given %s, but vwo_otel's processor of account %s "
+                      "sends each event on its own (real time): the SDK's batch settings no longer apply; give "
+                      "the processor batch_events (under opentelemetry-instrument: VWO_EVENTS_PER_REQUEST or "
+                      "VWO_REQUEST_TIME_INTERVAL)", self.sdk, setting, account)
 
     def missing(self, account: int | None, found: Receivers) -> str:
         """Which processor is missing, naming the SDK's account and the ones the provider delivers."""

@@ -11,6 +11,7 @@ Set up by environment variables (read at import):
   ``shutdown`` (one that is shut down) or an account id (default: the SDK's)
 - ``FME_BATCH``: JSON of the SDK's ``batch_event_data`` (a ``flush_callback`` printing
   ``CALLBACK <err> <n>`` is added); ``FME_PROCESSOR_BATCH``: JSON of the processor's ``batch_events``
+  (``"realtime"``: None)
 - ``FME_BRAND``: ``vwo`` (default) or ``wingify``; ``FME_ACCOUNT``, ``FME_SDK_KEY``
 
 As a script, ``python fme_app.py '<json>'`` runs a workload (see ``main``) and prints ``RESULT <json>``
@@ -66,9 +67,9 @@ if MODE == "instrumented":
 
     log = os.environ.get("FME_SIGNAL", "span") == "log"
     which = os.environ.get("FME_PROCESSOR", str(ACCOUNT))
-    batch = json.loads(os.environ.get("FME_PROCESSOR_BATCH", "null")) or {
-        "events_per_request": 100, "request_time_interval": 1}
-    batch = {**batch, "flush_callback": _callback}
+    batch_spec = json.loads(os.environ.get("FME_PROCESSOR_BATCH", "null"))
+    batch = None if batch_spec == "realtime" else {  # "realtime": the processor's batch_events=None
+        **(batch_spec or {"events_per_request": 100, "request_time_interval": 1}), "flush_callback": _callback}
     if log:
         provider = LoggerProvider()
     else:

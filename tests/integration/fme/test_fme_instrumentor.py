@@ -234,3 +234,24 @@ def test_strict_refuses_init_for_an_account_no_processor_delivers(brand):
         instrumentor.uninstrument()
         processor.shutdown()
     assert not hasattr(importlib.import_module("wingify.wingify").init, "__wrapped__")
+
+
+@needs_fme_delivery
+@pytest.mark.parametrize("processor_batch, named", [('"realtime"', True), (None, False)],
+                         ids=["processor-real-time", "processor-batches"])
+def test_the_sdks_batch_settings_before_a_real_time_processor_are_named(sdk_side, otel_side, processor_batch,
+                                                                        named):
+    """The SDK given batch_event_data, its events go through a processor that sends each one on its
+    own (under opentelemetry-instrument: no VWO_EVENTS_PER_REQUEST): one warning says the SDK's
+    batch settings do not apply; every event still arrives once, through vwo_otel."""
+    app = run_app(sdk_side, otel_side, "instrumented", {**WORKLOAD, "flush": True}, batch=SLOW,
+                  processor_batch=processor_batch)
+    assert app.returncode == 0, app.stderr
+    assert sdk_side.event_requests() == [] and otel_side.event_requests() != []
+    warnings = [w for w in app.warnings() if "batch_event_data" in w]
+    if named:
+        (warning,) = warnings
+        assert f"account {ACCOUNT}" in warning and "sends each event on its own" in warning
+        assert "VWO_EVENTS_PER_REQUEST" in warning
+    else:
+        assert warnings == []
