@@ -31,6 +31,15 @@ def test_the_statuses_are_the_policys_own() -> None:
         RetryPolicy(statuses={"429"})  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("status", [200, 204, 302, 100, 413])
+def test_a_status_that_is_never_retried_is_refused_in_the_policy_with_the_range(status: int) -> None:
+    """A careless ``statuses={200}`` was taken and did nothing (a 2xx is delivered, a 413 splits
+    the batch, before the policy is asked): the error names the field and the range."""
+    for name in ("statuses", "pause_statuses"):
+        with pytest.raises(ValueError, match=f"RetryPolicy.{name} .*400 to 599.*except 413"):
+            RetryPolicy(**{name: {status}})
+
+
 def test_max_retries_and_multiplier() -> None:
     policy = RetryPolicy(max_retries=2, initial_backoff=1.0, backoff_multiplier=3.0, max_backoff=100.0)
     assert [policy.allows(a) for a in range(4)] == [True, True, False, False]

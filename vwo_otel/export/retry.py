@@ -61,8 +61,10 @@ class RetryPolicy:
         checks.BACKOFF_MULTIPLIER.check("RetryPolicy.backoff_multiplier", self.backoff_multiplier)
         for name in ("statuses", "pause_statuses"):
             value = getattr(self, name)
-            if isinstance(value, (str, bytes)) or not all(type(s) is int and 100 <= s <= 599 for s in value):
-                raise ValueError(f"RetryPolicy.{name} must be a set of HTTP statuses (ints 100 to 599), got {value!r}")
+            if isinstance(value, (str, bytes)) or not all(type(s) is int and 400 <= s <= 599 and s != 413
+                                                              for s in value):  # a 2xx is delivered, a 413 split
+                raise ValueError(f"RetryPolicy.{name} must be a set of HTTP error statuses (ints 400 to 599, "
+                                 f"except 413: that batch is split), got {value!r}")
             object.__setattr__(self, name, frozenset(value))
 
     @classmethod
