@@ -378,6 +378,10 @@ def mask(secret: str) -> str:
     return f"***{secret[-4:]} ({len(secret)} chars)" if len(secret) >= 12 else f"*** ({len(secret)} chars)"
 
 
+#: What ``flag`` takes, as its errors and the variables' descriptions say it.
+FLAG_WORDS = "true or false (1/0, yes/no, on/off)"
+
+
 def flag(name: str, text: str) -> bool:
     """A yes/no setting written as text: true/false, 1/0, yes/no, on/off (any case)."""
     lowered = text.strip().lower()
@@ -385,7 +389,7 @@ def flag(name: str, text: str) -> bool:
         return True
     if lowered in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"{name} must be true or false (1/0, yes/no, on/off), got {text!r}")
+    raise ValueError(f"{name} must be {FLAG_WORDS}, got {text!r}")
 
 
 def boolean(name: str, value: Any) -> bool:

@@ -74,12 +74,12 @@ VARIABLES: dict[str, Variable] = {
     "VWO_RETRY_BUDGET": _number("retry_budget", checks.RETRY_BUDGET),
     "VWO_MAX_PAYLOAD_BYTES": _number("max_payload_bytes", checks.MAX_PAYLOAD_BYTES),
     "VWO_TIMEOUT": _number("timeout", checks.TIMEOUT),
-    "VWO_METRICS": Variable("metrics", checks.flag, "true or false"),
-    "VWO_DISABLED": Variable("disabled", checks.flag, "true or false (true: development mode; events are "
+    "VWO_METRICS": Variable("metrics", checks.flag, checks.FLAG_WORDS),
+    "VWO_DISABLED": Variable("disabled", checks.flag, checks.FLAG_WORDS + "; true: development mode (events are "
                              "checked and counted, nothing is sent)"),
     # read by the engine itself (vwo_otel._engine.signals), listed here so it is known
-    "VWO_SIGNALS": Variable("signals", checks.flag, "true or false (default true: deliver before SIGTERM / "
-                            "SIGINT's default action ends the process)"),
+    "VWO_SIGNALS": Variable("signals", checks.flag, checks.FLAG_WORDS + "; default true: deliver before "
+                            "SIGTERM / SIGINT's default action ends the process"),
     "VWO_SPOOL": Variable("spool", lambda name, text: text, "a directory path (turns the on-disk spool on)"),
 }
 

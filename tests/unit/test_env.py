@@ -43,7 +43,9 @@ def test_unset_and_empty_are_not_given():
     ("VWO_MAX_PAYLOAD_BYTES", "100", "an int from 1024 to 10485760"),
     ("VWO_MAX_PAYLOAD_BYTES", "20000000", "an int from 1024 to 10485760"),
     ("VWO_TIMEOUT", "nan", "a number of seconds > 0"),
-    ("VWO_METRICS", "maybe", "true or false"),
+    ("VWO_METRICS", "maybe", "true or false (1/0, yes/no, on/off)"),
+    ("VWO_DISABLED", "maybe", "true or false (1/0, yes/no, on/off)"),
+    ("VWO_SIGNALS", "maybe", "true or false (1/0, yes/no, on/off)"),
 ])
 def test_bad_value_names_variable_and_range(name, bad, allowed):
     with pytest.raises(ConfigError) as info:
