@@ -182,7 +182,7 @@ def user_id(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str):
-        raise TypeError(f"user_id must be a non-empty str, got {type(value).__name__}")  # no value: a user id
+        raise TypeError(f"user_id must be a non-empty str (or an int), got {type(value).__name__}")  # no value shown
     if not value:
         raise ValueError("user_id must be a non-empty string")
     return text("user_id", value)

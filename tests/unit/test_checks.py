@@ -138,3 +138,12 @@ def test_one_endpoint_has_one_spelling(spelling):
     """A spool file records its endpoint: a process writing the same one another way adopts it."""
     assert checks.endpoint(spelling) == "http://127.0.0.1"
     assert checks.endpoint("https://DEV.example.com:443/eu01/") == "https://dev.example.com/eu01"
+
+
+@pytest.mark.parametrize("bad", [1.5, b"user-bytes", ["user-list"]])
+def test_a_user_id_of_another_type_is_told_both_types_taken_never_shown(bad):
+    """Ints are taken (as VWO's SDK takes them); the error said only str."""
+    assert checks.user_id(42) == "42"
+    with pytest.raises(TypeError, match=r"user_id must be a non-empty str \(or an int\)") as info:
+        checks.user_id(bad)
+    assert repr(bad) not in str(info.value)
