@@ -43,6 +43,7 @@ def summary(counts: dict[str, int], dropped: dict[str, int], on_disk: int, disab
     by_reason = ", ".join(f"{reason} {n:,}" for reason, n in sorted(dropped.items()) if n)
     level = logging.WARNING if failed or lost or on_disk else logging.INFO
     logger.log(level, "shut down: %s VWO event(s) %s, %s failed, %s dropped%s, %s kept on disk for the next start "
-               "(since the processor started; failures and drops went to flush_callback)",
+               "(since it started; each failure and drop was reported as it happened: flush_callback, or the gateway's "
+               "log and /stats)",
                f"{delivered:,}", "checked, not sent (disabled)" if disabled else "delivered", f"{failed:,}",
                f"{lost:,}", f" ({by_reason})" if by_reason else "", f"{on_disk:,}")
