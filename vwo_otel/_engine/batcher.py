@@ -415,7 +415,7 @@ class Batcher(Delivery):
     def _flush(self, timeout: float | None) -> bool:
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         backlog = self.backlog
-        self._adopted.wait(None if timeout is None else timeout)
+        self._adopted.wait(None if timeout is None else min(timeout, threading.TIMEOUT_MAX))
         with self._cond:
             ticket, threaded = self._cut_all()
             mark = backlog.entered if backlog.waiting else 0
