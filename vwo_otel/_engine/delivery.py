@@ -85,14 +85,15 @@ class Delivery:
     def _start_worker(self) -> bool:
         """Bring the delivery threads up to the current in-flight limit (called with the lock
         held; threads are started as the limit grows, never stopped); False if the interpreter
-        refuses new threads (at exit) and none is running, so the caller delivers inline."""
+        refuses new threads (at exit) and none is running, so the caller delivers inline. O(1)
+        when enough run (the emitting thread calls it once per batch): a thread that ends takes
+        itself out of ``_workers`` (``_run``), so no thread is looked at here."""
         if not self.background:
             return False
         workers = self._workers
         target = self._flow.limit
-        if len(workers) >= target and all(w.is_alive() for w in workers):
+        if len(workers) >= target:
             return True
-        workers[:] = [w for w in workers if w.is_alive()]
         while len(workers) < target:
             try:
                 worker = threading.Thread(target=quiet(self._run), name="vwo_otel-delivery", daemon=True)
@@ -173,19 +174,25 @@ class Delivery:
             self._cond.notify(min(room, len(self._ready)))
 
     def _run(self) -> None:
-        while True:
-            try:
-                batch = self._next_batch(block=True)
-                if batch is None:
-                    return
-                if batch is _REFILL:
-                    self._refill(wait=True)
-                    continue
-                self._deliver(batch)
-            except Exception:  # pragma: no cover - _deliver guards itself; never let the thread die
-                self._notifier.log.warn("delivery_thread", 0, "vwo_otel delivery thread error; it keeps running",
-                                        exc_info=True)
-                time.sleep(0.05)
+        workers = self._workers  # this thread's list (a forked child starts a new one)
+        try:
+            while True:
+                try:
+                    batch = self._next_batch(block=True)
+                    if batch is None:
+                        return
+                    if batch is _REFILL:
+                        self._refill(wait=True)
+                        continue
+                    self._deliver(batch)
+                except Exception:  # pragma: no cover - _deliver guards itself; never let the thread die
+                    self._notifier.log.warn("delivery_thread", 0, "vwo_otel delivery thread error; it keeps running",
+                                            exc_info=True)
+                    time.sleep(0.05)
+        finally:  # ended (shutdown) or died: ``_start_worker`` starts another when one is needed
+            with self._cond:
+                if threading.current_thread() in workers:
+                    workers.remove(threading.current_thread())
 
     def _drain_inline(self, deadline: float) -> None:
         """Deliver due batches on this thread, one at a time, by ``deadline`` (no request or
