@@ -138,11 +138,15 @@ class Concurrency:
 
     def may_start(self, in_flight: int) -> bool:
         """Whether one more batch may go out now, with ``in_flight`` already out; after
-        ``RTT_WINDOW`` with nothing in flight, slow start again (an overload long past, a
-        halving's additive growth, would else hold a burst to one more per round trip)."""
-        if not in_flight and not self.slow_start and not self._probing and self.clock() - self._last > RTT_WINDOW:
+        ``RTT_WINDOW`` with nothing in flight (and no server's wait over for less), slow start
+        again without a ceiling (an overload or a wait long past, a halving's additive growth
+        or the ceiling a wait set, would else hold a burst to one more per round trip). After
+        a wait the probe still goes alone: the limit stays 1 until it is answered."""
+        now = self.clock()
+        if not in_flight and (not self.slow_start or self._ceiling != math.inf) and \
+                now - max(self._last, self._until) > RTT_WINDOW:
             self.slow_start, self._ceiling, self._credit = True, math.inf, 0
-        return in_flight < self.limit and not self._held and self.clock() >= self._until
+        return in_flight < self.limit and not self._held and now >= self._until
 
     def hold(self, until: float) -> None:
         """The server asked for a wait until ``until`` (on the clock) that outlasted a request's
