@@ -343,6 +343,23 @@ def test_right_after_a_servers_wait_slow_start_stops_at_half_the_old_limit():
     assert flow.limit <= old // 2
 
 
+def test_a_wait_every_request_in_flight_was_told_stops_slow_start_at_half_the_old_limit():
+    """An attack review's find: each request in flight that got the long wait called ``hold``,
+    and each after the first halved the limit it had just set to 1: slow start after the wait
+    stopped at 2, not half the limit before it, and growth went one per round trip from there."""
+    clock = Clock()
+    flow = Concurrency(128, clock)
+    flow.spent(0.002)
+    grow(flow, clock, 20, seconds=0.1)
+    old = flow.limit
+    for _ in range(old):  # every request in flight got the same long wait
+        flow.hold(clock.now + 1.0)
+    clock.now += 1.0
+    assert flow.may_start(0) and not flow.may_start(1)  # the probe goes alone
+    assert flow.answered("probe", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=500)
+    assert flow.limit == old // 2
+
+
 def test_overload_while_batches_keep_going_still_grows_additively():
     """The restart is for an engine that was idle: answers keep coming (no idle gap) and
     growth after a halving stays one per ``limit`` answers."""

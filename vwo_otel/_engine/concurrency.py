@@ -152,7 +152,8 @@ class Concurrency:
         """The server asked for a wait until ``until`` (on the clock) that outlasted a request's
         retries: no batch starts before then, and the first after it goes alone (a probe)."""
         self._until = max(self._until, until)
-        self._ceiling = max(INITIAL_LIMIT, self.limit // 2)  # slow start again, up to half the old limit
+        if not self._probing:  # the first of a wait's holds: the others (requests in flight then) keep its ceiling
+            self._ceiling = max(INITIAL_LIMIT, self.limit // 2)  # slow start again, up to half the old limit
         self.limit = 1
         self.slow_start = True
         self._credit = 0
