@@ -431,6 +431,9 @@ class Batcher(Delivery):
                 self._notifier.drain()
                 return ticket.wait(0) and ok
             ok = ticket.wait(None if timeout is None else max(0.0, deadline - time.monotonic())) and ok
+            if ok:  # batches a server's wait released count as settled for the ticket: not delivered yet
+                with self._cond:
+                    ok = not self._released_waiting(ticket.target)
             if not mark or not ticket.done.is_set():
                 return ok
             self._refill(wait=True)  # the settled batches made room

@@ -166,6 +166,12 @@ class Delivery:
             self._released = seqs[-1]
         return seqs
 
+    def _released_waiting(self, upto: int) -> bool:
+        """Lock held: a batch up to ``upto`` whose flushes a server's wait released (``_held_back``)
+        is still queued or in flight: a flush made since saw it as settled, yet it is not delivered."""
+        last = min(upto, self._released)
+        return any(b.seq <= last for b in self._ready) or any(seq <= last for seq in self._inflight)
+
     def _wake_senders(self) -> None:
         """Lock held: threads for the room under the limit, and wake as many waiting ones."""
         room = self._flow.limit - len(self._inflight)
