@@ -41,6 +41,8 @@ def describe(*, low: float = -math.inf, high: float = math.inf, integer: bool = 
     """The allowed range in words, as errors and docs show it: "an int from 1 to 5000"."""
     kind = "an int" if integer else f"a number{' of ' + unit if unit else ''}"
     if low > -math.inf and high < math.inf:
+        if low_open:
+            return f"{kind} > {_shown(low)} and <= {_shown(high)}"
         return f"{kind} from {_shown(low)} to {_shown(high)}"
     if low > -math.inf:
         return f"{kind} {'>' if low_open else '>='} {_shown(low)}"
@@ -84,14 +86,18 @@ EVENTS_PER_REQUEST = Range(1, 5000, integer=True)
 REQUEST_TIME_INTERVAL = Range(1, unit="seconds")
 MAX_QUEUE_SIZE = Range(1, integer=True)
 MAX_CONCURRENT_REQUESTS = Range(1, 256, integer=True)
-SHUTDOWN_TIMEOUT = Range(0, low_open=True, unit="seconds")
+#: The longest wait a lock or a thread's join can take is ``threading.TIMEOUT_MAX`` (about 292
+#: years on Linux): a longer one raises OverflowError when it comes (at shutdown, in SIGTERM's
+#: handler, on the emitting thread). The settings that become such waits stop at a day.
+MAX_WAIT = 86400
+SHUTDOWN_TIMEOUT = Range(0, MAX_WAIT, low_open=True, unit="seconds")
 TIMEOUT = Range(0, low_open=True, unit="seconds")  # one HTTP request
 RETRY_BUDGET = Range(0, unit="seconds")
 MAX_RETRIES = Range(0, 1000, integer=True)  # RetryPolicy.max_retries (FME retry_config's)
 RETRY_BACKOFF = Range(0.001, unit="seconds")  # RetryPolicy's backoffs: never 0, which would retry in a hot loop
 BACKOFF_MULTIPLIER = Range(1, 10)  # RetryPolicy.backoff_multiplier
 MAX_PAYLOAD_BYTES = Range(1024, 10 * 1024 * 1024, integer=True)
-BLOCK_WHEN_FULL = Range(0, unit="seconds")  # how long an emitting thread may wait for room in a full queue
+BLOCK_WHEN_FULL = Range(0, MAX_WAIT, unit="seconds")  # how long an emitting thread may wait for room in a full queue
 #: The on-disk spool (``Spool``): group-commit interval, and how long / how much event data may
 #: wait on disk for VWO to answer again before it is reported failed.
 SPOOL_COMMIT_INTERVAL = Range(0, 60, unit="seconds")

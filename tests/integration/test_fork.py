@@ -192,3 +192,48 @@ def test_shut_down_processor_stays_shut_down_in_a_child(pipeline, receiver, call
 
     assert fork(child) == 0
     assert receiver.event_count() == 0
+
+
+def test_a_child_does_not_keep_the_parents_idle_connections_open(pipeline, receiver):
+    """An attack review's find: the connections a burst had left idle in the parent (one per
+    batch it had in flight: up to the in-flight maximum, 128 by default) stayed open in every
+    child for its life, after the parent had closed them: the server kept them all (128 open 7 s
+    after the fork, the parent's closed after 5), the child held their descriptors. The child
+    closes its copies at the fork (a copy's close ends nothing while the parent holds one)."""
+    events, proc, _ = pipeline({"events_per_request": 10, "request_time_interval": 60})
+    receiver.stall(0.1)
+    for i in range(1500):
+        events.activate(1, 1, f"burst-{i}")
+    assert proc.force_flush(10_000)
+    receiver.clear_faults()
+    opened = len(receiver.open_sockets())
+    assert opened > 8, opened  # idle in the parent, kept for the next requests
+    go, done = os.pipe()
+
+    def child() -> int:
+        os.close(done)
+        os.read(go, 1)  # until the parent has looked
+        return 0
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            status = child()
+        finally:
+            os._exit(status)
+    os.close(go)
+    try:
+        events.activate(1, 1, "after")
+        assert proc.force_flush(5000)  # the parent's connections still serve it
+        proc.shutdown()  # the parent closes its connections: with the child's copies closed, they end
+        deadline = time.monotonic() + 3
+        while receiver.open_sockets() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(receiver.open_sockets()) == 0, (opened, len(receiver.open_sockets()))
+    finally:
+        os.write(done, b"x")
+        os.close(done)
+        os.waitpid(pid, 0)

@@ -84,3 +84,21 @@ def test_the_cap_is_a_policy_field_next_to_the_budget():
     with pytest.raises(ValueError):
         RetryPolicy(max_retry_after=-1)
     assert FAST_RETRY.max_retry_after == 3600.0
+
+
+def test_a_flush_near_the_end_of_the_wait_waits_for_what_it_held(pipeline, receiver, make_exporter, callbacks):
+    """An attack review's find: the batches a long wait held were released (as not delivered)
+    to the flushes then waiting, and counted as settled for any flush after: one made once less
+    than the retry budget of the wait was left returned True at once, nothing delivered. True
+    means delivered; those batches still go when the wait is over."""
+    policy = RetryPolicy(budget=1.0, initial_backoff=0.01, max_backoff=0.05)
+    events, proc, _ = pipeline(BATCH, exporter=make_exporter(retry=policy))
+    receiver.fail_next(1, status=503, retry_after=3)
+    for i in range(10):
+        events.activate(1, 1, f"held-{i}")
+    assert wait_until(lambda: receiver.requests())  # 503, wait 3 s: longer than the budget
+    time.sleep(2.3)  # 0.7 s of the wait left: less than the budget, a flush may wait it out
+    said = proc.flush_events()
+    assert said is False or receiver.event_count() == 10, "flush_events() said True: every event was delivered"
+    assert wait_until(lambda: receiver.event_count() == 10, 5)  # the wait over, they go
+    assert proc.flush_events() is True

@@ -128,3 +128,18 @@ def test_an_orphan_bigger_than_the_queue_is_delivered_once_in_order(receiver, ma
     assert Counter(got) == Counter(visitor_uuid(ACCOUNT_ID, u) for u in users)
     assert got == [visitor_uuid(ACCOUNT_ID, u) for u in users]  # one request at a time: oldest first
     assert not path.exists()
+
+
+def test_a_flush_with_a_huge_timeout_while_the_replay_runs_waits_instead_of_raising(receiver, make_exporter,
+                                                                                     callbacks, tmp_path):
+    """An attack review's find: ``force_flush(10**13)`` (a timeout past ``threading.TIMEOUT_MAX``)
+    while dead processes' files were being adopted raised OverflowError from the wait for the
+    replay (13 of 20 flushes right after construction, with an empty directory even)."""
+    dead_file(tmp_path, [f"dead-{i}" for i in range(2000)], receiver.url)
+    processor = VWOSpanProcessor(make_exporter(), {"events_per_request": 100, "request_time_interval": 60,
+                                                   "flush_callback": callbacks}, spool=str(tmp_path))
+    try:
+        assert processor.force_flush(10**13) is True
+        assert receiver.event_count() == 2000
+    finally:
+        processor.shutdown()

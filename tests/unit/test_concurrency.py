@@ -332,6 +332,56 @@ def test_a_quiet_spell_takes_a_grown_limit_back_to_where_a_burst_starts():
     assert flow.limit == JUMP_LIMIT
 
 
+def test_a_burst_long_after_a_servers_wait_gets_the_jump_after_its_probe():
+    """An attack review's find: a server's long wait (``hold``) early on, when the limit was 2,
+    capped slow start at 1 (half of it) for the next burst however long the engine was quiet
+    after the wait: minutes later, a 20,000-event burst to a server 100 ms away grew one per
+    round trip (6.7 s, at most 62 in flight; 3.3 s, 88, without the wait). The probe still
+    goes alone; once the wait is ``RTT_WINDOW`` past, its answer restarts as fresh."""
+    clock = Clock()
+    flow = Concurrency(128, clock)
+    flow.spent(0.001)
+    flow.hold(clock.now + 120)
+    clock.now += 1
+    assert not flow.may_start(0)  # held
+    clock.now += 119 + 600  # the wait ended ten minutes ago, nothing sent since
+    assert flow.may_start(0) and not flow.may_start(1)  # the probe goes alone
+    clock.now += 0.1
+    assert flow.answered("probe", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=500)
+    assert flow.limit == JUMP_LIMIT
+
+
+def test_right_after_a_servers_wait_slow_start_stops_at_half_the_old_limit():
+    """A wait just over: the server asked for it a moment ago, the ceiling stands."""
+    clock = Clock()
+    flow = Concurrency(128, clock)
+    flow.spent(0.002)
+    grow(flow, clock, 20, seconds=0.1)
+    old = flow.limit
+    flow.hold(clock.now + 1.0)
+    clock.now += 1.0 + RTT_WINDOW / 2
+    assert flow.may_start(0) and not flow.may_start(1)
+    assert flow.answered("probe", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=500)
+    assert flow.limit <= old // 2
+
+
+def test_a_wait_every_request_in_flight_was_told_stops_slow_start_at_half_the_old_limit():
+    """An attack review's find: each request in flight that got the long wait called ``hold``,
+    and each after the first halved the limit it had just set to 1: slow start after the wait
+    stopped at 2, not half the limit before it, and growth went one per round trip from there."""
+    clock = Clock()
+    flow = Concurrency(128, clock)
+    flow.spent(0.002)
+    grow(flow, clock, 20, seconds=0.1)
+    old = flow.limit
+    for _ in range(old):  # every request in flight got the same long wait
+        flow.hold(clock.now + 1.0)
+    clock.now += 1.0
+    assert flow.may_start(0) and not flow.may_start(1)  # the probe goes alone
+    assert flow.answered("probe", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=500)
+    assert flow.limit == old // 2
+
+
 def test_overload_while_batches_keep_going_still_grows_additively():
     """The restart is for an engine that was idle: answers keep coming (no idle gap) and
     growth after a halving stays one per ``limit`` answers."""

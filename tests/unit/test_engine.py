@@ -9,6 +9,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from helpers import wait_until
 
 from vwo_otel import attributes as A
 from vwo_otel import event as event_module
@@ -303,6 +304,32 @@ def test_shutdown_all_reports_what_could_not_be_delivered(make):
 def test_settings_checked(kwargs, message):
     with pytest.raises((TypeError, ValueError), match=message):
         Batcher(FakeExporter(), None, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["shutdown_timeout", "block_when_full"])
+def test_a_wait_no_lock_can_take_is_refused_when_set(name):
+    """An attack review's find: a value past ``threading.TIMEOUT_MAX`` (about 292 years; 1e10,
+    ``sys.maxsize`` as "no limit") was taken, then raised OverflowError when the wait came:
+    every shutdown (a SIGTERM's handler too, which then never ended the process), every emit
+    into a full queue on the app's thread. Refused when set, naming the setting and its range."""
+    with pytest.raises(ValueError, match=f"{name} must be a number of seconds .*86400, got 10000000000.0"):
+        Batcher(FakeExporter(), None, **{name: 1e10})  # type: ignore[arg-type]
+
+
+def test_the_longest_waits_allowed_end_in_a_shutdown_and_an_emit_that_return(make):
+    b = make(batch=BatchEvents(events_per_request=1, request_time_interval=600), max_queue_size=1,
+             shutdown_timeout=86400, block_when_full=86400)
+    gate = threading.Event()
+    b.exporter.gate = gate  # the first batch waits in flight: the queue is full
+    b.put(imp("a"))
+    emitting = threading.Thread(target=b.put, args=(imp("b"),))
+    emitting.start()  # waits for room
+    assert wait_until(lambda: b.snapshot().emitters_waiting == 1)
+    gate.set()
+    emitting.join(5)
+    assert not emitting.is_alive()
+    assert b.shutdown() is True
+    assert b.counts["delivered"] == 2
 
 
 def test_a_flush_callback_that_emits_on_every_report_does_not_hang_the_exit():

@@ -417,7 +417,7 @@ class Batcher(Delivery):
     def _flush(self, timeout: float | None) -> bool:
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         backlog = self.backlog
-        self._adopted.wait(None if timeout is None else timeout)
+        self._adopted.wait(None if timeout is None else min(timeout, threading.TIMEOUT_MAX))
         with self._cond:
             ticket, threaded = self._cut_all()
             mark = backlog.entered if backlog.waiting else 0
@@ -433,6 +433,9 @@ class Batcher(Delivery):
                 self._notifier.drain()
                 return ticket.wait(0) and ok
             ok = ticket.wait(None if timeout is None else max(0.0, deadline - time.monotonic())) and ok
+            if ok:  # batches a server's wait released count as settled for the ticket: not delivered yet
+                with self._cond:
+                    ok = not self._released_waiting(ticket.target)
             if not mark or not ticket.done.is_set():
                 return ok
             self._refill(wait=True)  # the settled batches made room

@@ -139,16 +139,19 @@ class Concurrency:
 
     def may_start(self, in_flight: int) -> bool:
         """Whether one more batch may go out now, with ``in_flight`` already out (after a quiet
-        spell, from the limit ``rest`` gives)."""
+        spell, from the limit ``rest`` gives). After a server's wait the probe still goes alone:
+        the limit stays 1 until it is answered."""
         return in_flight < self.rest(in_flight) and not self._held and self.clock() >= self._until
 
     def rest(self, in_flight: int) -> int:
-        """The limit now, ``in_flight`` out: after ``RTT_WINDOW`` with nothing in flight, the next
-        burst starts as a fresh one, from at most ``INITIAL_LIMIT`` in slow start (TCP's restart
-        window after idle, RFC 5681 4.1): an overload long past would else hold a burst to one
-        more per round trip, and a burst's grown limit would meet a server that may be busy now
-        with every request at once (the delivery threads above it end: ``delivery.THREAD_IDLE``)."""
-        if not in_flight and not self._probing and self.clock() - self._last > RTT_WINDOW:
+        """The limit now, ``in_flight`` out: after ``RTT_WINDOW`` with nothing in flight (and no
+        server's wait over for less), the next burst starts as a fresh one, from at most
+        ``INITIAL_LIMIT`` in slow start without a ceiling (TCP's restart window after idle, RFC
+        5681 4.1): an overload or a wait long past, a halving's additive growth or the ceiling a
+        wait set, would else hold a burst to one more per round trip, and a burst's grown limit
+        would meet a server that may be busy now with every request at once (the delivery threads
+        above it end: ``delivery.THREAD_IDLE``)."""
+        if not in_flight and self.clock() - max(self._last, self._until) > RTT_WINDOW:
             self.limit = min(self.limit, INITIAL_LIMIT)
             self.slow_start, self._ceiling, self._credit = True, math.inf, 0
         return self.limit
@@ -157,7 +160,8 @@ class Concurrency:
         """The server asked for a wait until ``until`` (on the clock) that outlasted a request's
         retries: no batch starts before then, and the first after it goes alone (a probe)."""
         self._until = max(self._until, until)
-        self._ceiling = max(INITIAL_LIMIT, self.limit // 2)  # slow start again, up to half the old limit
+        if not self._probing:  # the first of a wait's holds: the others (requests in flight then) keep its ceiling
+            self._ceiling = max(INITIAL_LIMIT, self.limit // 2)  # slow start again, up to half the old limit
         self.limit = 1
         self.slow_start = True
         self._credit = 0

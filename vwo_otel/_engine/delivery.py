@@ -89,15 +89,16 @@ class Delivery:
 
     def _start_worker(self) -> bool:
         """Bring the delivery threads up to the current in-flight limit (called with the lock
-        held; threads are started as the limit grows and end when quiet: ``THREAD_IDLE``); False if the interpreter
-        refuses new threads (at exit) and none is running, so the caller delivers inline."""
+        held; threads are started as the limit grows and end when quiet: ``THREAD_IDLE``); False
+        if the interpreter refuses new threads (at exit) and none is running, so the caller
+        delivers inline. O(1) when enough run (the emitting thread calls it once per batch): a
+        thread that ends takes itself out of ``_workers``, so no thread is looked at here."""
         if not self.background:
             return False
         workers = self._workers
         target = self._flow.limit
-        if len(workers) >= target and all(w.is_alive() for w in workers):
+        if len(workers) >= target:
             return True
-        workers[:] = [w for w in workers if w.is_alive()]
         while len(workers) < target:
             try:
                 worker = threading.Thread(target=quiet(self._run), name="vwo_otel-delivery", daemon=True)
@@ -185,6 +186,12 @@ class Delivery:
             self._released = seqs[-1]
         return seqs
 
+    def _released_waiting(self, upto: int) -> bool:
+        """Lock held: a batch up to ``upto`` whose flushes a server's wait released (``_held_back``)
+        is still queued or in flight: a flush made since saw it as settled, yet it is not delivered."""
+        last = min(upto, self._released)
+        return any(b.seq <= last for b in self._ready) or any(seq <= last for seq in self._inflight)
+
     def _wake_senders(self) -> None:
         """Lock held: threads for the room under the limit, and wake as many waiting ones."""
         room = self._flow.limit - len(self._inflight)
@@ -193,19 +200,25 @@ class Delivery:
             self._cond.notify(min(room, len(self._ready)))
 
     def _run(self) -> None:
-        while True:
-            try:
-                batch = self._next_batch(block=True)
-                if batch is None:
-                    return
-                if batch is _REFILL:
-                    self._refill(wait=True)
-                    continue
-                self._deliver(batch)
-            except Exception:  # pragma: no cover - _deliver guards itself; never let the thread die
-                self._notifier.log.warn("delivery_thread", 0, "vwo_otel delivery thread error; it keeps running",
-                                        exc_info=True)
-                time.sleep(0.05)
+        workers = self._workers  # this thread's list (a forked child starts a new one)
+        try:
+            while True:
+                try:
+                    batch = self._next_batch(block=True)
+                    if batch is None:
+                        return
+                    if batch is _REFILL:
+                        self._refill(wait=True)
+                        continue
+                    self._deliver(batch)
+                except Exception:  # pragma: no cover - _deliver guards itself; never let the thread die
+                    self._notifier.log.warn("delivery_thread", 0, "vwo_otel delivery thread error; it keeps running",
+                                            exc_info=True)
+                    time.sleep(0.05)
+        finally:  # ended (shutdown) or died: ``_start_worker`` starts another when one is needed
+            with self._cond:
+                if threading.current_thread() in workers:
+                    workers.remove(threading.current_thread())
 
     def _drain_inline(self, deadline: float) -> None:
         """Deliver due batches on this thread, one at a time, by ``deadline`` (no request or

@@ -140,14 +140,20 @@ class Transport:
     def after_fork(self) -> None:
         """In a forked child (``VWOExporter.after_fork`` calls it): a new lock, resolver and no
         reaper (the parent's threads are gone, a lock they held stays held), and none of the
-        parent's connections reused, so the child never writes on them. They are kept
-        referenced, never closed here: the child touches no descriptor the fork handed it."""
+        parent's connections reused, so the child never writes on them. The child's copies of
+        the parent's idle straight connections are closed (a copy's close sends nothing while
+        the parent holds the connection; kept, up to ``MAX_IDLE`` of them stayed open at the
+        server for the child's life after the parent closed its own); the proxy managers' are
+        kept referenced, never touched."""
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._reaper = None
         self._resolver = Resolver()
         self._era += 1  # connections in use at the fork (none in the child) are not kept
-        self._inherited.append((self._idle, self._managers))
+        for idle in self._idle.values():
+            for link in idle:
+                link.close()
+        self._inherited.append(self._managers)
         self._idle, self._managers, self._proxied = {}, {}, {}
 
     def request(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
