@@ -365,6 +365,26 @@ def test_413_splits_in_halves_and_delivers_every_event(pipeline, receiver, callb
     assert len(received(receiver)) == 40
 
 
+def test_many_batches_splitting_at_once_say_so_in_a_line_or_two_not_one_each(pipeline, receiver, callbacks, caplog):
+    """An attack review's find: up to a whole in-flight limit of batches meet the 413 before
+    the learned size applies, and each split logged a WARNING (over 200 lines for one burst
+    of 1000-event batches against a 20 KB limit). Splits are one WARNING a while, the rest
+    counted in it; every event is still delivered."""
+    import logging
+
+    events, proc, _ = pipeline({"events_per_request": 200, "request_time_interval": 60})
+    receiver.set_max_body(4000)
+    receiver.stall(0.2)  # the batches are in flight together before the first 413 is learned
+    with caplog.at_level(logging.DEBUG, logger="vwo_otel"):
+        for i in range(4000):
+            events.activate(1, 1, f"many-{i}")
+        assert proc.flush_events() is True
+    assert len(received(receiver)) == 4000 and callbacks.failed == []
+    splits = [r for r in caplog.records if "413" in r.getMessage() and "splitting" in r.getMessage()]
+    loud = [r for r in splits if r.levelno >= logging.WARNING]
+    assert len(splits) > 20 and 1 <= len(loud) <= 2, (len(splits), [r.getMessage() for r in loud])
+
+
 def test_single_event_over_the_server_limit_is_reported_others_delivered(pipeline, receiver, callbacks):
     events, proc, _ = pipeline({"events_per_request": 6, "request_time_interval": 60})
     receiver.set_max_body(600)

@@ -71,6 +71,10 @@ def _not_sent(why: str, held: list[VWODeliveryError]) -> VWODeliveryError:
     return VWODeliveryError(f"not sent: {why}", retryable=True, retry_after=held[0].retry_after if held else None)
 
 
+#: A 413's split is a WARNING at most this often (seconds); the splits between are counted in it.
+SPLIT_SAID_EVERY = 60.0
+
+
 class _PayloadLimit:
     """The largest batch body to send: the cap, or what a 413 taught, doubling back toward the
     cap after ``probe_after`` accepted requests. Plain attribute updates: delivery threads
@@ -82,6 +86,21 @@ class _PayloadLimit:
         self.probe_after = 1
         self._floor = cap  # what the last 413 taught
         self._wins = 0
+        self._said = -math.inf  # when a split was last logged as a WARNING
+        self._unsaid = 0  # splits since then (logged at DEBUG)
+
+    def split(self, nbytes: int, events: int) -> None:
+        """A 413 splits a request of ``nbytes`` (``events`` events): a WARNING at most once per
+        ``SPLIT_SAID_EVERY`` seconds, counting the splits since (a whole in-flight limit of
+        batches can meet the 413 before the learned size applies: a line each flooded the log)."""
+        now = time.monotonic()
+        if now - self._said < SPLIT_SAID_EVERY:
+            self._unsaid += 1
+            logger.debug("VWO answered 413 to %d bytes (%d events): splitting", nbytes, events)
+            return
+        since = f" ({self._unsaid} more split since the last such line)" if self._unsaid else ""
+        self._said, self._unsaid = now, 0
+        logger.warning("VWO answered 413 to %d bytes (%d events): splitting%s", nbytes, events, since)
 
     def learned(self, accepted: int) -> None:
         """A batch met a 413 and ``accepted`` bytes went through: cut later batches there."""
@@ -349,7 +368,7 @@ class VWOExporter(SpanExporter, LogRecordExporter):
         elif error.status == 413 and hi - lo > 1:
             send.refused = True
             send.limit = min(send.limit, len(body) - 1)
-            logger.warning("VWO answered 413 to %d bytes (%d events): splitting", len(body), hi - lo)
+            self._limit.split(len(body), hi - lo)
             self._split(send, lo, hi, error)
         elif error.status == 413:  # one event: a 413 may be transient, so it gets one more try
             send.refused = True
