@@ -32,3 +32,23 @@ def test_a_parked_batch_is_retried_after_the_thread_that_parked_it_ended(pipelin
     assert wait_until(lambda: receiver.event_count() == 1, 8.0 * 1.2 + THREAD_IDLE), (
         f"parked event not retried {time.monotonic() - start:.1f} s later")
     assert wait_until(lambda: proc.batcher.backlog.on_disk() == 0, 5)
+
+
+def test_a_batch_parked_by_a_long_retry_after_is_sent_when_the_wait_is_over(pipeline, receiver, make_exporter,
+                                                                            tmp_path):
+    """The same with a server's wait: a 503 asking for 7 s (past the retry budget) holds the
+    engine at one batch in flight and parks the batch until then; the thread that parked it ends
+    after ``THREAD_IDLE``, and the one that stays must still send it when the wait is over."""
+    from vwo_otel._engine.delivery import THREAD_IDLE
+
+    policy = RetryPolicy(budget=0.3, initial_backoff=0.05, max_backoff=0.1)
+    events, proc, _ = pipeline({"events_per_request": 10, "request_time_interval": 60},
+                               exporter=make_exporter(retry=policy), spool=str(tmp_path / "spool"))
+    receiver.fail_next(1, status=503, retry_after=7)
+    start = time.monotonic()
+    events.activate(1, 1, "held")
+    assert proc.flush_events() is False
+    assert proc.batcher.backlog.on_disk() == 1
+    assert 7 > THREAD_IDLE
+    assert wait_until(lambda: receiver.event_count() == 1, 7 + THREAD_IDLE), (
+        f"held event not sent {time.monotonic() - start:.1f} s later")
