@@ -79,16 +79,18 @@ def fme_tests(*args: str) -> int:
 
 def beside(log, *cmds: tuple[str, ...]) -> int:
     """Run ``cmds`` one after another with their output into ``log``, pytest's temporary folders
-    in a root of their own; the first non-zero exit code (0 if none)."""
+    in a root of their own (removed after: each run left it in the temporary directory); the
+    first non-zero exit code (0 if none)."""
     import tempfile
 
-    env = {**os.environ, "PYTEST_DEBUG_TEMPROOT": tempfile.mkdtemp(prefix="vwo-otel-beside-")}
-    for cmd in cmds:
-        log.write("+ " + " ".join(cmd) + "\n")
-        log.flush()
-        code = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-        if code:
-            return code
+    with tempfile.TemporaryDirectory(prefix="vwo-otel-beside-", ignore_cleanup_errors=True) as root:
+        env = {**os.environ, "PYTEST_DEBUG_TEMPROOT": root}
+        for cmd in cmds:
+            log.write("+ " + " ".join(cmd) + "\n")
+            log.flush()
+            code = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            if code:
+                return code
     return 0
 
 

@@ -1,9 +1,9 @@
 """Every Python vwo_otel claims: the unit layer and a core integration subset (delivery, signals,
 fork, exit, the official SDK, asyncio) on each CPython besides the one ``.venv`` runs the whole
-suite on. ``python3 dev.py test`` runs these sessions after the whole suite
+suite on. ``python3 dev.py test`` runs these sessions beside the whole suite
 (``python3 dev.py pythons`` runs only them; ``.venv/bin/nox -s core-3.12`` one).
 
-The Python running nox (``.venv``'s, whose whole suite ``dev.py test`` has just run) gets no
+The Python running nox (``.venv``'s, whose whole suite ``dev.py test`` runs) gets no
 session of its own. An interpreter is looked for as ``python3.X`` on PATH (pyenv's shims answer only for the
 versions pyenv has selected, so each is asked for its version) and in pyenv's
 ``versions/3.X.*``; a version not found is one line, and the run goes on.
