@@ -27,7 +27,8 @@ CORE = ["tests/unit", "tests/integration/test_events_delivery.py", "tests/integr
         "tests/integration/test_asyncio.py", "tests/integration/test_backlog.py",
         "tests/integration/test_retryable.py", "tests/integration/test_fme_delivery.py"]
 #: Exit: the tests named *exit* of these modules (delivery at interpreter exit, bounded).
-EXIT = ["tests/integration/test_batching.py", "tests/integration/test_reliability.py"]
+EXIT = ["tests/integration/test_batching.py", "tests/integration/test_reliability.py",
+        "tests/integration/test_thread_idle.py"]
 
 nox.options.error_on_missing_interpreters = False
 nox.options.reuse_venv = "yes"
