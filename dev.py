@@ -80,18 +80,19 @@ def fme_tests(*args: str) -> int:
 def beside(log, *cmds: tuple[str, ...]) -> int:
     """Run ``cmds`` one after another with their output into ``log``, at the lowest CPU priority
     (the whole suite beside them has timing tests: it gets the cores first), pytest's temporary
-    folders in a root of their own; the first non-zero exit code (0 if none)."""
+    folders in a root of their own (removed after); the first non-zero exit code (0 if none)."""
     import shutil
     import tempfile
 
-    env = {**os.environ, "PYTEST_DEBUG_TEMPROOT": tempfile.mkdtemp(prefix="vwo-otel-beside-")}
     nice = ["nice", "-n", "19"] if shutil.which("nice") else []
-    for cmd in cmds:
-        log.write("+ " + " ".join(cmd) + "\n")
-        log.flush()
-        code = subprocess.run([*nice, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-        if code:
-            return code
+    with tempfile.TemporaryDirectory(prefix="vwo-otel-beside-", ignore_cleanup_errors=True) as root:
+        env = {**os.environ, "PYTEST_DEBUG_TEMPROOT": root}
+        for cmd in cmds:
+            log.write("+ " + " ".join(cmd) + "\n")
+            log.flush()
+            code = subprocess.run([*nice, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            if code:
+                return code
     return 0
 
 

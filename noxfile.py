@@ -1,9 +1,9 @@
 """Every Python vwo_otel claims: the unit layer and a core integration subset (delivery, signals,
 fork, exit, the official SDK, asyncio) on each CPython besides the one ``.venv`` runs the whole
-suite on. ``python3 dev.py test`` runs these sessions after the whole suite
+suite on. ``python3 dev.py test`` runs these sessions beside the whole suite
 (``python3 dev.py pythons`` runs only them; ``.venv/bin/nox -s core-3.12`` one).
 
-The Python running nox (``.venv``'s, whose whole suite ``dev.py test`` has just run) gets no
+The Python running nox (``.venv``'s, whose whole suite ``dev.py test`` runs) gets no
 session of its own. An interpreter is looked for as ``python3.X`` on PATH (pyenv's shims answer only for the
 versions pyenv has selected, so each is asked for its version) and in pyenv's
 ``versions/3.X.*``; a version not found is one line, and the run goes on.
@@ -27,7 +27,8 @@ CORE = ["tests/unit", "tests/integration/test_events_delivery.py", "tests/integr
         "tests/integration/test_asyncio.py", "tests/integration/test_backlog.py",
         "tests/integration/test_retryable.py", "tests/integration/test_fme_delivery.py"]
 #: Exit: the tests named *exit* of these modules (delivery at interpreter exit, bounded).
-EXIT = ["tests/integration/test_batching.py", "tests/integration/test_reliability.py"]
+EXIT = ["tests/integration/test_batching.py", "tests/integration/test_reliability.py",
+        "tests/integration/test_thread_idle.py"]
 
 nox.options.error_on_missing_interpreters = False
 nox.options.reuse_venv = "yes"

@@ -138,6 +138,9 @@ class Delivery:
                         if len(self._workers) > flow.rest(len(self._inflight)):
                             me = threading.current_thread()
                             self._workers[:] = [w for w in self._workers if w is not me]
+                            # a thread that stays may sleep with no timer: the parked retry or age
+                            # trigger this one waited for (it may have taken their wake-up) is its now
+                            self._cond.notify()
                             return None
                         idle_since = now
                     wait = min(wait, idle_since + THREAD_IDLE - now)
