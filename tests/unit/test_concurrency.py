@@ -316,6 +316,25 @@ def test_a_burst_long_after_an_overload_gets_slow_start_again():
     assert flow.limit == JUMP_LIMIT > halved + 1
 
 
+def test_an_answer_slower_than_the_fastest_grows_the_limit_by_one_not_a_jump():
+    """The jump reads the answer time as distance: an answer nearly twice the fastest (a server
+    holding the requests already sent) took the limit from 5 to 45 at once in a burst against an
+    overloaded server (the integration test's failures under load). Such an answer still counts
+    as fast for slow start's step of one; only one about as fast as the fastest jumps."""
+    clock = Clock()
+    flow = Concurrency(128, clock)
+    flow.spent(0.0005)
+    clock.now += 0.1
+    assert flow.answered("a", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=1)  # the fastest: 0.1 s
+    start = flow.limit
+    clock.now += 0.19
+    assert flow.answered("b", clock.now - 0.19, 0.19, Signal.HEALTHY, backlog=200)
+    assert flow.limit == start + 1
+    clock.now += 0.11
+    assert flow.answered("c", clock.now - 0.11, 0.11, Signal.HEALTHY, backlog=200)
+    assert flow.limit == JUMP_LIMIT
+
+
 def test_a_quiet_spell_takes_a_grown_limit_back_to_where_a_burst_starts():
     """A burst's grown limit outlived it: the next burst, minutes later, met the server with
     every request at once (it may be busy now), and each of those requests kept a delivery

@@ -42,6 +42,10 @@ INITIAL_LIMIT = 2
 GROW_RTT_FACTOR = 2.0
 #: Plus this much slack, so sub-millisecond jitter on loopback still counts as fast.
 GROW_RTT_SLACK = 0.002
+#: Slow start's jump reads the answer time as distance, so it takes an answer about as fast as
+#: the fastest (at most this many times it, plus the slack): one nearly twice as slow (a server
+#: holding what was already sent) grows the limit by one, as slow start does, not to 45 at once.
+JUMP_RTT_FACTOR = 1.25
 #: The fastest answer is remembered this long, so a server that got slower for good (VWO from
 #: 1 ms to 100 ms away, or slowing down) is measured anew: growth waits at most this long
 #: (a round of slower answers with no more in flight forgets it sooner: ``SLOW_ROUND``).
@@ -229,7 +233,8 @@ class Concurrency:
             self._credit = 0
             self.limit += 1
             return True
-        jump = min(self.useful(), self.limit + backlog, self._ceiling, JUMP_LIMIT)
+        jump = 0 if seconds > self._fastest * JUMP_RTT_FACTOR + GROW_RTT_SLACK else \
+            min(self.useful(), self.limit + backlog, self._ceiling, JUMP_LIMIT)
         self.limit = min(self.maximum, max(self.limit + 1, int(jump)))
         if self.limit >= self._ceiling:
             self.slow_start = False
