@@ -34,8 +34,8 @@ def received(receiver) -> Counter:
     return Counter(e["u"] for e in receiver.events())
 
 
-def fork(child) -> int:
-    """Run ``child()`` in a forked child that ends with os._exit(status); return the status."""
+def start_fork(child) -> int:
+    """Run ``child()`` in a forked child that ends with os._exit(status); the child's pid."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded process" on 3.12+
         pid = os.fork()
@@ -45,7 +45,12 @@ def fork(child) -> int:
             status = child()
         finally:
             os._exit(status)
-    _, status = os.waitpid(pid, 0)
+    return pid
+
+
+def fork(child) -> int:
+    """Run ``child()`` in a forked child (``start_fork``) and wait for it; its exit status."""
+    _, status = os.waitpid(start_fork(child), 0)
     return os.waitstatus_to_exitcode(status)
 
 
@@ -215,15 +220,7 @@ def test_a_child_does_not_keep_the_parents_idle_connections_open(pipeline, recei
         os.read(go, 1)  # until the parent has looked
         return 0
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            status = child()
-        finally:
-            os._exit(status)
+    pid = start_fork(child)
     os.close(go)
     try:
         events.activate(1, 1, "after")
