@@ -27,7 +27,7 @@ from ..event import VWOEvent
 from ..export.exporter import VWOExporter
 from . import summary
 from .backlog import Backlog, server_wait
-from .concurrency import INITIAL_LIMIT, JUMP_LIMIT, Concurrency, Signal, signal_of
+from .concurrency import INITIAL_LIMIT, Concurrency, Signal, signal_of
 from .sending import in_send_order, salvage, send
 from .settle import Notifier
 from .signals import quiet
@@ -96,10 +96,7 @@ class Delivery:
         if not self.background:
             return False
         workers = self._workers
-        flow = self._flow
-        # a thread for each batch waiting too, up to what a jump may reach: started while the app
-        # runs, they are there at exit, when Python 3.12+ starts none (a quiet engine kept two)
-        target = max(flow.limit, min(len(self._ready), JUMP_LIMIT, flow.maximum))
+        target = self._flow.limit
         if len(workers) >= target:
             return True
         while len(workers) < target:
