@@ -80,9 +80,10 @@ for i in range(2000):  # the last burst, then the program ends: delivered at exi
 """
 
 
-@pytest.mark.xfail(sys.version_info >= (3, 12), strict=True,
+@pytest.mark.xfail(sys.version_info >= (3, 12), strict=False,
                    reason="Python 3.12+ refuses new threads at exit: the 2 threads a quiet spell left deliver "
-                          "the last burst alone (1ba1cf6: 880 of 2400 delivered in shutdown_timeout 10 s)")
+                          "the last burst alone (1ba1cf6 on 3.12: 880 of 2400 delivered in shutdown_timeout 10 s, "
+                          "the rest reported); not strict: on 3.13 a fresh clone's run delivered all 2400 once")
 def test_exit_after_the_threads_ended_still_delivers_a_burst_in_time(receiver):
     """A program that went quiet (its burst's threads ended) then emits a burst and ends: the
     delivery at exit needs more threads than the quiet engine kept, and 3.12+ starts none then."""
