@@ -433,9 +433,18 @@ class Batcher(Delivery):
                 self._notifier.drain()
                 return ticket.wait(0) and ok
             ok = ticket.wait(None if timeout is None else max(0.0, deadline - time.monotonic())) and ok
-            if ok:  # batches a server's wait released count as settled for the ticket: not delivered yet
+            if ok:  # batches a server's wait released count as settled for the ticket: not delivered
+                # yet; waited for as the rest (by the flush's deadline, at most the retry budget)
                 with self._cond:
-                    ok = not self._released_waiting(ticket.target)
+                    until: float | None = None
+                    while self._released_waiting(ticket.target):
+                        if until is None:
+                            until = min(deadline, time.monotonic() + self.exporter.retry.budget)
+                        left = until - time.monotonic()
+                        if left <= 0:
+                            ok = False
+                            break
+                        self._cond.wait(min(left, 0.05))  # (a settled batch wakes no flush: polled)
             if not mark or not ticket.done.is_set():
                 return ok
             self._refill(wait=True)  # the settled batches made room
