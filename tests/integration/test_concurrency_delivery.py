@@ -44,6 +44,15 @@ def sampled_burst(events, proc, n: int) -> InFlight:
     return sampler
 
 
+def burst_far_away(events, proc, receiver, delivered: int) -> None:
+    """150 batches at once to a server 0.4 s away: more than 64 in flight, never past the
+    maximum, and ``delivered`` events at the receiver after the flush."""
+    receiver.stall(0.4)
+    sampler = sampled_burst(events, proc, 750)
+    assert receiver.event_count() == delivered
+    assert 64 < sampler.most <= proc.batcher.max_concurrent_requests, sampler.most
+
+
 def test_in_flight_grows_past_the_old_fixed_four_when_the_server_is_50ms_away(pipeline, receiver, callbacks):
     events, proc, _ = pipeline({"events_per_request": 10, "request_time_interval": 60})
     receiver.stall(0.05)
@@ -155,10 +164,7 @@ def test_a_burst_against_a_server_far_away_gets_more_than_64_batches_in_flight_o
     Here 150 batches wait for a server 0.4 s away: on defaults the limit passes 64 and they all
     land in about two answer times."""
     events, proc, _ = pipeline({"events_per_request": 5, "request_time_interval": 60})
-    receiver.stall(0.4)
-    sampler = sampled_burst(events, proc, 750)
-    assert receiver.event_count() == 750
-    assert 64 < sampler.most <= proc.batcher.max_concurrent_requests, sampler.most
+    burst_far_away(events, proc, receiver, delivered=750)
 
 
 def test_a_burst_against_an_overloaded_server_far_away_does_not_get_the_whole_maximum_at_once(
@@ -331,10 +337,7 @@ def test_a_burst_long_after_one_failed_answer_still_gets_more_than_64_in_flight(
     events.activate(231, 1, "unlucky")
     assert proc.force_flush(10_000) and receiver.event_count() == 1
     time.sleep(RTT_WINDOW + 0.2)  # the quiet spell itself is the condition: nothing in flight
-    receiver.stall(0.4)
-    sampler = sampled_burst(events, proc, 750)
-    assert receiver.event_count() == 751
-    assert 64 < sampler.most <= proc.batcher.max_concurrent_requests, sampler.most
+    burst_far_away(events, proc, receiver, delivered=751)
 
 
 def test_the_threads_a_burst_started_go_when_the_engine_is_quiet_and_come_back_for_the_next(
