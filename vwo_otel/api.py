@@ -27,15 +27,10 @@ from ._version import __version__
 from .event import VWOEvent
 from .event_types import MAX_EVENT_ATTRIBUTES, TYPES, row_for
 from .export.exporter import VWOExporter
-from .handoff import HANDED, STARTING, event_of
+from .handoff import HANDED, event_of
 from .processor import VWOLogRecordProcessor, VWOSpanProcessor
 
 logger = logging.getLogger("vwo_otel")
-
-
-#: A bare span's decision: recorded, unsampled, no trace state (only processors that take its
-#: handed event and stock ones that skip unsampled spans see it: nobody reads the parent's).
-_BARE = SamplingResult(Decision.RECORD_ONLY)
 
 
 class VWOSampler(Sampler):
@@ -52,11 +47,7 @@ class VWOSampler(Sampler):
     def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
                       attributes: Any = None, links: Sequence[Any] | None = None,
                       trace_state: Any = None) -> SamplingResult:
-        if not attributes:
-            if HANDED.key is STARTING:  # VWOEvents' bare span: the mark is used up (spans started
-                HANDED.key = None  # inside its start, by a processor's on_start, are the app's)
-                return _BARE
-        elif A.EVENT_TYPE in attributes:
+        if attributes and A.EVENT_TYPE in attributes:
             parent = trace.get_current_span(parent_context).get_span_context()
             return SamplingResult(Decision.RECORD_ONLY, attributes, parent.trace_state if parent.is_valid else None)
         return self._delegate.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
@@ -102,9 +93,11 @@ class VWOEvents:
         self._routed = False  # the provider was checked: a VWO processor receives the events
         self._taken = Route(None)  # the route last taken: looked at again once a processor is added
         self._plain = False  # routed, with no length limit to check and no account to add: emit as given
-        #: routed where a legacy event may go bare (``Route.handoff``): handed to the VWO processors
-        #: whole, its record carrying its name only
-        self._bare = False
+        #: routed where a legacy event goes straight to the VWO processors (``Route.handoff``), no
+        #: record made (``Route.takers``); a span's only while its tracer's scope is on
+        self._direct = False
+        self._takers: tuple[Callable[[VWOEvent], Any], ...] = ()
+        self._tracer_on: Callable[[], bool] = _always
         self._to_gateway = bool(to_gateway)  # the provider's own OTLP exporters carry them to a gateway
         for mine, given, method, kind in (("tracer_provider", tracer_provider, "get_tracer", "TracerProvider"),
                                           ("logger_provider", logger_provider, "get_logger", "LoggerProvider")):
@@ -216,12 +209,13 @@ class VWOEvents:
         if (ua is not None or ip is not None or not self._plain or self._taken.changed()) \
                 and not self._ready(attrs, ua, ip):
             return
-        name = _SPAN_NAMES.get(etype) or _span_name(etype)
-        if self._bare and (event := event_of(attrs, now := time.time_ns())) is not None:
-            # only VWO processors, on this thread, deliver it: they take the event; the span is bare
-            self._handing(event, STARTING, self._bare_span, name, now)
+        if self._direct and (event := event_of(attrs, time.time_ns())) is not None:
+            if self._tracer_on():  # the configurator may disable the scope after the route was taken
+                self._take(event)
+            else:
+                self._unrecorded()
             return
-        span = self._tracer.start_span(name, attributes=attrs)
+        span = self._tracer.start_span(_SPAN_NAMES.get(etype) or _span_name(etype), attributes=attrs)
         if self._to_gateway:
             if not span.get_span_context().trace_flags.sampled:  # the provider's exporters see sampled spans only
                 self._warn("a VWO event span for the gateway was not sampled, so the provider's OTLP exporter "
@@ -247,10 +241,7 @@ class VWOEvents:
         if log:
             scope_on = self._logger_on
         else:
-            tracer = self._tracer
-            if isinstance(tracer, trace.ProxyTracer):  # got before the app set its provider: the provider's now
-                tracer = tracer._tracer
-            scope_on = getattr(tracer, "_is_enabled", None) or _always
+            scope_on = _tracer_on(self._tracer)
         if not scope_on():
             return (f"the provider's {'logger' if log else 'tracer'} configurator disables the instrumentation "
                     f"scope {A.SCOPE!r}, so its records reach no processor: enable that scope")
@@ -274,24 +265,23 @@ class VWOEvents:
             self._logger.emit(event_name=name, attributes=attrs, timestamp=timestamp)
             return
         event = event_of(attrs, timestamp)
-        bare = event is not None and self._bare  # only VWO processors, on this thread, deliver it
-        self._handing(event, timestamp, self._logger.emit, event_name=name, attributes=None if bare else attrs,
-                      timestamp=timestamp)
+        if self._direct and event is not None:
+            self._take(event)
+            return
+        self._handing(event, timestamp, self._logger.emit, event_name=name, attributes=attrs, timestamp=timestamp)
 
-    def _bare_span(self, name: str, start: int) -> None:
-        """Start (``VWOSampler`` knows it by ``STARTING``) and end a span without attributes."""
-        span = self._tracer.start_span(name, start_time=start)
-        HANDED.key = getattr(span, "_context", None)
-        if getattr(span, "_start_time", None) is None:
-            self._unrecorded()
-        span.end()
+    def _take(self, event: VWOEvent) -> None:
+        """``event`` to each VWO processor of the route, as their ``on_end`` / ``on_emit`` would
+        put it (``Route.handoff``: nothing else on the provider would read its record, so none
+        is made)."""
+        for take in self._takers:
+            take(event)
 
     @staticmethod
     def _handing(event: VWOEvent | None, key: object, emit: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """``emit(*args, **kwargs)`` with ``event`` handed to the processors on this thread for the
-        record keyed ``key`` (``handoff``; ``STARTING`` for a bare span not started yet); an event
-        emitted inside it (an inline ``flush_callback``) hands its own and then gives this one back,
-        for the processors after it."""
+        record keyed ``key`` (``handoff``); an event emitted inside it (an inline ``flush_callback``)
+        hands its own and then gives this one back, for the processors after it."""
         handed = HANDED
         before = handed.event, handed.key
         handed.event, handed.key = event, key
@@ -326,7 +316,7 @@ class VWOEvents:
         log = self._emit == self._emit_log
         provider = self._provider or trace.get_tracer_provider()
         route = self._taken = Route.of(provider, log)
-        self._routed = self._plain = self._bare = False
+        self._routed = self._plain = self._direct = False
         if (self._to_gateway and not log and not route.found
                 and isinstance(getattr(provider, "sampler", None), VWOSampler)):
             return self._refuse("to_gateway=True needs the provider's OTLP exporter to see VWO spans, but "
@@ -364,7 +354,10 @@ class VWOEvents:
                        "on one provider: each event is delivered to every one of them (VWOEvents' events carry "
                        "no account); give each account a provider of its own")
         self._routed = True
-        self._bare = route.handoff and not self._to_gateway
+        self._direct = route.handoff and not self._to_gateway
+        self._takers = route.takers
+        if not log:
+            self._tracer_on = _tracer_on(self._tracer)
         self._plain = self._max_length is None and self._account is None  # nothing for _ready to add or check
         return True
 
@@ -375,6 +368,14 @@ class VWOEvents:
 
 def _always() -> bool:
     return True
+
+
+def _tracer_on(tracer: Any) -> Callable[[], bool]:
+    """Whether the provider's (experimental, SDK 1.39+) tracer configurator lets the tracer's
+    spans be recorded, asked when called (it may change)."""
+    if isinstance(tracer, trace.ProxyTracer):  # got before the app set its provider: the provider's now
+        tracer = tracer._tracer
+    return getattr(tracer, "_is_enabled", None) or _always
 
 
 def _resource_account(provider: Any) -> str | None:
@@ -423,13 +424,16 @@ class Route:
     leaks: bool = False
     count: int | None = None
     length: int | None = None
-    #: only VWO processors (their own ``on_end`` / ``on_emit``) and OpenTelemetry's stock ones for
-    #: the app's exporters, called on the emitting thread: a legacy event may go bare (``handoff``)
+    #: only VWO processors (their own hooks) and OpenTelemetry's stock ones for the app's exporters
+    #: (which skip VWOSampler's record-only spans), called on the emitting thread: a legacy event
+    #: of ``VWOEvents`` goes straight to the VWO processors' queues (``takers``), no record made
     handoff: bool = False
     #: the provider's processor list (the SDK replaces the tuple when one is added), and where it is
     seen: tuple[Any, str, Any] | None = None
     #: the VWO accounts its VWO processors deliver (VWOEvents' events, which carry none, reach each)
     accounts: frozenset[int] = frozenset()
+    #: with ``handoff``: what each VWO processor's ``on_end`` / ``on_emit`` puts an event with, in order
+    takers: tuple[Callable[[VWOEvent], Any], ...] = ()
 
     def changed(self) -> bool:
         """A processor was added to the provider since this route was taken."""
@@ -463,13 +467,14 @@ class Route:
             return cls(found, False, count, length)
         stock = log or private  # under VWOSampler the stock processors skip VWO spans (never sampled)
         vwo = [delivers_to_vwo(p, kind, stock) for p in processors]
-        # bare: under VWOSampler (another sampler may decide by the attributes), beside processors
-        # that take the handed event or never read VWO's records, called on this thread
+        # straight to the queues: under VWOSampler (another sampler may decide by the attributes),
+        # beside processors that only put it there or never read VWO's records, on this thread
         handoff = (log or not private) and type(multi).__name__.startswith("SynchronousMulti") and all(
             _takes_handed(p, kind) for p in processors)
         accounts = frozenset(account_of(p) for p, is_vwo in zip(processors, vwo, strict=True) if is_vwo)
+        takers = tuple(p.batcher.put for p in processors if isinstance(p, kind)) if handoff else ()
         return cls(any(vwo), private and not all(vwo), count, length, handoff, (multi, field, processors),
-                   accounts)
+                   accounts, takers)
 
 
 def delivers_to_vwo(processor: Any, kind: type, stock: bool = True) -> bool:
@@ -481,12 +486,13 @@ def delivers_to_vwo(processor: Any, kind: type, stock: bool = True) -> bool:
 
 
 def _takes_handed(processor: Any, kind: type) -> bool:
-    """A VWO processor that takes the handed event itself (``on_end`` / ``on_emit`` not
-    overridden: one that passes records to another thread would get bare ones), or one of
+    """A VWO processor whose hooks only put the event in its queue (none overridden: one that
+    passes records to another thread, or looks at them starting, needs the record), or one of
     OpenTelemetry's stock processors with an exporter of the app's (which never reads VWO's)."""
-    hook = "on_emit" if kind is VWOLogRecordProcessor else "on_end"
-    if isinstance(processor, kind):  # its hook, as called (one set on the instance counts too)
-        return getattr(getattr(processor, hook, None), "__func__", None) is getattr(kind, hook)
+    hooks = ("on_emit",) if kind is VWOLogRecordProcessor else ("on_start", "on_end")
+    if isinstance(processor, kind):  # its hooks, as called (one set on the instance counts too)
+        return all(getattr(getattr(processor, hook, None), "__func__", None) is getattr(kind, hook)
+                   for hook in hooks)
     return type(processor) in _STOCK and not isinstance(exporter_of(processor), VWOExporter)
 
 

@@ -170,28 +170,11 @@ def from_record(record: Any) -> VWOEvent | None:
         attrs = _plain(inner.attributes)
         if attrs and A.EVENT_TYPE in attrs:
             return from_attributes(attrs, log_time(inner.timestamp, inner.observed_timestamp))
-        if not attrs:
-            _not_bare(record, getattr(inner, "event_name", None))
         return None
     attrs = _plain(attrs)
     if attrs and A.EVENT_TYPE in attrs:
         return from_attributes(attrs, record.start_time)
-    if not attrs:
-        _not_bare(record, record.name)
     return None
-
-
-#: the names ``VWOEvents`` gives a bare record (a legacy event's: no attributes, the event handed over)
-_BARE_NAMES = frozenset(row.span_name for key, row in TYPES.items() if isinstance(key, int))
-
-
-def _not_bare(record: Any, name: Any) -> None:
-    """Raise ``MalformedEvent`` for ``VWOEvents``' own bare record: its event was handed to the VWO
-    processors on the emitting thread, so one that reaches anything else is reported, not dropped."""
-    if name in _BARE_NAMES and getattr(getattr(record, "instrumentation_scope", None), "name", None) == A.SCOPE:
-        raise MalformedEvent(f"a bare {name} record of VWOEvents without its event: it reached a processor that "
-                             "was not given the event on the emitting thread (one added to the provider from "
-                             "another thread while emitting, or one that passes records on)")
 
 
 _POSITION = {slot: i for i, slot in enumerate(VWOEvent.__slots__)}

@@ -10,10 +10,11 @@ processor takes it if the record it is given carries that key. A record from any
 (the app's own tracer, another thread, a processor running on a thread pool) is decoded as
 before. The event is the same either way (``tests/unit/test_fast_paths.py``).
 
-Where only processors that take the handed event (or never read VWO's records) are on the
-provider, under ``VWOSampler``, a legacy event's record is bare: its name, no attributes
-(``api.Route.handoff``). ``STARTING`` marks the bare span being started, so ``VWOSampler`` knows
-it; ``event.from_record`` reports a bare record that arrives without its event."""
+Where only VWO processors whose hooks just queue the event (and, under ``VWOSampler``, stock
+ones for the app's exporters, which skip its record-only spans) are on the provider, no record is
+made at all: ``VWOEvents`` puts a legacy event straight into those processors' queues
+(``api.Route.handoff``, ``Route.takers``): the span's start, sampling and end were most of an
+``activate``'s cost."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from . import attributes as A
 from .event import VWOEvent
 from .event_types import TYPES
 
-__all__ = ["HANDED", "STARTING", "event_of"]
+__all__ = ["HANDED", "event_of"]
 
 #: ``VWOEvent``'s arguments after (etype, user_id, time) and before (visitor_ua, visitor_ip) ...
 _MIDDLE = VWOEvent.__slots__[3:9]
@@ -44,9 +45,6 @@ class Handed(threading.local):
 
 
 HANDED = Handed()
-#: ``HANDED.key`` while ``VWOEvents`` starts a bare span (no attributes: its event is handed over):
-#: ``VWOSampler`` knows that span by it, not by its name, which an app's own span may share
-STARTING = object()
 
 
 def event_of(attrs: Mapping[str, Any], time_ns: int) -> VWOEvent | None:

@@ -1,10 +1,10 @@
-"""Bare records: where only VWO processors (and OpenTelemetry's stock ones for the app's
-exporters) receive them, ``VWOEvents`` emits a legacy event as a span / log record with its name
-and no attributes and hands the event to the VWO processor on the same thread (``handoff``).
-Every set-up where something else would need the attributes gets them, and a bare record that
-still reaches a processor without its event is reported, never silently skipped (the attack
-review of the change found both: a ``VWOExporter`` added after the first event, and a processor
-subclass that passes spans to another thread, lost events without a word)."""
+"""Events straight to the queue: where only VWO processors (and OpenTelemetry's stock ones for the
+app's exporters, which skip VWOSampler's record-only spans) receive them, ``VWOEvents`` puts a
+legacy event into the VWO processors' queues on the emitting thread and makes no span or log
+record (``Route.handoff``). Every set-up where something else would read the record gets it,
+with every attribute (the attack reviews of the earlier "bare record" form found two that lost
+events without a word: a ``VWOExporter`` added after the first event, and a processor subclass
+that passes spans to another thread)."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ class Started(VWOSampler):
         return super().should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
 
 
-def test_beside_stock_processors_vwo_spans_are_bare_and_beside_an_unknown_one_they_are_whole():
+def test_beside_stock_processors_no_span_is_made_and_beside_an_unknown_one_it_is_whole():
     ended: list = []
 
     class Mine(SpanProcessor):  # could hold another account's VWO processor, or a thread pool
@@ -128,32 +128,43 @@ def test_beside_stock_processors_vwo_spans_are_bare_and_beside_an_unknown_one_th
         provider.add_span_processor(processor)
         provider.add_span_processor(extra)
         VWOEvents(tracer_provider=provider).push("u", {"k": "v"})
-        (name, attrs), = sampler.started
-        assert name == "vwo.custom_dimension" and (attrs.get(A.USER_ID) == "u" if whole else attrs == {})
+        if whole:
+            (name, attrs), = sampler.started
+            assert name == "vwo.custom_dimension" and attrs.get(A.USER_ID) == "u"
+        else:
+            assert sampler.started == []  # no span: the event went straight to the queue
         assert processor.stats()["queued"] == 1
     assert [dict(s.attributes)[A.USER_ID] for s in ended] == ["u"]
 
 
-def test_a_bare_span_that_reaches_a_processor_without_its_event_is_reported_malformed():
-    spans: list = []
+def test_each_vwo_processor_of_the_provider_gets_the_event_once_in_order():
+    first, second = _processor(), _processor()
+    provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+    provider.add_span_processor(first)
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    provider.add_span_processor(second)
+    vwo = VWOEvents(tracer_provider=provider)
+    for i in range(3):
+        vwo.track(1, 2, 3, f"u{i}")
+    third = _processor()
+    provider.add_span_processor(third)  # the route is taken again: the new one gets the next events
+    vwo.activate(1, 2, "later")
+    users = [[e.user_id for e in p.batcher.snapshot().pending] for p in (first, second, third)]
+    assert users == [["u0", "u1", "u2", "later"], ["u0", "u1", "u2", "later"], ["later"]]
 
-    class Keep(SpanProcessor):
-        def on_end(self, span):
-            spans.append(span)
 
-    elsewhere = TracerProvider(shutdown_on_exit=False)
-    elsewhere.add_span_processor(Keep())
-    elsewhere.get_tracer("vwo_otel").start_span("vwo.goal").end()  # what VWOEvents emits bare
-    elsewhere.get_tracer("my.app").start_span("vwo.goal").end()  # an app's span of that name: not VWO's
-    reports: list = []
-    processor = VWOSpanProcessor(VWOExporter(12345, "key", disabled=True),
-                                 {**BATCH, "flush_callback": lambda err, events: reports.append(err)},
-                                 background=False)
-    for span in spans:
-        processor.on_end(span)
-    assert processor.stats()["dropped"] == {"malformed": 1}
-    processor.force_flush()
-    assert len(reports) == 1 and "bare vwo.goal record of VWOEvents" in str(reports[0])
+def test_a_vwo_processor_that_looks_at_spans_starting_gets_whole_spans():
+    started: list = []
+
+    class Watching(VWOSpanProcessor):
+        def on_start(self, span, parent_context=None):
+            started.append(span.name)
+
+    provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+    processor = _processor(Watching)
+    provider.add_span_processor(processor)
+    VWOEvents(tracer_provider=provider).activate(1, 2, "u")
+    assert started == ["vwo.visitor"] and processor.stats()["queued"] == 1
 
 
 def test_an_app_span_named_like_a_vwo_event_is_sampled_as_the_app_s_sampler_says():
@@ -221,7 +232,7 @@ def test_a_hook_replaced_on_the_instance_gets_every_attribute():
 def test_an_app_span_started_inside_a_vwo_span_s_start_is_the_app_s():
     app = InMemorySpanExporter()
 
-    class Starting(VWOSpanProcessor):  # on_end untouched: the provider still takes bare spans
+    class Starting(VWOSpanProcessor):  # on_start overridden: it gets whole spans
         def on_start(self, span, parent_context=None):
             if span.name.startswith("vwo."):
                 tracer.start_span("app.audit").end()
