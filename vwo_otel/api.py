@@ -448,7 +448,7 @@ class Route:
             limits = getattr(provider, "_log_record_limits", None)
             count = getattr(limits, "max_log_record_attributes", None)
             length = getattr(limits, "max_log_record_attribute_length", None)
-            kind: type = VWOLogRecordProcessor
+            kind: type[VWOLogRecordProcessor | VWOSpanProcessor] = VWOLogRecordProcessor
             private = True  # log records are never sampled: any other processor sees them
         else:
             if isinstance(provider, trace.ProxyTracerProvider):

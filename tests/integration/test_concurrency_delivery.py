@@ -167,6 +167,28 @@ def test_a_burst_against_a_server_far_away_gets_more_than_64_batches_in_flight_o
     burst_far_away(events, proc, receiver, delivered=750)
 
 
+def test_a_burst_on_an_engine_that_has_been_delivering_gets_its_batches_out_before_the_first_answer(
+        pipeline, receiver, callbacks):
+    """#21 item 11: with VWO 100 ms away, a burst's batches waited a round trip at 2 in flight
+    for its first answer before slow start's jump, although a batch answered a moment before had
+    measured the distance (100 ms of the burst's 0.5 s). Here a batch is answered in 0.4 s, then
+    150 batches come: more than 2 are in flight before any of them is answered."""
+    events, proc, _ = pipeline({"events_per_request": 5, "request_time_interval": 60})
+    receiver.stall(0.4)
+    for i in range(5):
+        events.activate(231, 1, f"warm-{i}")
+    assert proc.force_flush(10_000) and len(callbacks.ok_events) == 5
+    start = time.monotonic()
+    for i in range(750):
+        events.activate(231, 1, f"user-{i}")
+    most = 0
+    while time.monotonic() - start < 0.3:  # no answer to the burst can come sooner than 0.4 s
+        most = max(most, receiver.stalled())
+        time.sleep(0.002)
+    assert most > 16, most
+    assert proc.force_flush(10_000) and receiver.event_count() == 755
+
+
 def test_a_burst_against_an_overloaded_server_far_away_does_not_get_the_whole_maximum_at_once(
         pipeline, receiver):
     """A server 50 ms away and 10 ms slower for each request it holds, a burst of 150 batches:

@@ -130,7 +130,10 @@ def test_workers_share_one_port_each_with_its_spool_and_one_sigterm_drains_all(t
         seen = Counter(ev["u"] for ev in receiver.events())
         assert set(seen) == {visitor_uuid(ACCOUNT_ID, u) for u in users} and max(seen.values()) == 1
         per_worker = _accepted_by_worker(gw.err())
-        assert len(per_worker) == 2 and all(n > 0 for n in per_worker.values()), per_worker  # both served
+        assert len(per_worker) == 2 and sum(per_worker.values()) == 600, per_worker  # both ran and drained
+        # SO_REUSEPORT spreads connections by their address; a shared listener goes to whichever
+        # worker accepts first, which on a loaded machine was one of them for all 30 (a full run)
+        assert not reuse_port or all(n > 0 for n in per_worker.values()), per_worker  # both served
         assert not glob.glob(str(spool / str(ACCOUNT_ID) / "spool-*.sqlite"))  # all delivered: no file left
     finally:
         gw.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vwo_otel._engine.concurrency import (
+    EARLY_JUMP_RTT,
     INITIAL_LIMIT,
     JUMP_LIMIT,
     RTT_WINDOW,
@@ -446,3 +447,58 @@ def test_a_sustained_overload_does_not_get_the_whole_maximum_after_rtt_window():
     flow = Concurrency(128, clock)
     assert overloaded_stream(flow, clock, 1.5) < JUMP_LIMIT
     assert overloaded_stream(flow, clock, 4.0) < JUMP_LIMIT + 16
+
+
+def test_a_burst_on_an_engine_that_has_been_delivering_jumps_before_its_first_answer():
+    """A batch answered in 100 ms a moment ago, then a burst: with the 2 slots in flight and 40
+    batches waiting, the limit takes the jump at once (it waited a round trip for the burst's
+    first answer: one more round trip for a 200-batch burst, 100 ms of 0.5 s)."""
+    clock = Clock()
+    flow = Concurrency(128, clock)
+    flow.spent(0.0005)
+    clock.now += 0.1
+    assert not flow.answered("a", clock.now - 0.1, 0.1, Signal.HEALTHY, backlog=0)  # nothing waited
+    clock.now += 0.5
+    assert not flow.waiting(in_flight=1, backlog=3, out_since=clock.now)  # a slot is free: no jump needed
+    assert not flow.waiting(in_flight=INITIAL_LIMIT, backlog=0, out_since=clock.now)
+    assert flow.waiting(in_flight=INITIAL_LIMIT, backlog=40, out_since=clock.now)
+    assert flow.limit == INITIAL_LIMIT + 40
+    assert flow.waiting(in_flight=flow.limit, backlog=500, out_since=clock.now) and flow.limit == JUMP_LIMIT
+    assert not flow.waiting(in_flight=flow.limit, backlog=500, out_since=clock.now)  # past the jump: answers grow it
+
+
+def test_no_jump_before_an_answer_on_a_stale_slow_or_overloaded_record():
+    """The jump before an answer reads the last answers: none without a fast one within
+    ``RTT_WINDOW``, after a slower answer (the server's own load), after an overload, while a
+    server's wait holds the batches, with a request out longer than the fastest answer took (the
+    server got slower: a jump on the old answer held 12 at once against a server now 3 s away),
+    or for a server nearer than ``EARLY_JUMP_RTT`` (a jump on a loopback's old answers hid its
+    slowing to 20 ms for ``RTT_WINDOW``)."""
+    clock = Clock()
+    fresh = Concurrency(128, clock)
+    assert not fresh.waiting(INITIAL_LIMIT, 40, clock.now)  # nothing answered yet
+
+    def answered(seconds: float, fastest: float = 0.1) -> Concurrency:
+        flow = Concurrency(128, clock)
+        flow.spent(0.0001)
+        flow.answered("a", clock.now - fastest, fastest, Signal.HEALTHY, backlog=0)
+        if seconds:
+            flow.answered("b", clock.now - seconds, seconds, Signal.HEALTHY, backlog=0)
+        return flow
+
+    stale = answered(0)
+    clock.now += RTT_WINDOW + 0.1
+    assert not stale.waiting(INITIAL_LIMIT, 40, clock.now)
+    assert not answered(0.19).waiting(INITIAL_LIMIT, 40, clock.now)  # the latest nearly twice the fastest
+    overloaded = answered(0)
+    overloaded.answered("c", clock.now - 0.1, 0.1, Signal.OVERLOADED, backlog=0)
+    assert not overloaded.waiting(overloaded.limit, 40, clock.now)
+    held = answered(0)
+    held.hold(clock.now + 30)
+    assert not held.waiting(held.limit, 40, clock.now)
+    clock.now += 31
+    assert not held.waiting(held.limit, 40, clock.now)  # the probe first
+    assert not answered(0).waiting(INITIAL_LIMIT, 40, clock.now - 0.2)  # out 0.2 s: the server is slower
+    assert answered(0).waiting(INITIAL_LIMIT, 40, clock.now - 0.1)
+    assert not answered(0, fastest=EARLY_JUMP_RTT / 2).waiting(INITIAL_LIMIT, 40, clock.now)
+    assert answered(0, fastest=EARLY_JUMP_RTT).waiting(INITIAL_LIMIT, 40, clock.now)

@@ -6,7 +6,8 @@ TCP's window) and the answer came about as fast as the fastest recent one (slow 
 slow start it may also jump at once to the requests that can usefully be in flight: the
 fastest recent answer divided by what one request costs the delivery thread in CPU (``spent``),
 as many as the waiting batches need. A server 100 ms away is kept busy from the second round
-trip of a burst instead of the sixth, while on loopback, where an answer takes about what
+trip of a burst instead of the sixth (from its first, when answers a moment ago still say how far
+the server is: ``waiting``), while on loopback, where an answer takes about what
 sending it costs, that is one or two and extra threads would only contend for the
 interpreter lock. It halves on a sign of overload (429, 5xx, no answer), at most once per round trip,
 and grows by one per ``limit`` healthy answers after that (congestion avoidance). It never
@@ -46,6 +47,10 @@ GROW_RTT_SLACK = 0.002
 #: the fastest (at most this many times it, plus the slack): one nearly twice as slow (a server
 #: holding what was already sent) grows the limit by one, as slow start does, not to 45 at once.
 JUMP_RTT_FACTOR = 1.25
+#: Slow start's jump before an answer (``waiting``) needs a server at least this far (its fastest
+#: answer): a round trip saved is worth it there, while near by an answer comes within a few
+#: batches' CPU anyway, and a jump on a loopback's old answers hid its slowing to 20 ms.
+EARLY_JUMP_RTT = 0.01
 #: The fastest answer is remembered this long, so a server that got slower for good (VWO from
 #: 1 ms to 100 ms away, or slowing down) is measured anew: growth waits at most this long
 #: (a round of slower answers with no more in flight forgets it sooner: ``SLOW_ROUND``).
@@ -132,6 +137,7 @@ class Concurrency:
     _probing: bool = field(default=False, init=False)  # after a hold, until a request sent since is answered 2xx
     _last: float = field(default=-math.inf, init=False)  # when a request was last answered or settled
     _over: int = field(default=0, init=False)  # slow answers in a row with the limit above JUMP_LIMIT
+    _jumpable: bool = field(default=False, init=False)  # the last answer was healthy and about as fast as the fastest
 
     def __post_init__(self) -> None:
         self.limit = min(INITIAL_LIMIT, self.maximum)
@@ -171,6 +177,7 @@ class Concurrency:
         self._credit = 0
         self._cut_at = self.clock()  # answers to requests sent before the hold say nothing new
         self._probing = True  # nothing grows the limit until the probe (or a later request) is answered
+        self._jumpable = False
 
     def resumes(self) -> float:
         """When a server's wait (``hold``) ends; -inf if none holds batches back."""
@@ -202,6 +209,39 @@ class Concurrency:
         """Sending one batch cost its delivery thread ``cpu`` seconds of CPU."""
         self._cost = cpu if not self._cost else self._cost + COST_WEIGHT * (cpu - self._cost)
 
+    def waiting(self, in_flight: int, backlog: int, out_since: float) -> bool:
+        """``backlog`` batches wait with ``in_flight`` filling the limit, the oldest of them sent at
+        ``out_since``: in slow start, the jump the next answer would bring, made now from the last
+        ones, so a burst on an engine that has been delivering to a server far away gets its
+        requests in flight a round trip sooner. Only on a record that still holds: the fastest
+        answer no older than ``RTT_WINDOW`` and at least ``EARLY_JUMP_RTT``, the latest healthy
+        and about as fast (``JUMP_RTT_FACTOR``), and no request out longer than such an answer
+        takes (else the server got slower: its answers decide). True if the limit grew (the
+        caller starts threads for it)."""
+        now = self.clock()
+        if (not backlog or in_flight < self.rest(in_flight) or not self.slow_start or not self._jumpable
+                or self._probing or self.paused or now - self._fastest_at > RTT_WINDOW
+                or self._fastest < EARLY_JUMP_RTT
+                or now - out_since > self._fastest * JUMP_RTT_FACTOR + GROW_RTT_SLACK):
+            return False
+        jump = self._jump(backlog)
+        if jump <= self.limit:
+            return False
+        self._grow_to(jump)
+        return True
+
+    def _jump(self, backlog: int) -> int:
+        """Slow start's jump after an answer about as fast as the fastest: the requests the answer
+        time allows (``useful``), as many as ``backlog`` waiting batches need, at most
+        ``JUMP_LIMIT`` and the ceiling; 0 after a slower answer."""
+        return int(min(self.useful(), self.limit + backlog, self._ceiling, JUMP_LIMIT)) if self._jumpable else 0
+
+    def _grow_to(self, limit: int) -> None:
+        """Slow start's limit to ``limit`` (at most the maximum); at the ceiling slow start ends."""
+        self.limit = min(self.maximum, int(limit))
+        if self.limit >= self._ceiling:
+            self.slow_start = False
+
     def useful(self) -> int:
         """Requests in flight that keep the delivery threads busy rather than waiting: the
         fastest recent answer over what one request costs in CPU (0 before both are known)."""
@@ -222,6 +262,7 @@ class Concurrency:
             if self._slow >= max(self.limit, SLOW_ROUND):  # a whole round: it got slower for good
                 self._fastest, self._fastest_at, self._fastest_limit = self._slow_fastest, now, self.limit
                 self._slow, self._slow_fastest, fast = 0, math.inf, True
+        self._jumpable = seconds <= self._fastest * JUMP_RTT_FACTOR + GROW_RTT_SLACK
         if self._past_knee(started, fast, now):
             return False
         if not backlog or not fast or self.limit >= self.maximum:
@@ -233,11 +274,7 @@ class Concurrency:
             self._credit = 0
             self.limit += 1
             return True
-        jump = 0 if seconds > self._fastest * JUMP_RTT_FACTOR + GROW_RTT_SLACK else \
-            min(self.useful(), self.limit + backlog, self._ceiling, JUMP_LIMIT)
-        self.limit = min(self.maximum, max(self.limit + 1, int(jump)))
-        if self.limit >= self._ceiling:
-            self.slow_start = False
+        self._grow_to(max(self.limit + 1, self._jump(backlog)))
         return True
 
     def _past_knee(self, started: float, fast: bool, now: float) -> bool:
@@ -263,3 +300,4 @@ class Concurrency:
     def _cut(self, limit: int) -> None:
         """Lower the limit to ``limit`` now; growth is additive from there (congestion avoidance)."""
         self.limit, self.slow_start, self._credit, self._cut_at = limit, False, 0, self.clock()
+        self._jumpable = False

@@ -42,6 +42,7 @@ class Batch:
 
     seq: int
     events: list[VWOEvent]
+    taken: float = 0.0  # when a delivery thread took it (the batcher's clock)
 
 
 #: Seconds a delivery thread waits with nothing to do before it ends, if more threads run than
@@ -92,10 +93,13 @@ class Delivery:
         held; threads are started as the limit grows and end when quiet: ``THREAD_IDLE``); False
         if the interpreter refuses new threads (at exit) and none is running, so the caller
         delivers inline. O(1) when enough run (the emitting thread calls it once per batch): a
-        thread that ends takes itself out of ``_workers``, so no thread is looked at here."""
+        thread that ends takes itself out of ``_workers``, so no thread is looked at here.
+        Batches waiting with the limit full may first take slow start's jump (``Concurrency.waiting``)."""
         if not self.background:
             return False
         workers = self._workers
+        if self._ready and self._inflight:
+            self._flow.waiting(len(self._inflight), len(self._ready), next(iter(self._inflight.values())).taken)
         target = self._flow.limit
         if len(workers) >= target:
             return True
@@ -151,8 +155,11 @@ class Delivery:
             queued = self._queued
             for ev in batch.events:
                 queued[ev.etype] -= 1
-            self._inflight[batch.seq] = batch
+            batch.taken = self._clock()
+            self._inflight[batch.seq] = batch  # in the order taken: the first is out longest
             self._sending[threading.get_ident()] = batch.seq
+            if self._ready and block:  # more wait with the limit full: the jump may come now, with its threads
+                self._start_worker()
             return batch
 
     def _observe(self, method: str, events: int, nbytes: int, status: int | None,

@@ -191,6 +191,7 @@ class Notifier:
         self._drops: dict[str, _Drops] = {}  # by reason
         self._drops_due = math.inf  # when the gathered drops are reported
         self._dropped_total = 0  # events dropped so far (any reason)
+        self._dropped_run = 0  # of those, how many were handed to the callback
         self._dropped_told = 0  # of those, how many a finished flush has answered False for
         self._failed_total = 0  # events reported failed so far
         self._failed_told = 0  # of those, how many a finished flush has answered False for
@@ -291,10 +292,12 @@ class Notifier:
             if self._inline and not self._closed:
                 inline = False  # reported by the next drain (a flush, the close)
             elif self._drops_due == math.inf:  # first drop since the last report: schedule one
+                # (after close too: an app that keeps emitting then gets one report per reason
+                # every DROP_REPORT_DELAY, not one callback and a thread start per event)
                 self._drops_due = time.monotonic() + DROP_REPORT_DELAY
                 inline = self._wake()
             else:
-                inline = self._closed and self._wake()  # after close the thread exits when idle
+                inline = False
         if inline:
             self._drain()
 
@@ -331,27 +334,35 @@ class Notifier:
             self._failed_told = max(self._failed_told, failures)
 
     def close(self, timeout: float) -> bool:
-        """Run what is still waiting (bounded by ``timeout``) and stop the thread. If the
-        callback is still busy after that, says in the log how much it was not given."""
+        """Run what is waiting now (bounded by ``timeout``); the thread ends once nothing is left.
+        Drops after this (an app still emitting) are reported as they gather, without the
+        close waiting for them: an emitter that never stops would keep it waiting. If the
+        callback is still busy after ``timeout``, says in the log how much it was not given."""
         with self._cond:
             self._closed = True
+            if self._drops:
+                self._drops_due = time.monotonic()  # what was gathered goes now
             self._cond.notify_all()
             self._room.notify_all()
             thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-            if thread.is_alive():
-                with self._cond:
+            target = self._dropped_total
+            if thread is not None and thread is not threading.current_thread():
+                self._cond.wait_for(lambda: self._caught_up(target) or not thread.is_alive(), timeout)
+                if not self._caught_up(target) and thread.is_alive():
                     results = sum(item.events() for item in self._items)
                     drops = sum(len(e.listed) + e.unlisted for e in self._drops.values())
-                logger.warning("vwo_otel: flush_callback still busy after shutdown_timeout; results for %d "
-                               "event(s) and %d dropped event(s) not passed to it (failures and drops were "
-                               "logged above)", results, drops)
-                self.log.flush()
-                return False
-        self._drain()
+                    logger.warning("vwo_otel: flush_callback still busy after shutdown_timeout; results for %d "
+                                   "event(s) and %d dropped event(s) not passed to it (failures and drops "
+                                   "were logged above)", results, drops)
+                    self.log.flush()
+                    return False
+        self._drain(target)
         self.log.flush()
         return True
+
+    def _caught_up(self, dropped: int) -> bool:
+        """Lock held: every result, and the first ``dropped`` drops, were handed to the callback."""
+        return not self._items and self._dropped_run >= dropped and not self._draining
 
     # the thread ---------------------------------------------------------------------
     def _wake(self) -> bool:
@@ -372,17 +383,22 @@ class Notifier:
         return False
 
     def _due(self) -> bool:
-        """Something to run now (lock held)."""
+        """Something to run now, or closed with nothing left: the thread ends (lock held)."""
         if self._draining:
             return False
-        return bool(self._items) or self._closed or (bool(self._drops) and time.monotonic() >= self._drops_due)
+        if self._items:
+            return True
+        if self._drops:
+            return time.monotonic() >= self._drops_due
+        return self._closed
 
     def _run(self) -> None:
         try:
             self._loop()
-        finally:  # delivery threads waiting for this thread to make room must not wait for a dead one
+        finally:  # delivery threads waiting for this thread to make room (or a close) must not wait for a dead one
             with self._cond:
                 self._room.notify_all()
+                self._cond.notify_all()
 
     def _loop(self) -> None:
         cond = self._cond
@@ -404,28 +420,34 @@ class Notifier:
         """Run what is waiting (results, drops) on this thread, in order: an ``inline`` notifier's flush."""
         self._drain()
 
-    def _drain(self) -> None:
-        """Run what is waiting, in order; one drainer at a time (others return at once)."""
+    def _drain(self, upto: int | None = None) -> None:
+        """Run what is waiting, in order; one drainer at a time (others return at once). With
+        ``upto``: stop once the results and the first ``upto`` drops are handed over (a close,
+        while an app may go on emitting drops)."""
         with self._cond:
             if self._draining:
                 return  # another thread is draining; it picks up what we queued
             self._draining = True
             self._drainer = threading.current_thread()
         try:
-            while self._run_next():
+            while self._run_next(upto):
                 pass
         except BaseException:  # Ctrl-C in a callback run on the main thread: what is left stays queued
             with self._cond:
                 self._stop_draining()
             raise
 
-    def _run_next(self) -> bool:
+    def _run_next(self, upto: int | None = None) -> bool:
         """Hand the callback one thing: the drops gathered for one reason, or the next result
         of the oldest settled batch. A batch leaves the queue (releasing its flushes) once all
         its results were handed over, so an interrupted drain loses and repeats nothing.
-        False when nothing is left (draining stops under the same lock)."""
+        False when nothing is left, or with ``upto``, once the results and the first ``upto``
+        drops are handed over (draining stops under the same lock)."""
         outcome: Outcome | None = None
         with self._cond:
+            if upto is not None and not self._items and self._dropped_run >= upto:
+                self._stop_draining()
+                return False
             if self._drops:
                 reason = next(iter(self._drops))
                 entry = self._drops.pop(reason)
@@ -452,10 +474,12 @@ class Notifier:
         detail = "".join(f" ({x})" for x in (entry.note, unlisted) if x)
         self._call(EventsDropped(f"{total} event(s) dropped: {reason}{detail}", reason=reason, count=total),
                    _safe_encode(self._encode, entry.listed))
+        with self._cond:
+            self._dropped_run += total
         return True
 
     def _stop_draining(self) -> None:
-        """Lock held: another drainer may start (and a waiting one is woken)."""
+        """Lock held: another drainer may start (and a waiting one, or a close, is woken)."""
         self._draining = False
         self._drainer = None
         self._cond.notify_all()

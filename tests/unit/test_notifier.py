@@ -1,0 +1,44 @@
+"""The notifier (``_engine/settle.py``): results and drops to ``flush_callback`` on a thread of
+its own. Here: its close, while drops keep coming (no sockets)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from vwo_otel._engine.settle import DROP_REPORT_DELAY, Notifier
+
+
+def test_a_close_does_not_wait_for_drops_that_keep_coming_and_later_ones_are_still_reported():
+    """An app that keeps emitting after shutdown began makes an ``already_shutdown`` drop per
+    event. The close waited for the callback thread to find nothing left, which never came: it
+    ran its whole timeout and said the callback was still busy, and each drop was one callback
+    and often a thread start. Now it returns once what was there at close was handed over;
+    later drops are reported together, every ``DROP_REPORT_DELAY``."""
+    calls: list[int] = []
+    notifier = Notifier(lambda err, events: calls.append(err.count), lambda events: [{} for _ in events], 100)
+    notifier.dropped("queue_full", [object()])  # one waiting at the close
+    stop = threading.Event()
+    fed = [0]
+
+    def feed() -> None:
+        end = time.monotonic() + 5  # bounded: stopped long before
+        while not stop.is_set() and time.monotonic() < end:
+            notifier.dropped("already_shutdown", [object()])
+            fed[0] += 1
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    time.sleep(0.05)
+    start = time.monotonic()
+    assert notifier.close(3.0)
+    took = time.monotonic() - start
+    time.sleep(2 * DROP_REPORT_DELAY)
+    stop.set()
+    feeder.join()
+    assert took < 1.0, took
+    deadline = time.monotonic() + 3 * DROP_REPORT_DELAY + 1
+    while sum(calls) < 1 + fed[0] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sum(calls) == 1 + fed[0]  # every drop reported, the last ones after the close
+    assert len(calls) < fed[0] / 100, (len(calls), fed[0])  # gathered, not one callback each
