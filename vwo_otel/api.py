@@ -323,6 +323,9 @@ class VWOEvents:
                                 "VWOSampler keeps them unsampled so exporters never do: emit them as log records "
                                 "(VWOEvents(logger_provider=..., to_gateway=True)), or use a TracerProvider without "
                                 "VWOSampler")
+        if getattr(provider, "_disabled", False) is True:  # the SDK's: its tracers and loggers are no-ops
+            return self._refuse("the provider is disabled (OTEL_SDK_DISABLED=true), so it records nothing: unset "
+                                "that variable to deliver them")
         if off := self._scope_off(log):
             return self._refuse(off)
         if route.found is False and not self._to_gateway:
@@ -449,7 +452,7 @@ class Route:
             count = getattr(limits, "max_log_record_attributes", None)
             length = getattr(limits, "max_log_record_attribute_length", None)
             kind: type[VWOLogRecordProcessor | VWOSpanProcessor] = VWOLogRecordProcessor
-            private = True  # log records are never sampled: any other processor sees them
+            private = own_decision = True  # log records are never sampled: any other processor sees them
         else:
             if isinstance(provider, trace.ProxyTracerProvider):
                 return cls(False)  # no provider set yet: events would go nowhere
@@ -461,15 +464,18 @@ class Route:
             length = getattr(limits, "max_span_attribute_length", None)
             kind = VWOSpanProcessor
             # VWOSampler keeps VWO spans unsampled: the stock processors of the app's exporters skip them
-            private = not isinstance(getattr(provider, "sampler", None), VWOSampler)
+            sampler = getattr(provider, "sampler", None)
+            private = not isinstance(sampler, VWOSampler)
+            own_decision = getattr(type(sampler), "should_sample", None) is VWOSampler.should_sample  # not a subclass's
         if processors is None:
             found = None if limits is not None or multi is not None else _unknown(provider)
             return cls(found, False, count, length)
         stock = log or private  # under VWOSampler the stock processors skip VWO spans (never sampled)
         vwo = [delivers_to_vwo(p, kind, stock) for p in processors]
-        # straight to the queues: under VWOSampler (another sampler may decide by the attributes),
-        # beside processors that only put it there or never read VWO's records, on this thread
-        handoff = (log or not private) and type(multi).__name__.startswith("SynchronousMulti") and all(
+        # straight to the queues: under VWOSampler's own decision (another sampler, or a subclass,
+        # may decide by the attributes), beside processors that only put it there or never read
+        # VWO's records, on this thread
+        handoff = (log or own_decision) and type(multi).__name__.startswith("SynchronousMulti") and all(
             _takes_handed(p, kind) for p in processors)
         accounts = frozenset(account_of(p) for p, is_vwo in zip(processors, vwo, strict=True) if is_vwo)
         takers = tuple(p.batcher.put for p in processors if isinstance(p, kind)) if handoff else ()

@@ -15,6 +15,7 @@ from opentelemetry.sdk._logs.export import LogRecordExportResult, SimpleLogRecor
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
 from vwo_otel import VWOEvents, VWOExporter, VWOLogRecordProcessor, VWOSampler, VWOSpanProcessor
@@ -101,17 +102,15 @@ def test_a_processor_that_passes_spans_to_another_thread_gets_every_attribute():
     assert processor.stats()["queued"] == 10 and processor.stats()["dropped"] == {}
 
 
-class Started(VWOSampler):
-    """VWOSampler, keeping the name and attributes of each span started (what the span carries)."""
+class Counting(RandomIdGenerator):
+    """The SDK's id generator, counting the spans started (each gets a span id)."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.started: list = []
+        self.spans = 0
 
-    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
-                      trace_state=None):
-        self.started.append((name, dict(attributes or {})))
-        return super().should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+    def generate_span_id(self) -> int:
+        self.spans += 1
+        return super().generate_span_id()
 
 
 def test_beside_stock_processors_no_span_is_made_and_beside_an_unknown_one_it_is_whole():
@@ -122,19 +121,15 @@ def test_beside_stock_processors_no_span_is_made_and_beside_an_unknown_one_it_is
             ended.append(span)
 
     for extra, whole in ((SimpleSpanProcessor(InMemorySpanExporter()), False), (Mine(), True)):
-        sampler = Started()
-        provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
+        ids = Counting()
+        provider = TracerProvider(sampler=VWOSampler(), id_generator=ids, shutdown_on_exit=False)
         processor = _processor()
         provider.add_span_processor(processor)
         provider.add_span_processor(extra)
         VWOEvents(tracer_provider=provider).push("u", {"k": "v"})
-        if whole:
-            (name, attrs), = sampler.started
-            assert name == "vwo.custom_dimension" and attrs.get(A.USER_ID) == "u"
-        else:
-            assert sampler.started == []  # no span: the event went straight to the queue
+        assert ids.spans == (1 if whole else 0)  # none: the event went straight to the queue
         assert processor.stats()["queued"] == 1
-    assert [dict(s.attributes)[A.USER_ID] for s in ended] == ["u"]
+    assert [(s.name, dict(s.attributes)[A.USER_ID]) for s in ended] == [("vwo.custom_dimension", "u")]
 
 
 def test_each_vwo_processor_of_the_provider_gets_the_event_once_in_order():
@@ -310,3 +305,52 @@ def test_a_logger_scope_disabled_after_the_first_event_is_named_not_silent(caplo
     provider._set_logger_configurator(logger_configurator=lambda scope: _LoggerConfig(is_enabled=True))
     vwo.activate(1, 2, "third")
     assert [ev.user_id for ev in processor.batcher.snapshot().pending] == ["first", "third"]
+
+
+# -- the tenth attack review's finds ---------------------------------------------------------
+
+def test_a_provider_disabled_by_otel_sdk_disabled_gets_no_event_and_says_why(monkeypatch, caplog):
+    """``OTEL_SDK_DISABLED=true`` (a test run, a staging box that must send nothing): the SDK
+    provider records nothing (its tracers and loggers are no-ops). Straight to the queue, the
+    events went to VWO anyway (before, the span path lost them with a warning naming VWOSampler,
+    the log path silently); now none is emitted and one warning names the variable."""
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    for log in (False, True):
+        caplog.clear()
+        if log:
+            processor = _processor(VWOLogRecordProcessor)
+            provider = LoggerProvider(shutdown_on_exit=False)
+            provider.add_log_record_processor(processor)
+            vwo = VWOEvents(logger_provider=provider)
+        else:
+            processor = _processor()
+            provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+            provider.add_span_processor(processor)
+            vwo = VWOEvents(tracer_provider=provider)
+        vwo.activate(1, 2, "u")
+        vwo.track(1, 2, 3, "u")
+        assert processor.batcher.snapshot().pending == (), log
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and "OTEL_SDK_DISABLED" in warnings[0], warnings
+
+
+def test_a_vwosampler_subclass_that_decides_on_vwo_events_is_asked():
+    """A ``VWOSampler`` subclass with its own ``should_sample`` (here: an app's QA users are not
+    tracked) decides by the event's attributes: straight to the queue it was never asked and the
+    QA user's events reached VWO. Only ``VWOSampler``'s own decision lets events skip the span."""
+    from opentelemetry.sdk.trace.sampling import Decision, SamplingResult
+
+    class NoQA(VWOSampler):
+        def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
+                          trace_state=None):
+            if attributes and str(attributes.get(A.USER_ID, "")).startswith("qa-"):
+                return SamplingResult(Decision.DROP)
+            return super().should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    processor = _processor()
+    provider = TracerProvider(sampler=NoQA(), shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    vwo = VWOEvents(tracer_provider=provider)
+    vwo.activate(1, 2, "qa-1")
+    vwo.activate(1, 2, "visitor")
+    assert [ev.user_id for ev in processor.batcher.snapshot().pending] == ["visitor"]

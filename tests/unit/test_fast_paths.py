@@ -161,6 +161,7 @@ def test_the_event_vwoevents_hands_over_is_the_one_decoding_gives():
     queues the same events."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
     from vwo_otel import VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor
     from vwo_otel.handoff import event_of
@@ -188,14 +189,13 @@ def test_the_event_vwoevents_hands_over_is_the_one_decoding_gives():
 
     started: list = []
 
-    class Started(VWOSampler):  # each span started
-        def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
-                          trace_state=None):
-            started.append((name, dict(attributes or {})))
-            return super().should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+    class Started(RandomIdGenerator):  # each span started gets a span id
+        def generate_span_id(self) -> int:
+            started.append(1)
+            return super().generate_span_id()
 
     only = VWOSpanProcessor(VWOExporter(12345, "key", disabled=True), batch, background=False)
-    provider = TracerProvider(sampler=Started(), shutdown_on_exit=False)
+    provider = TracerProvider(sampler=VWOSampler(), id_generator=Started(), shutdown_on_exit=False)
     provider.add_span_processor(only)
     _legacy_calls(VWOEvents(tracer_provider=provider))
     assert _timeless(only.batcher.snapshot().pending) == _timeless(queued)

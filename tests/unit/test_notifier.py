@@ -42,3 +42,42 @@ def test_a_close_does_not_wait_for_drops_that_keep_coming_and_later_ones_are_sti
         time.sleep(0.01)
     assert sum(calls) == 1 + fed[0]  # every drop reported, the last ones after the close
     assert len(calls) < fed[0] / 100, (len(calls), fed[0])  # gathered, not one callback each
+
+
+def test_a_close_with_a_slow_callback_does_not_wait_for_drops_that_keep_coming():
+    """Attack review 10: with a callback that takes a few milliseconds (it writes to a file, a
+    log shipper), the callback thread never stopped draining while an app kept emitting after
+    shutdown (each new drop was there again by the time a callback returned), and the close
+    waited for it to stop: its whole timeout, then "flush_callback still busy after
+    shutdown_timeout" and False, although every drop there at the close had been handed over."""
+    calls: list[int] = []
+
+    def slow(err, events) -> None:
+        calls.append(err.count)
+        time.sleep(0.005)
+
+    notifier = Notifier(slow, lambda events: [{} for _ in events], 100)
+    notifier.dropped("queue_full", [object()])
+    stop = threading.Event()
+    fed = [0]
+
+    def feed() -> None:
+        end = time.monotonic() + 5  # bounded: stopped long before
+        while not stop.is_set() and time.monotonic() < end:
+            notifier.dropped("already_shutdown", [object()])
+            fed[0] += 1
+            time.sleep(0)  # as Batcher.put does after an already_shutdown drop
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    time.sleep(0.05)
+    start = time.monotonic()
+    closed = notifier.close(2.0)
+    took = time.monotonic() - start
+    stop.set()
+    feeder.join()
+    assert closed and took < 1.0, (closed, took)
+    deadline = time.monotonic() + 3 * DROP_REPORT_DELAY + 2
+    while sum(calls) < 1 + fed[0] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sum(calls) == 1 + fed[0]  # every drop reported, the last ones after the close

@@ -361,8 +361,9 @@ class Notifier:
         return True
 
     def _caught_up(self, dropped: int) -> bool:
-        """Lock held: every result, and the first ``dropped`` drops, were handed to the callback."""
-        return not self._items and self._dropped_run >= dropped and not self._draining
+        """Lock held: every result, and the first ``dropped`` drops, were handed to the callback
+        (the thread may go on with later drops: an app still emitting keeps it draining)."""
+        return not self._items and self._dropped_run >= dropped
 
     # the thread ---------------------------------------------------------------------
     def _wake(self) -> bool:
@@ -458,6 +459,7 @@ class Notifier:
                 if not item.outcomes:
                     self._items.popleft()
                     self._release(item.first, item.last, item.ok, delivery=False)
+                    self._cond.notify_all()  # a close waits for the results handed over
                     return True
                 outcome = item.outcomes.popleft()
                 self._held -= len(outcome.events)
@@ -476,6 +478,7 @@ class Notifier:
                    _safe_encode(self._encode, entry.listed))
         with self._cond:
             self._dropped_run += total
+            self._cond.notify_all()  # a close waits for the drops there at its start
         return True
 
     def _stop_draining(self) -> None:
