@@ -81,3 +81,28 @@ def test_a_close_with_a_slow_callback_does_not_wait_for_drops_that_keep_coming()
     while sum(calls) < 1 + fed[0] and time.monotonic() < deadline:
         time.sleep(0.01)
     assert sum(calls) == 1 + fed[0]  # every drop reported, the last ones after the close
+
+
+def test_the_last_words_before_a_signal_ends_the_process_count_the_drops_not_yet_reported(caplog):
+    """After the shutdown, an app still emitting is refused (``already_shutdown``); those drops are
+    reported every ``DROP_REPORT_DELAY`` and the log holds back all but one warning per 10 s. A
+    signal that ends the process right after its delivery left them neither reported nor logged;
+    ``last_words`` (run by the signal's handler just before the end) logs their count."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from vwo_otel import VWOEvents, VWOExporter, VWOSampler, VWOSpanProcessor
+
+    processor = VWOSpanProcessor(VWOExporter(12345, "key", disabled=True), {"events_per_request": 10,
+                                 "request_time_interval": 60, "flush_callback": lambda err, events: None})
+    provider = TracerProvider(sampler=VWOSampler(), shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    vwo = VWOEvents(tracer_provider=provider)
+    processor.shutdown()
+    caplog.clear()
+    for i in range(50):
+        vwo.activate(1, 2, f"late-{i}")
+    logged = [r.getMessage() for r in caplog.records if "already_shutdown" in r.getMessage()]
+    assert len(logged) == 1  # the rest held back by the rate limit
+    processor.batcher.last_words()
+    last = [r.getMessage() for r in caplog.records if "already_shutdown" in r.getMessage()][-1]
+    assert "49 more report(s) covering 49 event(s)" in last, last

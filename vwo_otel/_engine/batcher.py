@@ -5,12 +5,9 @@ O(1)) or when the oldest queued event is ``request_time_interval`` old (on the d
 thread's timer). The timer starts with the first event into an empty queue and is
 cleared when the queue is cut. Emitting never blocks on the network and never raises.
 
-Batches in flight: an adaptive limit (``concurrency.Concurrency``) that grows while batches
-wait and answers stay fast, halves on 429/5xx/no answer and pauses on 429/503 (for as long as
-the server's ``Retry-After`` asks, up to ``RetryPolicy.max_retry_after``), up to
-``max_concurrent_requests``; so a server far away (tens of ms per answer) does not cap
-throughput at a few batches per round trip. Batches may then arrive, and their callbacks
-run, in another order than they were cut.
+Batches in flight: the adaptive limit of ``concurrency.Concurrency``, up to
+``max_concurrent_requests``. Batches may then arrive, and their callbacks run, in another
+order than they were cut.
 
 When the backlog (``max_queue_size``) is full, an incoming event takes the place of the
 newest queued event of a strictly lower ``event.DROP_PRIORITY``, or is dropped itself. With
@@ -512,6 +509,10 @@ class Batcher(Delivery):
         to that request is then only logged, never reported twice."""
         state = self.begin_shutdown(timeout)
         return True if state is None else self.finish_shutdown(state)
+
+    def last_words(self) -> None:
+        """The process ends now (a signal): log what the log rate limit still holds back."""
+        self._notifier.log.flush()
 
     def begin_shutdown(self, timeout: float | None = None) -> ShutdownState | None:
         """First half of ``shutdown`` (never blocks): refuse new events, cut the queue, wake

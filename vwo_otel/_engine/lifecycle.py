@@ -46,6 +46,8 @@ class Batcher(Protocol):
 
     def after_fork(self) -> list[object]: ...
 
+    def last_words(self) -> None: ...
+
 
 _live: weakref.WeakSet[Batcher] = weakref.WeakSet()
 #: In a forked child: what the parent's side of the fork left (its connections), kept referenced
@@ -59,7 +61,14 @@ def track(batcher: Batcher) -> None:
     _live.add(batcher)
     atexit.unregister(_at_exit)  # move to the end of the list: atexit runs it first
     atexit.register(_at_exit)
-    signals.install(shutdown_all, _longest_timeout)
+    signals.install(shutdown_all, _longest_timeout, _last_words)
+
+
+def _last_words() -> None:
+    """Just before a signal ends the process: each engine logs the drops its log held back
+    since its shutdown (an app still emitting), which its callback may not get to report."""
+    for batcher in list(_live):
+        batcher.last_words()
 
 
 def _longest_timeout() -> float:

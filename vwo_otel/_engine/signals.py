@@ -42,21 +42,23 @@ _GRACE = 1.0
 
 _deliver: Callable[[], Any] | None = None
 _timeout: Callable[[], float] = lambda: 10.0  # noqa: E731 - replaced by install()
+_last_words: Callable[[], Any] = lambda: None  # noqa: E731 - replaced by install()
 _lock = threading.Lock()
 _signalled: dict[int, bool] = {}  # signals whose delivery has started
 _held: set[int] = set()  # signals blocked on the main thread after an app's / server's handler ran
 
 
-def install(deliver: Callable[[], Any], timeout: Callable[[], float]) -> None:
+def install(deliver: Callable[[], Any], timeout: Callable[[], float],
+            last_words: Callable[[], Any] = lambda: None) -> None:
     """Install vwo_otel's handler where SIGTERM / SIGINT take the default action, and chain onto
     a SIGTERM handler already in place: ``deliver()`` runs (given at most ``timeout()`` seconds)
     before the default action. Idempotent per signal; a no-op off the main thread (signals can
     only be set there; a later call from the main thread installs) or when ``VWO_SIGNALS`` is false."""
-    global _deliver, _timeout
+    global _deliver, _timeout, _last_words
     if threading.current_thread() is not threading.main_thread() or not enabled():
         return
     with _lock:
-        _deliver, _timeout = deliver, timeout
+        _deliver, _timeout, _last_words = deliver, timeout, last_words
     for sig in SIGNALS:
         current = signal.getsignal(sig)
         if current is signal.SIG_DFL:
@@ -135,6 +137,10 @@ def _deliver_then_die(deliver: Callable[[], Any], signum: int) -> None:
     worker.join(_timeout() + _GRACE)
     if worker.is_alive():
         logger.warning("vwo_otel: delivery on signal %d did not finish in time", signum)
+    try:  # what was refused since (an app still emitting), not yet reported: counted in the log
+        _last_words()
+    except Exception:  # pragma: no cover - logging only
+        logger.exception("vwo_otel: the last log lines failed")
     # The signal again: the handler, on the main thread (only it may restore SIG_DFL), now ends
     # the process. Should the main thread never get to run it (stuck in C code), exit anyway.
     os.kill(os.getpid(), signum)
