@@ -26,7 +26,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .. import checks
@@ -88,6 +88,10 @@ class QueueSnapshot:
     in_flight_limit: int = 0  # batches allowed in flight now (the adaptive limit)
     spilled: int = 0  # events kept only on disk (spool): spilled from a full queue, or adopted
     threads: int = 0  # delivery threads running (started as the limit grows, gone when quiet)
+
+    def __repr__(self) -> str:  # printed while debugging: the queued events (user ids, IPs) only counted
+        shown = {f.name: getattr(self, f.name) for f in fields(self)} | {"pending": len(self.pending)}
+        return f"QueueSnapshot({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 class Batcher(Delivery):
