@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from vwo_otel._engine.settle import DROP_REPORT_DELAY, Notifier
+from vwo_otel._engine.settle import DROP_REPORT_DELAY, LogLimiter, Notifier
 
 
 def test_a_close_does_not_wait_for_drops_that_keep_coming_and_later_ones_are_still_reported():
@@ -42,3 +42,17 @@ def test_a_close_does_not_wait_for_drops_that_keep_coming_and_later_ones_are_sti
         time.sleep(0.01)
     assert sum(calls) == 1 + fed[0]  # every drop reported, the last ones after the close
     assert len(calls) < fed[0] / 100, (len(calls), fed[0])  # gathered, not one callback each
+
+
+def test_held_back_log_lines_are_counted_as_warnings_not_as_reports(caplog):
+    """A tight loop into a full queue: ``flush_callback`` got a handful of gathered
+    ``EventsDropped`` reports, while the log said "15109 more report(s) ... were held back",
+    as if reports had been held back. What rate limiting holds back is log warnings."""
+    limiter = LogLimiter(interval=60)
+    with caplog.at_level("WARNING", logger="vwo_otel"):
+        for _ in range(3):
+            limiter.warn(("dropped", "queue_full"), 1, "vwo_otel dropped %d VWO event(s): %s", 1, "queue_full")
+        limiter.flush()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "report" not in lines[1]
+    assert lines[1].startswith("vwo_otel: 2 more warning(s) covering 2 event(s) were held back")

@@ -72,7 +72,7 @@ class LogLimiter:
                 return False
             self._state[key] = _Held(now)
         if st is not None and st.reports:
-            msg += " [plus %d similar report(s) covering %d event(s) in the last %.0f s, not logged one by one]"
+            msg += " [plus %d similar warning(s) covering %d event(s) in the last %.0f s, not logged one by one]"
             args = (*args, st.reports, st.events, now - st.logged_at)
         logger.warning(msg, *args, exc_info=exc_info)
         return True
@@ -84,7 +84,7 @@ class LogLimiter:
             for st in self._state.values():
                 st.reports = st.events = 0
         for (msg, args), reports, events in held:
-            logger.warning("vwo_otel: %d more report(s) covering %d event(s) were held back by log rate "
+            logger.warning("vwo_otel: %d more warning(s) covering %d event(s) were held back by log rate "
                            "limiting; the last one: " + msg, reports, events, *args)
 
 
