@@ -56,3 +56,16 @@ def test_held_back_log_lines_are_counted_as_warnings_not_as_reports(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and "report" not in lines[1]
     assert lines[1].startswith("vwo_otel: 2 more warning(s) covering 2 event(s) were held back")
+
+
+def test_a_full_queue_warning_says_what_to_do(caplog):
+    """An app emitting in a loop fills the queue within a second; its warning said only
+    "dropped 1 VWO event(s): queue_full", where delivery failures name their fix."""
+    notifier = Notifier(lambda err, events: None, lambda events: [{} for _ in events], 100)
+    with caplog.at_level("WARNING", logger="vwo_otel"):
+        notifier.dropped("queue_full", [object()])
+        notifier.dropped("already_shutdown", [object()])
+    notifier.close(1.0)
+    full, late = (r.getMessage() for r in caplog.records)
+    assert "queue_full" in full and "block_when_full" in full and "spool" in full
+    assert "block_when_full" not in late  # no queue to wait for after shutdown

@@ -26,7 +26,7 @@ from typing import Any
 from ..config import FlushCallback
 from ..errors import EventsDropped, Outcome
 from ..event import VWOEvent
-from ..hints import hint
+from ..hints import QUEUE_FULL, hint
 from .signals import quiet
 
 logger = logging.getLogger("vwo_otel")
@@ -273,8 +273,9 @@ class Notifier:
             self.log.warn(("dropped", reason), n, "vwo_otel dropped %d VWO event(s) flush_callback emitted after "
                           "shutdown: %s (counted in stats, not reported to it)", n, reason)
             return
+        told = note or (QUEUE_FULL if reason == "queue_full" else None)  # the log's fix hint
         self.log.warn(("dropped", reason), n, "vwo_otel dropped %d VWO event(s): %s%s", n, reason,
-                      f" ({note})" if note else "")
+                      f" ({told})" if told else "")
         with self._cond:
             self._dropped_total += n  # the next flush answers False
             entry = self._drops.get(reason)
