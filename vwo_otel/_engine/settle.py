@@ -411,6 +411,10 @@ class Notifier:
                         wait = max(0.0, self._drops_due - time.monotonic())
                     cond.wait(wait)
                 if self._closed and not (self._items or self._drops):
+                    # gone for ``_wake`` now: a drop from here on starts a thread, even while this one is
+                    # still alive (it only found this one alive, woke nothing and was never reported)
+                    if self._thread is threading.current_thread():
+                        self._thread = None
                     return
             try:
                 self._drain()
@@ -449,7 +453,9 @@ class Notifier:
             if upto is not None and not self._items and self._dropped_run >= upto:
                 self._stop_draining()
                 return False
-            if self._drops:
+            # drops when due (gathered for DROP_REPORT_DELAY, also while results keep coming; a
+            # flush or the close makes them due now); an inline notifier's drain reports them all
+            if self._drops and (self._inline or time.monotonic() >= self._drops_due):
                 reason = next(iter(self._drops))
                 entry = self._drops.pop(reason)
                 if not self._drops:
