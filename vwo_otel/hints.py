@@ -14,6 +14,9 @@ ENDPOINT = ("check the endpoint (VWO_ENDPOINT or endpoint=): VWO's host, with a 
             "when the settings file has a collectionPrefix")
 #: A proxy in front of the endpoint refused one small event as too large (413).
 BODY_LIMIT = "a proxy in front of the endpoint limits request bodies; VWO itself accepts up to 10 MB"
+#: The queue (``max_queue_size``) was full: the app emits faster than VWO takes its events.
+QUEUE_FULL = ("events come faster than they are delivered: block_when_full= lets emitting threads wait for "
+              "room, spool= keeps the overflow on disk, max_queue_size= raises the bound")
 #: The TLS handshake failed on an https:// endpoint whose server does not speak TLS.
 PLAIN_HTTP = "is it a plain-HTTP port? Then use http://"
 

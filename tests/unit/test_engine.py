@@ -128,6 +128,19 @@ def test_timer_starts_with_the_first_event_and_later_events_do_not_move_it(make)
     assert snap.deadline == 7600.0 and users(snap) == ["a", "b"]
 
 
+def test_snapshot_repr_counts_pending_events_without_their_user_ids(make):
+    """README offers ``processor.batcher.snapshot()`` for debugging: printed or logged, it must
+    not list the queued events (user ids, visitor IPs, up to ``events_per_request`` of them)."""
+    b = make(FakeExporter(), clock=Clock())
+    b.put(imp("alice@example.com"))
+    b.put(imp("bob@example.com"))
+    snap = b.snapshot()
+    assert users(snap) == ["alice@example.com", "bob@example.com"]  # still there for tests and tools
+    text = repr(snap)
+    assert "example.com" not in text
+    assert "pending=2" in text and "held=2" in text
+
+
 def test_count_trigger_and_flush_clear_the_timer_and_the_next_event_restarts_it(make):
     clock = Clock()
     exporter = FakeExporter()

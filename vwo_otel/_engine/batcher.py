@@ -1,13 +1,10 @@
 """The batching engine: a bounded queue, VWO's count/age triggers, a few delivery threads.
 
-A batch is cut when ``events_per_request`` events are queued (on the emitting thread,
-O(1)) or when the oldest queued event is ``request_time_interval`` old (on the delivery
-thread's timer). The timer starts with the first event into an empty queue and is
-cleared when the queue is cut. Emitting never blocks on the network and never raises.
-
-Batches in flight: the adaptive limit of ``concurrency.Concurrency``, up to
-``max_concurrent_requests``. Batches may then arrive, and their callbacks run, in another
-order than they were cut.
+A batch is cut when ``events_per_request`` events are queued (on the emitting thread, O(1)) or
+when the oldest queued event is ``request_time_interval`` old (the delivery thread's timer,
+started by the first event into an empty queue, cleared by a cut). Emitting never blocks on the
+network and never raises. Batches in flight: ``concurrency.Concurrency``'s limit, up to
+``max_concurrent_requests``; they may arrive, and their callbacks run, out of order.
 
 When the backlog (``max_queue_size``) is full, an incoming event takes the place of the
 newest queued event of a strictly lower ``event.DROP_PRIORITY``, or is dropped itself. With
@@ -23,7 +20,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .. import checks
@@ -85,6 +82,10 @@ class QueueSnapshot:
     in_flight_limit: int = 0  # batches allowed in flight now (the adaptive limit)
     spilled: int = 0  # events kept only on disk (spool): spilled from a full queue, or adopted
     threads: int = 0  # delivery threads running (started as the limit grows, gone when quiet)
+
+    def __repr__(self) -> str:  # printed while debugging: the queued events (user ids, IPs) only counted
+        shown = {f.name: getattr(self, f.name) for f in fields(self)} | {"pending": len(self.pending)}
+        return f"QueueSnapshot({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 class Batcher(Delivery):

@@ -26,7 +26,7 @@ from typing import Any
 from ..config import FlushCallback
 from ..errors import EventsDropped, Outcome
 from ..event import VWOEvent
-from ..hints import hint
+from ..hints import QUEUE_FULL, hint
 from .signals import quiet
 
 logger = logging.getLogger("vwo_otel")
@@ -72,7 +72,7 @@ class LogLimiter:
                 return False
             self._state[key] = _Held(now)
         if st is not None and st.reports:
-            msg += " [plus %d similar report(s) covering %d event(s) in the last %.0f s, not logged one by one]"
+            msg += " [plus %d similar warning(s) covering %d event(s) in the last %.0f s, not logged one by one]"
             args = (*args, st.reports, st.events, now - st.logged_at)
         logger.warning(msg, *args, exc_info=exc_info)
         return True
@@ -84,7 +84,7 @@ class LogLimiter:
             for st in self._state.values():
                 st.reports = st.events = 0
         for (msg, args), reports, events in held:
-            logger.warning("vwo_otel: %d more report(s) covering %d event(s) were held back by log rate "
+            logger.warning("vwo_otel: %d more warning(s) covering %d event(s) were held back by log rate "
                            "limiting; the last one: " + msg, reports, events, *args)
 
 
@@ -273,8 +273,9 @@ class Notifier:
             self.log.warn(("dropped", reason), n, "vwo_otel dropped %d VWO event(s) flush_callback emitted after "
                           "shutdown: %s (counted in stats, not reported to it)", n, reason)
             return
+        told = note or (QUEUE_FULL if reason == "queue_full" else None)  # the log's fix hint
         self.log.warn(("dropped", reason), n, "vwo_otel dropped %d VWO event(s): %s%s", n, reason,
-                      f" ({note})" if note else "")
+                      f" ({told})" if told else "")
         with self._cond:
             self._dropped_total += n  # the next flush answers False
             entry = self._drops.get(reason)
@@ -411,6 +412,10 @@ class Notifier:
                         wait = max(0.0, self._drops_due - time.monotonic())
                     cond.wait(wait)
                 if self._closed and not (self._items or self._drops):
+                    # gone for ``_wake`` now: a drop from here on starts a thread, even while this one is
+                    # still alive (it only found this one alive, woke nothing and was never reported)
+                    if self._thread is threading.current_thread():
+                        self._thread = None
                     return
             try:
                 self._drain()
@@ -449,7 +454,9 @@ class Notifier:
             if upto is not None and not self._items and self._dropped_run >= upto:
                 self._stop_draining()
                 return False
-            if self._drops:
+            # drops when due (gathered for DROP_REPORT_DELAY, also while results keep coming; a
+            # flush or the close makes them due now); an inline notifier's drain reports them all
+            if self._drops and (self._inline or time.monotonic() >= self._drops_due):
                 reason = next(iter(self._drops))
                 entry = self._drops.pop(reason)
                 if not self._drops:
