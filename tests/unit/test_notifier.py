@@ -13,6 +13,30 @@ from vwo_otel._engine.settle import DROP_REPORT_DELAY, LogLimiter, Notifier
 from vwo_otel.errors import Outcome
 
 
+class Feeder:
+    """A thread making ``already_shutdown`` drops as fast as it can (an app still emitting after
+    its shutdown), optionally yielding after each as ``Batcher.put`` does; bounded to 5 s."""
+
+    def __init__(self, notifier: Notifier, yields: bool = False) -> None:
+        self.fed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(notifier, yields))
+        self._thread.start()
+
+    def _run(self, notifier: Notifier, yields: bool) -> None:
+        end = time.monotonic() + 5
+        while not self._stop.is_set() and time.monotonic() < end:
+            notifier.dropped("already_shutdown", [object()])
+            self.fed += 1
+            if yields:
+                time.sleep(0)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.fed
+
+
 def test_a_close_does_not_wait_for_drops_that_keep_coming_and_later_ones_are_still_reported():
     """An app that keeps emitting after shutdown began makes an ``already_shutdown`` drop per
     event. The close waited for the callback thread to find nothing left, which never came: it
@@ -22,30 +46,19 @@ def test_a_close_does_not_wait_for_drops_that_keep_coming_and_later_ones_are_sti
     calls: list[int] = []
     notifier = Notifier(lambda err, events: calls.append(err.count), lambda events: [{} for _ in events], 100)
     notifier.dropped("queue_full", [object()])  # one waiting at the close
-    stop = threading.Event()
-    fed = [0]
-
-    def feed() -> None:
-        end = time.monotonic() + 5  # bounded: stopped long before
-        while not stop.is_set() and time.monotonic() < end:
-            notifier.dropped("already_shutdown", [object()])
-            fed[0] += 1
-
-    feeder = threading.Thread(target=feed)
-    feeder.start()
+    feeder = Feeder(notifier)
     time.sleep(0.05)
     start = time.monotonic()
     assert notifier.close(3.0)
     took = time.monotonic() - start
     time.sleep(2 * DROP_REPORT_DELAY)
-    stop.set()
-    feeder.join()
+    fed = feeder.stop()
     assert took < 1.0, took
     deadline = time.monotonic() + 3 * DROP_REPORT_DELAY + 1
-    while sum(calls) < 1 + fed[0] and time.monotonic() < deadline:
+    while sum(calls) < 1 + fed and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert sum(calls) == 1 + fed[0]  # every drop reported, the last ones after the close
-    assert len(calls) < fed[0] / 100, (len(calls), fed[0])  # gathered, not one callback each
+    assert sum(calls) == 1 + fed  # every drop reported, the last ones after the close
+    assert len(calls) < fed / 100, (len(calls), fed)  # gathered, not one callback each
 
 
 def test_a_close_with_a_slow_callback_does_not_wait_for_drops_that_keep_coming():
@@ -62,29 +75,17 @@ def test_a_close_with_a_slow_callback_does_not_wait_for_drops_that_keep_coming()
 
     notifier = Notifier(slow, lambda events: [{} for _ in events], 100)
     notifier.dropped("queue_full", [object()])
-    stop = threading.Event()
-    fed = [0]
-
-    def feed() -> None:
-        end = time.monotonic() + 5  # bounded: stopped long before
-        while not stop.is_set() and time.monotonic() < end:
-            notifier.dropped("already_shutdown", [object()])
-            fed[0] += 1
-            time.sleep(0)  # as Batcher.put does after an already_shutdown drop
-
-    feeder = threading.Thread(target=feed)
-    feeder.start()
+    feeder = Feeder(notifier, yields=True)
     time.sleep(0.05)
     start = time.monotonic()
     closed = notifier.close(2.0)
     took = time.monotonic() - start
-    stop.set()
-    feeder.join()
+    fed = feeder.stop()
     assert closed and took < 1.0, (closed, took)
     deadline = time.monotonic() + 3 * DROP_REPORT_DELAY + 2
-    while sum(calls) < 1 + fed[0] and time.monotonic() < deadline:
+    while sum(calls) < 1 + fed and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert sum(calls) == 1 + fed[0]  # every drop reported, the last ones after the close
+    assert sum(calls) == 1 + fed  # every drop reported, the last ones after the close
 
 
 def test_the_last_words_before_a_signal_ends_the_process_count_the_drops_not_yet_reported(caplog):
