@@ -94,8 +94,8 @@ class VWOEvents:
         self._taken = Route(None)  # the route last taken: looked at again once a processor is added
         self._plain = False  # routed, with no length limit to check and no account to add: emit as given
         #: routed where a legacy event goes straight to the VWO processors (``Route.handoff``), no
-        #: record made (``Route.takers``); a span's only while its tracer's scope is on
-        self._direct = False
+        #: record made: their queues' ``put`` (``Route.takers``; empty: emit a record); a span's
+        #: only while its tracer's scope is on
         self._takers: tuple[Callable[[VWOEvent], Any], ...] = ()
         self._tracer_on: Callable[[], bool] = _always
         self._to_gateway = bool(to_gateway)  # the provider's own OTLP exporters carry them to a gateway
@@ -209,7 +209,7 @@ class VWOEvents:
         if (ua is not None or ip is not None or not self._plain or self._taken.changed()) \
                 and not self._ready(attrs, ua, ip):
             return
-        if self._direct and (event := event_of(attrs, time.time_ns())) is not None:
+        if self._takers and (event := event_of(attrs, time.time_ns())) is not None:
             if self._tracer_on():  # the configurator may disable the scope after the route was taken
                 self._take(event)
             else:
@@ -265,7 +265,7 @@ class VWOEvents:
             self._logger.emit(event_name=name, attributes=attrs, timestamp=timestamp)
             return
         event = event_of(attrs, timestamp)
-        if self._direct and event is not None:
+        if self._takers and event is not None:
             self._take(event)
             return
         self._handing(event, timestamp, self._logger.emit, event_name=name, attributes=attrs, timestamp=timestamp)
@@ -316,7 +316,8 @@ class VWOEvents:
         log = self._emit == self._emit_log
         provider = self._provider or trace.get_tracer_provider()
         route = self._taken = Route.of(provider, log)
-        self._routed = self._plain = self._direct = False
+        self._routed = self._plain = False
+        self._takers = ()
         if (self._to_gateway and not log and not route.found
                 and isinstance(getattr(provider, "sampler", None), VWOSampler)):
             return self._refuse("to_gateway=True needs the provider's OTLP exporter to see VWO spans, but "
@@ -357,8 +358,7 @@ class VWOEvents:
                        "on one provider: each event is delivered to every one of them (VWOEvents' events carry "
                        "no account); give each account a provider of its own")
         self._routed = True
-        self._direct = route.handoff and not self._to_gateway
-        self._takers = route.takers
+        self._takers = () if self._to_gateway else route.takers
         if not log:
             self._tracer_on = _tracer_on(self._tracer)
         self._plain = self._max_length is None and self._account is None  # nothing for _ready to add or check
